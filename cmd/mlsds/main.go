@@ -1,0 +1,111 @@
+// Command mlsds is the MLS Delivery Service in one binary.
+//
+//	mlsds serve     run the server
+//	mlsds version   print the version
+//
+// Every flag of a command has an environment twin: --max-message-size is
+// also MLSDS_MAX_MESSAGE_SIZE. A flag given on the command line wins over
+// its environment variable, which wins over the default.
+package main
+
+import (
+	"fmt"
+	"io"
+	"os"
+	"runtime"
+	"runtime/debug"
+	"sort"
+)
+
+// command is one subcommand of mlsds.
+type command struct {
+	summary string
+	run     func(args []string, stdout, stderr io.Writer) int
+}
+
+// commands is the table of subcommands; client, inspect and bench join it
+// later.
+var commands = map[string]command{
+	"serve":   {"run the Delivery Service", runServe},
+	"version": {"print the version and exit", runVersion},
+}
+
+func main() {
+	os.Exit(run(os.Args[1:], os.Stdout, os.Stderr))
+}
+
+func run(args []string, stdout, stderr io.Writer) int {
+	if len(args) == 0 || args[0] == "-h" || args[0] == "--help" || args[0] == "help" {
+		usage(stderr)
+		if len(args) == 0 {
+			return 2
+		}
+		return 0
+	}
+	cmd, ok := commands[args[0]]
+	if !ok {
+		fmt.Fprintf(stderr, "mlsds: unknown command %q\n\n", args[0])
+		usage(stderr)
+		return 2
+	}
+	return cmd.run(args[1:], stdout, stderr)
+}
+
+func usage(w io.Writer) {
+	fmt.Fprintln(w, "mlsds is a Delivery Service for Messaging Layer Security (RFC 9420).")
+	fmt.Fprintln(w)
+	fmt.Fprintln(w, "Usage: mlsds <command> [flags]")
+	fmt.Fprintln(w)
+	fmt.Fprintln(w, "Commands:")
+	names := make([]string, 0, len(commands))
+	for n := range commands {
+		names = append(names, n)
+	}
+	sort.Strings(names)
+	for _, n := range names {
+		fmt.Fprintf(w, "  %-10s %s\n", n, commands[n].summary)
+	}
+	fmt.Fprintln(w)
+	fmt.Fprintln(w, "Run 'mlsds <command> -h' for the flags of a command. Every flag has an")
+	fmt.Fprintln(w, "environment twin: --data-dir is also MLSDS_DATA_DIR.")
+}
+
+// version returns the module version and VCS revision the binary was built
+// from, as far as the build recorded them.
+func version() string {
+	v := "(devel)"
+	info, ok := debug.ReadBuildInfo()
+	if !ok {
+		return v
+	}
+	if info.Main.Version != "" {
+		v = info.Main.Version
+	}
+	var rev, modified string
+	for _, s := range info.Settings {
+		switch s.Key {
+		case "vcs.revision":
+			rev = s.Value
+		case "vcs.modified":
+			if s.Value == "true" {
+				modified = "+dirty"
+			}
+		}
+	}
+	if rev != "" {
+		if len(rev) > 12 {
+			rev = rev[:12]
+		}
+		v += " " + rev + modified
+	}
+	return v
+}
+
+func runVersion(args []string, stdout, stderr io.Writer) int {
+	if len(args) > 0 {
+		fmt.Fprintln(stderr, "usage: mlsds version")
+		return 2
+	}
+	fmt.Fprintf(stdout, "mlsds %s %s %s/%s\n", version(), runtime.Version(), runtime.GOOS, runtime.GOARCH)
+	return 0
+}

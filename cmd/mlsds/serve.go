@@ -1,0 +1,348 @@
+package main
+
+import (
+	"context"
+	"crypto/rand"
+	"crypto/tls"
+	"encoding/hex"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"io/fs"
+	"log/slog"
+	"net"
+	"os"
+	"os/signal"
+	"path/filepath"
+	"strings"
+	"sync"
+	"syscall"
+	"time"
+
+	"github.com/mlsds/mlsds/ds"
+	"github.com/mlsds/mlsds/ds/store/postgres"
+	"github.com/mlsds/mlsds/ds/store/sqlite"
+	"github.com/mlsds/mlsds/server"
+)
+
+// serveFlags are the flags of `mlsds serve`.
+type serveFlags struct {
+	listen, dataDir, store        string
+	tlsCert, tlsKey               string
+	logLevel, logFormat           string
+	registration, enrollmentToken string
+	jwtKey, jwtAudience           string
+	authSecretFile                string
+	sessionTTL                    time.Duration
+
+	maxMessageSize  byteSize
+	maxGroupSize    int
+	maxKeyPackages  int
+	rateLimit       float64
+	claimRate       float64
+	claimerRate     float64
+	authRateLimit   float64
+	appEpochWindow  uint64
+	lowWater        int
+	keepAlive       time.Duration
+	maxStreams      int
+	shutdownTimeout time.Duration
+	drainDelay      time.Duration
+	corsOrigins     string
+}
+
+func newServeFlagSet(f *serveFlags, stderr io.Writer) *flag.FlagSet {
+	fs := flag.NewFlagSet("mlsds serve", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	fs.StringVar(&f.listen, "listen", "127.0.0.1:7400", "address to serve Connect, gRPC and gRPC-Web on, with /healthz and /metrics")
+	fs.StringVar(&f.dataDir, "data-dir", "./mlsds-data", "directory for the SQLite database and the authentication secret")
+	fs.StringVar(&f.store, "store", "", "storage engine: empty for SQLite in the data directory, sqlite:PATH, or a postgres:// URL (several nodes may share one; give them the same --auth-secret-file)")
+	fs.StringVar(&f.tlsCert, "tls-cert", "", "PEM certificate chain; with --tls-key serves TLS instead of h2c")
+	fs.StringVar(&f.tlsKey, "tls-key", "", "PEM private key of --tls-cert")
+	fs.StringVar(&f.corsOrigins, "cors-origins", "", "comma-separated browser origins (https://app.example) allowed to call the API, or *")
+	fs.StringVar(&f.logLevel, "log-level", "info", "debug, info, warn or error")
+	fs.StringVar(&f.logFormat, "log-format", "text", "text or json")
+	fs.StringVar(&f.registration, "registration", "open", "who may register clients: open, token (needs --enrollment-token) or jwt (needs --jwt-key)")
+	fs.StringVar(&f.enrollmentToken, "enrollment-token", "", "shared secret that --registration=token requires; prefer the environment variable")
+	fs.StringVar(&f.jwtKey, "jwt-key", "", "PEM public key (or certificate) that signs enrollment JWTs for --registration=jwt")
+	fs.StringVar(&f.jwtAudience, "jwt-audience", "", "if set, enrollment JWTs must carry this audience")
+	fs.StringVar(&f.authSecretFile, "auth-secret-file", "", "file with the secret that keys session tokens (hex, at least 32 bytes); default DATA_DIR/auth.key, created if missing. Share it between nodes")
+	fs.DurationVar(&f.sessionTTL, "session-ttl", time.Hour, "lifetime of a session token")
+	f.maxMessageSize = 1 << 20
+	fs.Var(&f.maxMessageSize, "max-message-size", "largest MLSMessage accepted, as a `size` in bytes (KiB, MiB suffixes allowed)")
+	fs.IntVar(&f.maxGroupSize, "max-group-size", 50_000, "most members of a group")
+	fs.IntVar(&f.maxKeyPackages, "max-key-packages", 1_000, "most unclaimed KeyPackages stored per client")
+	fs.Float64Var(&f.rateLimit, "rate-limit", 50, "requests per second per client (bursts of twice that); negative turns it off")
+	fs.Float64Var(&f.claimRate, "claim-rate", 60, "KeyPackage claims per target client per minute; negative turns it off")
+	fs.Float64Var(&f.claimerRate, "claimer-rate", 120, "KeyPackage claims per claiming client per minute; negative turns it off")
+	fs.Float64Var(&f.authRateLimit, "auth-rate-limit", 20, "registration and authentication calls per second per remote address; negative turns it off")
+	fs.Uint64Var(&f.appEpochWindow, "app-epoch-window", 2, "how many epochs old an application message may be")
+	fs.IntVar(&f.lowWater, "key-package-low-water", 10, "a client is told when its KeyPackages for a suite fall below this")
+	fs.DurationVar(&f.keepAlive, "keepalive", 30*time.Second, "keep-alive interval on delivery streams")
+	fs.IntVar(&f.maxStreams, "max-streams-per-client", 4, "open delivery streams per client; one more ends the oldest")
+	fs.DurationVar(&f.shutdownTimeout, "shutdown-timeout", 20*time.Second, "on SIGTERM, how long to wait for calls in flight")
+	fs.DurationVar(&f.drainDelay, "drain-delay", 0, "on SIGTERM, how long to keep serving with health NOT_SERVING before closing the listener")
+	addEnvToUsage(fs)
+	return fs
+}
+
+func runServe(args []string, stdout, stderr io.Writer) int {
+	var f serveFlags
+	fs := newServeFlagSet(&f, stderr)
+	if err := fs.Parse(args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			return 0
+		}
+		return 2
+	}
+	if fs.NArg() > 0 {
+		fmt.Fprintf(stderr, "mlsds serve: unexpected arguments %q\n", fs.Args())
+		return 2
+	}
+	if err := applyEnv(fs, lookupEnv); err != nil {
+		fmt.Fprintf(stderr, "mlsds serve: %v\n", err)
+		return 2
+	}
+	log, err := newLogger(stderr, f.logLevel, f.logFormat)
+	if err != nil {
+		fmt.Fprintf(stderr, "mlsds serve: %v\n", err)
+		return 2
+	}
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	go func() {
+		// After the first signal, a second one ends the process at once.
+		<-ctx.Done()
+		stop()
+	}()
+	if err := serve(ctx, &f, log); err != nil {
+		log.Error("mlsds serve failed", "error", err)
+		return 1
+	}
+	return 0
+}
+
+func newLogger(w io.Writer, level, format string) (*slog.Logger, error) {
+	var lv slog.Level
+	if err := lv.UnmarshalText([]byte(level)); err != nil {
+		return nil, fmt.Errorf("--log-level %q: use debug, info, warn or error", level)
+	}
+	opts := &slog.HandlerOptions{Level: lv}
+	switch format {
+	case "text":
+		return slog.New(slog.NewTextHandler(w, opts)), nil
+	case "json":
+		return slog.New(slog.NewJSONHandler(w, opts)), nil
+	}
+	return nil, fmt.Errorf("--log-format %q: use text or json", format)
+}
+
+// serve runs the server until ctx is done.
+func serve(ctx context.Context, f *serveFlags, log *slog.Logger) error {
+	reg, err := server.ParseRegistration(f.registration)
+	if err != nil {
+		return err
+	}
+	if err := os.MkdirAll(f.dataDir, 0o700); err != nil {
+		return fmt.Errorf("data directory: %w", err)
+	}
+	postgresURL := isPostgres(f.store)
+	var dbPath string
+	if !postgresURL {
+		if dbPath, err = sqlitePath(f.store, f.dataDir); err != nil {
+			return err
+		}
+	}
+	secretFile := f.authSecretFile
+	if secretFile == "" {
+		secretFile = filepath.Join(f.dataDir, "auth.key")
+	}
+	secret, err := loadOrCreateSecret(secretFile, f.authSecretFile == "")
+	if err != nil {
+		return err
+	}
+
+	cfg := server.Config{
+		Registration:        reg,
+		EnrollmentToken:     f.enrollmentToken,
+		JWTAudience:         f.jwtAudience,
+		AuthSecret:          secret,
+		SessionTTL:          f.sessionTTL,
+		AuthRatePerSecond:   f.authRateLimit,
+		MaxMessageSize:      int(f.maxMessageSize),
+		KeepAlive:           f.keepAlive,
+		MaxStreamsPerClient: f.maxStreams,
+		ShutdownTimeout:     f.shutdownTimeout,
+		DrainDelay:          f.drainDelay,
+		CORSOrigins:         splitList(f.corsOrigins),
+		Logger:              log,
+		Metrics:             server.NewMetrics(),
+	}
+	if reg == server.RegistrationJWT {
+		if f.jwtKey == "" {
+			return errors.New("--registration=jwt needs --jwt-key")
+		}
+		if cfg.JWTKey, err = server.LoadJWTKey(f.jwtKey); err != nil {
+			return err
+		}
+	}
+	var certs *certReloader
+	if f.tlsCert != "" || f.tlsKey != "" {
+		if f.tlsCert == "" || f.tlsKey == "" {
+			return errors.New("TLS needs both --tls-cert and --tls-key")
+		}
+		if certs, err = newCertReloader(f.tlsCert, f.tlsKey); err != nil {
+			return err
+		}
+		cfg.TLS = &tls.Config{MinVersion: tls.VersionTLS12, GetCertificate: certs.get}
+	}
+
+	var st ds.Store
+	database := dbPath
+	if postgresURL {
+		database = "postgres"
+		if f.authSecretFile == "" {
+			log.Warn("PostgreSQL store without --auth-secret-file: other nodes will not accept this node's session tokens")
+		}
+		if st, err = postgres.Open(ctx, f.store, postgres.Options{}); err != nil {
+			return err
+		}
+	} else if st, err = sqlite.Open(ctx, dbPath, sqlite.Options{}); err != nil {
+		return err
+	}
+	defer func() {
+		if err := st.Close(); err != nil {
+			log.Error("closing the store", "error", err)
+		}
+	}()
+	window := f.appEpochWindow
+	svc := ds.New(cfg.Metrics.InstrumentStore(st), ds.Config{
+		MaxMessageSize:            int(f.maxMessageSize),
+		MaxGroupSize:              f.maxGroupSize,
+		MaxKeyPackagesPerClient:   f.maxKeyPackages,
+		KeyPackageLowWater:        f.lowWater,
+		AppMessageEpochWindow:     window,
+		ZeroAppMessageEpochWindow: window == 0,
+		RequestsPerSecond:         f.rateLimit,
+		ClaimsPerMinute:           f.claimerRate,
+		ClaimsPerTargetPerMinute:  f.claimRate,
+	})
+	srv, err := server.New(svc, cfg)
+	if err != nil {
+		return err
+	}
+	ln, err := net.Listen("tcp", f.listen)
+	if err != nil {
+		return err
+	}
+	scheme := "h2c"
+	if cfg.TLS != nil {
+		scheme = "tls"
+		hup := make(chan os.Signal, 1)
+		signal.Notify(hup, syscall.SIGHUP)
+		defer signal.Stop(hup)
+		go func() {
+			for range hup {
+				if err := certs.reload(); err != nil {
+					log.Error("reloading the TLS certificate", "error", err)
+				} else {
+					log.Info("reloaded the TLS certificate")
+				}
+			}
+		}()
+	}
+	log.Info("mlsds serving", "addr", ln.Addr().String(), "transport", scheme, "version", version(),
+		"database", database, "registration", string(reg), "max_message_size", int(f.maxMessageSize))
+	err = srv.Serve(ctx, ln)
+	log.Info("mlsds stopped")
+	return err
+}
+
+// isPostgres reports whether --store names a PostgreSQL database.
+func isPostgres(store string) bool {
+	return strings.HasPrefix(store, "postgres://") || strings.HasPrefix(store, "postgresql://")
+}
+
+// sqlitePath picks the database file from --store and --data-dir.
+func sqlitePath(store, dataDir string) (string, error) {
+	switch {
+	case store == "":
+		return filepath.Join(dataDir, "mlsds.db"), nil
+	case strings.HasPrefix(store, "sqlite:"):
+		p := strings.TrimPrefix(strings.TrimPrefix(store, "sqlite:"), "//")
+		if p == "" {
+			return "", errors.New("--store sqlite:PATH needs a path")
+		}
+		return p, nil
+	}
+	// Never echo the value: it may be a database URL with a password.
+	return "", errors.New("--store: use an empty value (SQLite in --data-dir), sqlite:PATH or a postgres:// URL")
+}
+
+// loadOrCreateSecret reads the session-token secret from path (hex, or raw
+// bytes), creating a random one if create is set and the file is missing.
+func loadOrCreateSecret(path string, create bool) ([]byte, error) {
+	data, err := os.ReadFile(path)
+	if errors.Is(err, fs.ErrNotExist) && create {
+		secret := make([]byte, 32)
+		if _, err := rand.Read(secret); err != nil {
+			return nil, err
+		}
+		if err := os.WriteFile(path, []byte(hex.EncodeToString(secret)+"\n"), 0o600); err != nil {
+			return nil, fmt.Errorf("writing the authentication secret: %w", err)
+		}
+		return secret, nil
+	}
+	if err != nil {
+		return nil, fmt.Errorf("authentication secret: %w", err)
+	}
+	t := strings.TrimSpace(string(data))
+	if b, err := hex.DecodeString(t); err == nil && len(b) >= 32 {
+		return b, nil
+	}
+	if len(data) >= 32 {
+		return data, nil
+	}
+	return nil, fmt.Errorf("authentication secret %s: want at least 32 bytes (64 hex digits)", path)
+}
+
+// certReloader serves a certificate that SIGHUP reloads from its files.
+type certReloader struct {
+	certFile, keyFile string
+	mu                sync.RWMutex
+	cert              *tls.Certificate
+}
+
+func newCertReloader(certFile, keyFile string) (*certReloader, error) {
+	r := &certReloader{certFile: certFile, keyFile: keyFile}
+	return r, r.reload()
+}
+
+func (r *certReloader) reload() error {
+	c, err := tls.LoadX509KeyPair(r.certFile, r.keyFile)
+	if err != nil {
+		return fmt.Errorf("TLS certificate: %w", err)
+	}
+	r.mu.Lock()
+	r.cert = &c
+	r.mu.Unlock()
+	return nil
+}
+
+func (r *certReloader) get(*tls.ClientHelloInfo) (*tls.Certificate, error) {
+	r.mu.RLock()
+	defer r.mu.RUnlock()
+	return r.cert, nil
+}
+
+// splitList splits a comma-separated flag value, dropping empty items.
+func splitList(s string) []string {
+	var out []string
+	for _, item := range strings.Split(s, ",") {
+		if item = strings.TrimSpace(item); item != "" {
+			out = append(out, item)
+		}
+	}
+	return out
+}

@@ -1,0 +1,296 @@
+package ds_test
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"testing"
+	"time"
+
+	"github.com/mlsds/mlsds/ds"
+	"github.com/mlsds/mlsds/mls"
+)
+
+func fetchSeqs(t *testing.T, e *env, client string, gid []byte) []uint64 {
+	t.Helper()
+	var out []uint64
+	for _, env := range must(e.svc.Fetch(bg, client, gid, 1, 1000)) {
+		out = append(out, env.GroupSeq)
+	}
+	return out
+}
+
+// TestMembershipWindows: an added member receives what follows the Commit
+// that added it; a removed one receives the Commit that removed it and
+// nothing after.
+func TestMembershipWindows(t *testing.T) {
+	e := newEnv(t, ds.Config{})
+	a := e.register("a", "a")
+	b := e.register("b", "b")
+	e.register("c", "c")
+	kpB := e.upload(b, 1, false)[0]
+	g := e.createGroup(a)
+
+	must(e.svc.Send(bg, "a", private(t, g.id, 0, mls.ContentTypeApplication))) // 1
+	add, next := g.commit(t, a, 0, []mls.ProposalOrRef{addOf(kpB)}, nil)
+	rAdd := must(e.svc.SendCommitBundle(bg, "a", ds.CommitBundle{Commit: add, Welcome: welcome(t, ref(t, kpB))})) // 2
+	g.st = next
+	must(e.svc.Send(bg, "a", private(t, g.id, 1, mls.ContentTypeApplication))) // 3
+	must(e.svc.Send(bg, "b", private(t, g.id, 1, mls.ContentTypeApplication))) // 4
+	remove, next := g.commit(t, a, 0, []mls.ProposalOrRef{removeOf(1)}, g.removePath(t, a, 0, 1))
+	rRemove := must(e.svc.Send(bg, "a", remove)) // 5
+	g.st = next
+	must(e.svc.Send(bg, "a", private(t, g.id, 2, mls.ContentTypeApplication))) // 6
+
+	if rAdd.GroupSeq != 2 || rRemove.GroupSeq != 5 {
+		t.Fatalf("unexpected sequence numbers %d, %d", rAdd.GroupSeq, rRemove.GroupSeq)
+	}
+	// b's stream: the Welcome, then 3 and 5 (4 is its own).
+	evs := replay(t, e, "b")
+	if len(evs) == 0 || evs[0].Welcome == nil || evs[0].Welcome.CommitSeq != 2 {
+		t.Fatalf("b's stream does not start with its Welcome: %+v", evs)
+	}
+	if got := fmt.Sprint(messageSeqs(evs)); got != "[3 5]" {
+		t.Errorf("b receives %s, want [3 5]", got)
+	}
+	// a's stream: only b's message.
+	if got := fmt.Sprint(messageSeqs(replay(t, e, "a"))); got != "[4]" {
+		t.Errorf("a receives %s, want [4]", got)
+	}
+	// Fetch includes the client's own messages, within its windows.
+	if got := fmt.Sprint(fetchSeqs(t, e, "b", g.id)); got != "[3 4 5]" {
+		t.Errorf("b fetches %s, want [3 4 5]", got)
+	}
+	if got := fmt.Sprint(fetchSeqs(t, e, "a", g.id)); got != "[1 2 3 4 5 6]" {
+		t.Errorf("a fetches %s", got)
+	}
+	_, err := e.svc.Fetch(bg, "c", g.id, 1, 10)
+	wantIs(t, err, ds.ErrNotMember)
+	_, err = e.svc.Fetch(bg, "c", []byte("nope"), 1, 10)
+	wantIs(t, err, ds.ErrNotFound)
+	// b is out.
+	_, err = e.svc.Send(bg, "b", private(t, g.id, 2, mls.ContentTypeApplication))
+	wantIs(t, err, ds.ErrNotMember)
+	_, err = e.svc.Roster(bg, "b", g.id)
+	wantIs(t, err, ds.ErrNotMember)
+	_, err = e.svc.GroupInfo(bg, "b", g.id)
+	wantIs(t, err, ds.ErrNotMember)
+	if r := must(e.svc.Roster(bg, "a", g.id)); fmt.Sprint(r) != "[a]" {
+		t.Errorf("roster %v", r)
+	}
+}
+
+// TestOpaqueRoster: in an opaque group the committer declares the roster
+// changes; the Welcome's joiners are added too.
+func TestOpaqueRoster(t *testing.T) {
+	e := newEnv(t, ds.Config{})
+	for _, id := range []string{"a", "b", "c"} {
+		e.register(id, id)
+	}
+	j := e.register("j", "j")
+	kpJ := e.upload(j, 1, false)[0]
+	gid := []byte("opaque")
+	must(0, e.svc.CreateGroup(bg, "a", ds.CreateGroup{GroupID: gid, Mode: ds.ModeOpaque, Members: []string{"b"}, GroupInfo: []byte("encrypted group info")}))
+
+	_, err := e.svc.SendCommitBundle(bg, "a", ds.CommitBundle{Commit: private(t, gid, 0, mls.ContentTypeCommit), Removed: []string{"c"}})
+	wantIs(t, err, ds.ErrInvalidArgument)
+	_, err = e.svc.SendCommitBundle(bg, "a", ds.CommitBundle{Commit: private(t, gid, 0, mls.ContentTypeCommit), Added: []string{"b"}})
+	wantIs(t, err, ds.ErrInvalidArgument)
+	_, err = e.svc.SendCommitBundle(bg, "a", ds.CommitBundle{Commit: private(t, gid, 0, mls.ContentTypeCommit), Welcome: welcome(t, []byte("unknown ref"))})
+	wantErr[*ds.InvalidMessageError](t, err)
+
+	r := must(e.svc.SendCommitBundle(bg, "a", ds.CommitBundle{
+		Commit: private(t, gid, 0, mls.ContentTypeCommit), Added: []string{"c"}, Removed: []string{"b"},
+		Welcome: welcome(t, ref(t, kpJ)), GroupInfo: []byte("encrypted group info 1"),
+	}))
+	if got := must(e.svc.Roster(bg, "a", gid)); fmt.Sprint(got) != "[a c j]" {
+		t.Errorf("roster %v, want [a c j]", got)
+	}
+	if info := must(e.svc.GroupInfo(bg, "c", gid)); string(info.GroupInfo) != "encrypted group info 1" || info.Epoch != 1 || info.RatchetTree != nil {
+		t.Errorf("opaque GroupInfo %+v", info)
+	}
+	ws := pendingWelcomes(t, e, "j")
+	if len(ws) != 1 || ws[0].CommitSeq != r.GroupSeq {
+		t.Errorf("j's Welcomes %+v", ws)
+	}
+	// The Welcome is delivered once j acknowledges the Commit.
+	if err := e.svc.Ack(bg, "j", gid, r.GroupSeq); err != nil {
+		t.Fatal(err)
+	}
+	if ws := pendingWelcomes(t, e, "j"); len(ws) != 0 {
+		t.Errorf("Welcome still pending after the ack")
+	}
+	// b, removed, receives the removing Commit and nothing after.
+	must(e.svc.Send(bg, "c", private(t, gid, 1, mls.ContentTypeApplication)))
+	if got := fmt.Sprint(messageSeqs(replay(t, e, "b"))); got != fmt.Sprint([]uint64{r.GroupSeq}) {
+		t.Errorf("b receives %s", got)
+	}
+	if got := fmt.Sprint(messageSeqs(replay(t, e, "j"))); got != fmt.Sprint([]uint64{r.GroupSeq + 1}) {
+		t.Errorf("j receives %s", got)
+	}
+}
+
+// TestSubscribeLive: replay, the caught-up marker, then live delivery
+// across groups, including a group the client joins while subscribed.
+func TestSubscribeLive(t *testing.T) {
+	e := newEnv(t, ds.Config{PollInterval: time.Hour}) // wake-ups only
+	for _, id := range []string{"a", "b", "c"} {
+		e.register(id, id)
+	}
+	g1 := []byte("g1")
+	must(0, e.svc.CreateGroup(bg, "a", ds.CreateGroup{GroupID: g1, Mode: ds.ModeOpaque, Members: []string{"b"}}))
+	for i := 0; i < 3; i++ {
+		must(e.svc.Send(bg, "a", private(t, g1, 0, mls.ContentTypeApplication)))
+	}
+	ctx, cancel := contextWithCancel()
+	defer cancel()
+	ch := must(e.svc.Subscribe(ctx, "b"))
+	evs := collect(t, ch, untilCaughtUp)
+	if got := fmt.Sprint(messageSeqs(evs)); got != "[1 2 3]" {
+		t.Fatalf("replay %s", got)
+	}
+	caught := 0
+	for _, ev := range evs {
+		if ev.CaughtUp {
+			caught++
+		}
+	}
+	if caught != 1 {
+		t.Errorf("%d CaughtUp events in the replay", caught)
+	}
+
+	// Live: a's message arrives, b's own does not.
+	must(e.svc.Send(bg, "b", private(t, g1, 0, mls.ContentTypeApplication)))
+	data := private(t, g1, 0, mls.ContentTypeApplication)
+	must(e.svc.Send(bg, "a", data))
+	evs = collect(t, ch, func(evs []ds.Event) bool { return len(evs) >= 1 })
+	if m := evs[0].Message; m == nil || m.GroupSeq != 5 || m.Sender != "a" || !bytes.Equal(m.Data, data) {
+		t.Fatalf("live event %+v, want a's message 5", evs[0])
+	}
+	// A new group with b: its messages follow.
+	g2 := []byte("g2")
+	must(0, e.svc.CreateGroup(bg, "c", ds.CreateGroup{GroupID: g2, Mode: ds.ModeOpaque, Members: []string{"b"}}))
+	must(e.svc.Send(bg, "c", private(t, g2, 0, mls.ContentTypeApplication)))
+	evs = collect(t, ch, func(evs []ds.Event) bool { return len(evs) >= 1 })
+	if m := evs[0].Message; m == nil || !bytes.Equal(m.GroupID, g2) || m.GroupSeq != 1 {
+		t.Fatalf("event %+v, want g2's first message", evs[0])
+	}
+	// Cancelling ends the stream.
+	cancel()
+	for ev := range ch {
+		if ev.Err != nil {
+			t.Errorf("cancel produced an error event: %v", ev.Err)
+		}
+	}
+}
+
+// TestSubscribePoll: with wake-ups lost (a Notifier that drops them), the
+// poll still delivers.
+func TestSubscribePoll(t *testing.T) {
+	e := newEnv(t, ds.Config{PollInterval: 10 * time.Millisecond, Notifier: deafNotifier{}})
+	e.register("a", "a")
+	e.register("b", "b")
+	gid := []byte("g")
+	must(0, e.svc.CreateGroup(bg, "a", ds.CreateGroup{GroupID: gid, Mode: ds.ModeOpaque, Members: []string{"b"}}))
+	ctx, cancel := contextWithCancel()
+	defer cancel()
+	ch := must(e.svc.Subscribe(ctx, "b"))
+	collect(t, ch, untilCaughtUp)
+	must(e.svc.Send(bg, "a", private(t, gid, 0, mls.ContentTypeApplication)))
+	evs := collect(t, ch, func(evs []ds.Event) bool { return len(evs) >= 1 })
+	if evs[0].Message == nil || evs[0].Message.GroupSeq != 1 {
+		t.Errorf("event %+v", evs[0])
+	}
+}
+
+type deafNotifier struct{}
+
+func (deafNotifier) Notify(context.Context, ...string) error { return nil }
+func (deafNotifier) Listen(string, func()) (stop func())     { return func() {} }
+
+// TestCursorsSurviveReopen: acknowledged positions are durable; after a
+// restart the replay starts right after them.
+func TestCursorsSurviveReopen(t *testing.T) {
+	e := newEnv(t, ds.Config{})
+	e.register("a", "a")
+	e.register("b", "b")
+	gid := []byte("g")
+	must(0, e.svc.CreateGroup(bg, "a", ds.CreateGroup{GroupID: gid, Mode: ds.ModeOpaque, Members: []string{"b"}}))
+	for i := 0; i < 5; i++ {
+		must(e.svc.Send(bg, "a", private(t, gid, 0, mls.ContentTypeApplication)))
+	}
+	if got := fmt.Sprint(messageSeqs(replay(t, e, "b"))); got != "[1 2 3 4 5]" {
+		t.Fatalf("first replay %s", got)
+	}
+	must(0, e.svc.Ack(bg, "b", gid, 3))
+	must(0, e.svc.Ack(bg, "b", gid, 2)) // never backwards
+	wantIs(t, e.svc.Ack(bg, "b", gid, 6), ds.ErrInvalidArgument)
+	wantIs(t, e.svc.Ack(bg, "b", []byte("nope"), 1), ds.ErrNotFound)
+	e.register("c", "c")
+	wantIs(t, e.svc.Ack(bg, "c", gid, 1), ds.ErrNotMember)
+
+	e.reopen()
+	if got := fmt.Sprint(messageSeqs(replay(t, e, "b"))); got != "[4 5]" {
+		t.Errorf("replay after reopen %s, want [4 5]", got)
+	}
+	// The group goes on where it was.
+	r := must(e.svc.Send(bg, "a", private(t, gid, 0, mls.ContentTypeCommit)))
+	if r.GroupSeq != 6 {
+		t.Errorf("after reopen the next message got seq %d", r.GroupSeq)
+	}
+}
+
+// TestTransparentStateSurvivesReopen: the tracked tree is durable.
+func TestTransparentStateSurvivesReopen(t *testing.T) {
+	e := newEnv(t, ds.Config{})
+	a := e.register("a", "a")
+	g := e.createGroup(a)
+	k := e.register("k", "k")
+	kpK := e.upload(k, 1, false)[0]
+	e.reopen()
+	c, next := g.commit(t, a, 0, []mls.ProposalOrRef{addOf(kpK)}, nil)
+	must(e.svc.Send(bg, "a", c))
+	g.st = next
+	e.reopen()
+	info := must(e.svc.GroupInfo(bg, "k", g.id))
+	tree := must(mls.UnmarshalRatchetTree(suite, info.RatchetTree))
+	gc := g.st.GroupContext()
+	if info.Epoch != 1 || !bytes.Equal(tree.TreeHash(), gc.TreeHash) {
+		t.Errorf("after reopen: epoch %d, tree matches %v", info.Epoch, bytes.Equal(tree.TreeHash(), gc.TreeHash))
+	}
+}
+
+// TestSlowConsumer: a consumer that takes nothing gets, once it reads
+// again, what was buffered and then ErrSlowConsumer; nothing is lost
+// because a new subscription replays from the acknowledged cursor.
+func TestSlowConsumer(t *testing.T) {
+	e := newEnv(t, ds.Config{SubscriptionBuffer: 2, SlowConsumerTimeout: time.Millisecond})
+	e.register("a", "a")
+	e.upload(e.register("b", "b"), 10, false) // no low-water event
+	gid := []byte("g")
+	must(0, e.svc.CreateGroup(bg, "a", ds.CreateGroup{GroupID: gid, Mode: ds.ModeOpaque, Members: []string{"b"}}))
+	for i := 0; i < 10; i++ {
+		must(e.svc.Send(bg, "a", private(t, gid, 0, mls.ContentTypeApplication)))
+	}
+	ctx, cancel := contextWithCancel()
+	defer cancel()
+	ch := must(e.svc.Subscribe(ctx, "b"))
+	time.Sleep(300 * time.Millisecond) // far beyond the 1ms the producer waits
+	var evs []ds.Event
+	for ev := range ch {
+		evs = append(evs, ev)
+	}
+	if len(evs) != 3 || evs[2].Err == nil {
+		t.Fatalf("events %+v, want 2 messages and an error", evs)
+	}
+	wantIs(t, evs[2].Err, ds.ErrSlowConsumer)
+	if got := fmt.Sprint(messageSeqs(evs)); got != "[1 2]" {
+		t.Errorf("buffered %s", got)
+	}
+	must(0, e.svc.Ack(bg, "b", gid, 2))
+	e.cfg.SubscriptionBuffer = 64
+	e.reopen()
+	if got := fmt.Sprint(messageSeqs(replay(t, e, "b"))); got != "[3 4 5 6 7 8 9 10]" {
+		t.Errorf("resumed replay %s", got)
+	}
+}

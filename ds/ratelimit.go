@@ -1,0 +1,103 @@
+package ds
+
+import (
+	"container/list"
+	"sync"
+	"time"
+
+	"golang.org/x/time/rate"
+)
+
+// keyedLimiter is a token bucket per key (a client id), with at most max
+// keys: when a new key would exceed max, the least recently used one is
+// forgotten (and starts again with a full bucket if it comes back).
+type keyedLimiter struct {
+	what  string
+	limit rate.Limit
+	burst int
+	max   int
+
+	mu  sync.Mutex
+	lru *list.List // of *limiterEntry, most recent at the front
+	m   map[string]*list.Element
+}
+
+type limiterEntry struct {
+	key string
+	lim *rate.Limiter
+}
+
+// newKeyedLimiter returns a limiter of perSecond events per second with
+// the given burst, or nil (no limit) if perSecond is negative.
+func newKeyedLimiter(what string, perSecond float64, burst, max int) *keyedLimiter {
+	if perSecond < 0 {
+		return nil
+	}
+	if burst < 1 {
+		burst = 1
+	}
+	return &keyedLimiter{
+		what:  what,
+		limit: rate.Limit(perSecond),
+		burst: burst,
+		max:   max,
+		lru:   list.New(),
+		m:     make(map[string]*list.Element),
+	}
+}
+
+func (k *keyedLimiter) get(key string) *rate.Limiter {
+	if e, ok := k.m[key]; ok {
+		k.lru.MoveToFront(e)
+		return e.Value.(*limiterEntry).lim
+	}
+	for k.lru.Len() >= k.max && k.lru.Len() > 0 {
+		old := k.lru.Back()
+		k.lru.Remove(old)
+		delete(k.m, old.Value.(*limiterEntry).key)
+	}
+	lim := rate.NewLimiter(k.limit, k.burst)
+	k.m[key] = k.lru.PushFront(&limiterEntry{key: key, lim: lim})
+	return lim
+}
+
+// reserve takes one token for each key at now, or none of them: if any key
+// has no token, it returns a *RateLimitedError with the longest wait.
+func (k *keyedLimiter) reserve(now time.Time, keys ...string) error {
+	if k == nil {
+		return nil
+	}
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	var taken []*rate.Reservation
+	var wait time.Duration
+	for _, key := range keys {
+		r := k.get(key).ReserveN(now, 1)
+		if !r.OK() {
+			wait = time.Hour // burst < 1 cannot happen; be safe
+			continue
+		}
+		if d := r.DelayFrom(now); d > 0 {
+			if d > wait {
+				wait = d
+			}
+			r.CancelAt(now)
+			continue
+		}
+		taken = append(taken, r)
+	}
+	if wait > 0 {
+		for _, r := range taken {
+			r.CancelAt(now)
+		}
+		return &RateLimitedError{RetryAfter: wait, What: k.what}
+	}
+	return nil
+}
+
+// len returns how many keys are tracked (for tests).
+func (k *keyedLimiter) len() int {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	return k.lru.Len()
+}

@@ -1,0 +1,499 @@
+package ds
+
+import (
+	"bytes"
+	"context"
+	"crypto/sha256"
+	"errors"
+	"fmt"
+	"sort"
+	"time"
+
+	"github.com/mlsds/mlsds/mls"
+)
+
+// maxStateRetries bounds how often a submission is validated again when
+// the group's state changed between validation and commit (concurrent
+// Proposals in a transparent group).
+const maxStateRetries = 16
+
+// Send submits one MLSMessage (a PublicMessage or PrivateMessage holding
+// an application message, a Proposal or a Commit) to its group.
+//
+// A Commit is accepted if and only if its epoch is the group's current
+// epoch; then the group moves to the next epoch. Otherwise it fails with
+// *WrongEpochError, which says where to fetch from. Proposals must be for
+// the current epoch too; application messages may be up to
+// Config.AppMessageEpochWindow epochs old (else *StaleEpochError).
+//
+// Transparent groups: Proposals and Commits must be PublicMessages; they
+// are verified against the tracked group state, and the sender's leaf must
+// carry the sender's client id. Application messages must be
+// PrivateMessages, from a member. Opaque groups: any message from a
+// member, ordered by its clear header.
+//
+// Submitting the same bytes again returns the first receipt and changes
+// nothing. A Commit sent with Send changes no roster in an opaque group;
+// use SendCommitBundle for that and to deliver a Welcome.
+func (s *Service) Send(ctx context.Context, sender string, msg []byte) (Receipt, error) {
+	return s.submit(ctx, sender, msg, nil)
+}
+
+// SendCommitBundle submits a Commit together with an optional Welcome for
+// the members it adds and an optional GroupInfo of the new epoch; all are
+// accepted or refused as one.
+//
+// The Welcome is routed by the KeyPackageRefs it names to the clients
+// whose KeyPackages they are, once the Commit is accepted, and those
+// KeyPackages are marked used. In a transparent group every KeyPackage it
+// names must be added by the Commit, and the GroupInfo must be signed by a
+// member and carry the GroupContext of the new epoch. In an opaque group
+// the roster changes are b.Added and b.Removed; the Welcome's joiners are
+// added too.
+func (s *Service) SendCommitBundle(ctx context.Context, sender string, b CommitBundle) (Receipt, error) {
+	return s.submit(ctx, sender, b.Commit, &b)
+}
+
+// submission is a message being accepted, with what was learnt of it.
+type submission struct {
+	sender string
+	data   []byte
+	msg    *mls.MLSMessage
+	bundle *CommitBundle // nil for Send
+
+	groupID []byte
+	epoch   uint64
+	ct      mls.ContentType
+	wf      mls.WireFormat
+	hash    []byte
+}
+
+func (s *Service) submit(ctx context.Context, sender string, data []byte, b *CommitBundle) (Receipt, error) {
+	if err := s.allow(sender); err != nil {
+		return Receipt{}, err
+	}
+	sizes := []int{len(data)}
+	if b != nil {
+		sizes = append(sizes, len(b.Welcome), len(b.GroupInfo))
+	}
+	for _, n := range sizes {
+		if n > s.cfg.MaxMessageSize {
+			return Receipt{}, &TooLargeError{Limit: s.cfg.MaxMessageSize, What: "message bytes"}
+		}
+	}
+	sub, err := parseSubmission(sender, data, b)
+	if err != nil {
+		return Receipt{}, err
+	}
+	if r, err := s.store.MessageByHash(ctx, sub.groupID, sub.hash); err == nil {
+		return r, nil
+	} else if !isNotFound(err) {
+		return Receipt{}, err
+	}
+	for range maxStateRetries {
+		p, notify, err := s.prepare(ctx, sub)
+		if err != nil {
+			return Receipt{}, err
+		}
+		res, err := s.store.AcceptMessage(ctx, p)
+		if errors.Is(err, ErrStateConflict) {
+			continue
+		}
+		if err != nil {
+			return Receipt{}, err
+		}
+		if !res.Duplicate {
+			s.notify(notify...)
+		}
+		return res.Receipt, nil
+	}
+	return Receipt{}, &RateLimitedError{RetryAfter: 100 * time.Millisecond, What: "group state changing too fast"}
+}
+
+// parseSubmission decodes the message and reads its clear header.
+func parseSubmission(sender string, data []byte, b *CommitBundle) (*submission, error) {
+	m, err := mls.ParseMLSMessage(data)
+	if err != nil {
+		return nil, invalidMessage("", err)
+	}
+	sub := &submission{sender: sender, data: data, msg: m, bundle: b, wf: m.WireFormat}
+	switch m.WireFormat {
+	case mls.WireFormatPublicMessage:
+		fc := &m.PublicMessage.Content
+		sub.groupID, sub.epoch, sub.ct = fc.GroupID, fc.Epoch, fc.ContentType
+	case mls.WireFormatPrivateMessage:
+		pm := m.PrivateMessage
+		sub.groupID, sub.epoch, sub.ct = pm.GroupID, pm.Epoch, pm.ContentType
+	default:
+		return nil, invalidf("6", "a group message must be a PublicMessage or PrivateMessage, not wire format %d; Welcomes travel in a commit bundle, KeyPackages go to the directory", m.WireFormat)
+	}
+	if len(sub.groupID) == 0 {
+		return nil, invalidf("6", "the message has an empty group_id")
+	}
+	if b != nil && sub.ct != mls.ContentTypeCommit {
+		return nil, invalidf("12.4", "a commit bundle must carry a Commit, not content type %d", sub.ct)
+	}
+	h := sha256.Sum256(data)
+	sub.hash = h[:]
+	return sub, nil
+}
+
+// prepare validates a submission against the group as it is now and
+// returns what to store, and the topics to notify once it is stored.
+func (s *Service) prepare(ctx context.Context, sub *submission) (AcceptParams, []string, error) {
+	head, err := s.store.Group(ctx, sub.groupID)
+	if err != nil {
+		return AcceptParams{}, nil, err
+	}
+	if head.Mode == ModeTransparent && sub.wf == mls.WireFormatPublicMessage {
+		// Head and state are read together: the state is the one of
+		// head.StateVersion.
+		if head, err = s.store.GroupState(ctx, sub.groupID); err != nil {
+			return AcceptParams{}, nil, err
+		}
+	}
+	p := AcceptParams{
+		GroupID:     bytes.Clone(sub.groupID),
+		Hash:        sub.hash,
+		Epoch:       sub.epoch,
+		ContentType: sub.ct,
+		WireFormat:  sub.wf,
+		Sender:      sub.sender,
+		Data:        sub.data,
+		AcceptedAt:  s.now(),
+	}
+	if sub.ct == mls.ContentTypeApplication {
+		p.MaxEpochLag = s.cfg.AppMessageEpochWindow
+	}
+	// The store checks the epoch again under its transaction; checking now
+	// spares the validation of a message that cannot be accepted.
+	if err := CheckEpoch(p, head.Epoch, head.EpochStartSeq); err != nil {
+		return AcceptParams{}, nil, err
+	}
+	switch head.Mode {
+	case ModeTransparent:
+		err = s.prepareTransparent(ctx, head, sub, &p)
+	case ModeOpaque:
+		err = s.prepareOpaque(ctx, head, sub, &p)
+	default:
+		err = fmt.Errorf("ds: group %x has unknown mode %d", head.ID, head.Mode)
+	}
+	if err != nil {
+		return AcceptParams{}, nil, err
+	}
+	notify := []string{GroupTopic(sub.groupID)}
+	for _, c := range p.Added {
+		notify = append(notify, ClientTopic(c))
+	}
+	for _, c := range p.Removed {
+		notify = append(notify, ClientTopic(c))
+	}
+	for _, w := range p.WelcomeTo {
+		notify = append(notify, ClientTopic(w.ClientID))
+	}
+	return p, notify, nil
+}
+
+func (s *Service) prepareTransparent(ctx context.Context, head GroupRecord, sub *submission, p *AcceptParams) error {
+	if sub.wf == mls.WireFormatPrivateMessage {
+		if sub.ct != mls.ContentTypeApplication {
+			return invalidf("", "this group is transparent: Proposals and Commits must be PublicMessages so that the Delivery Service can verify them (create an opaque group to encrypt them)")
+		}
+		p.RequireMember = true
+		return nil
+	}
+	pm := sub.msg.PublicMessage
+	fc := &pm.Content
+	if sub.ct == mls.ContentTypeApplication {
+		return invalidf("6", "application messages must be PrivateMessages")
+	}
+	st, err := s.loadState(head)
+	if err != nil {
+		return err
+	}
+	tree := st.Tree()
+	switch fc.Sender.SenderType {
+	case mls.SenderTypeMember:
+		leaf := tree.Leaf(fc.Sender.LeafIndex)
+		if leaf == nil {
+			return invalidf("6.1", "the sender's leaf %d is not a member of the group", fc.Sender.LeafIndex)
+		}
+		if id, err := credentialClientID(&leaf.Credential); err != nil || id != sub.sender {
+			return fmt.Errorf("%w: leaf %d does not belong to %q; a member may only send as its own leaf",
+				ErrPermissionDenied, fc.Sender.LeafIndex, sub.sender)
+		}
+		p.RequireMember = true
+	case mls.SenderTypeNewMemberProposal:
+		if fc.Proposal == nil || fc.Proposal.Add == nil {
+			return invalidf("6.1", "a new_member_proposal sender may only send an Add")
+		}
+		if id, err := credentialClientID(&fc.Proposal.Add.KeyPackage.LeafNode.Credential); err != nil || id != sub.sender {
+			return fmt.Errorf("%w: a client may only propose to add itself", ErrPermissionDenied)
+		}
+	case mls.SenderTypeNewMemberCommit:
+		// Checked below: the joiner must be the sender.
+	default:
+		return fmt.Errorf("%w: messages from external senders (§12.1.8) are not accepted from clients", ErrPermissionDenied)
+	}
+	p.StateVersion = head.StateVersion
+
+	switch sub.ct {
+	case mls.ContentTypeProposal:
+		if _, err := st.HandleProposal(pm); err != nil {
+			return invalidMessage("Proposal", err)
+		}
+		if p.NewState, err = st.MarshalBinary(); err != nil {
+			return fmt.Errorf("ds: encoding group state: %w", err)
+		}
+		return nil
+	case mls.ContentTypeCommit:
+	default:
+		return invalidf("6", "unknown content type %d", sub.ct)
+	}
+
+	next, eff, err := st.HandleCommit(pm)
+	if err != nil {
+		return invalidMessage("Commit", err)
+	}
+	if p.NewState, err = next.MarshalBinary(); err != nil {
+		return fmt.Errorf("ds: encoding group state: %w", err)
+	}
+	newTree := next.Tree()
+	if int(newTree.MemberCount()) > s.cfg.MaxGroupSize {
+		return &TooLargeError{Limit: s.cfg.MaxGroupSize, What: "group members"}
+	}
+
+	// Roster changes, by client id.
+	addedByRef := make(map[string]string)
+	var added, removed []string
+	for _, a := range eff.Added {
+		id, err := credentialClientID(&a.Credential)
+		if err != nil {
+			return invalidMessage(fmt.Sprintf("added leaf %d", a.Leaf), err)
+		}
+		added = append(added, id)
+		if a.KeyPackageRef != nil {
+			addedByRef[string(a.KeyPackageRef)] = id
+		}
+	}
+	for _, r := range eff.Removed {
+		id, err := credentialClientID(&r.Credential)
+		if err != nil {
+			return invalidMessage(fmt.Sprintf("removed leaf %d", r.Leaf), err)
+		}
+		if !contains(added, id) {
+			removed = append(removed, id)
+		}
+	}
+	for _, u := range eff.Updated {
+		old := tree.Leaf(u.Leaf)
+		if old == nil {
+			continue
+		}
+		oldID, _ := credentialClientID(&old.Credential)
+		newID, err := credentialClientID(&u.Credential)
+		if err != nil || newID != oldID {
+			return fmt.Errorf("%w: leaf %d may not change its identity from %q", ErrPermissionDenied, u.Leaf, oldID)
+		}
+	}
+	if eff.External {
+		if !contains(added, sub.sender) {
+			return fmt.Errorf("%w: an external Commit must add the sender %q itself", ErrPermissionDenied, sub.sender)
+		}
+	}
+	added = dedupeSorted(added)
+	removed = dedupeSorted(removed)
+	p.Added, p.Removed = added, removed
+
+	b := sub.bundle
+	if b == nil {
+		return nil
+	}
+	if len(b.Added) > 0 || len(b.Removed) > 0 {
+		if !sameSet(b.Added, added) || !sameSet(b.Removed, removed) {
+			return invalidf("", "the bundle's Added %v / Removed %v disagree with the Commit, which adds %v and removes %v",
+				b.Added, b.Removed, added, removed)
+		}
+	}
+	if len(b.GroupInfo) > 0 {
+		gi, err := parseGroupInfo(b.GroupInfo)
+		if err != nil {
+			return err
+		}
+		if err := checkGroupInfo(gi, next, newTree); err != nil {
+			return err
+		}
+		if p.GroupInfo, err = groupInfoMessage(gi); err != nil {
+			return err
+		}
+	}
+	if len(b.Welcome) > 0 {
+		if err := s.routeWelcome(ctx, head, b.Welcome, addedByRef, p); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// checkGroupInfo checks a GroupInfo published with a Commit: it must carry
+// the GroupContext of the new epoch and be signed by a member (§12.4.3).
+func checkGroupInfo(gi *mls.GroupInfo, next *mls.PublicGroupState, tree *mls.RatchetTree) error {
+	want := next.GroupContext()
+	wantBytes, err := want.MarshalBinary()
+	if err != nil {
+		return fmt.Errorf("ds: encoding GroupContext: %w", err)
+	}
+	got, err := gi.GroupContext.MarshalBinary()
+	if err != nil || !bytes.Equal(got, wantBytes) {
+		return invalidf("12.4.3", "the GroupInfo's GroupContext is not the one of the epoch the Commit starts (epoch %d)", want.Epoch)
+	}
+	signer := tree.Leaf(gi.Signer)
+	if signer == nil {
+		return invalidf("12.4.3", "the GroupInfo signer %d is not a member", gi.Signer)
+	}
+	if err := gi.VerifySignature(signer.SignatureKey); err != nil {
+		return invalidMessage("GroupInfo", wrapSection("12.4.3", err))
+	}
+	return nil
+}
+
+func (s *Service) prepareOpaque(ctx context.Context, head GroupRecord, sub *submission, p *AcceptParams) error {
+	p.RequireMember = true
+	b := sub.bundle
+	if sub.ct != mls.ContentTypeCommit || b == nil {
+		return nil
+	}
+	members, err := s.store.Members(ctx, head.ID)
+	if err != nil {
+		return err
+	}
+	if !contains(members, sub.sender) {
+		return fmt.Errorf("%w: %q in group %x", ErrNotMember, sub.sender, head.ID)
+	}
+	removed := dedupeSorted(b.Removed)
+	for _, r := range removed {
+		if !contains(members, r) {
+			return fmt.Errorf("%w: cannot remove %q: not a member of the group", ErrInvalidArgument, r)
+		}
+	}
+	if len(b.Welcome) > 0 {
+		if err := s.routeWelcome(ctx, head, b.Welcome, nil, p); err != nil {
+			return err
+		}
+	}
+	added := append([]string(nil), b.Added...)
+	for _, w := range p.WelcomeTo {
+		added = append(added, w.ClientID)
+	}
+	added = dedupeSorted(added)
+	for _, a := range added {
+		if contains(members, a) && !contains(removed, a) {
+			return fmt.Errorf("%w: cannot add %q: already a member of the group", ErrInvalidArgument, a)
+		}
+		if err := s.checkID("client", a); err != nil {
+			return err
+		}
+		if _, err := s.store.Client(ctx, a); err != nil {
+			return fmt.Errorf("cannot add %q: %w", a, err)
+		}
+	}
+	if len(members)-len(removed)+len(added) > s.cfg.MaxGroupSize {
+		return &TooLargeError{Limit: s.cfg.MaxGroupSize, What: "group members"}
+	}
+	p.Added, p.Removed = added, removed
+	if b.GroupInfo != nil {
+		p.GroupInfo = bytes.Clone(b.GroupInfo)
+	}
+	return nil
+}
+
+// routeWelcome finds the recipients of a Welcome by the KeyPackageRefs it
+// names and records them in p. In a transparent group, expect maps each
+// KeyPackageRef the Commit adds to the added client; the Welcome may name
+// only those.
+func (s *Service) routeWelcome(ctx context.Context, head GroupRecord, data []byte, expect map[string]string, p *AcceptParams) error {
+	w, err := parseWelcome(data)
+	if err != nil {
+		return err
+	}
+	if head.CipherSuite != 0 && w.CipherSuite != head.CipherSuite {
+		return invalidf("12.4.3.1", "the Welcome is for cipher suite %d, the group uses %d", w.CipherSuite, head.CipherSuite)
+	}
+	joiners := w.Joiners()
+	if len(joiners) == 0 {
+		return invalidf("12.4.3.1", "the Welcome names no new member")
+	}
+	refs := make([][]byte, len(joiners))
+	for i, r := range joiners {
+		refs[i] = r
+	}
+	recs, err := s.store.KeyPackagesByRef(ctx, refs)
+	if err != nil {
+		return err
+	}
+	byRef := make(map[string]KeyPackageRecord, len(recs))
+	for _, r := range recs {
+		byRef[string(r.Ref)] = r
+	}
+	seen := make(map[string]bool)
+	for _, ref := range refs {
+		if seen[string(ref)] {
+			return invalidf("12.4.3.1", "the Welcome names KeyPackage %x twice", ref)
+		}
+		seen[string(ref)] = true
+		rec, known := byRef[string(ref)]
+		client := rec.ClientID
+		if known {
+			if rec.Consumed() && !rec.LastResort {
+				return invalidf("10", "KeyPackage %x was already used by an earlier Welcome; a KeyPackage is used only once", ref)
+			}
+			if !rec.LastResort {
+				p.ConsumeKeyPackages = append(p.ConsumeKeyPackages, ref)
+			}
+		}
+		if expect != nil {
+			want, ok := expect[string(ref)]
+			if !ok {
+				return invalidf("12.4.3.1", "the Welcome names KeyPackage %x, which the Commit does not add", ref)
+			}
+			if known && client != want {
+				return invalidf("12.4.3.1", "KeyPackage %x belongs to %q but the Commit adds %q with it", ref, client, want)
+			}
+			client = want
+		} else if !known {
+			return invalidf("", "the Welcome names KeyPackage %x, which this Delivery Service does not know; publish and claim KeyPackages through it", ref)
+		}
+		p.WelcomeTo = append(p.WelcomeTo, WelcomeRoute{ClientID: client, KeyPackageRef: ref})
+	}
+	p.Welcome = bytes.Clone(data)
+	return nil
+}
+
+func dedupeSorted(ss []string) []string {
+	if len(ss) == 0 {
+		return nil
+	}
+	out := append([]string(nil), ss...)
+	sort.Strings(out)
+	j := 0
+	for i := range out {
+		if i == 0 || out[i] != out[j-1] {
+			out[j] = out[i]
+			j++
+		}
+	}
+	return out[:j]
+}
+
+func sameSet(a, b []string) bool {
+	a, b = dedupeSorted(a), dedupeSorted(b)
+	if len(a) != len(b) {
+		return false
+	}
+	for i := range a {
+		if a[i] != b[i] {
+			return false
+		}
+	}
+	return true
+}

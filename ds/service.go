@@ -1,0 +1,162 @@
+// Package ds is the Delivery Service of mlsds: the KeyPackage directory,
+// the sequencer that gives every group one order of messages and exactly
+// one Commit per epoch, the membership policy and the fan-out to members.
+//
+// ds knows nothing of transports. A server maps its API onto the methods of
+// Service, which act for an already authenticated client (the client id
+// they take), and maps the typed errors of errors.go onto status codes.
+// Durable state lives behind the Store interface; engines are in
+// ds/store/... and pass the conformance suite in ds/store/storetest.
+package ds
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"time"
+	"unicode/utf8"
+
+	"github.com/mlsds/mlsds/mls"
+)
+
+// Service is the Delivery Service. It is safe for concurrent use, and
+// several Services (on several nodes) may share one Store whose engine
+// supports it.
+type Service struct {
+	store    Store
+	cfg      Config
+	notifier Notifier
+
+	requests        *keyedLimiter
+	claimsBy        *keyedLimiter
+	claimsForTarget *keyedLimiter
+}
+
+// New returns a Service over store. The zero Config is a reasonable one.
+func New(store Store, cfg Config) *Service {
+	cfg = cfg.withDefaults()
+	n := cfg.Notifier
+	if n == nil {
+		if p, ok := store.(NotifierProvider); ok {
+			n = p.Notifier()
+		}
+	}
+	if n == nil {
+		n = NewLocalNotifier()
+	}
+	return &Service{
+		store:    store,
+		cfg:      cfg,
+		notifier: n,
+		requests: newKeyedLimiter("requests", cfg.RequestsPerSecond, cfg.RequestBurst, cfg.MaxRateLimitKeys),
+		claimsBy: newKeyedLimiter("claims by claimer", perMinute(cfg.ClaimsPerMinute),
+			burstOf(cfg.ClaimsPerMinute), cfg.MaxRateLimitKeys),
+		claimsForTarget: newKeyedLimiter("claims for target", perMinute(cfg.ClaimsPerTargetPerMinute),
+			burstOf(cfg.ClaimsPerTargetPerMinute), cfg.MaxRateLimitKeys),
+	}
+}
+
+func perMinute(n float64) float64 {
+	if n < 0 {
+		return n
+	}
+	return n / 60
+}
+
+// burstOf lets a full minute's worth of claims happen at once.
+func burstOf(perMinute float64) int {
+	if perMinute < 1 {
+		return 1
+	}
+	return int(perMinute)
+}
+
+// Config returns the Service's configuration with defaults filled in.
+func (s *Service) Config() Config { return s.cfg }
+
+// Notifier returns the Notifier the Service wakes subscriptions with.
+func (s *Service) Notifier() Notifier { return s.notifier }
+
+// now returns the current time truncated to the microsecond, the precision
+// every Store keeps.
+func (s *Service) now() time.Time {
+	return s.cfg.Now().UTC().Truncate(time.Microsecond)
+}
+
+// allow charges one request to client.
+func (s *Service) allow(client string) error {
+	return s.requests.reserve(s.cfg.Now(), client)
+}
+
+// notify wakes subscriptions. A failure only delays delivery until the
+// subscriptions poll, so it is not reported to the caller.
+func (s *Service) notify(topics ...string) {
+	if len(topics) == 0 {
+		return
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	_ = s.notifier.Notify(ctx, topics...)
+}
+
+// checkID validates a client or user id.
+func (s *Service) checkID(kind, id string) error {
+	if id == "" {
+		return fmt.Errorf("%w: empty %s id", ErrInvalidArgument, kind)
+	}
+	if len(id) > s.cfg.MaxClientIDSize {
+		return fmt.Errorf("%w: %s id of %d bytes is over the limit of %d", ErrInvalidArgument, kind, len(id), s.cfg.MaxClientIDSize)
+	}
+	if !utf8.ValidString(id) {
+		return fmt.Errorf("%w: %s id is not valid UTF-8", ErrInvalidArgument, kind)
+	}
+	return nil
+}
+
+// RegisterClient registers a client. Registering the same id again with
+// the same signature key and suite succeeds and changes nothing; with
+// another key or suite it fails with ErrAlreadyExists.
+func (s *Service) RegisterClient(ctx context.Context, c Client) error {
+	if err := s.checkID("client", c.ID); err != nil {
+		return err
+	}
+	if c.UserID == "" {
+		c.UserID = c.ID
+	}
+	if err := s.checkID("user", c.UserID); err != nil {
+		return err
+	}
+	if !suiteKnown(c.CipherSuite) {
+		return fmt.Errorf("%w: unsupported cipher suite %d", ErrInvalidArgument, c.CipherSuite)
+	}
+	if len(c.SignatureKey) == 0 {
+		return fmt.Errorf("%w: empty signature key", ErrInvalidArgument)
+	}
+	c.CreatedAt = s.now()
+	err := s.store.CreateClient(ctx, c)
+	if err == nil {
+		return nil
+	}
+	if !errors.Is(err, ErrAlreadyExists) {
+		return err
+	}
+	old, gerr := s.store.Client(ctx, c.ID)
+	if gerr != nil {
+		return err
+	}
+	if old.CipherSuite == c.CipherSuite && old.UserID == c.UserID && bytes.Equal(old.SignatureKey, c.SignatureKey) {
+		return nil
+	}
+	return fmt.Errorf("%w: client id %q is registered with another key, suite or user", ErrAlreadyExists, c.ID)
+}
+
+// Client returns a registered client, or ErrNotFound.
+func (s *Service) Client(ctx context.Context, id string) (Client, error) {
+	return s.store.Client(ctx, id)
+}
+
+// suiteKnown reports whether the mls package implements cs.
+func suiteKnown(cs mls.CipherSuite) bool {
+	return cs.Supported()
+}

@@ -1,0 +1,297 @@
+package ds
+
+import (
+	"context"
+	"time"
+
+	"github.com/mlsds/mlsds/mls"
+)
+
+// Store is the durable state of a Delivery Service. Every method that
+// changes more than one thing does so in one transaction of the engine, so
+// that a crash leaves either all or none of it. The Service holds the
+// policy (what is valid, who may do what); a Store holds the invariants
+// that need a transaction to be kept under concurrency: one Commit per
+// epoch, single-use KeyPackages, monotonic cursors, unique message hashes.
+//
+// Engines live in ds/store/<name> and must pass ds/store/storetest. Times
+// are stored with at least microsecond precision; the Service only hands
+// over times truncated to the microsecond, and an engine returns them
+// exactly as given (in UTC).
+//
+// Errors: ErrNotFound for an unknown client, group or KeyPackage;
+// ErrAlreadyExists (possibly wrapped) for a duplicate; the typed errors of
+// AcceptMessage listed there. Anything else is an engine failure.
+type Store interface {
+	// CreateClient registers c. ErrAlreadyExists if c.ID is taken.
+	CreateClient(ctx context.Context, c Client) error
+	// Client returns the client with id, or ErrNotFound.
+	Client(ctx context.Context, id string) (Client, error)
+	// ClientsOfUser returns the clients registered with userID, ordered by
+	// id (none is not an error).
+	ClientsOfUser(ctx context.Context, userID string) ([]Client, error)
+
+	// AddKeyPackages stores kps for their client (all have the same
+	// ClientID) as one transaction: none is stored unless all are. It
+	// fails with ErrAlreadyExists (wrapped) if a Ref is already stored or
+	// repeated in kps, or if a last-resort KeyPackage would make two
+	// unclaimed last-resort ones for the client and suite; with a
+	// *TooLargeError if the client would hold more than limit unclaimed
+	// KeyPackages.
+	AddKeyPackages(ctx context.Context, kps []KeyPackageRecord, limit int) error
+	// KeyPackages returns the client's unclaimed KeyPackages (also expired
+	// ones, so that the client can see and delete them), oldest first.
+	KeyPackages(ctx context.Context, clientID string) ([]KeyPackageRecord, error)
+	// DeleteKeyPackages deletes the client's unclaimed KeyPackages among
+	// refs and returns how many it deleted. Refs of other clients, of
+	// claimed KeyPackages and unknown refs are ignored.
+	DeleteKeyPackages(ctx context.Context, clientID string, refs [][]byte) (int, error)
+	// CountKeyPackages counts the client's claimable KeyPackages per suite:
+	// unclaimed, not last-resort, valid at now.
+	CountKeyPackages(ctx context.Context, clientID string, now time.Time) (map[mls.CipherSuite]int, error)
+	// ClaimKeyPackages claims, in one transaction, one KeyPackage of suite
+	// p.Suite for each client in p.Targets: the oldest unclaimed,
+	// not-last-resort one valid at p.Now, which becomes claimed by
+	// p.Claimer and is never returned again; if there is none, the
+	// client's last-resort one valid at p.Now, which stays unclaimed. A
+	// target with neither gets a Claim with a nil KeyPackage. Results are
+	// in the order of p.Targets.
+	ClaimKeyPackages(ctx context.Context, p ClaimParams) ([]Claim, error)
+	// KeyPackagesByRef returns what the directory knows of each ref that
+	// it holds, claimed or not; unknown refs are absent from the result.
+	KeyPackagesByRef(ctx context.Context, refs [][]byte) ([]KeyPackageRecord, error)
+
+	// CreateGroup stores a new group with its first roster; every member
+	// starts with the first message (GroupSeq 1). ErrAlreadyExists if the
+	// group id is taken.
+	CreateGroup(ctx context.Context, g GroupRecord, members []string) error
+	// Group returns the head of a group (everything but its state), or
+	// ErrNotFound.
+	Group(ctx context.Context, groupID []byte) (GroupRecord, error)
+	// GroupState returns the head of the group together with its State and
+	// GroupInfo.
+	GroupState(ctx context.Context, groupID []byte) (GroupRecord, error)
+	// Members returns the clients that are members of the group now (whose
+	// last membership window is open), ordered by id.
+	Members(ctx context.Context, groupID []byte) ([]string, error)
+	// Memberships returns the membership windows of a client in a group,
+	// oldest first (none is not an error).
+	Memberships(ctx context.Context, groupID []byte, clientID string) ([]MembershipWindow, error)
+
+	// MessageByHash returns the receipt of the group's message whose
+	// Hash is hash, or ErrNotFound.
+	MessageByHash(ctx context.Context, groupID, hash []byte) (Receipt, error)
+	// AcceptMessage appends a message to its group, in one transaction
+	// with everything it implies; see AcceptParams for the rules and
+	// effects. If the group already holds a message with p.Hash it changes
+	// nothing and returns that message's receipt with Duplicate set.
+	// Otherwise it fails with ErrNotFound (no such group), *WrongEpochError,
+	// *StaleEpochError, ErrNotMember, ErrStateConflict, or succeeds.
+	AcceptMessage(ctx context.Context, p AcceptParams) (AcceptResult, error)
+	// Messages returns the group's messages with GroupSeq >= q.FromSeq in
+	// order, at most q.Limit of them, restricted to the membership windows
+	// of q.ClientID, and without those q.ClientID sent if q.ExcludeOwn.
+	Messages(ctx context.Context, q MessageQuery) ([]Envelope, error)
+
+	// Cursors returns, for every group in which the client has a
+	// membership window, its acknowledged position and windows.
+	Cursors(ctx context.Context, clientID string) ([]GroupCursor, error)
+	// Ack moves the client's cursor in the group forward to seq (never
+	// back) and marks the client's Welcomes of the group with
+	// CommitSeq <= seq as delivered. ErrNotMember if the client never had
+	// a membership window in the group.
+	Ack(ctx context.Context, clientID string, groupID []byte, seq uint64) error
+	// PendingWelcomes returns the Welcomes routed to the client that are
+	// not delivered yet, oldest first.
+	PendingWelcomes(ctx context.Context, clientID string) ([]WelcomeEvent, error)
+
+	// Close releases the engine's resources.
+	Close() error
+}
+
+// NotifierProvider is implemented by a Store that brings its own Notifier
+// (a PostgreSQL engine with LISTEN/NOTIFY, so that writers on one node wake
+// subscriptions on another).
+type NotifierProvider interface {
+	Notifier() Notifier
+}
+
+// Client is a registered client (a device). Its ID is the identity in its
+// MLS credentials.
+type Client struct {
+	ID           string
+	UserID       string
+	CipherSuite  mls.CipherSuite
+	SignatureKey []byte
+	CreatedAt    time.Time
+}
+
+// KeyPackageRecord is a KeyPackage in the directory.
+type KeyPackageRecord struct {
+	Ref         []byte
+	ClientID    string
+	CipherSuite mls.CipherSuite
+	Data        []byte // as uploaded
+	NotBefore   time.Time
+	NotAfter    time.Time
+	LastResort  bool
+	UploadedAt  time.Time
+
+	// Set once the KeyPackage was claimed (never for a last-resort one).
+	ClaimedBy string
+	ClaimedAt time.Time
+	// Set once a Welcome that uses the KeyPackage was accepted.
+	ConsumedAt time.Time
+}
+
+// Claimed reports whether the KeyPackage was handed out by a claim.
+func (r KeyPackageRecord) Claimed() bool { return !r.ClaimedAt.IsZero() }
+
+// Consumed reports whether an accepted Welcome used the KeyPackage.
+func (r KeyPackageRecord) Consumed() bool { return !r.ConsumedAt.IsZero() }
+
+// ClaimParams asks for one KeyPackage of each target.
+type ClaimParams struct {
+	Claimer string
+	Targets []string
+	Suite   mls.CipherSuite
+	Now     time.Time
+}
+
+// Claim is the outcome of a claim for one target.
+type Claim struct {
+	Target     string
+	KeyPackage *KeyPackageRecord // nil: nothing claimable left
+	// Remaining is the target's claimable stock for the suite after the
+	// claim (not counting last-resort KeyPackages).
+	Remaining int
+}
+
+// GroupRecord is a group as stored.
+type GroupRecord struct {
+	ID          []byte
+	Mode        Mode
+	CipherSuite mls.CipherSuite // 0 in opaque mode when unknown
+	Creator     string
+	CreatedAt   time.Time
+
+	Epoch uint64 // current epoch
+	// EpochStartSeq is the GroupSeq of the Commit that started the current
+	// epoch, or 1 before the first Commit.
+	EpochStartSeq uint64
+	LastSeq       uint64 // GroupSeq of the last message, 0 if none
+	// StateVersion counts the updates of State; AcceptParams.StateVersion
+	// is compared with it.
+	StateVersion uint64
+
+	// Only filled by GroupState.
+	State     []byte // transparent: the marshaled mls.PublicGroupState
+	GroupInfo []byte // latest GroupInfo (opaque: as the client gave it)
+}
+
+// MembershipWindow is a range of group sequence numbers in which a client
+// is a member and receives the group's messages: FromSeq <= seq and, once
+// the client was removed, seq <= UntilSeq.
+type MembershipWindow struct {
+	FromSeq  uint64
+	UntilSeq uint64 // 0 while the client is a member
+}
+
+// Open reports whether the client is still a member.
+func (w MembershipWindow) Open() bool { return w.UntilSeq == 0 }
+
+// GroupCursor is a client's position in one group.
+type GroupCursor struct {
+	GroupID []byte
+	Acked   uint64 // every message with GroupSeq <= Acked was acknowledged
+	Windows []MembershipWindow
+}
+
+// AcceptParams describes a message to append to a group and its effects.
+//
+// Epoch rule, checked under the transaction against the group's current
+// epoch E: a Commit must have Epoch == E, and then the group moves to epoch
+// E+1 with EpochStartSeq set to the Commit's GroupSeq. Any other message
+// must have E-MaxEpochLag <= Epoch <= E. A message for an epoch above E, a
+// Commit for another epoch, or any message older than E when MaxEpochLag
+// is 0, fails with *WrongEpochError{Expected: E, FetchFromSeq:
+// EpochStartSeq}; an older message beyond the lag with *StaleEpochError.
+type AcceptParams struct {
+	GroupID     []byte
+	Hash        []byte // SHA-256 of Data; unique per group (idempotency)
+	Epoch       uint64
+	ContentType mls.ContentType
+	WireFormat  mls.WireFormat
+	Sender      string // client id of the authenticated sender
+	Data        []byte
+	AcceptedAt  time.Time
+	MaxEpochLag uint64
+
+	// RequireMember makes the transaction fail with ErrNotMember unless
+	// Sender is a member of the group (an open membership window).
+	RequireMember bool
+
+	// When NewState is not nil, the group's StateVersion must equal
+	// StateVersion (else ErrStateConflict); the state is replaced and its
+	// version incremented.
+	StateVersion uint64
+	NewState     []byte
+	// GroupInfo, when not nil, replaces the group's latest GroupInfo.
+	GroupInfo []byte
+
+	// Roster changes (Commits only). Removed clients receive this message
+	// and none after it; Added clients receive the messages after it, and
+	// their cursor starts at it.
+	Added   []string
+	Removed []string
+
+	// Welcome, when not nil, is stored once and routed to every recipient
+	// in WelcomeTo (only Commits carry one). ConsumeKeyPackages are marked
+	// consumed (last-resort ones excepted).
+	Welcome            []byte
+	WelcomeTo          []WelcomeRoute
+	ConsumeKeyPackages [][]byte
+}
+
+// WelcomeRoute names a client that a Welcome is for, and the KeyPackage
+// through which it joins.
+type WelcomeRoute struct {
+	ClientID      string
+	KeyPackageRef []byte
+}
+
+// AcceptResult is what AcceptMessage did.
+type AcceptResult struct {
+	Receipt
+	Duplicate bool // the message was there already; nothing was changed
+}
+
+// MessageQuery selects messages of a group as one client may see them.
+type MessageQuery struct {
+	GroupID    []byte
+	ClientID   string
+	FromSeq    uint64
+	Limit      int
+	ExcludeOwn bool
+}
+
+// CheckEpoch applies the epoch rule of AcceptParams to a group at epoch
+// current whose current epoch began with GroupSeq startSeq. Engines call it
+// under their transaction, so that every engine refuses alike.
+func CheckEpoch(p AcceptParams, current, startSeq uint64) error {
+	wrong := &WrongEpochError{Expected: current, FetchFromSeq: startSeq, Got: p.Epoch}
+	switch {
+	case p.ContentType == mls.ContentTypeCommit:
+		if p.Epoch != current {
+			return wrong
+		}
+	case p.Epoch > current:
+		return wrong
+	case current-p.Epoch > p.MaxEpochLag:
+		if p.MaxEpochLag == 0 {
+			return wrong
+		}
+		return &StaleEpochError{Current: current, Got: p.Epoch}
+	}
+	return nil
+}

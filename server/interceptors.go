@@ -1,0 +1,190 @@
+package server
+
+import (
+	"context"
+	"errors"
+	"log/slog"
+	"strings"
+	"time"
+
+	"connectrpc.com/connect"
+	"google.golang.org/protobuf/types/known/durationpb"
+
+	mlsdsv1 "github.com/mlsds/mlsds/api/mlsds/v1"
+	"github.com/mlsds/mlsds/api/mlsds/v1/mlsdsv1connect"
+)
+
+type clientKey struct{}
+
+// ClientID returns the authenticated client a call acts for.
+func ClientID(ctx context.Context) (string, bool) {
+	id, ok := ctx.Value(clientKey{}).(string)
+	return id, ok && id != ""
+}
+
+// mustClient returns the authenticated client of a call; the authenticator
+// guarantees there is one for every procedure outside AuthService.
+func mustClient(ctx context.Context) string {
+	id, ok := ClientID(ctx)
+	if !ok {
+		panic("server: handler reached without an authenticated client")
+	}
+	return id
+}
+
+var authPrefix = "/" + mlsdsv1connect.AuthServiceName + "/"
+
+// authenticator checks the session token of every call outside
+// AuthService and puts the client id in the context; AuthService calls are
+// limited per remote address instead.
+type authenticator struct{ s *Server }
+
+var errNoToken = errors.New("this call needs a session token: send \"Authorization: Bearer <token>\" from AuthService.Authenticate")
+
+func (a *authenticator) check(ctx context.Context, procedure, peer string, header interface{ Get(string) string }) (context.Context, error) {
+	if strings.HasPrefix(procedure, authPrefix) {
+		if d := a.s.authLimit.reserve(a.s.cfg.Now(), peer); d > 0 {
+			a.s.metrics.authFailures.WithLabelValues("rate_limited").Inc()
+			return ctx, rateLimited(d, "authentication calls from this address")
+		}
+		return ctx, nil
+	}
+	h := header.Get("Authorization")
+	scheme, token, ok := strings.Cut(h, " ")
+	if !ok || !strings.EqualFold(scheme, "Bearer") || token == "" {
+		a.s.metrics.authFailures.WithLabelValues("no_token").Inc()
+		return ctx, connect.NewError(connect.CodeUnauthenticated, errNoToken)
+	}
+	id, err := a.s.tokens.verify(strings.TrimSpace(token))
+	if err != nil {
+		a.s.metrics.authFailures.WithLabelValues("bad_token").Inc()
+		return ctx, connect.NewError(connect.CodeUnauthenticated, err)
+	}
+	noteClient(ctx, id)
+	return context.WithValue(ctx, clientKey{}, id), nil
+}
+
+func (a *authenticator) WrapUnary(next connect.UnaryFunc) connect.UnaryFunc {
+	return func(ctx context.Context, req connect.AnyRequest) (connect.AnyResponse, error) {
+		if req.Spec().IsClient {
+			return next(ctx, req)
+		}
+		ctx, err := a.check(ctx, req.Spec().Procedure, req.Peer().Addr, req.Header())
+		if err != nil {
+			return nil, err
+		}
+		return next(ctx, req)
+	}
+}
+
+func (a *authenticator) WrapStreamingClient(next connect.StreamingClientFunc) connect.StreamingClientFunc {
+	return next
+}
+
+func (a *authenticator) WrapStreamingHandler(next connect.StreamingHandlerFunc) connect.StreamingHandlerFunc {
+	return func(ctx context.Context, conn connect.StreamingHandlerConn) error {
+		ctx, err := a.check(ctx, conn.Spec().Procedure, conn.Peer().Addr, conn.RequestHeader())
+		if err != nil {
+			return err
+		}
+		return next(ctx, conn)
+	}
+}
+
+func rateLimited(d time.Duration, what string) error {
+	ce := connect.NewError(connect.CodeResourceExhausted,
+		errors.New("rate limited ("+what+"); retry after "+d.Round(time.Millisecond).String()))
+	addDetail(ce, &mlsdsv1.RateLimited{RetryAfter: durationpb.New(d)})
+	return ce
+}
+
+// observer counts and logs every call. It is the outermost interceptor, so
+// it sees the code the client sees.
+type observer struct{ s *Server }
+
+func shortProcedure(p string) string {
+	// "/mlsds.v1.GroupService/Send" -> "GroupService/Send"
+	p = strings.TrimPrefix(p, "/")
+	if i := strings.LastIndex(p[:max(0, strings.Index(p, "/"))], "."); i >= 0 {
+		p = p[i+1:]
+	}
+	return p
+}
+
+func codeLabel(err error) string {
+	if err == nil {
+		return "ok"
+	}
+	return connect.CodeOf(err).String()
+}
+
+func (o *observer) done(ctx context.Context, procedure string, start time.Time, err error, streaming bool) {
+	proc := shortProcedure(procedure)
+	code := codeLabel(err)
+	o.s.metrics.requests.WithLabelValues(proc, code).Inc()
+	d := time.Since(start)
+	if !streaming {
+		o.s.metrics.requestDuration.WithLabelValues(proc).Observe(d.Seconds())
+	}
+	level := slog.LevelDebug
+	if c := connect.CodeOf(err); err != nil && (c == connect.CodeInternal || c == connect.CodeUnknown || c == connect.CodeDataLoss) {
+		level = slog.LevelError
+	}
+	if !o.s.log.Enabled(ctx, level) {
+		return
+	}
+	attrs := []slog.Attr{slog.String("procedure", proc), slog.String("code", code), slog.Duration("duration", d)}
+	if id, ok := ClientID(ctx); ok {
+		attrs = append(attrs, slog.String("client", id))
+	}
+	if err != nil {
+		attrs = append(attrs, slog.String("error", err.Error()))
+	}
+	o.s.log.LogAttrs(ctx, level, "rpc", attrs...)
+}
+
+func (o *observer) WrapUnary(next connect.UnaryFunc) connect.UnaryFunc {
+	return func(ctx context.Context, req connect.AnyRequest) (connect.AnyResponse, error) {
+		if req.Spec().IsClient {
+			return next(ctx, req)
+		}
+		start := time.Now()
+		cc := &callClient{}
+		res, err := next(context.WithValue(ctx, callClientKey{}, cc), req)
+		o.done(cc.ctx(ctx), req.Spec().Procedure, start, err, false)
+		return res, err
+	}
+}
+
+func (o *observer) WrapStreamingClient(next connect.StreamingClientFunc) connect.StreamingClientFunc {
+	return next
+}
+
+func (o *observer) WrapStreamingHandler(next connect.StreamingHandlerFunc) connect.StreamingHandlerFunc {
+	return func(ctx context.Context, conn connect.StreamingHandlerConn) error {
+		start := time.Now()
+		cc := &callClient{}
+		err := next(context.WithValue(ctx, callClientKey{}, cc), conn)
+		o.done(cc.ctx(ctx), conn.Spec().Procedure, start, err, true)
+		return err
+	}
+}
+
+// callClient lets the observer, which runs outside the authenticator, log
+// the client a call acted for: the handler records it.
+type callClient struct{ id string }
+type callClientKey struct{}
+
+func (c *callClient) ctx(ctx context.Context) context.Context {
+	if c.id == "" {
+		return ctx
+	}
+	return context.WithValue(ctx, clientKey{}, c.id)
+}
+
+// noteClient records the authenticated client for the observer's log line.
+func noteClient(ctx context.Context, id string) {
+	if cc, ok := ctx.Value(callClientKey{}).(*callClient); ok {
+		cc.id = id
+	}
+}

@@ -1,0 +1,140 @@
+package server
+
+import (
+	"context"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/mlsds/mlsds/ds"
+	"github.com/mlsds/mlsds/mls"
+)
+
+// InstrumentStore wraps st so that the latency of its operations lands in
+// mlsds_store_latency_seconds. Give the wrapped store to ds.New. A store
+// that brings its own Notifier keeps it.
+func (m *Metrics) InstrumentStore(st ds.Store) ds.Store {
+	t := &timedStore{Store: st, h: m.storeLatency}
+	if np, ok := st.(ds.NotifierProvider); ok {
+		return &timedNotifyingStore{timedStore: t, np: np}
+	}
+	return t
+}
+
+// timedStore times the methods of the Store interface it knows; methods
+// added to the interface later pass through untimed.
+type timedStore struct {
+	ds.Store
+	h *prometheus.HistogramVec
+}
+
+type timedNotifyingStore struct {
+	*timedStore
+	np ds.NotifierProvider
+}
+
+func (t *timedNotifyingStore) Notifier() ds.Notifier { return t.np.Notifier() }
+
+func (t *timedStore) obs(op string, start time.Time) {
+	t.h.WithLabelValues(op).Observe(time.Since(start).Seconds())
+}
+
+func (t *timedStore) CreateClient(ctx context.Context, c ds.Client) error {
+	defer t.obs("create_client", time.Now())
+	return t.Store.CreateClient(ctx, c)
+}
+
+func (t *timedStore) Client(ctx context.Context, id string) (ds.Client, error) {
+	defer t.obs("client", time.Now())
+	return t.Store.Client(ctx, id)
+}
+
+func (t *timedStore) ClientsOfUser(ctx context.Context, userID string) ([]ds.Client, error) {
+	defer t.obs("clients_of_user", time.Now())
+	return t.Store.ClientsOfUser(ctx, userID)
+}
+
+func (t *timedStore) AddKeyPackages(ctx context.Context, kps []ds.KeyPackageRecord, limit int) error {
+	defer t.obs("add_key_packages", time.Now())
+	return t.Store.AddKeyPackages(ctx, kps, limit)
+}
+
+func (t *timedStore) KeyPackages(ctx context.Context, clientID string) ([]ds.KeyPackageRecord, error) {
+	defer t.obs("key_packages", time.Now())
+	return t.Store.KeyPackages(ctx, clientID)
+}
+
+func (t *timedStore) DeleteKeyPackages(ctx context.Context, clientID string, refs [][]byte) (int, error) {
+	defer t.obs("delete_key_packages", time.Now())
+	return t.Store.DeleteKeyPackages(ctx, clientID, refs)
+}
+
+func (t *timedStore) CountKeyPackages(ctx context.Context, clientID string, now time.Time) (map[mls.CipherSuite]int, error) {
+	defer t.obs("count_key_packages", time.Now())
+	return t.Store.CountKeyPackages(ctx, clientID, now)
+}
+
+func (t *timedStore) ClaimKeyPackages(ctx context.Context, p ds.ClaimParams) ([]ds.Claim, error) {
+	defer t.obs("claim_key_packages", time.Now())
+	return t.Store.ClaimKeyPackages(ctx, p)
+}
+
+func (t *timedStore) KeyPackagesByRef(ctx context.Context, refs [][]byte) ([]ds.KeyPackageRecord, error) {
+	defer t.obs("key_packages_by_ref", time.Now())
+	return t.Store.KeyPackagesByRef(ctx, refs)
+}
+
+func (t *timedStore) CreateGroup(ctx context.Context, g ds.GroupRecord, members []string) error {
+	defer t.obs("create_group", time.Now())
+	return t.Store.CreateGroup(ctx, g, members)
+}
+
+func (t *timedStore) Group(ctx context.Context, groupID []byte) (ds.GroupRecord, error) {
+	defer t.obs("group", time.Now())
+	return t.Store.Group(ctx, groupID)
+}
+
+func (t *timedStore) GroupState(ctx context.Context, groupID []byte) (ds.GroupRecord, error) {
+	defer t.obs("group_state", time.Now())
+	return t.Store.GroupState(ctx, groupID)
+}
+
+func (t *timedStore) Members(ctx context.Context, groupID []byte) ([]string, error) {
+	defer t.obs("members", time.Now())
+	return t.Store.Members(ctx, groupID)
+}
+
+func (t *timedStore) Memberships(ctx context.Context, groupID []byte, clientID string) ([]ds.MembershipWindow, error) {
+	defer t.obs("memberships", time.Now())
+	return t.Store.Memberships(ctx, groupID, clientID)
+}
+
+func (t *timedStore) MessageByHash(ctx context.Context, groupID, hash []byte) (ds.Receipt, error) {
+	defer t.obs("message_by_hash", time.Now())
+	return t.Store.MessageByHash(ctx, groupID, hash)
+}
+
+func (t *timedStore) AcceptMessage(ctx context.Context, p ds.AcceptParams) (ds.AcceptResult, error) {
+	defer t.obs("accept_message", time.Now())
+	return t.Store.AcceptMessage(ctx, p)
+}
+
+func (t *timedStore) Messages(ctx context.Context, q ds.MessageQuery) ([]ds.Envelope, error) {
+	defer t.obs("messages", time.Now())
+	return t.Store.Messages(ctx, q)
+}
+
+func (t *timedStore) Cursors(ctx context.Context, clientID string) ([]ds.GroupCursor, error) {
+	defer t.obs("cursors", time.Now())
+	return t.Store.Cursors(ctx, clientID)
+}
+
+func (t *timedStore) Ack(ctx context.Context, clientID string, groupID []byte, seq uint64) error {
+	defer t.obs("ack", time.Now())
+	return t.Store.Ack(ctx, clientID, groupID, seq)
+}
+
+func (t *timedStore) PendingWelcomes(ctx context.Context, clientID string) ([]ds.WelcomeEvent, error) {
+	defer t.obs("pending_welcomes", time.Now())
+	return t.Store.PendingWelcomes(ctx, clientID)
+}
