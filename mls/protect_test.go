@@ -83,12 +83,7 @@ func checkProtectVector(v *protectVector) error {
 	cs := v.CipherSuite
 	ctx := v.context()
 	// The P-521 entry gives its 66-byte scalar with the leading zero octet
-	// dropped; SignWithLabel takes the fixed-size big-endian form.
-	if p := cs.params(); p.curve != nil {
-		if size := (p.curve.Params().BitSize + 7) / 8; len(v.SignaturePriv) < size {
-			v.SignaturePriv = append(make([]byte, size-len(v.SignaturePriv)), v.SignaturePriv...)
-		}
-	}
+	// dropped; SignWithLabel accepts that form as it is.
 	var commitTag []byte
 
 	// The given PublicMessages.

@@ -421,10 +421,19 @@ func (p *suiteParams) privSizeError(priv []byte, want int) error {
 }
 
 func (p *suiteParams) ecdsaPrivateKey(priv []byte) (*ecdsa.PrivateKey, error) {
+	// Some encoders drop the leading zero octet of the scalar (the official
+	// P-521 vectors carry 65-byte keys, whose top octet is mostly zero);
+	// the value is the same, so pad it back to the field size.
+	size := (p.curve.Params().BitSize + 7) / 8
+	if len(priv) == size-1 {
+		padded := make([]byte, size)
+		copy(padded[size-len(priv):], priv)
+		priv = padded
+	}
 	k, err := ecdsa.ParseRawPrivateKey(p.curve, priv)
 	if err != nil {
 		return nil, fmt.Errorf("mls: %s signature private key must be a big-endian scalar of %d bytes: %w",
-			p.sigID, (p.curve.Params().BitSize+7)/8, err)
+			p.sigID, size, err)
 	}
 	return k, nil
 }

@@ -500,7 +500,9 @@ func TestSuiteMalformedInputs(t *testing.T) {
 			kemPriv, kemPub, _ := cs.GenerateKEMKeyPair()
 			for n := 0; n <= 200; n++ {
 				b := bytes.Repeat([]byte{byte(n) | 1}, n)
-				if n != len(sigPriv) {
+				// ECDSA takes a scalar whose zero top octet was dropped.
+				shortScalar := cs.params().sig == sigECDSA && n == len(sigPriv)-1
+				if n != len(sigPriv) && !shortScalar {
 					if _, err := cs.SignWithLabel(b, "l", nil); err == nil {
 						t.Errorf("SignWithLabel accepted a %d-byte private key", n)
 					}
