@@ -154,6 +154,12 @@ func (s *Service) CountKeyPackages(ctx context.Context, clientID string) (map[ml
 	return s.store.CountKeyPackages(ctx, clientID, s.now())
 }
 
+// KeyPackageStock counts the claimable KeyPackages of all clients per
+// suite, for operators; it is not rate-limited and acts for no client.
+func (s *Service) KeyPackageStock(ctx context.Context) (map[mls.CipherSuite]int, error) {
+	return s.store.KeyPackageStock(ctx, s.now())
+}
+
 // ClaimKeyPackage claims one KeyPackage of target for suite cs on behalf
 // of claimer. The KeyPackage is handed out once; when none is left, the
 // target's last-resort KeyPackage is returned without being used up; when

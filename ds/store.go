@@ -49,6 +49,10 @@ type Store interface {
 	// CountKeyPackages counts the client's claimable KeyPackages per suite:
 	// unclaimed, not last-resort, valid at now.
 	CountKeyPackages(ctx context.Context, clientID string, now time.Time) (map[mls.CipherSuite]int, error)
+	// KeyPackageStock counts the claimable KeyPackages of all clients per
+	// suite (unclaimed, not last-resort, valid at now), for operators'
+	// metrics.
+	KeyPackageStock(ctx context.Context, now time.Time) (map[mls.CipherSuite]int, error)
 	// ClaimKeyPackages claims, in one transaction, one KeyPackage of suite
 	// p.Suite for each client in p.Targets: the oldest unclaimed,
 	// not-last-resort one valid at p.Now, which becomes claimed by

@@ -165,6 +165,9 @@ var Services = []string{
 func New(svc *ds.Service, cfg Config) (*Server, error) {
 	cfg = cfg.withDefaults()
 	s := &Server{ds: svc, cfg: cfg, log: cfg.Logger, metrics: cfg.Metrics, draining: make(chan struct{})}
+	if err := cfg.Metrics.watchKeyPackageStock(svc); err != nil {
+		return nil, fmt.Errorf("server: metrics: %w", err)
+	}
 	switch cfg.Registration {
 	case RegistrationOpen:
 	case RegistrationToken:

@@ -74,6 +74,11 @@ func (t *timedStore) CountKeyPackages(ctx context.Context, clientID string, now 
 	return t.Store.CountKeyPackages(ctx, clientID, now)
 }
 
+func (t *timedStore) KeyPackageStock(ctx context.Context, now time.Time) (map[mls.CipherSuite]int, error) {
+	defer t.obs("key_package_stock", time.Now())
+	return t.Store.KeyPackageStock(ctx, now)
+}
+
 func (t *timedStore) ClaimKeyPackages(ctx context.Context, p ds.ClaimParams) ([]ds.Claim, error) {
 	defer t.obs("claim_key_packages", time.Now())
 	return t.Store.ClaimKeyPackages(ctx, p)

@@ -159,6 +159,8 @@ func TestMetrics(t *testing.T) {
 	alice.send([]byte("junk"))                                       // invalid_message
 	anon := e.newMember("anon")
 	anon.count2()
+	bob.uploadKeyPackages(3, false)
+	bob.uploadKeyPackages(0, true) // last-resort: not stock
 
 	code, body := get(t, e, "/metrics")
 	if code != 200 {
@@ -177,6 +179,7 @@ func TestMetrics(t *testing.T) {
 		`mlsds_store_latency_seconds_count{operation="accept_message"}`,
 		`mlsds_request_duration_seconds_bucket{procedure="GroupService/Send"`,
 		`mlsds_go_goroutines`,
+		`mlsds_key_package_stock{cipher_suite="1"} 3`,
 	} {
 		if !strings.Contains(body, want) {
 			t.Errorf("/metrics lacks %s", want)

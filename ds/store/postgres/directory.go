@@ -228,6 +228,27 @@ func (s *Store) CountKeyPackages(ctx context.Context, clientID string, now time.
 	return out, nil
 }
 
+// KeyPackageStock implements ds.Store.
+func (s *Store) KeyPackageStock(ctx context.Context, now time.Time) (map[mls.CipherSuite]int, error) {
+	out := make(map[mls.CipherSuite]int)
+	rows, err := s.pool.Query(ctx, `SELECT cipher_suite, count(*) FROM key_packages
+		WHERE claimed_at IS NULL AND NOT last_resort AND not_before <= $1 AND not_after >= $1
+		GROUP BY cipher_suite`, now)
+	if err != nil {
+		return nil, engineErr("count key package stock", err)
+	}
+	var cs int32
+	var n int
+	_, err = pgx.ForEachRow(rows, []any{&cs, &n}, func() error {
+		out[mls.CipherSuite(cs)] = n
+		return nil
+	})
+	if err != nil {
+		return nil, engineErr("count key package stock", err)
+	}
+	return out, nil
+}
+
 // claimQuery claims the oldest claimable KeyPackage of a client ($1) for a
 // suite ($2) valid at $3 for claimer $4, or else returns the client's
 // last-resort KeyPackage valid at $3 without changing it. SKIP LOCKED

@@ -220,6 +220,27 @@ func (s *Store) CountKeyPackages(ctx context.Context, clientID string, now time.
 	return out, rows.Err()
 }
 
+// KeyPackageStock implements ds.Store.
+func (s *Store) KeyPackageStock(ctx context.Context, now time.Time) (map[mls.CipherSuite]int, error) {
+	rows, err := s.r.QueryContext(ctx, `SELECT cipher_suite, COUNT(*) FROM key_packages
+		WHERE claimed_at IS NULL AND last_resort = 0 AND not_before <= ? AND not_after >= ?
+		GROUP BY cipher_suite`, now.UnixMicro(), now.UnixMicro())
+	if err != nil {
+		return nil, err
+	}
+	defer rows.Close()
+	out := make(map[mls.CipherSuite]int)
+	for rows.Next() {
+		var cs int64
+		var n int
+		if err := rows.Scan(&cs, &n); err != nil {
+			return nil, err
+		}
+		out[mls.CipherSuite(cs)] = n
+	}
+	return out, rows.Err()
+}
+
 // ClaimKeyPackages implements ds.Store.
 func (s *Store) ClaimKeyPackages(ctx context.Context, p ds.ClaimParams) ([]ds.Claim, error) {
 	var out []ds.Claim

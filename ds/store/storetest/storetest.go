@@ -208,6 +208,13 @@ func testKeyPackageUpload(t *testing.T, s ds.Store) {
 	if len(counts) != 1 || counts[suite] != 2 {
 		t.Errorf("CountKeyPackages = %v, want {%d: 2} (last-resort not counted)", counts, suite)
 	}
+	stock, err := s.KeyPackageStock(ctx(), t0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(stock) != 1 || stock[suite] != 2 {
+		t.Errorf("KeyPackageStock = %v, want {%d: 2} (all clients, last-resort not counted)", stock, suite)
+	}
 
 	byRef, err := s.KeyPackagesByRef(ctx(), [][]byte{k2.Ref, []byte("unknown"), k3.Ref})
 	if err != nil {
