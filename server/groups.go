@@ -196,5 +196,11 @@ func (g *groupService) GetRoster(ctx context.Context, req *connect.Request[mlsds
 	if err != nil {
 		return nil, s.toConnect(ctx, err, req.Msg.GroupId)
 	}
-	return connect.NewResponse(&mlsdsv1.GetRosterResponse{ClientIds: ids}), nil
+	resp := &mlsdsv1.GetRosterResponse{ClientIds: ids}
+	if req.Msg.IncludeLeaves {
+		if err := g.addRosterLeaves(ctx, client, req.Msg.GroupId, req.Msg.LeafIndices, resp); err != nil {
+			return nil, err
+		}
+	}
+	return connect.NewResponse(resp), nil
 }

@@ -799,8 +799,15 @@ func (x *GetGroupInfoResponse) GetRatchetTree() []byte {
 }
 
 type GetRosterRequest struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	GroupId       []byte                 `protobuf:"bytes,1,opt,name=group_id,json=groupId,proto3" json:"group_id,omitempty"`
+	state   protoimpl.MessageState `protogen:"open.v1"`
+	GroupId []byte                 `protobuf:"bytes,1,opt,name=group_id,json=groupId,proto3" json:"group_id,omitempty"`
+	// Transparent mode: also return the leaves of the current tree, with
+	// their indices and a proof.
+	IncludeLeaves bool `protobuf:"varint,2,opt,name=include_leaves,json=includeLeaves,proto3" json:"include_leaves,omitempty"`
+	// With include_leaves: return only these leaves (a blank one is left
+	// out of leaves but shown as blank in the proof), and a proof that
+	// shows just them and their direct paths. Empty means every leaf.
+	LeafIndices   []uint32 `protobuf:"varint,3,rep,packed,name=leaf_indices,json=leafIndices,proto3" json:"leaf_indices,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -842,17 +849,97 @@ func (x *GetRosterRequest) GetGroupId() []byte {
 	return nil
 }
 
+func (x *GetRosterRequest) GetIncludeLeaves() bool {
+	if x != nil {
+		return x.IncludeLeaves
+	}
+	return false
+}
+
+func (x *GetRosterRequest) GetLeafIndices() []uint32 {
+	if x != nil {
+		return x.LeafIndices
+	}
+	return nil
+}
+
+// RosterLeaf is one non-blank leaf of a ratchet tree.
+type RosterLeaf struct {
+	state     protoimpl.MessageState `protogen:"open.v1"`
+	LeafIndex uint32                 `protobuf:"varint,1,opt,name=leaf_index,json=leafIndex,proto3" json:"leaf_index,omitempty"`
+	// The TLS-encoded LeafNode (RFC 9420 §7.2).
+	LeafNode      []byte `protobuf:"bytes,2,opt,name=leaf_node,json=leafNode,proto3" json:"leaf_node,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RosterLeaf) Reset() {
+	*x = RosterLeaf{}
+	mi := &file_mlsds_v1_groups_proto_msgTypes[14]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RosterLeaf) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RosterLeaf) ProtoMessage() {}
+
+func (x *RosterLeaf) ProtoReflect() protoreflect.Message {
+	mi := &file_mlsds_v1_groups_proto_msgTypes[14]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RosterLeaf.ProtoReflect.Descriptor instead.
+func (*RosterLeaf) Descriptor() ([]byte, []int) {
+	return file_mlsds_v1_groups_proto_rawDescGZIP(), []int{14}
+}
+
+func (x *RosterLeaf) GetLeafIndex() uint32 {
+	if x != nil {
+		return x.LeafIndex
+	}
+	return 0
+}
+
+func (x *RosterLeaf) GetLeafNode() []byte {
+	if x != nil {
+		return x.LeafNode
+	}
+	return nil
+}
+
 type GetRosterResponse struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// Client ids, sorted.
-	ClientIds     []string `protobuf:"bytes,1,rep,name=client_ids,json=clientIds,proto3" json:"client_ids,omitempty"`
+	ClientIds []string `protobuf:"bytes,1,rep,name=client_ids,json=clientIds,proto3" json:"client_ids,omitempty"`
+	// The fields below are set only for include_leaves. The epoch and the
+	// tree hash (GroupContext.tree_hash) the leaves belong to.
+	Epoch    uint64 `protobuf:"varint,2,opt,name=epoch,proto3" json:"epoch,omitempty"`
+	TreeHash []byte `protobuf:"bytes,3,opt,name=tree_hash,json=treeHash,proto3" json:"tree_hash,omitempty"`
+	// Number of leaf positions of the tree (a power of two).
+	LeafCount uint32 `protobuf:"varint,4,opt,name=leaf_count,json=leafCount,proto3" json:"leaf_count,omitempty"`
+	// Non-blank leaves in index order (only the requested ones, if
+	// leaf_indices was given).
+	Leaves []*RosterLeaf `protobuf:"bytes,5,rep,name=leaves,proto3" json:"leaves,omitempty"`
+	// A TLS-encoded TreeProof (see the mls package) showing the leaves:
+	// verifying it against tree_hash proves the leaves are the group's.
+	Proof         []byte `protobuf:"bytes,6,opt,name=proof,proto3" json:"proof,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *GetRosterResponse) Reset() {
 	*x = GetRosterResponse{}
-	mi := &file_mlsds_v1_groups_proto_msgTypes[14]
+	mi := &file_mlsds_v1_groups_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -864,7 +951,7 @@ func (x *GetRosterResponse) String() string {
 func (*GetRosterResponse) ProtoMessage() {}
 
 func (x *GetRosterResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_mlsds_v1_groups_proto_msgTypes[14]
+	mi := &file_mlsds_v1_groups_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -877,12 +964,302 @@ func (x *GetRosterResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetRosterResponse.ProtoReflect.Descriptor instead.
 func (*GetRosterResponse) Descriptor() ([]byte, []int) {
-	return file_mlsds_v1_groups_proto_rawDescGZIP(), []int{14}
+	return file_mlsds_v1_groups_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *GetRosterResponse) GetClientIds() []string {
 	if x != nil {
 		return x.ClientIds
+	}
+	return nil
+}
+
+func (x *GetRosterResponse) GetEpoch() uint64 {
+	if x != nil {
+		return x.Epoch
+	}
+	return 0
+}
+
+func (x *GetRosterResponse) GetTreeHash() []byte {
+	if x != nil {
+		return x.TreeHash
+	}
+	return nil
+}
+
+func (x *GetRosterResponse) GetLeafCount() uint32 {
+	if x != nil {
+		return x.LeafCount
+	}
+	return 0
+}
+
+func (x *GetRosterResponse) GetLeaves() []*RosterLeaf {
+	if x != nil {
+		return x.Leaves
+	}
+	return nil
+}
+
+func (x *GetRosterResponse) GetProof() []byte {
+	if x != nil {
+		return x.Proof
+	}
+	return nil
+}
+
+type GetRatchetTreeRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	GroupId       []byte                 `protobuf:"bytes,1,opt,name=group_id,json=groupId,proto3" json:"group_id,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *GetRatchetTreeRequest) Reset() {
+	*x = GetRatchetTreeRequest{}
+	mi := &file_mlsds_v1_groups_proto_msgTypes[16]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *GetRatchetTreeRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*GetRatchetTreeRequest) ProtoMessage() {}
+
+func (x *GetRatchetTreeRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_mlsds_v1_groups_proto_msgTypes[16]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use GetRatchetTreeRequest.ProtoReflect.Descriptor instead.
+func (*GetRatchetTreeRequest) Descriptor() ([]byte, []int) {
+	return file_mlsds_v1_groups_proto_rawDescGZIP(), []int{16}
+}
+
+func (x *GetRatchetTreeRequest) GetGroupId() []byte {
+	if x != nil {
+		return x.GroupId
+	}
+	return nil
+}
+
+type GetRatchetTreeResponse struct {
+	state   protoimpl.MessageState `protogen:"open.v1"`
+	GroupId []byte                 `protobuf:"bytes,1,opt,name=group_id,json=groupId,proto3" json:"group_id,omitempty"`
+	Epoch   uint64                 `protobuf:"varint,2,opt,name=epoch,proto3" json:"epoch,omitempty"`
+	// GroupContext.tree_hash of the epoch (RFC 9420 §7.8).
+	TreeHash []byte `protobuf:"bytes,3,opt,name=tree_hash,json=treeHash,proto3" json:"tree_hash,omitempty"`
+	// The tree, encoded as in the ratchet_tree extension (RFC 9420 §12.4.3.3).
+	RatchetTree   []byte `protobuf:"bytes,4,opt,name=ratchet_tree,json=ratchetTree,proto3" json:"ratchet_tree,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *GetRatchetTreeResponse) Reset() {
+	*x = GetRatchetTreeResponse{}
+	mi := &file_mlsds_v1_groups_proto_msgTypes[17]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *GetRatchetTreeResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*GetRatchetTreeResponse) ProtoMessage() {}
+
+func (x *GetRatchetTreeResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_mlsds_v1_groups_proto_msgTypes[17]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use GetRatchetTreeResponse.ProtoReflect.Descriptor instead.
+func (*GetRatchetTreeResponse) Descriptor() ([]byte, []int) {
+	return file_mlsds_v1_groups_proto_rawDescGZIP(), []int{17}
+}
+
+func (x *GetRatchetTreeResponse) GetGroupId() []byte {
+	if x != nil {
+		return x.GroupId
+	}
+	return nil
+}
+
+func (x *GetRatchetTreeResponse) GetEpoch() uint64 {
+	if x != nil {
+		return x.Epoch
+	}
+	return 0
+}
+
+func (x *GetRatchetTreeResponse) GetTreeHash() []byte {
+	if x != nil {
+		return x.TreeHash
+	}
+	return nil
+}
+
+func (x *GetRatchetTreeResponse) GetRatchetTree() []byte {
+	if x != nil {
+		return x.RatchetTree
+	}
+	return nil
+}
+
+type GetPathRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	GroupId       []byte                 `protobuf:"bytes,1,opt,name=group_id,json=groupId,proto3" json:"group_id,omitempty"`
+	LeafIndex     uint32                 `protobuf:"varint,2,opt,name=leaf_index,json=leafIndex,proto3" json:"leaf_index,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *GetPathRequest) Reset() {
+	*x = GetPathRequest{}
+	mi := &file_mlsds_v1_groups_proto_msgTypes[18]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *GetPathRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*GetPathRequest) ProtoMessage() {}
+
+func (x *GetPathRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_mlsds_v1_groups_proto_msgTypes[18]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use GetPathRequest.ProtoReflect.Descriptor instead.
+func (*GetPathRequest) Descriptor() ([]byte, []int) {
+	return file_mlsds_v1_groups_proto_rawDescGZIP(), []int{18}
+}
+
+func (x *GetPathRequest) GetGroupId() []byte {
+	if x != nil {
+		return x.GroupId
+	}
+	return nil
+}
+
+func (x *GetPathRequest) GetLeafIndex() uint32 {
+	if x != nil {
+		return x.LeafIndex
+	}
+	return 0
+}
+
+type GetPathResponse struct {
+	state   protoimpl.MessageState `protogen:"open.v1"`
+	GroupId []byte                 `protobuf:"bytes,1,opt,name=group_id,json=groupId,proto3" json:"group_id,omitempty"`
+	Epoch   uint64                 `protobuf:"varint,2,opt,name=epoch,proto3" json:"epoch,omitempty"`
+	// GroupContext.tree_hash of the epoch (RFC 9420 §7.8).
+	TreeHash  []byte `protobuf:"bytes,3,opt,name=tree_hash,json=treeHash,proto3" json:"tree_hash,omitempty"`
+	LeafIndex uint32 `protobuf:"varint,4,opt,name=leaf_index,json=leafIndex,proto3" json:"leaf_index,omitempty"`
+	// Number of leaf positions of the tree (a power of two).
+	LeafCount uint32 `protobuf:"varint,5,opt,name=leaf_count,json=leafCount,proto3" json:"leaf_count,omitempty"`
+	// A TLS-encoded TreeProof (see the mls package): the leaf, its direct
+	// path and copath, their resolutions, and the hashes of every subtree
+	// left out.
+	Proof         []byte `protobuf:"bytes,6,opt,name=proof,proto3" json:"proof,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *GetPathResponse) Reset() {
+	*x = GetPathResponse{}
+	mi := &file_mlsds_v1_groups_proto_msgTypes[19]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *GetPathResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*GetPathResponse) ProtoMessage() {}
+
+func (x *GetPathResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_mlsds_v1_groups_proto_msgTypes[19]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use GetPathResponse.ProtoReflect.Descriptor instead.
+func (*GetPathResponse) Descriptor() ([]byte, []int) {
+	return file_mlsds_v1_groups_proto_rawDescGZIP(), []int{19}
+}
+
+func (x *GetPathResponse) GetGroupId() []byte {
+	if x != nil {
+		return x.GroupId
+	}
+	return nil
+}
+
+func (x *GetPathResponse) GetEpoch() uint64 {
+	if x != nil {
+		return x.Epoch
+	}
+	return 0
+}
+
+func (x *GetPathResponse) GetTreeHash() []byte {
+	if x != nil {
+		return x.TreeHash
+	}
+	return nil
+}
+
+func (x *GetPathResponse) GetLeafIndex() uint32 {
+	if x != nil {
+		return x.LeafIndex
+	}
+	return 0
+}
+
+func (x *GetPathResponse) GetLeafCount() uint32 {
+	if x != nil {
+		return x.LeafCount
+	}
+	return 0
+}
+
+func (x *GetPathResponse) GetProof() []byte {
+	if x != nil {
+		return x.Proof
 	}
 	return nil
 }
@@ -937,16 +1314,49 @@ const file_mlsds_v1_groups_proto_rawDesc = "" +
 	"\x05epoch\x18\x03 \x01(\x04R\x05epoch\x12\x1d\n" +
 	"\n" +
 	"group_info\x18\x04 \x01(\fR\tgroupInfo\x12!\n" +
-	"\fratchet_tree\x18\x05 \x01(\fR\vratchetTree\"-\n" +
+	"\fratchet_tree\x18\x05 \x01(\fR\vratchetTree\"w\n" +
 	"\x10GetRosterRequest\x12\x19\n" +
-	"\bgroup_id\x18\x01 \x01(\fR\agroupId\"2\n" +
+	"\bgroup_id\x18\x01 \x01(\fR\agroupId\x12%\n" +
+	"\x0einclude_leaves\x18\x02 \x01(\bR\rincludeLeaves\x12!\n" +
+	"\fleaf_indices\x18\x03 \x03(\rR\vleafIndices\"H\n" +
+	"\n" +
+	"RosterLeaf\x12\x1d\n" +
+	"\n" +
+	"leaf_index\x18\x01 \x01(\rR\tleafIndex\x12\x1b\n" +
+	"\tleaf_node\x18\x02 \x01(\fR\bleafNode\"\xc8\x01\n" +
 	"\x11GetRosterResponse\x12\x1d\n" +
 	"\n" +
-	"client_ids\x18\x01 \x03(\tR\tclientIds*Z\n" +
+	"client_ids\x18\x01 \x03(\tR\tclientIds\x12\x14\n" +
+	"\x05epoch\x18\x02 \x01(\x04R\x05epoch\x12\x1b\n" +
+	"\ttree_hash\x18\x03 \x01(\fR\btreeHash\x12\x1d\n" +
+	"\n" +
+	"leaf_count\x18\x04 \x01(\rR\tleafCount\x12,\n" +
+	"\x06leaves\x18\x05 \x03(\v2\x14.mlsds.v1.RosterLeafR\x06leaves\x12\x14\n" +
+	"\x05proof\x18\x06 \x01(\fR\x05proof\"2\n" +
+	"\x15GetRatchetTreeRequest\x12\x19\n" +
+	"\bgroup_id\x18\x01 \x01(\fR\agroupId\"\x89\x01\n" +
+	"\x16GetRatchetTreeResponse\x12\x19\n" +
+	"\bgroup_id\x18\x01 \x01(\fR\agroupId\x12\x14\n" +
+	"\x05epoch\x18\x02 \x01(\x04R\x05epoch\x12\x1b\n" +
+	"\ttree_hash\x18\x03 \x01(\fR\btreeHash\x12!\n" +
+	"\fratchet_tree\x18\x04 \x01(\fR\vratchetTree\"J\n" +
+	"\x0eGetPathRequest\x12\x19\n" +
+	"\bgroup_id\x18\x01 \x01(\fR\agroupId\x12\x1d\n" +
+	"\n" +
+	"leaf_index\x18\x02 \x01(\rR\tleafIndex\"\xb3\x01\n" +
+	"\x0fGetPathResponse\x12\x19\n" +
+	"\bgroup_id\x18\x01 \x01(\fR\agroupId\x12\x14\n" +
+	"\x05epoch\x18\x02 \x01(\x04R\x05epoch\x12\x1b\n" +
+	"\ttree_hash\x18\x03 \x01(\fR\btreeHash\x12\x1d\n" +
+	"\n" +
+	"leaf_index\x18\x04 \x01(\rR\tleafIndex\x12\x1d\n" +
+	"\n" +
+	"leaf_count\x18\x05 \x01(\rR\tleafCount\x12\x14\n" +
+	"\x05proof\x18\x06 \x01(\fR\x05proof*Z\n" +
 	"\tGroupMode\x12\x1a\n" +
 	"\x16GROUP_MODE_UNSPECIFIED\x10\x00\x12\x1a\n" +
 	"\x16GROUP_MODE_TRANSPARENT\x10\x01\x12\x15\n" +
-	"\x11GROUP_MODE_OPAQUE\x10\x022\xfe\x03\n" +
+	"\x11GROUP_MODE_OPAQUE\x10\x022\x9d\x05\n" +
 	"\fGroupService\x12J\n" +
 	"\vCreateGroup\x12\x1c.mlsds.v1.CreateGroupRequest\x1a\x1d.mlsds.v1.CreateGroupResponse\x125\n" +
 	"\x04Send\x12\x15.mlsds.v1.SendRequest\x1a\x16.mlsds.v1.SendResponse\x12Y\n" +
@@ -954,7 +1364,9 @@ const file_mlsds_v1_groups_proto_rawDesc = "" +
 	"\x05Fetch\x12\x16.mlsds.v1.FetchRequest\x1a\x17.mlsds.v1.FetchResponse\"\x03\x90\x02\x01\x122\n" +
 	"\x03Ack\x12\x14.mlsds.v1.AckRequest\x1a\x15.mlsds.v1.AckResponse\x12R\n" +
 	"\fGetGroupInfo\x12\x1d.mlsds.v1.GetGroupInfoRequest\x1a\x1e.mlsds.v1.GetGroupInfoResponse\"\x03\x90\x02\x01\x12I\n" +
-	"\tGetRoster\x12\x1a.mlsds.v1.GetRosterRequest\x1a\x1b.mlsds.v1.GetRosterResponse\"\x03\x90\x02\x01B-Z+github.com/mlsds/mlsds/api/mlsds/v1;mlsdsv1b\x06proto3"
+	"\tGetRoster\x12\x1a.mlsds.v1.GetRosterRequest\x1a\x1b.mlsds.v1.GetRosterResponse\"\x03\x90\x02\x01\x12X\n" +
+	"\x0eGetRatchetTree\x12\x1f.mlsds.v1.GetRatchetTreeRequest\x1a .mlsds.v1.GetRatchetTreeResponse\"\x03\x90\x02\x01\x12C\n" +
+	"\aGetPath\x12\x18.mlsds.v1.GetPathRequest\x1a\x19.mlsds.v1.GetPathResponse\"\x03\x90\x02\x01B-Z+github.com/mlsds/mlsds/api/mlsds/v1;mlsdsv1b\x06proto3"
 
 var (
 	file_mlsds_v1_groups_proto_rawDescOnce sync.Once
@@ -969,7 +1381,7 @@ func file_mlsds_v1_groups_proto_rawDescGZIP() []byte {
 }
 
 var file_mlsds_v1_groups_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
-var file_mlsds_v1_groups_proto_msgTypes = make([]protoimpl.MessageInfo, 15)
+var file_mlsds_v1_groups_proto_msgTypes = make([]protoimpl.MessageInfo, 20)
 var file_mlsds_v1_groups_proto_goTypes = []any{
 	(GroupMode)(0),                   // 0: mlsds.v1.GroupMode
 	(*CreateGroupRequest)(nil),       // 1: mlsds.v1.CreateGroupRequest
@@ -986,36 +1398,46 @@ var file_mlsds_v1_groups_proto_goTypes = []any{
 	(*GetGroupInfoRequest)(nil),      // 12: mlsds.v1.GetGroupInfoRequest
 	(*GetGroupInfoResponse)(nil),     // 13: mlsds.v1.GetGroupInfoResponse
 	(*GetRosterRequest)(nil),         // 14: mlsds.v1.GetRosterRequest
-	(*GetRosterResponse)(nil),        // 15: mlsds.v1.GetRosterResponse
-	(*Receipt)(nil),                  // 16: mlsds.v1.Receipt
-	(*Envelope)(nil),                 // 17: mlsds.v1.Envelope
+	(*RosterLeaf)(nil),               // 15: mlsds.v1.RosterLeaf
+	(*GetRosterResponse)(nil),        // 16: mlsds.v1.GetRosterResponse
+	(*GetRatchetTreeRequest)(nil),    // 17: mlsds.v1.GetRatchetTreeRequest
+	(*GetRatchetTreeResponse)(nil),   // 18: mlsds.v1.GetRatchetTreeResponse
+	(*GetPathRequest)(nil),           // 19: mlsds.v1.GetPathRequest
+	(*GetPathResponse)(nil),          // 20: mlsds.v1.GetPathResponse
+	(*Receipt)(nil),                  // 21: mlsds.v1.Receipt
+	(*Envelope)(nil),                 // 22: mlsds.v1.Envelope
 }
 var file_mlsds_v1_groups_proto_depIdxs = []int32{
 	0,  // 0: mlsds.v1.CreateGroupRequest.mode:type_name -> mlsds.v1.GroupMode
-	16, // 1: mlsds.v1.SendResponse.receipt:type_name -> mlsds.v1.Receipt
-	16, // 2: mlsds.v1.SendCommitBundleResponse.receipt:type_name -> mlsds.v1.Receipt
-	17, // 3: mlsds.v1.FetchResponse.messages:type_name -> mlsds.v1.Envelope
+	21, // 1: mlsds.v1.SendResponse.receipt:type_name -> mlsds.v1.Receipt
+	21, // 2: mlsds.v1.SendCommitBundleResponse.receipt:type_name -> mlsds.v1.Receipt
+	22, // 3: mlsds.v1.FetchResponse.messages:type_name -> mlsds.v1.Envelope
 	9,  // 4: mlsds.v1.AckRequest.cursors:type_name -> mlsds.v1.Cursor
 	0,  // 5: mlsds.v1.GetGroupInfoResponse.mode:type_name -> mlsds.v1.GroupMode
-	1,  // 6: mlsds.v1.GroupService.CreateGroup:input_type -> mlsds.v1.CreateGroupRequest
-	3,  // 7: mlsds.v1.GroupService.Send:input_type -> mlsds.v1.SendRequest
-	5,  // 8: mlsds.v1.GroupService.SendCommitBundle:input_type -> mlsds.v1.SendCommitBundleRequest
-	7,  // 9: mlsds.v1.GroupService.Fetch:input_type -> mlsds.v1.FetchRequest
-	10, // 10: mlsds.v1.GroupService.Ack:input_type -> mlsds.v1.AckRequest
-	12, // 11: mlsds.v1.GroupService.GetGroupInfo:input_type -> mlsds.v1.GetGroupInfoRequest
-	14, // 12: mlsds.v1.GroupService.GetRoster:input_type -> mlsds.v1.GetRosterRequest
-	2,  // 13: mlsds.v1.GroupService.CreateGroup:output_type -> mlsds.v1.CreateGroupResponse
-	4,  // 14: mlsds.v1.GroupService.Send:output_type -> mlsds.v1.SendResponse
-	6,  // 15: mlsds.v1.GroupService.SendCommitBundle:output_type -> mlsds.v1.SendCommitBundleResponse
-	8,  // 16: mlsds.v1.GroupService.Fetch:output_type -> mlsds.v1.FetchResponse
-	11, // 17: mlsds.v1.GroupService.Ack:output_type -> mlsds.v1.AckResponse
-	13, // 18: mlsds.v1.GroupService.GetGroupInfo:output_type -> mlsds.v1.GetGroupInfoResponse
-	15, // 19: mlsds.v1.GroupService.GetRoster:output_type -> mlsds.v1.GetRosterResponse
-	13, // [13:20] is the sub-list for method output_type
-	6,  // [6:13] is the sub-list for method input_type
-	6,  // [6:6] is the sub-list for extension type_name
-	6,  // [6:6] is the sub-list for extension extendee
-	0,  // [0:6] is the sub-list for field type_name
+	15, // 6: mlsds.v1.GetRosterResponse.leaves:type_name -> mlsds.v1.RosterLeaf
+	1,  // 7: mlsds.v1.GroupService.CreateGroup:input_type -> mlsds.v1.CreateGroupRequest
+	3,  // 8: mlsds.v1.GroupService.Send:input_type -> mlsds.v1.SendRequest
+	5,  // 9: mlsds.v1.GroupService.SendCommitBundle:input_type -> mlsds.v1.SendCommitBundleRequest
+	7,  // 10: mlsds.v1.GroupService.Fetch:input_type -> mlsds.v1.FetchRequest
+	10, // 11: mlsds.v1.GroupService.Ack:input_type -> mlsds.v1.AckRequest
+	12, // 12: mlsds.v1.GroupService.GetGroupInfo:input_type -> mlsds.v1.GetGroupInfoRequest
+	14, // 13: mlsds.v1.GroupService.GetRoster:input_type -> mlsds.v1.GetRosterRequest
+	17, // 14: mlsds.v1.GroupService.GetRatchetTree:input_type -> mlsds.v1.GetRatchetTreeRequest
+	19, // 15: mlsds.v1.GroupService.GetPath:input_type -> mlsds.v1.GetPathRequest
+	2,  // 16: mlsds.v1.GroupService.CreateGroup:output_type -> mlsds.v1.CreateGroupResponse
+	4,  // 17: mlsds.v1.GroupService.Send:output_type -> mlsds.v1.SendResponse
+	6,  // 18: mlsds.v1.GroupService.SendCommitBundle:output_type -> mlsds.v1.SendCommitBundleResponse
+	8,  // 19: mlsds.v1.GroupService.Fetch:output_type -> mlsds.v1.FetchResponse
+	11, // 20: mlsds.v1.GroupService.Ack:output_type -> mlsds.v1.AckResponse
+	13, // 21: mlsds.v1.GroupService.GetGroupInfo:output_type -> mlsds.v1.GetGroupInfoResponse
+	16, // 22: mlsds.v1.GroupService.GetRoster:output_type -> mlsds.v1.GetRosterResponse
+	18, // 23: mlsds.v1.GroupService.GetRatchetTree:output_type -> mlsds.v1.GetRatchetTreeResponse
+	20, // 24: mlsds.v1.GroupService.GetPath:output_type -> mlsds.v1.GetPathResponse
+	16, // [16:25] is the sub-list for method output_type
+	7,  // [7:16] is the sub-list for method input_type
+	7,  // [7:7] is the sub-list for extension type_name
+	7,  // [7:7] is the sub-list for extension extendee
+	0,  // [0:7] is the sub-list for field type_name
 }
 
 func init() { file_mlsds_v1_groups_proto_init() }
@@ -1030,7 +1452,7 @@ func file_mlsds_v1_groups_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_mlsds_v1_groups_proto_rawDesc), len(file_mlsds_v1_groups_proto_rawDesc)),
 			NumEnums:      1,
-			NumMessages:   15,
+			NumMessages:   20,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -50,6 +50,11 @@ const (
 	GroupServiceGetGroupInfoProcedure = "/mlsds.v1.GroupService/GetGroupInfo"
 	// GroupServiceGetRosterProcedure is the fully-qualified name of the GroupService's GetRoster RPC.
 	GroupServiceGetRosterProcedure = "/mlsds.v1.GroupService/GetRoster"
+	// GroupServiceGetRatchetTreeProcedure is the fully-qualified name of the GroupService's
+	// GetRatchetTree RPC.
+	GroupServiceGetRatchetTreeProcedure = "/mlsds.v1.GroupService/GetRatchetTree"
+	// GroupServiceGetPathProcedure is the fully-qualified name of the GroupService's GetPath RPC.
+	GroupServiceGetPathProcedure = "/mlsds.v1.GroupService/GetPath"
 )
 
 // GroupServiceClient is a client for the mlsds.v1.GroupService service.
@@ -75,6 +80,16 @@ type GroupServiceClient interface {
 	// GetRoster lists the client ids of the group's current members. Only
 	// members may ask.
 	GetRoster(context.Context, *connect.Request[v1.GetRosterRequest]) (*connect.Response[v1.GetRosterResponse], error)
+	// GetRatchetTree returns the current epoch's public ratchet tree of a
+	// transparent group, with the epoch and tree hash it belongs to. Only
+	// members may ask.
+	GetRatchetTree(context.Context, *connect.Request[v1.GetRatchetTreeRequest]) (*connect.Response[v1.GetRatchetTreeResponse], error)
+	// GetPath returns what the member at one leaf needs to create a Commit
+	// or a Proposal: the leaf, its direct path and copath, and their
+	// resolutions, as a TreeProof that the client verifies against the
+	// tree_hash of its GroupContext. Transparent groups only; only members
+	// may ask.
+	GetPath(context.Context, *connect.Request[v1.GetPathRequest]) (*connect.Response[v1.GetPathResponse], error)
 }
 
 // NewGroupServiceClient constructs a client for the mlsds.v1.GroupService service. By default, it
@@ -133,6 +148,20 @@ func NewGroupServiceClient(httpClient connect.HTTPClient, baseURL string, opts .
 			connect.WithIdempotency(connect.IdempotencyNoSideEffects),
 			connect.WithClientOptions(opts...),
 		),
+		getRatchetTree: connect.NewClient[v1.GetRatchetTreeRequest, v1.GetRatchetTreeResponse](
+			httpClient,
+			baseURL+GroupServiceGetRatchetTreeProcedure,
+			connect.WithSchema(groupServiceMethods.ByName("GetRatchetTree")),
+			connect.WithIdempotency(connect.IdempotencyNoSideEffects),
+			connect.WithClientOptions(opts...),
+		),
+		getPath: connect.NewClient[v1.GetPathRequest, v1.GetPathResponse](
+			httpClient,
+			baseURL+GroupServiceGetPathProcedure,
+			connect.WithSchema(groupServiceMethods.ByName("GetPath")),
+			connect.WithIdempotency(connect.IdempotencyNoSideEffects),
+			connect.WithClientOptions(opts...),
+		),
 	}
 }
 
@@ -145,6 +174,8 @@ type groupServiceClient struct {
 	ack              *connect.Client[v1.AckRequest, v1.AckResponse]
 	getGroupInfo     *connect.Client[v1.GetGroupInfoRequest, v1.GetGroupInfoResponse]
 	getRoster        *connect.Client[v1.GetRosterRequest, v1.GetRosterResponse]
+	getRatchetTree   *connect.Client[v1.GetRatchetTreeRequest, v1.GetRatchetTreeResponse]
+	getPath          *connect.Client[v1.GetPathRequest, v1.GetPathResponse]
 }
 
 // CreateGroup calls mlsds.v1.GroupService.CreateGroup.
@@ -182,6 +213,16 @@ func (c *groupServiceClient) GetRoster(ctx context.Context, req *connect.Request
 	return c.getRoster.CallUnary(ctx, req)
 }
 
+// GetRatchetTree calls mlsds.v1.GroupService.GetRatchetTree.
+func (c *groupServiceClient) GetRatchetTree(ctx context.Context, req *connect.Request[v1.GetRatchetTreeRequest]) (*connect.Response[v1.GetRatchetTreeResponse], error) {
+	return c.getRatchetTree.CallUnary(ctx, req)
+}
+
+// GetPath calls mlsds.v1.GroupService.GetPath.
+func (c *groupServiceClient) GetPath(ctx context.Context, req *connect.Request[v1.GetPathRequest]) (*connect.Response[v1.GetPathResponse], error) {
+	return c.getPath.CallUnary(ctx, req)
+}
+
 // GroupServiceHandler is an implementation of the mlsds.v1.GroupService service.
 type GroupServiceHandler interface {
 	// CreateGroup registers a new group with the caller as its first member.
@@ -205,6 +246,16 @@ type GroupServiceHandler interface {
 	// GetRoster lists the client ids of the group's current members. Only
 	// members may ask.
 	GetRoster(context.Context, *connect.Request[v1.GetRosterRequest]) (*connect.Response[v1.GetRosterResponse], error)
+	// GetRatchetTree returns the current epoch's public ratchet tree of a
+	// transparent group, with the epoch and tree hash it belongs to. Only
+	// members may ask.
+	GetRatchetTree(context.Context, *connect.Request[v1.GetRatchetTreeRequest]) (*connect.Response[v1.GetRatchetTreeResponse], error)
+	// GetPath returns what the member at one leaf needs to create a Commit
+	// or a Proposal: the leaf, its direct path and copath, and their
+	// resolutions, as a TreeProof that the client verifies against the
+	// tree_hash of its GroupContext. Transparent groups only; only members
+	// may ask.
+	GetPath(context.Context, *connect.Request[v1.GetPathRequest]) (*connect.Response[v1.GetPathResponse], error)
 }
 
 // NewGroupServiceHandler builds an HTTP handler from the service implementation. It returns the
@@ -259,6 +310,20 @@ func NewGroupServiceHandler(svc GroupServiceHandler, opts ...connect.HandlerOpti
 		connect.WithIdempotency(connect.IdempotencyNoSideEffects),
 		connect.WithHandlerOptions(opts...),
 	)
+	groupServiceGetRatchetTreeHandler := connect.NewUnaryHandler(
+		GroupServiceGetRatchetTreeProcedure,
+		svc.GetRatchetTree,
+		connect.WithSchema(groupServiceMethods.ByName("GetRatchetTree")),
+		connect.WithIdempotency(connect.IdempotencyNoSideEffects),
+		connect.WithHandlerOptions(opts...),
+	)
+	groupServiceGetPathHandler := connect.NewUnaryHandler(
+		GroupServiceGetPathProcedure,
+		svc.GetPath,
+		connect.WithSchema(groupServiceMethods.ByName("GetPath")),
+		connect.WithIdempotency(connect.IdempotencyNoSideEffects),
+		connect.WithHandlerOptions(opts...),
+	)
 	return "/mlsds.v1.GroupService/", http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		switch r.URL.Path {
 		case GroupServiceCreateGroupProcedure:
@@ -275,6 +340,10 @@ func NewGroupServiceHandler(svc GroupServiceHandler, opts ...connect.HandlerOpti
 			groupServiceGetGroupInfoHandler.ServeHTTP(w, r)
 		case GroupServiceGetRosterProcedure:
 			groupServiceGetRosterHandler.ServeHTTP(w, r)
+		case GroupServiceGetRatchetTreeProcedure:
+			groupServiceGetRatchetTreeHandler.ServeHTTP(w, r)
+		case GroupServiceGetPathProcedure:
+			groupServiceGetPathHandler.ServeHTTP(w, r)
 		default:
 			http.NotFound(w, r)
 		}
@@ -310,4 +379,12 @@ func (UnimplementedGroupServiceHandler) GetGroupInfo(context.Context, *connect.R
 
 func (UnimplementedGroupServiceHandler) GetRoster(context.Context, *connect.Request[v1.GetRosterRequest]) (*connect.Response[v1.GetRosterResponse], error) {
 	return nil, connect.NewError(connect.CodeUnimplemented, errors.New("mlsds.v1.GroupService.GetRoster is not implemented"))
+}
+
+func (UnimplementedGroupServiceHandler) GetRatchetTree(context.Context, *connect.Request[v1.GetRatchetTreeRequest]) (*connect.Response[v1.GetRatchetTreeResponse], error) {
+	return nil, connect.NewError(connect.CodeUnimplemented, errors.New("mlsds.v1.GroupService.GetRatchetTree is not implemented"))
+}
+
+func (UnimplementedGroupServiceHandler) GetPath(context.Context, *connect.Request[v1.GetPathRequest]) (*connect.Response[v1.GetPathResponse], error) {
+	return nil, connect.NewError(connect.CodeUnimplemented, errors.New("mlsds.v1.GroupService.GetPath is not implemented"))
 }
