@@ -1,0 +1,1182 @@
+package mls
+
+import (
+	"bytes"
+	"crypto/hpke"
+	"crypto/rand"
+	"errors"
+	"fmt"
+	"maps"
+	"slices"
+
+	circlhpke "github.com/cloudflare/circl/hpke"
+	"golang.org/x/crypto/cryptobyte"
+)
+
+// This file is the member side of a group: creating it, committing Adds
+// and Removes with an UpdatePath, producing Welcomes, joining from them,
+// processing Commits, and protecting application messages. Validation of
+// what others send is PublicGroupState's; Group adds the secrets: TreeKEM
+// (treekem.go), the key schedule (keyschedule.go) and message protection
+// (protect.go).
+//
+// Not covered yet: handshake messages sent as PrivateMessage (Commits and
+// proposals are PublicMessages, which a Delivery Service can validate;
+// PublicGroupState verifies signatures over the public_message wire format
+// only), committing PSK, GroupContextExtensions or ReInit proposals
+// received by reference (CommitWith sends PSKs and extensions by value),
+// ReInit and branching, and resync external Commits that remove an old
+// leaf of the joiner.
+
+// Member is a member of the group as the ratchet tree lists it.
+type Member struct {
+	Leaf         LeafIndex
+	Credential   Credential
+	Identity     []byte // see CredentialIdentity
+	SignatureKey []byte
+}
+
+// Members returns the members of the current epoch in leaf order.
+func (g *Group) Members() []Member {
+	var out []Member
+	for i, ln := range g.pub.Tree().Leaves() {
+		out = append(out, Member{Leaf: i, Credential: ln.Credential, Identity: CredentialIdentity(&ln.Credential), SignatureKey: ln.SignatureKey})
+	}
+	return out
+}
+
+// ErrNotMember is returned by a Group once a Commit removed its member.
+var ErrNotMember = errors.New("mls: this member was removed from the group")
+
+// Group is one member's state of a group in the current epoch.
+//
+// A Group is not safe for concurrent use.
+type Group struct {
+	pub     *PublicGroupState
+	keys    *TreePrivateKey
+	es      *EpochSecrets
+	st      *SecretTree
+	sigPriv []byte
+	removed bool
+
+	// psks holds the external PSKs the application gave and the
+	// resumption PSKs of the epochs this member saw, by pskLookupKey.
+	psks map[string][]byte
+
+	// updateKeys holds the leaf private keys of this member's Update
+	// proposals of the current epoch, by public key.
+	updateKeys map[string][]byte
+
+	pending *pendingCommit
+}
+
+// pendingCommit is a Commit this member made and has not merged yet.
+type pendingCommit struct {
+	msg    *PublicMessage
+	wire   []byte // msg's encoding, to recognize it when it comes back
+	effect *CommitEffect
+	next   *Group
+}
+
+// KeyPackagePrivate holds the private keys that go with a KeyPackage: the
+// init key, the leaf's encryption key and the signature key.
+type KeyPackagePrivate struct {
+	InitPriv       []byte
+	EncryptionPriv []byte
+	SignaturePriv  []byte
+}
+
+// NewKeyPackage creates a signed KeyPackage (§10) for cs with a basic
+// credential for identity, fresh HPKE keys, the given signature key
+// (a fresh one if sigPriv is nil) and a lifetime of [notBefore, notAfter]
+// in seconds since the Unix epoch.
+func NewKeyPackage(cs CipherSuite, identity, sigPriv []byte, notBefore, notAfter uint64) (*KeyPackage, *KeyPackagePrivate, error) {
+	if err := cs.check(); err != nil {
+		return nil, nil, err
+	}
+	var sigPub []byte
+	var err error
+	if sigPriv == nil {
+		sigPriv, sigPub, err = cs.GenerateSignatureKeyPair()
+	} else {
+		sigPub, err = cs.SignaturePublicKey(sigPriv)
+	}
+	if err != nil {
+		return nil, nil, err
+	}
+	initPriv, initPub, err := cs.GenerateKEMKeyPair()
+	if err != nil {
+		return nil, nil, err
+	}
+	encPriv, encPub, err := cs.GenerateKEMKeyPair()
+	if err != nil {
+		return nil, nil, err
+	}
+	kp := &KeyPackage{
+		Version:     ProtocolVersionMLS10,
+		CipherSuite: cs,
+		InitKey:     initPub,
+		LeafNode: LeafNode{
+			EncryptionKey: encPub,
+			SignatureKey:  sigPub,
+			Credential:    Credential{CredentialType: CredentialTypeBasic, Identity: bytes.Clone(identity)},
+			Capabilities: Capabilities{
+				Versions:     []ProtocolVersion{ProtocolVersionMLS10},
+				CipherSuites: []CipherSuite{cs},
+				Credentials:  []CredentialType{CredentialTypeBasic},
+			},
+			LeafNodeSource: LeafNodeSourceKeyPackage,
+			Lifetime:       &Lifetime{NotBefore: notBefore, NotAfter: notAfter},
+		},
+	}
+	if err := kp.LeafNode.Sign(cs, sigPriv, nil, 0); err != nil {
+		return nil, nil, err
+	}
+	if err := kp.Sign(sigPriv); err != nil {
+		return nil, nil, err
+	}
+	return kp, &KeyPackagePrivate{InitPriv: initPriv, EncryptionPriv: encPriv, SignaturePriv: sigPriv}, nil
+}
+
+// NewGroup creates a group with groupID whose only member is the owner of
+// kp (§11): epoch 0, a fresh random init secret, the leaf of kp at index
+// 0. priv holds kp's private keys.
+func NewGroup(groupID []byte, kp *KeyPackage, priv *KeyPackagePrivate) (*Group, error) {
+	cs := kp.CipherSuite
+	if err := cs.check(); err != nil {
+		return nil, err
+	}
+	leaf := kp.LeafNode
+	tree, err := NewRatchetTree(cs, []*Node{{Leaf: &leaf}})
+	if err != nil {
+		return nil, err
+	}
+	gc := GroupContext{Version: ProtocolVersionMLS10, CipherSuite: cs, GroupID: bytes.Clone(groupID), Epoch: 0, TreeHash: tree.TreeHash()}
+	initSecret := make([]byte, cs.HashSize())
+	rand.Read(initSecret)
+	es, err := DeriveEpochSecrets(initSecret, nil, nil, &gc)
+	if err != nil {
+		return nil, err
+	}
+	// §8.2: in epoch 0 the confirmed transcript hash is empty and the
+	// interim one follows from the confirmation tag over it.
+	gi := &GroupInfo{GroupContext: gc, ConfirmationTag: es.ConfirmationTag(nil), Signer: 0}
+	if err := gi.Sign(priv.SignaturePriv); err != nil {
+		return nil, err
+	}
+	pub, err := NewPublicGroupState(gi, tree)
+	if err != nil {
+		return nil, err
+	}
+	keys, err := NewTreePrivateKey(cs, 0, priv.EncryptionPriv)
+	if err != nil {
+		return nil, err
+	}
+	return newGroup(pub, keys, es, priv.SignaturePriv, nil)
+}
+
+// newGroup assembles the state of an epoch. psks is the PSK store of the
+// previous epoch, or nil; the new epoch's resumption PSK is added to a
+// copy of it.
+func newGroup(pub *PublicGroupState, keys *TreePrivateKey, es *EpochSecrets, sigPriv []byte, psks map[string][]byte) (*Group, error) {
+	tree := pub.Tree()
+	if err := keys.Check(tree); err != nil {
+		return nil, err
+	}
+	st, err := es.SecretTree(tree.LeafCount())
+	if err != nil {
+		return nil, err
+	}
+	store := maps.Clone(psks)
+	if store == nil {
+		store = map[string][]byte{}
+	}
+	store[ResumptionPSKKey(pub.GroupID(), pub.Epoch())] = es.ResumptionPSK
+	return &Group{pub: pub, keys: keys, es: es, st: st, sigPriv: bytes.Clone(sigPriv), psks: store}, nil
+}
+
+// AddExternalPSK makes the external PSK with the given psk_id available
+// to the Commits this member processes (§8.4).
+func (g *Group) AddExternalPSK(pskID, secret []byte) {
+	g.psks[string(pskID)] = bytes.Clone(secret)
+}
+
+// pskSecret computes the psk_secret of ids from the member's PSK store
+// (§8.4); every PSK must be available.
+func (g *Group) pskSecret(ids []PreSharedKeyID) ([]byte, error) {
+	cs := g.pub.CipherSuite()
+	list := make([]PSK, len(ids))
+	for i := range ids {
+		v, ok := g.psks[pskLookupKey(&ids[i])]
+		if !ok {
+			return nil, invalidf("12.4.2", "Commit names PSK %d (%s), which this member does not have", i, pskDescription(&ids[i]))
+		}
+		list[i] = PSK{ID: ids[i], Secret: v}
+	}
+	return PSKSecret(cs, list)
+}
+
+// JoinGroup joins a group from a Welcome addressed to kp (§12.4.3.1). The
+// ratchet tree comes from the GroupInfo's ratchet_tree extension, or from
+// tree if that is not nil. psks holds the PSKs the Welcome may name, by
+// psk_id for external PSKs and by ResumptionPSKKey for resumption PSKs; it
+// may be nil. The external ones stay available for later Commits.
+func JoinGroup(w *Welcome, kp *KeyPackage, priv *KeyPackagePrivate, tree *RatchetTree, psks map[string][]byte) (*Group, error) {
+	ref, err := kp.Ref()
+	if err != nil {
+		return nil, err
+	}
+	var gs *GroupSecrets
+	var gi *GroupInfo
+	if tree != nil {
+		gs, gi, err = DecryptWelcomeWithTree(w, ref, priv.InitPriv, psks, tree)
+	} else {
+		gs, gi, err = DecryptWelcome(w, ref, priv.InitPriv, psks)
+	}
+	if err != nil {
+		return nil, err
+	}
+	list := make([]PSK, len(gs.PSKs))
+	for i := range gs.PSKs {
+		list[i] = PSK{ID: gs.PSKs[i], Secret: psks[pskLookupKey(&gs.PSKs[i])]}
+	}
+	pskSecret, err := PSKSecret(gi.GroupContext.CipherSuite, list)
+	if err != nil {
+		return nil, err
+	}
+	pub, err := NewPublicGroupState(gi, tree)
+	if err != nil {
+		return nil, err
+	}
+	t := pub.Tree()
+	self := LeafIndex(0)
+	found := false
+	for i, ln := range t.Leaves() {
+		if bytes.Equal(ln.EncryptionKey, kp.LeafNode.EncryptionKey) && bytes.Equal(ln.SignatureKey, kp.LeafNode.SignatureKey) {
+			self, found = i, true
+			break
+		}
+	}
+	if !found {
+		return nil, invalid("12.4.3.1", "the ratchet tree must contain the new member's leaf from its KeyPackage")
+	}
+	keys, err := NewTreePrivateKey(gi.GroupContext.CipherSuite, self, priv.EncryptionPriv)
+	if err != nil {
+		return nil, err
+	}
+	if gs.PathSecret != nil {
+		if _, err := keys.Implant(t, gi.Signer, gs.PathSecret); err != nil {
+			return nil, err
+		}
+	}
+	ks, err := NewKeySchedule(gi.GroupContext.CipherSuite, gs.JoinerSecret, pskSecret)
+	if err != nil {
+		return nil, err
+	}
+	gc := pub.GroupContext()
+	es, err := ks.EpochSecrets(&gc)
+	if err != nil {
+		return nil, err
+	}
+	if err := es.VerifyConfirmationTag(gc.ConfirmedTranscriptHash, gi.ConfirmationTag); err != nil {
+		return nil, err
+	}
+	return newGroup(pub, keys, es, priv.SignaturePriv, psks)
+}
+
+// GroupID returns the group's ID.
+func (g *Group) GroupID() []byte { return g.pub.GroupID() }
+
+// Epoch returns the current epoch.
+func (g *Group) Epoch() uint64 { return g.pub.Epoch() }
+
+// Self returns the member's leaf index.
+func (g *Group) Self() LeafIndex { return g.keys.Self() }
+
+// GroupContext returns the GroupContext of the current epoch.
+func (g *Group) GroupContext() GroupContext { return g.pub.GroupContext() }
+
+// Tree returns a copy of the group's ratchet tree.
+func (g *Group) Tree() *RatchetTree { return g.pub.Tree() }
+
+// EpochAuthenticator returns the epoch_authenticator of the current epoch
+// (§8.7).
+func (g *Group) EpochAuthenticator() []byte { return bytes.Clone(g.es.EpochAuthenticator) }
+
+// Export returns MLS-Exporter(label, context, length) of the current
+// epoch (§8.5).
+func (g *Group) Export(label string, context []byte, length int) ([]byte, error) {
+	return g.es.Export(label, context, length)
+}
+
+func (g *Group) checkActive() error {
+	if g.removed {
+		return ErrNotMember
+	}
+	return nil
+}
+
+// Commit creates a Commit, sent as a PublicMessage, that adds the owners
+// of adds and removes the members at removes, with an UpdatePath (§12.4).
+// It also commits, by reference, the Add, Remove and Update proposals
+// received in this epoch (HandleProposal, Propose), except those it may
+// not commit: a Remove of this member, its own Update, and a Remove
+// already listed. If there are new members, it also returns their
+// Welcome, whose GroupInfo carries the ratchet_tree extension.
+//
+// The group stays in the current epoch until MergePendingCommit, so that
+// the Commit can be dropped if the Delivery Service refuses it; making
+// another Commit replaces the pending one.
+func (g *Group) Commit(adds []*KeyPackage, removes []LeafIndex) (*PublicMessage, *Welcome, error) {
+	return g.CommitWith(CommitOptions{Adds: adds, Removes: removes})
+}
+
+// CommitOptions lists the proposals a Commit carries by value.
+type CommitOptions struct {
+	Adds    []*KeyPackage
+	Removes []LeafIndex
+	// ExternalPSKs names external PSKs, by psk_id, to inject into the key
+	// schedule (§8.4); each must have been given to every member with
+	// AddExternalPSK (and to new members in JoinGroup's psks).
+	ExternalPSKs [][]byte
+	// Extensions, if not nil, replaces the GroupContext extensions
+	// (§12.1.7).
+	Extensions *Extensions
+}
+
+// CommitWith is Commit with PSK and GroupContextExtensions proposals
+// besides Adds and Removes.
+func (g *Group) CommitWith(opts CommitOptions) (*PublicMessage, *Welcome, error) {
+	adds, removes := opts.Adds, opts.Removes
+	if err := g.checkActive(); err != nil {
+		return nil, nil, err
+	}
+	cs := g.pub.CipherSuite()
+	self := g.keys.Self()
+	oldGC := g.pub.GroupContext()
+	commit := &Commit{}
+	// Pending proposals go first, by reference; then the new ones by value.
+	var updates []*PendingProposal
+	var removed []LeafIndex
+	var added []*KeyPackage
+	for _, pp := range g.pub.PendingProposals() {
+		p := pp.Proposal
+		switch {
+		case p.ProposalType == ProposalTypeUpdate && p.Update != nil:
+			if pp.Sender.SenderType != SenderTypeMember || pp.Sender.LeafIndex == self ||
+				slices.ContainsFunc(updates, func(u *PendingProposal) bool { return u.Sender.LeafIndex == pp.Sender.LeafIndex }) {
+				continue
+			}
+			updates = append(updates, &pp)
+		case p.ProposalType == ProposalTypeRemove && p.Remove != nil:
+			if r := p.Remove.Removed; r == self || slices.Contains(removed, r) {
+				continue
+			} else {
+				removed = append(removed, r)
+			}
+		case p.ProposalType == ProposalTypeAdd && p.Add != nil:
+			added = append(added, &p.Add.KeyPackage)
+		default:
+			continue
+		}
+		commit.Proposals = append(commit.Proposals, ProposalOrRef{Type: ProposalOrRefTypeReference, Reference: pp.Ref})
+	}
+	// An Update of a member that is also removed is not allowed (§12.2).
+	updates = slices.DeleteFunc(updates, func(u *PendingProposal) bool { return slices.Contains(removed, u.Sender.LeafIndex) })
+	commit.Proposals = slices.DeleteFunc(commit.Proposals, func(p ProposalOrRef) bool {
+		for _, pp := range g.pub.PendingProposals() {
+			if bytes.Equal(pp.Ref, p.Reference) && pp.Proposal.ProposalType == ProposalTypeUpdate {
+				return slices.Contains(removed, pp.Sender.LeafIndex)
+			}
+		}
+		return false
+	})
+	for _, r := range removes {
+		if r == self {
+			return nil, nil, errors.New("mls: a member cannot commit its own removal; ask another member to remove it")
+		}
+		if slices.Contains(removed, r) {
+			continue
+		}
+		removed = append(removed, r)
+		commit.Proposals = append(commit.Proposals, ProposalOrRef{Type: ProposalOrRefTypeProposal,
+			Proposal: &Proposal{ProposalType: ProposalTypeRemove, Remove: &Remove{Removed: r}}})
+	}
+	for _, kp := range adds {
+		added = append(added, kp)
+		commit.Proposals = append(commit.Proposals, ProposalOrRef{Type: ProposalOrRefTypeProposal,
+			Proposal: &Proposal{ProposalType: ProposalTypeAdd, Add: &Add{KeyPackage: *kp}}})
+	}
+	var pskIDs []PreSharedKeyID
+	for _, id := range opts.ExternalPSKs {
+		nonce := make([]byte, cs.HashSize())
+		rand.Read(nonce)
+		pid := PreSharedKeyID{PSKType: PSKTypeExternal, PSKID: bytes.Clone(id), PSKNonce: nonce}
+		pskIDs = append(pskIDs, pid)
+		commit.Proposals = append(commit.Proposals, ProposalOrRef{Type: ProposalOrRefTypeProposal,
+			Proposal: &Proposal{ProposalType: ProposalTypePSK, PreSharedKey: &PreSharedKey{PSK: pid}}})
+	}
+	pskSecret, err := g.pskSecret(pskIDs)
+	if err != nil {
+		return nil, nil, err
+	}
+	if opts.Extensions != nil {
+		commit.Proposals = append(commit.Proposals, ProposalOrRef{Type: ProposalOrRefTypeProposal,
+			Proposal: &Proposal{ProposalType: ProposalTypeGroupContextExtensions, GroupContextExtensions: &GroupContextExtensions{Extensions: *opts.Extensions}}})
+	}
+	// §12.3: proposals apply in the order updates, removes, adds.
+	tree := g.pub.Tree()
+	for _, u := range updates {
+		leaf := u.Proposal.Update.LeafNode
+		if err := tree.UpdateLeaf(u.Sender.LeafIndex, &leaf); err != nil {
+			return nil, nil, err
+		}
+	}
+	for _, r := range removed {
+		if err := tree.RemoveLeaf(r); err != nil {
+			return nil, nil, err
+		}
+	}
+	var joiners []LeafIndex
+	for _, kp := range added {
+		leaf := kp.LeafNode
+		joiners = append(joiners, tree.AddLeaf(&leaf))
+	}
+	adds = added
+
+	keys := g.keys.Clone()
+	keys.Prune(tree)
+	provisional := oldGC
+	provisional.Epoch++
+	if opts.Extensions != nil {
+		provisional.Extensions = *opts.Extensions
+	}
+	template := *tree.Leaf(self)
+	path, commitSecret, err := keys.CreateUpdatePath(tree, &template, g.sigPriv, &provisional, joiners)
+	if err != nil {
+		return nil, nil, err
+	}
+	commit.Path = path
+
+	ac := &AuthenticatedContent{
+		WireFormat: WireFormatPublicMessage,
+		Content: FramedContent{GroupID: oldGC.GroupID, Epoch: oldGC.Epoch,
+			Sender:      Sender{SenderType: SenderTypeMember, LeafIndex: self},
+			ContentType: ContentTypeCommit, Commit: commit},
+	}
+	if err := ac.Sign(cs, g.sigPriv, &oldGC); err != nil {
+		return nil, nil, err
+	}
+	confirmed, err := ConfirmedTranscriptHash(cs, g.pub.InterimTranscriptHash(), ac)
+	if err != nil {
+		return nil, nil, err
+	}
+	newGC := provisional
+	newGC.ConfirmedTranscriptHash = confirmed
+	es, err := DeriveEpochSecrets(g.es.InitSecret, commitSecret, pskSecret, &newGC)
+	if err != nil {
+		return nil, nil, err
+	}
+	ac.Auth.ConfirmationTag = es.ConfirmationTag(confirmed)
+	msg, err := ProtectPublic(ac, g.es.MembershipKey, &oldGC)
+	if err != nil {
+		return nil, nil, err
+	}
+
+	// Run the Commit through the same checks every receiver applies, and
+	// take the next epoch's public state from them.
+	nextPub, effect, err := g.pub.HandleCommit(msg)
+	if err != nil {
+		return nil, nil, fmt.Errorf("mls: own Commit fails validation: %w", err)
+	}
+	if got := nextPub.GroupContext(); !bytes.Equal(mustEncode(&got), mustEncode(&newGC)) {
+		return nil, nil, errors.New("mls: internal error: own Commit yields another GroupContext")
+	}
+	next, err := newGroup(nextPub, keys, es, g.sigPriv, g.psks)
+	if err != nil {
+		return nil, nil, err
+	}
+
+	var welcome *Welcome
+	if len(adds) > 0 {
+		if welcome, err = g.welcome(next, adds, joiners, pskIDs, pskSecret); err != nil {
+			return nil, nil, err
+		}
+	}
+	g.pending = &pendingCommit{msg: msg, wire: mustEncode(msg), effect: effect, next: next}
+	return msg, welcome, nil
+}
+
+// welcome builds the Welcome of a Commit for the new members (§12.4.3.1).
+func (g *Group) welcome(next *Group, adds []*KeyPackage, joiners []LeafIndex, pskIDs []PreSharedKeyID, pskSecret []byte) (*Welcome, error) {
+	cs := next.pub.CipherSuite()
+	treeData, err := next.pub.Tree().MarshalBinary()
+	if err != nil {
+		return nil, err
+	}
+	gc := next.pub.GroupContext()
+	gi := &GroupInfo{
+		GroupContext:    gc,
+		Extensions:      Extensions{{ExtensionType: ExtensionTypeRatchetTree, ExtensionData: treeData}},
+		ConfirmationTag: next.es.ConfirmationTag(gc.ConfirmedTranscriptHash),
+		Signer:          next.Self(),
+	}
+	if err := gi.Sign(g.sigPriv); err != nil {
+		return nil, err
+	}
+	giData, err := gi.MarshalBinary()
+	if err != nil {
+		return nil, err
+	}
+	ks, err := NewKeySchedule(cs, next.es.JoinerSecret, pskSecret)
+	if err != nil {
+		return nil, err
+	}
+	key, nonce, err := ks.WelcomeKey()
+	if err != nil {
+		return nil, err
+	}
+	w := &Welcome{CipherSuite: cs}
+	if w.EncryptedGroupInfo, err = cs.Seal(key, nonce, nil, giData); err != nil {
+		return nil, err
+	}
+	for i, kp := range adds {
+		ref, err := kp.Ref()
+		if err != nil {
+			return nil, err
+		}
+		gs := &GroupSecrets{JoinerSecret: next.es.JoinerSecret, PathSecret: next.keys.PathSecretFor(joiners[i]), PSKs: pskIDs}
+		kem, ct, err := cs.EncryptWithLabel(kp.InitKey, "Welcome", w.EncryptedGroupInfo, mustEncode(gs))
+		if err != nil {
+			return nil, err
+		}
+		w.Secrets = append(w.Secrets, EncryptedGroupSecrets{NewMember: ref, EncryptedGroupSecrets: HPKECiphertext{KEMOutput: kem, Ciphertext: ct}})
+	}
+	return w, nil
+}
+
+// MergePendingCommit moves the group to the epoch of the Commit it made
+// last, once the Delivery Service has accepted it.
+func (g *Group) MergePendingCommit() error {
+	if g.pending == nil {
+		return errors.New("mls: no pending Commit to merge")
+	}
+	*g = *g.pending.next
+	return nil
+}
+
+// DiscardPendingCommit forgets the Commit made last, as when the Delivery
+// Service has sequenced another one first.
+func (g *Group) DiscardPendingCommit() { g.pending = nil }
+
+// HandleCommit processes a Commit sent by another member as a
+// PublicMessage (§12.4.2): the membership tag, all public checks of
+// PublicGroupState.HandleCommit, the UpdatePath decryption (§7.5), the key
+// schedule of the new epoch and the confirmation tag. On success the group
+// moves to the new epoch; on error it is unchanged. If the Commit removes
+// this member, the group becomes unusable and later calls return
+// ErrNotMember. A pending Commit of this member is discarded, unless msg
+// is that very Commit coming back from the Delivery Service, which is then
+// merged as MergePendingCommit does.
+func (g *Group) HandleCommit(msg *PublicMessage) (*CommitEffect, error) {
+	if err := g.checkActive(); err != nil {
+		return nil, err
+	}
+	self := g.keys.Self()
+	if msg.Content.Sender.SenderType == SenderTypeMember && msg.Content.Sender.LeafIndex == self {
+		if g.pending != nil && bytes.Equal(mustEncode(msg), g.pending.wire) {
+			effect := g.pending.effect
+			*g = *g.pending.next
+			return effect, nil
+		}
+		return nil, errors.New("mls: a Commit from this member's leaf that is not its pending Commit")
+	}
+	oldGC := g.pub.GroupContext()
+	if msg.Content.Sender.SenderType == SenderTypeMember {
+		if _, err := UnprotectPublic(msg, g.es.MembershipKey, &oldGC); err != nil {
+			return nil, err
+		}
+	}
+	nextPub, effect, err := g.pub.HandleCommit(msg)
+	if err != nil {
+		return nil, err
+	}
+	for _, r := range effect.Removed {
+		if r.Leaf == self {
+			g.removed, g.pending = true, nil
+			return effect, nil
+		}
+	}
+	pskSecret, err := g.pskSecret(effect.PSKs)
+	if err != nil {
+		return nil, err
+	}
+	initSecret := g.es.InitSecret
+	if effect.External {
+		// §8.3: the joiner's init_secret comes from the HPKE context set
+		// up with the group's external key pair.
+		var kemOutput []byte
+		for _, p := range msg.Content.Commit.Proposals {
+			if p.Proposal != nil && p.Proposal.ProposalType == ProposalTypeExternalInit && p.Proposal.ExternalInit != nil {
+				kemOutput = p.Proposal.ExternalInit.KEMOutput
+			}
+		}
+		extPriv, _, err := g.es.ExternalKeyPair()
+		if err != nil {
+			return nil, err
+		}
+		if initSecret, err = externalInitReceiver(g.pub.CipherSuite(), extPriv, kemOutput); err != nil {
+			return nil, &ValidationError{Rule: "ExternalInit kem_output must decapsulate with the group's external key", Section: "8.3", Err: err}
+		}
+	}
+	newGC := nextPub.GroupContext()
+	tree := nextPub.Tree()
+	keys := g.keys.Clone()
+	if own := tree.Leaf(self); own != nil {
+		if priv, ok := g.updateKeys[string(own.EncryptionKey)]; ok {
+			// The Commit applied an Update proposal of this member.
+			if err := keys.SetLeafPrivateKey(priv); err != nil {
+				return nil, err
+			}
+		}
+	}
+	var commitSecret []byte
+	if effect.PathPresent {
+		var joiners []LeafIndex
+		for _, a := range effect.Added {
+			joiners = append(joiners, a.Leaf)
+		}
+		provisional := newGC
+		provisional.ConfirmedTranscriptHash = oldGC.ConfirmedTranscriptHash
+		if commitSecret, err = keys.DecryptUpdatePath(tree, effect.Committer, msg.Content.Commit.Path, &provisional, joiners); err != nil {
+			return nil, err
+		}
+	}
+	keys.Prune(tree)
+	es, err := DeriveEpochSecrets(initSecret, commitSecret, pskSecret, &newGC)
+	if err != nil {
+		return nil, err
+	}
+	if err := es.VerifyConfirmationTag(newGC.ConfirmedTranscriptHash, msg.Auth.ConfirmationTag); err != nil {
+		return nil, err
+	}
+	next, err := newGroup(nextPub, keys, es, g.sigPriv, g.psks)
+	if err != nil {
+		return nil, err
+	}
+	*g = *next
+	return effect, nil
+}
+
+// Propose sends p as a PublicMessage proposal of this member (§12.1) and
+// keeps it for this member's next Commit, as HandleProposal does for the
+// proposals of others. To leave a group, propose a Remove of Self.
+func (g *Group) Propose(p *Proposal) (*PublicMessage, error) {
+	if err := g.checkActive(); err != nil {
+		return nil, err
+	}
+	gc := g.pub.GroupContext()
+	ac := &AuthenticatedContent{
+		WireFormat: WireFormatPublicMessage,
+		Content: FramedContent{GroupID: gc.GroupID, Epoch: gc.Epoch,
+			Sender:      Sender{SenderType: SenderTypeMember, LeafIndex: g.keys.Self()},
+			ContentType: ContentTypeProposal, Proposal: p},
+	}
+	if err := ac.Sign(gc.CipherSuite, g.sigPriv, &gc); err != nil {
+		return nil, err
+	}
+	msg, err := ProtectPublic(ac, g.es.MembershipKey, &gc)
+	if err != nil {
+		return nil, err
+	}
+	if _, err := g.pub.HandleProposal(msg); err != nil {
+		return nil, err
+	}
+	return msg, nil
+}
+
+// ProposeUpdate proposes a new leaf for this member with a fresh
+// encryption key (§12.1.2), to be committed by another member.
+func (g *Group) ProposeUpdate() (*PublicMessage, error) {
+	if err := g.checkActive(); err != nil {
+		return nil, err
+	}
+	cs := g.pub.CipherSuite()
+	self := g.keys.Self()
+	priv, pub, err := cs.GenerateKEMKeyPair()
+	if err != nil {
+		return nil, err
+	}
+	leaf := *g.pub.Tree().Leaf(self)
+	leaf.EncryptionKey = pub
+	leaf.LeafNodeSource = LeafNodeSourceUpdate
+	leaf.Lifetime, leaf.ParentHash = nil, nil
+	if err := leaf.Sign(cs, g.sigPriv, g.pub.GroupID(), self); err != nil {
+		return nil, err
+	}
+	msg, err := g.Propose(&Proposal{ProposalType: ProposalTypeUpdate, Update: &Update{LeafNode: leaf}})
+	if err != nil {
+		return nil, err
+	}
+	if g.updateKeys == nil {
+		g.updateKeys = map[string][]byte{}
+	}
+	g.updateKeys[string(pub)] = priv
+	return msg, nil
+}
+
+// HandleProposal checks a proposal sent as a PublicMessage in the current
+// epoch (the membership tag of a member's, then all checks of
+// PublicGroupState.HandleProposal) and keeps it for a Commit that refers
+// to it.
+func (g *Group) HandleProposal(msg *PublicMessage) (ProposalRef, error) {
+	if err := g.checkActive(); err != nil {
+		return nil, err
+	}
+	gc := g.pub.GroupContext()
+	if msg.Content.Sender.SenderType == SenderTypeMember {
+		if _, err := UnprotectPublic(msg, g.es.MembershipKey, &gc); err != nil {
+			return nil, err
+		}
+	}
+	return g.pub.HandleProposal(msg)
+}
+
+// Seal encrypts application data as a PrivateMessage of the current epoch
+// (§6.3), signed by the member.
+func (g *Group) Seal(data, authenticatedData []byte) (*PrivateMessage, error) {
+	if err := g.checkActive(); err != nil {
+		return nil, err
+	}
+	gc := g.pub.GroupContext()
+	ac := &AuthenticatedContent{
+		WireFormat: WireFormatPrivateMessage,
+		Content: FramedContent{GroupID: gc.GroupID, Epoch: gc.Epoch,
+			Sender:            Sender{SenderType: SenderTypeMember, LeafIndex: g.keys.Self()},
+			AuthenticatedData: bytes.Clone(authenticatedData),
+			ContentType:       ContentTypeApplication, Application: bytes.Clone(data)},
+	}
+	if err := ac.Sign(gc.CipherSuite, g.sigPriv, &gc); err != nil {
+		return nil, err
+	}
+	return ProtectPrivate(ac, g.es.SenderDataSecret, g.st, 0)
+}
+
+// Open decrypts an application PrivateMessage of the current epoch and
+// verifies its signature (§6.3), returning the sender's leaf and the data.
+func (g *Group) Open(m *PrivateMessage) (sender LeafIndex, data []byte, err error) {
+	if err := g.checkActive(); err != nil {
+		return 0, nil, err
+	}
+	gc := g.pub.GroupContext()
+	if !bytes.Equal(m.GroupID, gc.GroupID) {
+		return 0, nil, invalid("6", "message is for another group (group_id differs)")
+	}
+	if m.Epoch != gc.Epoch {
+		return 0, nil, &ValidationError{Rule: "message epoch must equal the group's epoch", Section: "6.3",
+			Err: &EpochMismatchError{Got: m.Epoch, Current: gc.Epoch}}
+	}
+	if m.ContentType != ContentTypeApplication {
+		return 0, nil, errors.New("mls: Open handles application messages only")
+	}
+	tree := g.pub.Tree()
+	ac, err := UnprotectPrivate(m, g.es.SenderDataSecret, g.st, func(i LeafIndex) bool { return tree.Leaf(i) != nil })
+	if err != nil {
+		return 0, nil, err
+	}
+	sender = ac.Content.Sender.LeafIndex
+	leaf := tree.Leaf(sender)
+	if leaf == nil {
+		return 0, nil, invalidf("6.3.2", "sender %d is not a member", sender)
+	}
+	if err := ac.VerifySignature(gc.CipherSuite, leaf.SignatureKey, &gc); err != nil {
+		return 0, nil, &ValidationError{Rule: "message signature does not verify with the sender's key", Section: "6.1", Err: err}
+	}
+	return sender, slices.Clone(ac.Content.Application), nil
+}
+
+// groupStateFormat versions the encoding of Group.MarshalBinary.
+const groupStateFormat = 1
+
+// MarshalBinary encodes the member's state of the current epoch so that it
+// can be stored and restored with UnmarshalGroup. The encoding holds
+// private keys and epoch secrets: store it as securely as a private key.
+// A pending Commit is not part of it; neither is anything of past epochs
+// but the resumption PSKs.
+//
+//	struct {
+//	    uint16 format = 1;
+//	    opaque public_group_state<V>;    /* PublicGroupState.MarshalBinary */
+//	    TreePrivateKey tree_keys;
+//	    opaque epoch_secrets<V>;         /* see marshalEpochSecrets */
+//	    opaque secret_tree<V>;           /* see marshalSecretTree */
+//	    opaque signature_priv<V>;
+//	    bool removed;
+//	    struct { opaque key<V>; opaque secret<V>; } psks<V>;
+//	    struct { opaque pub<V>; opaque priv<V>; } update_keys<V>;
+//	}
+func (g *Group) MarshalBinary() ([]byte, error) {
+	pub, err := g.pub.MarshalBinary()
+	if err != nil {
+		return nil, err
+	}
+	return encode(groupMarshaler{g, pub})
+}
+
+type groupMarshaler struct {
+	g   *Group
+	pub []byte
+}
+
+func (m groupMarshaler) marshal(b *cryptobyte.Builder) {
+	g := m.g
+	b.AddUint16(groupStateFormat)
+	addOpaque(b, m.pub)
+	g.keys.marshal(b)
+	addVector(b, func(b *cryptobyte.Builder) { marshalEpochSecrets(b, g.es) })
+	addVector(b, func(b *cryptobyte.Builder) { marshalSecretTree(b, g.st) })
+	addOpaque(b, g.sigPriv)
+	addBool(b, g.removed)
+	for _, m := range []map[string][]byte{g.psks, g.updateKeys} {
+		addVector(b, func(b *cryptobyte.Builder) {
+			for _, k := range slices.Sorted(maps.Keys(m)) {
+				addOpaque(b, []byte(k))
+				addOpaque(b, m[k])
+			}
+		})
+	}
+}
+
+// readByteMap reads a list of {opaque key<V>; opaque value<V>} into m.
+func readByteMap(s *cryptobyte.String, m map[string][]byte) bool {
+	return readList(s, func(s *cryptobyte.String) bool {
+		var k, v []byte
+		if !readOpaque(s, &k) || !readOpaque(s, &v) {
+			return false
+		}
+		m[string(k)] = v
+		return true
+	})
+}
+
+// UnmarshalGroup restores a Group saved with MarshalBinary.
+func UnmarshalGroup(data []byte) (*Group, error) {
+	g := &Group{keys: new(TreePrivateKey), es: new(EpochSecrets), st: new(SecretTree), psks: map[string][]byte{}, updateKeys: map[string][]byte{}}
+	var pub []byte
+	err := decode(data, "Group state", func(s *cryptobyte.String) bool {
+		var format uint16
+		var es, st cryptobyte.String
+		return s.ReadUint16(&format) && format == groupStateFormat &&
+			readOpaque(s, &pub) &&
+			g.keys.unmarshal(s) &&
+			readVector(s, &es) && unmarshalEpochSecrets(&es, g.es) && es.Empty() &&
+			readVector(s, &st) && unmarshalSecretTree(&st, g.st) && st.Empty() &&
+			readOpaque(s, &g.sigPriv) &&
+			readBool(s, &g.removed) &&
+			readByteMap(s, g.psks) &&
+			readByteMap(s, g.updateKeys)
+	})
+	if err != nil {
+		return nil, err
+	}
+	if g.pub, err = UnmarshalPublicGroupState(pub); err != nil {
+		return nil, err
+	}
+	cs := g.pub.CipherSuite()
+	if g.keys.cs != cs || g.es.Suite != cs || g.st.suite != cs {
+		return nil, fmt.Errorf("%w: Group state mixes cipher suites", ErrDecode)
+	}
+	if err := g.keys.Check(g.pub.Tree()); err != nil {
+		return nil, fmt.Errorf("%w: Group state: %v", ErrDecode, err)
+	}
+	return g, nil
+}
+
+// epochSecretFields lists the EpochSecrets kept in a saved Group, in
+// encoding order. The joiner, welcome and encryption secrets are not
+// needed once the epoch has started (the secret tree holds what is left of
+// the encryption secret) and are not saved.
+func epochSecretFields(es *EpochSecrets) []*[]byte {
+	return []*[]byte{&es.SenderDataSecret, &es.ExporterSecret, &es.ExternalSecret, &es.ConfirmationKey,
+		&es.MembershipKey, &es.ResumptionPSK, &es.EpochAuthenticator, &es.InitSecret}
+}
+
+func marshalEpochSecrets(b *cryptobyte.Builder, es *EpochSecrets) {
+	b.AddUint16(uint16(es.Suite))
+	for _, f := range epochSecretFields(es) {
+		addOpaque(b, *f)
+	}
+}
+
+func unmarshalEpochSecrets(s *cryptobyte.String, es *EpochSecrets) bool {
+	if !s.ReadUint16((*uint16)(&es.Suite)) {
+		return false
+	}
+	for _, f := range epochSecretFields(es) {
+		if !readOpaque(s, f) {
+			return false
+		}
+	}
+	return true
+}
+
+// marshalSecretTree writes the state of a secret tree: limits, size, the
+// unconsumed tree secrets and each started leaf's two ratchets with their
+// retained keys, all in index order.
+func marshalSecretTree(b *cryptobyte.Builder, t *SecretTree) {
+	b.AddUint16(uint16(t.suite))
+	b.AddUint32(t.MaxForward)
+	b.AddUint32(t.MaxBackward)
+	b.AddUint32(t.nLeaves)
+	addVector(b, func(b *cryptobyte.Builder) {
+		for _, x := range slices.Sorted(maps.Keys(t.nodes)) {
+			b.AddUint32(uint32(x))
+			addOpaque(b, t.nodes[x])
+		}
+	})
+	ratchet := func(b *cryptobyte.Builder, r *hashRatchet) {
+		addOpaque(b, r.secret)
+		b.AddUint64(r.next)
+		b.AddUint64(r.low)
+		addVector(b, func(b *cryptobyte.Builder) {
+			for _, g := range slices.Sorted(maps.Keys(r.retained)) {
+				b.AddUint32(g)
+				addOpaque(b, r.retained[g].key)
+				addOpaque(b, r.retained[g].nonce)
+			}
+		})
+	}
+	addVector(b, func(b *cryptobyte.Builder) {
+		for _, l := range slices.Sorted(maps.Keys(t.ratchets)) {
+			b.AddUint32(uint32(l))
+			ratchet(b, &t.ratchets[l].handshake)
+			ratchet(b, &t.ratchets[l].application)
+		}
+	})
+}
+
+func unmarshalSecretTree(s *cryptobyte.String, t *SecretTree) bool {
+	*t = SecretTree{nodes: map[NodeIndex][]byte{}, ratchets: map[LeafIndex]*leafRatchets{}}
+	if !s.ReadUint16((*uint16)(&t.suite)) || !s.ReadUint32(&t.MaxForward) || !s.ReadUint32(&t.MaxBackward) || !s.ReadUint32(&t.nLeaves) {
+		return false
+	}
+	if t.nLeaves == 0 || t.nLeaves&(t.nLeaves-1) != 0 || t.nLeaves > 1<<31 {
+		return false
+	}
+	if !readList(s, func(s *cryptobyte.String) bool {
+		var x uint32
+		var v []byte
+		if !s.ReadUint32(&x) || !readOpaque(s, &v) {
+			return false
+		}
+		t.nodes[NodeIndex(x)] = v
+		return true
+	}) {
+		return false
+	}
+	ratchet := func(s *cryptobyte.String, r *hashRatchet) bool {
+		r.retained = map[uint32]messageKey{}
+		return readOpaque(s, &r.secret) && s.ReadUint64(&r.next) && s.ReadUint64(&r.low) &&
+			readList(s, func(s *cryptobyte.String) bool {
+				var g uint32
+				var k messageKey
+				if !s.ReadUint32(&g) || !readOpaque(s, &k.key) || !readOpaque(s, &k.nonce) {
+					return false
+				}
+				r.retained[g] = k
+				return true
+			})
+	}
+	return readList(s, func(s *cryptobyte.String) bool {
+		var l uint32
+		lr := new(leafRatchets)
+		if !s.ReadUint32(&l) || l >= t.nLeaves || !ratchet(s, &lr.handshake) || !ratchet(s, &lr.application) {
+			return false
+		}
+		t.ratchets[LeafIndex(l)] = lr
+		return true
+	})
+}
+
+// externalInitLabel is the HPKE exporter context of the external init
+// secret (§8.3).
+const externalInitLabel = "MLS 1.0 external init secret"
+
+// externalInitSender sets up an HPKE context to the group's external_pub
+// and exports the init_secret of an external joiner (§8.3).
+func externalInitSender(cs CipherSuite, externalPub []byte) (kemOutput, initSecret []byte, err error) {
+	p := cs.params()
+	if p == nil {
+		return nil, nil, &UnknownCipherSuiteError{Suite: cs}
+	}
+	if p.x448 {
+		pk, err := circlhpke.KEM_X448_HKDF_SHA512.Scheme().UnmarshalBinaryPublicKey(externalPub)
+		if err != nil {
+			return nil, nil, p.hpkeKeyError("public", err)
+		}
+		sender, err := p.circl.NewSender(pk, nil)
+		if err != nil {
+			return nil, nil, err
+		}
+		enc, sealer, err := sender.Setup(rand.Reader)
+		if err != nil {
+			return nil, nil, err
+		}
+		return enc, sealer.Export([]byte(externalInitLabel), uint(p.nh)), nil
+	}
+	pk, err := p.kem.NewPublicKey(externalPub)
+	if err != nil {
+		return nil, nil, p.hpkeKeyError("public", err)
+	}
+	enc, sender, err := hpke.NewSender(pk, p.hpkeKDF, p.hpkeAEAD, nil)
+	if err != nil {
+		return nil, nil, err
+	}
+	secret, err := sender.Export(externalInitLabel, p.nh)
+	return enc, secret, err
+}
+
+// externalInitReceiver is the group's side of externalInitSender.
+func externalInitReceiver(cs CipherSuite, externalPriv, kemOutput []byte) ([]byte, error) {
+	p := cs.params()
+	if p == nil {
+		return nil, &UnknownCipherSuiteError{Suite: cs}
+	}
+	if p.x448 {
+		sk, err := circlhpke.KEM_X448_HKDF_SHA512.Scheme().UnmarshalBinaryPrivateKey(externalPriv)
+		if err != nil {
+			return nil, p.hpkeKeyError("private", err)
+		}
+		receiver, err := p.circl.NewReceiver(sk, nil)
+		if err != nil {
+			return nil, err
+		}
+		opener, err := receiver.Setup(kemOutput)
+		if err != nil {
+			return nil, err
+		}
+		return opener.Export([]byte(externalInitLabel), uint(p.nh)), nil
+	}
+	sk, err := p.kem.NewPrivateKey(externalPriv)
+	if err != nil {
+		return nil, p.hpkeKeyError("private", err)
+	}
+	r, err := hpke.NewRecipient(kemOutput, sk, p.hpkeKDF, p.hpkeAEAD, nil)
+	if err != nil {
+		return nil, err
+	}
+	return r.Export(externalInitLabel, p.nh)
+}
+
+// GroupInfo returns a GroupInfo of the current epoch signed by this member
+// (§12.4.3), with the external_pub extension so that it can be used to
+// join by external Commit, and the ratchet_tree extension if withTree.
+func (g *Group) GroupInfo(withTree bool) (*GroupInfo, error) {
+	if err := g.checkActive(); err != nil {
+		return nil, err
+	}
+	gc := g.pub.GroupContext()
+	_, extPub, err := g.es.ExternalKeyPair()
+	if err != nil {
+		return nil, err
+	}
+	gi := &GroupInfo{
+		GroupContext:    gc,
+		Extensions:      Extensions{{ExtensionType: ExtensionTypeExternalPub, ExtensionData: mustEncode(&ExternalPub{PublicKey: extPub})}},
+		ConfirmationTag: g.es.ConfirmationTag(gc.ConfirmedTranscriptHash),
+		Signer:          g.keys.Self(),
+	}
+	if withTree {
+		data, err := g.pub.Tree().MarshalBinary()
+		if err != nil {
+			return nil, err
+		}
+		gi.Extensions = append(gi.Extensions, Extension{ExtensionType: ExtensionTypeRatchetTree, ExtensionData: data})
+	}
+	if err := gi.Sign(g.sigPriv); err != nil {
+		return nil, err
+	}
+	return gi, nil
+}
+
+// JoinExternal joins a group by external Commit (§12.4.3.2) from a
+// GroupInfo with the external_pub extension, as the owner of kp (only its
+// LeafNode and priv's encryption and signature keys are used). The tree
+// comes from gi's ratchet_tree extension, or from tree if not nil. It
+// returns the member's Group in the new epoch and the Commit to send; if
+// the Delivery Service refuses the Commit, drop the Group and try again
+// with a newer GroupInfo.
+func JoinExternal(gi *GroupInfo, tree *RatchetTree, kp *KeyPackage, priv *KeyPackagePrivate) (*Group, *PublicMessage, error) {
+	pub, err := NewPublicGroupState(gi, tree)
+	if err != nil {
+		return nil, nil, err
+	}
+	cs := pub.CipherSuite()
+	if kp.CipherSuite != cs {
+		return nil, nil, fmt.Errorf("mls: KeyPackage is for %v, the group uses %v", kp.CipherSuite, cs)
+	}
+	extPub, err := gi.ExternalPub()
+	if err != nil {
+		return nil, nil, err
+	}
+	kemOutput, initSecret, err := externalInitSender(cs, extPub)
+	if err != nil {
+		return nil, nil, err
+	}
+	oldGC := pub.GroupContext()
+	t := pub.Tree()
+	leaf := kp.LeafNode
+	self := t.AddLeaf(&leaf)
+	keys, err := NewTreePrivateKey(cs, self, priv.EncryptionPriv)
+	if err != nil {
+		return nil, nil, err
+	}
+	provisional := oldGC
+	provisional.Epoch++
+	template := kp.LeafNode
+	path, commitSecret, err := keys.CreateUpdatePath(t, &template, priv.SignaturePriv, &provisional, nil)
+	if err != nil {
+		return nil, nil, err
+	}
+	commit := &Commit{
+		Proposals: []ProposalOrRef{{Type: ProposalOrRefTypeProposal,
+			Proposal: &Proposal{ProposalType: ProposalTypeExternalInit, ExternalInit: &ExternalInit{KEMOutput: kemOutput}}}},
+		Path: path,
+	}
+	ac := &AuthenticatedContent{
+		WireFormat: WireFormatPublicMessage,
+		Content: FramedContent{GroupID: oldGC.GroupID, Epoch: oldGC.Epoch,
+			Sender:      Sender{SenderType: SenderTypeNewMemberCommit},
+			ContentType: ContentTypeCommit, Commit: commit},
+	}
+	if err := ac.Sign(cs, priv.SignaturePriv, &oldGC); err != nil {
+		return nil, nil, err
+	}
+	confirmed, err := ConfirmedTranscriptHash(cs, pub.InterimTranscriptHash(), ac)
+	if err != nil {
+		return nil, nil, err
+	}
+	newGC := provisional
+	newGC.ConfirmedTranscriptHash = confirmed
+	es, err := DeriveEpochSecrets(initSecret, commitSecret, nil, &newGC)
+	if err != nil {
+		return nil, nil, err
+	}
+	ac.Auth.ConfirmationTag = es.ConfirmationTag(confirmed)
+	msg, err := ProtectPublic(ac, nil, &oldGC)
+	if err != nil {
+		return nil, nil, err
+	}
+	nextPub, effect, err := pub.HandleCommit(msg)
+	if err != nil {
+		return nil, nil, fmt.Errorf("mls: own external Commit fails validation: %w", err)
+	}
+	if got := nextPub.GroupContext(); effect.Committer != self || !bytes.Equal(mustEncode(&got), mustEncode(&newGC)) {
+		return nil, nil, errors.New("mls: internal error: own external Commit yields another state")
+	}
+	g, err := newGroup(nextPub, keys, es, priv.SignaturePriv, nil)
+	if err != nil {
+		return nil, nil, err
+	}
+	return g, msg, nil
+}
