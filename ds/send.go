@@ -354,6 +354,11 @@ func checkGroupInfo(gi *mls.GroupInfo, next *mls.PublicGroupState, tree *mls.Rat
 	if err := gi.VerifySignature(signer.SignatureKey); err != nil {
 		return invalidMessage("GroupInfo", wrapSection("12.4.3", err))
 	}
+	// The DS serves this GroupInfo for external joins: refuse one whose
+	// external_pub no joiner could use.
+	if err := mls.ValidateGroupInfoExternalPub(gi); err != nil {
+		return invalidMessage("GroupInfo", err)
+	}
 	return nil
 }
 

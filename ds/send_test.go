@@ -417,6 +417,23 @@ func TestGroupInfoBundle(t *testing.T) {
 	forged := g.groupInfo(t, next, j, 0)
 	_, err = e.svc.SendCommitBundle(bg, "a", ds.CommitBundle{Commit: commit, GroupInfo: forged})
 	wantErr[*ds.InvalidMessageError](t, err)
+	// A correctly signed GroupInfo whose external_pub holds the bare key
+	// without its opaque<V> length prefix, as ts-mls 1.6.4 writes it: no
+	// joiner could use it, so it is not published (§12.4.3.2).
+	_, extPub, err := suite.GenerateKEMKeyPair()
+	if err != nil {
+		t.Fatal(err)
+	}
+	badExt := &mls.GroupInfo{GroupContext: next.GroupContext(), ConfirmationTag: random(suite.HashSize()),
+		Extensions: mls.Extensions{{ExtensionType: mls.ExtensionTypeExternalPub, ExtensionData: extPub}}}
+	if err := badExt.Sign(a.sigPriv); err != nil {
+		t.Fatal(err)
+	}
+	_, err = e.svc.SendCommitBundle(bg, "a", ds.CommitBundle{Commit: commit,
+		GroupInfo: encode(t, &mls.MLSMessage{WireFormat: mls.WireFormatGroupInfo, GroupInfo: badExt})})
+	if ie := wantErr[*ds.InvalidMessageError](t, err); ie.Section != "12.4.3.2" {
+		t.Errorf("bare external_pub refused under §%s, want §12.4.3.2", ie.Section)
+	}
 	// A Welcome for a KeyPackage the Commit does not add.
 	other := e.upload(e.register("k", "k"), 1, false)[0]
 	_, err = e.svc.SendCommitBundle(bg, "a", ds.CommitBundle{Commit: commit, Welcome: welcome(t, ref(t, other))})

@@ -377,3 +377,22 @@ func validHPKEPublicKey(cs CipherSuite, pub []byte) bool {
 	_, err := p.kem.NewPublicKey(pub)
 	return err == nil
 }
+
+// ValidateGroupInfoExternalPub checks the external_pub extension of a
+// GroupInfo, if it has one: its data must be an ExternalPub struct
+// (§12.4.3.2) holding a public key of the group's KEM. A GroupInfo that
+// fails this cannot be used by any conforming joiner, so a Delivery Service
+// should not publish it.
+func ValidateGroupInfoExternalPub(gi *GroupInfo) error {
+	if _, ok := gi.Extensions.Find(ExtensionTypeExternalPub); !ok {
+		return nil
+	}
+	pub, err := gi.ExternalPub()
+	if err != nil {
+		return &ValidationError{Rule: "external_pub extension is not an ExternalPub struct", Section: "12.4.3.2", Err: err}
+	}
+	if !validHPKEPublicKey(gi.GroupContext.CipherSuite, pub) {
+		return invalidf("12.4.3.2", "external_pub is not a public key of cipher suite %d", gi.GroupContext.CipherSuite)
+	}
+	return nil
+}
