@@ -6,6 +6,7 @@ import (
 	"crypto/sha256"
 	"errors"
 	"fmt"
+	"slices"
 	"sort"
 	"time"
 
@@ -300,6 +301,30 @@ func (s *Service) prepareTransparent(ctx context.Context, head GroupRecord, sub 
 		if !contains(added, sub.sender) {
 			return fmt.Errorf("%w: an external Commit must add the sender %q itself", ErrPermissionDenied, sub.sender)
 		}
+	}
+	// One leaf per client: an added client that is already a member must
+	// give up its old leaf in the same Commit (a resync, §12.4.3.2), and
+	// then stays a member rather than being added again.
+	if len(added) > 0 {
+		if d := dedupeSorted(added); len(d) != len(added) {
+			return fmt.Errorf("%w: the Commit adds a client twice; a client may hold only one leaf", ErrPermissionDenied)
+		}
+		removedLeaf := make(map[mls.LeafIndex]bool, len(eff.Removed))
+		for _, r := range eff.Removed {
+			removedLeaf[r.Leaf] = true
+		}
+		var stays []string
+		for i, ln := range tree.Leaves() {
+			id, err := credentialClientID(&ln.Credential)
+			if err != nil || !contains(added, id) {
+				continue
+			}
+			if !removedLeaf[i] {
+				return fmt.Errorf("%w: client %q already holds leaf %d; a client may hold only one leaf", ErrPermissionDenied, id, i)
+			}
+			stays = append(stays, id)
+		}
+		added = slices.DeleteFunc(added, func(id string) bool { return contains(stays, id) })
 	}
 	added = dedupeSorted(added)
 	removed = dedupeSorted(removed)

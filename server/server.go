@@ -215,8 +215,19 @@ func New(svc *ds.Service, cfg Config) (*Server, error) {
 	s.mux.Handle(grpchealth.NewHandler(s.health))
 	s.mux.HandleFunc("GET /healthz", s.healthz)
 	s.mux.Handle("GET /metrics", s.metrics.Handler())
-	s.handler = s.withCORS(s.mux)
+	s.handler = limitBody(s.withCORS(s.mux), int64(cfg.MaxRequestBytes)+64<<10)
 	return s, nil
+}
+
+// limitBody stops reading a request body after n bytes. WithReadMaxBytes
+// alone refuses an oversized message but then reads (and discards) the
+// rest of the body, however long, to keep the connection reusable; n
+// leaves room for the framing of the protocols around one message.
+func limitBody(h http.Handler, n int64) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		r.Body = http.MaxBytesReader(w, r.Body, n)
+		h.ServeHTTP(w, r)
+	})
 }
 
 // Handler returns the HTTP handler of every service, /healthz and
