@@ -960,15 +960,7 @@ func (m *stateMembers) credentialSupportedByOthers(ct CredentialType, self LeafI
 		// checked to support every type in use, ct included.
 		return true
 	}
-	for i, leaf := range m.s.tree.Leaves() {
-		if hasSelf && i == self {
-			continue
-		}
-		if !hasCredential(leaf.Capabilities.Credentials, ct) {
-			return false
-		}
-	}
-	return true
+	return othersSupportCredential(m.s.tree, ct, self, hasSelf)
 }
 
 func (m *stateMembers) credentialTypesOfOthers(self LeafIndex, hasSelf bool) []CredentialType {
@@ -1037,7 +1029,13 @@ func (m *treeMembers) signatureKeyUsedElsewhere(key []byte, self LeafIndex, hasS
 }
 
 func (m *treeMembers) credentialSupportedByOthers(ct CredentialType, self LeafIndex, hasSelf bool) bool {
-	for i, leaf := range m.tree.Leaves() {
+	return othersSupportCredential(m.tree, ct, self, hasSelf)
+}
+
+// othersSupportCredential reports whether every member of tree other than
+// self (when hasSelf) lists credential type ct in its capabilities (§7.3).
+func othersSupportCredential(tree *RatchetTree, ct CredentialType, self LeafIndex, hasSelf bool) bool {
+	for i, leaf := range tree.Leaves() {
 		if hasSelf && i == self {
 			continue
 		}

@@ -210,32 +210,24 @@ func (s *Store) CountKeyPackages(ctx context.Context, clientID string, now time.
 	if !textOK(clientID) {
 		return out, nil
 	}
-	rows, err := s.pool.Query(ctx, `SELECT cipher_suite, count(*) FROM key_packages
+	return s.suiteCounts(ctx, "count key packages", `SELECT cipher_suite, count(*) FROM key_packages
 		WHERE client_id = $1 AND claimed_at IS NULL AND NOT last_resort AND not_before <= $2 AND not_after >= $2
 		GROUP BY cipher_suite`, clientID, now)
-	if err != nil {
-		return nil, engineErr("count key packages", err)
-	}
-	var cs int32
-	var n int
-	_, err = pgx.ForEachRow(rows, []any{&cs, &n}, func() error {
-		out[mls.CipherSuite(cs)] = n
-		return nil
-	})
-	if err != nil {
-		return nil, engineErr("count key packages", err)
-	}
-	return out, nil
 }
 
 // KeyPackageStock implements ds.Store.
 func (s *Store) KeyPackageStock(ctx context.Context, now time.Time) (map[mls.CipherSuite]int, error) {
-	out := make(map[mls.CipherSuite]int)
-	rows, err := s.pool.Query(ctx, `SELECT cipher_suite, count(*) FROM key_packages
+	return s.suiteCounts(ctx, "count key package stock", `SELECT cipher_suite, count(*) FROM key_packages
 		WHERE claimed_at IS NULL AND NOT last_resort AND not_before <= $1 AND not_after >= $1
 		GROUP BY cipher_suite`, now)
+}
+
+// suiteCounts runs a query that yields (cipher_suite, count) rows.
+func (s *Store) suiteCounts(ctx context.Context, what, query string, args ...any) (map[mls.CipherSuite]int, error) {
+	out := make(map[mls.CipherSuite]int)
+	rows, err := s.pool.Query(ctx, query, args...)
 	if err != nil {
-		return nil, engineErr("count key package stock", err)
+		return nil, engineErr(what, err)
 	}
 	var cs int32
 	var n int
@@ -244,7 +236,7 @@ func (s *Store) KeyPackageStock(ctx context.Context, now time.Time) (map[mls.Cip
 		return nil
 	})
 	if err != nil {
-		return nil, engineErr("count key package stock", err)
+		return nil, engineErr(what, err)
 	}
 	return out, nil
 }

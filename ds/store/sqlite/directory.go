@@ -207,6 +207,11 @@ func (s *Store) CountKeyPackages(ctx context.Context, clientID string, now time.
 	if err != nil {
 		return nil, err
 	}
+	return suiteCounts(rows)
+}
+
+// suiteCounts reads (cipher_suite, count) rows and closes them.
+func suiteCounts(rows *sql.Rows) (map[mls.CipherSuite]int, error) {
 	defer rows.Close()
 	out := make(map[mls.CipherSuite]int)
 	for rows.Next() {
@@ -228,17 +233,7 @@ func (s *Store) KeyPackageStock(ctx context.Context, now time.Time) (map[mls.Cip
 	if err != nil {
 		return nil, err
 	}
-	defer rows.Close()
-	out := make(map[mls.CipherSuite]int)
-	for rows.Next() {
-		var cs int64
-		var n int
-		if err := rows.Scan(&cs, &n); err != nil {
-			return nil, err
-		}
-		out[mls.CipherSuite(cs)] = n
-	}
-	return out, rows.Err()
+	return suiteCounts(rows)
 }
 
 // ClaimKeyPackages implements ds.Store.
