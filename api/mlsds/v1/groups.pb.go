@@ -310,8 +310,11 @@ type SendCommitBundleRequest struct {
 	// Optional GroupInfo (MLSMessage) for the new epoch.
 	GroupInfo []byte `protobuf:"bytes,3,opt,name=group_info,json=groupInfo,proto3" json:"group_info,omitempty"`
 	// Opaque mode: client ids the Commit adds and removes.
-	Added         []string `protobuf:"bytes,4,rep,name=added,proto3" json:"added,omitempty"`
-	Removed       []string `protobuf:"bytes,5,rep,name=removed,proto3" json:"removed,omitempty"`
+	Added   []string `protobuf:"bytes,4,rep,name=added,proto3" json:"added,omitempty"`
+	Removed []string `protobuf:"bytes,5,rep,name=removed,proto3" json:"removed,omitempty"`
+	// Opaque mode: the encrypted GroupInfo and ratchet tree of the epoch the
+	// Commit starts; stored with the Commit, in the same transaction.
+	RemoteTree    *RemoteTree `protobuf:"bytes,6,opt,name=remote_tree,json=remoteTree,proto3" json:"remote_tree,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -377,6 +380,13 @@ func (x *SendCommitBundleRequest) GetAdded() []string {
 func (x *SendCommitBundleRequest) GetRemoved() []string {
 	if x != nil {
 		return x.Removed
+	}
+	return nil
+}
+
+func (x *SendCommitBundleRequest) GetRemoteTree() *RemoteTree {
+	if x != nil {
+		return x.RemoteTree
 	}
 	return nil
 }
@@ -728,7 +738,13 @@ type GetGroupInfoResponse struct {
 	GroupInfo []byte `protobuf:"bytes,4,opt,name=group_info,json=groupInfo,proto3" json:"group_info,omitempty"`
 	// Transparent mode: the group's current public ratchet tree, encoded as
 	// in the ratchet_tree extension (RFC 9420 §12.4.3.3).
-	RatchetTree   []byte `protobuf:"bytes,5,opt,name=ratchet_tree,json=ratchetTree,proto3" json:"ratchet_tree,omitempty"`
+	RatchetTree []byte `protobuf:"bytes,5,opt,name=ratchet_tree,json=ratchetTree,proto3" json:"ratchet_tree,omitempty"`
+	// Transparent mode: the tree hash of the current epoch.
+	TreeHash []byte `protobuf:"bytes,6,opt,name=tree_hash,json=treeHash,proto3" json:"tree_hash,omitempty"`
+	// Transparent mode: the Proposals (MLSMessages) sent in the current epoch
+	// so far, in group order, which an external joiner's Commit may need to
+	// include by reference (RFC 9420 §12.4.3.2).
+	Proposals     [][]byte `protobuf:"bytes,7,rep,name=proposals,proto3" json:"proposals,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -794,6 +810,20 @@ func (x *GetGroupInfoResponse) GetGroupInfo() []byte {
 func (x *GetGroupInfoResponse) GetRatchetTree() []byte {
 	if x != nil {
 		return x.RatchetTree
+	}
+	return nil
+}
+
+func (x *GetGroupInfoResponse) GetTreeHash() []byte {
+	if x != nil {
+		return x.TreeHash
+	}
+	return nil
+}
+
+func (x *GetGroupInfoResponse) GetProposals() [][]byte {
+	if x != nil {
+		return x.Proposals
 	}
 	return nil
 }
@@ -1264,6 +1294,257 @@ func (x *GetPathResponse) GetProof() []byte {
 	return nil
 }
 
+// RemoteTree is one epoch's GroupInfo and ratchet tree of an opaque-mode
+// group, encrypted by a member so that only members of that epoch can read
+// it: the key is MLS-Exporter("mlsds remote tree", group_id, Nk) of the
+// epoch (RFC 9420 §8.5). The Delivery Service stores the blob as given.
+type RemoteTree struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Epoch         uint64                 `protobuf:"varint,1,opt,name=epoch,proto3" json:"epoch,omitempty"`
+	Blob          []byte                 `protobuf:"bytes,2,opt,name=blob,proto3" json:"blob,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RemoteTree) Reset() {
+	*x = RemoteTree{}
+	mi := &file_mlsds_v1_groups_proto_msgTypes[20]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RemoteTree) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RemoteTree) ProtoMessage() {}
+
+func (x *RemoteTree) ProtoReflect() protoreflect.Message {
+	mi := &file_mlsds_v1_groups_proto_msgTypes[20]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RemoteTree.ProtoReflect.Descriptor instead.
+func (*RemoteTree) Descriptor() ([]byte, []int) {
+	return file_mlsds_v1_groups_proto_rawDescGZIP(), []int{20}
+}
+
+func (x *RemoteTree) GetEpoch() uint64 {
+	if x != nil {
+		return x.Epoch
+	}
+	return 0
+}
+
+func (x *RemoteTree) GetBlob() []byte {
+	if x != nil {
+		return x.Blob
+	}
+	return nil
+}
+
+type PutRemoteTreeRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	GroupId       []byte                 `protobuf:"bytes,1,opt,name=group_id,json=groupId,proto3" json:"group_id,omitempty"`
+	RemoteTree    *RemoteTree            `protobuf:"bytes,2,opt,name=remote_tree,json=remoteTree,proto3" json:"remote_tree,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *PutRemoteTreeRequest) Reset() {
+	*x = PutRemoteTreeRequest{}
+	mi := &file_mlsds_v1_groups_proto_msgTypes[21]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *PutRemoteTreeRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*PutRemoteTreeRequest) ProtoMessage() {}
+
+func (x *PutRemoteTreeRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_mlsds_v1_groups_proto_msgTypes[21]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use PutRemoteTreeRequest.ProtoReflect.Descriptor instead.
+func (*PutRemoteTreeRequest) Descriptor() ([]byte, []int) {
+	return file_mlsds_v1_groups_proto_rawDescGZIP(), []int{21}
+}
+
+func (x *PutRemoteTreeRequest) GetGroupId() []byte {
+	if x != nil {
+		return x.GroupId
+	}
+	return nil
+}
+
+func (x *PutRemoteTreeRequest) GetRemoteTree() *RemoteTree {
+	if x != nil {
+		return x.RemoteTree
+	}
+	return nil
+}
+
+type PutRemoteTreeResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *PutRemoteTreeResponse) Reset() {
+	*x = PutRemoteTreeResponse{}
+	mi := &file_mlsds_v1_groups_proto_msgTypes[22]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *PutRemoteTreeResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*PutRemoteTreeResponse) ProtoMessage() {}
+
+func (x *PutRemoteTreeResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_mlsds_v1_groups_proto_msgTypes[22]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use PutRemoteTreeResponse.ProtoReflect.Descriptor instead.
+func (*PutRemoteTreeResponse) Descriptor() ([]byte, []int) {
+	return file_mlsds_v1_groups_proto_rawDescGZIP(), []int{22}
+}
+
+type GetRemoteTreeRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	GroupId       []byte                 `protobuf:"bytes,1,opt,name=group_id,json=groupId,proto3" json:"group_id,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *GetRemoteTreeRequest) Reset() {
+	*x = GetRemoteTreeRequest{}
+	mi := &file_mlsds_v1_groups_proto_msgTypes[23]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *GetRemoteTreeRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*GetRemoteTreeRequest) ProtoMessage() {}
+
+func (x *GetRemoteTreeRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_mlsds_v1_groups_proto_msgTypes[23]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use GetRemoteTreeRequest.ProtoReflect.Descriptor instead.
+func (*GetRemoteTreeRequest) Descriptor() ([]byte, []int) {
+	return file_mlsds_v1_groups_proto_rawDescGZIP(), []int{23}
+}
+
+func (x *GetRemoteTreeRequest) GetGroupId() []byte {
+	if x != nil {
+		return x.GroupId
+	}
+	return nil
+}
+
+type GetRemoteTreeResponse struct {
+	state   protoimpl.MessageState `protogen:"open.v1"`
+	GroupId []byte                 `protobuf:"bytes,1,opt,name=group_id,json=groupId,proto3" json:"group_id,omitempty"`
+	// The group's current epoch.
+	Epoch uint64 `protobuf:"varint,2,opt,name=epoch,proto3" json:"epoch,omitempty"`
+	// Newest first: the current epoch's, then the previous epoch's, as far
+	// as stored.
+	RemoteTrees   []*RemoteTree `protobuf:"bytes,3,rep,name=remote_trees,json=remoteTrees,proto3" json:"remote_trees,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *GetRemoteTreeResponse) Reset() {
+	*x = GetRemoteTreeResponse{}
+	mi := &file_mlsds_v1_groups_proto_msgTypes[24]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *GetRemoteTreeResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*GetRemoteTreeResponse) ProtoMessage() {}
+
+func (x *GetRemoteTreeResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_mlsds_v1_groups_proto_msgTypes[24]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use GetRemoteTreeResponse.ProtoReflect.Descriptor instead.
+func (*GetRemoteTreeResponse) Descriptor() ([]byte, []int) {
+	return file_mlsds_v1_groups_proto_rawDescGZIP(), []int{24}
+}
+
+func (x *GetRemoteTreeResponse) GetGroupId() []byte {
+	if x != nil {
+		return x.GroupId
+	}
+	return nil
+}
+
+func (x *GetRemoteTreeResponse) GetEpoch() uint64 {
+	if x != nil {
+		return x.Epoch
+	}
+	return 0
+}
+
+func (x *GetRemoteTreeResponse) GetRemoteTrees() []*RemoteTree {
+	if x != nil {
+		return x.RemoteTrees
+	}
+	return nil
+}
+
 var File_mlsds_v1_groups_proto protoreflect.FileDescriptor
 
 const file_mlsds_v1_groups_proto_rawDesc = "" +
@@ -1282,14 +1563,16 @@ const file_mlsds_v1_groups_proto_rawDesc = "" +
 	"\vSendRequest\x12\x18\n" +
 	"\amessage\x18\x01 \x01(\fR\amessage\";\n" +
 	"\fSendResponse\x12+\n" +
-	"\areceipt\x18\x01 \x01(\v2\x11.mlsds.v1.ReceiptR\areceipt\"\x9a\x01\n" +
+	"\areceipt\x18\x01 \x01(\v2\x11.mlsds.v1.ReceiptR\areceipt\"\xd1\x01\n" +
 	"\x17SendCommitBundleRequest\x12\x16\n" +
 	"\x06commit\x18\x01 \x01(\fR\x06commit\x12\x18\n" +
 	"\awelcome\x18\x02 \x01(\fR\awelcome\x12\x1d\n" +
 	"\n" +
 	"group_info\x18\x03 \x01(\fR\tgroupInfo\x12\x14\n" +
 	"\x05added\x18\x04 \x03(\tR\x05added\x12\x18\n" +
-	"\aremoved\x18\x05 \x03(\tR\aremoved\"G\n" +
+	"\aremoved\x18\x05 \x03(\tR\aremoved\x125\n" +
+	"\vremote_tree\x18\x06 \x01(\v2\x14.mlsds.v1.RemoteTreeR\n" +
+	"remoteTree\"G\n" +
 	"\x18SendCommitBundleResponse\x12+\n" +
 	"\areceipt\x18\x01 \x01(\v2\x11.mlsds.v1.ReceiptR\areceipt\"Z\n" +
 	"\fFetchRequest\x12\x19\n" +
@@ -1307,14 +1590,16 @@ const file_mlsds_v1_groups_proto_rawDesc = "" +
 	"\acursors\x18\x01 \x03(\v2\x10.mlsds.v1.CursorR\acursors\"\r\n" +
 	"\vAckResponse\"0\n" +
 	"\x13GetGroupInfoRequest\x12\x19\n" +
-	"\bgroup_id\x18\x01 \x01(\fR\agroupId\"\xb2\x01\n" +
+	"\bgroup_id\x18\x01 \x01(\fR\agroupId\"\xed\x01\n" +
 	"\x14GetGroupInfoResponse\x12\x19\n" +
 	"\bgroup_id\x18\x01 \x01(\fR\agroupId\x12'\n" +
 	"\x04mode\x18\x02 \x01(\x0e2\x13.mlsds.v1.GroupModeR\x04mode\x12\x14\n" +
 	"\x05epoch\x18\x03 \x01(\x04R\x05epoch\x12\x1d\n" +
 	"\n" +
 	"group_info\x18\x04 \x01(\fR\tgroupInfo\x12!\n" +
-	"\fratchet_tree\x18\x05 \x01(\fR\vratchetTree\"w\n" +
+	"\fratchet_tree\x18\x05 \x01(\fR\vratchetTree\x12\x1b\n" +
+	"\ttree_hash\x18\x06 \x01(\fR\btreeHash\x12\x1c\n" +
+	"\tproposals\x18\a \x03(\fR\tproposals\"w\n" +
 	"\x10GetRosterRequest\x12\x19\n" +
 	"\bgroup_id\x18\x01 \x01(\fR\agroupId\x12%\n" +
 	"\x0einclude_leaves\x18\x02 \x01(\bR\rincludeLeaves\x12!\n" +
@@ -1352,11 +1637,26 @@ const file_mlsds_v1_groups_proto_rawDesc = "" +
 	"leaf_index\x18\x04 \x01(\rR\tleafIndex\x12\x1d\n" +
 	"\n" +
 	"leaf_count\x18\x05 \x01(\rR\tleafCount\x12\x14\n" +
-	"\x05proof\x18\x06 \x01(\fR\x05proof*Z\n" +
+	"\x05proof\x18\x06 \x01(\fR\x05proof\"6\n" +
+	"\n" +
+	"RemoteTree\x12\x14\n" +
+	"\x05epoch\x18\x01 \x01(\x04R\x05epoch\x12\x12\n" +
+	"\x04blob\x18\x02 \x01(\fR\x04blob\"h\n" +
+	"\x14PutRemoteTreeRequest\x12\x19\n" +
+	"\bgroup_id\x18\x01 \x01(\fR\agroupId\x125\n" +
+	"\vremote_tree\x18\x02 \x01(\v2\x14.mlsds.v1.RemoteTreeR\n" +
+	"remoteTree\"\x17\n" +
+	"\x15PutRemoteTreeResponse\"1\n" +
+	"\x14GetRemoteTreeRequest\x12\x19\n" +
+	"\bgroup_id\x18\x01 \x01(\fR\agroupId\"\x81\x01\n" +
+	"\x15GetRemoteTreeResponse\x12\x19\n" +
+	"\bgroup_id\x18\x01 \x01(\fR\agroupId\x12\x14\n" +
+	"\x05epoch\x18\x02 \x01(\x04R\x05epoch\x127\n" +
+	"\fremote_trees\x18\x03 \x03(\v2\x14.mlsds.v1.RemoteTreeR\vremoteTrees*Z\n" +
 	"\tGroupMode\x12\x1a\n" +
 	"\x16GROUP_MODE_UNSPECIFIED\x10\x00\x12\x1a\n" +
 	"\x16GROUP_MODE_TRANSPARENT\x10\x01\x12\x15\n" +
-	"\x11GROUP_MODE_OPAQUE\x10\x022\x9d\x05\n" +
+	"\x11GROUP_MODE_OPAQUE\x10\x022\xc6\x06\n" +
 	"\fGroupService\x12J\n" +
 	"\vCreateGroup\x12\x1c.mlsds.v1.CreateGroupRequest\x1a\x1d.mlsds.v1.CreateGroupResponse\x125\n" +
 	"\x04Send\x12\x15.mlsds.v1.SendRequest\x1a\x16.mlsds.v1.SendResponse\x12Y\n" +
@@ -1366,7 +1666,9 @@ const file_mlsds_v1_groups_proto_rawDesc = "" +
 	"\fGetGroupInfo\x12\x1d.mlsds.v1.GetGroupInfoRequest\x1a\x1e.mlsds.v1.GetGroupInfoResponse\"\x03\x90\x02\x01\x12I\n" +
 	"\tGetRoster\x12\x1a.mlsds.v1.GetRosterRequest\x1a\x1b.mlsds.v1.GetRosterResponse\"\x03\x90\x02\x01\x12X\n" +
 	"\x0eGetRatchetTree\x12\x1f.mlsds.v1.GetRatchetTreeRequest\x1a .mlsds.v1.GetRatchetTreeResponse\"\x03\x90\x02\x01\x12C\n" +
-	"\aGetPath\x12\x18.mlsds.v1.GetPathRequest\x1a\x19.mlsds.v1.GetPathResponse\"\x03\x90\x02\x01B-Z+github.com/mlsds/mlsds/api/mlsds/v1;mlsdsv1b\x06proto3"
+	"\aGetPath\x12\x18.mlsds.v1.GetPathRequest\x1a\x19.mlsds.v1.GetPathResponse\"\x03\x90\x02\x01\x12P\n" +
+	"\rPutRemoteTree\x12\x1e.mlsds.v1.PutRemoteTreeRequest\x1a\x1f.mlsds.v1.PutRemoteTreeResponse\x12U\n" +
+	"\rGetRemoteTree\x12\x1e.mlsds.v1.GetRemoteTreeRequest\x1a\x1f.mlsds.v1.GetRemoteTreeResponse\"\x03\x90\x02\x01B-Z+github.com/mlsds/mlsds/api/mlsds/v1;mlsdsv1b\x06proto3"
 
 var (
 	file_mlsds_v1_groups_proto_rawDescOnce sync.Once
@@ -1381,7 +1683,7 @@ func file_mlsds_v1_groups_proto_rawDescGZIP() []byte {
 }
 
 var file_mlsds_v1_groups_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
-var file_mlsds_v1_groups_proto_msgTypes = make([]protoimpl.MessageInfo, 20)
+var file_mlsds_v1_groups_proto_msgTypes = make([]protoimpl.MessageInfo, 25)
 var file_mlsds_v1_groups_proto_goTypes = []any{
 	(GroupMode)(0),                   // 0: mlsds.v1.GroupMode
 	(*CreateGroupRequest)(nil),       // 1: mlsds.v1.CreateGroupRequest
@@ -1404,40 +1706,52 @@ var file_mlsds_v1_groups_proto_goTypes = []any{
 	(*GetRatchetTreeResponse)(nil),   // 18: mlsds.v1.GetRatchetTreeResponse
 	(*GetPathRequest)(nil),           // 19: mlsds.v1.GetPathRequest
 	(*GetPathResponse)(nil),          // 20: mlsds.v1.GetPathResponse
-	(*Receipt)(nil),                  // 21: mlsds.v1.Receipt
-	(*Envelope)(nil),                 // 22: mlsds.v1.Envelope
+	(*RemoteTree)(nil),               // 21: mlsds.v1.RemoteTree
+	(*PutRemoteTreeRequest)(nil),     // 22: mlsds.v1.PutRemoteTreeRequest
+	(*PutRemoteTreeResponse)(nil),    // 23: mlsds.v1.PutRemoteTreeResponse
+	(*GetRemoteTreeRequest)(nil),     // 24: mlsds.v1.GetRemoteTreeRequest
+	(*GetRemoteTreeResponse)(nil),    // 25: mlsds.v1.GetRemoteTreeResponse
+	(*Receipt)(nil),                  // 26: mlsds.v1.Receipt
+	(*Envelope)(nil),                 // 27: mlsds.v1.Envelope
 }
 var file_mlsds_v1_groups_proto_depIdxs = []int32{
 	0,  // 0: mlsds.v1.CreateGroupRequest.mode:type_name -> mlsds.v1.GroupMode
-	21, // 1: mlsds.v1.SendResponse.receipt:type_name -> mlsds.v1.Receipt
-	21, // 2: mlsds.v1.SendCommitBundleResponse.receipt:type_name -> mlsds.v1.Receipt
-	22, // 3: mlsds.v1.FetchResponse.messages:type_name -> mlsds.v1.Envelope
-	9,  // 4: mlsds.v1.AckRequest.cursors:type_name -> mlsds.v1.Cursor
-	0,  // 5: mlsds.v1.GetGroupInfoResponse.mode:type_name -> mlsds.v1.GroupMode
-	15, // 6: mlsds.v1.GetRosterResponse.leaves:type_name -> mlsds.v1.RosterLeaf
-	1,  // 7: mlsds.v1.GroupService.CreateGroup:input_type -> mlsds.v1.CreateGroupRequest
-	3,  // 8: mlsds.v1.GroupService.Send:input_type -> mlsds.v1.SendRequest
-	5,  // 9: mlsds.v1.GroupService.SendCommitBundle:input_type -> mlsds.v1.SendCommitBundleRequest
-	7,  // 10: mlsds.v1.GroupService.Fetch:input_type -> mlsds.v1.FetchRequest
-	10, // 11: mlsds.v1.GroupService.Ack:input_type -> mlsds.v1.AckRequest
-	12, // 12: mlsds.v1.GroupService.GetGroupInfo:input_type -> mlsds.v1.GetGroupInfoRequest
-	14, // 13: mlsds.v1.GroupService.GetRoster:input_type -> mlsds.v1.GetRosterRequest
-	17, // 14: mlsds.v1.GroupService.GetRatchetTree:input_type -> mlsds.v1.GetRatchetTreeRequest
-	19, // 15: mlsds.v1.GroupService.GetPath:input_type -> mlsds.v1.GetPathRequest
-	2,  // 16: mlsds.v1.GroupService.CreateGroup:output_type -> mlsds.v1.CreateGroupResponse
-	4,  // 17: mlsds.v1.GroupService.Send:output_type -> mlsds.v1.SendResponse
-	6,  // 18: mlsds.v1.GroupService.SendCommitBundle:output_type -> mlsds.v1.SendCommitBundleResponse
-	8,  // 19: mlsds.v1.GroupService.Fetch:output_type -> mlsds.v1.FetchResponse
-	11, // 20: mlsds.v1.GroupService.Ack:output_type -> mlsds.v1.AckResponse
-	13, // 21: mlsds.v1.GroupService.GetGroupInfo:output_type -> mlsds.v1.GetGroupInfoResponse
-	16, // 22: mlsds.v1.GroupService.GetRoster:output_type -> mlsds.v1.GetRosterResponse
-	18, // 23: mlsds.v1.GroupService.GetRatchetTree:output_type -> mlsds.v1.GetRatchetTreeResponse
-	20, // 24: mlsds.v1.GroupService.GetPath:output_type -> mlsds.v1.GetPathResponse
-	16, // [16:25] is the sub-list for method output_type
-	7,  // [7:16] is the sub-list for method input_type
-	7,  // [7:7] is the sub-list for extension type_name
-	7,  // [7:7] is the sub-list for extension extendee
-	0,  // [0:7] is the sub-list for field type_name
+	26, // 1: mlsds.v1.SendResponse.receipt:type_name -> mlsds.v1.Receipt
+	21, // 2: mlsds.v1.SendCommitBundleRequest.remote_tree:type_name -> mlsds.v1.RemoteTree
+	26, // 3: mlsds.v1.SendCommitBundleResponse.receipt:type_name -> mlsds.v1.Receipt
+	27, // 4: mlsds.v1.FetchResponse.messages:type_name -> mlsds.v1.Envelope
+	9,  // 5: mlsds.v1.AckRequest.cursors:type_name -> mlsds.v1.Cursor
+	0,  // 6: mlsds.v1.GetGroupInfoResponse.mode:type_name -> mlsds.v1.GroupMode
+	15, // 7: mlsds.v1.GetRosterResponse.leaves:type_name -> mlsds.v1.RosterLeaf
+	21, // 8: mlsds.v1.PutRemoteTreeRequest.remote_tree:type_name -> mlsds.v1.RemoteTree
+	21, // 9: mlsds.v1.GetRemoteTreeResponse.remote_trees:type_name -> mlsds.v1.RemoteTree
+	1,  // 10: mlsds.v1.GroupService.CreateGroup:input_type -> mlsds.v1.CreateGroupRequest
+	3,  // 11: mlsds.v1.GroupService.Send:input_type -> mlsds.v1.SendRequest
+	5,  // 12: mlsds.v1.GroupService.SendCommitBundle:input_type -> mlsds.v1.SendCommitBundleRequest
+	7,  // 13: mlsds.v1.GroupService.Fetch:input_type -> mlsds.v1.FetchRequest
+	10, // 14: mlsds.v1.GroupService.Ack:input_type -> mlsds.v1.AckRequest
+	12, // 15: mlsds.v1.GroupService.GetGroupInfo:input_type -> mlsds.v1.GetGroupInfoRequest
+	14, // 16: mlsds.v1.GroupService.GetRoster:input_type -> mlsds.v1.GetRosterRequest
+	17, // 17: mlsds.v1.GroupService.GetRatchetTree:input_type -> mlsds.v1.GetRatchetTreeRequest
+	19, // 18: mlsds.v1.GroupService.GetPath:input_type -> mlsds.v1.GetPathRequest
+	22, // 19: mlsds.v1.GroupService.PutRemoteTree:input_type -> mlsds.v1.PutRemoteTreeRequest
+	24, // 20: mlsds.v1.GroupService.GetRemoteTree:input_type -> mlsds.v1.GetRemoteTreeRequest
+	2,  // 21: mlsds.v1.GroupService.CreateGroup:output_type -> mlsds.v1.CreateGroupResponse
+	4,  // 22: mlsds.v1.GroupService.Send:output_type -> mlsds.v1.SendResponse
+	6,  // 23: mlsds.v1.GroupService.SendCommitBundle:output_type -> mlsds.v1.SendCommitBundleResponse
+	8,  // 24: mlsds.v1.GroupService.Fetch:output_type -> mlsds.v1.FetchResponse
+	11, // 25: mlsds.v1.GroupService.Ack:output_type -> mlsds.v1.AckResponse
+	13, // 26: mlsds.v1.GroupService.GetGroupInfo:output_type -> mlsds.v1.GetGroupInfoResponse
+	16, // 27: mlsds.v1.GroupService.GetRoster:output_type -> mlsds.v1.GetRosterResponse
+	18, // 28: mlsds.v1.GroupService.GetRatchetTree:output_type -> mlsds.v1.GetRatchetTreeResponse
+	20, // 29: mlsds.v1.GroupService.GetPath:output_type -> mlsds.v1.GetPathResponse
+	23, // 30: mlsds.v1.GroupService.PutRemoteTree:output_type -> mlsds.v1.PutRemoteTreeResponse
+	25, // 31: mlsds.v1.GroupService.GetRemoteTree:output_type -> mlsds.v1.GetRemoteTreeResponse
+	21, // [21:32] is the sub-list for method output_type
+	10, // [10:21] is the sub-list for method input_type
+	10, // [10:10] is the sub-list for extension type_name
+	10, // [10:10] is the sub-list for extension extendee
+	0,  // [0:10] is the sub-list for field type_name
 }
 
 func init() { file_mlsds_v1_groups_proto_init() }
@@ -1452,7 +1766,7 @@ func file_mlsds_v1_groups_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_mlsds_v1_groups_proto_rawDesc), len(file_mlsds_v1_groups_proto_rawDesc)),
 			NumEnums:      1,
-			NumMessages:   20,
+			NumMessages:   25,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -55,6 +55,12 @@ const (
 	GroupServiceGetRatchetTreeProcedure = "/mlsds.v1.GroupService/GetRatchetTree"
 	// GroupServiceGetPathProcedure is the fully-qualified name of the GroupService's GetPath RPC.
 	GroupServiceGetPathProcedure = "/mlsds.v1.GroupService/GetPath"
+	// GroupServicePutRemoteTreeProcedure is the fully-qualified name of the GroupService's
+	// PutRemoteTree RPC.
+	GroupServicePutRemoteTreeProcedure = "/mlsds.v1.GroupService/PutRemoteTree"
+	// GroupServiceGetRemoteTreeProcedure is the fully-qualified name of the GroupService's
+	// GetRemoteTree RPC.
+	GroupServiceGetRemoteTreeProcedure = "/mlsds.v1.GroupService/GetRemoteTree"
 )
 
 // GroupServiceClient is a client for the mlsds.v1.GroupService service.
@@ -90,6 +96,13 @@ type GroupServiceClient interface {
 	// tree_hash of its GroupContext. Transparent groups only; only members
 	// may ask.
 	GetPath(context.Context, *connect.Request[v1.GetPathRequest]) (*connect.Response[v1.GetPathResponse], error)
+	// Opaque mode: stores the encrypted GroupInfo and ratchet tree of the
+	// group's current epoch (members only). See RemoteTree.
+	PutRemoteTree(context.Context, *connect.Request[v1.PutRemoteTreeRequest]) (*connect.Response[v1.PutRemoteTreeResponse], error)
+	// Opaque mode: the encrypted GroupInfo and ratchet tree of the current
+	// and the previous epoch, as far as stored (members, and clients with a
+	// pending Welcome to the group).
+	GetRemoteTree(context.Context, *connect.Request[v1.GetRemoteTreeRequest]) (*connect.Response[v1.GetRemoteTreeResponse], error)
 }
 
 // NewGroupServiceClient constructs a client for the mlsds.v1.GroupService service. By default, it
@@ -162,6 +175,19 @@ func NewGroupServiceClient(httpClient connect.HTTPClient, baseURL string, opts .
 			connect.WithIdempotency(connect.IdempotencyNoSideEffects),
 			connect.WithClientOptions(opts...),
 		),
+		putRemoteTree: connect.NewClient[v1.PutRemoteTreeRequest, v1.PutRemoteTreeResponse](
+			httpClient,
+			baseURL+GroupServicePutRemoteTreeProcedure,
+			connect.WithSchema(groupServiceMethods.ByName("PutRemoteTree")),
+			connect.WithClientOptions(opts...),
+		),
+		getRemoteTree: connect.NewClient[v1.GetRemoteTreeRequest, v1.GetRemoteTreeResponse](
+			httpClient,
+			baseURL+GroupServiceGetRemoteTreeProcedure,
+			connect.WithSchema(groupServiceMethods.ByName("GetRemoteTree")),
+			connect.WithIdempotency(connect.IdempotencyNoSideEffects),
+			connect.WithClientOptions(opts...),
+		),
 	}
 }
 
@@ -176,6 +202,8 @@ type groupServiceClient struct {
 	getRoster        *connect.Client[v1.GetRosterRequest, v1.GetRosterResponse]
 	getRatchetTree   *connect.Client[v1.GetRatchetTreeRequest, v1.GetRatchetTreeResponse]
 	getPath          *connect.Client[v1.GetPathRequest, v1.GetPathResponse]
+	putRemoteTree    *connect.Client[v1.PutRemoteTreeRequest, v1.PutRemoteTreeResponse]
+	getRemoteTree    *connect.Client[v1.GetRemoteTreeRequest, v1.GetRemoteTreeResponse]
 }
 
 // CreateGroup calls mlsds.v1.GroupService.CreateGroup.
@@ -223,6 +251,16 @@ func (c *groupServiceClient) GetPath(ctx context.Context, req *connect.Request[v
 	return c.getPath.CallUnary(ctx, req)
 }
 
+// PutRemoteTree calls mlsds.v1.GroupService.PutRemoteTree.
+func (c *groupServiceClient) PutRemoteTree(ctx context.Context, req *connect.Request[v1.PutRemoteTreeRequest]) (*connect.Response[v1.PutRemoteTreeResponse], error) {
+	return c.putRemoteTree.CallUnary(ctx, req)
+}
+
+// GetRemoteTree calls mlsds.v1.GroupService.GetRemoteTree.
+func (c *groupServiceClient) GetRemoteTree(ctx context.Context, req *connect.Request[v1.GetRemoteTreeRequest]) (*connect.Response[v1.GetRemoteTreeResponse], error) {
+	return c.getRemoteTree.CallUnary(ctx, req)
+}
+
 // GroupServiceHandler is an implementation of the mlsds.v1.GroupService service.
 type GroupServiceHandler interface {
 	// CreateGroup registers a new group with the caller as its first member.
@@ -256,6 +294,13 @@ type GroupServiceHandler interface {
 	// tree_hash of its GroupContext. Transparent groups only; only members
 	// may ask.
 	GetPath(context.Context, *connect.Request[v1.GetPathRequest]) (*connect.Response[v1.GetPathResponse], error)
+	// Opaque mode: stores the encrypted GroupInfo and ratchet tree of the
+	// group's current epoch (members only). See RemoteTree.
+	PutRemoteTree(context.Context, *connect.Request[v1.PutRemoteTreeRequest]) (*connect.Response[v1.PutRemoteTreeResponse], error)
+	// Opaque mode: the encrypted GroupInfo and ratchet tree of the current
+	// and the previous epoch, as far as stored (members, and clients with a
+	// pending Welcome to the group).
+	GetRemoteTree(context.Context, *connect.Request[v1.GetRemoteTreeRequest]) (*connect.Response[v1.GetRemoteTreeResponse], error)
 }
 
 // NewGroupServiceHandler builds an HTTP handler from the service implementation. It returns the
@@ -324,6 +369,19 @@ func NewGroupServiceHandler(svc GroupServiceHandler, opts ...connect.HandlerOpti
 		connect.WithIdempotency(connect.IdempotencyNoSideEffects),
 		connect.WithHandlerOptions(opts...),
 	)
+	groupServicePutRemoteTreeHandler := connect.NewUnaryHandler(
+		GroupServicePutRemoteTreeProcedure,
+		svc.PutRemoteTree,
+		connect.WithSchema(groupServiceMethods.ByName("PutRemoteTree")),
+		connect.WithHandlerOptions(opts...),
+	)
+	groupServiceGetRemoteTreeHandler := connect.NewUnaryHandler(
+		GroupServiceGetRemoteTreeProcedure,
+		svc.GetRemoteTree,
+		connect.WithSchema(groupServiceMethods.ByName("GetRemoteTree")),
+		connect.WithIdempotency(connect.IdempotencyNoSideEffects),
+		connect.WithHandlerOptions(opts...),
+	)
 	return "/mlsds.v1.GroupService/", http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		switch r.URL.Path {
 		case GroupServiceCreateGroupProcedure:
@@ -344,6 +402,10 @@ func NewGroupServiceHandler(svc GroupServiceHandler, opts ...connect.HandlerOpti
 			groupServiceGetRatchetTreeHandler.ServeHTTP(w, r)
 		case GroupServiceGetPathProcedure:
 			groupServiceGetPathHandler.ServeHTTP(w, r)
+		case GroupServicePutRemoteTreeProcedure:
+			groupServicePutRemoteTreeHandler.ServeHTTP(w, r)
+		case GroupServiceGetRemoteTreeProcedure:
+			groupServiceGetRemoteTreeHandler.ServeHTTP(w, r)
 		default:
 			http.NotFound(w, r)
 		}
@@ -387,4 +449,12 @@ func (UnimplementedGroupServiceHandler) GetRatchetTree(context.Context, *connect
 
 func (UnimplementedGroupServiceHandler) GetPath(context.Context, *connect.Request[v1.GetPathRequest]) (*connect.Response[v1.GetPathResponse], error) {
 	return nil, connect.NewError(connect.CodeUnimplemented, errors.New("mlsds.v1.GroupService.GetPath is not implemented"))
+}
+
+func (UnimplementedGroupServiceHandler) PutRemoteTree(context.Context, *connect.Request[v1.PutRemoteTreeRequest]) (*connect.Response[v1.PutRemoteTreeResponse], error) {
+	return nil, connect.NewError(connect.CodeUnimplemented, errors.New("mlsds.v1.GroupService.PutRemoteTree is not implemented"))
+}
+
+func (UnimplementedGroupServiceHandler) GetRemoteTree(context.Context, *connect.Request[v1.GetRemoteTreeRequest]) (*connect.Response[v1.GetRemoteTreeResponse], error) {
+	return nil, connect.NewError(connect.CodeUnimplemented, errors.New("mlsds.v1.GroupService.GetRemoteTree is not implemented"))
 }
