@@ -13,20 +13,34 @@ import (
 	"golang.org/x/crypto/cryptobyte"
 )
 
-// This file is the member side of a group: creating it, committing Adds
-// and Removes with an UpdatePath, producing Welcomes, joining from them,
-// processing Commits, and protecting application messages. Validation of
-// what others send is PublicGroupState's; Group adds the secrets: TreeKEM
-// (treekem.go), the key schedule (keyschedule.go) and message protection
-// (protect.go).
+// This file is the member side of a group: creating it, committing with
+// an UpdatePath, producing Welcomes, joining from them or by external
+// Commit, processing Commits and proposals, and protecting application
+// messages. Validation of what others send is PublicGroupState's; Group
+// adds the secrets: TreeKEM (treekem.go), the key schedule
+// (keyschedule.go) and message protection (protect.go).
 //
-// Not covered yet: handshake messages sent as PrivateMessage (Commits and
-// proposals are PublicMessages, which a Delivery Service can validate;
-// PublicGroupState verifies signatures over the public_message wire format
-// only), committing PSK, GroupContextExtensions or ReInit proposals
-// received by reference (CommitWith sends PSKs and extensions by value),
-// ReInit and branching, and resync external Commits that remove an old
-// leaf of the joiner.
+// Covered: proposals and Commits sent as PublicMessage (the default, which
+// a Delivery Service can validate) or as PrivateMessage
+// (SetHandshakeWireFormat, CommitMessage, ProposeMessage; received ones
+// are decrypted and then checked as PublicMessages are, with the signature
+// over the private_message wire format, group_process.go); one entry
+// point for everything received (Process); application messages of the
+// last few epochs after the next Commit (SetPastEpochs,
+// group_epochs.go); committing by reference every proposal type received
+// in the epoch (Add, Update, Remove, PreSharedKey, GroupContextExtensions,
+// ReInit) and by value Add, Remove, external PSKs, GroupContextExtensions
+// and ReInit; a committed ReInit freezing the group (§11.2, Frozen);
+// external joins, including "resync" external Commits that remove the
+// joiner's old leaf (JoinExternalWith); saving and restoring the whole
+// state (MarshalBinary, UnmarshalGroup).
+//
+// Not covered yet: creating the successor group of a ReInit or a subgroup
+// branch (§11.2, §11.3: a Welcome with a resumption PSK of usage reinit
+// or branch, and the joiner's checks of those), resumption PSKs by value
+// in CommitOptions, PSK proposals in external Commits, padding of the
+// PrivateMessages a member sends (§15.1: always none), and sending
+// proposals as an external sender (PublicGroupState validates those).
 
 // Member is a member of the group as the ratchet tree lists it.
 type Member struct {
@@ -68,12 +82,27 @@ type Group struct {
 	updateKeys map[string][]byte
 
 	pending *pendingCommit
+
+	// past holds, newest first, what opening application messages of the
+	// last keepPast epochs needs (group_epochs.go).
+	past     []*pastEpoch
+	keepPast int
+
+	// handshake is the wire format of this member's proposals and Commits
+	// (§6): WireFormatPublicMessage or WireFormatPrivateMessage.
+	handshake WireFormat
+
+	// sentPrivate maps the hash of each proposal this member sent as a
+	// PrivateMessage in the current epoch to its ProposalRef: when the
+	// Delivery Service echoes it, the member cannot decrypt it, because
+	// the key of its generation was deleted once used to encrypt (§9.2).
+	sentPrivate map[string]ProposalRef
 }
 
 // pendingCommit is a Commit this member made and has not merged yet.
 type pendingCommit struct {
-	msg    *PublicMessage
-	wire   []byte // msg's encoding, to recognize it when it comes back
+	msg    *MLSMessage
+	wire   []byte // the encoding of msg's PublicMessage or PrivateMessage, to recognize it when it comes back
 	effect *CommitEffect
 	next   *Group
 }
@@ -192,7 +221,8 @@ func newGroup(pub *PublicGroupState, keys *TreePrivateKey, es *EpochSecrets, sig
 		store = map[string][]byte{}
 	}
 	store[ResumptionPSKKey(pub.GroupID(), pub.Epoch())] = es.ResumptionPSK
-	return &Group{pub: pub, keys: keys, es: es, st: st, sigPriv: bytes.Clone(sigPriv), psks: store}, nil
+	return &Group{pub: pub, keys: keys, es: es, st: st, sigPriv: bytes.Clone(sigPriv), psks: store,
+		keepPast: DefaultPastEpochs, handshake: WireFormatPublicMessage}, nil
 }
 
 // AddExternalPSK makes the external PSK with the given psk_id available
@@ -316,13 +346,29 @@ func (g *Group) checkActive() error {
 	return nil
 }
 
+// checkCanSend refuses to send in a group that a committed ReInit closed
+// (§12.4.2: the members wait for the Welcome of the new group).
+func (g *Group) checkCanSend() error {
+	if err := g.checkActive(); err != nil {
+		return err
+	}
+	if _, frozen := g.pub.Frozen(); frozen {
+		return ErrGroupFrozen
+	}
+	return nil
+}
+
+// Frozen reports whether a committed ReInit closed the group, and returns
+// that ReInit (§11.2). The group then sends nothing more; the resumption
+// PSK of its last epoch, of usage reinit, links it to the new group.
+func (g *Group) Frozen() (*ReInit, bool) { return g.pub.Frozen() }
+
 // Commit creates a Commit, sent as a PublicMessage, that adds the owners
 // of adds and removes the members at removes, with an UpdatePath (§12.4).
-// It also commits, by reference, the Add, Remove and Update proposals
-// received in this epoch (HandleProposal, Propose), except those it may
-// not commit: a Remove of this member, its own Update, and a Remove
-// already listed. If there are new members, it also returns their
-// Welcome, whose GroupInfo carries the ratchet_tree extension.
+// It also commits, by reference, the proposals received in this epoch
+// (HandleProposal, Propose) that it may commit; see CommitWith. If there
+// are new members, it also returns their Welcome, whose GroupInfo carries
+// the ratchet_tree extension.
 //
 // The group stays in the current epoch until MergePendingCommit, so that
 // the Commit can be dropped if the Delivery Service refuses it; making
@@ -342,24 +388,98 @@ type CommitOptions struct {
 	// Extensions, if not nil, replaces the GroupContext extensions
 	// (§12.1.7).
 	Extensions *Extensions
+	// ReInit, if not nil, makes a Commit that carries this ReInit proposal
+	// and nothing else (§12.2), closing the group (§11.2); the other
+	// fields must then be empty.
+	ReInit *ReInit
+	// WireFormat is WireFormatPublicMessage or WireFormatPrivateMessage to
+	// send this Commit so (§6); zero means the group's
+	// HandshakeWireFormat. Commit and CommitWith send PublicMessages only:
+	// use CommitMessage for a PrivateMessage.
+	WireFormat WireFormat
 }
 
-// CommitWith is Commit with PSK and GroupContextExtensions proposals
-// besides Adds and Removes.
+func (o *CommitOptions) byValue() bool {
+	return len(o.Adds) > 0 || len(o.Removes) > 0 || len(o.ExternalPSKs) > 0 || o.Extensions != nil || o.ReInit != nil
+}
+
+// CommitWith is Commit with PSK, GroupContextExtensions and ReInit
+// proposals besides Adds and Removes, sent as a PublicMessage.
+//
+// Besides the proposals of opts, the Commit carries by reference the
+// proposals received in this epoch, except those it may not commit (§12.2):
+// a Remove of this member, its own Update, a second Update or Remove for
+// the same leaf, an Update of a removed member; a PreSharedKey proposal
+// whose PSK this member does not have (AddExternalPSK) or that names a PSK
+// already listed; a GroupContextExtensions proposal when opts.Extensions
+// is set or another one is already listed (the first received wins). A
+// ReInit proposal must be alone in its Commit: the first one received is
+// committed, alone, when opts carries nothing by value; otherwise received
+// ReInits are left out.
 func (g *Group) CommitWith(opts CommitOptions) (*PublicMessage, *Welcome, error) {
-	adds, removes := opts.Adds, opts.Removes
-	if err := g.checkActive(); err != nil {
+	if wf := g.wireFormatOf(opts.WireFormat); wf != WireFormatPublicMessage {
+		return nil, nil, errors.New("mls: CommitWith sends PublicMessages; use CommitMessage to send a Commit as a PrivateMessage")
+	}
+	m, w, err := g.CommitMessage(opts)
+	if err != nil {
 		return nil, nil, err
+	}
+	return m.PublicMessage, w, nil
+}
+
+// wireFormatOf resolves a per-message wire format choice, zero meaning
+// the group's HandshakeWireFormat.
+func (g *Group) wireFormatOf(wf WireFormat) WireFormat {
+	if wf == 0 {
+		return g.handshake
+	}
+	return wf
+}
+
+// CommitMessage is CommitWith returning the Commit as an MLSMessage,
+// which carries a PrivateMessage (§6.3) if opts.WireFormat, or else the
+// group's HandshakeWireFormat, says so. A Commit sent as a PrivateMessage
+// hides its proposals and path from the Delivery Service, which then
+// cannot validate it.
+func (g *Group) CommitMessage(opts CommitOptions) (*MLSMessage, *Welcome, error) {
+	adds, removes := opts.Adds, opts.Removes
+	if err := g.checkCanSend(); err != nil {
+		return nil, nil, err
+	}
+	wf := g.wireFormatOf(opts.WireFormat)
+	if wf != WireFormatPublicMessage && wf != WireFormatPrivateMessage {
+		return nil, nil, fmt.Errorf("mls: a Commit is sent as a PublicMessage or a PrivateMessage, not wire_format %d", wf)
+	}
+	if opts.ReInit != nil && (len(adds) > 0 || len(removes) > 0 || len(opts.ExternalPSKs) > 0 || opts.Extensions != nil) {
+		return nil, nil, errors.New("mls: a Commit with a ReInit proposal carries no other proposal (§12.2); leave the other CommitOptions empty")
 	}
 	cs := g.pub.CipherSuite()
 	self := g.keys.Self()
 	oldGC := g.pub.GroupContext()
 	commit := &Commit{}
+	pending := g.pub.PendingProposals()
 	// Pending proposals go first, by reference; then the new ones by value.
 	var updates []*PendingProposal
 	var removed []LeafIndex
 	var added []*KeyPackage
-	for _, pp := range g.pub.PendingProposals() {
+	var pskIDs []PreSharedKeyID
+	var newExtensions *Extensions
+	var reinit bool
+	if !opts.byValue() {
+		for i := range pending {
+			if p := pending[i].Proposal; p.ProposalType == ProposalTypeReInit && p.ReInit != nil {
+				reinit = true
+				commit.Proposals = []ProposalOrRef{{Type: ProposalOrRefTypeReference, Reference: pending[i].Ref}}
+				break
+			}
+		}
+	}
+	pskSeen := make(map[string]bool)
+	for i := range pending {
+		if reinit {
+			break
+		}
+		pp := &pending[i]
 		p := pp.Proposal
 		switch {
 		case p.ProposalType == ProposalTypeUpdate && p.Update != nil:
@@ -367,7 +487,7 @@ func (g *Group) CommitWith(opts CommitOptions) (*PublicMessage, *Welcome, error)
 				slices.ContainsFunc(updates, func(u *PendingProposal) bool { return u.Sender.LeafIndex == pp.Sender.LeafIndex }) {
 				continue
 			}
-			updates = append(updates, &pp)
+			updates = append(updates, pp)
 		case p.ProposalType == ProposalTypeRemove && p.Remove != nil:
 			if r := p.Remove.Removed; r == self || slices.Contains(removed, r) {
 				continue
@@ -376,6 +496,23 @@ func (g *Group) CommitWith(opts CommitOptions) (*PublicMessage, *Welcome, error)
 			}
 		case p.ProposalType == ProposalTypeAdd && p.Add != nil:
 			added = append(added, &p.Add.KeyPackage)
+		case p.ProposalType == ProposalTypePSK && p.PreSharedKey != nil:
+			// §12.2: no two PreSharedKey proposals for the same
+			// PreSharedKeyID; and the committer must have the PSK to
+			// compute psk_secret (§8.4).
+			id := p.PreSharedKey.PSK
+			key := string(mustEncode(&id))
+			if _, ok := g.psks[pskLookupKey(&id)]; !ok || pskSeen[key] {
+				continue
+			}
+			pskSeen[key] = true
+			pskIDs = append(pskIDs, id)
+		case p.ProposalType == ProposalTypeGroupContextExtensions && p.GroupContextExtensions != nil:
+			// §12.2: at most one GroupContextExtensions proposal.
+			if opts.Extensions != nil || newExtensions != nil {
+				continue
+			}
+			newExtensions = &p.GroupContextExtensions.Extensions
 		default:
 			continue
 		}
@@ -384,7 +521,7 @@ func (g *Group) CommitWith(opts CommitOptions) (*PublicMessage, *Welcome, error)
 	// An Update of a member that is also removed is not allowed (§12.2).
 	updates = slices.DeleteFunc(updates, func(u *PendingProposal) bool { return slices.Contains(removed, u.Sender.LeafIndex) })
 	commit.Proposals = slices.DeleteFunc(commit.Proposals, func(p ProposalOrRef) bool {
-		for _, pp := range g.pub.PendingProposals() {
+		for _, pp := range pending {
 			if bytes.Equal(pp.Ref, p.Reference) && pp.Proposal.ProposalType == ProposalTypeUpdate {
 				return slices.Contains(removed, pp.Sender.LeafIndex)
 			}
@@ -407,7 +544,6 @@ func (g *Group) CommitWith(opts CommitOptions) (*PublicMessage, *Welcome, error)
 		commit.Proposals = append(commit.Proposals, ProposalOrRef{Type: ProposalOrRefTypeProposal,
 			Proposal: &Proposal{ProposalType: ProposalTypeAdd, Add: &Add{KeyPackage: *kp}}})
 	}
-	var pskIDs []PreSharedKeyID
 	for _, id := range opts.ExternalPSKs {
 		nonce := make([]byte, cs.HashSize())
 		rand.Read(nonce)
@@ -421,8 +557,13 @@ func (g *Group) CommitWith(opts CommitOptions) (*PublicMessage, *Welcome, error)
 		return nil, nil, err
 	}
 	if opts.Extensions != nil {
+		newExtensions = opts.Extensions
 		commit.Proposals = append(commit.Proposals, ProposalOrRef{Type: ProposalOrRefTypeProposal,
 			Proposal: &Proposal{ProposalType: ProposalTypeGroupContextExtensions, GroupContextExtensions: &GroupContextExtensions{Extensions: *opts.Extensions}}})
+	}
+	if opts.ReInit != nil {
+		commit.Proposals = append(commit.Proposals, ProposalOrRef{Type: ProposalOrRefTypeProposal,
+			Proposal: &Proposal{ProposalType: ProposalTypeReInit, ReInit: opts.ReInit}})
 	}
 	// §12.3: proposals apply in the order updates, removes, adds.
 	tree := g.pub.Tree()
@@ -448,8 +589,8 @@ func (g *Group) CommitWith(opts CommitOptions) (*PublicMessage, *Welcome, error)
 	keys.Prune(tree)
 	provisional := oldGC
 	provisional.Epoch++
-	if opts.Extensions != nil {
-		provisional.Extensions = *opts.Extensions
+	if newExtensions != nil {
+		provisional.Extensions = *newExtensions
 	}
 	template := *tree.Leaf(self)
 	path, commitSecret, err := keys.CreateUpdatePath(tree, &template, g.sigPriv, &provisional, joiners)
@@ -459,7 +600,7 @@ func (g *Group) CommitWith(opts CommitOptions) (*PublicMessage, *Welcome, error)
 	commit.Path = path
 
 	ac := &AuthenticatedContent{
-		WireFormat: WireFormatPublicMessage,
+		WireFormat: wf,
 		Content: FramedContent{GroupID: oldGC.GroupID, Epoch: oldGC.Epoch,
 			Sender:      Sender{SenderType: SenderTypeMember, LeafIndex: self},
 			ContentType: ContentTypeCommit, Commit: commit},
@@ -478,14 +619,10 @@ func (g *Group) CommitWith(opts CommitOptions) (*PublicMessage, *Welcome, error)
 		return nil, nil, err
 	}
 	ac.Auth.ConfirmationTag = es.ConfirmationTag(confirmed)
-	msg, err := ProtectPublic(ac, g.es.MembershipKey, &oldGC)
-	if err != nil {
-		return nil, nil, err
-	}
 
 	// Run the Commit through the same checks every receiver applies, and
 	// take the next epoch's public state from them.
-	nextPub, effect, err := g.pub.HandleCommit(msg)
+	nextPub, effect, err := g.pub.HandleCommitContent(ac)
 	if err != nil {
 		return nil, nil, fmt.Errorf("mls: own Commit fails validation: %w", err)
 	}
@@ -503,8 +640,31 @@ func (g *Group) CommitWith(opts CommitOptions) (*PublicMessage, *Welcome, error)
 			return nil, nil, err
 		}
 	}
-	g.pending = &pendingCommit{msg: msg, wire: mustEncode(msg), effect: effect, next: next}
+	msg, err := g.protect(ac)
+	if err != nil {
+		return nil, nil, err
+	}
+	g.pending = &pendingCommit{msg: msg, wire: mustEncode(msg.body()), effect: effect, next: next}
 	return msg, welcome, nil
+}
+
+// protect wraps signed content of the current epoch in the wire format
+// it was signed for: a PublicMessage with the membership tag (§6.2) or a
+// PrivateMessage encrypted with the next generation of this member's
+// handshake ratchet (§6.3).
+func (g *Group) protect(ac *AuthenticatedContent) (*MLSMessage, error) {
+	gc := g.pub.GroupContext()
+	m := &MLSMessage{Version: ProtocolVersionMLS10, WireFormat: ac.WireFormat}
+	var err error
+	if ac.WireFormat == WireFormatPrivateMessage {
+		m.PrivateMessage, err = ProtectPrivate(ac, g.es.SenderDataSecret, g.st, 0)
+	} else {
+		m.PublicMessage, err = ProtectPublic(ac, g.es.MembershipKey, &gc)
+	}
+	if err != nil {
+		return nil, err
+	}
+	return m, nil
 }
 
 // welcome builds the Welcome of a Commit for the new members (§12.4.3.1).
@@ -561,7 +721,7 @@ func (g *Group) MergePendingCommit() error {
 	if g.pending == nil {
 		return errors.New("mls: no pending Commit to merge")
 	}
-	*g = *g.pending.next
+	g.advance(g.pending.next)
 	return nil
 }
 
@@ -577,19 +737,17 @@ func (g *Group) DiscardPendingCommit() { g.pending = nil }
 // this member, the group becomes unusable and later calls return
 // ErrNotMember. A pending Commit of this member is discarded, unless msg
 // is that very Commit coming back from the Delivery Service, which is then
-// merged as MergePendingCommit does.
+// merged as MergePendingCommit does. Process handles Commits sent as
+// PrivateMessages too.
 func (g *Group) HandleCommit(msg *PublicMessage) (*CommitEffect, error) {
 	if err := g.checkActive(); err != nil {
 		return nil, err
 	}
-	self := g.keys.Self()
-	if msg.Content.Sender.SenderType == SenderTypeMember && msg.Content.Sender.LeafIndex == self {
-		if g.pending != nil && bytes.Equal(mustEncode(msg), g.pending.wire) {
-			effect := g.pending.effect
-			*g = *g.pending.next
-			return effect, nil
-		}
-		return nil, errors.New("mls: a Commit from this member's leaf that is not its pending Commit")
+	if err := g.pub.checkOpen(); err != nil {
+		return nil, err
+	}
+	if msg.Content.Sender.SenderType == SenderTypeMember && msg.Content.Sender.LeafIndex == g.keys.Self() {
+		return g.ownCommit(mustEncode(msg))
 	}
 	oldGC := g.pub.GroupContext()
 	if msg.Content.Sender.SenderType == SenderTypeMember {
@@ -601,6 +759,29 @@ func (g *Group) HandleCommit(msg *PublicMessage) (*CommitEffect, error) {
 	if err != nil {
 		return nil, err
 	}
+	return g.followCommit(msg.AuthenticatedContent(), nextPub, effect)
+}
+
+// ownCommit merges the pending Commit if wire is its encoding, as when the
+// Delivery Service echoes it.
+func (g *Group) ownCommit(wire []byte) (*CommitEffect, error) {
+	if g.pending != nil && bytes.Equal(wire, g.pending.wire) {
+		effect := g.pending.effect
+		g.advance(g.pending.next)
+		return effect, nil
+	}
+	return nil, errors.New("mls: a Commit from this member's leaf that is not its pending Commit")
+}
+
+// followCommit finishes processing a Commit whose public checks passed,
+// giving nextPub and effect: the member's own removal, the PSKs, the
+// init secret of an external Commit (§8.3), the UpdatePath (§7.5), the
+// key schedule and the confirmation tag (§12.4.2). ac is the Commit's
+// content, with the wire format it came in.
+func (g *Group) followCommit(ac *AuthenticatedContent, nextPub *PublicGroupState, effect *CommitEffect) (*CommitEffect, error) {
+	self := g.keys.Self()
+	oldGC := g.pub.GroupContext()
+	commit := ac.Content.Commit
 	for _, r := range effect.Removed {
 		if r.Leaf == self {
 			g.removed, g.pending = true, nil
@@ -616,7 +797,7 @@ func (g *Group) HandleCommit(msg *PublicMessage) (*CommitEffect, error) {
 		// §8.3: the joiner's init_secret comes from the HPKE context set
 		// up with the group's external key pair.
 		var kemOutput []byte
-		for _, p := range msg.Content.Commit.Proposals {
+		for _, p := range commit.Proposals {
 			if p.Proposal != nil && p.Proposal.ProposalType == ProposalTypeExternalInit && p.Proposal.ExternalInit != nil {
 				kemOutput = p.Proposal.ExternalInit.KEMOutput
 			}
@@ -648,7 +829,7 @@ func (g *Group) HandleCommit(msg *PublicMessage) (*CommitEffect, error) {
 		}
 		provisional := newGC
 		provisional.ConfirmedTranscriptHash = oldGC.ConfirmedTranscriptHash
-		if commitSecret, err = keys.DecryptUpdatePath(tree, effect.Committer, msg.Content.Commit.Path, &provisional, joiners); err != nil {
+		if commitSecret, err = keys.DecryptUpdatePath(tree, effect.Committer, commit.Path, &provisional, joiners); err != nil {
 			return nil, err
 		}
 	}
@@ -657,48 +838,91 @@ func (g *Group) HandleCommit(msg *PublicMessage) (*CommitEffect, error) {
 	if err != nil {
 		return nil, err
 	}
-	if err := es.VerifyConfirmationTag(newGC.ConfirmedTranscriptHash, msg.Auth.ConfirmationTag); err != nil {
+	if err := es.VerifyConfirmationTag(newGC.ConfirmedTranscriptHash, ac.Auth.ConfirmationTag); err != nil {
 		return nil, err
 	}
 	next, err := newGroup(nextPub, keys, es, g.sigPriv, g.psks)
 	if err != nil {
 		return nil, err
 	}
-	*g = *next
+	g.advance(next)
 	return effect, nil
 }
 
 // Propose sends p as a PublicMessage proposal of this member (§12.1) and
 // keeps it for this member's next Commit, as HandleProposal does for the
-// proposals of others. To leave a group, propose a Remove of Self.
+// proposals of others. To leave a group, propose a Remove of Self. With a
+// HandshakeWireFormat of WireFormatPrivateMessage, use ProposeMessage.
 func (g *Group) Propose(p *Proposal) (*PublicMessage, error) {
-	if err := g.checkActive(); err != nil {
+	if g.handshake != WireFormatPublicMessage {
+		return nil, errors.New("mls: Propose sends PublicMessages but the group's handshake wire format is PrivateMessage; use ProposeMessage")
+	}
+	m, _, err := g.propose(p)
+	if err != nil {
 		return nil, err
+	}
+	return m.PublicMessage, nil
+}
+
+// ProposeMessage sends p as a proposal of this member in the group's
+// HandshakeWireFormat (§12.1, §6) and keeps it for this member's next
+// Commit. It returns the message and the proposal's reference.
+func (g *Group) ProposeMessage(p *Proposal) (*MLSMessage, ProposalRef, error) {
+	return g.propose(p)
+}
+
+func (g *Group) propose(p *Proposal) (*MLSMessage, ProposalRef, error) {
+	if err := g.checkCanSend(); err != nil {
+		return nil, nil, err
 	}
 	gc := g.pub.GroupContext()
 	ac := &AuthenticatedContent{
-		WireFormat: WireFormatPublicMessage,
+		WireFormat: g.handshake,
 		Content: FramedContent{GroupID: gc.GroupID, Epoch: gc.Epoch,
 			Sender:      Sender{SenderType: SenderTypeMember, LeafIndex: g.keys.Self()},
 			ContentType: ContentTypeProposal, Proposal: p},
 	}
 	if err := ac.Sign(gc.CipherSuite, g.sigPriv, &gc); err != nil {
-		return nil, err
+		return nil, nil, err
 	}
-	msg, err := ProtectPublic(ac, g.es.MembershipKey, &gc)
+	// Check it as the receivers will before it consumes a generation of
+	// the handshake ratchet.
+	ref, err := g.pub.HandleProposalContent(ac)
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
-	if _, err := g.pub.HandleProposal(msg); err != nil {
-		return nil, err
+	msg, err := g.protect(ac)
+	if err != nil {
+		return nil, nil, err
 	}
-	return msg, nil
+	if msg.PrivateMessage != nil {
+		if g.sentPrivate == nil {
+			g.sentPrivate = map[string]ProposalRef{}
+		}
+		g.sentPrivate[string(gc.CipherSuite.Hash(mustEncode(msg.PrivateMessage)))] = ref
+	}
+	return msg, ref, nil
 }
 
 // ProposeUpdate proposes a new leaf for this member with a fresh
-// encryption key (§12.1.2), to be committed by another member.
+// encryption key (§12.1.2), to be committed by another member. It sends
+// a PublicMessage; with a HandshakeWireFormat of WireFormatPrivateMessage,
+// use ProposeUpdateMessage.
 func (g *Group) ProposeUpdate() (*PublicMessage, error) {
-	if err := g.checkActive(); err != nil {
+	if g.handshake != WireFormatPublicMessage {
+		return nil, errors.New("mls: ProposeUpdate sends PublicMessages but the group's handshake wire format is PrivateMessage; use ProposeUpdateMessage")
+	}
+	m, err := g.ProposeUpdateMessage()
+	if err != nil {
+		return nil, err
+	}
+	return m.PublicMessage, nil
+}
+
+// ProposeUpdateMessage is ProposeUpdate in the group's
+// HandshakeWireFormat.
+func (g *Group) ProposeUpdateMessage() (*MLSMessage, error) {
+	if err := g.checkCanSend(); err != nil {
 		return nil, err
 	}
 	cs := g.pub.CipherSuite()
@@ -714,7 +938,7 @@ func (g *Group) ProposeUpdate() (*PublicMessage, error) {
 	if err := leaf.Sign(cs, g.sigPriv, g.pub.GroupID(), self); err != nil {
 		return nil, err
 	}
-	msg, err := g.Propose(&Proposal{ProposalType: ProposalTypeUpdate, Update: &Update{LeafNode: leaf}})
+	msg, _, err := g.propose(&Proposal{ProposalType: ProposalTypeUpdate, Update: &Update{LeafNode: leaf}})
 	if err != nil {
 		return nil, err
 	}
@@ -728,9 +952,12 @@ func (g *Group) ProposeUpdate() (*PublicMessage, error) {
 // HandleProposal checks a proposal sent as a PublicMessage in the current
 // epoch (the membership tag of a member's, then all checks of
 // PublicGroupState.HandleProposal) and keeps it for a Commit that refers
-// to it.
+// to it. Process handles proposals sent as PrivateMessages too.
 func (g *Group) HandleProposal(msg *PublicMessage) (ProposalRef, error) {
 	if err := g.checkActive(); err != nil {
+		return nil, err
+	}
+	if err := g.pub.checkOpen(); err != nil {
 		return nil, err
 	}
 	gc := g.pub.GroupContext()
@@ -745,7 +972,7 @@ func (g *Group) HandleProposal(msg *PublicMessage) (ProposalRef, error) {
 // Seal encrypts application data as a PrivateMessage of the current epoch
 // (§6.3), signed by the member.
 func (g *Group) Seal(data, authenticatedData []byte) (*PrivateMessage, error) {
-	if err := g.checkActive(); err != nil {
+	if err := g.checkCanSend(); err != nil {
 		return nil, err
 	}
 	gc := g.pub.GroupContext()
@@ -762,50 +989,33 @@ func (g *Group) Seal(data, authenticatedData []byte) (*PrivateMessage, error) {
 	return ProtectPrivate(ac, g.es.SenderDataSecret, g.st, 0)
 }
 
-// Open decrypts an application PrivateMessage of the current epoch and
-// verifies its signature (§6.3), returning the sender's leaf and the data.
+// Open decrypts an application PrivateMessage and verifies its signature
+// (§6.3), returning the sender's leaf and the data. The message may be of
+// the current epoch or of one of the past epochs the member keeps (see
+// SetPastEpochs); one of another epoch gives a *ValidationError wrapping
+// an *EpochMismatchError. A member removed from the group can still open
+// the messages of the epochs it kept.
 func (g *Group) Open(m *PrivateMessage) (sender LeafIndex, data []byte, err error) {
-	if err := g.checkActive(); err != nil {
-		return 0, nil, err
-	}
-	gc := g.pub.GroupContext()
-	if !bytes.Equal(m.GroupID, gc.GroupID) {
-		return 0, nil, invalid("6", "message is for another group (group_id differs)")
-	}
-	if m.Epoch != gc.Epoch {
-		return 0, nil, &ValidationError{Rule: "message epoch must equal the group's epoch", Section: "6.3",
-			Err: &EpochMismatchError{Got: m.Epoch, Current: gc.Epoch}}
-	}
-	if m.ContentType != ContentTypeApplication {
-		return 0, nil, errors.New("mls: Open handles application messages only")
-	}
-	tree := g.pub.Tree()
-	ac, err := UnprotectPrivate(m, g.es.SenderDataSecret, g.st, func(i LeafIndex) bool { return tree.Leaf(i) != nil })
+	ac, err := g.openApplication(m)
 	if err != nil {
 		return 0, nil, err
 	}
-	sender = ac.Content.Sender.LeafIndex
-	leaf := tree.Leaf(sender)
-	if leaf == nil {
-		return 0, nil, invalidf("6.3.2", "sender %d is not a member", sender)
-	}
-	if err := ac.VerifySignature(gc.CipherSuite, leaf.SignatureKey, &gc); err != nil {
-		return 0, nil, &ValidationError{Rule: "message signature does not verify with the sender's key", Section: "6.1", Err: err}
-	}
-	return sender, slices.Clone(ac.Content.Application), nil
+	return ac.Content.Sender.LeafIndex, slices.Clone(ac.Content.Application), nil
 }
 
-// groupStateFormat versions the encoding of Group.MarshalBinary.
-const groupStateFormat = 1
+// groupStateFormat versions the encoding of Group.MarshalBinary. Format 1
+// lacked the fields from handshake_wire_format on; UnmarshalGroup still
+// reads it.
+const groupStateFormat = 2
 
-// MarshalBinary encodes the member's state of the current epoch so that it
-// can be stored and restored with UnmarshalGroup. The encoding holds
-// private keys and epoch secrets: store it as securely as a private key.
-// A pending Commit is not part of it; neither is anything of past epochs
-// but the resumption PSKs.
+// MarshalBinary encodes the member's state so that it can be stored and
+// restored with UnmarshalGroup: the current epoch, the settings, and what
+// opening application messages of the kept past epochs needs. The
+// encoding holds private keys and epoch secrets: store it as securely as
+// a private key. A pending Commit is not part of it.
 //
 //	struct {
-//	    uint16 format = 1;
+//	    uint16 format = 2;
 //	    opaque public_group_state<V>;    /* PublicGroupState.MarshalBinary */
 //	    TreePrivateKey tree_keys;
 //	    opaque epoch_secrets<V>;         /* see marshalEpochSecrets */
@@ -814,6 +1024,10 @@ const groupStateFormat = 1
 //	    bool removed;
 //	    struct { opaque key<V>; opaque secret<V>; } psks<V>;
 //	    struct { opaque pub<V>; opaque priv<V>; } update_keys<V>;
+//	    uint16 handshake_wire_format;
+//	    uint32 past_epochs_kept;
+//	    struct { opaque hash<V>; opaque ref<V>; } sent_private<V>;
+//	    PastEpoch past_epochs<V>;        /* newest first; see marshalPastEpoch */
 //	}
 func (g *Group) MarshalBinary() ([]byte, error) {
 	pub, err := g.pub.MarshalBinary()
@@ -837,14 +1051,31 @@ func (m groupMarshaler) marshal(b *cryptobyte.Builder) {
 	addVector(b, func(b *cryptobyte.Builder) { marshalSecretTree(b, g.st) })
 	addOpaque(b, g.sigPriv)
 	addBool(b, g.removed)
-	for _, m := range []map[string][]byte{g.psks, g.updateKeys} {
-		addVector(b, func(b *cryptobyte.Builder) {
-			for _, k := range slices.Sorted(maps.Keys(m)) {
-				addOpaque(b, []byte(k))
-				addOpaque(b, m[k])
-			}
-		})
+	sent := make(map[string][]byte, len(g.sentPrivate))
+	for k, v := range g.sentPrivate {
+		sent[k] = v
 	}
+	addByteMap(b, g.psks)
+	addByteMap(b, g.updateKeys)
+	b.AddUint16(uint16(g.handshake))
+	b.AddUint32(uint32(g.keepPast))
+	addByteMap(b, sent)
+	addVector(b, func(b *cryptobyte.Builder) {
+		for _, p := range g.past {
+			marshalPastEpoch(b, p)
+		}
+	})
+}
+
+// addByteMap writes m as a list of {opaque key<V>; opaque value<V>} in key
+// order.
+func addByteMap(b *cryptobyte.Builder, m map[string][]byte) {
+	addVector(b, func(b *cryptobyte.Builder) {
+		for _, k := range slices.Sorted(maps.Keys(m)) {
+			addOpaque(b, []byte(k))
+			addOpaque(b, m[k])
+		}
+	})
 }
 
 // readByteMap reads a list of {opaque key<V>; opaque value<V>} into m.
@@ -859,14 +1090,23 @@ func readByteMap(s *cryptobyte.String, m map[string][]byte) bool {
 	})
 }
 
-// UnmarshalGroup restores a Group saved with MarshalBinary.
+// UnmarshalGroup restores a Group saved with MarshalBinary, by this
+// version (format 2) or an earlier one (format 1, which kept no past
+// epochs).
 func UnmarshalGroup(data []byte) (*Group, error) {
-	g := &Group{keys: new(TreePrivateKey), es: new(EpochSecrets), st: new(SecretTree), psks: map[string][]byte{}, updateKeys: map[string][]byte{}}
+	g := &Group{keys: new(TreePrivateKey), es: new(EpochSecrets), st: new(SecretTree), psks: map[string][]byte{}, updateKeys: map[string][]byte{},
+		keepPast: DefaultPastEpochs, handshake: WireFormatPublicMessage}
+	if len(data) >= 2 {
+		if f := uint16(data[0])<<8 | uint16(data[1]); f != 1 && f != groupStateFormat {
+			return nil, fmt.Errorf("%w: Group state has format %d; this version reads formats 1 and %d (was it saved by a newer version?)", ErrDecode, f, groupStateFormat)
+		}
+	}
 	var pub []byte
+	sent := map[string][]byte{}
 	err := decode(data, "Group state", func(s *cryptobyte.String) bool {
 		var format uint16
 		var es, st cryptobyte.String
-		return s.ReadUint16(&format) && format == groupStateFormat &&
+		if !(s.ReadUint16(&format) &&
 			readOpaque(s, &pub) &&
 			g.keys.unmarshal(s) &&
 			readVector(s, &es) && unmarshalEpochSecrets(&es, g.es) && es.Empty() &&
@@ -874,10 +1114,36 @@ func UnmarshalGroup(data []byte) (*Group, error) {
 			readOpaque(s, &g.sigPriv) &&
 			readBool(s, &g.removed) &&
 			readByteMap(s, g.psks) &&
-			readByteMap(s, g.updateKeys)
+			readByteMap(s, g.updateKeys)) {
+			return false
+		}
+		if format == 1 {
+			return true
+		}
+		var keep uint32
+		if !s.ReadUint16((*uint16)(&g.handshake)) || !s.ReadUint32(&keep) ||
+			(g.handshake != WireFormatPublicMessage && g.handshake != WireFormatPrivateMessage) {
+			return false
+		}
+		g.keepPast = int(keep)
+		return readByteMap(s, sent) &&
+			readList(s, func(s *cryptobyte.String) bool {
+				p := new(pastEpoch)
+				if !unmarshalPastEpoch(s, p) {
+					return false
+				}
+				g.past = append(g.past, p)
+				return true
+			})
 	})
 	if err != nil {
 		return nil, err
+	}
+	for k, v := range sent {
+		if g.sentPrivate == nil {
+			g.sentPrivate = map[string]ProposalRef{}
+		}
+		g.sentPrivate[k] = v
 	}
 	if g.pub, err = UnmarshalPublicGroupState(pub); err != nil {
 		return nil, err
@@ -885,6 +1151,11 @@ func UnmarshalGroup(data []byte) (*Group, error) {
 	cs := g.pub.CipherSuite()
 	if g.keys.cs != cs || g.es.Suite != cs || g.st.suite != cs {
 		return nil, fmt.Errorf("%w: Group state mixes cipher suites", ErrDecode)
+	}
+	for _, p := range g.past {
+		if p.gc.CipherSuite != cs || p.st.suite != cs || p.gc.Epoch >= g.pub.Epoch() {
+			return nil, fmt.Errorf("%w: Group state has an inconsistent past epoch", ErrDecode)
+		}
 	}
 	if err := g.keys.Check(g.pub.Tree()); err != nil {
 		return nil, fmt.Errorf("%w: Group state: %v", ErrDecode, err)
@@ -1107,6 +1378,24 @@ func (g *Group) GroupInfo(withTree bool) (*GroupInfo, error) {
 // the Delivery Service refuses the Commit, drop the Group and try again
 // with a newer GroupInfo.
 func JoinExternal(gi *GroupInfo, tree *RatchetTree, kp *KeyPackage, priv *KeyPackagePrivate) (*Group, *PublicMessage, error) {
+	return JoinExternalWith(gi, tree, kp, priv, JoinExternalOptions{})
+}
+
+// JoinExternalOptions are the choices of JoinExternalWith.
+type JoinExternalOptions struct {
+	// RemoveLeaf, if not nil, makes the external Commit a "resync"
+	// (§12.4.3.2): it also removes, with a Remove proposal by value, the
+	// leaf at *RemoveLeaf, the joiner's earlier appearance in the group,
+	// as a client does that lost its state. The joiner must present the
+	// same credential as that leaf (§12.2: the removed member's
+	// identifiers must be acceptable for the joiner; members check this
+	// unless GroupPolicy.AllowResyncWithNewIdentity), and may keep its
+	// signature key.
+	RemoveLeaf *LeafIndex
+}
+
+// JoinExternalWith is JoinExternal with options.
+func JoinExternalWith(gi *GroupInfo, tree *RatchetTree, kp *KeyPackage, priv *KeyPackagePrivate, opts JoinExternalOptions) (*Group, *PublicMessage, error) {
 	pub, err := NewPublicGroupState(gi, tree)
 	if err != nil {
 		return nil, nil, err
@@ -1125,6 +1414,21 @@ func JoinExternal(gi *GroupInfo, tree *RatchetTree, kp *KeyPackage, priv *KeyPac
 	}
 	oldGC := pub.GroupContext()
 	t := pub.Tree()
+	proposals := []ProposalOrRef{{Type: ProposalOrRefTypeProposal,
+		Proposal: &Proposal{ProposalType: ProposalTypeExternalInit, ExternalInit: &ExternalInit{KEMOutput: kemOutput}}}}
+	if opts.RemoveLeaf != nil {
+		// §12.3: the Remove applies before the joiner takes the leftmost
+		// blank leaf, which may be the one it frees.
+		old := *opts.RemoveLeaf
+		if t.Leaf(old) == nil {
+			return nil, nil, fmt.Errorf("mls: resync external Commit: leaf %d is not a member", old)
+		}
+		if err := t.RemoveLeaf(old); err != nil {
+			return nil, nil, err
+		}
+		proposals = append(proposals, ProposalOrRef{Type: ProposalOrRefTypeProposal,
+			Proposal: &Proposal{ProposalType: ProposalTypeRemove, Remove: &Remove{Removed: old}}})
+	}
 	leaf := kp.LeafNode
 	self := t.AddLeaf(&leaf)
 	keys, err := NewTreePrivateKey(cs, self, priv.EncryptionPriv)
@@ -1138,11 +1442,7 @@ func JoinExternal(gi *GroupInfo, tree *RatchetTree, kp *KeyPackage, priv *KeyPac
 	if err != nil {
 		return nil, nil, err
 	}
-	commit := &Commit{
-		Proposals: []ProposalOrRef{{Type: ProposalOrRefTypeProposal,
-			Proposal: &Proposal{ProposalType: ProposalTypeExternalInit, ExternalInit: &ExternalInit{KEMOutput: kemOutput}}}},
-		Path: path,
-	}
+	commit := &Commit{Proposals: proposals, Path: path}
 	ac := &AuthenticatedContent{
 		WireFormat: WireFormatPublicMessage,
 		Content: FramedContent{GroupID: oldGC.GroupID, Epoch: oldGC.Epoch,

@@ -40,6 +40,11 @@ import (
 // PublicGroupState is not safe for concurrent use; states returned by
 // HandleCommit may be used independently of their parent.
 //
+// A member that receives proposals and Commits as PrivateMessages (§6.3)
+// decrypts them and hands the content to HandleProposalContent and
+// HandleCommitContent, which apply the same checks with the signature over
+// the private_message wire format.
+//
 // The state keeps references into the messages given to it; do not modify
 // a message after handing it over.
 type PublicGroupState struct {
@@ -442,10 +447,33 @@ func (s *PublicGroupState) indexTreeChange(old *RatchetTree) {
 // The membership_tag of a member's message cannot be checked without the
 // epoch's membership key.
 func (s *PublicGroupState) HandleProposal(msg *PublicMessage) (ProposalRef, error) {
+	return s.handleProposal(msg.AuthenticatedContent(), msg.MembershipTag, true)
+}
+
+// HandleProposalContent is HandleProposal for a proposal whose framing a
+// member has already authenticated: the content of a PrivateMessage it
+// decrypted (§6.3), or of a PublicMessage whose membership_tag it checked
+// (§6.2). The signature is verified over the FramedContentTBS with ac's
+// wire format (§6.1), so a proposal that came as a PrivateMessage must be
+// passed with WireFormatPrivateMessage, as UnprotectPrivate returns it; its
+// ProposalRef covers the wire format too (§5.2). A private_message
+// proposal must come from a member (§6.3.2).
+func (s *PublicGroupState) HandleProposalContent(ac *AuthenticatedContent) (ProposalRef, error) {
+	return s.handleProposal(ac, nil, false)
+}
+
+// handleProposal implements HandleProposal and HandleProposalContent.
+// membershipTag is the tag of a PublicMessage (checkTag), whose length
+// alone can be checked here; content given already authenticated has
+// none.
+func (s *PublicGroupState) handleProposal(ac *AuthenticatedContent, membershipTag []byte, checkTag bool) (ProposalRef, error) {
 	if err := s.checkOpen(); err != nil {
 		return nil, err
 	}
-	fc := &msg.Content
+	if err := checkContentWireFormat(ac); err != nil {
+		return nil, err
+	}
+	fc := &ac.Content
 	if err := s.checkFrame(fc, "12.1"); err != nil {
 		return nil, err
 	}
@@ -462,8 +490,8 @@ func (s *PublicGroupState) HandleProposal(msg *PublicMessage) (ProposalRef, erro
 		if leaf == nil {
 			return nil, invalidf("6.1", "proposal sender %d is not a member of the group", fc.Sender.LeafIndex)
 		}
-		if len(msg.MembershipTag) != cs.HashSize() {
-			return nil, invalidf("6.2", "membership_tag has %d bytes; a MAC of %s has %d", len(msg.MembershipTag), cs, cs.HashSize())
+		if checkTag && len(membershipTag) != cs.HashSize() {
+			return nil, invalidf("6.2", "membership_tag has %d bytes; a MAC of %s has %d", len(membershipTag), cs, cs.HashSize())
 		}
 		sigKey, ctx = leaf.SignatureKey, &s.gc
 	case SenderTypeExternal:
@@ -485,7 +513,6 @@ func (s *PublicGroupState) HandleProposal(msg *PublicMessage) (ProposalRef, erro
 	default:
 		return nil, invalidf("6.1", "a proposal cannot come from a sender of type %d", fc.Sender.SenderType)
 	}
-	ac := msg.AuthenticatedContent()
 	if err := ac.VerifySignature(cs, sigKey, ctx); err != nil {
 		return nil, &ValidationError{Rule: "proposal signature does not verify with the sender's key", Section: "6.1", Err: err}
 	}
@@ -506,6 +533,22 @@ func (s *PublicGroupState) HandleProposal(msg *PublicMessage) (ProposalRef, erro
 	s.proposals[string(ref)] = pp
 	s.order = append(s.order, pp)
 	return ref, nil
+}
+
+// checkContentWireFormat checks the wire format of content handed over
+// already unwrapped: a handshake message is a PublicMessage or a
+// PrivateMessage (§6), and only a member can send the latter (§6.3.2).
+func checkContentWireFormat(ac *AuthenticatedContent) error {
+	switch ac.WireFormat {
+	case WireFormatPublicMessage:
+	case WireFormatPrivateMessage:
+		if ac.Content.Sender.SenderType != SenderTypeMember {
+			return invalidf("6.3.2", "only members can send a PrivateMessage; sender_type is %d", ac.Content.Sender.SenderType)
+		}
+	default:
+		return invalidf("6", "a proposal or commit must come as a PublicMessage or a PrivateMessage, not wire_format %d", ac.WireFormat)
+	}
+	return nil
 }
 
 // checkOpen refuses messages once a ReInit has been committed.
@@ -585,7 +628,22 @@ func (s *PublicGroupState) HandleCommit(msg *PublicMessage) (*PublicGroupState, 
 	if err := s.checkOpen(); err != nil {
 		return nil, nil, err
 	}
-	return s.applyCommit(msg)
+	return s.applyCommit(msg.AuthenticatedContent(), msg.MembershipTag, true)
+}
+
+// HandleCommitContent is HandleCommit for a Commit whose framing a member
+// has already authenticated: the content of a PrivateMessage it decrypted
+// (§6.3), or of a PublicMessage whose membership_tag it checked (§6.2).
+// The signature is verified, and the confirmed transcript hash computed,
+// with ac's wire format (§6.1, §8.2): a Commit that came as a
+// PrivateMessage must be passed with WireFormatPrivateMessage, as
+// UnprotectPrivate returns it. A private_message Commit must come from a
+// member (§6.3.2), so it cannot be an external Commit.
+func (s *PublicGroupState) HandleCommitContent(ac *AuthenticatedContent) (*PublicGroupState, *CommitEffect, error) {
+	if err := s.checkOpen(); err != nil {
+		return nil, nil, err
+	}
+	return s.applyCommit(ac, nil, false)
 }
 
 // MarshalBinary encodes the state so that it can be stored and reloaded

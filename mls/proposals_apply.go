@@ -17,9 +17,15 @@ type listedProposal struct {
 	ref    ProposalRef // nil for a proposal by value
 }
 
-// applyCommit implements HandleCommit.
-func (s *PublicGroupState) applyCommit(msg *PublicMessage) (*PublicGroupState, *CommitEffect, error) {
-	fc := &msg.Content
+// applyCommit implements HandleCommit and HandleCommitContent.
+// membershipTag is the tag of a PublicMessage (checkTag), whose length
+// alone can be checked here; content given already authenticated has
+// none.
+func (s *PublicGroupState) applyCommit(ac *AuthenticatedContent, membershipTag []byte, checkTag bool) (*PublicGroupState, *CommitEffect, error) {
+	if err := checkContentWireFormat(ac); err != nil {
+		return nil, nil, err
+	}
+	fc := &ac.Content
 	cs := s.gc.CipherSuite
 	if err := s.checkFrame(fc, "12.4.2"); err != nil {
 		return nil, nil, err
@@ -28,8 +34,8 @@ func (s *PublicGroupState) applyCommit(msg *PublicMessage) (*PublicGroupState, *
 		return nil, nil, invalidf("12.4", "HandleCommit needs a commit, got content_type %d", fc.ContentType)
 	}
 	commit := fc.Commit
-	if len(msg.Auth.ConfirmationTag) != cs.HashSize() {
-		return nil, nil, invalidf("6.1", "confirmation_tag has %d bytes; a MAC of %s has %d", len(msg.Auth.ConfirmationTag), cs, cs.HashSize())
+	if len(ac.Auth.ConfirmationTag) != cs.HashSize() {
+		return nil, nil, invalidf("6.1", "confirmation_tag has %d bytes; a MAC of %s has %d", len(ac.Auth.ConfirmationTag), cs, cs.HashSize())
 	}
 
 	// Sender and signature (§6.1).
@@ -45,8 +51,8 @@ func (s *PublicGroupState) applyCommit(msg *PublicMessage) (*PublicGroupState, *
 		if leaf == nil {
 			return nil, nil, invalidf("6.1", "Commit sender %d is not a member of the group", committer)
 		}
-		if len(msg.MembershipTag) != cs.HashSize() {
-			return nil, nil, invalidf("6.2", "membership_tag has %d bytes; a MAC of %s has %d", len(msg.MembershipTag), cs, cs.HashSize())
+		if checkTag && len(membershipTag) != cs.HashSize() {
+			return nil, nil, invalidf("6.2", "membership_tag has %d bytes; a MAC of %s has %d", len(membershipTag), cs, cs.HashSize())
 		}
 		sigKey = leaf.SignatureKey
 	case SenderTypeNewMemberCommit:
@@ -58,7 +64,6 @@ func (s *PublicGroupState) applyCommit(msg *PublicMessage) (*PublicGroupState, *
 	default:
 		return nil, nil, invalidf("6.1", "a Commit must come from a member or a new_member_commit sender, not sender type %d", fc.Sender.SenderType)
 	}
-	ac := msg.AuthenticatedContent()
 	if err := ac.VerifySignature(cs, sigKey, &s.gc); err != nil {
 		return nil, nil, &ValidationError{Rule: "Commit signature does not verify with the committer's key", Section: "6.1", Err: err}
 	}
