@@ -1296,8 +1296,10 @@ func (x *GetPathResponse) GetProof() []byte {
 
 // RemoteTree is one epoch's GroupInfo and ratchet tree of an opaque-mode
 // group, encrypted by a member so that only members of that epoch can read
-// it: the key is MLS-Exporter("mlsds remote tree", group_id, Nk) of the
-// epoch (RFC 9420 §8.5). The Delivery Service stores the blob as given.
+// it: the key is MLS-Exporter("mlsds remote tree", context, Nk) of the
+// epoch (RFC 9420 §8.5), where context binds the group_id and the epoch
+// (see client/remotetree.go for the exact blob format). The Delivery
+// Service stores the blob as given and never sees its plaintext.
 type RemoteTree struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Epoch         uint64                 `protobuf:"varint,1,opt,name=epoch,proto3" json:"epoch,omitempty"`
