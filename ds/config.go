@@ -30,6 +30,17 @@ func (m Mode) String() string {
 	return "Mode(" + strconv.Itoa(int(m)) + ")"
 }
 
+// ExternalJoinPolicy says who may read what an external joiner needs.
+type ExternalJoinPolicy int
+
+const (
+	// ExternalJoinAllow lets any registered client fetch the GroupInfo,
+	// ratchet tree and pending Proposals of a transparent group.
+	ExternalJoinAllow ExternalJoinPolicy = iota
+	// ExternalJoinMembersOnly serves them to members only.
+	ExternalJoinMembersOnly
+)
+
 // Config holds the bounds and policies of a Service. A zero field takes the
 // default given in its comment. For the rate limits a negative value turns
 // the limit off.
@@ -60,6 +71,21 @@ type Config struct {
 	SubscriptionBuffer  int           // events buffered per subscription; default 256
 	SlowConsumerTimeout time.Duration // a subscription whose consumer takes nothing for this long ends; default 30s
 	PollInterval        time.Duration // subscriptions re-check the store this often even without wake-ups; default 5s
+
+	// StateCacheBytes bounds the decoded states of transparent groups kept
+	// in memory, least recently used first out, in approximate bytes of
+	// memory; default 256 MiB, negative: no cache (every handshake
+	// message rebuilds its group's state from the store).
+	StateCacheBytes int64
+	// SnapshotEvery is how many state changes (Proposals, Commits) of a
+	// transparent group may pile up in its log before the Service writes
+	// a new snapshot of its state; one is also written once the log since
+	// the last snapshot is larger than the snapshot. Default 256.
+	SnapshotEvery int
+	// ExternalJoin says who may fetch a transparent group's GroupInfo (for
+	// an external Commit, §12.4.3.2): any registered client (the
+	// default) or members only.
+	ExternalJoin ExternalJoinPolicy
 
 	// Notifier carries wake-ups from the writers to the subscriptions. Nil
 	// means the Store's own (if it implements NotifierProvider) or else an
@@ -106,6 +132,10 @@ func (c Config) withDefaults() Config {
 	deff(&c.ClaimsPerMinute, 120)
 	deff(&c.ClaimsPerTargetPerMinute, 60)
 	def(&c.MaxRateLimitKeys, 100_000)
+	if c.StateCacheBytes == 0 {
+		c.StateCacheBytes = 256 << 20
+	}
+	def(&c.SnapshotEvery, 256)
 	def(&c.SubscriptionBuffer, 256)
 	defd(&c.SlowConsumerTimeout, 30*time.Second)
 	defd(&c.PollInterval, 5*time.Second)

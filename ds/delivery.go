@@ -5,7 +5,10 @@ import (
 	"errors"
 	"fmt"
 	"sync"
+	"sync/atomic"
 	"time"
+
+	"github.com/mlsds/mlsds/mls"
 )
 
 // Delivery: every message is stored once in its group; a client sees the
@@ -81,55 +84,113 @@ func (s *Service) Ack(ctx context.Context, client string, groupID []byte, seq ui
 // the consumer took nothing for Config.SlowConsumerTimeout). Events stay
 // unacknowledged until the client calls Ack, so a new subscription after
 // any ending resumes without loss.
+//
+// The Envelope of a message event may be shared with other subscriptions:
+// it must not be modified.
 func (s *Service) Subscribe(ctx context.Context, client string) (<-chan Event, error) {
 	if err := s.allow(client); err != nil {
 		return nil, err
 	}
-	c, err := s.store.Client(ctx, client)
+	// The lookup runs on a goroutine of its own: an engine may need a deep
+	// stack, which the caller's goroutine would otherwise keep for as long
+	// as it follows the stream (a server's handler, for hours).
+	var c Client
+	var err error
+	looked := make(chan struct{})
+	go func() {
+		defer close(looked)
+		c, err = s.store.Client(ctx, client)
+	}()
+	<-looked
 	if err != nil {
 		return nil, err
 	}
+	buf := max(1, s.cfg.SubscriptionBuffer)
+	inChan := min(buf, subscriptionChanCap)
 	sub := &subscription{
-		s:           s,
-		client:      c,
-		out:         make(chan Event, s.cfg.SubscriptionBuffer+1), // +1: see send
-		wake:        make(chan struct{}, 1),
-		groups:      make(map[string]*groupSub),
-		dirty:       make(map[string]bool),
-		sentWelcome: make(map[welcomeKey]bool),
+		s:        s,
+		fan:      s.fanout(),
+		client:   c,
+		ctx:      ctx,
+		out:      make(chan Event, inChan),
+		queueMax: buf - inChan,
+		groups:   make(map[string]*groupSub),
+		pollSlot: -1,
+		running:  true, // the first worker is started below
 	}
 	// Listen before the first read, so that nothing written after the read
 	// goes unnoticed.
-	sub.stopClient = s.notifier.Listen(ClientTopic(client), func() { sub.mark(clientKey) })
-	go sub.run(ctx)
+	sub.stopClient = s.notifier.Listen(ClientTopic(client), func() {
+		sub.clientDirty.Store(true)
+		sub.kick()
+	})
+	sub.stopCtx = context.AfterFunc(ctx, sub.kick)
+	sub.fan.poll.add(sub)
+	go sub.work()
 	return sub.out, nil
 }
 
-// clientKey marks the client's own topic in the dirty set (group keys are
-// never empty).
-const clientKey = ""
+// subscriptionChanCap is how many of a subscription's buffered events sit
+// in its channel; the rest of Config.SubscriptionBuffer is a queue that
+// only takes memory while it holds events.
+const subscriptionChanCap = 8
 
+// A subscription has no goroutine of its own while it is idle. Wake-ups
+// (its client's topic, its groups' tails, the poller, the end of its
+// context) set a flag and kick it: a worker goroutine starts if none runs,
+// does what the flags say, hands the events over and ends once nothing is
+// left to do and no kick came for workerLinger. The events beyond the
+// channel's few slots wait in a queue that is only allocated while it is
+// needed.
 type subscription struct {
 	s      *Service
+	fan    *fanout
 	client Client
+	ctx    context.Context
 	out    chan Event
-	wake   chan struct{}
 
-	mu    sync.Mutex
-	dirty map[string]bool // group id (as string) or clientKey
-
-	stopClient  func()
+	// Owned by the worker.
+	queue       []Event // events waiting for room in out, from queue[qHead]
+	qHead       int
+	queueMax    int
+	caughtUp    bool
 	groups      map[string]*groupSub
 	sentWelcome map[welcomeKey]bool
 	lowSent     bool
 	lowLast     int
+
+	clientDirty atomic.Bool // the client's topic was notified
+	pollDue     atomic.Bool // the poller came by
+
+	mu      sync.Mutex
+	running bool          // a worker goroutine is on it
+	again   bool          // kicked while a worker runs
+	done    bool          // ended: kicks do nothing
+	wake    chan struct{} // interrupts a worker that waits for the consumer; made on first need
+
+	stopClient func()
+	stopCtx    func() bool
+
+	// The poller's list (under the poller's lock).
+	pollSlot           int
+	pollPrev, pollNext *subscription
 }
 
+// groupSub is a subscription's position in one group.
 type groupSub struct {
+	sub     *subscription
 	id      []byte
-	pos     uint64 // last GroupSeq sent (or acknowledged before the subscription)
+	pos     uint64 // every message up to pos was sent or is not for the client
 	windows []MembershipWindow
-	stop    func() // stops listening; nil when not listening
+	// winOK: windows are exact for every GroupSeq up to the first Commit
+	// after pos (membership changes only with a Commit). A Commit served
+	// from the tail, or reading the store, clears it.
+	winOK bool
+	dirty atomic.Bool // the group's tail was notified
+	tail  *groupTail  // nil when not following the group
+	// passed is pos as the tail sees it (it may lag): the tail keeps
+	// nothing that every subscription has passed.
+	passed atomic.Uint64
 }
 
 type welcomeKey struct {
@@ -137,85 +198,203 @@ type welcomeKey struct {
 	seq   uint64
 }
 
-// mark records that key changed and wakes the loop. It is called by the
-// Notifier and must not block.
-func (sub *subscription) mark(key string) {
+// kick makes sure a worker looks at the flags. It must not block.
+func (sub *subscription) kick() {
 	sub.mu.Lock()
-	sub.dirty[key] = true
-	sub.mu.Unlock()
-	select {
-	case sub.wake <- struct{}{}:
-	default:
-	}
-}
-
-func (sub *subscription) takeDirty() map[string]bool {
-	sub.mu.Lock()
-	defer sub.mu.Unlock()
-	d := sub.dirty
-	sub.dirty = make(map[string]bool)
-	return d
-}
-
-func (sub *subscription) run(ctx context.Context) {
-	defer close(sub.out)
-	defer func() {
-		sub.stopClient()
-		for _, g := range sub.groups {
-			if g.stop != nil {
-				g.stop()
-			}
-		}
-	}()
-	err := sub.loop(ctx)
-	if err == nil || ctx.Err() != nil {
+	if sub.done {
+		sub.mu.Unlock()
 		return
 	}
-	sub.out <- Event{Err: err} // never blocks: send keeps a slot free
+	if sub.running {
+		sub.again = true
+		wake := sub.wake
+		sub.mu.Unlock()
+		if wake != nil {
+			select {
+			case wake <- struct{}{}:
+			default:
+			}
+		}
+		return
+	}
+	sub.running = true
+	sub.mu.Unlock()
+	go sub.work()
 }
 
-func (sub *subscription) loop(ctx context.Context) error {
-	sub.takeDirty()
-	if err := sub.refreshClient(ctx); err != nil {
-		return err
+// work is the worker: it runs until the flags are clear and every event
+// is handed over, or the subscription ends.
+func (sub *subscription) work() {
+	ctx := sub.ctx
+	var linger *time.Timer
+	for {
+		sub.mu.Lock()
+		sub.again = false
+		sub.mu.Unlock()
+		if ctx.Err() != nil {
+			sub.finish(nil)
+			return
+		}
+		if err := sub.step(ctx); err != nil {
+			if ctx.Err() != nil {
+				err = nil
+			}
+			sub.finish(err)
+			return
+		}
+		// Hand over the queue; a kick interrupts the wait, to look at the
+		// flags again.
+	drain:
+		for sub.queued() > 0 {
+			wake := sub.wakeChan()
+			select {
+			case sub.out <- sub.queue[sub.qHead]:
+				sub.pop()
+			case <-wake:
+				break drain
+			case <-ctx.Done():
+				sub.finish(nil)
+				return
+			}
+		}
+		if sub.queued() > 0 {
+			continue
+		}
+		// Nothing to do: wait a little for the next wake-up before
+		// ending, so that a busy subscription keeps its goroutine (and its
+		// grown stack) instead of starting one per message.
+		if sub.idle() {
+			if linger == nil {
+				linger = time.NewTimer(workerLinger)
+			} else {
+				linger.Reset(workerLinger)
+			}
+			select {
+			case <-sub.wakeChan():
+			case <-linger.C:
+			case <-ctx.Done():
+			}
+			linger.Stop()
+			sub.mu.Lock()
+			if !sub.again && ctx.Err() == nil {
+				sub.running = false
+				sub.queue, sub.qHead = nil, 0
+				sub.mu.Unlock()
+				return
+			}
+			sub.mu.Unlock()
+		}
 	}
+}
+
+// workerLinger is how long a subscription's worker waits for more work
+// before it ends.
+const workerLinger = 50 * time.Millisecond
+
+// idle reports whether no kick came since the worker last looked.
+func (sub *subscription) idle() bool {
+	sub.mu.Lock()
+	defer sub.mu.Unlock()
+	return !sub.again
+}
+
+func (sub *subscription) wakeChan() chan struct{} {
+	sub.mu.Lock()
+	defer sub.mu.Unlock()
+	if sub.wake == nil {
+		sub.wake = make(chan struct{}, 1)
+		if sub.again {
+			sub.wake <- struct{}{} // a kick came before there was a channel
+		}
+	}
+	return sub.wake
+}
+
+func (sub *subscription) queued() int { return len(sub.queue) - sub.qHead }
+
+func (sub *subscription) pop() {
+	sub.queue[sub.qHead] = Event{}
+	sub.qHead++
+	if sub.qHead == len(sub.queue) {
+		sub.queue, sub.qHead = sub.queue[:0], 0
+	}
+}
+
+func (sub *subscription) push(ev Event) {
+	if len(sub.queue) == cap(sub.queue) && sub.qHead > 0 {
+		n := copy(sub.queue, sub.queue[sub.qHead:])
+		clear(sub.queue[n:])
+		sub.queue, sub.qHead = sub.queue[:n], 0
+	}
+	sub.queue = append(sub.queue, ev)
+}
+
+// finish ends the subscription: with err, the consumer gets what is queued
+// and then an event with err (unless ctx ends first).
+func (sub *subscription) finish(err error) {
+	sub.mu.Lock()
+	sub.done = true
+	sub.mu.Unlock()
+	sub.stopCtx()
+	sub.stopClient()
+	sub.fan.poll.remove(sub)
+	sub.fan.poll.pollDone(sub)
 	for _, g := range sub.groups {
-		if err := sub.pumpGroup(ctx, g); err != nil {
+		if g.tail != nil {
+			sub.fan.detach(g.tail, g)
+			g.tail = nil
+		}
+	}
+	if err != nil {
+		sub.push(Event{Err: err})
+	send:
+		for sub.queued() > 0 {
+			select {
+			case sub.out <- sub.queue[sub.qHead]:
+				sub.pop()
+			case <-sub.ctx.Done():
+				break send
+			}
+		}
+	}
+	sub.queue = nil
+	close(sub.out)
+}
+
+// step does what the flags say: the replay first, then what changed.
+func (sub *subscription) step(ctx context.Context) error {
+	if !sub.caughtUp {
+		sub.clientDirty.Store(false)
+		sub.fan.poll.pollDone(sub)
+		if err := sub.refreshClient(ctx); err != nil {
+			return err
+		}
+		for _, g := range sub.groups {
+			g.dirty.Store(false)
+			if err := sub.pumpGroup(ctx, g, false); err != nil {
+				return err
+			}
+		}
+		sub.caughtUp = true
+		return sub.send(ctx, Event{CaughtUp: true})
+	}
+	poll := sub.pollDue.Load()
+	if poll {
+		defer sub.fan.poll.pollDone(sub)
+	}
+	if sub.clientDirty.Swap(false) || poll {
+		if err := sub.refreshClient(ctx); err != nil {
 			return err
 		}
 	}
-	if err := sub.send(ctx, Event{CaughtUp: true}); err != nil {
-		return err
-	}
-	poll := time.NewTicker(sub.s.cfg.PollInterval)
-	defer poll.Stop()
-	for {
-		var all bool
-		select {
-		case <-ctx.Done():
-			return nil
-		case <-sub.wake:
-		case <-poll.C:
-			all = true
-		}
-		dirty := sub.takeDirty()
-		if all || dirty[clientKey] {
-			if err := sub.refreshClient(ctx); err != nil {
-				return err
-			}
-			for k := range sub.takeDirty() { // groups found just now
-				dirty[k] = true
-			}
-		}
-		for key, g := range sub.groups {
-			if !all && !dirty[key] {
-				continue
-			}
-			if err := sub.pumpGroup(ctx, g); err != nil {
+	for _, g := range sub.groups {
+		if g.dirty.Swap(false) || poll {
+			if err := sub.pumpGroup(ctx, g, poll); err != nil {
 				return err
 			}
 		}
 	}
+	return nil
 }
 
 // refreshClient re-reads the client's groups, Welcomes and KeyPackage
@@ -230,15 +409,13 @@ func (sub *subscription) refreshClient(ctx context.Context) error {
 		key := string(c.GroupID)
 		g, ok := sub.groups[key]
 		if !ok {
-			g = &groupSub{id: c.GroupID, pos: c.Acked}
+			g = &groupSub{sub: sub, id: c.GroupID, pos: c.Acked}
 			sub.groups[key] = g
 		}
-		g.windows = c.Windows
-		if !ok || g.stop == nil {
-			if g.active() {
-				g.stop = sub.s.notifier.Listen(GroupTopic(g.id), func() { sub.mark(key) })
-				sub.mark(key)
-			}
+		g.windows, g.winOK = c.Windows, true
+		if g.tail == nil && g.active() {
+			g.tail = sub.fan.attach(g)
+			g.dirty.Store(true)
 		}
 	}
 	ws, err := sub.s.store.PendingWelcomes(ctx, sub.client.ID)
@@ -252,6 +429,9 @@ func (sub *subscription) refreshClient(ctx context.Context) error {
 		}
 		if err := sub.send(ctx, Event{Welcome: &ws[i]}); err != nil {
 			return err
+		}
+		if sub.sentWelcome == nil {
+			sub.sentWelcome = make(map[welcomeKey]bool)
 		}
 		sub.sentWelcome[k] = true
 	}
@@ -269,32 +449,97 @@ func (g *groupSub) active() bool {
 	return last.Open() || g.pos < last.UntilSeq
 }
 
-// pumpGroup sends the group's messages after g.pos.
-func (sub *subscription) pumpGroup(ctx context.Context, g *groupSub) error {
-	if !g.active() {
-		if g.stop != nil {
-			g.stop()
-			g.stop = nil
+// visible reports whether the client receives the group's message seq.
+func (g *groupSub) visible(seq uint64) bool {
+	for _, w := range g.windows {
+		if seq >= w.FromSeq && (w.Open() || seq <= w.UntilSeq) {
+			return true
 		}
-		return nil
 	}
-	for {
-		envs, err := sub.s.store.Messages(ctx, MessageQuery{
-			GroupID: g.id, ClientID: sub.client.ID, FromSeq: g.pos + 1, Limit: pumpPage, ExcludeOwn: true,
-		})
+	return false
+}
+
+// pumpGroup sends the group's messages after g.pos: from the group's tail,
+// or from the store for what is older than the tail.
+func (sub *subscription) pumpGroup(ctx context.Context, g *groupSub, poll bool) error {
+	for g.active() {
+		if g.tail == nil {
+			g.tail = sub.fan.attach(g)
+		}
+		envs, first, err := g.tail.read(ctx, g, poll)
 		if err != nil {
 			return err
 		}
-		for i := range envs {
-			if err := sub.send(ctx, Event{Message: &envs[i]}); err != nil {
+		poll = false
+		if g.pos+1 < first {
+			if err := sub.pumpStore(ctx, g, first); err != nil {
 				return err
 			}
-			g.pos = envs[i].GroupSeq
+			continue
 		}
-		if len(envs) < pumpPage {
-			return nil
+		if len(envs) == 0 {
+			break
+		}
+		for _, e := range envs {
+			if e.GroupSeq <= g.pos {
+				continue
+			}
+			if !g.winOK {
+				ws, err := sub.s.store.Memberships(ctx, g.id, sub.client.ID)
+				if err != nil {
+					return err
+				}
+				g.windows, g.winOK = ws, true
+			}
+			if g.visible(e.GroupSeq) && e.Sender != sub.client.ID {
+				if err := sub.send(ctx, Event{Message: e}); err != nil {
+					return err
+				}
+			}
+			g.pos = e.GroupSeq
+			if e.ContentType == mls.ContentTypeCommit {
+				g.winOK = false // it may have changed the membership
+			}
+			if !g.active() {
+				break
+			}
 		}
 	}
+	g.passed.Store(g.pos)
+	if !g.active() && g.tail != nil {
+		sub.fan.detach(g.tail, g)
+		g.tail = nil
+	}
+	return nil
+}
+
+// pumpStore sends, from the store, the group's messages after g.pos and
+// before bound, the tail's first GroupSeq (all of them are stored), one
+// page at a time.
+func (sub *subscription) pumpStore(ctx context.Context, g *groupSub, bound uint64) error {
+	envs, err := sub.s.store.Messages(ctx, MessageQuery{
+		GroupID: g.id, ClientID: sub.client.ID, FromSeq: g.pos + 1, Limit: pumpPage, ExcludeOwn: true,
+	})
+	if err != nil {
+		return err
+	}
+	reached := len(envs) < pumpPage
+	for i := range envs {
+		if envs[i].GroupSeq >= bound {
+			reached = true
+			break
+		}
+		if err := sub.send(ctx, Event{Message: &envs[i]}); err != nil {
+			return err
+		}
+		g.pos = envs[i].GroupSeq
+	}
+	if reached {
+		// Nothing else before bound is for the client.
+		g.pos = max(g.pos, bound-1)
+	}
+	g.winOK = false
+	return nil
 }
 
 // checkLowWater tells the client when its stock of KeyPackages for its
@@ -320,31 +565,47 @@ func (sub *subscription) checkLowWater(ctx context.Context) error {
 	return nil
 }
 
-// send hands an event to the consumer. One slot of the buffer is kept for
-// the event that ends the subscription; when the rest is full, send waits
-// up to SlowConsumerTimeout for the consumer to make room.
+// send hands an event to the consumer, or queues it. When the buffer
+// (channel and queue) is full, it waits up to SlowConsumerTimeout for the
+// consumer to take one.
 func (sub *subscription) send(ctx context.Context, ev Event) error {
-	// Only this goroutine sends, so room seen here is still there below.
-	if len(sub.out) < cap(sub.out)-1 {
-		sub.out <- ev
+	// Move what is queued into free room of the channel, in order.
+	for sub.queued() > 0 {
+		select {
+		case sub.out <- sub.queue[sub.qHead]:
+			sub.pop()
+			continue
+		default:
+		}
+		break
+	}
+	if sub.queued() == 0 {
+		select {
+		case sub.out <- ev:
+			return nil
+		default:
+		}
+	}
+	if sub.queued() < sub.queueMax {
+		sub.push(ev)
 		return nil
 	}
-	timeout := sub.s.cfg.SlowConsumerTimeout
-	deadline := time.NewTimer(timeout)
-	defer deadline.Stop()
-	tick := time.NewTicker(min(max(timeout/20, time.Millisecond), 20*time.Millisecond))
-	defer tick.Stop()
-	for {
-		select {
-		case <-ctx.Done():
-			return ctx.Err()
-		case <-deadline.C:
-			return ErrSlowConsumer
-		case <-tick.C:
-			if len(sub.out) < cap(sub.out)-1 {
-				sub.out <- ev
-				return nil
-			}
+	timer := time.NewTimer(sub.s.cfg.SlowConsumerTimeout)
+	defer timer.Stop()
+	next := ev
+	if sub.queued() > 0 {
+		next = sub.queue[sub.qHead]
+	}
+	select {
+	case sub.out <- next:
+		if sub.queued() > 0 {
+			sub.pop()
+			sub.push(ev)
 		}
+		return nil
+	case <-timer.C:
+		return ErrSlowConsumer
+	case <-ctx.Done():
+		return ctx.Err()
 	}
 }

@@ -4,6 +4,8 @@ import (
 	"bytes"
 	"context"
 	"fmt"
+	"slices"
+	"sync"
 	"testing"
 	"time"
 
@@ -73,8 +75,8 @@ func TestMembershipWindows(t *testing.T) {
 	wantIs(t, err, ds.ErrNotMember)
 	_, err = e.svc.Roster(bg, "b", g.id)
 	wantIs(t, err, ds.ErrNotMember)
-	_, err = e.svc.GroupInfo(bg, "b", g.id)
-	wantIs(t, err, ds.ErrNotMember)
+	// (GroupInfo stays readable to b, as to any registered client: it is
+	// what an external joiner needs; see TestGroupInfoExternalJoin.)
 	if r := must(e.svc.Roster(bg, "a", g.id)); fmt.Sprint(r) != "[a]" {
 		t.Errorf("roster %v", r)
 	}
@@ -293,4 +295,274 @@ func TestSlowConsumer(t *testing.T) {
 	if got := fmt.Sprint(messageSeqs(replay(t, e, "b"))); got != "[3 4 5 6 7 8 9 10]" {
 		t.Errorf("resumed replay %s", got)
 	}
+}
+
+// liveSub follows a subscription in the background, recording its message
+// events (after the CaughtUp marker) by GroupSeq.
+type liveSub struct {
+	mu   sync.Mutex
+	seqs []uint64
+	envs []*ds.Envelope
+	errs []error
+	done chan struct{}
+}
+
+func followLive(t *testing.T, ctx context.Context, e *env, client string) *liveSub {
+	t.Helper()
+	ch := must(e.svc.Subscribe(ctx, client))
+	collect(t, ch, untilCaughtUp)
+	l := &liveSub{done: make(chan struct{})}
+	go func() {
+		defer close(l.done)
+		for ev := range ch {
+			l.mu.Lock()
+			if ev.Err != nil {
+				l.errs = append(l.errs, ev.Err)
+			}
+			if ev.Message != nil {
+				l.seqs = append(l.seqs, ev.Message.GroupSeq)
+				l.envs = append(l.envs, ev.Message)
+			}
+			l.mu.Unlock()
+		}
+	}()
+	return l
+}
+
+// waitFor waits until the subscription has n messages (a hang guard, not
+// a timing assertion) and returns their sequence numbers.
+func (l *liveSub) waitFor(t *testing.T, n int) []uint64 {
+	t.Helper()
+	deadline := time.Now().Add(20 * time.Second)
+	for {
+		l.mu.Lock()
+		got, errs := slices.Clone(l.seqs), l.errs
+		l.mu.Unlock()
+		if len(errs) > 0 {
+			t.Fatalf("subscription ended: %v", errs[0])
+		}
+		if len(got) >= n {
+			return got
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("got %d messages %v, want %d", len(got), got, n)
+		}
+		time.Sleep(time.Millisecond)
+	}
+}
+
+func (l *liveSub) now() []uint64 {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return slices.Clone(l.seqs)
+}
+
+func seqRange(from, to uint64, skip ...uint64) []uint64 {
+	var out []uint64
+	for s := from; s <= to; s++ {
+		if !slices.Contains(skip, s) {
+			out = append(out, s)
+		}
+	}
+	return out
+}
+
+// TestLiveMembershipWindows: subscriptions that follow a group live share
+// its tail, and still each get exactly their membership windows: a member
+// removed while subscribed gets the removing Commit and nothing after, a
+// member added while subscribed nothing before the Commit that adds it,
+// and one added back the messages of its new window.
+func TestLiveMembershipWindows(t *testing.T) {
+	e := newEnv(t, ds.Config{PollInterval: time.Hour}) // wake-ups only
+	for _, id := range []string{"a", "b", "c", "d"} {
+		e.upload(e.register(id, id), 10, false)
+	}
+	gid := []byte("live")
+	must(0, e.svc.CreateGroup(bg, "a", ds.CreateGroup{GroupID: gid, Mode: ds.ModeOpaque, Members: []string{"b", "c"}}))
+	ctx, cancel := contextWithCancel()
+	defer cancel()
+	subA := followLive(t, ctx, e, "a")
+	subB := followLive(t, ctx, e, "b")
+	subC := followLive(t, ctx, e, "c")
+	subD := followLive(t, ctx, e, "d") // not a member yet
+
+	app := func(sender string, epoch uint64) uint64 {
+		return must(e.svc.Send(bg, sender, private(t, gid, epoch, mls.ContentTypeApplication))).GroupSeq
+	}
+	commit := func(epoch uint64, added, removed []string) uint64 {
+		return must(e.svc.SendCommitBundle(bg, "a", ds.CommitBundle{
+			Commit: private(t, gid, epoch, mls.ContentTypeCommit), Added: added, Removed: removed})).GroupSeq
+	}
+	app("a", 0)                                    // 1
+	app("b", 0)                                    // 2
+	rmB := commit(0, []string{"d"}, []string{"b"}) // 3: b out, d in
+	app("a", 1)                                    // 4
+	app("c", 1)                                    // 5
+	subC.waitFor(t, 4)                             // 1 2 3 4
+	addB := commit(1, []string{"b"}, nil)          // 6: b back
+	app("a", 2)                                    // 7
+	last := app("d", 2)                            // 8
+	if rmB != 3 || addB != 6 || last != 8 {
+		t.Fatalf("unexpected sequence numbers %d %d %d", rmB, addB, last)
+	}
+
+	if got := subC.waitFor(t, 7); fmt.Sprint(got) != fmt.Sprint(seqRange(1, 8, 5)) {
+		t.Errorf("c got %v", got)
+	}
+	if got := subA.waitFor(t, 3); fmt.Sprint(got) != "[2 5 8]" {
+		t.Errorf("a got %v, want [2 5 8]", got)
+	}
+	if got := subD.waitFor(t, 4); fmt.Sprint(got) != "[4 5 6 7]" {
+		t.Errorf("d got %v, want [4 5 6 7]", got)
+	}
+	if got := subB.waitFor(t, 4); fmt.Sprint(got) != "[1 3 7 8]" {
+		t.Errorf("b got %v, want [1 3 7 8]", got)
+	}
+	// Nothing more arrives: one more message reaches everyone but its
+	// sender, after which each stream holds exactly what is listed.
+	app("c", 2) // 9
+	subA.waitFor(t, 4)
+	subB.waitFor(t, 5)
+	subD.waitFor(t, 5)
+	for name, l := range map[string]*liveSub{"a": subA, "b": subB, "c": subC, "d": subD} {
+		got := l.now()
+		if !slices.IsSorted(got) || len(slices.Compact(slices.Clone(got))) != len(got) {
+			t.Errorf("%s: out of order or duplicated: %v", name, got)
+		}
+	}
+	if got := subB.now(); fmt.Sprint(got) != "[1 3 7 8 9]" {
+		t.Errorf("b finally got %v", got)
+	}
+	cancel()
+	for _, l := range []*liveSub{subA, subB, subC, subD} {
+		<-l.done
+	}
+}
+
+// TestTailFallback: a subscription whose position is before a group's
+// tail reads the older messages from the store, then goes on from the
+// tail: every message once, in order.
+func TestTailFallback(t *testing.T) {
+	e := newEnv(t, ds.Config{PollInterval: time.Hour})
+	e.register("a", "a")
+	e.upload(e.register("b", "b"), 10, false)
+	e.upload(e.register("c", "c"), 10, false)
+	gid := []byte("g")
+	must(0, e.svc.CreateGroup(bg, "a", ds.CreateGroup{GroupID: gid, Mode: ds.ModeOpaque, Members: []string{"b", "c"}}))
+	const before = 150 // more than a new tail loads
+	for range before {
+		must(e.svc.Send(bg, "a", private(t, gid, 0, mls.ContentTypeApplication)))
+	}
+	ctx, cancel := contextWithCancel()
+	defer cancel()
+	ch := must(e.svc.Subscribe(ctx, "b"))
+	if got := messageSeqs(collect(t, ch, untilCaughtUp)); fmt.Sprint(got) != fmt.Sprint(seqRange(1, before)) {
+		t.Fatalf("b's replay %v", got)
+	}
+	subB := &liveSub{done: make(chan struct{})}
+	go func() {
+		defer close(subB.done)
+		for ev := range ch {
+			if ev.Message != nil {
+				subB.mu.Lock()
+				subB.seqs = append(subB.seqs, ev.Message.GroupSeq)
+				subB.mu.Unlock()
+			}
+		}
+	}()
+	for range 20 {
+		must(e.svc.Send(bg, "a", private(t, gid, 0, mls.ContentTypeApplication)))
+	}
+	if got := subB.waitFor(t, 20); fmt.Sprint(got) != fmt.Sprint(seqRange(before+1, before+20)) {
+		t.Errorf("b live %v", got)
+	}
+	// c comes later, while b keeps the tail: the same history.
+	if got := messageSeqs(replay(t, e, "c")); fmt.Sprint(got) != fmt.Sprint(seqRange(1, before+20)) {
+		t.Errorf("c's replay %v", got)
+	}
+	cancel()
+	<-subB.done
+}
+
+// TestFanoutConcurrent: many subscriptions of one group and concurrent
+// senders; each subscription gets every message of the others exactly
+// once, in order, and nothing of its own.
+func TestFanoutConcurrent(t *testing.T) {
+	e := newEnv(t, ds.Config{})
+	const members, senders, each = 20, 4, 25
+	var ids []string
+	for i := range members {
+		id := fmt.Sprintf("m%02d", i)
+		e.upload(e.register(id, id), 10, false)
+		ids = append(ids, id)
+	}
+	gid := []byte("concurrent")
+	must(0, e.svc.CreateGroup(bg, ids[0], ds.CreateGroup{GroupID: gid, Mode: ds.ModeOpaque, Members: ids[1:]}))
+	ctx, cancel := contextWithCancel()
+	defer cancel()
+	subs := make([]*liveSub, members)
+	for i, id := range ids {
+		subs[i] = followLive(t, ctx, e, id)
+	}
+	var wg sync.WaitGroup
+	sentBy := make([][]uint64, senders)
+	for s := range senders {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for range each {
+				r, err := e.svc.Send(bg, ids[s], private(t, gid, 0, mls.ContentTypeApplication))
+				if err != nil {
+					t.Error(err)
+					return
+				}
+				sentBy[s] = append(sentBy[s], r.GroupSeq)
+			}
+		}()
+	}
+	wg.Wait()
+	for i, l := range subs {
+		var want []uint64
+		for s := range senders {
+			if s != i {
+				want = append(want, sentBy[s]...)
+			}
+		}
+		slices.Sort(want)
+		if got := l.waitFor(t, len(want)); fmt.Sprint(got) != fmt.Sprint(want) {
+			t.Errorf("%s got %v, want %v", ids[i], got, want)
+		}
+	}
+	cancel()
+	for _, l := range subs {
+		<-l.done
+	}
+}
+
+// TestTwoServices: two Services (nodes) on one store, sharing wake-ups:
+// each node's subscriptions get what the other accepted, as stored.
+func TestTwoServices(t *testing.T) {
+	n := ds.NewLocalNotifier()
+	e := newEnv(t, ds.Config{Notifier: n, PollInterval: time.Hour})
+	other := ds.New(e.store, e.cfg)
+	e.register("a", "a")
+	e.upload(e.register("b", "b"), 10, false)
+	gid := []byte("g")
+	must(0, e.svc.CreateGroup(bg, "a", ds.CreateGroup{GroupID: gid, Mode: ds.ModeOpaque, Members: []string{"b"}}))
+	ctx, cancel := contextWithCancel()
+	defer cancel()
+	sub := followLive(t, ctx, e, "b")
+	data := private(t, gid, 0, mls.ContentTypeApplication)
+	must(other.Send(bg, "a", data))
+	must(e.svc.Send(bg, "a", private(t, gid, 0, mls.ContentTypeApplication)))
+	if got := sub.waitFor(t, 2); fmt.Sprint(got) != "[1 2]" {
+		t.Errorf("b got %v", got)
+	}
+	sub.mu.Lock()
+	if !bytes.Equal(sub.envs[0].Data, data) {
+		t.Errorf("message 1 is not what the other node accepted")
+	}
+	sub.mu.Unlock()
+	cancel()
+	<-sub.done
 }

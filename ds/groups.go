@@ -37,9 +37,11 @@ func (s *Service) CreateGroup(ctx context.Context, creator string, g CreateGroup
 	}
 	rec := GroupRecord{Mode: g.Mode, Creator: creator, CreatedAt: s.now()}
 	var members []string
+	var st *mls.PublicGroupState // transparent
 	switch g.Mode {
 	case ModeTransparent:
-		st, gi, err := s.newGroupState(g)
+		var gi *mls.GroupInfo
+		st, gi, err = s.newGroupState(g)
 		if err != nil {
 			return err
 		}
@@ -98,6 +100,9 @@ func (s *Service) CreateGroup(ctx context.Context, creator string, g CreateGroup
 	if err := s.store.CreateGroup(ctx, rec, members); err != nil {
 		return err
 	}
+	if st != nil {
+		s.seedState(rec, st)
+	}
 	var topics []string
 	for _, m := range members {
 		topics = append(topics, ClientTopic(m))
@@ -135,14 +140,39 @@ func (s *Service) policy() mls.GroupPolicy {
 	return mls.GroupPolicy{Now: s.cfg.Now, MaxLifetime: s.cfg.MaxKeyPackageLifetime}
 }
 
-// loadState decodes the stored state of a transparent group.
-func (s *Service) loadState(rec GroupRecord) (*mls.PublicGroupState, error) {
-	st, err := mls.UnmarshalPublicGroupState(rec.State)
+// seedState puts the state of a group just created into the cache, as
+// the snapshot of version 0 that the store holds.
+func (s *Service) seedState(rec GroupRecord, st *mls.PublicGroupState) {
+	ids, err := leafIndex(st)
 	if err != nil {
-		return nil, fmt.Errorf("ds: stored state of group %x does not decode: %w", rec.ID, err)
+		return
 	}
-	st.SetPolicy(s.policy())
-	return st, nil
+	e := s.states.get(rec.ID, s.cfg.StateCacheBytes)
+	e.mu.Lock()
+	if e.st == nil {
+		e.st, e.version, e.ids = st, 0, ids
+		e.snapVersion, e.snapBytes, e.logBytes = 0, len(rec.State), 0
+		e.groupInfo, e.groupInfoKnown = rec.GroupInfo, true
+	}
+	s.releaseState(e)
+}
+
+// withState runs f with the state of a transparent group, locked and up
+// to date; ErrInvalidArgument for an opaque group.
+func (s *Service) withState(ctx context.Context, groupID []byte, f func(head GroupRecord, e *groupState) error) error {
+	head, err := s.store.Group(ctx, groupID)
+	if err != nil {
+		return err
+	}
+	if head.Mode != ModeTransparent {
+		return fmt.Errorf("%w: group %x is opaque; the Delivery Service does not know its tree", ErrInvalidArgument, head.ID)
+	}
+	e, err := s.lockState(ctx, head)
+	if err != nil {
+		return err
+	}
+	defer s.releaseState(e)
+	return f(head, e)
 }
 
 // rosterOf returns the client ids of the leaves of tree, sorted, without
@@ -185,7 +215,7 @@ func contains(ss []string, s string) bool {
 }
 
 // checkMember returns ErrNotMember unless client is a member of the group
-// now; ErrNotFound if there is no such group.
+// now (with the group's head); ErrNotFound if there is no such group.
 func (s *Service) checkMember(ctx context.Context, client string, groupID []byte) (GroupRecord, error) {
 	head, err := s.store.Group(ctx, groupID)
 	if err != nil {
@@ -196,35 +226,61 @@ func (s *Service) checkMember(ctx context.Context, client string, groupID []byte
 		return GroupRecord{}, err
 	}
 	if len(ws) == 0 || !ws[len(ws)-1].Open() {
-		return GroupRecord{}, fmt.Errorf("%w: %q in group %x", ErrNotMember, client, groupID)
+		return head, fmt.Errorf("%w: %q in group %x", ErrNotMember, client, groupID)
 	}
 	return head, nil
 }
 
 // GroupInfo returns what a member may learn of a group: its epoch, latest
-// GroupInfo and, in transparent mode, the current ratchet tree.
+// GroupInfo and, in transparent mode, the current ratchet tree, its tree
+// hash and the Proposals of the current epoch. That is what a client needs
+// to join a transparent group with an external Commit (§12.4.3.2), so with
+// Config.ExternalJoin at its default any registered client may ask for a
+// transparent group; else only members.
 func (s *Service) GroupInfo(ctx context.Context, client string, groupID []byte) (GroupInfoResult, error) {
 	if err := s.allow(client); err != nil {
 		return GroupInfoResult{}, err
 	}
-	if _, err := s.checkMember(ctx, client, groupID); err != nil {
-		return GroupInfoResult{}, err
+	head, err := s.checkMember(ctx, client, groupID)
+	if errors.Is(err, ErrNotMember) && head.Mode == ModeTransparent && s.cfg.ExternalJoin == ExternalJoinAllow {
+		if _, cerr := s.store.Client(ctx, client); cerr != nil {
+			if isNotFound(cerr) {
+				return GroupInfoResult{}, fmt.Errorf("%w: %q is not a registered client", ErrPermissionDenied, client)
+			}
+			return GroupInfoResult{}, cerr
+		}
+		err = nil
 	}
-	rec, err := s.store.GroupState(ctx, groupID)
 	if err != nil {
 		return GroupInfoResult{}, err
 	}
-	out := GroupInfoResult{GroupID: rec.ID, Mode: rec.Mode, Epoch: rec.Epoch, GroupInfo: rec.GroupInfo}
-	if rec.Mode == ModeTransparent {
-		st, err := s.loadState(rec)
+	if head.Mode != ModeTransparent {
+		rec, err := s.store.GroupState(ctx, groupID)
 		if err != nil {
 			return GroupInfoResult{}, err
 		}
-		if out.RatchetTree, err = st.Tree().MarshalBinary(); err != nil {
-			return GroupInfoResult{}, fmt.Errorf("ds: encoding tree of group %x: %w", rec.ID, err)
-		}
+		return GroupInfoResult{GroupID: rec.ID, Mode: rec.Mode, Epoch: rec.Epoch, GroupInfo: rec.GroupInfo}, nil
 	}
-	return out, nil
+	var out GroupInfoResult
+	err = s.withState(ctx, groupID, func(_ GroupRecord, e *groupState) error {
+		if !e.groupInfoKnown {
+			// Another node's Commit may have brought a GroupInfo. (This
+			// reads the snapshot too; it happens once per such Commit.)
+			rec, err := s.store.GroupState(ctx, groupID)
+			if err != nil {
+				return err
+			}
+			e.groupInfo, e.groupInfoKnown = rec.GroupInfo, true
+		}
+		gc := e.st.GroupContext()
+		out = GroupInfoResult{GroupID: e.id, Mode: ModeTransparent, Epoch: gc.Epoch, GroupInfo: e.groupInfo, TreeHash: gc.TreeHash}
+		if out.RatchetTree, err = e.treeBytes(); err != nil {
+			return err
+		}
+		out.Proposals = append([][]byte(nil), e.proposals...)
+		return nil
+	})
+	return out, err
 }
 
 // Roster returns the client ids of the group's members, sorted. Only

@@ -67,6 +67,10 @@ type submission struct {
 	ct      mls.ContentType
 	wf      mls.WireFormat
 	hash    []byte
+
+	// state is the group's state, for a transparent group's handshake
+	// message: locked by prepare until settleState.
+	state *groupState
 }
 
 func (s *Service) submit(ctx context.Context, sender string, data []byte, b *CommitBundle) (Receipt, error) {
@@ -86,25 +90,29 @@ func (s *Service) submit(ctx context.Context, sender string, data []byte, b *Com
 	if err != nil {
 		return Receipt{}, err
 	}
-	if r, err := s.store.MessageByHash(ctx, sub.groupID, sub.hash); err == nil {
-		return r, nil
-	} else if !isNotFound(err) {
-		return Receipt{}, err
+	// An application message goes straight to the store, which answers a
+	// resubmission with the first receipt before any other check; other
+	// messages are looked up first, since prepare would refuse one whose
+	// epoch has passed.
+	if !sub.isPrivateApplication() {
+		if r, err := s.store.MessageByHash(ctx, sub.groupID, sub.hash); err == nil {
+			return r, nil
+		} else if !isNotFound(err) {
+			return Receipt{}, err
+		}
 	}
 	for range maxStateRetries {
 		p, notify, err := s.prepare(ctx, sub)
 		if err != nil {
 			return Receipt{}, err
 		}
-		res, err := s.store.AcceptMessage(ctx, p)
+		res, err := s.acceptMessage(ctx, p, notify)
+		s.settleState(sub, res, err)
 		if errors.Is(err, ErrStateConflict) {
 			continue
 		}
 		if err != nil {
 			return Receipt{}, err
-		}
-		if !res.Duplicate {
-			s.notify(notify...)
 		}
 		return res.Receipt, nil
 	}
@@ -142,16 +150,13 @@ func parseSubmission(sender string, data []byte, b *CommitBundle) (*submission, 
 // prepare validates a submission against the group as it is now and
 // returns what to store, and the topics to notify once it is stored.
 func (s *Service) prepare(ctx context.Context, sub *submission) (AcceptParams, []string, error) {
+	if sub.isPrivateApplication() {
+		p, notify := s.prepareApplication(sub)
+		return p, notify, nil
+	}
 	head, err := s.store.Group(ctx, sub.groupID)
 	if err != nil {
 		return AcceptParams{}, nil, err
-	}
-	if head.Mode == ModeTransparent && sub.wf == mls.WireFormatPublicMessage {
-		// Head and state are read together: the state is the one of
-		// head.StateVersion.
-		if head, err = s.store.GroupState(ctx, sub.groupID); err != nil {
-			return AcceptParams{}, nil, err
-		}
 	}
 	p := AcceptParams{
 		GroupID:     bytes.Clone(sub.groupID),
@@ -203,15 +208,37 @@ func (s *Service) prepareTransparent(ctx context.Context, head GroupRecord, sub 
 		p.RequireMember = true
 		return nil
 	}
-	pm := sub.msg.PublicMessage
-	fc := &pm.Content
 	if sub.ct == mls.ContentTypeApplication {
 		return invalidf("6", "application messages must be PrivateMessages")
 	}
-	st, err := s.loadState(head)
+	e, head, err := s.lockStateHead(ctx, head)
 	if err != nil {
 		return err
 	}
+	// The state stays locked until the store has answered (settleState),
+	// unless validation fails here. The head may be newer than the one
+	// prepare checked the epoch with.
+	err = CheckEpoch(*p, head.Epoch, head.EpochStartSeq)
+	if err == nil {
+		err = s.validateHandshake(ctx, e, head, sub, p)
+	}
+	if err != nil {
+		e.pending = nil
+		s.releaseState(e)
+		return err
+	}
+	sub.state = e
+	return nil
+}
+
+// validateHandshake checks a transparent group's Proposal or Commit against
+// the group's state e (locked) and fills in p, leaving in e.pending the
+// change the message makes once stored. It changes e.st only when it
+// succeeds for a Proposal (HandleProposal caches the Proposal in it).
+func (s *Service) validateHandshake(ctx context.Context, e *groupState, head GroupRecord, sub *submission, p *AcceptParams) error {
+	pm := sub.msg.PublicMessage
+	fc := &pm.Content
+	st := e.st
 	tree := st.Tree()
 	switch fc.Sender.SenderType {
 	case mls.SenderTypeMember:
@@ -236,16 +263,16 @@ func (s *Service) prepareTransparent(ctx context.Context, head GroupRecord, sub 
 	default:
 		return fmt.Errorf("%w: messages from external senders (§12.1.8) are not accepted from clients", ErrPermissionDenied)
 	}
-	p.StateVersion = head.StateVersion
+	p.StateVersion = e.version
+	p.AdvanceState = true
 
 	switch sub.ct {
 	case mls.ContentTypeProposal:
+		e.beforeProposal()
 		if _, err := st.HandleProposal(pm); err != nil {
 			return invalidMessage("Proposal", err)
 		}
-		if p.NewState, err = st.MarshalBinary(); err != nil {
-			return fmt.Errorf("ds: encoding group state: %w", err)
-		}
+		e.pending = &pendingChange{hash: sub.hash, data: sub.data}
 		return nil
 	case mls.ContentTypeCommit:
 	default:
@@ -256,9 +283,7 @@ func (s *Service) prepareTransparent(ctx context.Context, head GroupRecord, sub 
 	if err != nil {
 		return invalidMessage("Commit", err)
 	}
-	if p.NewState, err = next.MarshalBinary(); err != nil {
-		return fmt.Errorf("ds: encoding group state: %w", err)
-	}
+	e.pending = &pendingChange{hash: sub.hash, data: sub.data, next: next, eff: eff}
 	newTree := next.Tree()
 	if int(newTree.MemberCount()) > s.cfg.MaxGroupSize {
 		return &TooLargeError{Limit: s.cfg.MaxGroupSize, What: "group members"}
@@ -313,16 +338,18 @@ func (s *Service) prepareTransparent(ctx context.Context, head GroupRecord, sub 
 		for _, r := range eff.Removed {
 			removedLeaf[r.Leaf] = true
 		}
+		// e.ids holds the leaves of the tree before the Commit.
 		var stays []string
-		for i, ln := range tree.Leaves() {
-			id, err := credentialClientID(&ln.Credential)
-			if err != nil || !contains(added, id) {
-				continue
+		for _, id := range added {
+			leaves := e.ids[id]
+			for _, i := range leaves {
+				if !removedLeaf[i] {
+					return fmt.Errorf("%w: client %q already holds leaf %d; a client may hold only one leaf", ErrPermissionDenied, id, i)
+				}
 			}
-			if !removedLeaf[i] {
-				return fmt.Errorf("%w: client %q already holds leaf %d; a client may hold only one leaf", ErrPermissionDenied, id, i)
+			if len(leaves) > 0 {
+				stays = append(stays, id)
 			}
-			stays = append(stays, id)
 		}
 		added = slices.DeleteFunc(added, func(id string) bool { return contains(stays, id) })
 	}
@@ -333,6 +360,9 @@ func (s *Service) prepareTransparent(ctx context.Context, head GroupRecord, sub 
 	b := sub.bundle
 	if b == nil {
 		return nil
+	}
+	if b.RemoteTree != nil {
+		return errTransparentRemoteTree(head.ID)
 	}
 	if len(b.Added) > 0 || len(b.Removed) > 0 {
 		if !sameSet(b.Added, added) || !sameSet(b.Removed, removed) {
@@ -351,6 +381,7 @@ func (s *Service) prepareTransparent(ctx context.Context, head GroupRecord, sub 
 		if p.GroupInfo, err = groupInfoMessage(gi); err != nil {
 			return err
 		}
+		e.pending.groupInfo = p.GroupInfo
 	}
 	if len(b.Welcome) > 0 {
 		if err := s.routeWelcome(ctx, head, b.Welcome, addedByRef, p); err != nil {
@@ -433,6 +464,11 @@ func (s *Service) prepareOpaque(ctx context.Context, head GroupRecord, sub *subm
 	p.Added, p.Removed = added, removed
 	if b.GroupInfo != nil {
 		p.GroupInfo = bytes.Clone(b.GroupInfo)
+	}
+	if b.RemoteTree != nil {
+		if p.RemoteTree, err = s.bundleRemoteTree(sub, b.RemoteTree); err != nil {
+			return err
+		}
 	}
 	return nil
 }

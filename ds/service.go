@@ -31,6 +31,14 @@ type Service struct {
 	requests        *keyedLimiter
 	claimsBy        *keyedLimiter
 	claimsForTarget *keyedLimiter
+
+	// batcher groups the messages of concurrent Sends into one
+	// transaction (batch.go); nil if the store cannot.
+	batcher *batcher
+
+	// states caches the decoded states of transparent groups
+	// (statecache.go).
+	states stateCache
 }
 
 // New returns a Service over store. The zero Config is a reasonable one.
@@ -45,7 +53,7 @@ func New(store Store, cfg Config) *Service {
 	if n == nil {
 		n = NewLocalNotifier()
 	}
-	return &Service{
+	s := &Service{
 		store:    store,
 		cfg:      cfg,
 		notifier: n,
@@ -55,6 +63,8 @@ func New(store Store, cfg Config) *Service {
 		claimsForTarget: newKeyedLimiter("claims for target", perMinute(cfg.ClaimsPerTargetPerMinute),
 			burstOf(cfg.ClaimsPerTargetPerMinute), cfg.MaxRateLimitKeys),
 	}
+	s.batcher = newBatcher(store, s.notify)
+	return s
 }
 
 func perMinute(n float64) float64 {

@@ -72,9 +72,21 @@ type Store interface {
 	// Group returns the head of a group (everything but its state), or
 	// ErrNotFound.
 	Group(ctx context.Context, groupID []byte) (GroupRecord, error)
-	// GroupState returns the head of the group together with its State and
-	// GroupInfo.
+	// GroupState returns the head of the group together with its
+	// GroupInfo and its latest state snapshot (State, at SnapshotVersion).
 	GroupState(ctx context.Context, groupID []byte) (GroupRecord, error)
+	// StateLog returns the messages that changed the group's state (those
+	// accepted with AdvanceState or NewState) whose StateVersion is above
+	// afterVersion, in version order, at most limit of them. The messages
+	// after a snapshot, applied to it in this order, give the state of
+	// the group's current StateVersion. ErrNotFound if there is no such
+	// group.
+	StateLog(ctx context.Context, groupID []byte, afterVersion uint64, limit int) ([]StateLogEntry, error)
+	// PutSnapshot stores state as the group's snapshot of StateVersion
+	// version, unless the stored one is as new or newer (then it does
+	// nothing). ErrNotFound if there is no such group; ErrInvalidArgument
+	// if version is above the group's StateVersion.
+	PutSnapshot(ctx context.Context, groupID []byte, version uint64, state []byte) error
 	// Members returns the clients that are members of the group now (whose
 	// last membership window is open), ordered by id.
 	Members(ctx context.Context, groupID []byte) ([]string, error)
@@ -108,6 +120,18 @@ type Store interface {
 	// PendingWelcomes returns the Welcomes routed to the client that are
 	// not delivered yet, oldest first.
 	PendingWelcomes(ctx context.Context, clientID string) ([]WelcomeEvent, error)
+
+	// PutRemoteTree stores p.Tree as the remote tree of p.Tree.Epoch,
+	// replacing one stored for that epoch, and drops those of epochs
+	// before the previous one, in one transaction that checks that
+	// p.Sender is a member (else ErrNotMember) and that p.Tree.Epoch is the
+	// group's current epoch (else *WrongEpochError). ErrNotFound if there
+	// is no such group.
+	PutRemoteTree(ctx context.Context, p RemoteTreePut) error
+	// RemoteTrees returns the group's current epoch and its remote trees
+	// of the current and the previous epoch, as far as stored, newest
+	// first, read together. ErrNotFound if there is no such group.
+	RemoteTrees(ctx context.Context, groupID []byte) (epoch uint64, trees []RemoteTree, err error)
 
 	// Close releases the engine's resources.
 	Close() error
@@ -184,13 +208,15 @@ type GroupRecord struct {
 	// epoch, or 1 before the first Commit.
 	EpochStartSeq uint64
 	LastSeq       uint64 // GroupSeq of the last message, 0 if none
-	// StateVersion counts the updates of State; AcceptParams.StateVersion
+	// StateVersion counts the changes of the group's state (messages
+	// accepted with AdvanceState or NewState); AcceptParams.StateVersion
 	// is compared with it.
 	StateVersion uint64
 
 	// Only filled by GroupState.
-	State     []byte // transparent: the marshaled mls.PublicGroupState
-	GroupInfo []byte // latest GroupInfo (opaque: as the client gave it)
+	State           []byte // transparent: a marshaled mls.PublicGroupState, the latest snapshot
+	SnapshotVersion uint64 // the StateVersion State belongs to
+	GroupInfo       []byte // latest GroupInfo (opaque: as the client gave it)
 }
 
 // MembershipWindow is a range of group sequence numbers in which a client
@@ -235,10 +261,13 @@ type AcceptParams struct {
 	// Sender is a member of the group (an open membership window).
 	RequireMember bool
 
-	// When NewState is not nil, the group's StateVersion must equal
-	// StateVersion (else ErrStateConflict); the state is replaced and its
-	// version incremented.
+	// When AdvanceState is set or NewState is not nil, the message changes
+	// the group's state: the group's StateVersion must equal StateVersion
+	// (else ErrStateConflict) and is incremented, and the message enters
+	// the state log (StateLog) with the new version. NewState, when not
+	// nil, is also stored as the snapshot of the new version.
 	StateVersion uint64
+	AdvanceState bool
 	NewState     []byte
 	// GroupInfo, when not nil, replaces the group's latest GroupInfo.
 	GroupInfo []byte
@@ -255,6 +284,20 @@ type AcceptParams struct {
 	Welcome            []byte
 	WelcomeTo          []WelcomeRoute
 	ConsumeKeyPackages [][]byte
+
+	// RemoteTree, when not nil (opaque Commits only), is stored as the
+	// remote tree of the epoch the Commit starts; its Epoch must be that
+	// epoch (else ErrInvalidArgument). Every accepted Commit drops the
+	// remote trees older than the previous epoch.
+	RemoteTree *RemoteTree
+}
+
+// StateLogEntry is a message that changed a group's state.
+type StateLogEntry struct {
+	Version  uint64 // the StateVersion the message produced
+	GroupSeq uint64
+	Hash     []byte
+	Data     []byte
 }
 
 // WelcomeRoute names a client that a Welcome is for, and the KeyPackage
@@ -278,6 +321,10 @@ type MessageQuery struct {
 	Limit      int
 	ExcludeOwn bool
 }
+
+// ChangesState reports whether the message changes the group's state
+// (AdvanceState, or a NewState).
+func (p *AcceptParams) ChangesState() bool { return p.AdvanceState || p.NewState != nil }
 
 // CheckEpoch applies the epoch rule of AcceptParams to a group at epoch
 // current whose current epoch began with GroupSeq startSeq. Engines call it

@@ -55,7 +55,9 @@ type PathResult struct {
 	Proof     []byte
 }
 
-// currentTree loads the state of a transparent group for a member.
+// currentTree returns the current tree of a transparent group for a
+// member: a copy that shares its nodes with the cached state (O(1)), to be
+// read without the state's lock.
 func (s *Service) currentTree(ctx context.Context, client string, groupID []byte) (TreeAnswer, *mls.RatchetTree, error) {
 	if err := s.allow(client); err != nil {
 		return TreeAnswer{}, nil, err
@@ -63,33 +65,38 @@ func (s *Service) currentTree(ctx context.Context, client string, groupID []byte
 	if _, err := s.checkMember(ctx, client, groupID); err != nil {
 		return TreeAnswer{}, nil, err
 	}
-	rec, err := s.store.GroupState(ctx, groupID)
-	if err != nil {
-		return TreeAnswer{}, nil, err
-	}
-	if rec.Mode != ModeTransparent {
-		return TreeAnswer{}, nil, fmt.Errorf("%w: group %x is opaque; the Delivery Service does not know its tree", ErrInvalidArgument, rec.ID)
-	}
-	st, err := s.loadState(rec)
-	if err != nil {
-		return TreeAnswer{}, nil, err
-	}
-	gc := st.GroupContext()
-	return TreeAnswer{GroupID: rec.ID, Epoch: gc.Epoch, TreeHash: gc.TreeHash}, st.Tree(), nil
+	var ans TreeAnswer
+	var tree *mls.RatchetTree
+	err := s.withState(ctx, groupID, func(head GroupRecord, e *groupState) error {
+		gc := e.st.GroupContext()
+		ans = TreeAnswer{GroupID: head.ID, Epoch: gc.Epoch, TreeHash: gc.TreeHash}
+		tree = e.st.Tree()
+		return nil
+	})
+	return ans, tree, err
 }
 
 // RatchetTree returns the current ratchet tree of a transparent group.
 // Only members may ask.
 func (s *Service) RatchetTree(ctx context.Context, client string, groupID []byte) (RatchetTreeResult, error) {
-	ans, tree, err := s.currentTree(ctx, client, groupID)
+	if err := s.allow(client); err != nil {
+		return RatchetTreeResult{}, err
+	}
+	if _, err := s.checkMember(ctx, client, groupID); err != nil {
+		return RatchetTreeResult{}, err
+	}
+	var out RatchetTreeResult
+	err := s.withState(ctx, groupID, func(head GroupRecord, e *groupState) error {
+		gc := e.st.GroupContext()
+		out.TreeAnswer = TreeAnswer{GroupID: head.ID, Epoch: gc.Epoch, TreeHash: gc.TreeHash}
+		enc, err := e.treeBytes() // cached per epoch; never modified
+		out.RatchetTree = enc
+		return err
+	})
 	if err != nil {
 		return RatchetTreeResult{}, err
 	}
-	enc, err := tree.MarshalBinary()
-	if err != nil {
-		return RatchetTreeResult{}, fmt.Errorf("ds: encoding tree of group %x: %w", ans.GroupID, err)
-	}
-	return RatchetTreeResult{TreeAnswer: ans, RatchetTree: enc}, nil
+	return out, nil
 }
 
 // TreeRoster returns the non-blank leaves of a transparent group's current

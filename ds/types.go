@@ -113,6 +113,9 @@ type CommitBundle struct {
 	// Opaque mode: the roster changes the Commit makes. Transparent mode:
 	// derived from the Commit; if given, they must agree.
 	Added, Removed []string
+	// RemoteTree, opaque mode only: the encrypted GroupInfo and ratchet
+	// tree of the epoch the Commit starts, stored with the Commit.
+	RemoteTree *RemoteTree
 }
 
 // GroupInfoResult is what a member can learn of a group's public state.
@@ -122,4 +125,8 @@ type GroupInfoResult struct {
 	Epoch       uint64
 	GroupInfo   []byte // latest GroupInfo: an MLSMessage as the committer gave it (nil if none)
 	RatchetTree []byte // transparent mode: the current ratchet tree, ratchet_tree extension encoding
+	TreeHash    []byte // transparent mode: the tree hash of the current epoch
+	// Transparent mode: the Proposals (MLSMessages) accepted in the
+	// current epoch so far, in group order.
+	Proposals [][]byte
 }

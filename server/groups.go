@@ -117,11 +117,12 @@ func (g *groupService) SendCommitBundle(ctx context.Context, req *connect.Reques
 	s, client := g.s, mustClient(ctx)
 	m := req.Msg
 	r, err := s.ds.SendCommitBundle(ctx, client, ds.CommitBundle{
-		Commit:    m.Commit,
-		Welcome:   m.Welcome,
-		GroupInfo: m.GroupInfo,
-		Added:     m.Added,
-		Removed:   m.Removed,
+		Commit:     m.Commit,
+		Welcome:    m.Welcome,
+		GroupInfo:  m.GroupInfo,
+		Added:      m.Added,
+		Removed:    m.Removed,
+		RemoteTree: bundleRemoteTree(m.RemoteTree),
 	})
 	s.accepted("commit_bundle", err)
 	if err != nil {
@@ -184,6 +185,8 @@ func (g *groupService) GetGroupInfo(ctx context.Context, req *connect.Request[ml
 		Epoch:       gi.Epoch,
 		GroupInfo:   gi.GroupInfo,
 		RatchetTree: gi.RatchetTree,
+		TreeHash:    gi.TreeHash,
+		Proposals:   gi.Proposals,
 	}), nil
 }
 

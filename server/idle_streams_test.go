@@ -45,15 +45,16 @@ import (
 
 // maxServerBytesPerIdleStream bounds the server's memory for one idle
 // stream: the live heap its code allocated plus its share of goroutine
-// stacks. An idle stream should cost the server two goroutines and their
-// stacks, an HTTP/2 stream, a Connect call and the subscription's state
-// (whose event buffer is preallocated): some tens of KiB. 64 KiB is
-// generous; a stream that kept what it sent or grew per event would go
-// over it. maxBytesPerIdleStream bounds both sides together, as the
-// process measures them without the profile's attribution.
+// stacks. An idle stream costs the server one goroutine (the HTTP/2
+// handler's; an idle subscription has none) and its stack, an HTTP/2
+// stream, a Connect call and the subscription's small state: about
+// 20 KiB. 32 KiB leaves room; a stream that kept what it sent, grew per
+// event or held a goroutine and an event buffer of its own would go over
+// it. maxBytesPerIdleStream bounds both sides together, as the process
+// measures them without the profile's attribution.
 const (
-	maxServerBytesPerIdleStream = 64 << 10
-	maxBytesPerIdleStream       = 128 << 10
+	maxServerBytesPerIdleStream = 32 << 10
+	maxBytesPerIdleStream       = 80 << 10
 )
 
 // idleStreamsN is the number of streams of the test and the benchmark.
@@ -103,7 +104,7 @@ func TestIdleStreams(t *testing.T) {
 		r.n, r.serverBytes(), r.heapPerStream, r.stackPerStream, r.serverPerStream, r.clientPerStream, r.otherPerStream,
 		r.goroutinesPer, r.serverGoroutines, r.setup.Round(time.Millisecond), r.open.Round(time.Millisecond))
 	if r.idleCPU > 0 {
-		t.Logf("idle: the process used %.2f CPU seconds per second with the %d streams idle (subscriptions poll the store every 5s)", r.idleCPU, r.n)
+		t.Logf("idle: the process used %.2f CPU seconds per second with the %d streams idle (each subscription polls the store every 5s)", r.idleCPU, r.n)
 	}
 }
 

@@ -1,11 +1,15 @@
 // Command mlsds is the MLS Delivery Service in one binary.
 //
 //	mlsds serve     run the server
+//	mlsds bench     load-test a server and report its figures
+//	mlsds client    a command-line MLS client (init, create, add, send, listen, ...)
 //	mlsds version   print the version
 //
 // Every flag of a command has an environment twin: --max-message-size is
-// also MLSDS_MAX_MESSAGE_SIZE. A flag given on the command line wins over
-// its environment variable, which wins over the default.
+// also MLSDS_MAX_MESSAGE_SIZE (the client's --id is MLSDS_CLIENT_ID, the
+// bench's --groups MLSDS_BENCH_GROUPS). A
+// flag given on the command line wins over its environment variable,
+// which wins over the default.
 package main
 
 import (
@@ -27,7 +31,9 @@ type command struct {
 // later.
 var commands = map[string]command{
 	"serve":   {"run the Delivery Service", runServe},
+	"bench":   {"load-test a server (one it starts, or --target) and report its figures", runBench},
 	"version": {"print the version and exit", runVersion},
+	"client":  {"a command-line MLS client: init, create, add, send, listen, ...", runClient},
 }
 
 func main() {

@@ -2,9 +2,9 @@
 //
 //	node interop.mjs http://127.0.0.1:PORT
 //
-// ts-mls 1.6.4 clients (cipher suite 1) talk to the Delivery Service over
-// Connect's JSON protocol (HTTP/1.1 POST; Subscribe as a Connect server
-// stream). A, B and C register, authenticate and upload KeyPackages; A
+// ts-mls 1.6.4 clients (cipher suite 1; the Client of tsmls.mjs) talk to
+// the Delivery Service over Connect's JSON protocol (HTTP/1.1 POST;
+// Subscribe as a Connect server stream). A, B and C register, authenticate and upload KeyPackages; A
 // creates a transparent group, claims B's and C's KeyPackages and adds
 // them with a PublicMessage Commit; B and C join from the Welcome the DS
 // routes to them; all three exchange PrivateMessages; B commits an
@@ -20,41 +20,24 @@
 // script exits 1 after printing {"ok": false, ...}.
 
 import {
-  createApplicationMessage,
   createCommit,
   createGroup,
-  createGroupInfoWithExternalPub,
   createProposal,
   joinGroupExternal,
   decodeMlsMessage,
-  defaultCapabilities,
   emptyPskIndex,
   encodeMlsMessage,
-  generateKeyPackage,
-  getCiphersuiteFromName,
-  getCiphersuiteImpl,
   joinGroup,
-  processPrivateMessage,
-  processPublicMessage,
 } from "ts-mls"
-import { encodeCredential } from "ts-mls/credential.js"
-import { signWithLabel } from "ts-mls/crypto/signature.js"
 import { decodeRatchetTree, encodeRatchetTree } from "ts-mls/ratchetTree.js"
-import { createGroupInfo } from "ts-mls/createCommit.js"
+import { Client, RpcError, b64, enc, impl, log, readableExternalPub, unb64, useServer, waitWelcome } from "./tsmls.mjs"
 
 const base = process.argv[2]
 if (!base) {
   console.error("usage: node interop.mjs <server-url>")
   process.exit(2)
 }
-
-const SUITE = 1 // MLS_128_DHKEMX25519_AES128GCM_SHA256_Ed25519
-const impl = await getCiphersuiteImpl(getCiphersuiteFromName("MLS_128_DHKEMX25519_AES128GCM_SHA256_Ed25519"))
-const enc = new TextEncoder()
-const dec = new TextDecoder()
-const b64 = (u8) => Buffer.from(u8).toString("base64")
-const unb64 = (s) => new Uint8Array(Buffer.from(s ?? "", "base64"))
-const log = (...a) => console.error("[tsmls]", ...a)
+useServer(base)
 
 const results = { ok: false, steps: [], decrypted: {}, refusals: [] }
 const step = (name) => {
@@ -62,181 +45,10 @@ const step = (name) => {
   log("step:", name)
 }
 
-// RpcError is a Connect error answer.
-class RpcError extends Error {
-  constructor(path, status, body) {
-    super(`${path}: HTTP ${status}: ${body?.code}: ${body?.message}`)
-    this.code = body?.code
-    this.details = body?.details ?? []
-  }
-  detailTypes() {
-    return this.details.map((d) => d.type)
-  }
-}
-
-// rpc makes one unary Connect call with the JSON codec (HTTP/1.1 POST).
-async function rpc(path, msg, token) {
-  const headers = { "Content-Type": "application/json", "Connect-Protocol-Version": "1" }
-  if (token) headers.Authorization = `Bearer ${token}`
-  const res = await fetch(`${base}/${path}`, { method: "POST", headers, body: JSON.stringify(msg) })
-  const text = await res.text()
-  let body
-  try {
-    body = text ? JSON.parse(text) : {}
-  } catch {
-    body = { code: "unknown", message: text }
-  }
-  if (!res.ok) throw new RpcError(path, res.status, body)
-  return body
-}
-
-// waitWelcome opens a Subscribe server stream (Connect streaming: 5-byte
-// envelopes, flag 2 is the end-of-stream frame) and returns the first
-// WelcomeEvent, then hangs up.
-async function waitWelcome(token) {
-  const ac = new AbortController()
-  const timer = setTimeout(() => ac.abort(), 30_000)
-  const body = Buffer.from(JSON.stringify({}))
-  const frame = Buffer.alloc(5 + body.length)
-  frame.writeUInt32BE(body.length, 1)
-  body.copy(frame, 5)
-  try {
-    const res = await fetch(`${base}/mlsds.v1.DeliveryService/Subscribe`, {
-      method: "POST",
-      headers: { "Content-Type": "application/connect+json", "Connect-Protocol-Version": "1", Authorization: `Bearer ${token}` },
-      body: frame,
-      signal: ac.signal,
-    })
-    if (!res.ok) throw new Error(`Subscribe: HTTP ${res.status}: ${await res.text()}`)
-    let buf = Buffer.alloc(0)
-    for await (const chunk of res.body) {
-      buf = Buffer.concat([buf, Buffer.from(chunk)])
-      while (buf.length >= 5) {
-        const flags = buf[0]
-        const n = buf.readUInt32BE(1)
-        if (buf.length < 5 + n) break
-        const ev = JSON.parse(buf.subarray(5, 5 + n).toString() || "{}")
-        buf = buf.subarray(5 + n)
-        if (flags & 2) throw new Error(`Subscribe ended: ${JSON.stringify(ev)}`)
-        if (ev.welcome) return ev.welcome
-      }
-    }
-    throw new Error("Subscribe ended without a Welcome")
-  } finally {
-    clearTimeout(timer)
-    ac.abort()
-  }
-}
-
-// Client is one ts-mls client and its session with the DS.
-class Client {
-  constructor(id) {
-    this.id = id
-    this.credential = { credentialType: "basic", identity: enc.encode(id) }
-    this.next = 0 // next group_seq to fetch
-    this.received = []
-  }
-
-  async register() {
-    // One KeyPackage carries the signature key pair the client registers with.
-    // ts-mls's defaultLifetime is 0..2^63-1; RFC 9420 §7.2 has the
-    // application bound the total lifetime, and mlsds refuses more than 90
-    // days, so we ask for a week.
-    const now = BigInt(Math.floor(Date.now() / 1000))
-    const lifetime = { notBefore: now - 3600n, notAfter: now + 7n * 24n * 3600n }
-    this.kp = await generateKeyPackage(this.credential, defaultCapabilities(), lifetime, [], impl)
-    this.sigPriv = this.kp.privatePackage.signaturePrivateKey
-    const sigPub = this.kp.publicPackage.leafNode.signaturePublicKey
-    const r = await rpc("mlsds.v1.AuthService/RegisterClient", {
-      credential: b64(encodeCredential(this.credential)),
-      signatureKey: b64(sigPub),
-      cipherSuite: SUITE,
-    })
-    if (r.clientId !== this.id) throw new Error(`RegisterClient: client id ${r.clientId}, want ${this.id}`)
-    const ch = await rpc("mlsds.v1.AuthService/GetChallenge", { clientId: this.id })
-    // SignWithLabel (RFC 9420 §5.1.2) with ts-mls's own implementation:
-    // SignContent = opaque label<V> ("MLS 1.0 " + label) || opaque content<V>.
-    const sig = await signWithLabel(this.sigPriv, ch.label, unb64(ch.challenge), impl.signature)
-    const a = await rpc("mlsds.v1.AuthService/Authenticate", { clientId: this.id, challenge: ch.challenge, signature: b64(sig) })
-    if (!a.sessionToken) throw new Error("Authenticate: no session token")
-    this.token = a.sessionToken
-  }
-
-  async uploadKeyPackages() {
-    const kpMsg = (kp) => b64(encodeMlsMessage({ version: "mls10", wireformat: "mls_key_package", keyPackage: kp }))
-    const r = await rpc("mlsds.v1.KeyPackageService/UploadKeyPackages", { keyPackages: [{ keyPackage: kpMsg(this.kp.publicPackage) }] }, this.token)
-    if ((r.keyPackages ?? []).length !== 1) throw new Error(`UploadKeyPackages: ${JSON.stringify(r)}`)
-  }
-
-  call(path, msg) {
-    return rpc(path, msg, this.token)
-  }
-
-  async fetchNew() {
-    const r = await this.call("mlsds.v1.GroupService/Fetch", { groupId: b64(this.groupId), fromSeq: String(this.next), limit: 100 })
-    const msgs = r.messages ?? []
-    for (const m of msgs) this.next = Math.max(this.next, Number(m.groupSeq) + 1)
-    return msgs
-  }
-
-  // catchUp fetches and processes everything new; it returns the
-  // application messages it decrypted.
-  async catchUp() {
-    const out = []
-    for (const env of await this.fetchNew()) {
-      if (env.senderClientId === this.id) continue // our own: already applied
-      const m = decodeMlsMessage(unb64(env.message), 0)?.[0]
-      if (!m) throw new Error(`${this.id}: cannot decode message ${env.groupSeq}`)
-      if (m.wireformat === "mls_public_message") {
-        const r = await processPublicMessage(this.state, m.publicMessage, emptyPskIndex, impl)
-        this.state = r.newState
-      } else if (m.wireformat === "mls_private_message") {
-        const r = await processPrivateMessage(this.state, m.privateMessage, emptyPskIndex, impl)
-        this.state = r.newState
-        if (r.kind === "applicationMessage") out.push({ from: env.senderClientId, text: dec.decode(r.message) })
-      } else {
-        throw new Error(`${this.id}: unexpected wire format ${m.wireformat}`)
-      }
-    }
-    return out
-  }
-
-  async sendText(text) {
-    const r = await createApplicationMessage(this.state, enc.encode(text), impl)
-    this.state = r.newState
-    const msg = encodeMlsMessage({ version: "mls10", wireformat: "mls_private_message", privateMessage: r.privateMessage })
-    const res = await this.call("mlsds.v1.GroupService/Send", { message: b64(msg) })
-    return res.receipt
-  }
-
-  // groupInfo signs a GroupInfo of the current epoch with an external_pub
-  // extension (§12.4.3.2), for external joiners.
-  //
-  // ts-mls 1.6.4 bug (fixed upstream in ts-mls PR 449): its
-  // createGroupInfoWithExternalPub puts the bare HPKE public key in the
-  // extension_data, without the inner length prefix of
-  // struct { HPKEPublicKey external_pub; } (HPKEPublicKey is opaque<V>).
-  // Workaround: take the key it derives, wrap it as opaque<V>, and sign the
-  // GroupInfo again with the corrected extension.
-  async groupInfo(state = this.state) {
-    const buggy = await createGroupInfoWithExternalPub(state, [], impl)
-    const key = buggy.extensions.find((e) => e.extensionType === "external_pub").extensionData
-    if (key.length >= 64) throw new Error("external_pub key too long for a one-byte varint")
-    const fixed = new Uint8Array([key.length, ...key])
-    const gi = await createGroupInfo(state.groupContext, state.confirmationTag, state, [{ extensionType: "external_pub", extensionData: fixed }], impl)
-    return encodeMlsMessage({ version: "mls10", wireformat: "mls_group_info", groupInfo: gi })
-  }
-}
-
-// checkDSTree compares the public state the DS tracks, built by applying
-// the ts-mls Commits itself, with the committer's ts-mls state: same epoch,
-// byte-identical ratchet tree.
+// checkDSTree compares the DS's public state with the committer's ts-mls
+// state (Client.checkDSTree) and counts the comparisons.
 async function checkDSTree(c, what) {
-  const gi = await c.call("mlsds.v1.GroupService/GetGroupInfo", { groupId: b64(c.groupId) })
-  const want = Number(c.state.groupContext.epoch)
-  if (Number(gi.epoch ?? 0) !== want) throw new Error(`${what}: DS at epoch ${gi.epoch}, ts-mls at ${want}`)
-  if (b64(encodeRatchetTree(c.state.ratchetTree)) !== (gi.ratchetTree ?? ""))
-    throw new Error(`${what}: the DS's ratchet tree differs from ts-mls's`)
+  await c.checkDSTree(what)
   results.treeChecks = (results.treeChecks ?? 0) + 1
 }
 
@@ -281,14 +93,7 @@ async function main() {
 
   // A claims B's and C's KeyPackages.
   const claimed = []
-  for (const c of [B, C]) {
-    const r = await A.call("mlsds.v1.KeyPackageService/ClaimKeyPackages", { clientId: c.id, cipherSuite: SUITE })
-    const kps = r.keyPackages ?? []
-    if (kps.length !== 1 || kps[0].clientId !== c.id) throw new Error(`ClaimKeyPackages(${c.id}): ${JSON.stringify(r)}`)
-    const m = decodeMlsMessage(unb64(kps[0].keyPackage), 0)?.[0]
-    if (m?.wireformat !== "mls_key_package") throw new Error("claimed KeyPackage is not an MLSMessage(KeyPackage)")
-    claimed.push(m.keyPackage)
-  }
+  for (const c of [B, C]) claimed.push(await A.claim(c.id))
   step("claimed key packages")
 
   // A adds B and C with a PublicMessage Commit.
@@ -393,19 +198,9 @@ async function main() {
   const gi = await A.call("mlsds.v1.GroupService/GetGroupInfo", { groupId: b64(groupId) })
   const gim = decodeMlsMessage(unb64(gi.groupInfo), 0)?.[0]
   if (gim?.wireformat !== "mls_group_info") throw new Error("GetGroupInfo: not an MLSMessage(GroupInfo)")
-  const info = gim.groupInfo
   // Second half of the external_pub workaround: ts-mls 1.6.4 reads the
-  // extension_data as the bare key, so joinGroupExternal gets the key
-  // without its length prefix when it looks the extension up, while the
-  // GroupInfo's signature is still checked over the bytes as received.
-  const origFind = info.extensions.find.bind(info.extensions)
-  info.extensions.find = (pred) => {
-    const ext = origFind(pred)
-    if (ext?.extensionType !== "external_pub") return ext
-    const d = ext.extensionData
-    if (d[0] !== d.length - 1) throw new Error("external_pub from the DS is not a one-byte-prefixed key")
-    return { ...ext, extensionData: d.subarray(1) }
-  }
+  // extension_data as the bare key (readableExternalPub).
+  const info = readableExternalPub(gim.groupInfo)
   const dsTree = decodeRatchetTree(unb64(gi.ratchetTree), 0)?.[0]
   const ext = await joinGroupExternal(info, D.kp.publicPackage, D.kp.privatePackage, false, impl, dsTree)
   const extMsg = encodeMlsMessage({ version: "mls10", wireformat: "mls_public_message", publicMessage: ext.publicMessage })

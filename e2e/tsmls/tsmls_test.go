@@ -1,8 +1,12 @@
 // Package tsmls tests mlsds against an independent MLS implementation:
 // ts-mls 1.6.4 (TypeScript, RFC 9420) under Node, pinned by package.json and
-// package-lock.json in this directory. interop.mjs plays three ts-mls
-// clients over Connect's JSON protocol against a real server started here
-// on a loopback port, and prints its results as one JSON line.
+// package-lock.json in this directory, against a real server started here
+// on a loopback port. tsmls.mjs is the ts-mls client (Connect's JSON
+// protocol over HTTP/1.1). TestTSMLSInterop runs interop.mjs, where ts-mls
+// clients talk among themselves through the DS and print their results as
+// one JSON line; the tests in sdk_test.go drive ts-mls clients in sdk.mjs
+// over a line protocol on its stdin and stdout and put a client of the Go
+// SDK (package client) in the same groups.
 //
 // Needs node and npm on PATH; node_modules comes from `npm ci` (run by
 // .ci/run, or by this test if it is missing). Without them the test skips,

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"sort"
+	"strings"
 	"time"
 
 	"github.com/jackc/pgx/v5"
@@ -29,21 +30,26 @@ func (s *Store) CreateGroup(ctx context.Context, g ds.GroupRecord, members []str
 	members = dedupe(members)
 	return s.tx(ctx, "create group", func(tx pgx.Tx) error {
 		tag, err := tx.Exec(ctx, `INSERT INTO groups
-			(id, mode, cipher_suite, creator, created_at, epoch, epoch_start_seq, last_seq, state_version, state, group_info)
-			VALUES ($1, $2, $3, $4, $5, $6, 1, 0, 0, $7, $8)
+			(id, mode, cipher_suite, creator, created_at, epoch, epoch_start_seq, last_seq, state_version, group_info)
+			VALUES ($1, $2, $3, $4, $5, $6, 1, 0, 0, $7)
 			ON CONFLICT (id) DO NOTHING`,
-			nonNil(g.ID), int32(g.Mode), int32(g.CipherSuite), g.Creator, ts(g.CreatedAt), epoch, g.State, g.GroupInfo)
+			nonNil(g.ID), int32(g.Mode), int32(g.CipherSuite), g.Creator, ts(g.CreatedAt), epoch, g.GroupInfo)
 		if err != nil {
 			return err
 		}
 		if tag.RowsAffected() == 0 {
 			return fmt.Errorf("%w: group %x", ds.ErrAlreadyExists, g.ID)
 		}
-		if len(members) == 0 {
+		b := &pgx.Batch{}
+		if g.State != nil {
+			queuePutSnapshot(b, nonNil(g.ID), 0, g.State)
+		}
+		if len(members) > 0 {
+			queueAddMembers(b, g.ID, members, 1)
+		}
+		if b.Len() == 0 {
 			return nil
 		}
-		b := &pgx.Batch{}
-		queueAddMembers(b, g.ID, members, 1)
 		return tx.SendBatch(ctx, b).Close()
 	})
 }
@@ -90,8 +96,11 @@ func (s *Store) Group(ctx context.Context, groupID []byte) (ds.GroupRecord, erro
 // GroupState implements ds.Store.
 func (s *Store) GroupState(ctx context.Context, groupID []byte) (ds.GroupRecord, error) {
 	var state, gi []byte
+	var snapVersion *int64
+	// One statement, so that the head and the snapshot are read together.
 	g, err := scanGroup(s.pool.QueryRow(ctx,
-		"SELECT "+groupColumns+", state, group_info FROM groups WHERE id = $1", nonNil(groupID)), &state, &gi)
+		"SELECT "+prefixed("g.", groupColumns)+`, s.state, s.state_version, g.group_info
+		FROM groups g LEFT JOIN group_snapshots s ON s.group_id = g.id WHERE g.id = $1`, nonNil(groupID)), &state, &snapVersion, &gi)
 	if errors.Is(err, pgx.ErrNoRows) {
 		return ds.GroupRecord{}, fmt.Errorf("%w: group %x", ds.ErrNotFound, groupID)
 	}
@@ -99,7 +108,93 @@ func (s *Store) GroupState(ctx context.Context, groupID []byte) (ds.GroupRecord,
 		return ds.GroupRecord{}, engineErr("read group state", err)
 	}
 	g.State, g.GroupInfo = state, gi
+	if snapVersion != nil {
+		g.SnapshotVersion = uint64(*snapVersion)
+	}
 	return g, nil
+}
+
+// prefixed qualifies every column of a comma-separated list.
+func prefixed(prefix, columns string) string {
+	cols := strings.Split(columns, ", ")
+	for i, c := range cols {
+		cols[i] = prefix + c
+	}
+	return strings.Join(cols, ", ")
+}
+
+// StateLog implements ds.Store.
+func (s *Store) StateLog(ctx context.Context, groupID []byte, afterVersion uint64, limit int) ([]ds.StateLogEntry, error) {
+	after, err := u64(afterVersion)
+	if err != nil {
+		return nil, err
+	}
+	if limit <= 0 {
+		return nil, nil
+	}
+	// The group's existence and its log in one statement: a group without
+	// log entries gives one row of NULLs.
+	rows, err := s.pool.Query(ctx, `SELECT m.state_version, m.seq, m.hash, m.data
+		FROM groups g LEFT JOIN LATERAL (
+			SELECT state_version, seq, hash, data FROM messages
+			WHERE group_id = g.id AND state_version > $2 ORDER BY state_version LIMIT $3) m ON true
+		WHERE g.id = $1 ORDER BY m.state_version`, nonNil(groupID), after, limit)
+	if err != nil {
+		return nil, engineErr("read state log", err)
+	}
+	var out []ds.StateLogEntry
+	found := false
+	for rows.Next() {
+		found = true
+		var v, seq *int64
+		var e ds.StateLogEntry
+		if err := rows.Scan(&v, &seq, &e.Hash, &e.Data); err != nil {
+			rows.Close()
+			return nil, engineErr("read state log", err)
+		}
+		if v == nil {
+			continue
+		}
+		e.Version, e.GroupSeq = uint64(*v), uint64(*seq)
+		out = append(out, e)
+	}
+	if err := rows.Err(); err != nil {
+		return nil, engineErr("read state log", err)
+	}
+	if !found {
+		return nil, fmt.Errorf("%w: group %x", ds.ErrNotFound, groupID)
+	}
+	return out, nil
+}
+
+// PutSnapshot implements ds.Store.
+func (s *Store) PutSnapshot(ctx context.Context, groupID []byte, version uint64, state []byte) error {
+	v, err := u64(version)
+	if err != nil {
+		return err
+	}
+	return s.tx(ctx, "put snapshot", func(tx pgx.Tx) error {
+		var current int64
+		err := tx.QueryRow(ctx, "SELECT state_version FROM groups WHERE id = $1", nonNil(groupID)).Scan(&current)
+		if errors.Is(err, pgx.ErrNoRows) {
+			return fmt.Errorf("%w: group %x", ds.ErrNotFound, groupID)
+		} else if err != nil {
+			return err
+		}
+		if v > current {
+			return fmt.Errorf("%w: snapshot of state version %d, but group %x is at %d", ds.ErrInvalidArgument, v, groupID, current)
+		}
+		b := &pgx.Batch{}
+		queuePutSnapshot(b, nonNil(groupID), v, state)
+		return tx.SendBatch(ctx, b).Close()
+	})
+}
+
+// queuePutSnapshot stores a snapshot unless a newer one is stored.
+func queuePutSnapshot(b *pgx.Batch, groupID []byte, version int64, state []byte) {
+	b.Queue(`INSERT INTO group_snapshots (group_id, state_version, state) VALUES ($1, $2, $3)
+		ON CONFLICT (group_id) DO UPDATE SET state_version = excluded.state_version, state = excluded.state
+		WHERE excluded.state_version > group_snapshots.state_version`, groupID, version, nonNil(state))
 }
 
 // Members implements ds.Store.
@@ -167,6 +262,31 @@ var errHashRace = errors.New("postgres: concurrent duplicate message")
 
 // AcceptMessage implements ds.Store.
 func (s *Store) AcceptMessage(ctx context.Context, p ds.AcceptParams) (ds.AcceptResult, error) {
+	var res ds.AcceptResult
+	err := s.tx(ctx, "accept message", func(tx pgx.Tx) error {
+		var err error
+		res, err = s.acceptTx(ctx, tx, p)
+		return err
+	})
+	if errors.Is(err, errHashRace) {
+		r, err := s.MessageByHash(ctx, p.GroupID, p.Hash)
+		if err != nil {
+			return ds.AcceptResult{}, err
+		}
+		return ds.AcceptResult{Receipt: r, Duplicate: true}, nil
+	}
+	if err != nil {
+		return ds.AcceptResult{}, err
+	}
+	return res, nil
+}
+
+// acceptTx does the work of AcceptMessage inside the transaction tx, which
+// the caller commits: AcceptMessage runs it alone, AcceptMessages once per
+// message of a batch. On an error tx may hold part of the message's
+// changes (or be aborted); the caller rolls them back. errHashRace is left
+// to the caller to resolve once the transaction is over.
+func (s *Store) acceptTx(ctx context.Context, tx pgx.Tx, p ds.AcceptParams) (ds.AcceptResult, error) {
 	msgEpoch, err := u64(p.Epoch)
 	if err != nil {
 		return ds.AcceptResult{}, err
@@ -199,7 +319,7 @@ func (s *Store) AcceptMessage(ctx context.Context, p ds.AcceptParams) (ds.Accept
 	at := time.UnixMicro(p.AcceptedAt.UnixMicro()).UTC() // what timestamptz keeps
 
 	var res ds.AcceptResult
-	err = s.tx(ctx, "accept message", func(tx pgx.Tx) error {
+	err = func() error {
 		res = ds.AcceptResult{}
 
 		// Lock the group, then read what the decision depends on: at READ
@@ -244,7 +364,7 @@ func (s *Store) AcceptMessage(ctx context.Context, p ds.AcceptParams) (ds.Accept
 		if !member {
 			return fmt.Errorf("%w: %q is not a member of group %x", ds.ErrNotMember, p.Sender, p.GroupID)
 		}
-		if p.NewState != nil && uint64(version) != p.StateVersion {
+		if p.ChangesState() && uint64(version) != p.StateVersion {
 			return ds.ErrStateConflict
 		}
 
@@ -254,21 +374,25 @@ func (s *Store) AcceptMessage(ctx context.Context, p ds.AcceptParams) (ds.Accept
 			newEpoch, newStart = epoch+1, seq
 		}
 		newVersion := version
-		if p.NewState != nil {
+		var logVersion *int64 // the message's place in the state log, if any
+		if p.ChangesState() {
 			newVersion++
+			logVersion = &newVersion
 		}
 
 		w := &pgx.Batch{}
-		w.Queue(`INSERT INTO messages (group_id, seq, epoch, content_type, wire_format, sender, hash, data, accepted_at)
-			VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)`,
-			groupID, seq, msgEpoch, int32(p.ContentType), int32(p.WireFormat), p.Sender, hash, nonNil(p.Data), at)
+		w.Queue(`INSERT INTO messages (group_id, seq, epoch, content_type, wire_format, sender, hash, data, accepted_at, state_version)
+			VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)`,
+			groupID, seq, msgEpoch, int32(p.ContentType), int32(p.WireFormat), p.Sender, hash, nonNil(p.Data), at, logVersion)
 		// Compare-and-set on what was read under the lock.
 		w.Queue(`UPDATE groups SET last_seq = $2, epoch = $3, epoch_start_seq = $4, state_version = $5,
-			state = CASE WHEN $6 THEN $7::bytea ELSE state END,
-			group_info = CASE WHEN $8 THEN $9::bytea ELSE group_info END
-			WHERE id = $1 AND epoch = $10 AND last_seq = $11`,
+			group_info = CASE WHEN $6 THEN $7::bytea ELSE group_info END
+			WHERE id = $1 AND epoch = $8 AND last_seq = $9`,
 			groupID, seq, newEpoch, newStart, newVersion,
-			p.NewState != nil, p.NewState, p.GroupInfo != nil, p.GroupInfo, epoch, last)
+			p.GroupInfo != nil, p.GroupInfo, epoch, last)
+		if p.NewState != nil {
+			queuePutSnapshot(w, groupID, newVersion, p.NewState)
+		}
 		if len(removed) > 0 {
 			w.Queue(`UPDATE memberships SET until_seq = $1
 				WHERE group_id = $2 AND client_id = ANY($3) AND until_seq IS NULL`, seq, groupID, removed)
@@ -315,16 +439,12 @@ func (s *Store) AcceptMessage(ctx context.Context, p ds.AcceptParams) (ds.Accept
 		if err := wr.Close(); err != nil {
 			return err
 		}
+		if err := acceptRemoteTree(ctx, tx, p, newEpoch); err != nil {
+			return err
+		}
 		res.Receipt = ds.Receipt{GroupID: bytes.Clone(p.GroupID), GroupSeq: uint64(seq), Epoch: p.Epoch, AcceptedAt: at}
 		return nil
-	})
-	if errors.Is(err, errHashRace) {
-		r, err := s.MessageByHash(ctx, p.GroupID, p.Hash)
-		if err != nil {
-			return ds.AcceptResult{}, err
-		}
-		return ds.AcceptResult{Receipt: r, Duplicate: true}, nil
-	}
+	}()
 	if err != nil {
 		return ds.AcceptResult{}, err
 	}

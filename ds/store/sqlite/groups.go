@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"sort"
+	"strings"
 
 	"github.com/mlsds/mlsds/ds"
 	"github.com/mlsds/mlsds/mls"
@@ -27,10 +28,15 @@ func (s *Store) CreateGroup(ctx context.Context, g ds.GroupRecord, members []str
 			return err
 		}
 		if _, err := tx.ExecContext(ctx, `INSERT INTO groups
-			(id, mode, cipher_suite, creator, created_at, epoch, epoch_start_seq, last_seq, state_version, state, group_info)
-			VALUES (?, ?, ?, ?, ?, ?, 1, 0, 0, ?, ?)`,
-			g.ID, int64(g.Mode), int64(g.CipherSuite), g.Creator, micros(g.CreatedAt), epoch, g.State, g.GroupInfo); err != nil {
+			(id, mode, cipher_suite, creator, created_at, epoch, epoch_start_seq, last_seq, state_version, group_info)
+			VALUES (?, ?, ?, ?, ?, ?, 1, 0, 0, ?)`,
+			g.ID, int64(g.Mode), int64(g.CipherSuite), g.Creator, micros(g.CreatedAt), epoch, g.GroupInfo); err != nil {
 			return err
+		}
+		if g.State != nil {
+			if err := putSnapshot(ctx, tx, g.ID, 0, g.State); err != nil {
+				return err
+			}
 		}
 		seen := make(map[string]bool)
 		for _, m := range members {
@@ -89,13 +95,86 @@ func (s *Store) Group(ctx context.Context, groupID []byte) (ds.GroupRecord, erro
 // GroupState implements ds.Store.
 func (s *Store) GroupState(ctx context.Context, groupID []byte) (ds.GroupRecord, error) {
 	var state, gi []byte
+	var snapVersion sql.NullInt64
+	// One statement, so that the head and the snapshot are read together.
 	g, err := scanGroup(s.r.QueryRowContext(ctx,
-		"SELECT "+groupColumns+", state, group_info FROM groups WHERE id = ?", groupID), &state, &gi)
+		"SELECT "+prefixed("g.", groupColumns)+`, s.state, s.state_version, g.group_info
+		FROM groups g LEFT JOIN group_snapshots s ON s.group_id = g.id WHERE g.id = ?`, groupID), &state, &snapVersion, &gi)
 	if errors.Is(err, sql.ErrNoRows) {
 		return ds.GroupRecord{}, fmt.Errorf("%w: group %x", ds.ErrNotFound, groupID)
 	}
-	g.State, g.GroupInfo = state, gi
+	g.State, g.SnapshotVersion, g.GroupInfo = state, uint64(snapVersion.Int64), gi
 	return g, err
+}
+
+// StateLog implements ds.Store.
+func (s *Store) StateLog(ctx context.Context, groupID []byte, afterVersion uint64, limit int) ([]ds.StateLogEntry, error) {
+	after, err := u64(afterVersion)
+	if err != nil {
+		return nil, err
+	}
+	if limit <= 0 {
+		return nil, nil
+	}
+	// Read the group and its log in one transaction, so that an unknown
+	// group is told apart from an empty log.
+	tx, err := s.r.BeginTx(ctx, &sql.TxOptions{ReadOnly: true})
+	if err != nil {
+		return nil, err
+	}
+	defer tx.Rollback()
+	var one int
+	if err := tx.QueryRowContext(ctx, "SELECT 1 FROM groups WHERE id = ?", groupID).Scan(&one); errors.Is(err, sql.ErrNoRows) {
+		return nil, fmt.Errorf("%w: group %x", ds.ErrNotFound, groupID)
+	} else if err != nil {
+		return nil, err
+	}
+	rows, err := tx.QueryContext(ctx, `SELECT state_version, seq, hash, data FROM messages
+		WHERE group_id = ? AND state_version > ? ORDER BY state_version LIMIT ?`, groupID, after, limit)
+	if err != nil {
+		return nil, err
+	}
+	defer rows.Close()
+	var out []ds.StateLogEntry
+	for rows.Next() {
+		var e ds.StateLogEntry
+		var v, seq int64
+		if err := rows.Scan(&v, &seq, &e.Hash, &e.Data); err != nil {
+			return nil, err
+		}
+		e.Version, e.GroupSeq = uint64(v), uint64(seq)
+		out = append(out, e)
+	}
+	return out, rows.Err()
+}
+
+// PutSnapshot implements ds.Store.
+func (s *Store) PutSnapshot(ctx context.Context, groupID []byte, version uint64, state []byte) error {
+	v, err := u64(version)
+	if err != nil {
+		return err
+	}
+	return s.write(ctx, func(tx *sql.Tx) error {
+		var current int64
+		err := tx.QueryRowContext(ctx, "SELECT state_version FROM groups WHERE id = ?", groupID).Scan(&current)
+		if errors.Is(err, sql.ErrNoRows) {
+			return fmt.Errorf("%w: group %x", ds.ErrNotFound, groupID)
+		} else if err != nil {
+			return err
+		}
+		if v > current {
+			return fmt.Errorf("%w: snapshot of state version %d, but group %x is at %d", ds.ErrInvalidArgument, v, groupID, current)
+		}
+		return putSnapshot(ctx, tx, groupID, v, state)
+	})
+}
+
+// putSnapshot stores a snapshot unless a newer one is stored.
+func putSnapshot(ctx context.Context, tx *sql.Tx, groupID []byte, version int64, state []byte) error {
+	_, err := tx.ExecContext(ctx, `INSERT INTO group_snapshots (group_id, state_version, state) VALUES (?, ?, ?)
+		ON CONFLICT (group_id) DO UPDATE SET state_version = excluded.state_version, state = excluded.state
+		WHERE excluded.state_version > group_snapshots.state_version`, groupID, version, nonNil(state))
+	return err
 }
 
 // Members implements ds.Store.
@@ -160,12 +239,29 @@ func receiptByHash(ctx context.Context, q interface {
 
 // AcceptMessage implements ds.Store.
 func (s *Store) AcceptMessage(ctx context.Context, p ds.AcceptParams) (ds.AcceptResult, error) {
+	var res ds.AcceptResult
+	err := s.write(ctx, func(tx *sql.Tx) error {
+		var err error
+		res, err = s.acceptTx(ctx, tx, p)
+		return err
+	})
+	if err != nil {
+		return ds.AcceptResult{}, err
+	}
+	return res, nil
+}
+
+// acceptTx does the work of AcceptMessage inside the write transaction tx,
+// which the caller commits: AcceptMessage runs it alone, AcceptMessages
+// once per message of a batch. On an error tx may hold part of the
+// message's changes; the caller rolls them back.
+func (s *Store) acceptTx(ctx context.Context, tx *sql.Tx, p ds.AcceptParams) (ds.AcceptResult, error) {
 	msgEpoch, err := u64(p.Epoch)
 	if err != nil {
 		return ds.AcceptResult{}, err
 	}
 	var res ds.AcceptResult
-	err = s.write(ctx, func(tx *sql.Tx) error {
+	err = func() error {
 		res = ds.AcceptResult{}
 		r, err := receiptByHash(ctx, tx, p.GroupID, p.Hash)
 		if err == nil {
@@ -197,16 +293,22 @@ func (s *Store) AcceptMessage(ctx context.Context, p ds.AcceptParams) (ds.Accept
 				return err
 			}
 		}
-		if p.NewState != nil && uint64(version) != p.StateVersion {
+		if p.ChangesState() && uint64(version) != p.StateVersion {
 			return ds.ErrStateConflict
+		}
+		newVersion := version
+		var logVersion any // the message's place in the state log, if any
+		if p.ChangesState() {
+			newVersion++
+			logVersion = newVersion
 		}
 
 		seq := last + 1
 		at := p.AcceptedAt.UnixMicro()
 		if _, err := tx.ExecContext(ctx, `INSERT INTO messages
-			(group_id, seq, epoch, content_type, wire_format, sender, hash, data, accepted_at)
-			VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)`,
-			p.GroupID, seq, msgEpoch, int64(p.ContentType), int64(p.WireFormat), p.Sender, p.Hash, nonNil(p.Data), at); err != nil {
+			(group_id, seq, epoch, content_type, wire_format, sender, hash, data, accepted_at, state_version)
+			VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
+			p.GroupID, seq, msgEpoch, int64(p.ContentType), int64(p.WireFormat), p.Sender, p.Hash, nonNil(p.Data), at, logVersion); err != nil {
 			return err
 		}
 
@@ -214,18 +316,18 @@ func (s *Store) AcceptMessage(ctx context.Context, p ds.AcceptParams) (ds.Accept
 		if p.ContentType == mls.ContentTypeCommit {
 			newEpoch, newStart = epoch+1, seq
 		}
-		newVersion := version
-		if p.NewState != nil {
-			newVersion++
-		}
 		if _, err := tx.ExecContext(ctx, `UPDATE groups SET
 			last_seq = ?, epoch = ?, epoch_start_seq = ?, state_version = ?,
-			state = CASE WHEN ? THEN ? ELSE state END,
 			group_info = CASE WHEN ? THEN ? ELSE group_info END
 			WHERE id = ?`,
 			seq, newEpoch, newStart, newVersion,
-			p.NewState != nil, p.NewState, p.GroupInfo != nil, p.GroupInfo, p.GroupID); err != nil {
+			p.GroupInfo != nil, p.GroupInfo, p.GroupID); err != nil {
 			return err
+		}
+		if p.NewState != nil {
+			if err := putSnapshot(ctx, tx, p.GroupID, newVersion, p.NewState); err != nil {
+				return err
+			}
 		}
 
 		for _, c := range p.Removed {
@@ -264,9 +366,12 @@ func (s *Store) AcceptMessage(ctx context.Context, p ds.AcceptParams) (ds.Accept
 				return err
 			}
 		}
+		if err := acceptRemoteTree(ctx, tx, p, newEpoch); err != nil {
+			return err
+		}
 		res.Receipt = ds.Receipt{GroupID: bytes.Clone(p.GroupID), GroupSeq: uint64(seq), Epoch: p.Epoch, AcceptedAt: fromMicros(sql.NullInt64{Int64: at, Valid: true})}
 		return nil
-	})
+	}()
 	if err != nil {
 		return ds.AcceptResult{}, err
 	}
@@ -397,4 +502,13 @@ func (s *Store) PendingWelcomes(ctx context.Context, clientID string) ([]ds.Welc
 		out = append(out, w)
 	}
 	return out, rows.Err()
+}
+
+// prefixed qualifies every column of a comma-separated list.
+func prefixed(prefix, columns string) string {
+	cols := strings.Split(columns, ", ")
+	for i, c := range cols {
+		cols[i] = prefix + c
+	}
+	return strings.Join(cols, ", ")
 }

@@ -16,6 +16,7 @@ import (
 	"errors"
 	"fmt"
 	"sort"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -47,12 +48,19 @@ func Run(t *testing.T, open func(t *testing.T) ds.Store) {
 		{"AcceptIdempotent", testAcceptIdempotent},
 		{"AcceptRequireMember", testAcceptRequireMember},
 		{"AcceptState", testAcceptState},
+		{"StateLog", testStateLog},
+		{"StateLogBatch", testStateLogBatch},
 		{"AcceptCommitsConcurrent", testAcceptCommitsConcurrent},
 		{"AcceptAppConcurrent", testAcceptAppConcurrent},
 		{"Membership", testMembership},
 		{"Messages", testMessages},
 		{"CursorsAndAck", testCursorsAndAck},
 		{"Welcomes", testWelcomes},
+		{"BatchMixed", testBatchMixed},
+		{"BatchCommits", testBatchCommits},
+		{"BatchMembership", testBatchMembership},
+		{"BatchWelcome", testBatchWelcome},
+		{"RemoteTrees", testRemoteTrees},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
@@ -751,6 +759,137 @@ func testAcceptState(t *testing.T, s ds.Store) {
 	c.NewState, c.StateVersion = []byte("x"), 0
 	_, err := s.AcceptMessage(ctx(), c)
 	wantWrongEpoch(t, err, 1, 3)
+}
+
+// testStateLog: messages accepted with AdvanceState form the state log, in
+// version order, after the snapshot they follow; snapshots are kept newest
+// only and never ahead of the group.
+func testStateLog(t *testing.T, s ds.Store) {
+	newGroup(t, s, "g", 0, "a", "b")
+	if log, err := s.StateLog(ctx(), []byte("g"), 0, 10); err != nil || len(log) != 0 {
+		t.Fatalf("StateLog of a new group = %v, %v; want empty", log, err)
+	}
+	if _, err := s.StateLog(ctx(), []byte("nope"), 0, 10); !errors.Is(err, ds.ErrNotFound) {
+		t.Errorf("StateLog(unknown) = %v, want ErrNotFound", err)
+	}
+	g, _ := s.GroupState(ctx(), []byte("g"))
+	if string(g.State) != "state-0" || g.SnapshotVersion != 0 {
+		t.Errorf("snapshot of a new group: %q at %d", g.State, g.SnapshotVersion)
+	}
+	advance := func(p ds.AcceptParams, version uint64) ds.Receipt {
+		t.Helper()
+		p.AdvanceState, p.StateVersion = true, version
+		return mustAccept(t, s, p)
+	}
+	r1 := advance(msg("g", 0, mls.ContentTypeProposal, "a", "p1"), 0)
+	mustAccept(t, s, msg("g", 0, mls.ContentTypeApplication, "b", "app")) // not in the log
+	r2 := advance(msg("g", 0, mls.ContentTypeCommit, "b", "c1"), 1)
+	// A writer that validated against an older version loses.
+	stale := msg("g", 1, mls.ContentTypeProposal, "a", "stale")
+	stale.AdvanceState, stale.StateVersion = true, 1
+	if _, err := s.AcceptMessage(ctx(), stale); !errors.Is(err, ds.ErrStateConflict) {
+		t.Errorf("stale AdvanceState: %v, want ErrStateConflict", err)
+	}
+	r3 := advance(msg("g", 1, mls.ContentTypeCommit, "a", "c2"), 2)
+	head, _ := s.Group(ctx(), []byte("g"))
+	if head.StateVersion != 3 || head.Epoch != 2 {
+		t.Fatalf("head after three state changes: %+v", head)
+	}
+	// The snapshot did not move.
+	g, _ = s.GroupState(ctx(), []byte("g"))
+	if string(g.State) != "state-0" || g.SnapshotVersion != 0 || g.StateVersion != 3 {
+		t.Errorf("GroupState after AdvanceState: state %q at %d, version %d", g.State, g.SnapshotVersion, g.StateVersion)
+	}
+	log, err := s.StateLog(ctx(), []byte("g"), 0, 10)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := []struct {
+		v    uint64
+		r    ds.Receipt
+		text string
+	}{{1, r1, "p1"}, {2, r2, "c1"}, {3, r3, "c2"}}
+	if len(log) != len(want) {
+		t.Fatalf("StateLog = %d entries, want %d", len(log), len(want))
+	}
+	for i, w := range want {
+		e := log[i]
+		if e.Version != w.v || e.GroupSeq != w.r.GroupSeq || !strings.HasSuffix(string(e.Data), w.text) {
+			t.Errorf("log[%d] = version %d seq %d %q; want %d %d %q", i, e.Version, e.GroupSeq, e.Data, w.v, w.r.GroupSeq, w.text)
+		}
+		h := sha256.Sum256(e.Data)
+		if !bytes.Equal(e.Hash, h[:]) {
+			t.Errorf("log[%d] hash is not the message's", i)
+		}
+	}
+	if log, _ := s.StateLog(ctx(), []byte("g"), 1, 1); len(log) != 1 || log[0].Version != 2 {
+		t.Errorf("StateLog(after 1, limit 1) = %+v", log)
+	}
+	if log, _ := s.StateLog(ctx(), []byte("g"), 3, 10); len(log) != 0 {
+		t.Errorf("StateLog(after the head) = %+v", log)
+	}
+
+	// Snapshots: newest wins, never ahead of the group.
+	if err := s.PutSnapshot(ctx(), []byte("g"), 2, []byte("state-2")); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.PutSnapshot(ctx(), []byte("g"), 1, []byte("state-1")); err != nil {
+		t.Fatal(err)
+	}
+	g, _ = s.GroupState(ctx(), []byte("g"))
+	if string(g.State) != "state-2" || g.SnapshotVersion != 2 {
+		t.Errorf("after snapshots 2 then 1: %q at %d", g.State, g.SnapshotVersion)
+	}
+	if err := s.PutSnapshot(ctx(), []byte("g"), 4, []byte("state-4")); !errors.Is(err, ds.ErrInvalidArgument) {
+		t.Errorf("snapshot ahead of the group: %v, want ErrInvalidArgument", err)
+	}
+	if err := s.PutSnapshot(ctx(), []byte("nope"), 0, []byte("x")); !errors.Is(err, ds.ErrNotFound) {
+		t.Errorf("snapshot of an unknown group: %v, want ErrNotFound", err)
+	}
+	// NewState is a state change with its snapshot.
+	c := msg("g", 2, mls.ContentTypeCommit, "a", "c3")
+	c.NewState, c.StateVersion = []byte("state-4"), 3
+	mustAccept(t, s, c)
+	g, _ = s.GroupState(ctx(), []byte("g"))
+	if string(g.State) != "state-4" || g.SnapshotVersion != 4 || g.StateVersion != 4 {
+		t.Errorf("after NewState: %q at %d, version %d", g.State, g.SnapshotVersion, g.StateVersion)
+	}
+	if log, _ := s.StateLog(ctx(), []byte("g"), 3, 10); len(log) != 1 || log[0].Version != 4 || !strings.HasSuffix(string(log[0].Data), "c3") {
+		t.Errorf("NewState message in the log: %+v", log)
+	}
+	// A resubmission changes nothing.
+	p := msg("g", 0, mls.ContentTypeProposal, "a", "p1")
+	p.AdvanceState, p.StateVersion = true, 4
+	if r, err := s.AcceptMessage(ctx(), p); err != nil || !r.Duplicate {
+		t.Errorf("resubmission: %+v, %v", r, err)
+	}
+	if head, _ := s.Group(ctx(), []byte("g")); head.StateVersion != 4 {
+		t.Errorf("resubmission changed the state version to %d", head.StateVersion)
+	}
+}
+
+// testStateLogBatch: state changes in one batch (an engine that accepts
+// batches) follow the same rules as one by one.
+func testStateLogBatch(t *testing.T, s ds.Store) {
+	ba, ok := s.(ds.BatchAccepter)
+	if !ok {
+		t.Skip("the engine does not accept batches")
+	}
+	newGroup(t, s, "g", 0, "a", "b")
+	p1 := msg("g", 0, mls.ContentTypeProposal, "a", "p1")
+	p1.AdvanceState, p1.StateVersion = true, 0
+	p2 := msg("g", 0, mls.ContentTypeProposal, "b", "p2") // validated against version 0 too
+	p2.AdvanceState, p2.StateVersion = true, 0
+	c := msg("g", 0, mls.ContentTypeCommit, "a", "c")
+	c.AdvanceState, c.StateVersion = true, 1
+	_, errs := ba.AcceptMessages(ctx(), []ds.AcceptParams{p1, p2, c})
+	if errs[0] != nil || !errors.Is(errs[1], ds.ErrStateConflict) || errs[2] != nil {
+		t.Fatalf("batch errors %v; want nil, ErrStateConflict, nil", errs)
+	}
+	log, err := s.StateLog(ctx(), []byte("g"), 0, 10)
+	if err != nil || len(log) != 2 || !strings.HasSuffix(string(log[0].Data), "p1") || !strings.HasSuffix(string(log[1].Data), "|c") {
+		t.Errorf("StateLog after the batch = %+v, %v", log, err)
+	}
 }
 
 // testAcceptCommitsConcurrent: 20 Commits for the same epoch at once.

@@ -1,0 +1,238 @@
+// Package client is the Go client SDK of mlsds, an MLS (RFC 9420) Delivery
+// Service: it keeps a client's identity, KeyPackages and group states in a
+// local SQLite file, talks to the Delivery Service over Connect, and turns
+// the group messages it receives into Events, in each group's order, each
+// exactly once.
+//
+// A Client registers and authenticates itself on Open, keeps a stock of
+// KeyPackages published, follows the Delivery Service's stream in the
+// background (reconnecting and logging in again as needed) and processes
+// what arrives.
+//
+// Each group is processed strictly in the server's order (GroupSeq): the
+// state file holds the group's MLS state together with the position it
+// matches, written in one transaction per batch of messages (those the
+// stream brought meanwhile, or a page of Fetch), and a message's events
+// are delivered only once the state after it is written, so that a client
+// that stops and opens its state again goes on where it was, without
+// losing or repeating events. Gaps in what the stream brings are filled
+// with Fetch.
+//
+// Commits and messages that lose the race for an epoch (the server's
+// WrongEpoch or StaleEpoch) are made again on the new state and resent: an
+// Add skips clients that became members meanwhile, a Remove those already
+// gone, an Update is simply redone. The application sees such an error
+// only when ten attempts in a row fail.
+//
+// Leave sends a Remove proposal; the member with the lowest leaf index that
+// the pending proposals do not remove commits them on its own. The intent
+// to leave is kept in the state file: if the epoch ends without the
+// removal (another member's Commit won the race and dropped the
+// proposal), the client proposes it again in the next epoch, across
+// restarts, until it is removed (EventRemoved, Group.WaitRemoved).
+//
+// A state file is used by one Client at a time: Open locks it (see
+// ErrStateInUse) until Close or the end of the process.
+//
+// The client sends handshake messages as PublicMessages in both group
+// modes, and processes those other members send as PrivateMessages too;
+// in opaque mode it also tells the server whom a Commit adds and removes.
+// The server gets an opaque group's GroupInfo and ratchet tree only
+// encrypted for the members of each epoch (see RemoteTreeKey): CreateGroup
+// uploads epoch 0's, every Commit carries the next epoch's, and Welcomes
+// leave the tree out; a joiner decrypts the tree of its epoch with the key
+// its Welcome gives.
+//
+// A client that could not process a Commit (ErrGroupBroken) rejoins the
+// group with a resync external Commit that replaces its old leaf:
+// Group.Rejoin in a transparent group, Client.JoinExternalWith with a
+// GroupInfo from another member in an opaque one.
+package client
+
+import (
+	"context"
+	"errors"
+	"log/slog"
+	"net/http"
+	"sync"
+	"sync/atomic"
+
+	"github.com/mlsds/mlsds/mls"
+)
+
+// Config configures a Client. Zero fields take the defaults in comments.
+type Config struct {
+	// Server is the Delivery Service's base URL: "http://host:port" (HTTP/2
+	// without TLS, prior knowledge) or "https://host".
+	Server string
+	// HTTPClient, if set, carries every call. Default: an h2c client for
+	// http:// URLs, an HTTP/2 client with the system's TLS settings for
+	// https:// URLs.
+	HTTPClient *http.Client
+	// StatePath is the local SQLite file holding the identity, the private
+	// keys of the KeyPackages and the group states. It is created (mode
+	// 0600) if missing. Empty keeps everything in memory: the client is
+	// gone when it is closed. One Client at a time may use a state file:
+	// Open locks it (ErrStateInUse) with a lock on the file StatePath +
+	// ".client-lock", created beside it, until Close or the end of the
+	// process.
+	StatePath string
+	// ClientID and UserID name the client when the state holds no identity
+	// yet; afterwards they must be empty or equal to the stored ones.
+	// UserID defaults to ClientID on the server.
+	ClientID, UserID string
+	// CipherSuite is the suite of a new identity; default
+	// MLS_128_DHKEMX25519_AES128GCM_SHA256_Ed25519 (1).
+	CipherSuite mls.CipherSuite
+	// EnrollmentToken is sent on registration if the server requires one.
+	EnrollmentToken string
+	// KeyPackages is how many KeyPackages are kept published, besides one
+	// last-resort KeyPackage; default 20.
+	KeyPackages int
+	// Logger receives diagnostics; default slog.Default(). It never sees
+	// secrets or plaintext.
+	Logger *slog.Logger
+}
+
+// ErrClosed is returned by the methods of a closed Client.
+var ErrClosed = errors.New("client: the client is closed")
+
+// ErrStateInUse is returned by Open when another Client, of this process
+// or another one, has the state file open. Two Clients on one state would
+// both follow the server, overwrite each other's group states and seal
+// messages with the same keys and nonces.
+var ErrStateInUse = errors.New("client: the state file is in use by another Client")
+
+// Client is one MLS client (device) of a Delivery Service. Its methods are
+// safe for concurrent use.
+type Client struct {
+	cfg  Config
+	log  *slog.Logger
+	id   string
+	user string
+	cs   mls.CipherSuite
+	sig  []byte // signature private key
+	db   *store
+	rpc  *rpc
+
+	ctx    context.Context // ends on Close
+	cancel context.CancelFunc
+	wg     sync.WaitGroup
+
+	mu     sync.Mutex
+	groups map[string]*Group
+	closed bool
+
+	events chan Event
+	queue  *eventQueue
+	acks   *acker
+
+	kpMu sync.Mutex // serializes PublishKeyPackages
+
+	// caughtUp is closed once the current stream has delivered its
+	// backlog (the server's caught_up) and everything before it is
+	// processed; a new open one replaces it when that stream ends.
+	cuMu     sync.Mutex
+	caughtUp chan struct{}
+	cuClosed bool
+
+	streams        atomic.Int64           // Subscribe streams opened
+	rebases        atomic.Int64           // messages made again after the group moved on
+	testHookStream atomic.Pointer[func()] // called before each stream event, in tests
+
+	// joinTree says where the ratchet tree of the last join from a
+	// Welcome came from (a treeFrom* constant), for tests.
+	joinTree       atomic.Pointer[string]
+	streamReceived atomic.Int64 // stream events received, for tests
+	// testWelcomeWithoutTree makes the Welcomes of transparent groups
+	// leave out the ratchet tree too, in tests.
+	testWelcomeWithoutTree bool
+}
+
+// Open loads the client's state from cfg.StatePath (or starts a new one),
+// registers a new identity with the server, authenticates, publishes
+// KeyPackages and starts following the server's stream. Call Close when
+// done.
+func Open(ctx context.Context, cfg Config) (*Client, error) {
+	return open(ctx, cfg)
+}
+
+// ID returns the client id: the identity of the client's MLS credential.
+func (c *Client) ID() string { return c.id }
+
+// Events returns the channel of the client's events. Read it steadily:
+// while events pile up unread, the client stops taking in new messages
+// (nothing is lost; they are fetched again later). The channel closes
+// after Close, once the events queued before are delivered.
+func (c *Client) Events() <-chan Event { return c.events }
+
+// Close stops the background work, waits for the group operations in
+// flight, closes the state file, and closes the Events channel once the
+// events queued before are delivered. Methods called afterwards return
+// ErrClosed.
+func (c *Client) Close() error { return c.close() }
+
+// PublishKeyPackages tops up the client's published KeyPackages to
+// Config.KeyPackages, plus one last-resort KeyPackage, and returns how
+// many it uploaded. The client also does this on its own when the server
+// reports a low stock and after it joins a group.
+func (c *Client) PublishKeyPackages(ctx context.Context) (int, error) {
+	return c.publishKeyPackages(ctx)
+}
+
+// GroupOptions configures a new group.
+type GroupOptions struct {
+	// ID is the group id; nil means 16 random bytes.
+	ID []byte
+	// Opaque creates an opaque-mode group, whose messages the server does
+	// not inspect; the client tells it the roster changes. Default:
+	// transparent mode, where the server validates every handshake.
+	Opaque bool
+}
+
+// CreateGroup creates a group with this client as its only member.
+func (c *Client) CreateGroup(ctx context.Context, opts GroupOptions) (*Group, error) {
+	return c.createGroup(ctx, opts)
+}
+
+// Group returns the client's group with id, or nil if there is none.
+func (c *Client) Group(id []byte) *Group { return c.group(id) }
+
+// Groups returns the client's groups, including those it was removed from.
+func (c *Client) Groups() []*Group { return c.allGroups() }
+
+// JoinExternal joins a transparent-mode group by external Commit (RFC 9420
+// §12.4.3.2) from the GroupInfo and ratchet tree the server keeps of it,
+// retrying with a fresh GroupInfo if another Commit wins the epoch. If the
+// tree holds a leaf of this client (a state it lost), the Commit removes
+// it; if this client's state of the group is broken, it rejoins as
+// Group.Rejoin does. A
+// server may be configured to hand these out to members only; a client
+// that is not a member then gets the GroupInfo from a member
+// (Group.GroupInfo) and uses JoinExternalWith.
+func (c *Client) JoinExternal(ctx context.Context, groupID []byte) (*Group, error) {
+	return c.joinExternal(ctx, groupID, nil)
+}
+
+// JoinExternalWith joins a group by external Commit from groupInfo, an
+// MLSMessage holding a GroupInfo with the external_pub and ratchet_tree
+// extensions, as Group.GroupInfo returns it. If the group has moved on to
+// another epoch, it fails: get a fresh GroupInfo and call it again. A
+// client whose state of the group is broken rejoins it so, in either mode
+// (see Group.Rejoin).
+func (c *Client) JoinExternalWith(ctx context.Context, groupInfo []byte) (*Group, error) {
+	return c.joinExternal(ctx, nil, groupInfo)
+}
+
+// Sync fetches and processes everything outstanding in every group.
+func (c *Client) Sync(ctx context.Context) error { return c.syncAll(ctx) }
+
+// WaitCaughtUp waits until the client's stream from the server has caught
+// up: the server has sent everything stored for this client when the
+// stream began (messages, Welcomes), and the client has processed it, so
+// that the events of all of it are queued on Events. It returns at once if
+// the current stream caught up already; while the client reconnects it
+// waits for the new stream. A short-lived process calls it after Open to
+// take in what arrived while it was away. It returns ctx's error if ctx
+// ends first, ErrClosed if the client is closed.
+func (c *Client) WaitCaughtUp(ctx context.Context) error { return c.waitCaughtUp(ctx) }

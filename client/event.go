@@ -1,0 +1,88 @@
+package client
+
+import (
+	"fmt"
+	"time"
+)
+
+// EventKind says what an Event reports.
+type EventKind int
+
+const (
+	// EventMessage is an application message of another member: Data
+	// holds the plaintext, Sender the sending client.
+	EventMessage EventKind = iota + 1
+	// EventMembersAdded reports a Commit that added members: Members
+	// lists the client ids added, Sender the committer.
+	EventMembersAdded
+	// EventMembersRemoved reports a Commit that removed members (or took
+	// in their Remove proposals): Members lists the client ids removed.
+	EventMembersRemoved
+	// EventEpoch reports that the group entered a new epoch (after any
+	// Commit, including this client's own): Epoch is the new epoch and
+	// Members the roster of it. It follows EventMembersAdded and
+	// EventMembersRemoved of the same Commit.
+	EventEpoch
+	// EventJoined reports that this client joined a group, from a Welcome
+	// or by external Commit: Members is the roster, Epoch the epoch joined.
+	EventJoined
+	// EventRemoved reports that this client was removed from the group
+	// (or that its Leave was committed). No event of the group follows.
+	EventRemoved
+	// EventUndecryptable reports a message this client could not process;
+	// Err says why. The group goes on with the next message. If it was a
+	// Commit, this client's state of the group stays behind the others'
+	// and their later messages will not decrypt either (the Group's
+	// methods return ErrGroupBroken): the client can rejoin with
+	// Group.Rejoin (transparent mode) or Client.JoinExternalWith and a
+	// GroupInfo from another member (either mode), or another member
+	// removes this client and adds it again (its Welcome then replaces
+	// the state).
+	EventUndecryptable
+)
+
+var eventKindNames = [...]string{
+	EventMessage:        "message",
+	EventMembersAdded:   "members-added",
+	EventMembersRemoved: "members-removed",
+	EventEpoch:          "epoch",
+	EventJoined:         "joined",
+	EventRemoved:        "removed",
+	EventUndecryptable:  "undecryptable",
+}
+
+// String returns a short lower-case name of k.
+func (k EventKind) String() string {
+	if k > 0 && int(k) < len(eventKindNames) {
+		return eventKindNames[k]
+	}
+	return fmt.Sprintf("EventKind(%d)", int(k))
+}
+
+// Event is something that happened in one of the client's groups, in the
+// group's order. The events of one group arrive in the order of the
+// group's messages (GroupSeq), each exactly once, across reconnects and
+// restarts of the client.
+type Event struct {
+	Kind    EventKind
+	GroupID []byte
+	// Seq is the position in the group's order of the message the event
+	// comes from (the Commit, for membership and epoch events; the Commit
+	// that added this client, for EventJoined).
+	Seq uint64
+	// Epoch is the epoch the message was sent in; for EventEpoch and
+	// EventJoined, the epoch entered.
+	Epoch uint64
+	// Sender is the client id of the member that sent the message or the
+	// Commit; empty when unknown.
+	Sender string
+	// Data is the plaintext of an EventMessage.
+	Data []byte
+	// Members lists client ids: those added or removed, or the roster (see
+	// the kinds).
+	Members []string
+	// AcceptedAt is when the Delivery Service accepted the message.
+	AcceptedAt time.Time
+	// Err is set for EventUndecryptable.
+	Err error
+}

@@ -1,0 +1,160 @@
+package client
+
+import (
+	"context"
+	"errors"
+	"sync"
+	"time"
+
+	"github.com/mlsds/mlsds/mls"
+)
+
+// ErrRemoved is returned by the methods of a Group this client was
+// removed from, or left.
+var ErrRemoved = errors.New("client: this client is no longer a member of the group (removed, or left)")
+
+// Group is one of the client's groups. Its methods are safe for concurrent
+// use: they, and the processing of what arrives for the group, take turns.
+type Group struct {
+	c  *Client
+	id []byte
+
+	mu        sync.Mutex
+	st        *mls.Group
+	processed uint64 // the last GroupSeq processed
+	opaque    bool
+	removed   bool
+	broken    bool // a Commit could not be processed: the state is behind
+	closed    bool
+	// leaving says this client means to leave: it proposes its removal
+	// again in every epoch it is still a member of (see leave.go).
+	leaving bool
+	// leaveMu serializes the sending of this client's Remove proposals.
+	leaveMu sync.Mutex
+	// ended, made on demand by WaitRemoved, is closed (and dropped) once
+	// the state written says this client is removed or broken.
+	ended   chan struct{}
+	pending *pendingCommit
+	// proposals holds the Proposals (MLSMessages) of the current epoch, in
+	// order, for the auto-commit.
+	proposals [][]byte
+	// unsaved holds the events of the messages processed since the state
+	// was last written; persist queues them once the state that includes
+	// those messages is durable, so that no event is delivered twice or
+	// lost across a restart. dirty says the state changed since.
+	unsaved []Event
+	dirty   bool
+}
+
+// ErrGroupBroken is returned by the methods of a Group whose Commit this
+// client could not process (see EventUndecryptable).
+var ErrGroupBroken = errors.New("client: this client could not process a Commit of the group and can no longer follow it; call Group.Rejoin (transparent groups), or have another member remove it and add it again")
+
+// Receipt is the server's promise about an accepted message: it is durable
+// and will reach every member at position Seq of the group's order.
+type Receipt struct {
+	Seq        uint64    // position in the group's order
+	Epoch      uint64    // the epoch the message was sent in
+	AcceptedAt time.Time // when the server accepted it
+}
+
+// ID returns the group id.
+func (g *Group) ID() []byte { return g.groupID() }
+
+// Epoch returns the group's current epoch as this client has processed it.
+func (g *Group) Epoch() uint64 { return g.epoch() }
+
+// EpochAuthenticator returns the epoch_authenticator of the current epoch
+// (RFC 9420 §8.7): members in the same epoch with the same view of the
+// group have equal ones.
+func (g *Group) EpochAuthenticator() []byte { return g.epochAuthenticator() }
+
+// Members returns the client ids of the members, in leaf order.
+func (g *Group) Members() []string { return g.members() }
+
+// Add adds clients to the group: it claims one KeyPackage of each, and
+// sends a Commit that adds them with a Welcome. Clients that are members
+// already are skipped.
+func (g *Group) Add(ctx context.Context, clientIDs ...string) error {
+	return g.commit(ctx, intent{adds: clientIDs})
+}
+
+// Remove removes clients from the group with a Commit. Clients that are
+// not members are skipped. To remove itself, a client uses Leave.
+func (g *Group) Remove(ctx context.Context, clientIDs ...string) error {
+	return g.commit(ctx, intent{removes: clientIDs})
+}
+
+// Update sends a Commit that gives this client fresh leaf keys (an
+// UpdatePath without proposals), moving the group to a new epoch.
+func (g *Group) Update(ctx context.Context) error {
+	return g.commit(ctx, intent{update: true})
+}
+
+// Leave proposes the removal of this client, and returns once the server
+// has accepted the proposal. Another member's client commits it; this
+// client then gets EventRemoved (WaitRemoved waits for it). The intent to
+// leave is saved in the state: should the epoch end without the removal
+// (a Commit made before the proposal was seen wins the race and drops
+// it), the client proposes it again in the new epoch, also after a
+// restart, until it is removed. Methods that change the group keep
+// working meanwhile. Leave returns ErrRemoved if the client was already
+// known to be out when called, and nil if it finds itself removed while
+// it proposes.
+func (g *Group) Leave(ctx context.Context) error { return g.leave(ctx) }
+
+// WaitRemoved waits until this client is no longer a member of the group:
+// its removal, or its Leave, was committed and processed (EventRemoved is
+// queued). It returns ctx's error if ctx ends first, ErrClosed if the
+// client is closed, ErrGroupBroken if the client can no longer follow the
+// group.
+func (g *Group) WaitRemoved(ctx context.Context) error { return g.waitRemoved(ctx) }
+
+// Removed reports whether this client is no longer a member of the group
+// (removed, or its Leave committed), as far as it has processed the
+// group's messages. The methods that act on the group then return
+// ErrRemoved.
+func (g *Group) Removed() bool { return g.isRemoved() }
+
+// Broken reports whether this client could not process a Commit of the
+// group and can no longer follow it (ErrGroupBroken): see Rejoin.
+func (g *Group) Broken() bool {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	return g.broken
+}
+
+// Leaving reports whether this client called Leave and is not removed
+// yet: its Remove proposal is outstanding.
+func (g *Group) Leaving() bool {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	return g.leaving && !g.removed
+}
+
+// Send encrypts data as an application message of the group and sends it.
+func (g *Group) Send(ctx context.Context, data []byte) (Receipt, error) {
+	return g.send(ctx, data)
+}
+
+// Sync fetches and processes everything outstanding in the group.
+func (g *Group) Sync(ctx context.Context) error { return g.syncAndLeave(ctx) }
+
+// Rejoin brings this client back into a transparent-mode group whose state
+// it lost track of (ErrGroupBroken) with a resync external Commit (RFC 9420
+// §12.4.3.2): from the GroupInfo and ratchet tree the server keeps, it
+// joins anew and removes its old leaf in the same Commit, so that it stays
+// one member. Messages sent between the Commit it could not process and
+// the rejoin stay unreadable. It works on a healthy group too (the client
+// then gets fresh keys and a new leaf). On success the client gets
+// EventJoined and the Group goes on as before. In an opaque-mode group
+// the server holds no GroupInfo a broken member can read, so Rejoin fails:
+// get a GroupInfo from another member (Group.GroupInfo) and call
+// Client.JoinExternalWith, which rejoins the same way, or have another
+// member remove the client and add it again.
+func (g *Group) Rejoin(ctx context.Context) error { return g.rejoin(ctx) }
+
+// GroupInfo returns a GroupInfo of the current epoch signed by this client,
+// as an MLSMessage with the external_pub and ratchet_tree extensions, from
+// which another client can join with Client.JoinExternalWith.
+func (g *Group) GroupInfo() ([]byte, error) { return g.groupInfo() }

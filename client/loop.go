@@ -1,0 +1,506 @@
+package client
+
+import (
+	"bytes"
+	"context"
+	"database/sql"
+	"errors"
+	"fmt"
+	"log/slog"
+	"slices"
+	"time"
+
+	"connectrpc.com/connect"
+
+	mlsdsv1 "github.com/mlsds/mlsds/api/mlsds/v1"
+	"github.com/mlsds/mlsds/mls"
+)
+
+// streamLoop follows the server's Subscribe stream until Close,
+// reconnecting with backoff whenever it ends.
+func (c *Client) streamLoop() {
+	defer c.wg.Done()
+	attempt := 0
+	for c.ctx.Err() == nil {
+		err := c.streamOnce(&attempt)
+		c.setCaughtUp(false)
+		if c.ctx.Err() != nil {
+			return
+		}
+		c.log.Debug("stream ended; reconnecting", slog.Any("error", err), slog.Int("attempt", attempt))
+		sleep(c.ctx, backoff(attempt))
+		attempt++
+	}
+}
+
+func (c *Client) streamOnce(attempt *int) error {
+	ctx, cancel := context.WithCancel(c.ctx)
+	defer cancel()
+	c.streams.Add(1)
+	stream, err := c.rpc.delivery.Subscribe(ctx, connect.NewRequest(&mlsdsv1.SubscribeRequest{}))
+	if err != nil {
+		return err
+	}
+	// A reader takes the events in, so that those that arrive while a
+	// batch is processed make the next batch.
+	events := make(chan *mlsdsv1.SubscribeResponse, streamBatch)
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		defer close(events)
+		for stream.Receive() {
+			c.streamReceived.Add(1)
+			select {
+			case events <- stream.Msg():
+			case <-ctx.Done():
+				return
+			}
+		}
+	}()
+	defer func() {
+		cancel()
+		<-done
+		stream.Close()
+	}()
+	if err := c.processStream(ctx, events, attempt); err != nil {
+		return err
+	}
+	<-done
+	err = stream.Err()
+	if connect.CodeOf(err) == connect.CodeUnauthenticated {
+		c.rpc.tokMu.Lock()
+		stale := c.rpc.token
+		c.rpc.tokMu.Unlock()
+		if _, lerr := c.rpc.login(ctx, stale); lerr != nil {
+			c.log.Warn("re-authentication failed", slog.String("error", lerr.Error()))
+		}
+	}
+	return err
+}
+
+// streamBatch bounds the stream events processed between two writes of a
+// group's state.
+const streamBatch = 128
+
+// processStream handles the stream's events until the stream ends (nil)
+// or an event fails: in batches of those that are there, each group's
+// state written once per batch.
+func (c *Client) processStream(ctx context.Context, events <-chan *mlsdsv1.SubscribeResponse, attempt *int) error {
+	for {
+		var ev *mlsdsv1.SubscribeResponse
+		var ok bool
+		select {
+		case ev, ok = <-events:
+			if !ok {
+				return nil
+			}
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+		*attempt = 0
+		batch := []*mlsdsv1.SubscribeResponse{ev}
+	drain:
+		for len(batch) < streamBatch {
+			select {
+			case ev, ok := <-events:
+				if !ok {
+					break drain
+				}
+				batch = append(batch, ev)
+			default:
+				break drain
+			}
+		}
+		if err := c.handleStreamBatch(ctx, batch); err != nil {
+			return err
+		}
+	}
+}
+
+// handleStreamBatch processes a batch of stream events. The messages are
+// processed in memory and each group touched is written once at the end
+// (or before an event of another kind), which queues their events.
+func (c *Client) handleStreamBatch(ctx context.Context, batch []*mlsdsv1.SubscribeResponse) error {
+	var touched []*Group
+	flush := func() error {
+		var first error
+		for _, g := range touched {
+			g.mu.Lock()
+			err := g.flushLocked()
+			g.mu.Unlock()
+			if err != nil && first == nil {
+				first = err
+			}
+		}
+		if first == nil {
+			for _, g := range touched {
+				g.maybeAutoCommit(ctx)
+				g.maybeLeave(ctx)
+			}
+		}
+		touched = nil
+		return first
+	}
+	for _, ev := range batch {
+		if err := c.queue.waitBelow(ctx, queueHighWater); err != nil {
+			return errors.Join(err, flush())
+		}
+		if hook := c.testHookStream.Load(); hook != nil {
+			(*hook)()
+		}
+		if env := ev.GetMessage(); env != nil {
+			g := c.group(env.GroupId)
+			if g == nil {
+				// A group this client has no state of (its Welcome is
+				// still to come, or it was lost): nothing to do.
+				continue
+			}
+			if !slices.Contains(touched, g) {
+				touched = append(touched, g)
+			}
+			if err := g.take(ctx, env); err != nil {
+				return errors.Join(err, flush())
+			}
+			continue
+		}
+		if err := flush(); err != nil {
+			return err
+		}
+		if err := c.handleStreamEvent(ctx, ev); err != nil {
+			return err
+		}
+	}
+	return flush()
+}
+
+// handleStreamEvent processes one event of the stream. An error ends the
+// stream; the events not acknowledged come again on the next one.
+func (c *Client) handleStreamEvent(ctx context.Context, ev *mlsdsv1.SubscribeResponse) error {
+	switch {
+	case ev.GetMessage() != nil:
+		env := ev.GetMessage()
+		g := c.group(env.GroupId)
+		if g == nil {
+			// A group this client has no state of (its Welcome is still
+			// to come, or it was lost): nothing to do.
+			return nil
+		}
+		return g.deliver(ctx, env)
+	case ev.GetWelcome() != nil:
+		return c.handleWelcome(ctx, ev.GetWelcome())
+	case ev.GetKeyPackageLow() != nil:
+		c.topUpLater()
+	case ev.GetCaughtUp() != nil:
+		// What came before is processed and its events queued.
+		c.setCaughtUp(true)
+	}
+	return nil
+}
+
+// setCaughtUp records whether the current stream has caught up: true
+// releases the WaitCaughtUp callers; false (the stream ended) makes the
+// next ones wait for the next stream.
+func (c *Client) setCaughtUp(up bool) {
+	c.cuMu.Lock()
+	defer c.cuMu.Unlock()
+	switch {
+	case up && !c.cuClosed:
+		close(c.caughtUp)
+		c.cuClosed = true
+	case !up && c.cuClosed:
+		c.caughtUp = make(chan struct{})
+		c.cuClosed = false
+	}
+}
+
+func (c *Client) waitCaughtUp(ctx context.Context) error {
+	if err := c.checkOpen(); err != nil {
+		return err
+	}
+	c.cuMu.Lock()
+	ch := c.caughtUp
+	c.cuMu.Unlock()
+	select {
+	case <-ch:
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	case <-c.ctx.Done():
+		return ErrClosed
+	}
+}
+
+// topUpLater publishes KeyPackages in the background.
+func (c *Client) topUpLater() {
+	c.mu.Lock()
+	if c.closed {
+		c.mu.Unlock()
+		return
+	}
+	c.wg.Add(1)
+	c.mu.Unlock()
+	go func() {
+		defer c.wg.Done()
+		if _, err := c.publishKeyPackages(c.ctx); err != nil && c.ctx.Err() == nil {
+			c.log.Warn("publishing KeyPackages failed", slog.String("error", err.Error()))
+		}
+	}()
+}
+
+// publishKeyPackages tops up the published KeyPackages.
+func (c *Client) publishKeyPackages(ctx context.Context) (int, error) {
+	c.kpMu.Lock()
+	defer c.kpMu.Unlock()
+	count, err := c.rpc.kps.CountKeyPackages(ctx, connect.NewRequest(&mlsdsv1.CountKeyPackagesRequest{}))
+	if err != nil {
+		return 0, fmt.Errorf("client: counting published KeyPackages: %w", err)
+	}
+	list, err := c.rpc.kps.ListKeyPackages(ctx, connect.NewRequest(&mlsdsv1.ListKeyPackagesRequest{}))
+	if err != nil {
+		return 0, fmt.Errorf("client: listing published KeyPackages: %w", err)
+	}
+	// The count leaves out expired and last-resort KeyPackages; a
+	// last-resort one close to its end is replaced.
+	have, lastResort := int(count.Msg.ByCipherSuite[uint32(c.cs)]), false
+	var stale [][]byte
+	for _, kp := range list.Msg.KeyPackages {
+		if !kp.LastResort || mls.CipherSuite(kp.CipherSuite) != c.cs {
+			continue
+		}
+		if kp.NotAfter.AsTime().After(time.Now().Add(keyPackageLifetime / 10)) {
+			lastResort = true
+		} else {
+			stale = append(stale, kp.Ref)
+		}
+	}
+	if !lastResort && len(stale) > 0 {
+		// The server keeps one last-resort KeyPackage per suite.
+		if _, err := c.rpc.kps.DeleteKeyPackages(ctx, connect.NewRequest(&mlsdsv1.DeleteKeyPackagesRequest{Refs: stale})); err != nil {
+			return 0, fmt.Errorf("client: replacing the last-resort KeyPackage: %w", err)
+		}
+	}
+	var keys []keyPackageKeys
+	now := time.Now()
+	nb, na := uint64(now.Add(-time.Hour).Unix()), uint64(now.Add(keyPackageLifetime).Unix())
+	for i := have; i < c.cfg.KeyPackages; i++ {
+		kp, priv, err := mls.NewKeyPackage(c.cs, []byte(c.id), c.sig, nb, na)
+		if err != nil {
+			return 0, err
+		}
+		keys = append(keys, keyPackageKeys{kp: kp, priv: priv})
+	}
+	if !lastResort {
+		kp, priv, err := mls.NewKeyPackage(c.cs, []byte(c.id), c.sig, nb, na)
+		if err != nil {
+			return 0, err
+		}
+		keys = append(keys, keyPackageKeys{kp: kp, priv: priv, lastResort: true})
+	}
+	if len(keys) == 0 {
+		return 0, nil
+	}
+	// Keys of KeyPackages that expired long ago can no longer be named by
+	// a Welcome; the last-resort ones are kept.
+	if err := c.db.pruneKeyPackages(context.WithoutCancel(ctx), now.Add(-keyPackageLifetime-7*24*time.Hour).Unix()); err != nil {
+		c.log.Warn("pruning old KeyPackage keys", slog.String("error", err.Error()))
+	}
+	// The private keys are saved before the server can hand the
+	// KeyPackages out.
+	if err := c.db.putKeyPackages(context.WithoutCancel(ctx), keys, now.Unix()); err != nil {
+		return 0, fmt.Errorf("client: saving KeyPackage keys: %w", err)
+	}
+	req := &mlsdsv1.UploadKeyPackagesRequest{}
+	for _, k := range keys {
+		data, err := (&mls.MLSMessage{Version: mls.ProtocolVersionMLS10, WireFormat: mls.WireFormatKeyPackage, KeyPackage: k.kp}).MarshalBinary()
+		if err != nil {
+			return 0, err
+		}
+		req.KeyPackages = append(req.KeyPackages, &mlsdsv1.KeyPackageUpload{KeyPackage: data, LastResort: k.lastResort})
+	}
+	if _, err := c.rpc.kps.UploadKeyPackages(ctx, connect.NewRequest(req)); err != nil {
+		for _, k := range keys {
+			if ref, rerr := k.kp.Ref(); rerr == nil {
+				c.db.deleteKeyPackage(context.WithoutCancel(ctx), ref)
+			}
+		}
+		return 0, fmt.Errorf("client: uploading %d KeyPackages: %w", len(keys), err)
+	}
+	return len(keys), nil
+}
+
+// handleWelcome joins a group from a Welcome to one of this client's
+// KeyPackages.
+func (c *Client) handleWelcome(ctx context.Context, w *mlsdsv1.WelcomeEvent) error {
+	if g := c.group(w.GroupId); g != nil && !g.wasRemovedBefore(w.CommitSeq) {
+		// Seen already (the server repeats a Welcome until it is
+		// acknowledged).
+		c.acks.set(w.GroupId, w.CommitSeq)
+		c.acks.now()
+		return nil
+	}
+	fail := func(err error) error {
+		c.log.Warn("cannot join from Welcome", slog.String("group", fmt.Sprintf("%x", w.GroupId)), slog.String("error", err.Error()))
+		c.emit(Event{Kind: EventUndecryptable, GroupID: w.GroupId, Seq: w.CommitSeq, Epoch: w.Epoch, AcceptedAt: w.AcceptedAt.AsTime(),
+			Err: fmt.Errorf("client: cannot join from a Welcome: %w", err)})
+		// Acknowledge it so that it does not come again forever.
+		c.acks.set(w.GroupId, w.CommitSeq)
+		c.acks.now()
+		return nil
+	}
+	keys, err := c.db.keyPackage(ctx, w.KeyPackageRef, c.sig)
+	if errors.Is(err, sql.ErrNoRows) {
+		return fail(errors.New("the Welcome is for a KeyPackage whose private keys this client does not have (another state file?)"))
+	}
+	if err != nil {
+		return err
+	}
+	msg, err := mls.ParseMLSMessage(w.Welcome)
+	if err != nil || msg.Welcome == nil {
+		return fail(fmt.Errorf("the Welcome does not decode: %v", err))
+	}
+	st, opaque, err := c.joinFromWelcome(ctx, w, msg.Welcome, keys)
+	if err != nil {
+		if transient(err) {
+			return err
+		}
+		return fail(err)
+	}
+	if !bytes.Equal(st.GroupID(), w.GroupId) {
+		return fail(fmt.Errorf("the Welcome is for group %x, not %x as the server says", st.GroupID(), w.GroupId))
+	}
+	g := &Group{c: c, id: st.GroupID(), st: st, processed: w.CommitSeq, opaque: opaque}
+	var del []byte
+	if !keys.lastResort {
+		del = w.KeyPackageRef
+	}
+	if err := g.persist(del); err != nil {
+		return err
+	}
+	c.mu.Lock()
+	c.groups[string(g.id)] = g
+	c.mu.Unlock()
+	c.emit(Event{Kind: EventJoined, GroupID: g.id, Seq: w.CommitSeq, Epoch: st.Epoch(), Members: g.members(), AcceptedAt: w.AcceptedAt.AsTime()})
+	c.acks.set(g.id, w.CommitSeq)
+	c.acks.now()
+	c.topUpLater()
+	// Catch up with what was sent after the Commit that added us.
+	if err := g.sync(ctx); err != nil && !errors.Is(err, ErrRemoved) {
+		c.log.Debug("catching up after joining", slog.String("error", err.Error()))
+	}
+	return nil
+}
+
+// Where a joiner took the ratchet tree from (Client.joinTree).
+const (
+	treeFromWelcome     = "welcome"      // the Welcome's ratchet_tree extension
+	treeFromRemoteTree  = "remote tree"  // opaque mode: GetRemoteTree, decrypted
+	treeFromRatchetTree = "ratchet tree" // transparent mode: GetRatchetTree
+	treeFromGroupInfo   = "group info"   // a server without GetRemoteTree: GetGroupInfo
+)
+
+// joinFromWelcome joins the group of the Welcome w (the stream's event ev)
+// with the KeyPackage keys, and tells whether the group is opaque.
+//
+// The group's mode takes one small call: GetRemoteTree, which serves the
+// encrypted trees of opaque groups and refuses transparent ones with
+// InvalidArgument. The tree comes from the Welcome if it carries one;
+// otherwise, in an opaque group, from the remote tree of the Welcome's
+// epoch, decrypted with the key the Welcome gives (OpenRemoteTree checks
+// it against the GroupInfo); in a transparent group, from GetRatchetTree.
+// Either way mls.JoinGroup checks that the tree's hash is the one the
+// Welcome's GroupContext names.
+func (c *Client) joinFromWelcome(ctx context.Context, ev *mlsdsv1.WelcomeEvent, w *mls.Welcome, keys keyPackageKeys) (*mls.Group, bool, error) {
+	remote, rerr := c.rpc.groups.GetRemoteTree(ctx, connect.NewRequest(&mlsdsv1.GetRemoteTreeRequest{GroupId: ev.GroupId}))
+	var opaque, legacy bool
+	switch code := connect.CodeOf(rerr); {
+	case rerr == nil:
+		opaque = true
+	case code == connect.CodeInvalidArgument:
+		// A transparent group.
+	case code == connect.CodeUnimplemented:
+		legacy = true
+	case transient(rerr):
+		return nil, false, rerr
+	default:
+		return nil, false, fmt.Errorf("GetRemoteTree: %w", rerr)
+	}
+	var info *mlsdsv1.GetGroupInfoResponse
+	if legacy {
+		// A server without remote trees: GetGroupInfo tells the mode.
+		res, err := c.rpc.groups.GetGroupInfo(ctx, connect.NewRequest(&mlsdsv1.GetGroupInfoRequest{GroupId: ev.GroupId}))
+		if err != nil {
+			if transient(err) {
+				return nil, false, err
+			}
+			return nil, false, fmt.Errorf("GetGroupInfo: %w", err)
+		}
+		info = res.Msg
+		opaque = info.Mode == mlsdsv1.GroupMode_GROUP_MODE_OPAQUE
+	}
+	st, err := mls.JoinGroup(w, keys.kp, keys.priv, nil, nil)
+	if err == nil {
+		c.joinTree.Store(ptr(treeFromWelcome))
+		return st, opaque, nil
+	}
+	if !errors.Is(err, mls.ErrNoRatchetTree) {
+		return nil, opaque, err
+	}
+	var tree *mls.RatchetTree
+	var from string
+	switch {
+	case legacy:
+		if len(info.RatchetTree) == 0 {
+			return nil, opaque, errors.New("the Welcome carries no ratchet tree and the server serves none")
+		}
+		if tree, err = mls.UnmarshalRatchetTree(keys.kp.CipherSuite, info.RatchetTree); err != nil {
+			return nil, opaque, fmt.Errorf("the server's ratchet tree does not decode: %w", err)
+		}
+		from = treeFromGroupInfo
+	case opaque:
+		key, we, err := WelcomeRemoteTreeKey(w, keys.kp, keys.priv, nil)
+		if err != nil {
+			return nil, opaque, err
+		}
+		var blob []byte
+		for _, t := range remote.Msg.RemoteTrees {
+			if t.Epoch == we.Epoch() {
+				blob = t.Blob
+			}
+		}
+		if blob == nil {
+			return nil, opaque, fmt.Errorf("the Welcome carries no ratchet tree and the server holds no remote tree of epoch %d "+
+				"(it keeps the current and the previous epoch's; the group is at epoch %d, or the committer uploaded none): "+
+				"a member has to remove this client and add it again", we.Epoch(), remote.Msg.Epoch)
+		}
+		if _, tree, err = OpenRemoteTree(we.CipherSuite(), key, we.GroupID(), we.Epoch(), blob); err != nil {
+			return nil, opaque, err
+		}
+		from = treeFromRemoteTree
+	default:
+		res, err := c.rpc.groups.GetRatchetTree(ctx, connect.NewRequest(&mlsdsv1.GetRatchetTreeRequest{GroupId: ev.GroupId}))
+		if err != nil {
+			if transient(err) {
+				return nil, opaque, err
+			}
+			return nil, opaque, fmt.Errorf("the Welcome carries no ratchet tree, and GetRatchetTree failed: %w", err)
+		}
+		if tree, err = mls.UnmarshalRatchetTree(keys.kp.CipherSuite, res.Msg.RatchetTree); err != nil {
+			return nil, opaque, fmt.Errorf("the server's ratchet tree does not decode: %w", err)
+		}
+		if res.Msg.Epoch != ev.Epoch {
+			// The server has the current epoch's tree only.
+			return nil, opaque, fmt.Errorf("the Welcome carries no ratchet tree and the server's is of epoch %d, not the Welcome's %d: "+
+				"a member has to remove this client and add it again", res.Msg.Epoch, ev.Epoch)
+		}
+		from = treeFromRatchetTree
+	}
+	// JoinGroup checks the tree against the GroupContext's tree_hash.
+	st, err = mls.JoinGroup(w, keys.kp, keys.priv, tree, nil)
+	if err != nil {
+		return nil, opaque, err
+	}
+	c.joinTree.Store(ptr(from))
+	return st, opaque, nil
+}
+
+func ptr[T any](v T) *T { return &v }

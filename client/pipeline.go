@@ -1,0 +1,951 @@
+package client
+
+import (
+	"bytes"
+	"context"
+	"crypto/rand"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"log/slog"
+	"math"
+	"slices"
+
+	"connectrpc.com/connect"
+
+	mlsdsv1 "github.com/mlsds/mlsds/api/mlsds/v1"
+	"github.com/mlsds/mlsds/mls"
+)
+
+// maxAttempts bounds how often a message is made again after the group
+// moved on under it.
+const maxAttempts = 10
+
+// pendingCommit is a Commit of this client that was sent, or is about to
+// be, and whose outcome is not known yet.
+type pendingCommit struct {
+	wire      []byte     // the Commit as an MLSMessage
+	next      *mls.Group // the state once it is merged
+	nextState []byte     // next.MarshalBinary()
+	welcome   []byte
+	groupInfo []byte // transparent mode: the new epoch's GroupInfo
+	// remoteTree is, in opaque mode, the new epoch's GroupInfo and tree
+	// encrypted for its members (see remotetree.go).
+	remoteTree *mlsdsv1.RemoteTree
+	added      []string
+	removed    []string
+	merged     bool // accepted by the server and merged
+	// restored marks a Commit read back from the state file: only the
+	// group's log tells whether it was accepted.
+	restored bool
+}
+
+func loadGroup(c *Client, r groupRow) (*Group, error) {
+	st, err := mls.UnmarshalGroup(r.state)
+	if err != nil {
+		return nil, fmt.Errorf("stored state does not decode: %w", err)
+	}
+	g := &Group{c: c, id: r.id, st: st, processed: r.processed, opaque: r.opaque, removed: r.removed, broken: r.broken, leaving: r.leaving, proposals: decodeList(r.proposals)}
+	if r.pendingCommit != nil {
+		next, err := mls.UnmarshalGroup(r.pendingState)
+		if err != nil {
+			return nil, fmt.Errorf("stored pending Commit does not decode: %w", err)
+		}
+		g.pending = &pendingCommit{wire: r.pendingCommit, next: next, nextState: r.pendingState, restored: true}
+	}
+	return g, nil
+}
+
+// persist writes the group's state and processed position in one
+// transaction (and deletes the KeyPackage deleteRef, if not nil). Then, and
+// only then, the events of the messages processed since the last write
+// are queued and the position acknowledged: a client that stops before
+// the write processes those messages again from the state written before,
+// and their events come once.
+func (g *Group) persist(deleteRef []byte) error {
+	state, err := g.st.MarshalBinary()
+	if err != nil {
+		return err
+	}
+	r := &groupRow{id: g.id, state: state, processed: g.processed, opaque: g.opaque, removed: g.removed, broken: g.broken, leaving: g.leaving, proposals: encodeList(g.proposals)}
+	if p := g.pending; p != nil {
+		r.pendingCommit, r.pendingState = p.wire, p.nextState
+	}
+	if err := g.c.db.putGroup(context.Background(), r, deleteRef); err != nil {
+		return fmt.Errorf("client: saving the state of group %x: %w", g.id, err)
+	}
+	g.dirty = false
+	if (g.removed || g.broken) && g.ended != nil {
+		close(g.ended)
+		g.ended = nil
+	}
+	if len(g.unsaved) > 0 {
+		g.c.emit(g.unsaved...)
+		g.unsaved = nil
+	}
+	if g.processed > 0 {
+		g.c.acks.set(g.id, g.processed)
+	}
+	return nil
+}
+
+// flushLocked writes the state if messages were processed since the last
+// write, which queues their events.
+func (g *Group) flushLocked() error {
+	if !g.dirty {
+		return nil
+	}
+	return g.persist(nil)
+}
+
+func encodeList(list [][]byte) []byte {
+	if len(list) == 0 {
+		return nil
+	}
+	var b []byte
+	for _, x := range list {
+		b = binary.AppendUvarint(b, uint64(len(x)))
+		b = append(b, x...)
+	}
+	return b
+}
+
+func decodeList(b []byte) [][]byte {
+	var out [][]byte
+	for len(b) > 0 {
+		n, k := binary.Uvarint(b)
+		if k <= 0 || uint64(len(b)-k) < n {
+			return out
+		}
+		out = append(out, bytes.Clone(b[k:k+int(n)]))
+		b = b[k+int(n):]
+	}
+	return out
+}
+
+func (g *Group) groupID() []byte { return bytes.Clone(g.id) }
+
+func (g *Group) epoch() uint64 {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	return g.st.Epoch()
+}
+
+func (g *Group) epochAuthenticator() []byte {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	return g.st.EpochAuthenticator()
+}
+
+func (g *Group) members() []string {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	return memberIDs(g.st)
+}
+
+func memberIDs(st *mls.Group) []string {
+	var out []string
+	for _, m := range st.Members() {
+		out = append(out, string(m.Identity))
+	}
+	return out
+}
+
+// wasRemovedBefore reports whether this client was removed from the group
+// at a position before seq (or could not follow it since), so that it may
+// join it again.
+func (g *Group) wasRemovedBefore(seq uint64) bool {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	return (g.removed || g.broken) && g.processed < seq
+}
+
+func (g *Group) isRemoved() bool {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	return g.removed
+}
+
+// lockActive locks the group, failing if the client is closed or no
+// longer a member.
+func (g *Group) lockActive() error {
+	g.mu.Lock()
+	if g.closed {
+		g.mu.Unlock()
+		return ErrClosed
+	}
+	if g.removed {
+		g.mu.Unlock()
+		return ErrRemoved
+	}
+	if g.broken {
+		g.mu.Unlock()
+		return ErrGroupBroken
+	}
+	return nil
+}
+
+// cloneState copies an mls.Group through its encoding, so that a Commit
+// or a Proposal can be made without touching the state until the server
+// accepts it.
+func cloneState(st *mls.Group) (*mls.Group, error) {
+	b, err := st.MarshalBinary()
+	if err != nil {
+		return nil, err
+	}
+	return mls.UnmarshalGroup(b)
+}
+
+func mlsMessage(m *mls.MLSMessage) ([]byte, error) {
+	m.Version = mls.ProtocolVersionMLS10
+	return m.MarshalBinary()
+}
+
+// createGroup creates a group with this client as its only member.
+func (c *Client) createGroup(ctx context.Context, opts GroupOptions) (*Group, error) {
+	if err := c.checkOpen(); err != nil {
+		return nil, err
+	}
+	id := bytes.Clone(opts.ID)
+	if id == nil {
+		id = make([]byte, 16)
+		rand.Read(id)
+	}
+	if c.group(id) != nil {
+		return nil, fmt.Errorf("client: this client already has group %x", id)
+	}
+	kp, priv, err := mls.NewKeyPackage(c.cs, []byte(c.id), c.sig, 0, math.MaxUint64)
+	if err != nil {
+		return nil, err
+	}
+	st, err := mls.NewGroup(id, kp, priv)
+	if err != nil {
+		return nil, err
+	}
+	gi, err := st.GroupInfo(false)
+	if err != nil {
+		return nil, err
+	}
+	req := &mlsdsv1.CreateGroupRequest{GroupId: id, Mode: mlsdsv1.GroupMode_GROUP_MODE_TRANSPARENT}
+	var remote *mlsdsv1.RemoteTree
+	if opts.Opaque {
+		// The server gets no GroupInfo in the clear, only the encrypted
+		// one of the remote tree.
+		req.Mode = mlsdsv1.GroupMode_GROUP_MODE_OPAQUE
+		blob, err := SealRemoteTree(st, gi, st.Tree())
+		if err != nil {
+			return nil, err
+		}
+		remote = &mlsdsv1.RemoteTree{Epoch: st.Epoch(), Blob: blob}
+	} else {
+		if req.GroupInfo, err = mlsMessage(&mls.MLSMessage{WireFormat: mls.WireFormatGroupInfo, GroupInfo: gi}); err != nil {
+			return nil, err
+		}
+		if req.RatchetTree, err = st.Tree().MarshalBinary(); err != nil {
+			return nil, err
+		}
+	}
+	if _, err := c.rpc.groups.CreateGroup(ctx, connect.NewRequest(req)); err != nil {
+		return nil, fmt.Errorf("client: creating group %x: %w", id, err)
+	}
+	g := &Group{c: c, id: id, st: st, opaque: opts.Opaque}
+	if err := g.persist(nil); err != nil {
+		return nil, err
+	}
+	c.mu.Lock()
+	c.groups[string(id)] = g
+	c.mu.Unlock()
+	if remote != nil {
+		// The group exists now, so a failure here does not undo it: the
+		// tree of epoch 0 is only needed by a member that loses track
+		// before the first Commit, whose bundle carries the next one.
+		if err := c.putRemoteTree(ctx, id, remote); err != nil {
+			c.log.Warn("uploading the remote tree of a new group failed", slog.String("group", fmt.Sprintf("%x", id)), slog.String("error", err.Error()))
+		}
+	}
+	return g, nil
+}
+
+// putRemoteTree uploads an opaque group's remote tree, retrying while the
+// server is unreachable.
+func (c *Client) putRemoteTree(ctx context.Context, groupID []byte, t *mlsdsv1.RemoteTree) error {
+	var err error
+	for attempt := 0; attempt < maxAttempts; attempt++ {
+		if attempt > 0 {
+			if serr := sleep(ctx, retryAfter(err, attempt)); serr != nil {
+				return serr
+			}
+		}
+		_, err = c.rpc.groups.PutRemoteTree(ctx, connect.NewRequest(&mlsdsv1.PutRemoteTreeRequest{GroupId: groupID, RemoteTree: t}))
+		if err == nil || !transient(err) {
+			break
+		}
+	}
+	return err
+}
+
+// deliver processes a message from the stream, after the messages before
+// it (fetched if the stream skipped some), and writes the state.
+func (g *Group) deliver(ctx context.Context, env *mlsdsv1.Envelope) error {
+	err := g.take(ctx, env)
+	g.mu.Lock()
+	if ferr := g.flushLocked(); err == nil {
+		err = ferr
+	}
+	g.mu.Unlock()
+	if err != nil {
+		return err
+	}
+	g.maybeAutoCommit(ctx)
+	g.maybeLeave(ctx)
+	return nil
+}
+
+// take processes a message from the stream, after the messages before it
+// (fetched if the stream skipped some), leaving the state to be written
+// (flushLocked) with the next messages.
+func (g *Group) take(ctx context.Context, env *mlsdsv1.Envelope) error {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	if g.removed || g.closed || env.GroupSeq <= g.processed {
+		return nil
+	}
+	if env.GroupSeq == g.processed+1 {
+		g.processLocked(env)
+		return nil
+	}
+	return g.catchUpLocked(ctx, env.GroupSeq)
+}
+
+// sync fetches and processes everything outstanding, then commits pending
+// proposals if it is this client's turn.
+func (g *Group) sync(ctx context.Context) error {
+	g.mu.Lock()
+	switch {
+	case g.closed:
+		g.mu.Unlock()
+		return ErrClosed
+	case g.removed:
+		g.mu.Unlock()
+		return ErrRemoved
+	}
+	err := g.catchUpLocked(ctx, math.MaxUint64)
+	g.mu.Unlock()
+	if err != nil {
+		return err
+	}
+	return g.maybeAutoCommit(ctx)
+}
+
+// catchUpLocked fetches and processes the group's messages after the
+// processed position up to seq upTo (or as far as there are). The state is
+// written once per page of messages.
+func (g *Group) catchUpLocked(ctx context.Context, upTo uint64) (err error) {
+	defer func() {
+		if ferr := g.flushLocked(); err == nil {
+			err = ferr
+		}
+	}()
+	for g.processed < upTo && !g.removed {
+		from := g.processed + 1
+		res, err := g.c.rpc.groups.Fetch(ctx, connect.NewRequest(&mlsdsv1.FetchRequest{GroupId: g.id, FromSeq: from, Limit: fetchPage}))
+		if err != nil {
+			return fmt.Errorf("client: fetching group %x from %d: %w", g.id, from, err)
+		}
+		if len(res.Msg.Messages) == 0 {
+			return nil
+		}
+		for _, env := range res.Msg.Messages {
+			if env.GroupSeq > upTo || g.removed {
+				return nil
+			}
+			g.processLocked(env)
+		}
+		if err := g.flushLocked(); err != nil {
+			return err
+		}
+		if res.Msg.NextSeq <= from {
+			return nil
+		}
+	}
+	return nil
+}
+
+// processLocked processes the message at the next position: it updates
+// the state and the position in memory and keeps the events until the
+// state is written (flushLocked, persist).
+func (g *Group) processLocked(env *mlsdsv1.Envelope) {
+	if env.GroupSeq <= g.processed {
+		return
+	}
+	if g.removed {
+		return
+	}
+	base := Event{GroupID: g.id, Seq: env.GroupSeq, Epoch: env.Epoch, Sender: env.SenderClientId, AcceptedAt: env.AcceptedAt.AsTime()}
+	undecryptable := func(err error) []Event {
+		e := base
+		e.Kind, e.Err = EventUndecryptable, err
+		g.c.log.Warn("message not processed", slog.String("group", fmt.Sprintf("%x", g.id)), slog.Uint64("seq", env.GroupSeq),
+			slog.String("error", err.Error()))
+		return []Event{e}
+	}
+	var evs []Event
+	own := env.SenderClientId == g.c.id
+	msg, err := mls.ParseMLSMessage(env.Message)
+	switch {
+	case err != nil:
+		evs = undecryptable(fmt.Errorf("client: message does not decode: %w", err))
+	case msg.PrivateMessage != nil:
+		switch msg.PrivateMessage.ContentType {
+		case mls.ContentTypeProposal:
+			// Another member's proposal sent encrypted (§6.3).
+			evs = g.takePrivateProposal(msg, env, undecryptable)
+		case mls.ContentTypeCommit:
+			evs = g.applyCommit(base, env, msg, own, undecryptable)
+		case mls.ContentTypeApplication:
+			if own {
+				break // this client's own application message
+			}
+			sender, data, err := g.st.Open(msg.PrivateMessage)
+			if err != nil {
+				evs = undecryptable(fmt.Errorf("client: application message of epoch %d does not open: %w", msg.PrivateMessage.Epoch, err))
+				break
+			}
+			e := base
+			e.Kind, e.Data = EventMessage, data
+			for _, m := range g.st.Members() {
+				if m.Leaf == sender {
+					e.Sender = string(m.Identity)
+				}
+			}
+			evs = []Event{e}
+		default:
+			evs = undecryptable(fmt.Errorf("client: PrivateMessage of unknown content type %d", msg.PrivateMessage.ContentType))
+		}
+	case msg.PublicMessage != nil:
+		pm := msg.PublicMessage
+		switch pm.Content.ContentType {
+		case mls.ContentTypeProposal:
+			if _, err := g.st.HandleProposal(pm); err != nil {
+				evs = undecryptable(fmt.Errorf("client: proposal not accepted: %w", err))
+			} else {
+				g.proposals = append(g.proposals, env.Message)
+			}
+		case mls.ContentTypeCommit:
+			evs = g.applyCommit(base, env, msg, own, undecryptable)
+		default:
+			evs = undecryptable(errors.New("client: application data sent as PublicMessage"))
+		}
+	default:
+		evs = undecryptable(fmt.Errorf("client: unexpected wire format %d in a group", msg.WireFormat))
+	}
+	g.processed = env.GroupSeq
+	g.unsaved = append(g.unsaved, evs...)
+	g.dirty = true
+}
+
+// applyCommit processes a Commit: this client's own pending one is merged,
+// another member's is handled.
+func (g *Group) applyCommit(base Event, env *mlsdsv1.Envelope, msg *mls.MLSMessage, own bool, undecryptable func(error) []Event) []Event {
+	before := memberIDs(g.st)
+	// This client makes PublicMessage Commits only: an encrypted one the
+	// server says is its own is one it does not hold, as is a plain one
+	// from its own leaf.
+	ownLeaf := msg.PrivateMessage != nil || msg.PublicMessage.Content.Sender.SenderType == mls.SenderTypeMember && msg.PublicMessage.Content.Sender.LeafIndex == g.st.Self()
+	if own && g.pending != nil && bytes.Equal(g.pending.wire, env.Message) {
+		g.st = g.pending.next
+		g.pending.merged = true
+		g.pending = nil
+	} else if own && ownLeaf {
+		g.pending = nil
+		g.broken = true
+		return undecryptable(errBroken(errors.New("a Commit of this client that it no longer holds (state lost?)")))
+	} else {
+		g.pending = nil
+		var effect *mls.CommitEffect
+		p, err := g.st.Process(msg)
+		if err == nil {
+			effect = p.Commit
+		}
+		if err != nil {
+			g.broken = true
+			return undecryptable(errBroken(err))
+		}
+		for _, r := range effect.Removed {
+			if r.Leaf == g.st.Self() {
+				g.removed = true
+				g.leaving = false
+				g.proposals = nil
+				e := base
+				e.Kind, e.Members = EventRemoved, before
+				return []Event{e}
+			}
+		}
+	}
+	g.proposals = nil
+	after := memberIDs(g.st)
+	var evs []Event
+	if added := minus(after, before); len(added) > 0 {
+		e := base
+		e.Kind, e.Members = EventMembersAdded, added
+		evs = append(evs, e)
+	}
+	if removed := minus(before, after); len(removed) > 0 {
+		e := base
+		e.Kind, e.Members = EventMembersRemoved, removed
+		evs = append(evs, e)
+	}
+	e := base
+	e.Kind, e.Epoch, e.Members = EventEpoch, g.st.Epoch(), after
+	return append(evs, e)
+}
+
+// takePrivateProposal processes a proposal sent as a PrivateMessage. The
+// proposals list keeps it decrypted, as a PublicMessage without
+// authentication (it only ever serves to read the proposal back: mls
+// keeps the authenticated one for the Commit that refers to it).
+func (g *Group) takePrivateProposal(msg *mls.MLSMessage, env *mlsdsv1.Envelope, undecryptable func(error) []Event) []Event {
+	p, err := g.st.Process(msg)
+	if err != nil {
+		return undecryptable(fmt.Errorf("client: encrypted proposal not accepted: %w", err))
+	}
+	if p.Proposal == nil {
+		g.proposals = append(g.proposals, env.Message)
+		return nil
+	}
+	plain := &mls.PublicMessage{Content: mls.FramedContent{GroupID: g.id, Epoch: p.Epoch, Sender: p.Sender,
+		ContentType: mls.ContentTypeProposal, Proposal: p.Proposal}}
+	if p.Sender.SenderType == mls.SenderTypeMember {
+		plain.MembershipTag = []byte{}
+	}
+	b, err := mlsMessage(&mls.MLSMessage{WireFormat: mls.WireFormatPublicMessage, PublicMessage: plain})
+	if err != nil {
+		g.c.log.Warn("keeping an encrypted proposal", slog.String("group", fmt.Sprintf("%x", g.id)), slog.String("error", err.Error()))
+		b = env.Message
+	}
+	g.proposals = append(g.proposals, b)
+	return nil
+}
+
+// errBroken explains a Commit this client could not process.
+func errBroken(err error) error {
+	return fmt.Errorf("client: a Commit could not be processed, so this client can no longer follow the group; "+
+		"call Group.Rejoin (transparent groups), or have another member remove it and add it again: %w", err)
+}
+
+// minus returns the ids in a that are not in b.
+func minus(a, b []string) []string {
+	var out []string
+	for _, x := range a {
+		if !slices.Contains(b, x) {
+			out = append(out, x)
+		}
+	}
+	return out
+}
+
+// send seals data and sends it, sealing it again on the new state if the
+// group moved on under it.
+func (g *Group) send(ctx context.Context, data []byte) (Receipt, error) {
+	var lastErr error
+	var wire []byte
+	for attempt := 0; attempt < maxAttempts; attempt++ {
+		if attempt > 0 {
+			if err := sleep(ctx, backoff(attempt)); err != nil {
+				return Receipt{}, err
+			}
+		}
+		r, err := g.sendOnce(ctx, data, &wire)
+		if err == nil {
+			return r, nil
+		}
+		lastErr = err
+		switch {
+		case epochConflict(err):
+			g.c.rebases.Add(1)
+			wire = nil // seal it again on the new state
+			if err := g.sync(ctx); err != nil && !transient(err) {
+				return Receipt{}, err
+			}
+		case transient(err):
+			// Send the same bytes again: if the first try was accepted
+			// after all, the server answers with its receipt.
+		default:
+			return Receipt{}, g.checkRemoved(ctx, err)
+		}
+	}
+	return Receipt{}, fmt.Errorf("client: sending to group %x failed %d times; try again later: %w", g.id, maxAttempts, lastErr)
+}
+
+// sendOnce seals data (unless *wire holds it sealed already) and sends it.
+func (g *Group) sendOnce(ctx context.Context, data []byte, wire *[]byte) (Receipt, error) {
+	if err := g.lockActive(); err != nil {
+		return Receipt{}, err
+	}
+	defer g.mu.Unlock()
+	if *wire == nil {
+		pm, err := g.st.Seal(data, nil)
+		if err != nil {
+			return Receipt{}, err
+		}
+		b, err := mlsMessage(&mls.MLSMessage{WireFormat: mls.WireFormatPrivateMessage, PrivateMessage: pm})
+		if err != nil {
+			return Receipt{}, err
+		}
+		// The ratchet moved: save it before the message leaves, so that
+		// a restart never reuses a key and nonce.
+		if err := g.persist(nil); err != nil {
+			return Receipt{}, err
+		}
+		*wire = b
+	}
+	res, err := g.c.rpc.groups.Send(ctx, connect.NewRequest(&mlsdsv1.SendRequest{Message: *wire}))
+	if err != nil {
+		return Receipt{}, fmt.Errorf("client: sending to group %x: %w", g.id, err)
+	}
+	rc := res.Msg.Receipt
+	if rc.GroupSeq == g.processed+1 {
+		// Nothing arrived in between: skip over our own message now.
+		g.processed = rc.GroupSeq
+		if err := g.persist(nil); err != nil {
+			return Receipt{}, err
+		}
+	}
+	return Receipt{Seq: rc.GroupSeq, Epoch: rc.Epoch, AcceptedAt: rc.AcceptedAt.AsTime()}, nil
+}
+
+// intent is what a Commit is for; it is applied again to the new state
+// when the Commit is rebased.
+type intent struct {
+	adds, removes []string
+	update        bool
+	auto          bool // commit the pending proposals, if it is this client's turn
+}
+
+// commit makes, sends and merges a Commit for in, rebasing it on the new
+// state whenever another Commit wins the epoch.
+func (g *Group) commit(ctx context.Context, in intent) error {
+	claimed := map[string]*mls.KeyPackage{}
+	var mine *pendingCommit
+	var lastErr error
+	for attempt := 0; attempt < maxAttempts; attempt++ {
+		if attempt > 0 {
+			if err := sleep(ctx, backoff(attempt)); err != nil {
+				return err
+			}
+		}
+		err := g.commitOnce(ctx, in, claimed, &mine)
+		if err == nil {
+			if !in.auto {
+				// This client's own Commit ended the epoch, and with it a
+				// Remove proposal of its own that it did not take in.
+				g.maybeLeave(ctx)
+			}
+			return nil
+		}
+		lastErr = err
+		switch {
+		case epochConflict(err):
+			g.c.rebases.Add(1)
+			if err := g.sync(ctx); err != nil && !transient(err) {
+				return err
+			}
+		case transient(err):
+		default:
+			return g.checkRemoved(ctx, err)
+		}
+	}
+	return fmt.Errorf("client: committing to group %x failed %d times; try again later: %w", g.id, maxAttempts, lastErr)
+}
+
+// commitOnce makes a Commit for in (unless mine, made by an earlier
+// attempt, is still in flight) and sends it.
+func (g *Group) commitOnce(ctx context.Context, in intent, claimed map[string]*mls.KeyPackage, mine **pendingCommit) error {
+	if err := g.lockActive(); err != nil {
+		return err
+	}
+	defer g.mu.Unlock()
+	if *mine != nil && (*mine).merged {
+		return nil
+	}
+	if p := g.pending; p != nil {
+		if p.restored {
+			// Read back from the state file after a restart: the Commit
+			// was accepted if and only if it is in the group's log.
+			if err := g.catchUpLocked(ctx, math.MaxUint64); err != nil {
+				return err
+			}
+			if g.pending == p {
+				g.pending = nil
+				if err := g.persist(nil); err != nil {
+					return err
+				}
+			}
+		} else {
+			// A Commit whose outcome is unknown (a transport error) is
+			// sent again as it is: the server answers the same bytes
+			// with the same receipt.
+			if err := g.sendPendingLocked(ctx); err != nil {
+				return err
+			}
+			if p == *mine {
+				return nil
+			}
+		}
+		if g.removed {
+			return ErrRemoved
+		}
+	}
+	p, err := g.makeCommit(ctx, in, claimed)
+	if err != nil || p == nil {
+		return err
+	}
+	g.pending, *mine = p, p
+	if err := g.persist(nil); err != nil {
+		g.pending = nil
+		return err
+	}
+	return g.sendPendingLocked(ctx)
+}
+
+// sendPendingLocked sends the pending Commit and, once accepted, processes
+// the messages ordered before it and merges it. A refused Commit is
+// dropped; after a transport error it stays pending.
+func (g *Group) sendPendingLocked(ctx context.Context) error {
+	p := g.pending
+	req := &mlsdsv1.SendCommitBundleRequest{Commit: p.wire, Welcome: p.welcome, GroupInfo: p.groupInfo}
+	if g.opaque {
+		req.Added, req.Removed, req.RemoteTree = p.added, p.removed, p.remoteTree
+	}
+	res, err := g.c.rpc.groups.SendCommitBundle(ctx, connect.NewRequest(req))
+	if err != nil {
+		if !transient(err) {
+			g.pending = nil
+			if perr := g.persist(nil); perr != nil {
+				return perr
+			}
+		}
+		return fmt.Errorf("client: sending a Commit to group %x: %w", g.id, err)
+	}
+	rc := res.Msg.Receipt
+	// Process what the server ordered before the Commit (messages of the
+	// old epoch), then the Commit itself.
+	if err := g.catchUpLocked(ctx, rc.GroupSeq-1); err != nil {
+		g.c.log.Debug("catching up before an own Commit; will finish later", slog.String("error", err.Error()))
+		return nil
+	}
+	if g.processed == rc.GroupSeq-1 {
+		g.processLocked(&mlsdsv1.Envelope{GroupId: g.id, GroupSeq: rc.GroupSeq, Epoch: rc.Epoch, SenderClientId: g.c.id,
+			ContentType: mlsdsv1.ContentType_CONTENT_TYPE_COMMIT, Message: p.wire, AcceptedAt: rc.AcceptedAt})
+		return g.flushLocked()
+	}
+	return nil
+}
+
+// makeCommit makes a Commit for in on the current state, or returns nil if
+// there is nothing to commit.
+func (g *Group) makeCommit(ctx context.Context, in intent, claimed map[string]*mls.KeyPackage) (*pendingCommit, error) {
+	current := memberIDs(g.st)
+	var adds []*mls.KeyPackage
+	var addIDs []string
+	for _, id := range in.adds {
+		if slices.Contains(current, id) || slices.Contains(addIDs, id) {
+			continue
+		}
+		kp := claimed[id]
+		if kp == nil {
+			var err error
+			if kp, err = g.claim(ctx, id); err != nil {
+				return nil, err
+			}
+			claimed[id] = kp
+		}
+		adds = append(adds, kp)
+		addIDs = append(addIDs, id)
+	}
+	var removes []mls.LeafIndex
+	for _, m := range g.st.Members() {
+		if slices.Contains(in.removes, string(m.Identity)) {
+			if m.Leaf == g.st.Self() {
+				return nil, errors.New("client: a client cannot remove itself; use Group.Leave")
+			}
+			removes = append(removes, m.Leaf)
+		}
+	}
+	if in.auto && !g.myTurnLocked() {
+		return nil, nil
+	}
+	if len(adds) == 0 && len(removes) == 0 && !in.update && !(in.auto && len(g.proposals) > 0) {
+		return nil, nil
+	}
+	next, err := cloneState(g.st)
+	if err != nil {
+		return nil, err
+	}
+	// A PublicMessage, unless the state says to send handshakes encrypted
+	// (mls.Group.SetHandshakeWireFormat).
+	msg, welcome, err := next.CommitMessage(mls.CommitOptions{Adds: adds, Removes: removes})
+	if err != nil {
+		return nil, fmt.Errorf("client: making a Commit: %w", err)
+	}
+	p := &pendingCommit{next: next}
+	if g.opaque || g.c.testWelcomeWithoutTree {
+		if welcome != nil {
+			welcome = g.welcomeWithoutTree(next, welcome, adds)
+		}
+	}
+	if g.opaque {
+		// The new epoch's GroupInfo and tree go to the server encrypted,
+		// with the Commit: the joiners of the Welcome fetch them there.
+		epoch, blob, err := SealPendingRemoteTree(next)
+		if err != nil {
+			return nil, fmt.Errorf("client: encrypting the remote tree: %w", err)
+		}
+		p.remoteTree = &mlsdsv1.RemoteTree{Epoch: epoch, Blob: blob}
+	}
+	if err := next.MergePendingCommit(); err != nil {
+		return nil, err
+	}
+	if p.wire, err = mlsMessage(msg); err != nil {
+		return nil, err
+	}
+	if welcome != nil {
+		if p.welcome, err = mlsMessage(&mls.MLSMessage{WireFormat: mls.WireFormatWelcome, Welcome: welcome}); err != nil {
+			return nil, err
+		}
+	}
+	if !g.opaque {
+		gi, err := next.GroupInfo(false)
+		if err != nil {
+			return nil, err
+		}
+		if p.groupInfo, err = mlsMessage(&mls.MLSMessage{WireFormat: mls.WireFormatGroupInfo, GroupInfo: gi}); err != nil {
+			return nil, err
+		}
+	}
+	if p.nextState, err = next.MarshalBinary(); err != nil {
+		return nil, err
+	}
+	after := memberIDs(next)
+	p.added, p.removed = minus(after, current), minus(current, after)
+	return p, nil
+}
+
+// welcomeWithoutTree rebuilds the Welcome w of next's pending Commit
+// without the ratchet_tree extension (the joiners take the tree from the
+// server). The Commit may add clients besides adds, by reference to
+// pending Add proposals: their KeyPackages come from those. If some
+// joiner's KeyPackage is not at hand, w is kept as it is.
+func (g *Group) welcomeWithoutTree(next *mls.Group, w *mls.Welcome, adds []*mls.KeyPackage) *mls.Welcome {
+	candidates := slices.Clone(adds)
+	for _, b := range g.proposals {
+		m, err := mls.ParseMLSMessage(b)
+		if err != nil || m.PublicMessage == nil || m.PublicMessage.Content.Proposal == nil {
+			continue
+		}
+		if p := m.PublicMessage.Content.Proposal; p.ProposalType == mls.ProposalTypeAdd && p.Add != nil {
+			candidates = append(candidates, &p.Add.KeyPackage)
+		}
+	}
+	byRef := map[string]*mls.KeyPackage{}
+	for _, kp := range candidates {
+		if ref, err := kp.Ref(); err == nil {
+			byRef[string(ref)] = kp
+		}
+	}
+	var joiners []*mls.KeyPackage
+	for _, s := range w.Secrets {
+		kp := byRef[string(s.NewMember)]
+		if kp == nil {
+			g.c.log.Warn("keeping the ratchet tree in a Welcome: a joiner's KeyPackage is unknown", slog.String("group", fmt.Sprintf("%x", g.id)))
+			return w
+		}
+		joiners = append(joiners, kp)
+	}
+	out, err := next.WelcomeWithoutTree(joiners)
+	if err != nil {
+		g.c.log.Warn("keeping the ratchet tree in a Welcome", slog.String("group", fmt.Sprintf("%x", g.id)), slog.String("error", err.Error()))
+		return w
+	}
+	return out
+}
+
+// claim claims a KeyPackage of client id.
+func (g *Group) claim(ctx context.Context, id string) (*mls.KeyPackage, error) {
+	res, err := g.c.rpc.kps.ClaimKeyPackages(ctx, connect.NewRequest(&mlsdsv1.ClaimKeyPackagesRequest{
+		Target: &mlsdsv1.ClaimKeyPackagesRequest_ClientId{ClientId: id}, CipherSuite: uint32(g.c.cs)}))
+	if err != nil {
+		if connect.CodeOf(err) == connect.CodeNotFound {
+			return nil, fmt.Errorf("client: %q has no KeyPackage left (or is not registered); it must publish some before it can be added: %w", id, err)
+		}
+		return nil, fmt.Errorf("client: claiming a KeyPackage of %q: %w", id, err)
+	}
+	if len(res.Msg.KeyPackages) != 1 {
+		return nil, fmt.Errorf("client: claiming a KeyPackage of %q: got %d", id, len(res.Msg.KeyPackages))
+	}
+	data := res.Msg.KeyPackages[0].KeyPackage
+	kp := new(mls.KeyPackage)
+	if m, err := mls.ParseMLSMessage(data); err == nil && m.KeyPackage != nil {
+		kp = m.KeyPackage
+	} else if err := kp.UnmarshalBinary(data); err != nil {
+		return nil, fmt.Errorf("client: the KeyPackage claimed for %q does not decode: %w", id, err)
+	}
+	if string(kp.LeafNode.Credential.Identity) != id {
+		return nil, fmt.Errorf("client: the KeyPackage claimed for %q names %q", id, kp.LeafNode.Credential.Identity)
+	}
+	return kp, nil
+}
+
+// myTurnLocked reports whether this client is the one to commit the
+// pending proposals: the member with the lowest leaf index that they do
+// not remove.
+func (g *Group) myTurnLocked() bool {
+	if len(g.proposals) == 0 {
+		return false
+	}
+	gone := map[mls.LeafIndex]bool{}
+	for _, b := range g.proposals {
+		m, err := mls.ParseMLSMessage(b)
+		if err != nil || m.PublicMessage == nil || m.PublicMessage.Content.Proposal == nil {
+			continue
+		}
+		if p := m.PublicMessage.Content.Proposal; p.ProposalType == mls.ProposalTypeRemove && p.Remove != nil {
+			gone[p.Remove.Removed] = true
+		}
+	}
+	for _, m := range g.st.Members() {
+		if !gone[m.Leaf] {
+			return m.Leaf == g.st.Self()
+		}
+	}
+	return false
+}
+
+// maybeAutoCommit commits the pending proposals if it is this client's
+// turn.
+func (g *Group) maybeAutoCommit(ctx context.Context) error {
+	g.mu.Lock()
+	turn := !g.removed && !g.broken && !g.closed && g.pending == nil && g.myTurnLocked()
+	g.mu.Unlock()
+	if !turn {
+		return nil
+	}
+	err := g.commit(ctx, intent{auto: true})
+	if err != nil && !errors.Is(err, ErrRemoved) && !errors.Is(err, ErrClosed) {
+		g.c.log.Warn("committing pending proposals failed", slog.String("group", fmt.Sprintf("%x", g.id)), slog.String("error", err.Error()))
+	}
+	return nil
+}
+
+// groupInfo returns a GroupInfo with the tree, for an external join.
+func (g *Group) groupInfo() ([]byte, error) {
+	if err := g.lockActive(); err != nil {
+		return nil, err
+	}
+	defer g.mu.Unlock()
+	gi, err := g.st.GroupInfo(true)
+	if err != nil {
+		return nil, err
+	}
+	return mlsMessage(&mls.MLSMessage{WireFormat: mls.WireFormatGroupInfo, GroupInfo: gi})
+}

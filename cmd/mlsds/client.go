@@ -1,0 +1,1057 @@
+package main
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"database/sql"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"io/fs"
+	"log/slog"
+	"net/url"
+	"os"
+	"os/signal"
+	"path/filepath"
+	"regexp"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"time"
+	"unicode"
+	"unicode/utf8"
+
+	"connectrpc.com/connect"
+	_ "modernc.org/sqlite" // database/sql driver "sqlite"
+
+	"github.com/mlsds/mlsds/client"
+)
+
+// The `mlsds client` commands are a small MLS client on the Go SDK
+// (package client): one identity per state file, one short-lived SDK
+// client per command (open, do the work, sync, close), except `listen`,
+// which keeps its client open until interrupted.
+//
+// Every command prints the group events its client processed while it
+// ran, so that nothing arrives unseen: a message processed by `send` is
+// not shown again by a later `listen`.
+
+// defaultClientServer is the address `mlsds serve` listens on by default.
+const defaultClientServer = "http://127.0.0.1:7400"
+
+// clientOpts are the flags of the client commands; each command registers
+// the ones it uses.
+type clientOpts struct {
+	state, id, server string
+	user, token       string
+	logLevel          string
+	timeout           time.Duration
+	wait              time.Duration
+	keyPackages       int
+	json, opaque      bool
+	// listen starts printing events only once it said it listens.
+	listen bool
+}
+
+// clientCommand is one `mlsds client` subcommand.
+type clientCommand struct {
+	args, summary string
+	// minArgs and maxArgs bound the positional arguments (-1: no bound).
+	minArgs, maxArgs int
+	// literalAfter, if > 0, ends flag parsing after that many positional
+	// arguments: the rest (a message text) is taken as it is.
+	literalAfter int
+	flags        func(fs *flag.FlagSet, o *clientOpts)
+	run          func(ctx context.Context, s *clientSession, args []string) error
+	// init and listen manage their own client.
+	init, listen bool
+}
+
+var clientCommands map[string]*clientCommand
+
+func init() {
+	clientCommands = map[string]*clientCommand{
+		"init": {args: "", summary: "create an identity, register it with the server and publish KeyPackages",
+			maxArgs: 0, init: true, flags: func(fs *flag.FlagSet, o *clientOpts) {
+				fs.StringVar(&o.user, "user", "", "user id of the identity (several clients may share one); default: the client id")
+				fs.StringVar(&o.token, "token", "", "enrollment token, if the server requires one (--registration=token); prefer the environment variable")
+				fs.IntVar(&o.keyPackages, "key-packages", 0, "how many KeyPackages to keep published, besides a last-resort one (default 20)")
+			}},
+		"publish": {args: "", summary: "top up the published KeyPackages", maxArgs: 0,
+			flags: func(fs *flag.FlagSet, o *clientOpts) {
+				fs.IntVar(&o.keyPackages, "key-packages", 0, "how many KeyPackages to keep published from now on, besides a last-resort one (default: as before, 20 at first)")
+			}, run: clientPublish},
+		"create": {args: "<group>", summary: "create a group with you as its only member; the name is the group id",
+			minArgs: 1, maxArgs: 1, flags: func(fs *flag.FlagSet, o *clientOpts) {
+				fs.BoolVar(&o.opaque, "opaque", false, "create an opaque-mode group (the server orders its messages without inspecting them)")
+			}, run: clientCreate},
+		"add":    {args: "<group> <client-id>...", summary: "add clients to a group (each needs a published KeyPackage)", minArgs: 2, maxArgs: -1, run: clientAdd},
+		"remove": {args: "<group> <client-id>...", summary: "remove clients from a group", minArgs: 2, maxArgs: -1, run: clientRemove},
+		"send": {args: "<group> <text...>|-", summary: "send the words after the group as a message (- reads standard input); flags go first",
+			minArgs: 2, maxArgs: -1, literalAfter: 1, run: clientSend},
+		"listen": {args: "[<group>]", summary: "print the events of your groups (or of one) as they come, until interrupted",
+			maxArgs: 1, listen: true},
+		"leave": {args: "<group>", summary: "ask to leave a group; another member's client commits it", minArgs: 1, maxArgs: 1,
+			flags: func(fs *flag.FlagSet, o *clientOpts) {
+				fs.DurationVar(&o.wait, "wait", 10*time.Second, "how long to wait for another member to commit the removal (0: do not wait)")
+			}, run: clientLeave},
+		"groups": {args: "", summary: "list your groups with their epoch and members", maxArgs: 0, run: clientGroups},
+		"update": {args: "<group>", summary: "give yourself fresh keys in a group (a Commit to a new epoch)", minArgs: 1, maxArgs: 1, run: clientUpdate},
+		"join":   {args: "<group>", summary: "join a group by external Commit, from the GroupInfo the server keeps", minArgs: 1, maxArgs: 1, run: clientJoin},
+	}
+}
+
+func clientUsage(w io.Writer) {
+	fmt.Fprintln(w, "Usage: mlsds client <command> [flags] [arguments]")
+	fmt.Fprintln(w)
+	fmt.Fprintln(w, "A command-line MLS client of mlsds. Each identity lives in a state file (SQLite),")
+	fmt.Fprintln(w, "by default "+filepath.Join("<config dir>", "mlsds", "<id>.db")+"; pick it with --id or --state.")
+	fmt.Fprintln(w)
+	fmt.Fprintln(w, "Commands:")
+	names := make([]string, 0, len(clientCommands))
+	for n := range clientCommands {
+		names = append(names, n)
+	}
+	order := []string{"init", "publish", "create", "add", "remove", "send", "listen", "leave", "groups", "update", "join"}
+	slices.SortFunc(names, func(a, b string) int { return slices.Index(order, a) - slices.Index(order, b) })
+	for _, n := range names {
+		c := clientCommands[n]
+		fmt.Fprintf(w, "  %-8s %-24s %s\n", n, c.args, c.summary)
+	}
+	fmt.Fprintln(w)
+	fmt.Fprintln(w, "Run 'mlsds client <command> -h' for its flags. Every flag has an environment twin:")
+	fmt.Fprintln(w, "--id is also MLSDS_CLIENT_ID, --server is MLSDS_CLIENT_SERVER.")
+}
+
+// clientEnvName is the environment twin of a client flag: "log-level" ->
+// "MLSDS_CLIENT_LOG_LEVEL".
+func clientEnvName(flagName string) string {
+	return "MLSDS_CLIENT_" + strings.ToUpper(strings.ReplaceAll(flagName, "-", "_"))
+}
+
+// applyClientEnv sets every flag of fs that was not given on the command
+// line from its environment twin, if that is set.
+func applyClientEnv(fs *flag.FlagSet, lookup func(string) (string, bool)) error {
+	set := map[string]bool{}
+	fs.Visit(func(f *flag.Flag) { set[f.Name] = true })
+	var err error
+	fs.VisitAll(func(f *flag.Flag) {
+		if set[f.Name] || err != nil {
+			return
+		}
+		name := clientEnvName(f.Name)
+		if v, ok := lookup(name); ok {
+			if e := fs.Set(f.Name, v); e != nil {
+				err = fmt.Errorf("%s=%q: %v", name, v, e)
+			}
+		}
+	})
+	return err
+}
+
+// newClientFlagSet returns the flags of one client command.
+func newClientFlagSet(name string, cmd *clientCommand, o *clientOpts, stderr io.Writer) *flag.FlagSet {
+	fs := flag.NewFlagSet("mlsds client "+name, flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	fs.StringVar(&o.state, "state", "", "the identity's state file (SQLite); default "+filepath.Join("<config dir>", "mlsds", "<id>.db"))
+	fs.StringVar(&o.id, "id", "", "client id: names the identity (with init) and picks its state file; optional when there is only one")
+	if cmd.init {
+		fs.StringVar(&o.server, "server", defaultClientServer, "URL of the Delivery Service (http:// for h2c, https:// for TLS); remembered in the state")
+	} else {
+		fs.StringVar(&o.server, "server", "", "URL of the Delivery Service, instead of the one remembered by init")
+	}
+	fs.StringVar(&o.logLevel, "log-level", "warn", "diagnostics of the client on standard error: debug, info, warn or error")
+	fs.BoolVar(&o.json, "json", false, "print one JSON object per line instead of text")
+	if !cmd.listen {
+		fs.DurationVar(&o.timeout, "timeout", 30*time.Second, "give up after this long")
+	}
+	if cmd.flags != nil {
+		cmd.flags(fs, o)
+	}
+	fs.VisitAll(func(f *flag.Flag) { f.Usage += " (env " + clientEnvName(f.Name) + ")" })
+	fs.Usage = func() {
+		fmt.Fprintf(stderr, "Usage: mlsds client %s [flags] %s\n\n%s.\n\nFlags:\n", name, cmd.args, upperFirst(cmd.summary))
+		fs.PrintDefaults()
+	}
+	return fs
+}
+
+func upperFirst(s string) string {
+	r, n := utf8.DecodeRuneInString(s)
+	return string(unicode.ToUpper(r)) + s[n:]
+}
+
+// parseInterspersed parses flags anywhere among the arguments, as far as
+// "--" or, with literalAfter > 0, that many positional arguments.
+func parseInterspersed(fs *flag.FlagSet, args []string, literalAfter int) ([]string, error) {
+	var pos []string
+	for {
+		if err := fs.Parse(args); err != nil {
+			return nil, err
+		}
+		rest := fs.Args()
+		if consumed := len(args) - len(rest); consumed > 0 && args[consumed-1] == "--" {
+			return append(pos, rest...), nil
+		}
+		if len(rest) == 0 {
+			return pos, nil
+		}
+		pos = append(pos, rest[0])
+		args = rest[1:]
+		if literalAfter > 0 && len(pos) >= literalAfter {
+			if len(args) > 0 && args[0] == "--" {
+				args = args[1:]
+			}
+			return append(pos, args...), nil
+		}
+	}
+}
+
+// clientSignals returns a context that ends on Ctrl-C or SIGTERM;
+// replaceable in tests.
+var clientSignals = func() (context.Context, context.CancelFunc) {
+	return signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+}
+
+// clientStdin is read by `send -`; replaceable in tests.
+var clientStdin io.Reader = os.Stdin
+
+func runClient(args []string, stdout, stderr io.Writer) int {
+	if len(args) == 0 || args[0] == "-h" || args[0] == "--help" || args[0] == "help" {
+		clientUsage(stderr)
+		if len(args) == 0 {
+			return 2
+		}
+		return 0
+	}
+	name := args[0]
+	cmd, ok := clientCommands[name]
+	if !ok {
+		fmt.Fprintf(stderr, "mlsds client: unknown command %q\n\n", name)
+		clientUsage(stderr)
+		return 2
+	}
+	var o clientOpts
+	fs := newClientFlagSet(name, cmd, &o, stderr)
+	pos, err := parseInterspersed(fs, args[1:], cmd.literalAfter)
+	if err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			return 0
+		}
+		return 2
+	}
+	if err := applyClientEnv(fs, lookupEnv); err != nil {
+		fmt.Fprintf(stderr, "mlsds client %s: %v\n", name, err)
+		return 2
+	}
+	if len(pos) < cmd.minArgs || (cmd.maxArgs >= 0 && len(pos) > cmd.maxArgs) {
+		fmt.Fprintf(stderr, "usage: mlsds client %s [flags] %s\n", name, cmd.args)
+		return 2
+	}
+	if o.keyPackages < 0 {
+		fmt.Fprintf(stderr, "mlsds client %s: --key-packages must not be negative\n", name)
+		return 2
+	}
+	var lv slog.Level
+	if err := lv.UnmarshalText([]byte(o.logLevel)); err != nil {
+		fmt.Fprintf(stderr, "mlsds client %s: --log-level %q: use debug, info, warn or error\n", name, o.logLevel)
+		return 2
+	}
+	log := slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: lv}))
+
+	sigCtx, stop := clientSignals()
+	defer stop()
+	go func() {
+		// After the first signal, a second one ends the process at once.
+		<-sigCtx.Done()
+		stop()
+	}()
+	ctx := sigCtx
+	if !cmd.listen {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(sigCtx, o.timeout)
+		defer cancel()
+	}
+	switch {
+	case cmd.init:
+		err = clientInit(ctx, &o, log, stdout, stderr)
+	case cmd.listen:
+		err = clientListen(ctx, &o, log, stdout, stderr, pos)
+	default:
+		err = withClient(ctx, &o, log, stdout, stderr, func(s *clientSession) error { return cmd.run(ctx, s, pos) })
+	}
+	if err != nil {
+		switch {
+		case sigCtx.Err() != nil && !cmd.listen:
+			err = fmt.Errorf("interrupted: %w", err)
+		case errors.Is(ctx.Err(), context.DeadlineExceeded):
+			err = fmt.Errorf("gave up after --timeout %v (is the server reachable?): %w", o.timeout, err)
+		}
+		fmt.Fprintf(stderr, "mlsds client %s: %v\n", name, err)
+		return 1
+	}
+	return 0
+}
+
+// clientStateDir is where state files live by default.
+func clientStateDir() (string, error) {
+	dir, err := os.UserConfigDir()
+	if err != nil {
+		return "", fmt.Errorf("no configuration directory for the state files (%v); pass --state", err)
+	}
+	return filepath.Join(dir, "mlsds"), nil
+}
+
+var fileSafeIDRe = regexp.MustCompile(`^[A-Za-z0-9_@+-][A-Za-z0-9._@+-]*$`)
+
+// fileSafeID reports whether a client id can name its state file.
+func fileSafeID(id string) bool { return fileSafeIDRe.MatchString(id) }
+
+// statePath picks the state file from --state, --id, or the only state
+// file in the default directory.
+func (o *clientOpts) statePath() (string, error) {
+	if o.state != "" {
+		return o.state, nil
+	}
+	dir, err := clientStateDir()
+	if err != nil {
+		return "", err
+	}
+	if o.id != "" {
+		if !fileSafeID(o.id) {
+			return "", fmt.Errorf("client id %q cannot name a state file; pass --state PATH", o.id)
+		}
+		return filepath.Join(dir, o.id+".db"), nil
+	}
+	files, _ := filepath.Glob(filepath.Join(dir, "*.db"))
+	switch len(files) {
+	case 0:
+		return "", errors.New("no client identity yet: run 'mlsds client init --id NAME' first (or pass --state)")
+	case 1:
+		return files[0], nil
+	}
+	var ids []string
+	for _, f := range files {
+		ids = append(ids, strings.TrimSuffix(filepath.Base(f), ".db"))
+	}
+	return "", fmt.Errorf("there are several identities in %s (%s): pick one with --id or MLSDS_CLIENT_ID", dir, strings.Join(ids, ", "))
+}
+
+// The CLI keeps its own settings in a table of the state file, beside the
+// SDK's tables.
+const settingsSchema = `CREATE TABLE IF NOT EXISTS mlsds_cli (key TEXT PRIMARY KEY, value TEXT NOT NULL)`
+
+type clientSettings struct {
+	server, clientID string
+	keyPackages      int
+}
+
+func openSQLite(path, pragmas string) (*sql.DB, error) {
+	db, err := sql.Open("sqlite", "file:"+(&url.URL{Path: path}).EscapedPath()+"?"+pragmas)
+	if err != nil {
+		return nil, err
+	}
+	db.SetMaxOpenConns(1)
+	return db, nil
+}
+
+func readSettings(ctx context.Context, path string) (clientSettings, error) {
+	var s clientSettings
+	db, err := openSQLite(path, "_pragma=busy_timeout(10000)")
+	if err != nil {
+		return s, err
+	}
+	defer db.Close()
+	if _, err := db.ExecContext(ctx, settingsSchema); err != nil {
+		return s, fmt.Errorf("%s is not a client state file: %w", path, err)
+	}
+	rows, err := db.QueryContext(ctx, `SELECT key, value FROM mlsds_cli`)
+	if err != nil {
+		return s, err
+	}
+	defer rows.Close()
+	for rows.Next() {
+		var k, v string
+		if err := rows.Scan(&k, &v); err != nil {
+			return s, err
+		}
+		switch k {
+		case "server":
+			s.server = v
+		case "client_id":
+			s.clientID = v
+		case "key_packages":
+			s.keyPackages, _ = strconv.Atoi(v)
+		}
+	}
+	return s, rows.Err()
+}
+
+func writeSettings(ctx context.Context, path string, kv map[string]string) error {
+	db, err := openSQLite(path, "_pragma=busy_timeout(10000)")
+	if err != nil {
+		return err
+	}
+	defer db.Close()
+	if _, err := db.ExecContext(ctx, settingsSchema); err != nil {
+		return err
+	}
+	for k, v := range kv {
+		if _, err := db.ExecContext(ctx, `INSERT INTO mlsds_cli (key, value) VALUES (?, ?) ON CONFLICT (key) DO UPDATE SET value = excluded.value`, k, v); err != nil {
+			return fmt.Errorf("saving the settings in %s: %w", path, err)
+		}
+	}
+	return nil
+}
+
+// stateLock is an exclusive lock on a state file, held by one process at
+// a time: two SDK clients on one state would both follow the server and
+// overwrite each other's group states. It is an SQLite lock on a file
+// beside the state, so the operating system drops it when the process
+// ends, however it ends.
+type stateLock struct {
+	db   *sql.DB
+	conn *sql.Conn
+}
+
+var errStateBusy = errors.New("in use by another mlsds client process")
+
+func lockState(ctx context.Context, path string) (*stateLock, error) {
+	lockPath := path + ".lock"
+	db, err := openSQLite(lockPath, "_pragma=busy_timeout(0)")
+	if err != nil {
+		return nil, err
+	}
+	conn, err := db.Conn(ctx)
+	if err == nil {
+		_, err = conn.ExecContext(ctx, `BEGIN EXCLUSIVE`)
+		if err != nil {
+			conn.Close()
+		}
+	}
+	if err != nil {
+		db.Close()
+		msg := strings.ToLower(err.Error())
+		if strings.Contains(msg, "locked") || strings.Contains(msg, "busy") {
+			return nil, fmt.Errorf("the state %s is %w (a 'listen' in another terminal?): one process at a time may use an identity; stop the other one, or run this command as another identity", path, errStateBusy)
+		}
+		return nil, fmt.Errorf("locking the state %s: %w", path, err)
+	}
+	return &stateLock{db: db, conn: conn}, nil
+}
+
+func (l *stateLock) unlock() {
+	l.conn.ExecContext(context.Background(), `ROLLBACK`)
+	l.conn.Close()
+	l.db.Close()
+}
+
+// clientSession is an open SDK client with its printer.
+type clientSession struct {
+	c      *client.Client
+	path   string
+	out    *eventPrinter
+	done   chan struct{}
+	stdout io.Writer
+	stderr io.Writer
+	opts   *clientOpts
+
+	printing sync.Once
+	mu       sync.Mutex
+	joined   map[string]chan struct{} // groups whose EventJoined a command waits for
+}
+
+// openSession locks the state at path and opens an SDK client on it with
+// cfg. The caller unlocks the state after closing the session.
+func openSession(ctx context.Context, o *clientOpts, log *slog.Logger, stdout, stderr io.Writer, path string, cfg client.Config) (*clientSession, *stateLock, error) {
+	lock, err := lockState(ctx, path)
+	if err != nil {
+		return nil, nil, err
+	}
+	cfg.StatePath = path
+	cfg.Logger = log
+	c, err := client.Open(ctx, cfg)
+	if err != nil {
+		lock.unlock()
+		return nil, nil, explainOpen(err, cfg.Server)
+	}
+	s := &clientSession{c: c, path: path, done: make(chan struct{}), stdout: stdout, stderr: stderr, opts: o, joined: map[string]chan struct{}{},
+		out: &eventPrinter{w: stdout, json: o.json, self: c.ID()}}
+	return s, lock, nil
+}
+
+// close closes the client and prints the events it still had.
+func (s *clientSession) close() error {
+	err := s.c.Close()
+	s.startPrinting()
+	<-s.done
+	return err
+}
+
+// startPrinting starts printing the client's events.
+func (s *clientSession) startPrinting() {
+	s.printing.Do(func() {
+		go func() {
+			defer close(s.done)
+			for ev := range s.c.Events() {
+				s.out.print(ev)
+				if ev.Kind == client.EventJoined {
+					s.mu.Lock()
+					if ch := s.joined[string(ev.GroupID)]; ch != nil {
+						close(ch)
+						delete(s.joined, string(ev.GroupID))
+					}
+					s.mu.Unlock()
+				}
+			}
+		}()
+	})
+}
+
+// explainOpen adds advice to the errors of client.Open.
+func explainOpen(err error, server string) error {
+	switch connect.CodeOf(err) {
+	case connect.CodeUnavailable:
+		return fmt.Errorf("cannot reach the Delivery Service at %s; is 'mlsds serve' running there? (--server picks another URL): %w", server, err)
+	case connect.CodeAlreadyExists:
+		return fmt.Errorf("%w\n(pick another --id)", err)
+	case connect.CodePermissionDenied:
+		return fmt.Errorf("%w\n(pass the server's enrollment token with --token or MLSDS_CLIENT_TOKEN)", err)
+	}
+	return err
+}
+
+// withClient runs f on an SDK client opened on the identity's state, then
+// syncs every group and closes the client.
+func withClient(ctx context.Context, o *clientOpts, log *slog.Logger, stdout, stderr io.Writer, f func(*clientSession) error) error {
+	path, err := o.statePath()
+	if err != nil {
+		return err
+	}
+	if _, err := os.Stat(path); errors.Is(err, fs.ErrNotExist) {
+		id := o.id
+		if id == "" {
+			id = "NAME"
+		}
+		return fmt.Errorf("no client state at %s: run 'mlsds client init --id %s' first", path, id)
+	}
+	set, err := readSettings(ctx, path)
+	if err != nil {
+		return err
+	}
+	cfg := client.Config{Server: set.server, ClientID: o.id, KeyPackages: set.keyPackages}
+	if o.server != "" {
+		cfg.Server = o.server
+	}
+	if cfg.Server == "" {
+		return fmt.Errorf("%s does not remember a server (it was not made by 'mlsds client init'): pass --server", path)
+	}
+	if o.id != "" && set.clientID != "" && o.id != set.clientID {
+		return fmt.Errorf("the state %s belongs to client %q, not %q", path, set.clientID, o.id)
+	}
+	if o.keyPackages > 0 {
+		cfg.KeyPackages = o.keyPackages
+	}
+	s, lock, err := openSession(ctx, o, log, stdout, stderr, path, cfg)
+	if err != nil {
+		return err
+	}
+	defer lock.unlock()
+	if !o.listen {
+		s.startPrinting()
+	}
+	err = f(s)
+	if err == nil {
+		err = s.c.Sync(ctx)
+	}
+	if cerr := s.close(); err == nil {
+		err = cerr
+	}
+	return err
+}
+
+func clientInit(ctx context.Context, o *clientOpts, log *slog.Logger, stdout, stderr io.Writer) error {
+	if o.id == "" {
+		return errors.New("init needs --id NAME (or MLSDS_CLIENT_ID): the client id other members add you by")
+	}
+	path, err := o.statePath()
+	if err != nil {
+		return err
+	}
+	_, statErr := os.Stat(path)
+	existed := statErr == nil
+	if existed {
+		set, err := readSettings(ctx, path)
+		if err != nil {
+			return err
+		}
+		if set.clientID != "" {
+			if set.clientID != o.id {
+				return fmt.Errorf("the state %s belongs to client %q already; pass another --state for %q", path, set.clientID, o.id)
+			}
+			if set.server != o.server {
+				return fmt.Errorf("%s is registered with %s already; to use %s, init another identity (--state or --id)", o.id, set.server, o.server)
+			}
+		}
+	} else if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
+		return fmt.Errorf("creating the state directory: %w", err)
+	}
+	cfg := client.Config{Server: o.server, ClientID: o.id, UserID: o.user, EnrollmentToken: o.token, KeyPackages: o.keyPackages}
+	s, lock, err := openSession(ctx, o, log, stdout, stderr, path, cfg)
+	if err != nil {
+		if !existed {
+			for _, suffix := range []string{"", "-wal", "-shm", ".lock"} {
+				os.Remove(path + suffix)
+			}
+		}
+		return err
+	}
+	defer lock.unlock()
+	kv := map[string]string{"server": o.server, "client_id": s.c.ID()}
+	if o.keyPackages > 0 {
+		kv["key_packages"] = strconv.Itoa(o.keyPackages)
+	}
+	err = writeSettings(ctx, path, kv)
+	if cerr := s.close(); err == nil {
+		err = cerr
+	}
+	if err != nil {
+		return err
+	}
+	if existed {
+		fmt.Fprintf(stdout, "%s is set up with %s (state %s); KeyPackages topped up\n", o.id, o.server, path)
+	} else {
+		fmt.Fprintf(stdout, "%s is registered with %s and has KeyPackages published (state %s)\n", o.id, o.server, path)
+	}
+	return nil
+}
+
+func clientPublish(ctx context.Context, s *clientSession, _ []string) error {
+	// Opening the client topped the stock up already; this tops it up
+	// again in case KeyPackages were claimed meanwhile.
+	n, err := s.c.PublishKeyPackages(ctx)
+	if err != nil {
+		return err
+	}
+	if s.opts.keyPackages > 0 {
+		if err := writeSettings(ctx, s.path, map[string]string{"key_packages": strconv.Itoa(s.opts.keyPackages)}); err != nil {
+			return err
+		}
+	}
+	fmt.Fprintf(s.stdout, "KeyPackages of %s are topped up (%d uploaded just now)\n", s.c.ID(), n)
+	return nil
+}
+
+// groupName is how a group id is shown: as text if it is printable, else
+// in hex.
+func groupName(id []byte) string {
+	if len(id) > 0 && utf8.Valid(id) {
+		ok := true
+		for _, r := range string(id) {
+			if !unicode.IsPrint(r) || unicode.IsSpace(r) {
+				ok = false
+				break
+			}
+		}
+		if ok {
+			return string(id)
+		}
+	}
+	return hex.EncodeToString(id)
+}
+
+// findGroup returns the client's group named name (its id, or the id in
+// hex), waiting up to a few seconds for a Welcome to it that the stream
+// may be about to deliver.
+func (s *clientSession) findGroup(ctx context.Context, name string) (*client.Group, error) {
+	lookup := func() *client.Group {
+		if g := s.c.Group([]byte(name)); g != nil {
+			return g
+		}
+		if id, err := hex.DecodeString(name); err == nil && len(id) > 0 {
+			return s.c.Group(id)
+		}
+		return nil
+	}
+	if g := lookup(); g != nil {
+		return synced(ctx, g, name)
+	}
+	ch := make(chan struct{})
+	s.mu.Lock()
+	s.joined[name] = ch
+	s.mu.Unlock()
+	t := time.NewTimer(3 * time.Second)
+	defer t.Stop()
+	select {
+	case <-ch:
+	case <-t.C:
+	case <-ctx.Done():
+		return nil, ctx.Err()
+	}
+	if g := lookup(); g != nil {
+		return synced(ctx, g, name)
+	}
+	return nil, fmt.Errorf("you (%s) are not in a group %q: 'mlsds client groups' lists yours; create it, or ask a member to add you", s.c.ID(), name)
+}
+
+// synced brings g up to date, so that a command acts on the group's
+// current epoch and membership.
+func synced(ctx context.Context, g *client.Group, name string) (*client.Group, error) {
+	switch err := g.Sync(ctx); {
+	case errors.Is(err, client.ErrRemoved):
+		return nil, fmt.Errorf("you are no longer a member of %s", name)
+	case errors.Is(err, client.ErrGroupBroken):
+		return nil, fmt.Errorf("your state of %s is broken (%v)", name, err)
+	case err != nil:
+		return nil, err
+	}
+	return g, nil
+}
+
+func clientCreate(ctx context.Context, s *clientSession, args []string) error {
+	name := args[0]
+	if s.c.Group([]byte(name)) != nil {
+		return fmt.Errorf("you have a group %q already", name)
+	}
+	g, err := s.c.CreateGroup(ctx, client.GroupOptions{ID: []byte(name), Opaque: s.opts.opaque})
+	if connect.CodeOf(err) == connect.CodeAlreadyExists {
+		return fmt.Errorf("the server has a group %q already: pick another name, or ask one of its members to add you: %w", name, err)
+	}
+	if err != nil {
+		return err
+	}
+	s.out.line(g.ID(), "created", fmt.Sprintf("you created the group (epoch %d, members: %s)", g.Epoch(), strings.Join(g.Members(), ", ")), nil)
+	return nil
+}
+
+func clientAdd(ctx context.Context, s *clientSession, args []string) error {
+	g, err := s.findGroup(ctx, args[0])
+	if err != nil {
+		return err
+	}
+	members := g.Members()
+	var add []string
+	for _, id := range args[1:] {
+		if slices.Contains(members, id) {
+			fmt.Fprintf(s.stderr, "%s is a member of %s already\n", id, groupName(g.ID()))
+			continue
+		}
+		add = append(add, id)
+	}
+	if len(add) == 0 {
+		return nil
+	}
+	return g.Add(ctx, add...)
+}
+
+func clientRemove(ctx context.Context, s *clientSession, args []string) error {
+	g, err := s.findGroup(ctx, args[0])
+	if err != nil {
+		return err
+	}
+	var rm []string
+	for _, id := range args[1:] {
+		if id == s.c.ID() {
+			return fmt.Errorf("to remove yourself, use 'mlsds client leave %s'", args[0])
+		}
+		if !slices.Contains(g.Members(), id) {
+			return fmt.Errorf("%s is not a member of %s (members: %s)", id, args[0], strings.Join(g.Members(), ", "))
+		}
+		rm = append(rm, id)
+	}
+	return g.Remove(ctx, rm...)
+}
+
+func clientSend(ctx context.Context, s *clientSession, args []string) error {
+	g, err := s.findGroup(ctx, args[0])
+	if err != nil {
+		return err
+	}
+	var text []byte
+	if len(args) == 2 && args[1] == "-" {
+		if text, err = io.ReadAll(bufio.NewReader(clientStdin)); err != nil {
+			return fmt.Errorf("reading the message from standard input: %w", err)
+		}
+		text = bytes.TrimSuffix(text, []byte("\n"))
+	} else {
+		text = []byte(strings.Join(args[1:], " "))
+	}
+	if len(text) == 0 {
+		return errors.New("the message is empty")
+	}
+	if _, err := g.Send(ctx, text); err != nil {
+		if errors.Is(err, client.ErrRemoved) {
+			return fmt.Errorf("you are no longer a member of %s", args[0])
+		}
+		return err
+	}
+	return nil
+}
+
+func clientLeave(ctx context.Context, s *clientSession, args []string) error {
+	g, err := s.findGroup(ctx, args[0])
+	if err != nil {
+		return err
+	}
+	epoch := g.Epoch()
+	if err := g.Leave(ctx); err != nil {
+		return err
+	}
+	if s.opts.wait > 0 {
+		wctx, cancel := context.WithTimeout(ctx, s.opts.wait)
+		defer cancel()
+		for wctx.Err() == nil {
+			if _, err := g.GroupInfo(); errors.Is(err, client.ErrRemoved) {
+				return nil
+			}
+			if err := g.Sync(wctx); errors.Is(err, client.ErrRemoved) {
+				return nil
+			}
+			// A Commit that did not take in the proposal ended its epoch,
+			// and the proposal with it (the SDK does not propose again on
+			// its own): propose again.
+			if e := g.Epoch(); e != epoch {
+				epoch = e
+				if err := g.Leave(wctx); err != nil && wctx.Err() == nil {
+					return err
+				}
+			}
+			sleepCtx(wctx, 200*time.Millisecond)
+		}
+	}
+	fmt.Fprintf(s.stderr, "asked to leave %s: another member's client commits your removal when it next runs (a 'listen', or any command)\n", args[0])
+	return nil
+}
+
+func sleepCtx(ctx context.Context, d time.Duration) {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+	case <-t.C:
+	}
+}
+
+func clientUpdate(ctx context.Context, s *clientSession, args []string) error {
+	g, err := s.findGroup(ctx, args[0])
+	if err != nil {
+		return err
+	}
+	return g.Update(ctx)
+}
+
+func clientJoin(ctx context.Context, s *clientSession, args []string) error {
+	if g := s.c.Group([]byte(args[0])); g != nil {
+		if _, err := g.GroupInfo(); err == nil {
+			return fmt.Errorf("you are a member of %s already", args[0])
+		}
+	}
+	_, err := s.c.JoinExternal(ctx, []byte(args[0]))
+	return err
+}
+
+// groupStatus describes one group for `groups`.
+type groupStatus struct {
+	Group   string   `json:"group"`
+	GroupID string   `json:"group_id"`
+	Epoch   uint64   `json:"epoch"`
+	Members []string `json:"members"`
+	Status  string   `json:"status"` // member, removed or broken
+}
+
+func clientGroups(ctx context.Context, s *clientSession, _ []string) error {
+	// Welcomes come on the stream only: give it a moment to deliver the
+	// ones waiting (the SDK does not say when it caught up).
+	sleepCtx(ctx, 500*time.Millisecond)
+	if err := s.c.Sync(ctx); err != nil {
+		return err
+	}
+	var list []groupStatus
+	for _, g := range s.c.Groups() {
+		st := groupStatus{Group: groupName(g.ID()), GroupID: hex.EncodeToString(g.ID()), Epoch: g.Epoch(), Members: g.Members(), Status: "member"}
+		if _, err := g.GroupInfo(); errors.Is(err, client.ErrRemoved) {
+			st.Status = "removed"
+		} else if errors.Is(err, client.ErrGroupBroken) {
+			st.Status = "broken"
+		}
+		list = append(list, st)
+	}
+	s.out.mu.Lock()
+	defer s.out.mu.Unlock()
+	if s.opts.json {
+		enc := json.NewEncoder(s.stdout)
+		for _, st := range list {
+			enc.Encode(st)
+		}
+		return nil
+	}
+	if len(list) == 0 {
+		fmt.Fprintf(s.stdout, "%s is in no group yet\n", s.c.ID())
+	}
+	for _, st := range list {
+		note := ""
+		if st.Status != "member" {
+			note = " (" + st.Status + ")"
+		}
+		fmt.Fprintf(s.stdout, "%s  epoch %d  members: %s%s\n", st.Group, st.Epoch, strings.Join(st.Members, ", "), note)
+	}
+	return nil
+}
+
+func clientListen(ctx context.Context, o *clientOpts, log *slog.Logger, stdout, stderr io.Writer, args []string) error {
+	filter := ""
+	if len(args) == 1 {
+		filter = args[0]
+	}
+	done := errors.New("interrupted")
+	o.listen = true
+	err := withClient(ctx, o, log, stdout, stderr, func(s *clientSession) error {
+		s.out.setFilter(filter)
+		fmt.Fprintf(stderr, "listening as %s; Ctrl-C to stop\n", s.c.ID())
+		s.startPrinting()
+		if err := s.c.Sync(ctx); err != nil && ctx.Err() == nil {
+			log.Warn("catching up", "error", err)
+		}
+		<-ctx.Done()
+		return done
+	})
+	if errors.Is(err, done) {
+		return nil
+	}
+	return err
+}
+
+// eventPrinter prints SDK events, one line each.
+type eventPrinter struct {
+	mu     sync.Mutex
+	w      io.Writer
+	json   bool
+	self   string
+	filter string
+}
+
+func (p *eventPrinter) setFilter(f string) {
+	p.mu.Lock()
+	p.filter = f
+	p.mu.Unlock()
+}
+
+// eventJSON is the --json form of an event.
+type eventJSON struct {
+	Group      string   `json:"group"`
+	GroupID    string   `json:"group_id"`
+	Event      string   `json:"event"`
+	Seq        uint64   `json:"seq,omitempty"`
+	Epoch      uint64   `json:"epoch"`
+	Sender     string   `json:"sender,omitempty"`
+	Text       *string  `json:"text,omitempty"`
+	Data       []byte   `json:"data,omitempty"`
+	Members    []string `json:"members,omitempty"`
+	AcceptedAt string   `json:"accepted_at,omitempty"`
+	Error      string   `json:"error,omitempty"`
+	Line       string   `json:"line"`
+}
+
+func (p *eventPrinter) print(e client.Event) {
+	who := func(id string) string {
+		if id == p.self {
+			return "you"
+		}
+		return id
+	}
+	list := func(ids []string) string { return strings.Join(ids, ", ") }
+	var text string
+	switch e.Kind {
+	case client.EventMessage:
+		text = e.Sender + ": " + sanitize(string(e.Data))
+	case client.EventJoined:
+		if e.Sender == p.self {
+			text = fmt.Sprintf("you joined by external Commit (epoch %d, members: %s)", e.Epoch, list(e.Members))
+		} else {
+			text = fmt.Sprintf("you joined (epoch %d, members: %s)", e.Epoch, list(e.Members))
+		}
+	case client.EventMembersAdded:
+		if len(e.Members) == 1 && e.Members[0] == e.Sender {
+			text = e.Sender + " joined"
+		} else if e.Sender != "" {
+			text = who(e.Sender) + " added " + list(e.Members)
+		} else {
+			text = list(e.Members) + " joined"
+		}
+	case client.EventMembersRemoved:
+		if e.Sender != "" {
+			text = who(e.Sender) + " removed " + list(e.Members)
+		} else {
+			text = list(e.Members) + " left"
+		}
+	case client.EventEpoch:
+		text = fmt.Sprintf("epoch %d (members: %s)", e.Epoch, list(e.Members))
+	case client.EventRemoved:
+		if e.Sender != "" {
+			text = "you are no longer a member (removed by " + who(e.Sender) + ")"
+		} else {
+			text = "you are no longer a member"
+		}
+	case client.EventUndecryptable:
+		text = fmt.Sprintf("message %d could not be processed: %v", e.Seq, e.Err)
+	default:
+		text = e.Kind.String()
+	}
+	p.line(e.GroupID, e.Kind.String(), text, &e)
+}
+
+// line prints one event line of group id (unless filtered out).
+func (p *eventPrinter) line(id []byte, kind, text string, e *client.Event) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	name := groupName(id)
+	if p.filter != "" && p.filter != name && p.filter != string(id) {
+		return
+	}
+	if !p.json {
+		fmt.Fprintf(p.w, "[%s] %s\n", name, text)
+		return
+	}
+	j := eventJSON{Group: name, GroupID: hex.EncodeToString(id), Event: kind, Line: text}
+	if e != nil {
+		j.Seq, j.Epoch, j.Sender, j.Members = e.Seq, e.Epoch, e.Sender, e.Members
+		if !e.AcceptedAt.IsZero() {
+			j.AcceptedAt = e.AcceptedAt.UTC().Format(time.RFC3339Nano)
+		}
+		if e.Err != nil {
+			j.Error = e.Err.Error()
+		}
+		if e.Kind == client.EventMessage {
+			if utf8.Valid(e.Data) {
+				t := string(e.Data)
+				j.Text = &t
+			} else {
+				j.Data = e.Data
+			}
+		}
+	}
+	b, _ := json.Marshal(j)
+	p.w.Write(append(b, '\n'))
+}
+
+// sanitize keeps a message from driving the terminal: control characters
+// other than newline and tab are shown as U+FFFD, and every line after the
+// first is indented.
+func sanitize(s string) string {
+	s = strings.Map(func(r rune) rune {
+		if r == '\n' || r == '\t' {
+			return r
+		}
+		if unicode.IsControl(r) || r == utf8.RuneError {
+			return utf8.RuneError
+		}
+		return r
+	}, s)
+	return strings.ReplaceAll(s, "\n", "\n    ")
+}

@@ -1,0 +1,422 @@
+package ds
+
+import (
+	"context"
+	"runtime"
+	"slices"
+	"sync"
+	"sync/atomic"
+	"time"
+	"weak"
+
+	"github.com/mlsds/mlsds/mls"
+)
+
+// Fan-out. The subscriptions of one Service share, per group, a tail of
+// the group's recent messages (groupTail): when a message is appended, one
+// store read by whichever subscription comes first brings the tail up to
+// date, and every subscription of the group on this node serves itself
+// from it, applying its own membership windows and leaving out its own
+// messages. A subscription whose position is behind the tail (replay after
+// a reconnect) reads the store, as before. The store stays the source of
+// truth: the tail only holds what was read back from it, so it is right
+// whatever node accepted the messages.
+//
+// Wake-ups are per group, not per subscription: the tail listens to the
+// group's topic once and marks its subscriptions. A subscription has no
+// goroutine while idle (see subscription), and the Service shares one poll
+// timer among its subscriptions (poller) instead of a ticker each.
+
+// Bounds of a group's tail. A subscription that falls further behind reads
+// the store.
+const (
+	maxTailEntries = 1024
+	maxTailBytes   = 4 << 20
+	// tailLoad is how many of the group's last messages a new tail loads.
+	tailLoad = 64
+	// envelopeOverhead approximates an Envelope's memory besides its Data.
+	envelopeOverhead = 160
+)
+
+// fanout is the delivery state of a Service shared by its subscriptions.
+type fanout struct {
+	store    Store
+	notifier Notifier
+	cfg      Config
+
+	mu     sync.Mutex
+	groups map[string]*groupTail // groups with subscriptions on this node
+
+	poll poller
+}
+
+// fanouts holds the fanout of each Service. The Service does not know it
+// (its struct is shared with other code); the entry goes when the Service
+// is garbage collected.
+var fanouts sync.Map // weak.Pointer[Service] -> *fanout
+
+func (s *Service) fanout() *fanout {
+	key := weak.Make(s)
+	if f, ok := fanouts.Load(key); ok {
+		return f.(*fanout)
+	}
+	f := &fanout{store: s.store, notifier: s.notifier, cfg: s.cfg, groups: make(map[string]*groupTail)}
+	f.poll.init(s.cfg.PollInterval)
+	if actual, loaded := fanouts.LoadOrStore(key, f); loaded {
+		return actual.(*fanout)
+	}
+	runtime.AddCleanup(s, func(k weak.Pointer[Service]) { fanouts.Delete(k) }, key)
+	return f
+}
+
+// groupTail is the recent end of one group's messages, shared by the
+// subscriptions of this node that follow the group.
+//
+// It holds the messages with GroupSeq in [first, next) without a gap, in
+// order. Every message with GroupSeq < first is durably stored. gen counts
+// the wake-ups of the group; the tail is up to date for the wake-ups up to
+// filledGen: a fill that began after wake-up n saw the message behind it.
+type groupTail struct {
+	key  string
+	id   []byte
+	fan  *fanout
+	stop func() // stops listening to the group's topic
+
+	gen    atomic.Uint64
+	fillMu sync.Mutex // one store read at a time
+
+	mu    sync.Mutex
+	subs  []*groupSub // copied on write
+	envs  []*Envelope // GroupSeq first, first+1, ..., next-1; never changed in place
+	first uint64
+	next  uint64 // 0: nothing loaded yet
+	// lastCommit is the GroupSeq of the last Commit the tail took in.
+	lastCommit uint64
+	bytes      int
+	filledGen  uint64
+	filledAt   time.Time // when the last complete fill began
+}
+
+// attach adds g to the tail of its group, creating the tail (and its
+// listener) for the first subscription.
+func (f *fanout) attach(g *groupSub) *groupTail {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	key := string(g.id)
+	t := f.groups[key]
+	if t == nil {
+		t = &groupTail{key: key, id: g.id, fan: f}
+		t.gen.Store(1) // the first reader fills
+		f.groups[key] = t
+		t.stop = f.notifier.Listen(GroupTopic(g.id), t.notified)
+	}
+	g.passed.Store(g.pos)
+	t.mu.Lock()
+	t.subs = append(slices.Clip(t.subs), g)
+	t.mu.Unlock()
+	return t
+}
+
+// detach removes g; the last subscription to go drops the tail.
+func (f *fanout) detach(t *groupTail, g *groupSub) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	t.mu.Lock()
+	if i := slices.Index(t.subs, g); i >= 0 {
+		t.subs = slices.Delete(slices.Clone(t.subs), i, i+1)
+	}
+	n := len(t.subs)
+	t.mu.Unlock()
+	if n == 0 && f.groups[t.key] == t {
+		delete(f.groups, t.key)
+		t.stop()
+	}
+}
+
+// notified is the group topic's listener: something was appended.
+func (t *groupTail) notified() {
+	t.gen.Add(1)
+	t.mu.Lock()
+	subs := t.subs
+	t.mu.Unlock()
+	for _, g := range subs {
+		g.dirty.Store(true)
+		g.sub.kick()
+	}
+}
+
+// read returns the group's messages after g.pos that the tail holds, once
+// the tail has caught up with every wake-up so far (reading the store as
+// g's client if no one did yet). first is the tail's first GroupSeq: when
+// g.pos+1 < first, the messages between are not in the tail and must be
+// read from the store; every message before first is stored. With poll,
+// the tail is brought up to date from the store even without a wake-up if
+// the last time was more than the poll interval ago.
+//
+// The returned envelopes are shared: they must not be modified.
+func (t *groupTail) read(ctx context.Context, g *groupSub, poll bool) (envs []*Envelope, first uint64, err error) {
+	t.mu.Lock()
+	if poll && time.Since(t.filledAt) >= t.fan.cfg.PollInterval {
+		t.gen.Add(1)
+	}
+	want := t.gen.Load()
+	fresh := t.filledGen >= want
+	t.mu.Unlock()
+	if !fresh {
+		if err := t.fill(ctx, g, want); err != nil {
+			return nil, 0, err
+		}
+	}
+	pos := g.pos
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if pos+1 < t.first || pos+1 >= t.next {
+		return nil, t.first, nil
+	}
+	return t.envs[pos+1-t.first:], t.first, nil
+}
+
+// fill brings the tail up to date with the store, reading the messages as
+// g's client sees them: whatever part of them it may not see ends the fill
+// early, leaving the tail behind for the next reader to complete.
+//
+// Usually one query does: when the reader is known to be a member from
+// before the tail's end on (its windows are exact up to its position, and
+// no Commit came since), what it reads from the tail's end on is all there
+// is, unless the last thing it reads is a Commit (which may have removed
+// it). Otherwise the group's head says how far to read.
+func (t *groupTail) fill(ctx context.Context, g *groupSub, want uint64) error {
+	t.fillMu.Lock()
+	defer t.fillMu.Unlock()
+	t.mu.Lock()
+	done := t.filledGen >= want
+	member := false
+	if !done && t.next > 0 && g.winOK && len(g.windows) > 0 && g.pos+1 >= t.first && t.lastCommit <= g.pos {
+		last := g.windows[len(g.windows)-1]
+		member = last.Open() && last.FromSeq <= t.next
+	}
+	next := t.next
+	t.mu.Unlock()
+	if done {
+		return nil // filled while we waited
+	}
+	reader := g.sub.client.ID
+	gen := t.gen.Load() // before the reads: later wake-ups need another fill
+	started := time.Now()
+
+	if member {
+		got, err := t.fan.store.Messages(ctx, MessageQuery{GroupID: t.id, ClientID: reader, FromSeq: next, Limit: pumpPage})
+		if err != nil {
+			return err
+		}
+		t.mu.Lock()
+		k := t.appendLocked(got)
+		if k == len(got) && len(got) < pumpPage && (k == 0 || got[k-1].ContentType != mls.ContentTypeCommit) {
+			t.filledGen = max(t.filledGen, gen)
+			t.filledAt = started
+			t.mu.Unlock()
+			return nil
+		}
+		t.mu.Unlock()
+	}
+
+	head, err := t.fan.store.Group(ctx, t.id)
+	if err != nil {
+		return err
+	}
+	last := head.LastSeq
+	t.mu.Lock()
+	if t.next == 0 || last+1-min(last+1, t.next) > maxTailEntries {
+		// A new tail, or one too far behind to catch up: start near the end.
+		t.envs, t.bytes = nil, 0
+		t.first = max(1, last+1-min(last, tailLoad))
+		t.next = t.first
+	}
+	next = t.next
+	t.mu.Unlock()
+
+	for next <= last {
+		limit := int(min(last+1-next, pumpPage))
+		got, err := t.fan.store.Messages(ctx, MessageQuery{GroupID: t.id, ClientID: reader, FromSeq: next, Limit: limit})
+		if err != nil {
+			return err
+		}
+		t.mu.Lock()
+		if len(t.envs) == 0 && len(got) > 0 && got[0].GroupSeq > t.next {
+			// reader cannot see the start; an empty tail may begin later.
+			t.first, t.next = got[0].GroupSeq, got[0].GroupSeq
+		}
+		k := t.appendLocked(got)
+		next = t.next
+		t.mu.Unlock()
+		if k < len(got) || len(got) < limit {
+			break // a gap: reader does not see everything
+		}
+	}
+	if next > last {
+		t.mu.Lock()
+		t.filledGen = max(t.filledGen, gen)
+		t.filledAt = started
+		t.mu.Unlock()
+	}
+	return nil
+}
+
+// appendLocked appends the envelopes of got that continue the tail without
+// a gap and returns how many.
+func (t *groupTail) appendLocked(got []Envelope) int {
+	k := 0
+	for k < len(got) && got[k].GroupSeq == t.next {
+		e := &got[k]
+		t.envs = append(t.envs, e)
+		t.bytes += len(e.Data) + envelopeOverhead
+		if e.ContentType == mls.ContentTypeCommit {
+			t.lastCommit = e.GroupSeq
+		}
+		t.next++
+		k++
+	}
+	t.trimLocked()
+	return k
+}
+
+// trimLocked drops the messages that every subscription of the tail has
+// passed, and the oldest beyond the bounds. A subscription that comes
+// later and needs them reads them from the store.
+func (t *groupTail) trimLocked() {
+	passed := uint64(0)
+	for i, g := range t.subs {
+		if p := g.passed.Load(); i == 0 || p < passed {
+			passed = p
+		}
+	}
+	drop := 0
+	for drop < len(t.envs) && t.envs[drop].GroupSeq <= passed {
+		drop++
+	}
+	for len(t.envs)-drop > maxTailEntries || (t.bytes > maxTailBytes && len(t.envs)-drop > 1) {
+		drop++
+	}
+	if drop == 0 {
+		return
+	}
+	for _, e := range t.envs[:drop] {
+		t.bytes -= len(e.Data) + envelopeOverhead
+	}
+	t.first += uint64(drop)
+	// Slices handed out by read must stay as they were, so the dropped
+	// entries are not cleared in place; the array is let go of instead
+	// once it holds more garbage than messages.
+	switch rest := t.envs[drop:]; {
+	case len(rest) == 0:
+		t.envs = nil
+	case drop >= len(rest):
+		t.envs = slices.Clone(rest)
+	default:
+		t.envs = rest
+	}
+}
+
+// poller wakes each subscription once per poll interval, spread over the
+// interval: the subscriptions are distributed over slots, and one timer
+// visits one slot per tick. Its goroutine runs while there are
+// subscriptions.
+type poller struct {
+	interval time.Duration
+	tick     time.Duration
+
+	inflight atomic.Int64 // polls asked for and not done yet
+
+	mu      sync.Mutex
+	slots   []*subscription // heads of the slots' lists
+	n       int             // subscriptions
+	nextIn  int             // slot of the next subscription added
+	running bool
+}
+
+// maxPollsInFlight bounds the polls under way: beyond it, the poller
+// waits, so that a slow store delays polls instead of gathering a worker
+// goroutine for every subscription.
+const maxPollsInFlight = 32
+
+// pollDone tells the poller that sub's poll is done (or will not be).
+func (p *poller) pollDone(sub *subscription) {
+	if sub.pollDue.Swap(false) {
+		p.inflight.Add(-1)
+	}
+}
+
+func (p *poller) init(interval time.Duration) {
+	n := min(64, max(1, int(interval/(50*time.Millisecond))))
+	p.interval = interval
+	p.tick = interval / time.Duration(n)
+	p.slots = make([]*subscription, n)
+}
+
+func (p *poller) add(sub *subscription) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	i := p.nextIn
+	p.nextIn = (p.nextIn + 1) % len(p.slots)
+	sub.pollSlot = i
+	sub.pollNext = p.slots[i]
+	sub.pollPrev = nil
+	if sub.pollNext != nil {
+		sub.pollNext.pollPrev = sub
+	}
+	p.slots[i] = sub
+	p.n++
+	if !p.running {
+		p.running = true
+		go p.run()
+	}
+}
+
+func (p *poller) remove(sub *subscription) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if sub.pollSlot < 0 {
+		return
+	}
+	if sub.pollPrev != nil {
+		sub.pollPrev.pollNext = sub.pollNext
+	} else {
+		p.slots[sub.pollSlot] = sub.pollNext
+	}
+	if sub.pollNext != nil {
+		sub.pollNext.pollPrev = sub.pollPrev
+	}
+	sub.pollNext, sub.pollPrev, sub.pollSlot = nil, nil, -1
+	p.n--
+}
+
+func (p *poller) run() {
+	t := time.NewTicker(p.tick)
+	defer t.Stop()
+	slot := 0
+	var due []*subscription
+	for range t.C {
+		if p.inflight.Load() > maxPollsInFlight {
+			continue // the store is slow: let the polls wait, not pile up
+		}
+		p.mu.Lock()
+		if p.n == 0 {
+			p.running = false
+			p.mu.Unlock()
+			return
+		}
+		due = due[:0]
+		for s := p.slots[slot]; s != nil; s = s.pollNext {
+			due = append(due, s)
+		}
+		slot = (slot + 1) % len(p.slots)
+		p.mu.Unlock()
+		for _, s := range due {
+			if s.pollDue.CompareAndSwap(false, true) {
+				p.inflight.Add(1)
+				s.kick()
+			}
+		}
+		clear(due)
+	}
+}

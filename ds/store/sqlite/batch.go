@@ -1,0 +1,360 @@
+package sqlite
+
+import (
+	"bytes"
+	"context"
+	"database/sql"
+	"encoding/json"
+	"errors"
+	"fmt"
+
+	"github.com/mlsds/mlsds/ds"
+	"github.com/mlsds/mlsds/mls"
+)
+
+var _ ds.BatchAccepter = (*Store)(nil)
+
+// AcceptMessages implements ds.BatchAccepter: the messages are applied in
+// order in one write transaction, which costs one fsync for all of them.
+// If the transaction cannot commit, every message fails.
+//
+// Application messages take a fast path (appendBatch): the group's head and
+// the sender's membership are read once per batch and kept up to date in
+// memory while the transaction holds the database's write lock, the message
+// is inserted with a prepared statement, and the group's last_seq is
+// written once. Such a message writes one row with one statement, so one
+// that fails changes nothing. Every other message runs acceptTx, as
+// AcceptMessage does, inside a SAVEPOINT that is rolled back if it fails;
+// the fast path's pending writes are flushed before it and its cache
+// forgotten after it.
+func (s *Store) AcceptMessages(ctx context.Context, ps []ds.AcceptParams) ([]ds.AcceptResult, []error) {
+	res := make([]ds.AcceptResult, len(ps))
+	errs := make([]error, len(ps))
+	if len(ps) == 1 {
+		// Alone, a message takes AcceptMessage's path: no batch
+		// machinery to pay for.
+		res[0], errs[0] = s.AcceptMessage(ctx, ps[0])
+		return res, errs
+	}
+	err := s.writeBatch(ctx, func(tx *sql.Tx) error {
+		a := &appendBatch{tx: tx}
+		defer a.close()
+		for i := range ps {
+			p := &ps[i]
+			if fastPath(p) {
+				if i == 0 || !fastPath(&ps[i-1]) {
+					if err := a.prefetchMembers(ctx, ps[i:]); err != nil {
+						return err
+					}
+				}
+				res[i], errs[i] = a.accept(ctx, p)
+				if errs[i] != nil && !isRefusal(errs[i]) {
+					// An engine failure: the transaction may be
+					// unusable; fail the batch rather than guess.
+					return errs[i]
+				}
+				continue
+			}
+			if err := a.flush(ctx); err != nil {
+				return err
+			}
+			if _, err := tx.ExecContext(ctx, "SAVEPOINT accept_message"); err != nil {
+				return fmt.Errorf("sqlite: savepoint: %w", err)
+			}
+			r, err := s.acceptTx(ctx, tx, *p)
+			if err != nil {
+				errs[i] = err
+				if _, err := tx.ExecContext(ctx, "ROLLBACK TO accept_message"); err != nil {
+					return fmt.Errorf("sqlite: rollback to savepoint: %w", err)
+				}
+			} else {
+				res[i] = r
+			}
+			if _, err := tx.ExecContext(ctx, "RELEASE accept_message"); err != nil {
+				return fmt.Errorf("sqlite: release savepoint: %w", err)
+			}
+		}
+		return a.flush(ctx)
+	})
+	if err != nil {
+		for i := range ps {
+			res[i], errs[i] = ds.AcceptResult{}, err
+		}
+	}
+	return res, errs
+}
+
+// writeBatch is write for a batch: f runs in a write transaction, which is
+// committed if f succeeds. If COMMIT fails, SQLite may keep the transaction
+// open (a deferred constraint, a busy reader); it is rolled back here, so
+// that nothing of the batch can be committed later with another
+// transaction's work and the connection stays usable.
+func (s *Store) writeBatch(ctx context.Context, f func(tx *sql.Tx) error) error {
+	tx, err := s.w.BeginTx(ctx, nil)
+	if err != nil {
+		return fmt.Errorf("sqlite: begin: %w", err)
+	}
+	if err := f(tx); err != nil {
+		tx.Rollback()
+		return err
+	}
+	if err := tx.Commit(); err != nil {
+		// The single writer connection is the one the transaction ran on.
+		// Without an open transaction this ROLLBACK fails harmlessly.
+		s.w.ExecContext(context.Background(), "ROLLBACK")
+		return fmt.Errorf("sqlite: commit: %w", err)
+	}
+	return nil
+}
+
+// fastPath reports whether p is a message that appendBatch handles: an
+// application message, which changes nothing but the group's sequence.
+func fastPath(p *ds.AcceptParams) bool {
+	return p.ContentType == mls.ContentTypeApplication &&
+		!p.ChangesState() && p.NewState == nil && p.GroupInfo == nil && p.RemoteTree == nil &&
+		len(p.Added) == 0 && len(p.Removed) == 0 &&
+		p.Welcome == nil && len(p.WelcomeTo) == 0 && len(p.ConsumeKeyPackages) == 0
+}
+
+// isRefusal reports whether err is one of the Store's answers about a
+// message (as opposed to an engine failure).
+func isRefusal(err error) bool {
+	var we *ds.WrongEpochError
+	var se *ds.StaleEpochError
+	return errors.Is(err, ds.ErrNotFound) || errors.Is(err, ds.ErrNotMember) ||
+		errors.As(err, &we) || errors.As(err, &se) || errors.Is(err, errRange)
+}
+
+// errRange marks a value that does not fit the schema.
+var errRange = errors.New("sqlite: value out of range")
+
+// appendBatch appends application messages within one write transaction.
+// What it caches was read under the transaction, which holds SQLite's
+// write lock: nothing else changes it until the commit.
+type appendBatch struct {
+	tx                           *sql.Tx
+	insert, byHash, head, member *sql.Stmt
+	members1                     *sql.Stmt
+	groups                       map[string]*batchGroup
+	members                      map[[2]string]bool
+}
+
+// batchGroup is a group's head as the batch has left it.
+type batchGroup struct {
+	epoch, start, last int64
+	dirty              bool // last differs from the stored last_seq
+}
+
+func (a *appendBatch) stmt(ctx context.Context, st **sql.Stmt, query string) (*sql.Stmt, error) {
+	if *st == nil {
+		s, err := a.tx.PrepareContext(ctx, query)
+		if err != nil {
+			return nil, err
+		}
+		*st = s
+	}
+	return *st, nil
+}
+
+func (a *appendBatch) close() {
+	for _, st := range []*sql.Stmt{a.insert, a.byHash, a.head, a.member, a.members1} {
+		if st != nil {
+			st.Close()
+		}
+	}
+}
+
+// accept applies the rules of AcceptMessage to an application message:
+// the first receipt for a known hash, else ErrNotFound, the epoch rule and
+// membership, and then the next sequence number of the group.
+func (a *appendBatch) accept(ctx context.Context, p *ds.AcceptParams) (ds.AcceptResult, error) {
+	msgEpoch, err := u64(p.Epoch)
+	if err != nil {
+		return ds.AcceptResult{}, fmt.Errorf("%w: %w", errRange, err)
+	}
+	g, err := a.group(ctx, p.GroupID)
+	if err != nil {
+		return ds.AcceptResult{}, err
+	}
+	refuse := ds.CheckEpoch(*p, uint64(g.epoch), uint64(g.start))
+	if refuse == nil && p.RequireMember {
+		ok, err := a.isMember(ctx, p.GroupID, p.Sender)
+		if err != nil {
+			return ds.AcceptResult{}, err
+		}
+		if !ok {
+			refuse = fmt.Errorf("%w: %q is not a member of group %x", ds.ErrNotMember, p.Sender, p.GroupID)
+		}
+	}
+	if refuse != nil {
+		// A message stored before is answered with its receipt
+		// whatever the group's epoch or roster is now.
+		if dup, err := a.receipt(ctx, p); err == nil {
+			return ds.AcceptResult{Receipt: dup, Duplicate: true}, nil
+		} else if !errors.Is(err, ds.ErrNotFound) {
+			return ds.AcceptResult{}, err
+		}
+		return ds.AcceptResult{}, refuse
+	}
+	ins, err := a.stmt(ctx, &a.insert, `INSERT INTO messages
+		(group_id, seq, epoch, content_type, wire_format, sender, hash, data, accepted_at)
+		VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)
+		ON CONFLICT (group_id, hash) DO NOTHING`)
+	if err != nil {
+		return ds.AcceptResult{}, err
+	}
+	seq := g.last + 1
+	at := p.AcceptedAt.UnixMicro()
+	r, err := ins.ExecContext(ctx, p.GroupID, seq, msgEpoch, int64(p.ContentType), int64(p.WireFormat),
+		p.Sender, p.Hash, nonNil(p.Data), at)
+	if err != nil {
+		return ds.AcceptResult{}, err
+	}
+	if n, err := r.RowsAffected(); err != nil {
+		return ds.AcceptResult{}, err
+	} else if n == 0 {
+		// The hash is stored already (before or earlier in the batch).
+		dup, err := a.receipt(ctx, p)
+		if err != nil {
+			return ds.AcceptResult{}, err
+		}
+		return ds.AcceptResult{Receipt: dup, Duplicate: true}, nil
+	}
+	g.last, g.dirty = seq, true
+	return ds.AcceptResult{Receipt: ds.Receipt{GroupID: bytes.Clone(p.GroupID), GroupSeq: uint64(seq), Epoch: p.Epoch,
+		AcceptedAt: fromMicros(sql.NullInt64{Int64: at, Valid: true})}}, nil
+}
+
+func (a *appendBatch) group(ctx context.Context, id []byte) (*batchGroup, error) {
+	if g := a.groups[string(id)]; g != nil {
+		return g, nil
+	}
+	st, err := a.stmt(ctx, &a.head, "SELECT epoch, epoch_start_seq, last_seq FROM groups WHERE id = ?")
+	if err != nil {
+		return nil, err
+	}
+	g := &batchGroup{}
+	err = st.QueryRowContext(ctx, id).Scan(&g.epoch, &g.start, &g.last)
+	if errors.Is(err, sql.ErrNoRows) {
+		// No group, so no message of it either.
+		return nil, fmt.Errorf("%w: group %x", ds.ErrNotFound, id)
+	} else if err != nil {
+		return nil, err
+	}
+	if a.groups == nil {
+		a.groups = make(map[string]*batchGroup)
+	}
+	a.groups[string(id)] = g
+	return g, nil
+}
+
+func (a *appendBatch) isMember(ctx context.Context, group []byte, client string) (bool, error) {
+	k := [2]string{string(group), client}
+	if ok, known := a.members[k]; known {
+		return ok, nil
+	}
+	st, err := a.stmt(ctx, &a.member,
+		"SELECT EXISTS (SELECT 1 FROM memberships WHERE group_id = ? AND client_id = ? AND until_seq IS NULL)")
+	if err != nil {
+		return false, err
+	}
+	var ok bool
+	if err := st.QueryRowContext(ctx, group, client).Scan(&ok); err != nil {
+		return false, err
+	}
+	if a.members == nil {
+		a.members = make(map[[2]string]bool)
+	}
+	a.members[k] = ok
+	return ok, nil
+}
+
+// prefetchMembers learns, with one query per group, which senders of the
+// application messages at the start of ps (up to the first other message)
+// are members, so that accept need not look them up one by one.
+func (a *appendBatch) prefetchMembers(ctx context.Context, ps []ds.AcceptParams) error {
+	senders := make(map[string][]string)
+	seen := make(map[[2]string]bool)
+	for i := range ps {
+		p := &ps[i]
+		if !fastPath(p) {
+			break
+		}
+		k := [2]string{string(p.GroupID), p.Sender}
+		if !p.RequireMember || seen[k] {
+			continue
+		}
+		seen[k] = true
+		if _, known := a.members[k]; !known {
+			senders[k[0]] = append(senders[k[0]], p.Sender)
+		}
+	}
+	if len(senders) == 0 {
+		return nil
+	}
+	st, err := a.stmt(ctx, &a.members1, `SELECT client_id FROM memberships
+		WHERE group_id = ? AND until_seq IS NULL AND client_id IN (SELECT value FROM json_each(?))`)
+	if err != nil {
+		return err
+	}
+	if a.members == nil {
+		a.members = make(map[[2]string]bool)
+	}
+	for g, ids := range senders {
+		list, err := json.Marshal(ids)
+		if err != nil {
+			return err
+		}
+		for _, id := range ids {
+			a.members[[2]string{g, id}] = false
+		}
+		rows, err := st.QueryContext(ctx, []byte(g), string(list))
+		if err != nil {
+			return err
+		}
+		for rows.Next() {
+			var id string
+			if err := rows.Scan(&id); err != nil {
+				rows.Close()
+				return err
+			}
+			a.members[[2]string{g, id}] = true
+		}
+		if err := rows.Close(); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func (a *appendBatch) receipt(ctx context.Context, p *ds.AcceptParams) (ds.Receipt, error) {
+	st, err := a.stmt(ctx, &a.byHash, "SELECT seq, epoch, accepted_at FROM messages WHERE group_id = ? AND hash = ?")
+	if err != nil {
+		return ds.Receipt{}, err
+	}
+	var seq, epoch int64
+	var at sql.NullInt64
+	err = st.QueryRowContext(ctx, p.GroupID, p.Hash).Scan(&seq, &epoch, &at)
+	if errors.Is(err, sql.ErrNoRows) {
+		return ds.Receipt{}, fmt.Errorf("%w: no message with this hash in group %x", ds.ErrNotFound, p.GroupID)
+	} else if err != nil {
+		return ds.Receipt{}, err
+	}
+	return ds.Receipt{GroupID: bytes.Clone(p.GroupID), GroupSeq: uint64(seq), Epoch: uint64(epoch), AcceptedAt: fromMicros(at)}, nil
+}
+
+// flush writes the groups' new last_seq and forgets what was cached, as
+// the next message may change anything (a Commit).
+func (a *appendBatch) flush(ctx context.Context) error {
+	for id, g := range a.groups {
+		if !g.dirty {
+			continue
+		}
+		if _, err := a.tx.ExecContext(ctx, "UPDATE groups SET last_seq = ? WHERE id = ?", g.last, []byte(id)); err != nil {
+			return err
+		}
+	}
+	clear(a.groups)
+	clear(a.members)
+	return nil
+}
