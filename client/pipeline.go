@@ -746,6 +746,17 @@ func (g *Group) sendPendingLocked(ctx context.Context) error {
 // there is nothing to commit.
 func (g *Group) makeCommit(ctx context.Context, in intent, claimed map[string]*mls.KeyPackage) (*pendingCommit, error) {
 	current := memberIDs(g.st)
+	var missing []string
+	for _, id := range in.adds {
+		if !slices.Contains(current, id) && !slices.Contains(missing, id) && claimed[id] == nil {
+			missing = append(missing, id)
+		}
+	}
+	if len(missing) > 1 {
+		if err := g.claimMany(ctx, missing, claimed); err != nil {
+			return nil, err
+		}
+	}
 	var adds []*mls.KeyPackage
 	var addIDs []string
 	for _, id := range in.adds {
@@ -883,7 +894,11 @@ func (g *Group) claim(ctx context.Context, id string) (*mls.KeyPackage, error) {
 	if len(res.Msg.KeyPackages) != 1 {
 		return nil, fmt.Errorf("client: claiming a KeyPackage of %q: got %d", id, len(res.Msg.KeyPackages))
 	}
-	data := res.Msg.KeyPackages[0].KeyPackage
+	return claimedKeyPackage(id, res.Msg.KeyPackages[0].KeyPackage)
+}
+
+// claimedKeyPackage decodes the KeyPackage data claimed for client id.
+func claimedKeyPackage(id string, data []byte) (*mls.KeyPackage, error) {
 	kp := new(mls.KeyPackage)
 	if m, err := mls.ParseMLSMessage(data); err == nil && m.KeyPackage != nil {
 		kp = m.KeyPackage
@@ -894,6 +909,72 @@ func (g *Group) claim(ctx context.Context, id string) (*mls.KeyPackage, error) {
 		return nil, fmt.Errorf("client: the KeyPackage claimed for %q names %q", id, kp.LeafNode.Credential.Identity)
 	}
 	return kp, nil
+}
+
+// claimBatch is how many clients one batch claim names at first: the
+// server's bound by default (ds.MaxClaimBatch). A server with a lower
+// bound (a small group size limit or claim budget) answers TooLarge with
+// it, and the rest go in batches of that size.
+const claimBatch = 1000
+
+// claimMany claims a KeyPackage of each of ids (distinct, none a member)
+// into claimed, with one ClaimKeyPackages call per batch of the server's
+// bound. KeyPackages claimed before an error stay in claimed, so that a
+// retry claims only the others. A server that predates batch claims
+// (answering Unimplemented or InvalidArgument) gets one call per client.
+func (g *Group) claimMany(ctx context.Context, ids []string, claimed map[string]*mls.KeyPackage) error {
+	chunk := claimBatch
+	for len(ids) > 0 {
+		batch := ids[:min(chunk, len(ids))]
+		res, err := g.c.rpc.kps.ClaimKeyPackages(ctx, connect.NewRequest(&mlsdsv1.ClaimKeyPackagesRequest{
+			ClientIds: batch, CipherSuite: uint32(g.c.cs)}))
+		if err != nil {
+			switch connect.CodeOf(err) {
+			case connect.CodeUnimplemented, connect.CodeInvalidArgument:
+				for _, id := range ids {
+					kp, err := g.claim(ctx, id)
+					if err != nil {
+						return err
+					}
+					claimed[id] = kp
+				}
+				return nil
+			case connect.CodeResourceExhausted:
+				if tl := errorDetail[*mlsdsv1.TooLarge](err); tl != nil && tl.Limit >= 1 && tl.Limit < uint64(len(batch)) {
+					chunk = int(tl.Limit)
+					continue
+				}
+			case connect.CodeNotFound:
+				return fmt.Errorf("client: claiming KeyPackages of %d clients: some are not registered: %w", len(batch), err)
+			}
+			return fmt.Errorf("client: claiming KeyPackages of %d clients: %w", len(batch), err)
+		}
+		for _, c := range res.Msg.KeyPackages {
+			if !slices.Contains(batch, c.ClientId) || claimed[c.ClientId] != nil {
+				return fmt.Errorf("client: a batch claim answered a KeyPackage of %q, which was not asked for", c.ClientId)
+			}
+			kp, err := claimedKeyPackage(c.ClientId, c.KeyPackage)
+			if err != nil {
+				return err
+			}
+			claimed[c.ClientId] = kp
+		}
+		if len(res.Msg.Exhausted) > 0 {
+			var none []string
+			for _, x := range res.Msg.Exhausted {
+				none = append(none, x.ClientId)
+			}
+			return fmt.Errorf("client: %q have no KeyPackage left; they must publish some before they can be added: %w",
+				none, connect.NewError(connect.CodeNotFound, errors.New("KeyPackages exhausted")))
+		}
+		for _, id := range batch {
+			if claimed[id] == nil {
+				return fmt.Errorf("client: a batch claim answered no KeyPackage of %q", id)
+			}
+		}
+		ids = ids[len(batch):]
+	}
+	return nil
 }
 
 // myTurnLocked reports whether this client is the one to commit the

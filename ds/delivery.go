@@ -63,14 +63,9 @@ func (s *Service) Ack(ctx context.Context, client string, groupID []byte, seq ui
 	if err := s.allow(client); err != nil {
 		return err
 	}
-	head, err := s.store.Group(ctx, groupID)
-	if err != nil {
-		return err
-	}
-	if seq > head.LastSeq {
-		return fmt.Errorf("%w: cannot acknowledge group_seq %d, the group's last message is %d", ErrInvalidArgument, seq, head.LastSeq)
-	}
-	return s.store.Ack(ctx, client, groupID, seq)
+	// ErrNotFound for an unknown group, ErrInvalidArgument beyond its last
+	// message (ackbatch.go).
+	return s.ackDurably(ctx, client, groupID, seq)
 }
 
 // Subscribe starts the client's stream of events: first everything not

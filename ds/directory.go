@@ -175,7 +175,7 @@ func (s *Service) ClaimKeyPackage(ctx context.Context, claimer, target string, c
 	if _, err := s.store.Client(ctx, target); err != nil {
 		return ClaimedKeyPackage{}, err
 	}
-	out, err := s.claim(ctx, claimer, []string{target}, cs)
+	out, _, err := s.claim(ctx, claimer, []string{target}, cs, 1)
 	if err != nil {
 		return ClaimedKeyPackage{}, err
 	}
@@ -210,7 +210,9 @@ func (s *Service) ClaimKeyPackagesForUser(ctx context.Context, claimer, userID s
 		return nil, fmt.Errorf("%w: user %q has no other client with suite %d", ErrKeyPackagesExhausted, userID, cs)
 	}
 	sort.Strings(targets)
-	out, err := s.claim(ctx, claimer, targets, cs)
+	// One claim of the claimer's budget for the whole user, as before
+	// batches existed; each client of the user pays its own.
+	out, _, err := s.claim(ctx, claimer, targets, cs, 1)
 	if err != nil {
 		return nil, err
 	}
@@ -220,24 +222,118 @@ func (s *Service) ClaimKeyPackagesForUser(ctx context.Context, claimer, userID s
 	return out, nil
 }
 
-// claim applies the claim rate limits and claims for targets; targets with
-// nothing left are absent from the answer.
-func (s *Service) claim(ctx context.Context, claimer string, targets []string, cs mls.CipherSuite) ([]ClaimedKeyPackage, error) {
+// MaxClaimBatch bounds the targets of one ClaimKeyPackagesFor call (also
+// bounded by Config.MaxGroupSize: one Commit cannot add more).
+const MaxClaimBatch = 1000
+
+// ClaimBatchLimit is the most targets one ClaimKeyPackagesFor call may
+// name: MaxClaimBatch, Config.MaxGroupSize, and the claimer's whole claim
+// budget (a minute of Config.ClaimsPerMinute), whichever is least.
+func (s *Service) ClaimBatchLimit() int {
+	n := min(MaxClaimBatch, s.cfg.MaxGroupSize)
+	if s.claimsBy != nil {
+		n = min(n, s.claimsBy.burst)
+	}
+	return n
+}
+
+// ClaimKeyPackagesFor claims one KeyPackage of suite cs for each of
+// targets on behalf of claimer, in one store transaction: the batch form
+// of ClaimKeyPackage, for adding many clients with one Commit.
+//
+// targets must not be empty, repeat a client or name the claimer
+// (ErrInvalidArgument), and holds at most MaxClaimBatch and
+// Config.MaxGroupSize clients (*TooLargeError). Every target must be
+// registered: otherwise ErrNotFound names the unknown ones and nothing is
+// claimed.
+//
+// Rate limits: each target costs the claimer one claim of its budget
+// (Config.ClaimsPerMinute) and costs the target one of its own
+// (Config.ClaimsPerTargetPerMinute), as claiming the targets one by one
+// would. The batch is all or nothing: if the claimer's remaining budget
+// cannot cover all of targets, or some target's budget is spent, it fails
+// with a *RateLimitedError whose RetryAfter is when it would pass, and
+// takes nothing from any budget. A batch larger than the claimer's whole
+// budget could never pass and fails with a *TooLargeError instead (see
+// ClaimBatchLimit).
+//
+// A target with nothing to claim for cs (not even a last-resort
+// KeyPackage) does not fail the batch: it is left out of claimed and
+// listed in exhausted, in the order of targets, as are the claimed ones.
+// Targets that end up with less than Config.KeyPackageLowWater, and the
+// exhausted ones, get a low-water event as after a single claim.
+func (s *Service) ClaimKeyPackagesFor(ctx context.Context, claimer string, targets []string, cs mls.CipherSuite) (claimed []ClaimedKeyPackage, exhausted []string, err error) {
+	if err := s.allow(claimer); err != nil {
+		return nil, nil, err
+	}
+	if len(targets) == 0 {
+		return nil, nil, fmt.Errorf("%w: no clients to claim KeyPackages of", ErrInvalidArgument)
+	}
+	if limit := min(MaxClaimBatch, s.cfg.MaxGroupSize); len(targets) > limit {
+		return nil, nil, &TooLargeError{Limit: limit, What: "clients per claim"}
+	}
+	seen := make(map[string]bool, len(targets))
+	for _, t := range targets {
+		if t == claimer {
+			return nil, nil, fmt.Errorf("%w: a client cannot claim its own KeyPackages; leave %q out of the list", ErrInvalidArgument, claimer)
+		}
+		if seen[t] {
+			return nil, nil, fmt.Errorf("%w: client %q is listed twice; name each client once", ErrInvalidArgument, t)
+		}
+		seen[t] = true
+	}
+	var unknown []string
+	for _, t := range targets {
+		if _, err := s.store.Client(ctx, t); errors.Is(err, ErrNotFound) {
+			unknown = append(unknown, t)
+		} else if err != nil {
+			return nil, nil, err
+		}
+	}
+	if len(unknown) > 0 {
+		return nil, nil, fmt.Errorf("%w: %s not registered; nothing was claimed", ErrNotFound, nameSome(unknown, 10))
+	}
+	if s.claimsBy != nil && len(targets) > s.claimsBy.burst {
+		return nil, nil, &TooLargeError{Limit: s.claimsBy.burst, What: "claims per claimer per minute"}
+	}
+	return s.claim(ctx, claimer, targets, cs, len(targets))
+}
+
+// nameSome names the clients of ids, at most max of them, for an error.
+func nameSome(ids []string, max int) string {
+	if len(ids) == 1 {
+		return fmt.Sprintf("client %q is", ids[0])
+	}
+	if len(ids) <= max {
+		return fmt.Sprintf("clients %q are", ids)
+	}
+	return fmt.Sprintf("%d clients (%q and %d more) are", len(ids), ids[:max], len(ids)-max)
+}
+
+// claim applies the claim rate limits and claims for targets: cost claims
+// of the claimer's budget (all or none) and one of each target's. It
+// returns the claimed KeyPackages in the order of targets, and the
+// targets with nothing left.
+func (s *Service) claim(ctx context.Context, claimer string, targets []string, cs mls.CipherSuite, cost int) ([]ClaimedKeyPackage, []string, error) {
 	now := s.cfg.Now()
-	if err := s.claimsBy.reserve(now, claimer); err != nil {
-		return nil, err
+	refund, err := s.claimsBy.reserveN(now, claimer, cost)
+	if err != nil {
+		return nil, nil, err
 	}
 	if err := s.claimsForTarget.reserve(now, targets...); err != nil {
-		return nil, err
+		// The batch did not happen: give the claimer its budget back.
+		refund()
+		return nil, nil, err
 	}
 	claims, err := s.store.ClaimKeyPackages(ctx, ClaimParams{Claimer: claimer, Targets: targets, Suite: cs, Now: s.now()})
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	var out []ClaimedKeyPackage
-	var wake []string
+	var exhausted, wake []string
 	for _, c := range claims {
 		if c.KeyPackage == nil {
+			exhausted = append(exhausted, c.Target)
 			wake = append(wake, ClientTopic(c.Target))
 			continue
 		}
@@ -252,5 +348,30 @@ func (s *Service) claim(ctx context.Context, claimer string, targets []string, c
 		}
 	}
 	s.notify(wake...)
-	return out, nil
+	return out, exhausted, nil
+}
+
+// reserveN takes n tokens of key at now, or none: if fewer than n are
+// there, a *RateLimitedError says when they will be. cancel gives the
+// tokens back. n above the burst never passes; callers refuse such an n
+// beforehand.
+func (k *keyedLimiter) reserveN(now time.Time, key string, n int) (cancel func(), err error) {
+	if k == nil || n <= 0 {
+		return func() {}, nil
+	}
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	r := k.get(key).ReserveN(now, n)
+	if !r.OK() {
+		return nil, &RateLimitedError{RetryAfter: time.Hour, What: k.what}
+	}
+	if d := r.DelayFrom(now); d > 0 {
+		r.CancelAt(now)
+		return nil, &RateLimitedError{RetryAfter: d, What: k.what}
+	}
+	return func() {
+		k.mu.Lock()
+		defer k.mu.Unlock()
+		r.CancelAt(now)
+	}, nil
 }

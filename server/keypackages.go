@@ -104,7 +104,11 @@ func (k *keyPackageService) ClaimKeyPackages(ctx context.Context, req *connect.R
 	if err != nil {
 		return nil, err
 	}
+	if req.Msg.Target != nil && len(req.Msg.ClientIds) > 0 {
+		return nil, connect.NewError(connect.CodeInvalidArgument, errors.New("name the target once: client_id, user_id or client_ids, not two of them"))
+	}
 	var claimed []ds.ClaimedKeyPackage
+	var exhausted []string
 	var target, user string
 	switch t := req.Msg.Target.(type) {
 	case *mlsdsv1.ClaimKeyPackagesRequest_ClientId:
@@ -117,7 +121,10 @@ func (k *keyPackageService) ClaimKeyPackages(ctx context.Context, req *connect.R
 		user = t.UserId
 		claimed, err = s.ds.ClaimKeyPackagesForUser(ctx, claimer, t.UserId, cs)
 	default:
-		return nil, connect.NewError(connect.CodeInvalidArgument, errors.New("name the target: client_id or user_id"))
+		if len(req.Msg.ClientIds) == 0 {
+			return nil, connect.NewError(connect.CodeInvalidArgument, errors.New("name the target: client_id, user_id or client_ids"))
+		}
+		claimed, exhausted, err = s.ds.ClaimKeyPackagesFor(ctx, claimer, req.Msg.ClientIds, cs)
 	}
 	if errors.Is(err, ds.ErrKeyPackagesExhausted) {
 		s.metrics.kpExhausted.Inc()
@@ -130,6 +137,11 @@ func (k *keyPackageService) ClaimKeyPackages(ctx context.Context, req *connect.R
 	for i, c := range claimed {
 		res.KeyPackages[i] = &mlsdsv1.ClaimedKeyPackage{ClientId: c.ClientID, Ref: c.Ref, KeyPackage: c.Data, LastResort: c.LastResort}
 		s.metrics.kpClaimed.WithLabelValues(suiteLabel(cs), strconv.FormatBool(c.LastResort)).Inc()
+	}
+	for _, id := range exhausted {
+		// What a claim of id alone would have said in its NOT_FOUND error.
+		res.Exhausted = append(res.Exhausted, &mlsdsv1.KeyPackagesExhausted{ClientId: id, CipherSuite: uint32(cs)})
+		s.metrics.kpExhausted.Inc()
 	}
 	return connect.NewResponse(res), nil
 }

@@ -143,3 +143,51 @@ func (t *timedStore) PendingWelcomes(ctx context.Context, clientID string) ([]ds
 	defer t.obs("pending_welcomes", time.Now())
 	return t.Store.PendingWelcomes(ctx, clientID)
 }
+
+// AcceptMessages keeps the engine's group commit (ds.BatchAccepter) visible
+// through the wrapper; over an engine without it, the messages are
+// accepted one by one, in order, which is what ds would do itself.
+func (t *timedStore) AcceptMessages(ctx context.Context, ps []ds.AcceptParams) ([]ds.AcceptResult, []error) {
+	defer t.obs("accept_messages", time.Now())
+	if b, ok := t.Store.(ds.BatchAccepter); ok {
+		return b.AcceptMessages(ctx, ps)
+	}
+	res, errs := make([]ds.AcceptResult, len(ps)), make([]error, len(ps))
+	for i, p := range ps {
+		res[i], errs[i] = t.Store.AcceptMessage(ctx, p)
+	}
+	return res, errs
+}
+
+// AckMany keeps the engine's batched Acks (ds.BatchAcker) visible through
+// the wrapper; over an engine without it, each Ack gets its checks and
+// its own transaction, as ds would do itself.
+func (t *timedStore) AckMany(ctx context.Context, ps []ds.AckParams) []error {
+	defer t.obs("ack_many", time.Now())
+	if b, ok := t.Store.(ds.BatchAcker); ok {
+		return b.AckMany(ctx, ps)
+	}
+	errs := make([]error, len(ps))
+	for i, p := range ps {
+		if p.CheckHead {
+			head, err := t.Store.Group(ctx, p.GroupID)
+			if err != nil {
+				errs[i] = err
+				continue
+			}
+			if p.Seq > head.LastSeq {
+				errs[i] = &ds.AckBeyondHeadError{Seq: p.Seq, LastSeq: head.LastSeq}
+				continue
+			}
+		}
+		errs[i] = t.Store.Ack(ctx, p.ClientID, p.GroupID, p.Seq)
+	}
+	return errs
+}
+
+// The wrapper must not hide the engines' batch interfaces: without them
+// every message and every Ack would pay for its own fsync.
+var (
+	_ ds.BatchAccepter = (*timedStore)(nil)
+	_ ds.BatchAcker    = (*timedStore)(nil)
+)

@@ -157,6 +157,7 @@ func TestMetrics(t *testing.T) {
 	alice.mustSend(privateMessage(t, gid, 0, mls.ContentTypeCommit, 10))
 	alice.send(privateMessage(t, gid, 0, mls.ContentTypeCommit, 10)) // wrong_epoch
 	alice.send([]byte("junk"))                                       // invalid_message
+	bob.ack(gid, 1)
 	anon := e.newMember("anon")
 	anon.count2()
 	bob.uploadKeyPackages(3, false)
@@ -176,7 +177,10 @@ func TestMetrics(t *testing.T) {
 		`mlsds_messages_rejected_total{reason="invalid_message"} 1`,
 		`mlsds_commit_conflicts_total 1`,
 		`mlsds_streaming_clients 1`,
-		`mlsds_store_latency_seconds_count{operation="accept_message"}`,
+		// The metrics wrapper keeps the engine's group commit of messages
+		// and Acks (ds.BatchAccepter, ds.BatchAcker) in use.
+		`mlsds_store_latency_seconds_count{operation="accept_messages"}`,
+		`mlsds_store_latency_seconds_count{operation="ack_many"}`,
 		`mlsds_request_duration_seconds_bucket{procedure="GroupService/Send"`,
 		`mlsds_go_goroutines`,
 		`mlsds_key_package_stock{cipher_suite="1"} 3`,

@@ -483,14 +483,39 @@ func (x *CountKeyPackagesResponse) GetByCipherSuite() map[uint32]uint32 {
 	return nil
 }
 
+// ClaimKeyPackagesRequest names exactly one of client_id, user_id or
+// client_ids; anything else is refused with INVALID_ARGUMENT.
 type ClaimKeyPackagesRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// Types that are valid to be assigned to Target:
 	//
 	//	*ClaimKeyPackagesRequest_ClientId
 	//	*ClaimKeyPackagesRequest_UserId
-	Target        isClaimKeyPackagesRequest_Target `protobuf_oneof:"target"`
-	CipherSuite   uint32                           `protobuf:"varint,3,opt,name=cipher_suite,json=cipherSuite,proto3" json:"cipher_suite,omitempty"`
+	Target      isClaimKeyPackagesRequest_Target `protobuf_oneof:"target"`
+	CipherSuite uint32                           `protobuf:"varint,3,opt,name=cipher_suite,json=cipherSuite,proto3" json:"cipher_suite,omitempty"`
+	// Claim one KeyPackage of each of these clients, in one transaction: the
+	// batch form of client_id. Only when target is not set. The list must not
+	// be empty, repeat a client or name the caller (INVALID_ARGUMENT), and
+	// holds at most the server's batch bound (RESOURCE_EXHAUSTED with a
+	// TooLarge detail giving the bound; split the list and try again). A
+	// client that is not registered fails the whole call with NOT_FOUND,
+	// naming it, before anything is claimed.
+	//
+	// Rate limits: every client of the list counts as one claim against the
+	// caller's claim budget and one against that client's own budget, as if
+	// claimed alone. A batch that the remaining budgets cannot cover is
+	// refused as a whole (RESOURCE_EXHAUSTED with a RateLimited detail saying
+	// when it would pass) and claims nothing; a list longer than the
+	// caller's whole budget (its burst) can never pass and is refused as
+	// TooLarge with that burst as the bound.
+	//
+	// A listed client with no KeyPackage left for the suite (not even a
+	// last-resort one) does not fail the call: it is absent from
+	// key_packages and listed in the response's exhausted.
+	//
+	// Servers that predate this field see a request without a target and
+	// answer INVALID_ARGUMENT; clients then claim one client_id at a time.
+	ClientIds     []string `protobuf:"bytes,4,rep,name=client_ids,json=clientIds,proto3" json:"client_ids,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -555,6 +580,13 @@ func (x *ClaimKeyPackagesRequest) GetCipherSuite() uint32 {
 		return x.CipherSuite
 	}
 	return 0
+}
+
+func (x *ClaimKeyPackagesRequest) GetClientIds() []string {
+	if x != nil {
+		return x.ClientIds
+	}
+	return nil
 }
 
 type isClaimKeyPackagesRequest_Target interface {
@@ -645,8 +677,14 @@ func (x *ClaimedKeyPackage) GetLastResort() bool {
 }
 
 type ClaimKeyPackagesResponse struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	KeyPackages   []*ClaimedKeyPackage   `protobuf:"bytes,1,rep,name=key_packages,json=keyPackages,proto3" json:"key_packages,omitempty"`
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The claimed KeyPackages; for client_ids, in the order of the request,
+	// exhausted clients left out.
+	KeyPackages []*ClaimedKeyPackage `protobuf:"bytes,1,rep,name=key_packages,json=keyPackages,proto3" json:"key_packages,omitempty"`
+	// For client_ids only: the clients that had nothing to claim, each with
+	// the detail a claim of that client alone would carry in its NOT_FOUND
+	// error. Empty for client_id and user_id, which fail instead.
+	Exhausted     []*KeyPackagesExhausted `protobuf:"bytes,2,rep,name=exhausted,proto3" json:"exhausted,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -688,11 +726,18 @@ func (x *ClaimKeyPackagesResponse) GetKeyPackages() []*ClaimedKeyPackage {
 	return nil
 }
 
+func (x *ClaimKeyPackagesResponse) GetExhausted() []*KeyPackagesExhausted {
+	if x != nil {
+		return x.Exhausted
+	}
+	return nil
+}
+
 var File_mlsds_v1_keypackages_proto protoreflect.FileDescriptor
 
 const file_mlsds_v1_keypackages_proto_rawDesc = "" +
 	"\n" +
-	"\x1amlsds/v1/keypackages.proto\x12\bmlsds.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"T\n" +
+	"\x1amlsds/v1/keypackages.proto\x12\bmlsds.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x15mlsds/v1/errors.proto\"T\n" +
 	"\x10KeyPackageUpload\x12\x1f\n" +
 	"\vkey_package\x18\x01 \x01(\fR\n" +
 	"keyPackage\x12\x1f\n" +
@@ -720,11 +765,13 @@ const file_mlsds_v1_keypackages_proto_rawDesc = "" +
 	"\x0fby_cipher_suite\x18\x01 \x03(\v25.mlsds.v1.CountKeyPackagesResponse.ByCipherSuiteEntryR\rbyCipherSuite\x1a@\n" +
 	"\x12ByCipherSuiteEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\rR\x03key\x12\x14\n" +
-	"\x05value\x18\x02 \x01(\rR\x05value:\x028\x01\"\x80\x01\n" +
+	"\x05value\x18\x02 \x01(\rR\x05value:\x028\x01\"\x9f\x01\n" +
 	"\x17ClaimKeyPackagesRequest\x12\x1d\n" +
 	"\tclient_id\x18\x01 \x01(\tH\x00R\bclientId\x12\x19\n" +
 	"\auser_id\x18\x02 \x01(\tH\x00R\x06userId\x12!\n" +
-	"\fcipher_suite\x18\x03 \x01(\rR\vcipherSuiteB\b\n" +
+	"\fcipher_suite\x18\x03 \x01(\rR\vcipherSuite\x12\x1d\n" +
+	"\n" +
+	"client_ids\x18\x04 \x03(\tR\tclientIdsB\b\n" +
 	"\x06target\"\x84\x01\n" +
 	"\x11ClaimedKeyPackage\x12\x1b\n" +
 	"\tclient_id\x18\x01 \x01(\tR\bclientId\x12\x10\n" +
@@ -732,9 +779,10 @@ const file_mlsds_v1_keypackages_proto_rawDesc = "" +
 	"\vkey_package\x18\x03 \x01(\fR\n" +
 	"keyPackage\x12\x1f\n" +
 	"\vlast_resort\x18\x04 \x01(\bR\n" +
-	"lastResort\"Z\n" +
+	"lastResort\"\x98\x01\n" +
 	"\x18ClaimKeyPackagesResponse\x12>\n" +
-	"\fkey_packages\x18\x01 \x03(\v2\x1b.mlsds.v1.ClaimedKeyPackageR\vkeyPackages2\xe7\x03\n" +
+	"\fkey_packages\x18\x01 \x03(\v2\x1b.mlsds.v1.ClaimedKeyPackageR\vkeyPackages\x12<\n" +
+	"\texhausted\x18\x02 \x03(\v2\x1e.mlsds.v1.KeyPackagesExhaustedR\texhausted2\xe7\x03\n" +
 	"\x11KeyPackageService\x12\\\n" +
 	"\x11UploadKeyPackages\x12\".mlsds.v1.UploadKeyPackagesRequest\x1a#.mlsds.v1.UploadKeyPackagesResponse\x12[\n" +
 	"\x0fListKeyPackages\x12 .mlsds.v1.ListKeyPackagesRequest\x1a!.mlsds.v1.ListKeyPackagesResponse\"\x03\x90\x02\x01\x12\\\n" +
@@ -771,6 +819,7 @@ var file_mlsds_v1_keypackages_proto_goTypes = []any{
 	(*ClaimKeyPackagesResponse)(nil),  // 12: mlsds.v1.ClaimKeyPackagesResponse
 	nil,                               // 13: mlsds.v1.CountKeyPackagesResponse.ByCipherSuiteEntry
 	(*timestamppb.Timestamp)(nil),     // 14: google.protobuf.Timestamp
+	(*KeyPackagesExhausted)(nil),      // 15: mlsds.v1.KeyPackagesExhausted
 }
 var file_mlsds_v1_keypackages_proto_depIdxs = []int32{
 	14, // 0: mlsds.v1.KeyPackageInfo.not_after:type_name -> google.protobuf.Timestamp
@@ -779,21 +828,22 @@ var file_mlsds_v1_keypackages_proto_depIdxs = []int32{
 	1,  // 3: mlsds.v1.ListKeyPackagesResponse.key_packages:type_name -> mlsds.v1.KeyPackageInfo
 	13, // 4: mlsds.v1.CountKeyPackagesResponse.by_cipher_suite:type_name -> mlsds.v1.CountKeyPackagesResponse.ByCipherSuiteEntry
 	11, // 5: mlsds.v1.ClaimKeyPackagesResponse.key_packages:type_name -> mlsds.v1.ClaimedKeyPackage
-	2,  // 6: mlsds.v1.KeyPackageService.UploadKeyPackages:input_type -> mlsds.v1.UploadKeyPackagesRequest
-	4,  // 7: mlsds.v1.KeyPackageService.ListKeyPackages:input_type -> mlsds.v1.ListKeyPackagesRequest
-	6,  // 8: mlsds.v1.KeyPackageService.DeleteKeyPackages:input_type -> mlsds.v1.DeleteKeyPackagesRequest
-	8,  // 9: mlsds.v1.KeyPackageService.CountKeyPackages:input_type -> mlsds.v1.CountKeyPackagesRequest
-	10, // 10: mlsds.v1.KeyPackageService.ClaimKeyPackages:input_type -> mlsds.v1.ClaimKeyPackagesRequest
-	3,  // 11: mlsds.v1.KeyPackageService.UploadKeyPackages:output_type -> mlsds.v1.UploadKeyPackagesResponse
-	5,  // 12: mlsds.v1.KeyPackageService.ListKeyPackages:output_type -> mlsds.v1.ListKeyPackagesResponse
-	7,  // 13: mlsds.v1.KeyPackageService.DeleteKeyPackages:output_type -> mlsds.v1.DeleteKeyPackagesResponse
-	9,  // 14: mlsds.v1.KeyPackageService.CountKeyPackages:output_type -> mlsds.v1.CountKeyPackagesResponse
-	12, // 15: mlsds.v1.KeyPackageService.ClaimKeyPackages:output_type -> mlsds.v1.ClaimKeyPackagesResponse
-	11, // [11:16] is the sub-list for method output_type
-	6,  // [6:11] is the sub-list for method input_type
-	6,  // [6:6] is the sub-list for extension type_name
-	6,  // [6:6] is the sub-list for extension extendee
-	0,  // [0:6] is the sub-list for field type_name
+	15, // 6: mlsds.v1.ClaimKeyPackagesResponse.exhausted:type_name -> mlsds.v1.KeyPackagesExhausted
+	2,  // 7: mlsds.v1.KeyPackageService.UploadKeyPackages:input_type -> mlsds.v1.UploadKeyPackagesRequest
+	4,  // 8: mlsds.v1.KeyPackageService.ListKeyPackages:input_type -> mlsds.v1.ListKeyPackagesRequest
+	6,  // 9: mlsds.v1.KeyPackageService.DeleteKeyPackages:input_type -> mlsds.v1.DeleteKeyPackagesRequest
+	8,  // 10: mlsds.v1.KeyPackageService.CountKeyPackages:input_type -> mlsds.v1.CountKeyPackagesRequest
+	10, // 11: mlsds.v1.KeyPackageService.ClaimKeyPackages:input_type -> mlsds.v1.ClaimKeyPackagesRequest
+	3,  // 12: mlsds.v1.KeyPackageService.UploadKeyPackages:output_type -> mlsds.v1.UploadKeyPackagesResponse
+	5,  // 13: mlsds.v1.KeyPackageService.ListKeyPackages:output_type -> mlsds.v1.ListKeyPackagesResponse
+	7,  // 14: mlsds.v1.KeyPackageService.DeleteKeyPackages:output_type -> mlsds.v1.DeleteKeyPackagesResponse
+	9,  // 15: mlsds.v1.KeyPackageService.CountKeyPackages:output_type -> mlsds.v1.CountKeyPackagesResponse
+	12, // 16: mlsds.v1.KeyPackageService.ClaimKeyPackages:output_type -> mlsds.v1.ClaimKeyPackagesResponse
+	12, // [12:17] is the sub-list for method output_type
+	7,  // [7:12] is the sub-list for method input_type
+	7,  // [7:7] is the sub-list for extension type_name
+	7,  // [7:7] is the sub-list for extension extendee
+	0,  // [0:7] is the sub-list for field type_name
 }
 
 func init() { file_mlsds_v1_keypackages_proto_init() }
@@ -801,6 +851,7 @@ func file_mlsds_v1_keypackages_proto_init() {
 	if File_mlsds_v1_keypackages_proto != nil {
 		return
 	}
+	file_mlsds_v1_errors_proto_init()
 	file_mlsds_v1_keypackages_proto_msgTypes[10].OneofWrappers = []any{
 		(*ClaimKeyPackagesRequest_ClientId)(nil),
 		(*ClaimKeyPackagesRequest_UserId)(nil),

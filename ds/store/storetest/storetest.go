@@ -61,6 +61,9 @@ func Run(t *testing.T, open func(t *testing.T) ds.Store) {
 		{"BatchMembership", testBatchMembership},
 		{"BatchWelcome", testBatchWelcome},
 		{"RemoteTrees", testRemoteTrees},
+		{"AckBatch", testAckBatch},
+		{"AckBatchWelcomes", testAckBatchWelcomes},
+		{"AckBatchCheckHead", testAckBatchCheckHead},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {

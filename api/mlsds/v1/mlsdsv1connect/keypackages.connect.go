@@ -62,10 +62,11 @@ type KeyPackageServiceClient interface {
 	DeleteKeyPackages(context.Context, *connect.Request[v1.DeleteKeyPackagesRequest]) (*connect.Response[v1.DeleteKeyPackagesResponse], error)
 	// CountKeyPackages counts the caller's unclaimed KeyPackages by suite.
 	CountKeyPackages(context.Context, *connect.Request[v1.CountKeyPackagesRequest]) (*connect.Response[v1.CountKeyPackagesResponse], error)
-	// ClaimKeyPackages claims one KeyPackage of a client, or one of each of a
-	// user's clients (the caller's own client excepted). A claim is atomic and
-	// single use; a last-resort KeyPackage is returned, and kept, only when no
-	// other is left. Expired KeyPackages are never returned.
+	// ClaimKeyPackages claims one KeyPackage of a client, one of each of a
+	// user's clients (the caller's own client excepted), or one of each of a
+	// list of clients (to add many members with one Commit). A claim is
+	// atomic and single use; a last-resort KeyPackage is returned, and kept,
+	// only when no other is left. Expired KeyPackages are never returned.
 	ClaimKeyPackages(context.Context, *connect.Request[v1.ClaimKeyPackagesRequest]) (*connect.Response[v1.ClaimKeyPackagesResponse], error)
 }
 
@@ -161,10 +162,11 @@ type KeyPackageServiceHandler interface {
 	DeleteKeyPackages(context.Context, *connect.Request[v1.DeleteKeyPackagesRequest]) (*connect.Response[v1.DeleteKeyPackagesResponse], error)
 	// CountKeyPackages counts the caller's unclaimed KeyPackages by suite.
 	CountKeyPackages(context.Context, *connect.Request[v1.CountKeyPackagesRequest]) (*connect.Response[v1.CountKeyPackagesResponse], error)
-	// ClaimKeyPackages claims one KeyPackage of a client, or one of each of a
-	// user's clients (the caller's own client excepted). A claim is atomic and
-	// single use; a last-resort KeyPackage is returned, and kept, only when no
-	// other is left. Expired KeyPackages are never returned.
+	// ClaimKeyPackages claims one KeyPackage of a client, one of each of a
+	// user's clients (the caller's own client excepted), or one of each of a
+	// list of clients (to add many members with one Commit). A claim is
+	// atomic and single use; a last-resort KeyPackage is returned, and kept,
+	// only when no other is left. Expired KeyPackages are never returned.
 	ClaimKeyPackages(context.Context, *connect.Request[v1.ClaimKeyPackagesRequest]) (*connect.Response[v1.ClaimKeyPackagesResponse], error)
 }
 

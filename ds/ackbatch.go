@@ -1,0 +1,300 @@
+package ds
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sync"
+)
+
+// AckParams is one acknowledgement: ClientID has processed the messages of
+// GroupID up to GroupSeq Seq.
+type AckParams struct {
+	ClientID string
+	GroupID  []byte
+	Seq      uint64
+
+	// CheckHead adds Service.Ack's checks of the group's head, made
+	// before anything else under the batch's transaction: ErrNotFound if
+	// there is no such group, an *AckBeyondHeadError if Seq is above the
+	// group's last GroupSeq. Either changes nothing.
+	CheckHead bool
+}
+
+// AckBeyondHeadError is the refusal of an Ack of a GroupSeq that the group
+// has not reached. It is an ErrInvalidArgument.
+type AckBeyondHeadError struct {
+	Seq     uint64 // the acknowledged GroupSeq
+	LastSeq uint64 // the group's last GroupSeq when the Ack was refused
+}
+
+func (e *AckBeyondHeadError) Error() string {
+	return fmt.Sprintf("%v: cannot acknowledge group_seq %d, the group's last message is %d", ErrInvalidArgument, e.Seq, e.LastSeq)
+}
+
+func (e *AckBeyondHeadError) Unwrap() error { return ErrInvalidArgument }
+
+// BatchAcker is implemented by a Store that can apply several Acks in one
+// transaction, so that concurrent Acks share one commit (and one fsync)
+// instead of paying for one each, as BatchAccepter does for messages.
+//
+// AckMany applies ps in order, each with exactly the rules and effects of
+// Store.Ack (and the checks of CheckHead), in a single transaction; the
+// same (client, group) may come more than once (the cursor ends at the
+// highest Seq applied: it never moves back). An Ack that fails
+// (ErrNotMember, a Seq that does not fit the schema, the refusals of
+// CheckHead) changes nothing and gets, at its index in the result, the
+// error Ack would have returned; the others go on. If the transaction cannot
+// commit, every Ack fails with that error and none is applied. The result
+// has len(ps) entries.
+type BatchAcker interface {
+	AckMany(ctx context.Context, ps []AckParams) []error
+}
+
+// maxAckBatch bounds the Acks taken into one batch (before collapsing).
+const maxAckBatch = 1024
+
+// ackers holds the Ack coalescer of each Service that has Acks in flight.
+// An entry exists only while its Service has Acks queued or committing: it
+// is removed, under ackers.mu, by the committer that finds the queue empty.
+// So an idle Service holds no entry and no goroutine and needs no Close,
+// and the map does not keep a Service alive after its last Ack.
+var ackers = struct {
+	mu sync.Mutex
+	m  map[*Service]*acker
+}{m: make(map[*Service]*acker)}
+
+// acker queues the Acks of concurrent callers of one Service and applies
+// them in batches through a BatchAcker, like batcher does for messages:
+// at most one committer at a time, and only while there is work; a caller
+// that finds none becomes it until its own Ack is done, then hands what is
+// queued to a goroutine that ends when the queue is empty. No timer: a
+// batch is whatever queued up while the previous one committed. Its fields
+// are guarded by ackers.mu.
+type acker struct {
+	svc   *Service
+	batch BatchAcker
+
+	queue   []*ackReq
+	running bool
+}
+
+// ackReq is one queued Ack and, once done is closed, its outcome.
+type ackReq struct {
+	p    AckParams
+	err  error
+	done chan struct{}
+
+	// Under ackers.mu: taken into a batch; withdrawn by its caller before
+	// that (then it is dropped).
+	taken, withdrawn bool
+	item             int // index of its (collapsed) Ack in the batch
+}
+
+// ackDurably checks an Ack against the group's head and applies it,
+// through the coalescer when the engine supports batches, and returns once
+// it is durable (or failed). The engine then checks the head under the
+// batch's transaction (CheckHead): a read of the group per Ack would cost
+// more than the Ack's share of the batch.
+func (s *Service) ackDurably(ctx context.Context, client string, groupID []byte, seq uint64) error {
+	ba, ok := s.store.(BatchAcker)
+	if !ok {
+		head, err := s.store.Group(ctx, groupID)
+		if err != nil {
+			return err
+		}
+		if seq > head.LastSeq {
+			return &AckBeyondHeadError{Seq: seq, LastSeq: head.LastSeq}
+		}
+		return s.store.Ack(ctx, client, groupID, seq)
+	}
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	r := &ackReq{p: AckParams{ClientID: client, GroupID: groupID, Seq: seq, CheckHead: true}, done: make(chan struct{})}
+	ackers.mu.Lock()
+	a := ackers.m[s]
+	if a == nil {
+		a = &acker{svc: s, batch: ba}
+		ackers.m[s] = a
+	}
+	a.queue = append(a.queue, r)
+	lead := !a.running
+	a.running = true
+	ackers.mu.Unlock()
+	if lead {
+		// No committer runs: this caller is it until its own Ack is
+		// done, so that a lone Ack pays for no hand-over.
+		a.lead(r)
+		return r.err
+	}
+	select {
+	case <-r.done:
+		return r.err
+	case <-ctx.Done():
+	}
+	// An Ack still queued is withdrawn and reported as not applied. One
+	// already in a batch's transaction is waited for, so that the caller
+	// learns what became of it; the batch goes on regardless.
+	ackers.mu.Lock()
+	taken := r.taken
+	r.withdrawn = !taken
+	ackers.mu.Unlock()
+	if !taken {
+		return ctx.Err()
+	}
+	<-r.done
+	return r.err
+}
+
+// lead commits batches on the caller's goroutine until own is done, then
+// leaves what is still queued to a committer goroutine.
+func (a *acker) lead(own *ackReq) {
+	for {
+		ps, reqs := a.next()
+		if reqs == nil {
+			return
+		}
+		a.commit(ps, reqs)
+		select {
+		case <-own.done:
+			ackers.mu.Lock()
+			if len(a.queue) == 0 {
+				a.stop()
+			} else {
+				go a.run()
+			}
+			ackers.mu.Unlock()
+			return
+		default:
+		}
+	}
+}
+
+// run is the committer goroutine: it commits what is queued, batch after
+// batch, until the queue is empty.
+func (a *acker) run() {
+	for {
+		ps, reqs := a.next()
+		if reqs == nil {
+			return
+		}
+		a.commit(ps, reqs)
+	}
+}
+
+// next takes the next batch; if there is none, the committer stops (and
+// the acker leaves the registry) and next returns nil.
+func (a *acker) next() ([]AckParams, []*ackReq) {
+	ackers.mu.Lock()
+	defer ackers.mu.Unlock()
+	ps, reqs := a.take()
+	if len(reqs) == 0 {
+		a.stop()
+		return nil, nil
+	}
+	return ps, reqs
+}
+
+// stop ends the committer's turn; ackers.mu is held.
+func (a *acker) stop() {
+	a.running = false
+	if len(a.queue) == 0 && ackers.m[a.svc] == a {
+		delete(ackers.m, a.svc)
+	}
+}
+
+// take removes the next batch from the queue, dropping withdrawn requests
+// and collapsing the Acks of one (client, group) into one at the highest
+// Seq. Its outcome is each of theirs (a cursor moved to the highest is past
+// the others, the Welcomes up to the highest include theirs, a group that
+// does not exist or a client that is not a member is so for any Seq),
+// except when the highest is beyond the group's head: see commit.
+// ackers.mu is held.
+func (a *acker) take() ([]AckParams, []*ackReq) {
+	type key struct{ client, group string }
+	var ps []AckParams
+	var reqs []*ackReq
+	index := make(map[key]int)
+	n := 0
+	for ; n < len(a.queue) && len(reqs) < maxAckBatch; n++ {
+		r := a.queue[n]
+		if r.withdrawn {
+			continue
+		}
+		k := key{r.p.ClientID, string(r.p.GroupID)}
+		i, ok := index[k]
+		if !ok {
+			i = len(ps)
+			index[k] = i
+			ps = append(ps, r.p)
+		} else if r.p.Seq > ps[i].Seq {
+			ps[i].Seq = r.p.Seq
+		}
+		r.item, r.taken = i, true
+		reqs = append(reqs, r)
+	}
+	clear(a.queue[:n])
+	a.queue = a.queue[n:]
+	if len(a.queue) == 0 {
+		a.queue = nil
+	}
+	return ps, reqs
+}
+
+// commit runs one batch and hands every request its outcome. When the
+// collapsed Ack of a (client, group) went beyond the group's head, those of
+// its requests within the head go back to the front of the queue, for the
+// next batch: the head only grows, so they stay within it.
+func (a *acker) commit(ps []AckParams, reqs []*ackReq) {
+	// The batch belongs to all its callers: one caller's cancellation must
+	// not abort the others' transaction. A bound keeps a hung database
+	// from holding them forever.
+	ctx, cancel := context.WithTimeout(context.Background(), batchTimeout)
+	defer cancel()
+	errs := a.safeAckMany(ctx, ps)
+	var again []*ackReq
+	for _, r := range reqs {
+		err := errs[r.item]
+		var beyond *AckBeyondHeadError
+		if errors.As(err, &beyond) && r.p.Seq != ps[r.item].Seq {
+			if r.p.Seq <= beyond.LastSeq {
+				again = append(again, r)
+				continue
+			}
+			err = &AckBeyondHeadError{Seq: r.p.Seq, LastSeq: beyond.LastSeq}
+		}
+		r.err = err
+		close(r.done)
+	}
+	if len(again) > 0 {
+		ackers.mu.Lock()
+		for _, r := range again {
+			r.taken = false
+		}
+		a.queue = append(again, a.queue...)
+		ackers.mu.Unlock()
+	}
+}
+
+// safeAckMany runs AckMany and turns a panic of the engine or a malformed
+// answer into an error for every Ack, so that no caller waits forever.
+func (a *acker) safeAckMany(ctx context.Context, ps []AckParams) (errs []error) {
+	defer func() {
+		if v := recover(); v != nil {
+			errs = make([]error, len(ps))
+			for i := range errs {
+				errs[i] = fmt.Errorf("ds: acknowledging a batch panicked: %v", v)
+			}
+		}
+	}()
+	errs = a.batch.AckMany(ctx, ps)
+	if len(errs) != len(ps) {
+		err := fmt.Errorf("ds: the store answered a batch of %d acknowledgements with %d errors", len(ps), len(errs))
+		errs = make([]error, len(ps))
+		for i := range errs {
+			errs[i] = err
+		}
+	}
+	return errs
+}

@@ -1,0 +1,94 @@
+package sqlite
+
+import (
+	"context"
+	"database/sql"
+	"errors"
+	"fmt"
+
+	"github.com/mlsds/mlsds/ds"
+)
+
+var _ ds.BatchAcker = (*Store)(nil)
+
+// AckMany implements ds.BatchAcker: the Acks are applied in order in one
+// write transaction, which costs one fsync for all of them, with the
+// statements of Ack prepared once. The group heads that CheckHead needs are
+// read once per group: the transaction holds the database's write lock,
+// so they do not change under it (and Acks do not change them). An Ack
+// that is refused has changed nothing: it failed before its cursor update
+// or that update matched no row. If the transaction cannot commit, every
+// Ack fails.
+func (s *Store) AckMany(ctx context.Context, ps []ds.AckParams) []error {
+	errs := make([]error, len(ps))
+	err := s.writeBatch(ctx, func(tx *sql.Tx) error {
+		clear(errs)
+		var head *sql.Stmt
+		heads := make(map[string]int64) // last_seq by group; -1: no such group
+		cursor, err := tx.PrepareContext(ctx,
+			"UPDATE cursors SET acked = MAX(acked, ?) WHERE client_id = ? AND group_id = ?")
+		if err != nil {
+			return err
+		}
+		defer cursor.Close()
+		welcomes, err := tx.PrepareContext(ctx,
+			"UPDATE welcome_routes SET delivered = 1 WHERE client_id = ? AND group_id = ? AND commit_seq <= ? AND delivered = 0")
+		if err != nil {
+			return err
+		}
+		defer welcomes.Close()
+		for i, p := range ps {
+			if p.CheckHead {
+				last, ok := heads[string(p.GroupID)]
+				if !ok {
+					if head == nil {
+						if head, err = tx.PrepareContext(ctx, "SELECT last_seq FROM groups WHERE id = ?"); err != nil {
+							return err
+						}
+						defer head.Close()
+					}
+					err := head.QueryRowContext(ctx, p.GroupID).Scan(&last)
+					if errors.Is(err, sql.ErrNoRows) {
+						last = -1
+					} else if err != nil {
+						return err
+					}
+					heads[string(p.GroupID)] = last
+				}
+				if last < 0 {
+					errs[i] = fmt.Errorf("%w: group %x", ds.ErrNotFound, p.GroupID)
+					continue
+				}
+				if p.Seq > uint64(last) {
+					errs[i] = &ds.AckBeyondHeadError{Seq: p.Seq, LastSeq: uint64(last)}
+					continue
+				}
+			}
+			v, err := u64(p.Seq)
+			if err != nil {
+				errs[i] = err
+				continue
+			}
+			res, err := cursor.ExecContext(ctx, v, p.ClientID, p.GroupID)
+			if err != nil {
+				return err
+			}
+			if n, err := res.RowsAffected(); err != nil {
+				return err
+			} else if n == 0 {
+				errs[i] = fmt.Errorf("%w: %q was never a member of group %x", ds.ErrNotMember, p.ClientID, p.GroupID)
+				continue
+			}
+			if _, err := welcomes.ExecContext(ctx, p.ClientID, p.GroupID, v); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		for i := range errs {
+			errs[i] = err
+		}
+	}
+	return errs
+}
