@@ -30,14 +30,15 @@ var _ ds.BatchAccepter = (*Store)(nil)
 func (s *Store) AcceptMessages(ctx context.Context, ps []ds.AcceptParams) ([]ds.AcceptResult, []error) {
 	res := make([]ds.AcceptResult, len(ps))
 	errs := make([]error, len(ps))
-	if len(ps) == 1 {
+	if len(ps) == 1 && !fastPath(&ps[0]) {
 		// Alone, a message takes AcceptMessage's path: no batch
-		// machinery to pay for.
+		// machinery to pay for. (An application message alone still
+		// takes the fast path, whose statements are compiled once.)
 		res[0], errs[0] = s.AcceptMessage(ctx, ps[0])
 		return res, errs
 	}
 	err := s.writeBatch(ctx, func(tx *sql.Tx) error {
-		a := &appendBatch{tx: tx}
+		a := &appendBatch{store: s, tx: tx}
 		defer a.close()
 		for i := range ps {
 			p := &ps[i]
@@ -128,10 +129,28 @@ func isRefusal(err error) bool {
 // errRange marks a value that does not fit the schema.
 var errRange = errors.New("sqlite: value out of range")
 
+// The statements of appendBatch, compiled once on the writer connection
+// when the Store opens (see writerStmts).
+const (
+	qBatchInsert = `INSERT INTO messages
+		(group_id, seq, epoch, content_type, wire_format, sender, hash, data, accepted_at)
+		VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)
+		ON CONFLICT (group_id, hash) DO NOTHING`
+	qBatchHead    = "SELECT epoch, epoch_start_seq, last_seq FROM groups WHERE id = ?"
+	qBatchMember  = "SELECT EXISTS (SELECT 1 FROM memberships WHERE group_id = ? AND client_id = ? AND until_seq IS NULL)"
+	qBatchMembers = `SELECT client_id FROM memberships
+		WHERE group_id = ? AND until_seq IS NULL AND client_id IN (SELECT value FROM json_each(?))`
+	qBatchByHash = "SELECT seq, epoch, accepted_at FROM messages WHERE group_id = ? AND hash = ?"
+)
+
+// writerStmts are compiled on the writer connection at Open.
+var writerStmts = []string{qBatchInsert, qBatchHead, qBatchMember, qBatchMembers, qBatchByHash}
+
 // appendBatch appends application messages within one write transaction.
 // What it caches was read under the transaction, which holds SQLite's
 // write lock: nothing else changes it until the commit.
 type appendBatch struct {
+	store                        *Store
 	tx                           *sql.Tx
 	insert, byHash, head, member *sql.Stmt
 	members1                     *sql.Stmt
@@ -147,7 +166,7 @@ type batchGroup struct {
 
 func (a *appendBatch) stmt(ctx context.Context, st **sql.Stmt, query string) (*sql.Stmt, error) {
 	if *st == nil {
-		s, err := a.tx.PrepareContext(ctx, query)
+		s, err := a.store.txStmt(ctx, a.tx, query)
 		if err != nil {
 			return nil, err
 		}
@@ -196,10 +215,7 @@ func (a *appendBatch) accept(ctx context.Context, p *ds.AcceptParams) (ds.Accept
 		}
 		return ds.AcceptResult{}, refuse
 	}
-	ins, err := a.stmt(ctx, &a.insert, `INSERT INTO messages
-		(group_id, seq, epoch, content_type, wire_format, sender, hash, data, accepted_at)
-		VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)
-		ON CONFLICT (group_id, hash) DO NOTHING`)
+	ins, err := a.stmt(ctx, &a.insert, qBatchInsert)
 	if err != nil {
 		return ds.AcceptResult{}, err
 	}
@@ -229,7 +245,7 @@ func (a *appendBatch) group(ctx context.Context, id []byte) (*batchGroup, error)
 	if g := a.groups[string(id)]; g != nil {
 		return g, nil
 	}
-	st, err := a.stmt(ctx, &a.head, "SELECT epoch, epoch_start_seq, last_seq FROM groups WHERE id = ?")
+	st, err := a.stmt(ctx, &a.head, qBatchHead)
 	if err != nil {
 		return nil, err
 	}
@@ -253,8 +269,7 @@ func (a *appendBatch) isMember(ctx context.Context, group []byte, client string)
 	if ok, known := a.members[k]; known {
 		return ok, nil
 	}
-	st, err := a.stmt(ctx, &a.member,
-		"SELECT EXISTS (SELECT 1 FROM memberships WHERE group_id = ? AND client_id = ? AND until_seq IS NULL)")
+	st, err := a.stmt(ctx, &a.member, qBatchMember)
 	if err != nil {
 		return false, err
 	}
@@ -292,8 +307,7 @@ func (a *appendBatch) prefetchMembers(ctx context.Context, ps []ds.AcceptParams)
 	if len(senders) == 0 {
 		return nil
 	}
-	st, err := a.stmt(ctx, &a.members1, `SELECT client_id FROM memberships
-		WHERE group_id = ? AND until_seq IS NULL AND client_id IN (SELECT value FROM json_each(?))`)
+	st, err := a.stmt(ctx, &a.members1, qBatchMembers)
 	if err != nil {
 		return err
 	}
@@ -328,7 +342,7 @@ func (a *appendBatch) prefetchMembers(ctx context.Context, ps []ds.AcceptParams)
 }
 
 func (a *appendBatch) receipt(ctx context.Context, p *ds.AcceptParams) (ds.Receipt, error) {
-	st, err := a.stmt(ctx, &a.byHash, "SELECT seq, epoch, accepted_at FROM messages WHERE group_id = ? AND hash = ?")
+	st, err := a.stmt(ctx, &a.byHash, qBatchByHash)
 	if err != nil {
 		return ds.Receipt{}, err
 	}

@@ -32,9 +32,10 @@ var migrations embed.FS
 
 // Store is a ds.Store on a SQLite database file.
 type Store struct {
-	w    *sql.DB // the single writer connection
-	r    *sql.DB // readers
-	path string
+	w      *sql.DB    // the single writer connection
+	wstmts *stmtCache // compiled statements of w (stmtcache.go)
+	r      *readDB    // readers
+	path   string
 }
 
 var _ ds.Store = (*Store)(nil)
@@ -92,11 +93,18 @@ func Open(ctx context.Context, path string, opts Options) (*Store, error) {
 	}
 	r.SetMaxOpenConns(opts.ReadConns)
 	r.SetMaxIdleConns(opts.ReadConns)
-	return &Store{w: w, r: r, path: path}, nil
+	wstmts := newStmtCache(w, false)
+	if err := wstmts.prepare(ctx, writerStmts...); err != nil {
+		r.Close()
+		w.Close()
+		return nil, fmt.Errorf("sqlite: %s: %w", path, err)
+	}
+	return &Store{w: w, wstmts: wstmts, r: &readDB{DB: r, cache: newStmtCache(r, true)}, path: path}, nil
 }
 
 // Close closes the database.
 func (s *Store) Close() error {
+	s.wstmts.close()
 	return errors.Join(s.r.Close(), s.w.Close())
 }
 
