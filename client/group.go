@@ -44,6 +44,11 @@ type Group struct {
 	// lost across a restart. dirty says the state changed since.
 	unsaved []Event
 	dirty   bool
+	// own holds the GroupSeqs of this client's application messages that
+	// are above processed: the stream leaves them out, so they are
+	// stepped over rather than fetched (in memory only; after a restart
+	// a Fetch does the same).
+	own map[uint64]bool
 }
 
 // ErrGroupBroken is returned by the methods of a Group whose Commit this

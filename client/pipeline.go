@@ -310,11 +310,31 @@ func (g *Group) take(ctx context.Context, env *mlsdsv1.Envelope) error {
 	if g.removed || g.closed || env.GroupSeq <= g.processed {
 		return nil
 	}
+	g.skipOwnLocked()
 	if env.GroupSeq == g.processed+1 {
 		g.processLocked(env)
 		return nil
 	}
 	return g.catchUpLocked(ctx, env.GroupSeq)
+}
+
+// skipOwnLocked moves the processed position over this client's own
+// application messages that directly follow it, and forgets those below.
+func (g *Group) skipOwnLocked() {
+	for len(g.own) > 0 {
+		if g.own[g.processed+1] {
+			delete(g.own, g.processed+1)
+			g.processed++
+			g.dirty = true
+			continue
+		}
+		for seq := range g.own {
+			if seq <= g.processed {
+				delete(g.own, seq)
+			}
+		}
+		return
+	}
 }
 
 // sync fetches and processes everything outstanding, then commits pending
@@ -610,6 +630,13 @@ func (g *Group) sendOnce(ctx context.Context, data []byte, wire *[]byte) (Receip
 		if err := g.persist(nil); err != nil {
 			return Receipt{}, err
 		}
+	} else if rc.GroupSeq > g.processed {
+		// Messages of others come first; the stream will not bring this
+		// one, so remember to step over it.
+		if g.own == nil {
+			g.own = make(map[uint64]bool)
+		}
+		g.own[rc.GroupSeq] = true
 	}
 	return Receipt{Seq: rc.GroupSeq, Epoch: rc.Epoch, AcceptedAt: rc.AcceptedAt.AsTime()}, nil
 }

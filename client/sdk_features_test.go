@@ -703,3 +703,53 @@ func TestPrivateHandshakes(t *testing.T) {
 		c.noUndecryptable()
 	}
 }
+
+// TestOwnMessagesNotFetched: the stream leaves out a client's own
+// messages, so each one it sends behind messages it has not processed yet
+// leaves a hole in what it receives. The client steps over its own
+// messages instead of fetching the hole back from the server.
+func TestOwnMessagesNotFetched(t *testing.T) {
+	e := startEnv(t)
+	var calls callCounter
+	alice := e.client("alice")
+	bob := e.open("bob", t.TempDir(), calls.install)
+	ctx := ctxT(t)
+	g, err := alice.CreateGroup(ctx, GroupOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	gid := g.ID()
+	if err := g.Add(ctx, "bob"); err != nil {
+		t.Fatal(err)
+	}
+	bob.waitFor("EventJoined", 0, kind(EventJoined, gid))
+	fetches := calls.get("Fetch")
+
+	const rounds = 5
+	for i := range rounds {
+		// Hold bob's stream so that alice's message is ahead of him when
+		// he sends.
+		release := make(chan struct{})
+		hook := func() { <-release }
+		bob.testHookStream.Store(&hook)
+		if _, err := g.Send(ctx, []byte(fmt.Sprintf("a%d", i))); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := bob.Group(gid).Send(ctx, []byte(fmt.Sprintf("b%d", i))); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := g.Send(ctx, []byte(fmt.Sprintf("c%d", i))); err != nil {
+			t.Fatal(err)
+		}
+		bob.testHookStream.Store(nil)
+		close(release)
+		bob.waitMessages(gid, 2*(i+1))
+	}
+	if got, want := bob.messages(gid), []string{"alice:a0", "alice:c0", "alice:a1", "alice:c1", "alice:a2", "alice:c2", "alice:a3", "alice:c3", "alice:a4", "alice:c4"}; !slices.Equal(got, want) {
+		t.Errorf("bob received %v, want %v", got, want)
+	}
+	alice.waitMessages(gid, rounds)
+	if n := calls.get("Fetch") - fetches; n != 0 {
+		t.Errorf("bob fetched %d times to step over his own messages, want 0", n)
+	}
+}
