@@ -63,16 +63,8 @@ func loadGroup(c *Client, r groupRow) (*Group, error) {
 // the write processes those messages again from the state written before,
 // and their events come once.
 func (g *Group) persist(deleteRef []byte) error {
-	state, err := g.st.MarshalBinary()
-	if err != nil {
+	if err := g.save(deleteRef); err != nil {
 		return err
-	}
-	r := &groupRow{id: g.id, state: state, processed: g.processed, opaque: g.opaque, removed: g.removed, broken: g.broken, leaving: g.leaving, proposals: encodeList(g.proposals)}
-	if p := g.pending; p != nil {
-		r.pendingCommit, r.pendingState = p.wire, p.nextState
-	}
-	if err := g.c.db.putGroup(context.Background(), r, deleteRef); err != nil {
-		return fmt.Errorf("client: saving the state of group %x: %w", g.id, err)
 	}
 	g.dirty = false
 	if (g.removed || g.broken) && g.ended != nil {
@@ -85,6 +77,31 @@ func (g *Group) persist(deleteRef []byte) error {
 	}
 	if g.processed > 0 {
 		g.c.acks.set(g.id, g.processed)
+	}
+	return nil
+}
+
+// save writes the group's row. An in-memory state (Config.StatePath "")
+// dies with the client, so encoding the group into it would only cost
+// CPU: only the KeyPackage is deleted there.
+func (g *Group) save(deleteRef []byte) error {
+	ctx := context.Background()
+	if g.c.db.inMemory() {
+		if deleteRef != nil {
+			return g.c.db.consumeKeyPackage(ctx, deleteRef)
+		}
+		return nil
+	}
+	state, err := g.st.MarshalBinary()
+	if err != nil {
+		return err
+	}
+	r := &groupRow{id: g.id, state: state, processed: g.processed, opaque: g.opaque, removed: g.removed, broken: g.broken, leaving: g.leaving, proposals: encodeList(g.proposals)}
+	if p := g.pending; p != nil {
+		r.pendingCommit, r.pendingState = p.wire, p.nextState
+	}
+	if err := g.c.db.putGroup(ctx, r, deleteRef); err != nil {
+		return fmt.Errorf("client: saving the state of group %x: %w", g.id, err)
 	}
 	return nil
 }

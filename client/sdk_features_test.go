@@ -753,3 +753,35 @@ func TestOwnMessagesNotFetched(t *testing.T) {
 		t.Errorf("bob fetched %d times to step over his own messages, want 0", n)
 	}
 }
+
+// TestInMemoryStateNotEncoded: a client without a state file keeps its
+// groups in memory only, so it never encodes them into its (in-memory)
+// database; it still joins, sends and receives, and drops the keys of the
+// KeyPackage its Welcome used.
+func TestInMemoryStateNotEncoded(t *testing.T) {
+	e := startEnv(t)
+	alice := e.open("alice", "", func(c *Config) { c.StatePath = "" })
+	bob := e.open("bob", "", func(c *Config) { c.StatePath = "" })
+	ctx := ctxT(t)
+	g, err := alice.CreateGroup(ctx, GroupOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := g.Add(ctx, "bob"); err != nil {
+		t.Fatal(err)
+	}
+	bob.waitFor("EventJoined", 0, kind(EventJoined, g.ID()))
+	exchange(t, g.ID(), 10, "m", alice, bob)
+	for _, c := range []*tclient{alice, bob} {
+		if n := c.db.groupWrites.Load(); n != 0 {
+			t.Errorf("%s wrote its group state %d times into an in-memory database", c.ID(), n)
+		}
+	}
+	var left int
+	if err := bob.db.db.QueryRowContext(ctx, "SELECT COUNT(*) FROM key_packages WHERE last_resort = 0").Scan(&left); err != nil {
+		t.Fatal(err)
+	}
+	if want := 5 - 1 + 1; left != want { // 5 published, 1 used, 1 published again
+		t.Errorf("bob holds the keys of %d KeyPackages, want %d", left, want)
+	}
+}

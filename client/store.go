@@ -126,6 +126,9 @@ func migrate(ctx context.Context, db *sql.DB) error {
 }
 
 // Close closes the state file, then releases its lock.
+// inMemory reports whether the state lives only in memory (no StatePath).
+func (s *store) inMemory() bool { return s.lock == nil }
+
 func (s *store) Close() error {
 	err := s.db.Close()
 	if s.lock != nil {
@@ -276,6 +279,13 @@ func (s *store) keyPackage(ctx context.Context, ref []byte, sigPriv []byte) (key
 
 func (s *store) deleteKeyPackage(ctx context.Context, ref []byte) error {
 	_, err := s.db.ExecContext(ctx, `DELETE FROM key_packages WHERE ref = ?`, ref)
+	return err
+}
+
+// consumeKeyPackage deletes the keys of a KeyPackage a Welcome used,
+// unless it is the last-resort one (as putGroup's deleteRef).
+func (s *store) consumeKeyPackage(ctx context.Context, ref []byte) error {
+	_, err := s.db.ExecContext(ctx, `DELETE FROM key_packages WHERE ref = ? AND last_resort = 0`, ref)
 	return err
 }
 
