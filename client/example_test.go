@@ -11,7 +11,7 @@ import (
 func Example() {
 	ctx := context.Background()
 	c, err := client.Open(ctx, client.Config{
-		Server:    "http://127.0.0.1:7420",
+		Server:    "http://127.0.0.1:7400",
 		StatePath: "alice.db",
 		ClientID:  "alice",
 	})

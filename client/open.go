@@ -36,7 +36,7 @@ var (
 
 func open(ctx context.Context, cfg Config) (*Client, error) {
 	if cfg.Server == "" {
-		return nil, errors.New("client: Config.Server is empty; set it to the Delivery Service's URL, such as http://127.0.0.1:7420")
+		return nil, errors.New("client: Config.Server is empty; set it to the Delivery Service's URL, such as http://127.0.0.1:7400 (where mlsds serve listens by default)")
 	}
 	if !strings.HasPrefix(cfg.Server, "http://") && !strings.HasPrefix(cfg.Server, "https://") {
 		return nil, fmt.Errorf("client: Config.Server %q must start with http:// or https://", cfg.Server)

@@ -606,7 +606,7 @@ func clientInit(ctx context.Context, o *clientOpts, log *slog.Logger, stdout, st
 	s, lock, err := openSession(ctx, o, log, stdout, stderr, path, cfg)
 	if err != nil {
 		if !existed {
-			for _, suffix := range []string{"", "-wal", "-shm", ".lock"} {
+			for _, suffix := range []string{"", "-wal", "-shm", ".lock", ".client-lock"} {
 				os.Remove(path + suffix)
 			}
 		}
