@@ -96,7 +96,7 @@ func (s *Service) submit(ctx context.Context, sender string, data []byte, b *Com
 	// epoch has passed.
 	if !sub.isPrivateApplication() {
 		if r, err := s.store.MessageByHash(ctx, sub.groupID, sub.hash); err == nil {
-			return r, nil
+			return s.resubmitted(ctx, sub, r)
 		} else if !isNotFound(err) {
 			return Receipt{}, err
 		}
@@ -114,9 +114,29 @@ func (s *Service) submit(ctx context.Context, sender string, data []byte, b *Com
 		if err != nil {
 			return Receipt{}, err
 		}
+		if res.Duplicate {
+			return s.resubmitted(ctx, sub, res.Receipt)
+		}
 		return res.Receipt, nil
 	}
 	return Receipt{}, &RateLimitedError{RetryAfter: 100 * time.Millisecond, What: "group state changing too fast"}
+}
+
+// resubmitted answers a message the group already holds with its first
+// receipt, but only to a client that may know of it: one whose membership
+// covers the message, or who joined by it. Anyone else replaying bytes it
+// picked up somewhere learns nothing about the group's sequence.
+func (s *Service) resubmitted(ctx context.Context, sub *submission, r Receipt) (Receipt, error) {
+	ws, err := s.store.Memberships(ctx, sub.groupID, sub.sender)
+	if err != nil {
+		return Receipt{}, err
+	}
+	for _, w := range ws {
+		if w.FromSeq <= r.GroupSeq+1 && (w.Open() || r.GroupSeq <= w.UntilSeq) {
+			return r, nil
+		}
+	}
+	return Receipt{}, fmt.Errorf("%w: %x", ErrNotMember, sub.groupID)
 }
 
 // parseSubmission decodes the message and reads its clear header.

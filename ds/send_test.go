@@ -242,6 +242,18 @@ func TestIdempotentResubmission(t *testing.T) {
 	if err != nil || c3.GroupSeq != c1.GroupSeq {
 		t.Errorf("Commit resubmitted through Send: %+v, %v", c3, err)
 	}
+	// A client outside the group replaying the same bytes learns
+	// nothing: no receipt, whichever path the message takes.
+	e.register("x", "x")
+	for name, replay := range map[string][]byte{"application message": app, "Commit": commit} {
+		if r, err := e.svc.Send(bg, "x", replay); !errors.Is(err, ds.ErrNotMember) {
+			t.Errorf("an outsider replaying the %s got %+v, %v; want ErrNotMember", name, r, err)
+		}
+	}
+	// The client the Commit added may know of it: it gets the receipt.
+	if r, err := e.svc.Send(bg, "j", commit); err != nil || r.GroupSeq != c1.GroupSeq {
+		t.Errorf("the joiner resubmitting its Commit: %+v, %v; want receipt %+v", r, err, c1)
+	}
 	envs := must(e.svc.Fetch(bg, "a", g.id, 1, 100))
 	if len(envs) != 3 {
 		t.Errorf("%d messages stored, want 3", len(envs))
