@@ -129,6 +129,7 @@ func (d *deliveryService) Subscribe(ctx context.Context, req *connect.Request[ml
 	}
 	keepAlive := time.NewTicker(s.cfg.KeepAlive)
 	defer keepAlive.Stop()
+	held := 0 // events sent since the last flush
 	for {
 		select {
 		case <-ctx.Done():
@@ -158,10 +159,24 @@ func (d *deliveryService) Subscribe(ctx context.Context, req *connect.Request[ml
 			}
 			msg, kind := eventMessage(ev)
 			if msg == nil {
+				if held > 0 && len(events) == 0 {
+					flushHeld(ctx)
+					held = 0
+				}
 				continue
 			}
-			if err := stream.Send(msg); err != nil {
+			// While more events are ready, their frames share one flush.
+			hold := len(events) > 0 && held < maxHeldEvents
+			holdFlushes(ctx, hold)
+			err := stream.Send(msg)
+			holdFlushes(ctx, false)
+			if err != nil {
 				return err
+			}
+			if hold {
+				held++
+			} else {
+				held = 0
 			}
 			s.metrics.streamEvents.WithLabelValues(kind).Inc()
 			keepAlive.Reset(s.cfg.KeepAlive)

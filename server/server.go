@@ -223,7 +223,7 @@ func New(svc *ds.Service, cfg Config) (*Server, error) {
 	s.mux.Handle(grpchealth.NewHandler(s.health))
 	s.mux.HandleFunc("GET /healthz", s.healthz)
 	s.mux.Handle("GET /metrics", s.metrics.Handler())
-	s.handler = limitBody(s.withCORS(s.mux), int64(cfg.MaxRequestBytes)+64<<10)
+	s.handler = limitBody(s.withCORS(withBatchingWriter(s.mux)), int64(cfg.MaxRequestBytes)+64<<10)
 	return s, nil
 }
 
