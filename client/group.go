@@ -96,6 +96,14 @@ func (g *Group) Update(ctx context.Context) error {
 	return g.commit(ctx, intent{update: true})
 }
 
+// ProposeUpdate sends a proposal to update this client's leaf with a fresh
+// encryption key (RFC 9420 §12.1.2) in the current epoch, and returns its
+// receipt. A member cannot commit its own Update proposal: another
+// member's client commits it on its own (the one with the lowest leaf
+// index that neither proposed an Update nor is being removed), like the
+// proposals Leave makes. To update at once, call Update, which commits.
+func (g *Group) ProposeUpdate(ctx context.Context) (Receipt, error) { return g.proposeUpdate(ctx) }
+
 // Leave proposes the removal of this client, and returns once the server
 // has accepted the proposal. Another member's client commits it; this
 // client then gets EventRemoved (WaitRemoved waits for it). The intent to

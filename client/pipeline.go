@@ -1034,8 +1034,14 @@ func (g *Group) myTurnLocked() bool {
 		if err != nil || m.PublicMessage == nil || m.PublicMessage.Content.Proposal == nil {
 			continue
 		}
-		if p := m.PublicMessage.Content.Proposal; p.ProposalType == mls.ProposalTypeRemove && p.Remove != nil {
+		switch p := m.PublicMessage.Content.Proposal; {
+		case p.ProposalType == mls.ProposalTypeRemove && p.Remove != nil:
 			gone[p.Remove.Removed] = true
+		case p.ProposalType == mls.ProposalTypeUpdate:
+			// A member may not commit its own Update (§12.2).
+			if s := m.PublicMessage.Content.Sender; s.SenderType == mls.SenderTypeMember {
+				gone[s.LeafIndex] = true
+			}
 		}
 	}
 	for _, m := range g.st.Members() {
