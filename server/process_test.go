@@ -319,3 +319,37 @@ func TestServePostgres(t *testing.T) {
 		t.Fatalf("exit: %v", err)
 	}
 }
+
+// TestServeExternalJoinFlag: `mlsds serve --external-join members` (here
+// through its environment twin) keeps a transparent group's GroupInfo
+// from clients outside the group; the default serves it to them.
+func TestServeExternalJoinFlag(t *testing.T) {
+	if testing.Short() {
+		t.Skip("builds and runs the binary")
+	}
+	bin := buildBinary(t)
+	for _, c := range []struct {
+		env  []string
+		want connect.Code // 0: served
+	}{
+		{nil, 0},
+		{[]string{"MLSDS_EXTERNAL_JOIN=members"}, connect.CodePermissionDenied},
+	} {
+		p := startProcess(t, bin, t.TempDir(), c.env...)
+		e := &testEnv{t: t, url: "http://" + p.addr, http: h2cClient()}
+		alice, bob := e.client("alice"), e.client("bob")
+		ctx := t.Context()
+		gid := groupID("external-flag")
+		_, gi, tree := alice.newTransparentGroup(gid)
+		if _, err := alice.groups.CreateGroup(ctx, connect.NewRequest(&mlsdsv1.CreateGroupRequest{
+			GroupId: gid, Mode: mlsdsv1.GroupMode_GROUP_MODE_TRANSPARENT, GroupInfo: gi, RatchetTree: tree})); err != nil {
+			t.Fatalf("CreateGroup: %v", err)
+		}
+		_, err := bob.groups.GetGroupInfo(ctx, connect.NewRequest(&mlsdsv1.GetGroupInfoRequest{GroupId: gid}))
+		if got := connect.CodeOf(err); (c.want == 0 && err != nil) || (c.want != 0 && got != c.want) {
+			t.Errorf("%v: GetGroupInfo by a non-member: %v, want code %v", c.env, err, c.want)
+		}
+		e.http.CloseIdleConnections()
+		p.cmd.Process.Kill()
+	}
+}

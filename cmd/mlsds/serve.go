@@ -50,6 +50,7 @@ type serveFlags struct {
 	shutdownTimeout time.Duration
 	drainDelay      time.Duration
 	corsOrigins     string
+	externalJoin    string
 }
 
 func newServeFlagSet(f *serveFlags, stderr io.Writer) *flag.FlagSet {
@@ -78,6 +79,7 @@ func newServeFlagSet(f *serveFlags, stderr io.Writer) *flag.FlagSet {
 	fs.Float64Var(&f.claimerRate, "claimer-rate", 120, "KeyPackage claims per claiming client per minute; negative turns it off")
 	fs.Float64Var(&f.authRateLimit, "auth-rate-limit", 20, "registration and authentication calls per second per remote address; negative turns it off")
 	fs.Uint64Var(&f.appEpochWindow, "app-epoch-window", 2, "how many epochs old an application message may be")
+	fs.StringVar(&f.externalJoin, "external-join", "any", "who may fetch a transparent group's GroupInfo and tree to join it by external Commit: any (every registered client) or members")
 	fs.IntVar(&f.lowWater, "key-package-low-water", 10, "a client is told when its KeyPackages for a suite fall below this")
 	fs.DurationVar(&f.keepAlive, "keepalive", 30*time.Second, "keep-alive interval on delivery streams")
 	fs.IntVar(&f.maxStreams, "max-streams-per-client", 4, "open delivery streams per client; one more ends the oldest")
@@ -140,6 +142,15 @@ func newLogger(w io.Writer, level, format string) (*slog.Logger, error) {
 
 // serve runs the server until ctx is done.
 func serve(ctx context.Context, f *serveFlags, log *slog.Logger) error {
+	var externalJoin ds.ExternalJoinPolicy
+	switch f.externalJoin {
+	case "any":
+		externalJoin = ds.ExternalJoinAllow
+	case "members":
+		externalJoin = ds.ExternalJoinMembersOnly
+	default:
+		return fmt.Errorf("--external-join must be any or members, not %q", f.externalJoin)
+	}
 	reg, err := server.ParseRegistration(f.registration)
 	if err != nil {
 		return err
@@ -227,6 +238,7 @@ func serve(ctx context.Context, f *serveFlags, log *slog.Logger) error {
 		RequestsPerSecond:         f.rateLimit,
 		ClaimsPerMinute:           f.claimerRate,
 		ClaimsPerTargetPerMinute:  f.claimRate,
+		ExternalJoin:              externalJoin,
 	})
 	srv, err := server.New(svc, cfg)
 	if err != nil {
