@@ -28,6 +28,7 @@ type benchFlags struct {
 	senders                int
 	size                   byteSize
 	rate, commits          float64
+	proposals              float64
 	duration, drain        time.Duration
 	addBatch, workers      int
 	ackInterval            time.Duration
@@ -54,15 +55,16 @@ func newBenchFlagSet(f *benchFlags, stderr io.Writer) *flag.FlagSet {
 	fs.StringVar(&f.target, "target", "", "base URL of a running server to load (http://host:port); empty starts one as a child process on loopback, with a fresh data directory and rate limits off")
 	fs.StringVar(&f.store, "store", "", "--store of the started server: empty for SQLite, or a postgres:// URL (also used for the PostgreSQL baseline)")
 	fs.StringVar(&f.tempDir, "temp-dir", "", "directory for the started server's data and the SQLite baseline (default: the system's temporary directory)")
-	fs.StringVar(&f.scenario, "scenario", loadgen.ScenarioMixed, "mixed (application messages and Update Commits in --groups groups) or commit (Update Commits in one group of --members; reports the Commit accept latency)")
+	fs.StringVar(&f.scenario, "scenario", loadgen.ScenarioMixed, "mixed (application messages, Update Proposals and Update Commits in --groups groups) or commit (Update Commits in one group of --members; reports the Commit accept latency)")
 	fs.StringVar(&f.receivers, "receivers", loadgen.ReceiversSDK, "sdk (every member an SDK client that decrypts everything) or raw (only the senders are SDK clients; the other members count envelopes from their streams without decrypting)")
 	fs.IntVar(&f.groups, "groups", 10, "number of groups")
 	fs.IntVar(&f.members, "members", 5, "members per group")
 	fs.IntVar(&f.senders, "senders", 0, "members per group that send (0: all members with --receivers sdk; half the members, 1 to 5, with raw)")
 	f.size = 100
 	fs.Var(&f.size, "size", "application message plaintext `size` in bytes")
-	fs.Float64Var(&f.rate, "rate", 0, "operations (messages and Commits) per second in all, paced open-loop; 0 sends as fast as possible")
+	fs.Float64Var(&f.rate, "rate", 0, "operations (messages, Proposals and Commits) per second in all, paced open-loop; 0 sends as fast as possible")
 	fs.Float64Var(&f.commits, "commits", 0.01, "fraction of operations that are Update Commits instead of application messages")
+	fs.Float64Var(&f.proposals, "proposals", 0.01, "fraction of operations that are Update Proposals instead of application messages (another member's SDK client commits them); --commits plus --proposals is at most 1")
 	fs.DurationVar(&f.duration, "duration", 10*time.Second, "how long the load runs")
 	fs.DurationVar(&f.drain, "drain", 30*time.Second, "after the load, how long to wait for the last deliveries")
 	fs.DurationVar(&f.ackInterval, "ack-interval", loadgen.DefaultAckInterval, "how often raw receivers acknowledge what they received (the SDK's interval by default); 0 never")
@@ -106,7 +108,7 @@ func runBench(args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintln(stderr, "Usage: mlsds bench [flags]")
 		fmt.Fprintln(stderr)
 		fmt.Fprintln(stderr, "Builds groups of MLS clients on a server (one it starts, or --target), drives")
-		fmt.Fprintln(stderr, "application messages and Commits through them and reports accepted messages/s,")
+		fmt.Fprintln(stderr, "application messages, Proposals and Commits through them and reports accepted messages/s,")
 		fmt.Fprintln(stderr, "deliveries/s, commit conflicts, delivery latency, the server's CPU and memory,")
 		fmt.Fprintln(stderr, "and baselines measured in the same run. Flags:")
 		fmt.Fprintln(stderr)
@@ -129,13 +131,19 @@ func runBench(args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintf(stderr, "mlsds bench: unexpected arguments %q\n", fs.Args())
 		return 2
 	}
+	if f.scenario != loadgen.ScenarioCommit {
+		if err := loadgen.CheckMix(f.commits, f.proposals); err != nil {
+			fmt.Fprintf(stderr, "mlsds bench: --commits and --proposals: %v\n", err)
+			return 2
+		}
+	}
 	if f.ackInterval <= 0 {
 		f.ackInterval = -1 // loadgen: never
 	}
 	cfg := loadgen.Config{
 		Target: f.target, Store: f.store, TempDir: f.tempDir,
 		Scenario: f.scenario, Groups: f.groups, Members: f.members, Senders: f.senders, Receivers: f.receivers,
-		Size: int(f.size), Rate: f.rate, Commits: f.commits, Duration: f.duration, Drain: f.drain,
+		Size: int(f.size), Rate: f.rate, Commits: f.commits, Proposals: f.proposals, Duration: f.duration, Drain: f.drain,
 		AddBatch: f.addBatch, Workers: f.workers, AckInterval: f.ackInterval,
 		Baselines: f.baselines, BaselineDuration: f.baselineDuration, BaselinePostgres: f.baselinePostgres,
 		ServerArgs: strings.Fields(f.serverFlags),

@@ -10,6 +10,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/mlsds/mlsds/internal/loadgen"
 	"github.com/mlsds/mlsds/internal/pgtest"
 )
 
@@ -26,9 +27,12 @@ func TestBenchServerChild(t *testing.T) {
 	os.Exit(run(flag.Args(), os.Stdout, os.Stderr))
 }
 
-// TestBench runs the real command against a server it starts, and checks
-// its figures: every message accepted reached every other member exactly
-// once, and every figure the report promises was measured.
+// TestBench runs the real command against a server it starts, with a mix
+// of application messages, Update Proposals and Update Commits, and checks
+// its figures: every application message accepted reached every other
+// member exactly once (the Proposals and Commits in between count as
+// neither), Proposals were accepted, and every figure the report promises
+// was measured.
 func TestBench(t *testing.T) {
 	if testing.Short() {
 		t.Skip("starts a server and loads it for seconds")
@@ -40,7 +44,7 @@ func TestBench(t *testing.T) {
 		t.Run(receivers, func(t *testing.T) {
 			var out, errb bytes.Buffer
 			args := []string{"bench", "--duration", "2s", "--groups", "2", "--members", "3", "--receivers", receivers,
-				"--commits", "0.05", "--baseline-duration", "300ms", "--temp-dir", t.TempDir(), "--json"}
+				"--commits", "0.05", "--proposals", "0.05", "--baseline-duration", "300ms", "--temp-dir", t.TempDir(), "--json"}
 			if receivers == "raw" {
 				args = append(args, "--senders", "1", "--baselines=false")
 			}
@@ -85,6 +89,15 @@ func TestBench(t *testing.T) {
 			}
 			if num("accepted_commits") > 0 && num("commit_samples") <= 0 {
 				t.Errorf("%v Commits accepted but no accept latency sampled", num("accepted_commits"))
+			}
+			if num("accepted_proposals") <= 0 || num("proposals_per_sec") <= 0 {
+				t.Errorf("no Proposals accepted: accepted_proposals %v, proposals_per_sec %v", num("accepted_proposals"), num("proposals_per_sec"))
+			}
+			if num("proposal_samples") < num("accepted_proposals") {
+				t.Errorf("%v Proposals accepted but %v Proposal round trips sampled", num("accepted_proposals"), num("proposal_samples"))
+			}
+			if !strings.Contains(out.String(), "accepted Proposals") {
+				t.Errorf("the report has no Proposals line:\n%s", out.String())
 			}
 			if receivers == "sdk" {
 				for _, k := range []string{"baseline_sqlite_insert_1_per_sec", "baseline_sqlite_insert_64_per_sec",
@@ -175,6 +188,27 @@ func TestBenchCommitScenario(t *testing.T) {
 	}
 	if r.Commits <= 0 || r.Samples != r.Commits || r.P50 <= 0 || r.P99 < r.P50 || r.Errors != 0 || r.Members != 40 {
 		t.Fatalf("commit scenario: %+v", r)
+	}
+}
+
+// The fractions of Commits and Proposals share the operations: more than
+// all of them is refused before anything starts, naming both flags.
+func TestBenchMixTooLarge(t *testing.T) {
+	for _, args := range [][]string{
+		{"bench", "--commits", "0.6", "--proposals", "0.5"},
+		{"bench", "--commits", "1"}, // with the default --proposals 0.01
+		{"bench", "--proposals", "-0.1"},
+	} {
+		var out, errb bytes.Buffer
+		if code := run(args, &out, &errb); code != 2 {
+			t.Errorf("%q exited %d, want 2\nstderr:\n%s", args, code, errb.String())
+		}
+		if msg := errb.String(); !strings.Contains(msg, "--commits") || !strings.Contains(msg, "--proposals") {
+			t.Errorf("%q: the error does not name both flags: %q", args, msg)
+		}
+	}
+	if err := loadgen.CheckMix(0.99, 0.01); err != nil {
+		t.Errorf("0.99 + 0.01 refused: %v", err)
 	}
 }
 

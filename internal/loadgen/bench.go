@@ -37,10 +37,12 @@ type bench struct {
 
 	// Counters, updated by many goroutines.
 	accepted, commits, deliveries, dups atomic.Int64
+	proposals                           atomic.Int64
 	errs, undecryptable                 atomic.Int64
 	firstErr                            atomic.Pointer[string]
 
 	latency, sendRTT, commitRTT, commitOp Histogram
+	proposalRTT                           Histogram
 	timing                                atomic.Bool // record RPC round trips
 }
 
@@ -127,7 +129,12 @@ func (t *groupTrack) received(seq uint64, at time.Time, h *Histogram) {
 	}
 }
 
-// deliver records that m received the application message at seq.
+// deliver records that m received the application message at seq. Only
+// application messages come here: the SDK makes no EventMessage of a
+// Proposal or a Commit, and raw members hand over only envelopes of
+// content type application. Proposals and Commits take positions in the
+// group's order too, so the positions of application messages a member
+// receives rise but have gaps.
 func (b *bench) deliver(m *member, seq uint64, at time.Time) {
 	if seq <= m.lastApp {
 		b.dups.Add(1)
@@ -139,11 +146,16 @@ func (b *bench) deliver(m *member, seq uint64, at time.Time) {
 }
 
 // timedTransport records the round trips of Send and SendCommitBundle
-// calls while the load runs.
+// calls while the load runs. Send calls made under proposing (see
+// proposalKey) count apart from those of application messages.
 type timedTransport struct {
 	base http.RoundTripper
 	b    *bench
 }
+
+// proposalKey marks the context of a ProposeUpdate call, so that
+// timedTransport tells its Send round trip from an application message's.
+type proposalKey struct{}
 
 func (t *timedTransport) RoundTrip(req *http.Request) (*http.Response, error) {
 	if !t.b.timing.Load() {
@@ -158,6 +170,8 @@ func (t *timedTransport) RoundTrip(req *http.Request) (*http.Response, error) {
 	switch {
 	case strings.HasSuffix(req.URL.Path, "/SendCommitBundle"):
 		t.b.commitRTT.Observe(d)
+	case strings.HasSuffix(req.URL.Path, "/Send") && req.Context().Value(proposalKey{}) != nil:
+		t.b.proposalRTT.Observe(d)
 	case strings.HasSuffix(req.URL.Path, "/Send"):
 		t.b.sendRTT.Observe(d)
 	}
@@ -413,6 +427,18 @@ func (b *bench) receiveSDK(m *member) {
 	}
 }
 
+// epochs sums the epochs of the groups as their creators (SDK clients in
+// every mode) have processed them.
+func (b *bench) epochs() int64 {
+	var n int64
+	for _, g := range b.groups {
+		if c := g.members[0]; c.grp != nil {
+			n += int64(c.grp.Epoch())
+		}
+	}
+	return n
+}
+
 func (b *bench) rebases() int64 {
 	var n int64
 	for _, c := range b.sdks {
@@ -517,15 +543,20 @@ func (b *bench) runMixed(ctx context.Context) error {
 	for _, g := range b.groups {
 		senders = append(senders, g.members[:cfg.Senders]...)
 	}
+	if cfg.Proposals > 0 && cfg.Receivers == ReceiversRaw && cfg.Senders < 2 {
+		b.logf("note: Proposals are accepted but not committed: a member cannot commit its own Update proposal, and raw members commit nothing (use --senders 2 or more)")
+	}
 	payload := make([]byte, cfg.Size)
 	for i := range payload {
 		payload[i] = byte('a' + i%26)
 	}
 	opCtx, opCancel := context.WithCancel(context.WithoutCancel(ctx))
 	defer opCancel()
+	proposeCtx := context.WithValue(opCtx, proposalKey{}, true)
 	var stopping atomic.Bool
 	var wg sync.WaitGroup
 
+	epochs0 := b.epochs()
 	s := b.snapshot(ctx)
 	start := s.at
 	b.timing.Store(true)
@@ -559,7 +590,11 @@ func (b *bench) runMixed(ctx context.Context) error {
 						return
 					}
 				}
-				if cfg.Commits > 0 && rng.Float64() < cfg.Commits {
+				// One draw picks the operation: a Commit with probability
+				// Commits, a Proposal with probability Proposals, else an
+				// application message.
+				x := rng.Float64()
+				if x < cfg.Commits {
 					t := time.Now()
 					if err := m.grp.Update(opCtx); err != nil {
 						if opCtx.Err() == nil {
@@ -569,6 +604,19 @@ func (b *bench) runMixed(ctx context.Context) error {
 					}
 					b.commitOp.Observe(time.Since(t))
 					b.commits.Add(1)
+					continue
+				}
+				if x < cfg.Commits+cfg.Proposals {
+					// A handshake message: it takes a position in the
+					// group's order but is no application message, so it
+					// is not tracked for delivery.
+					if _, err := m.grp.ProposeUpdate(proposeCtx); err != nil {
+						if opCtx.Err() == nil {
+							b.fail(err)
+						}
+						continue
+					}
+					b.proposals.Add(1)
 					continue
 				}
 				if interval == 0 {
@@ -592,7 +640,7 @@ func (b *bench) runMixed(ctx context.Context) error {
 	}
 	stopping.Store(true)
 	e := b.snapshot(context.WithoutCancel(ctx))
-	accepted, commits, deliveries := b.accepted.Load(), b.commits.Load(), b.deliveries.Load()
+	accepted, commits, proposals, deliveries := b.accepted.Load(), b.commits.Load(), b.proposals.Load(), b.deliveries.Load()
 	// Calls in flight finish (their messages count), within the drain time.
 	waitDone := make(chan struct{})
 	go func() { wg.Wait(); close(waitDone) }()
@@ -614,14 +662,17 @@ func (b *bench) runMixed(ctx context.Context) error {
 	}
 	// A little longer, to see duplicates that would follow.
 	time.Sleep(100 * time.Millisecond)
+	epochs1 := b.epochs()
 
 	r := b.res
 	window := e.at.Sub(start)
 	r.DurationSec = window.Seconds()
 	r.DrainSec = time.Since(drainStart).Seconds()
-	r.AcceptedAppMessages, r.AcceptedCommits = b.accepted.Load(), b.commits.Load()
+	r.AcceptedAppMessages, r.AcceptedCommits, r.AcceptedProposals = b.accepted.Load(), b.commits.Load(), b.proposals.Load()
 	r.AcceptedPerSec = float64(accepted) / window.Seconds()
 	r.CommitsPerSec = float64(commits) / window.Seconds()
+	r.ProposalsPerSec = float64(proposals) / window.Seconds()
+	r.Epochs = epochs1 - epochs0
 	r.DeliveriesPerSec = float64(deliveries) / window.Seconds()
 	r.Deliveries, r.ExpectedDeliveries, r.DuplicateDeliveries = b.deliveries.Load(), want(), b.dups.Load()
 	r.MissingDeliveries = max(0, r.ExpectedDeliveries-r.Deliveries)
@@ -638,6 +689,8 @@ func (b *bench) setLatency() {
 	r.LatencyMsP50, r.LatencyMsP95, r.LatencyMsP99 = ms(b.latency.Quantile(0.5)), ms(b.latency.Quantile(0.95)), ms(b.latency.Quantile(0.99))
 	r.LatencyMsMax = ms(b.latency.Max())
 	r.SendRTTMsP50, r.SendRTTMsP99 = ms(b.sendRTT.Quantile(0.5)), ms(b.sendRTT.Quantile(0.99))
+	r.ProposalSamples = b.proposalRTT.Count()
+	r.ProposalRTTMsP50, r.ProposalRTTMsP99 = ms(b.proposalRTT.Quantile(0.5)), ms(b.proposalRTT.Quantile(0.99))
 	r.CommitSamples = b.commitRTT.Count()
 	r.CommitAcceptMsP50, r.CommitAcceptMsP95, r.CommitAcceptMsP99 = ms(b.commitRTT.Quantile(0.5)), ms(b.commitRTT.Quantile(0.95)), ms(b.commitRTT.Quantile(0.99))
 	r.CommitOpMsP50, r.CommitOpMsP99 = ms(b.commitOp.Quantile(0.5)), ms(b.commitOp.Quantile(0.99))

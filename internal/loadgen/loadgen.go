@@ -1,11 +1,11 @@
 // Package loadgen is the load generator behind `mlsds bench`: it starts an
 // mlsds server (or targets one), builds groups of real MLS clients with the
-// client SDK, drives application messages and Commits through them at a
-// set rate or as fast as they go, and reports accepted messages and
-// deliveries per second, commit conflicts, end-to-end delivery latency and
-// the server's CPU and memory, next to baselines measured in the same run
-// (the raw durable insert rate of the store, the raw Ed25519 verify rate),
-// so that the figures read as ratios.
+// client SDK, drives a mix of application messages, Update Proposals and
+// Update Commits through them at a set rate or as fast as they go, and
+// reports accepted messages and deliveries per second, commit conflicts,
+// end-to-end delivery latency and the server's CPU and memory, next to
+// baselines measured in the same run (the raw durable insert rate of the
+// store, the raw Ed25519 verify rate), so that the figures read as ratios.
 package loadgen
 
 import (
@@ -24,7 +24,8 @@ import (
 // Scenarios.
 const (
 	// ScenarioMixed is G groups of S members exchanging application
-	// messages, with a fraction of Update Commits.
+	// messages, with a fraction of Update Commits and a fraction of
+	// Update Proposals (which other members' SDK clients commit).
 	ScenarioMixed = "mixed"
 	// ScenarioCommit is one group of S members (one SDK client, the rest
 	// registered clients that only hold a leaf) in which the SDK client
@@ -71,6 +72,11 @@ type Config struct {
 	Size      int     // application message plaintext bytes; default 100
 	Rate      float64 // operations per second in all; 0: as fast as possible
 	Commits   float64 // fraction of operations that are Update Commits (0 to 1)
+	// Proposals is the fraction of operations that are Update Proposals
+	// (Group.ProposeUpdate; another member's SDK client commits them).
+	// Commits and Proposals add up to at most 1; the rest are
+	// application messages.
+	Proposals float64
 	Duration  time.Duration
 	// Drain is how long to wait after the load for every message to
 	// reach every member; default 30s.
@@ -123,7 +129,7 @@ func (c *Config) defaults() error {
 		c.Members = 5
 	}
 	if c.Scenario == ScenarioCommit {
-		c.Groups, c.Senders, c.Receivers, c.Commits = 1, 1, ReceiversRaw, 1
+		c.Groups, c.Senders, c.Receivers, c.Commits, c.Proposals = 1, 1, ReceiversRaw, 1, 0
 	}
 	if c.Groups < 1 || c.Members < 2 {
 		return errors.New("need at least 1 group of 2 members")
@@ -144,6 +150,10 @@ func (c *Config) defaults() error {
 		c.Rate = 0
 	}
 	c.Commits = max(0, min(c.Commits, 1))
+	c.Proposals = max(0, min(c.Proposals, 1))
+	if err := CheckMix(c.Commits, c.Proposals); err != nil {
+		return err
+	}
 	if c.Duration <= 0 {
 		c.Duration = 10 * time.Second
 	}
@@ -180,6 +190,22 @@ func (c *Config) defaults() error {
 	return nil
 }
 
+// CheckMix reports whether commits and proposals, the fractions of the
+// operations that are Update Commits and Update Proposals, make a mix:
+// each between 0 and 1, and together at most 1 (the rest are application
+// messages).
+func CheckMix(commits, proposals float64) error {
+	if !(commits >= 0 && commits <= 1) || !(proposals >= 0 && proposals <= 1) {
+		return fmt.Errorf("commits %g, proposals %g: each is a fraction of the operations, from 0 to 1", commits, proposals)
+	}
+	// A little slack for sums such as 0.99 + 0.01.
+	if commits+proposals > 1+1e-9 {
+		return fmt.Errorf("commits %g and proposals %g add up to %g: they are fractions of the same operations and may add up to at most 1 (the rest are application messages); lower one of them",
+			commits, proposals, commits+proposals)
+	}
+	return nil
+}
+
 func isPostgres(s string) bool {
 	return strings.HasPrefix(s, "postgres://") || strings.HasPrefix(s, "postgresql://")
 }
@@ -193,8 +219,9 @@ func Run(ctx context.Context, cfg Config) (*Result, error) {
 	r := &Result{
 		Scenario: cfg.Scenario, Groups: cfg.Groups, Members: cfg.Members, SendersPerGroup: cfg.Senders,
 		Receivers: cfg.Receivers, SizeBytes: cfg.Size, RatePerSec: cfg.Rate, CommitFraction: cfg.Commits,
-		AckIntervalMs: ms(cfg.AckInterval),
-		CPUs:          runtime.NumCPU(), GOMAXPROCS: runtime.GOMAXPROCS(0), LoadAverage1m: loadAverage(),
+		ProposalFraction: cfg.Proposals,
+		AckIntervalMs:    ms(cfg.AckInterval),
+		CPUs:             runtime.NumCPU(), GOMAXPROCS: runtime.GOMAXPROCS(0), LoadAverage1m: loadAverage(),
 		Store: "sqlite", Server: "child",
 	}
 	if isPostgres(cfg.Store) {

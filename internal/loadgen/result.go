@@ -25,6 +25,7 @@ type Result struct {
 	MessageWireBytes int     `json:"message_wire_bytes"` // the MLSMessage the server stores
 	RatePerSec       float64 `json:"rate_per_sec"`       // offered operations/s; 0: as fast as possible
 	CommitFraction   float64 `json:"commit_fraction"`
+	ProposalFraction float64 `json:"proposal_fraction"`
 	DurationSec      float64 `json:"duration_sec"` // the load window
 	SetupSec         float64 `json:"setup_sec"`    // building the groups
 	DrainSec         float64 `json:"drain_sec"`    // waiting for the last deliveries
@@ -36,9 +37,15 @@ type Result struct {
 
 	// Throughput over the load window.
 	AcceptedAppMessages int64   `json:"accepted_app_messages"` // in all, including those finishing after the window
-	AcceptedCommits     int64   `json:"accepted_commits"`
-	AcceptedPerSec      float64 `json:"accepted_per_sec"` // application messages
+	AcceptedCommits     int64   `json:"accepted_commits"`      // the bench's own Update Commits
+	AcceptedProposals   int64   `json:"accepted_proposals"`    // Update Proposals (members' SDKs commit them)
+	AcceptedPerSec      float64 `json:"accepted_per_sec"`      // application messages
 	CommitsPerSec       float64 `json:"commits_per_sec"`
+	ProposalsPerSec     float64 `json:"proposals_per_sec"`
+	// Epochs is how many epochs the groups moved on during the load, in
+	// all: the bench's Commits and the Commits of pending Proposals that
+	// members' SDK clients made on their own.
+	Epochs              int64   `json:"epochs"`
 	Deliveries          int64   `json:"deliveries"`          // application messages received by members, after the drain
 	ExpectedDeliveries  int64   `json:"expected_deliveries"` // accepted_app_messages * (members - 1)
 	MissingDeliveries   int64   `json:"missing_deliveries"`
@@ -46,7 +53,7 @@ type Result struct {
 	DeliveriesPerSec    float64 `json:"deliveries_per_sec"`
 	CommitConflicts     int64   `json:"commit_conflicts"` // server's mlsds_commit_conflicts_total during the load (SDK rebases if unreadable)
 	SDKRebases          int64   `json:"sdk_rebases"`      // messages and Commits the SDK made again after losing an epoch
-	Errors              int64   `json:"errors"`           // failed sends and Commits, stream errors
+	Errors              int64   `json:"errors"`           // failed sends, Proposals and Commits, stream errors
 	Undecryptable       int64   `json:"undecryptable"`    // EventUndecryptable at SDK receivers
 	FirstError          string  `json:"first_error,omitempty"`
 
@@ -59,8 +66,13 @@ type Result struct {
 	LatencyMsMax   float64 `json:"latency_ms_max"`
 	// Round trips of Send and SendCommitBundle RPCs as the SDK saw them
 	// (request out to response in): the server's accept latency.
-	SendRTTMsP50      float64 `json:"send_rtt_ms_p50"`
-	SendRTTMsP99      float64 `json:"send_rtt_ms_p99"`
+	SendRTTMsP50 float64 `json:"send_rtt_ms_p50"`
+	SendRTTMsP99 float64 `json:"send_rtt_ms_p99"`
+	// Round trips of the Send RPCs that carried Update Proposals (not
+	// in send_rtt_*, which is application messages only).
+	ProposalSamples   int64   `json:"proposal_samples"`
+	ProposalRTTMsP50  float64 `json:"proposal_rtt_ms_p50"`
+	ProposalRTTMsP99  float64 `json:"proposal_rtt_ms_p99"`
 	CommitSamples     int64   `json:"commit_samples"`
 	CommitAcceptMsP50 float64 `json:"commit_accept_ms_p50"`
 	CommitAcceptMsP95 float64 `json:"commit_accept_ms_p95"`
@@ -150,8 +162,8 @@ func (r *Result) WriteReport(w io.Writer) {
 		fmt.Fprintf(w, "mlsds bench: scenario commit, Update Commits in a transparent group of %d members (1 SDK client, %d raw members), %s\n",
 			r.Members, r.Members-1, rate)
 	} else {
-		fmt.Fprintf(w, "mlsds bench: scenario %s, %d group(s) of %d members, %d sender(s) per group, %s receivers, %d-byte messages (%d on the wire), %s, %.0f%% Commits\n",
-			r.Scenario, r.Groups, r.Members, r.SendersPerGroup, r.Receivers, r.SizeBytes, r.MessageWireBytes, rate, 100*r.CommitFraction)
+		fmt.Fprintf(w, "mlsds bench: scenario %s, %d group(s) of %d members, %d sender(s) per group, %s receivers, %d-byte messages (%d on the wire), %s, %.3g%% Commits, %.3g%% Proposals\n",
+			r.Scenario, r.Groups, r.Members, r.SendersPerGroup, r.Receivers, r.SizeBytes, r.MessageWireBytes, rate, 100*r.CommitFraction, 100*r.ProposalFraction)
 	}
 	fmt.Fprintf(w, "server: %s, store %s; machine: %d CPUs, load average %.2f before the run\n\n", r.Server, r.Store, r.CPUs, r.LoadAverage1m)
 	p("setup", "%.1fs", r.SetupSec)
@@ -159,9 +171,14 @@ func (r *Result) WriteReport(w io.Writer) {
 	if r.Scenario == ScenarioMixed {
 		p("accepted app messages", "%.0f/s (%d)", r.AcceptedPerSec, r.AcceptedAppMessages)
 		p("accepted Commits", "%.1f/s (%d)", r.CommitsPerSec, r.AcceptedCommits)
+		p("accepted Proposals", "%.1f/s (%d)", r.ProposalsPerSec, r.AcceptedProposals)
+		p("epochs", "%d (Commits of the bench and of pending Proposals)", r.Epochs)
 		p("deliveries", "%.0f/s (%d of %d expected, %d missing, %d duplicate)", r.DeliveriesPerSec, r.Deliveries, r.ExpectedDeliveries, r.MissingDeliveries, r.DuplicateDeliveries)
 		p("delivery latency", "p50 %.2fms  p95 %.2fms  p99 %.2fms  max %.2fms (%d samples)", r.LatencyMsP50, r.LatencyMsP95, r.LatencyMsP99, r.LatencyMsMax, r.LatencySamples)
 		p("Send round trip", "p50 %.2fms  p99 %.2fms", r.SendRTTMsP50, r.SendRTTMsP99)
+		if r.ProposalSamples > 0 {
+			p("Proposal round trip", "p50 %.2fms  p99 %.2fms (%d samples)", r.ProposalRTTMsP50, r.ProposalRTTMsP99, r.ProposalSamples)
+		}
 	} else {
 		p("accepted Commits", "%.2f/s (%d)", r.CommitsPerSec, r.AcceptedCommits)
 	}
