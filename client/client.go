@@ -94,6 +94,10 @@ type Config struct {
 	Logger *slog.Logger
 }
 
+// testHookOpened, when set (by tests only, before Open), is called with a
+// new Client just before its stream starts.
+var testHookOpened func(*Client)
+
 // ErrClosed is returned by the methods of a closed Client.
 var ErrClosed = errors.New("client: the client is closed")
 

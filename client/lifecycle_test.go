@@ -113,16 +113,20 @@ func TestSendBeforeRemovalProcessed(t *testing.T) {
 	if err := g.Remove(ctx, "carol"); err != nil {
 		t.Fatal(err)
 	}
-	carol2 := e.open("carol", dir)
 	// Keep the stream from processing anything: only the Send finds out.
+	// The hook goes in before the stream starts.
 	release := make(chan struct{})
-	hook := func() {
-		select {
-		case <-release:
-		case <-carol2.ctx.Done():
+	testHookOpened = func(c *Client) {
+		hook := func() {
+			select {
+			case <-release:
+			case <-c.ctx.Done():
+			}
 		}
+		c.testHookStream.Store(&hook)
 	}
-	carol2.testHookStream.Store(&hook)
+	carol2 := e.open("carol", dir)
+	testHookOpened = nil
 	cg := carol2.Group(gid)
 	if cg.Removed() {
 		t.Fatal("carol knows of her removal before processing anything")

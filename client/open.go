@@ -136,6 +136,9 @@ func start(ctx context.Context, cfg Config, db *store) (*Client, error) {
 		return nil, err
 	}
 	ok = true
+	if h := testHookOpened; h != nil {
+		h(c)
+	}
 	go c.queue.run(c.events)
 	c.wg.Add(2)
 	go c.streamLoop()
