@@ -42,13 +42,6 @@ type benchFlags struct {
 	servePprof             string // internal: this process is the server child
 }
 
-// benchEnvName is the environment twin of a bench flag: "groups" ->
-// "MLSDS_BENCH_GROUPS", so that the twins of `mlsds serve` (MLSDS_STORE,
-// ...) never set a bench flag by accident.
-func benchEnvName(flagName string) string {
-	return "MLSDS_BENCH_" + strings.ToUpper(strings.ReplaceAll(flagName, "-", "_"))
-}
-
 func newBenchFlagSet(f *benchFlags, stderr io.Writer) *flag.FlagSet {
 	fs := flag.NewFlagSet("mlsds bench", flag.ContinueOnError)
 	fs.SetOutput(stderr)
@@ -78,27 +71,8 @@ func newBenchFlagSet(f *benchFlags, stderr io.Writer) *flag.FlagSet {
 	fs.StringVar(&f.serverCPUProfile, "server-cpuprofile", "", "write a CPU profile of the started server over the load to this file (go tool pprof FILE)")
 	fs.StringVar(&f.cpuProfile, "cpuprofile", "", "write a CPU profile of the bench itself (its clients) over the whole run to this file")
 	fs.StringVar(&f.servePprof, "serve-pprof", "", "internal: run `mlsds serve` (the arguments after --) in this process with net/http/pprof on this address")
-	fs.VisitAll(func(fl *flag.Flag) { fl.Usage += " (env " + benchEnvName(fl.Name) + ")" })
+	addEnvToUsage(fs, benchEnvPrefix)
 	return fs
-}
-
-// applyBenchEnv is applyEnv with the MLSDS_BENCH_ prefix.
-func applyBenchEnv(fs *flag.FlagSet, lookup func(string) (string, bool)) error {
-	set := map[string]bool{}
-	fs.Visit(func(f *flag.Flag) { set[f.Name] = true })
-	var err error
-	fs.VisitAll(func(f *flag.Flag) {
-		if set[f.Name] || err != nil {
-			return
-		}
-		name := benchEnvName(f.Name)
-		if v, ok := lookup(name); ok {
-			if e := fs.Set(f.Name, v); e != nil {
-				err = fmt.Errorf("%s=%q: %v", name, v, e)
-			}
-		}
-	})
-	return err
 }
 
 func runBench(args []string, stdout, stderr io.Writer) int {

@@ -129,32 +129,6 @@ func clientUsage(w io.Writer) {
 	fmt.Fprintln(w, "--id is also MLSDS_CLIENT_ID, --server is MLSDS_CLIENT_SERVER.")
 }
 
-// clientEnvName is the environment twin of a client flag: "log-level" ->
-// "MLSDS_CLIENT_LOG_LEVEL".
-func clientEnvName(flagName string) string {
-	return "MLSDS_CLIENT_" + strings.ToUpper(strings.ReplaceAll(flagName, "-", "_"))
-}
-
-// applyClientEnv sets every flag of fs that was not given on the command
-// line from its environment twin, if that is set.
-func applyClientEnv(fs *flag.FlagSet, lookup func(string) (string, bool)) error {
-	set := map[string]bool{}
-	fs.Visit(func(f *flag.Flag) { set[f.Name] = true })
-	var err error
-	fs.VisitAll(func(f *flag.Flag) {
-		if set[f.Name] || err != nil {
-			return
-		}
-		name := clientEnvName(f.Name)
-		if v, ok := lookup(name); ok {
-			if e := fs.Set(f.Name, v); e != nil {
-				err = fmt.Errorf("%s=%q: %v", name, v, e)
-			}
-		}
-	})
-	return err
-}
-
 // newClientFlagSet returns the flags of one client command.
 func newClientFlagSet(name string, cmd *clientCommand, o *clientOpts, stderr io.Writer) *flag.FlagSet {
 	fs := flag.NewFlagSet("mlsds client "+name, flag.ContinueOnError)
@@ -174,7 +148,7 @@ func newClientFlagSet(name string, cmd *clientCommand, o *clientOpts, stderr io.
 	if cmd.flags != nil {
 		cmd.flags(fs, o)
 	}
-	fs.VisitAll(func(f *flag.Flag) { f.Usage += " (env " + clientEnvName(f.Name) + ")" })
+	addEnvToUsage(fs, clientEnvPrefix)
 	fs.Usage = func() {
 		fmt.Fprintf(stderr, "Usage: mlsds client %s [flags] %s\n\n%s.\n\nFlags:\n", name, cmd.args, upperFirst(cmd.summary))
 		fs.PrintDefaults()

@@ -8,15 +8,28 @@ import (
 	"strings"
 )
 
-// envName is the environment twin of a flag: "max-message-size" ->
-// "MLSDS_MAX_MESSAGE_SIZE".
-func envName(flagName string) string {
-	return "MLSDS_" + strings.ToUpper(strings.ReplaceAll(flagName, "-", "_"))
+// Environment twins: every flag of a command has one, its name in upper
+// case after the command's prefix ("max-message-size" of serve is
+// MLSDS_MAX_MESSAGE_SIZE, "log-level" of client is MLSDS_CLIENT_LOG_LEVEL).
+const (
+	serveEnvPrefix  = "MLSDS_"
+	clientEnvPrefix = "MLSDS_CLIENT_"
+	benchEnvPrefix  = "MLSDS_BENCH_"
+)
+
+// envTwin is the environment twin of a flag under prefix.
+func envTwin(prefix, flagName string) string {
+	return prefix + strings.ToUpper(strings.ReplaceAll(flagName, "-", "_"))
 }
 
-// applyEnv sets every flag of fs that was not given on the command line
-// from its environment twin, if that is set. Call it after fs.Parse.
-func applyEnv(fs *flag.FlagSet, lookup func(string) (string, bool)) error {
+func envName(flagName string) string       { return envTwin(serveEnvPrefix, flagName) }
+func clientEnvName(flagName string) string { return envTwin(clientEnvPrefix, flagName) }
+func benchEnvName(flagName string) string  { return envTwin(benchEnvPrefix, flagName) }
+
+// applyEnvTwins sets every flag of fs that was not given on the command
+// line from its environment twin under prefix, if that is set. Call it
+// after fs.Parse.
+func applyEnvTwins(fs *flag.FlagSet, prefix string, lookup func(string) (string, bool)) error {
 	set := map[string]bool{}
 	fs.Visit(func(f *flag.Flag) { set[f.Name] = true })
 	var err error
@@ -24,7 +37,7 @@ func applyEnv(fs *flag.FlagSet, lookup func(string) (string, bool)) error {
 		if set[f.Name] || err != nil {
 			return
 		}
-		name := envName(f.Name)
+		name := envTwin(prefix, f.Name)
 		if v, ok := lookup(name); ok {
 			if e := fs.Set(f.Name, v); e != nil {
 				err = fmt.Errorf("%s=%q: %v", name, v, e)
@@ -34,11 +47,23 @@ func applyEnv(fs *flag.FlagSet, lookup func(string) (string, bool)) error {
 	return err
 }
 
-// addEnvToUsage appends the environment twin to the usage text of every
-// flag of fs.
-func addEnvToUsage(fs *flag.FlagSet) {
+func applyEnv(fs *flag.FlagSet, lookup func(string) (string, bool)) error {
+	return applyEnvTwins(fs, serveEnvPrefix, lookup)
+}
+
+func applyClientEnv(fs *flag.FlagSet, lookup func(string) (string, bool)) error {
+	return applyEnvTwins(fs, clientEnvPrefix, lookup)
+}
+
+func applyBenchEnv(fs *flag.FlagSet, lookup func(string) (string, bool)) error {
+	return applyEnvTwins(fs, benchEnvPrefix, lookup)
+}
+
+// addEnvToUsage appends the environment twin under prefix to the usage
+// text of every flag of fs.
+func addEnvToUsage(fs *flag.FlagSet, prefix string) {
 	fs.VisitAll(func(f *flag.Flag) {
-		f.Usage += " (env " + envName(f.Name) + ")"
+		f.Usage += " (env " + envTwin(prefix, f.Name) + ")"
 	})
 }
 

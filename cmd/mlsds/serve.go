@@ -85,7 +85,7 @@ func newServeFlagSet(f *serveFlags, stderr io.Writer) *flag.FlagSet {
 	fs.IntVar(&f.maxStreams, "max-streams-per-client", 4, "open delivery streams per client; one more ends the oldest")
 	fs.DurationVar(&f.shutdownTimeout, "shutdown-timeout", 20*time.Second, "on SIGTERM, how long to wait for calls in flight")
 	fs.DurationVar(&f.drainDelay, "drain-delay", 0, "on SIGTERM, how long to keep serving with health NOT_SERVING before closing the listener")
-	addEnvToUsage(fs)
+	addEnvToUsage(fs, serveEnvPrefix)
 	return fs
 }
 
