@@ -21,7 +21,7 @@ var _ ds.BatchAcker = (*Store)(nil)
 // Ack fails.
 func (s *Store) AckMany(ctx context.Context, ps []ds.AckParams) []error {
 	errs := make([]error, len(ps))
-	err := s.writeBatch(ctx, func(tx *sql.Tx) error {
+	err := s.write(ctx, func(tx *sql.Tx) error {
 		clear(errs)
 		var head *sql.Stmt
 		heads := make(map[string]int64) // last_seq by group; -1: no such group

@@ -37,7 +37,7 @@ func (s *Store) AcceptMessages(ctx context.Context, ps []ds.AcceptParams) ([]ds.
 		res[0], errs[0] = s.AcceptMessage(ctx, ps[0])
 		return res, errs
 	}
-	err := s.writeBatch(ctx, func(tx *sql.Tx) error {
+	err := s.write(ctx, func(tx *sql.Tx) error {
 		a := &appendBatch{store: s, tx: tx}
 		defer a.close()
 		for i := range ps {
@@ -83,29 +83,6 @@ func (s *Store) AcceptMessages(ctx context.Context, ps []ds.AcceptParams) ([]ds.
 		}
 	}
 	return res, errs
-}
-
-// writeBatch is write for a batch: f runs in a write transaction, which is
-// committed if f succeeds. If COMMIT fails, SQLite may keep the transaction
-// open (a deferred constraint, a busy reader); it is rolled back here, so
-// that nothing of the batch can be committed later with another
-// transaction's work and the connection stays usable.
-func (s *Store) writeBatch(ctx context.Context, f func(tx *sql.Tx) error) error {
-	tx, err := s.w.BeginTx(ctx, nil)
-	if err != nil {
-		return fmt.Errorf("sqlite: begin: %w", err)
-	}
-	if err := f(tx); err != nil {
-		tx.Rollback()
-		return err
-	}
-	if err := tx.Commit(); err != nil {
-		// The single writer connection is the one the transaction ran on.
-		// Without an open transaction this ROLLBACK fails harmlessly.
-		s.w.ExecContext(context.Background(), "ROLLBACK")
-		return fmt.Errorf("sqlite: commit: %w", err)
-	}
-	return nil
 }
 
 // fastPath reports whether p is a message that appendBatch handles: an

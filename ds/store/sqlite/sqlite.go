@@ -181,7 +181,11 @@ func migrate(ctx context.Context, db *sql.DB) error {
 	return nil
 }
 
-// write runs f in a write transaction and commits it if f succeeds.
+// write runs f in a write transaction and commits it if f succeeds. If
+// COMMIT fails, SQLite may keep the transaction open (a deferred
+// constraint, a busy reader); it is rolled back here, so that nothing of it
+// can be committed later with another transaction's work and the
+// connection stays usable.
 func (s *Store) write(ctx context.Context, f func(tx *sql.Tx) error) error {
 	tx, err := s.w.BeginTx(ctx, nil)
 	if err != nil {
@@ -192,6 +196,9 @@ func (s *Store) write(ctx context.Context, f func(tx *sql.Tx) error) error {
 		return err
 	}
 	if err := tx.Commit(); err != nil {
+		// The single writer connection is the one the transaction ran on.
+		// Without an open transaction this ROLLBACK fails harmlessly.
+		s.w.ExecContext(context.Background(), "ROLLBACK")
 		return fmt.Errorf("sqlite: commit: %w", err)
 	}
 	return nil
