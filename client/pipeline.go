@@ -584,6 +584,16 @@ func minus(a, b []string) []string {
 // send seals data and sends it, sealing it again on the new state if the
 // group moved on under it.
 func (g *Group) send(ctx context.Context, data []byte) (Receipt, error) {
+	return g.sendRetrying(ctx, "sending to", func(wire *[]byte) (Receipt, error) { return g.sendOnce(ctx, data, wire) })
+}
+
+// sendRetrying runs once until it succeeds, at most maxAttempts times.
+// once makes the message into *wire if it is nil and sends *wire. When
+// the group has moved on, the group is synced and the message made again
+// on the new state (wire reset); after a transient failure the same bytes
+// go again: if the first try was accepted after all, the server answers
+// with its receipt.
+func (g *Group) sendRetrying(ctx context.Context, what string, once func(wire *[]byte) (Receipt, error)) (Receipt, error) {
 	var lastErr error
 	var wire []byte
 	for attempt := 0; attempt < maxAttempts; attempt++ {
@@ -592,7 +602,7 @@ func (g *Group) send(ctx context.Context, data []byte) (Receipt, error) {
 				return Receipt{}, err
 			}
 		}
-		r, err := g.sendOnce(ctx, data, &wire)
+		r, err := once(&wire)
 		if err == nil {
 			return r, nil
 		}
@@ -600,18 +610,16 @@ func (g *Group) send(ctx context.Context, data []byte) (Receipt, error) {
 		switch {
 		case epochConflict(err):
 			g.c.rebases.Add(1)
-			wire = nil // seal it again on the new state
+			wire = nil
 			if err := g.sync(ctx); err != nil && !transient(err) {
 				return Receipt{}, err
 			}
 		case transient(err):
-			// Send the same bytes again: if the first try was accepted
-			// after all, the server answers with its receipt.
 		default:
 			return Receipt{}, g.checkRemoved(ctx, err)
 		}
 	}
-	return Receipt{}, fmt.Errorf("client: sending to group %x failed %d times; try again later: %w", g.id, maxAttempts, lastErr)
+	return Receipt{}, fmt.Errorf("client: %s group %x failed %d times; try again later: %w", what, g.id, maxAttempts, lastErr)
 }
 
 // sendOnce seals data (unless *wire holds it sealed already) and sends it.

@@ -16,34 +16,7 @@ import (
 // current epoch, making it again on the new state if the group moves on
 // under it (at most maxAttempts times).
 func (g *Group) proposeUpdate(ctx context.Context) (Receipt, error) {
-	var lastErr error
-	var wire []byte
-	for attempt := 0; attempt < maxAttempts; attempt++ {
-		if attempt > 0 {
-			if err := sleep(ctx, backoff(attempt)); err != nil {
-				return Receipt{}, err
-			}
-		}
-		r, err := g.proposeUpdateOnce(ctx, &wire)
-		if err == nil {
-			return r, nil
-		}
-		lastErr = err
-		switch {
-		case epochConflict(err):
-			g.c.rebases.Add(1)
-			wire = nil // propose again on the new state
-			if err := g.sync(ctx); err != nil && !transient(err) {
-				return Receipt{}, err
-			}
-		case transient(err):
-			// The same bytes again: if they were accepted after all, the
-			// server answers with their receipt.
-		default:
-			return Receipt{}, g.checkRemoved(ctx, err)
-		}
-	}
-	return Receipt{}, fmt.Errorf("client: proposing an Update in group %x failed %d times; try again later: %w", g.id, maxAttempts, lastErr)
+	return g.sendRetrying(ctx, "proposing an Update in", func(wire *[]byte) (Receipt, error) { return g.proposeUpdateOnce(ctx, wire) })
 }
 
 func (g *Group) proposeUpdateOnce(ctx context.Context, wire *[]byte) (Receipt, error) {
