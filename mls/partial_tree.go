@@ -3,7 +3,6 @@ package mls
 import (
 	"bytes"
 	"fmt"
-	"slices"
 )
 
 // A partial ratchet tree: the part of a group's tree one member holds when
@@ -272,13 +271,7 @@ func (t *partialTree) storedParentHash(x NodeIndex) []byte {
 // out of every unmerged_leaves list (§7.9). It returns nil if a removed
 // leaf lies in a pruned subtree.
 func (t *partialTree) originalHash(n *partialNode, x NodeIndex, removed []LeafIndex) []byte {
-	lo, hi := x.leafRange()
-	inside := removed[:0:0]
-	for _, l := range removed {
-		if l >= lo && l < hi {
-			inside = append(inside, l)
-		}
-	}
+	inside := leavesUnder(x, removed)
 	if len(inside) == 0 {
 		return t.hashOf(n, x)
 	}
@@ -294,15 +287,7 @@ func (t *partialTree) originalHash(n *partialNode, x NodeIndex, removed []LeafIn
 	if l == nil || r == nil {
 		return nil
 	}
-	p := n.parent
-	if p != nil {
-		q := *p
-		q.UnmergedLeaves = slices.DeleteFunc(slices.Clone(p.UnmergedLeaves), func(u LeafIndex) bool {
-			return slices.Contains(inside, u)
-		})
-		p = &q
-	}
-	return h.parentNodeHash(p, l, r)
+	return h.parentNodeHash(withoutUnmerged(n.parent, inside), l, r)
 }
 
 // verifyPathParentHashes checks that every non-blank parent on the direct

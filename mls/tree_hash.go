@@ -97,13 +97,7 @@ func (t *RatchetTree) parentNodeHash(p *ParentNode, l, r []byte) []byte {
 // the original_sibling_tree_hash of §7.9. A subtree that contains none of
 // them keeps its cached hash, so this costs O(len(removed) * depth) hashes.
 func (t *RatchetTree) originalHash(h *tnode, x NodeIndex, removed []LeafIndex) []byte {
-	lo, hi := x.leafRange()
-	inside := removed[:0:0]
-	for _, l := range removed {
-		if l >= lo && l < hi {
-			inside = append(inside, l)
-		}
-	}
+	inside := leavesUnder(x, removed)
 	if len(inside) == 0 {
 		return t.hashOf(h, x)
 	}
@@ -115,13 +109,30 @@ func (t *RatchetTree) originalHash(h *tnode, x NodeIndex, removed []LeafIndex) [
 	if l == nil || r == nil {
 		return nil
 	}
-	p := h.parent
-	if p != nil {
-		q := *p
-		q.UnmergedLeaves = slices.DeleteFunc(slices.Clone(p.UnmergedLeaves), func(u LeafIndex) bool {
-			return slices.Contains(inside, u)
-		})
-		p = &q
+	return t.parentNodeHash(withoutUnmerged(h.parent, inside), l, r)
+}
+
+// leavesUnder returns the leaves of list that lie in the subtree at x.
+func leavesUnder(x NodeIndex, list []LeafIndex) []LeafIndex {
+	lo, hi := x.leafRange()
+	var in []LeafIndex
+	for _, l := range list {
+		if l >= lo && l < hi {
+			in = append(in, l)
+		}
 	}
-	return t.parentNodeHash(p, l, r)
+	return in
+}
+
+// withoutUnmerged returns p, or a copy of it whose unmerged_leaves leave
+// out the given leaves; nil stays nil.
+func withoutUnmerged(p *ParentNode, leaves []LeafIndex) *ParentNode {
+	if p == nil {
+		return nil
+	}
+	q := *p
+	q.UnmergedLeaves = slices.DeleteFunc(slices.Clone(p.UnmergedLeaves), func(u LeafIndex) bool {
+		return slices.Contains(leaves, u)
+	})
+	return &q
 }
