@@ -636,7 +636,7 @@ func (g *Group) CommitMessage(opts CommitOptions) (*MLSMessage, *Welcome, error)
 
 	var welcome *Welcome
 	if len(adds) > 0 {
-		if welcome, err = g.welcome(next, adds, joiners, pskIDs, pskSecret); err != nil {
+		if welcome, err = g.welcome(next, adds, joiners, pskIDs, pskSecret, true); err != nil {
 			return nil, nil, err
 		}
 	}
@@ -667,19 +667,23 @@ func (g *Group) protect(ac *AuthenticatedContent) (*MLSMessage, error) {
 	return m, nil
 }
 
-// welcome builds the Welcome of a Commit for the new members (§12.4.3.1).
-func (g *Group) welcome(next *Group, adds []*KeyPackage, joiners []LeafIndex, pskIDs []PreSharedKeyID, pskSecret []byte) (*Welcome, error) {
+// welcome builds the Welcome of a Commit for the new members adds, at
+// leaves joiners (§12.4.3.1); its GroupInfo carries the ratchet_tree
+// extension if withTree.
+func (g *Group) welcome(next *Group, adds []*KeyPackage, joiners []LeafIndex, pskIDs []PreSharedKeyID, pskSecret []byte, withTree bool) (*Welcome, error) {
 	cs := next.pub.CipherSuite()
-	treeData, err := next.pub.Tree().MarshalBinary()
-	if err != nil {
-		return nil, err
-	}
 	gc := next.pub.GroupContext()
 	gi := &GroupInfo{
 		GroupContext:    gc,
-		Extensions:      Extensions{{ExtensionType: ExtensionTypeRatchetTree, ExtensionData: treeData}},
 		ConfirmationTag: next.es.ConfirmationTag(gc.ConfirmedTranscriptHash),
 		Signer:          next.Self(),
+	}
+	if withTree {
+		treeData, err := next.pub.Tree().MarshalBinary()
+		if err != nil {
+			return nil, err
+		}
+		gi.Extensions = Extensions{{ExtensionType: ExtensionTypeRatchetTree, ExtensionData: treeData}}
 	}
 	if err := gi.Sign(g.sigPriv); err != nil {
 		return nil, err

@@ -1,7 +1,6 @@
 package mls
 
 import (
-	"bytes"
 	"errors"
 	"fmt"
 )
@@ -23,32 +22,6 @@ func (g *Group) WelcomeWithoutTree(adds []*KeyPackage) (*Welcome, error) {
 		return nil, errors.New("mls: a Welcome needs at least one new member")
 	}
 	next := g.pending.next
-	cs := next.pub.CipherSuite()
-	gc := next.pub.GroupContext()
-	gi := &GroupInfo{
-		GroupContext:    gc,
-		ConfirmationTag: next.es.ConfirmationTag(gc.ConfirmedTranscriptHash),
-		Signer:          next.Self(),
-	}
-	if err := gi.Sign(g.sigPriv); err != nil {
-		return nil, err
-	}
-	giData, err := gi.MarshalBinary()
-	if err != nil {
-		return nil, err
-	}
-	ks, err := NewKeySchedule(cs, next.es.JoinerSecret, nil)
-	if err != nil {
-		return nil, err
-	}
-	key, nonce, err := ks.WelcomeKey()
-	if err != nil {
-		return nil, err
-	}
-	w := &Welcome{CipherSuite: cs}
-	if w.EncryptedGroupInfo, err = cs.Seal(key, nonce, nil, giData); err != nil {
-		return nil, err
-	}
 	want := make(map[string]int, len(adds))
 	for k, kp := range adds {
 		want[string(mustEncode(&kp.LeafNode))] = k
@@ -65,17 +38,5 @@ func (g *Group) WelcomeWithoutTree(adds []*KeyPackage) (*Welcome, error) {
 	if found != len(adds) {
 		return nil, fmt.Errorf("mls: %d of the KeyPackages are not added by the pending Commit", len(adds)-found)
 	}
-	for k, kp := range adds {
-		ref, err := kp.Ref()
-		if err != nil {
-			return nil, err
-		}
-		gs := &GroupSecrets{JoinerSecret: bytes.Clone(next.es.JoinerSecret), PathSecret: next.keys.PathSecretFor(leaves[k])}
-		kem, ct, err := cs.EncryptWithLabel(kp.InitKey, "Welcome", w.EncryptedGroupInfo, mustEncode(gs))
-		if err != nil {
-			return nil, err
-		}
-		w.Secrets = append(w.Secrets, EncryptedGroupSecrets{NewMember: ref, EncryptedGroupSecrets: HPKECiphertext{KEMOutput: kem, Ciphertext: ct}})
-	}
-	return w, nil
+	return g.welcome(next, adds, leaves, nil, nil, false)
 }
