@@ -979,18 +979,23 @@ func (g *Group) Seal(data, authenticatedData []byte) (*PrivateMessage, error) {
 	if err := g.checkCanSend(); err != nil {
 		return nil, err
 	}
-	gc := g.pub.GroupContext()
+	return sealApplication(g.pub.GroupContext(), g.keys.Self(), g.sigPriv, g.es.SenderDataSecret, g.st, data, authenticatedData)
+}
+
+// sealApplication signs data as an application message of the member at
+// self in the epoch of gc and encrypts it with the epoch's secrets (§6.3).
+func sealApplication(gc GroupContext, self LeafIndex, sigPriv, senderDataSecret []byte, st *SecretTree, data, authenticatedData []byte) (*PrivateMessage, error) {
 	ac := &AuthenticatedContent{
 		WireFormat: WireFormatPrivateMessage,
 		Content: FramedContent{GroupID: gc.GroupID, Epoch: gc.Epoch,
-			Sender:            Sender{SenderType: SenderTypeMember, LeafIndex: g.keys.Self()},
+			Sender:            Sender{SenderType: SenderTypeMember, LeafIndex: self},
 			AuthenticatedData: bytes.Clone(authenticatedData),
 			ContentType:       ContentTypeApplication, Application: bytes.Clone(data)},
 	}
-	if err := ac.Sign(gc.CipherSuite, g.sigPriv, &gc); err != nil {
+	if err := ac.Sign(gc.CipherSuite, sigPriv, &gc); err != nil {
 		return nil, err
 	}
-	return ProtectPrivate(ac, g.es.SenderDataSecret, g.st, 0)
+	return ProtectPrivate(ac, senderDataSecret, st, 0)
 }
 
 // Open decrypts an application PrivateMessage and verifies its signature

@@ -435,18 +435,7 @@ func (g *PartialGroup) Seal(data, authenticatedData []byte) (*PrivateMessage, er
 	if err := g.checkActive(); err != nil {
 		return nil, err
 	}
-	gc := g.gc
-	ac := &AuthenticatedContent{
-		WireFormat: WireFormatPrivateMessage,
-		Content: FramedContent{GroupID: gc.GroupID, Epoch: gc.Epoch,
-			Sender:            Sender{SenderType: SenderTypeMember, LeafIndex: g.keys.Self()},
-			AuthenticatedData: bytes.Clone(authenticatedData),
-			ContentType:       ContentTypeApplication, Application: bytes.Clone(data)},
-	}
-	if err := ac.Sign(gc.CipherSuite, g.sigPriv, &gc); err != nil {
-		return nil, err
-	}
-	return ProtectPrivate(ac, g.es.SenderDataSecret, g.st, 0)
+	return sealApplication(g.gc, g.keys.Self(), g.sigPriv, g.es.SenderDataSecret, g.st, data, authenticatedData)
 }
 
 // Open decrypts an application PrivateMessage of the current epoch and
