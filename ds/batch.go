@@ -1,7 +1,6 @@
 package ds
 
 import (
-	"bytes"
 	"context"
 	"fmt"
 	"sync"
@@ -135,14 +134,10 @@ func (b *batcher) accept(ctx context.Context, p AcceptParams, topics []string) (
 // leaves what is still queued to a committer goroutine.
 func (b *batcher) lead(own *acceptReq) {
 	for {
-		b.mu.Lock()
-		reqs := b.take()
-		if len(reqs) == 0 {
-			b.running = false
-			b.mu.Unlock()
+		reqs := b.next()
+		if reqs == nil {
 			return
 		}
-		b.mu.Unlock()
 		b.commit(reqs)
 		select {
 		case <-own.done:
@@ -163,16 +158,25 @@ func (b *batcher) lead(own *acceptReq) {
 // one batch, and repeats until the queue is empty.
 func (b *batcher) run() {
 	for {
-		b.mu.Lock()
-		reqs := b.take()
-		if len(reqs) == 0 {
-			b.running = false
-			b.mu.Unlock()
+		reqs := b.next()
+		if reqs == nil {
 			return
 		}
-		b.mu.Unlock()
 		b.commit(reqs)
 	}
+}
+
+// next takes the next batch from the queue; if there is none, the
+// committer stops (running turns false) and next returns nil.
+func (b *batcher) next() []*acceptReq {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	reqs := b.take()
+	if len(reqs) == 0 {
+		b.running = false
+		return nil
+	}
+	return reqs
 }
 
 // take removes the next batch from the queue, dropping withdrawn
@@ -271,18 +275,9 @@ func (b *batcher) safeAccept(ctx context.Context, ps []AcceptParams) (res []Acce
 // with the same typed errors. Sparing the reads matters: they cost more
 // than the message's share of a batched commit.
 func (s *Service) prepareApplication(sub *submission) (AcceptParams, []string) {
-	p := AcceptParams{
-		GroupID:       bytes.Clone(sub.groupID),
-		Hash:          sub.hash,
-		Epoch:         sub.epoch,
-		ContentType:   sub.ct,
-		WireFormat:    sub.wf,
-		Sender:        sub.sender,
-		Data:          sub.data,
-		AcceptedAt:    s.now(),
-		MaxEpochLag:   s.cfg.AppMessageEpochWindow,
-		RequireMember: true,
-	}
+	p := s.acceptParams(sub)
+	p.MaxEpochLag = s.cfg.AppMessageEpochWindow
+	p.RequireMember = true
 	return p, []string{GroupTopic(sub.groupID)}
 }
 

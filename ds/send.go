@@ -139,6 +139,21 @@ func (s *Service) resubmitted(ctx context.Context, sub *submission, r Receipt) (
 	return Receipt{}, fmt.Errorf("%w: %x", ErrNotMember, sub.groupID)
 }
 
+// acceptParams is what every submission stores: the message and its
+// clear header, accepted now.
+func (s *Service) acceptParams(sub *submission) AcceptParams {
+	return AcceptParams{
+		GroupID:     bytes.Clone(sub.groupID),
+		Hash:        sub.hash,
+		Epoch:       sub.epoch,
+		ContentType: sub.ct,
+		WireFormat:  sub.wf,
+		Sender:      sub.sender,
+		Data:        sub.data,
+		AcceptedAt:  s.now(),
+	}
+}
+
 // parseSubmission decodes the message and reads its clear header.
 func parseSubmission(sender string, data []byte, b *CommitBundle) (*submission, error) {
 	m, err := mls.ParseMLSMessage(data)
@@ -178,16 +193,7 @@ func (s *Service) prepare(ctx context.Context, sub *submission) (AcceptParams, [
 	if err != nil {
 		return AcceptParams{}, nil, err
 	}
-	p := AcceptParams{
-		GroupID:     bytes.Clone(sub.groupID),
-		Hash:        sub.hash,
-		Epoch:       sub.epoch,
-		ContentType: sub.ct,
-		WireFormat:  sub.wf,
-		Sender:      sub.sender,
-		Data:        sub.data,
-		AcceptedAt:  s.now(),
-	}
+	p := s.acceptParams(sub)
 	if sub.ct == mls.ContentTypeApplication {
 		p.MaxEpochLag = s.cfg.AppMessageEpochWindow
 	}
