@@ -2,12 +2,10 @@ package ds
 
 import (
 	"context"
-	"runtime"
 	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
-	"weak"
 
 	"github.com/mlsds/mlsds/mls"
 )
@@ -50,24 +48,14 @@ type fanout struct {
 	poll poller
 }
 
-// fanouts holds the fanout of each Service. The Service does not know it
-// (its struct is shared with other code); the entry goes when the Service
-// is garbage collected.
-var fanouts sync.Map // weak.Pointer[Service] -> *fanout
-
-func (s *Service) fanout() *fanout {
-	key := weak.Make(s)
-	if f, ok := fanouts.Load(key); ok {
-		return f.(*fanout)
-	}
-	f := &fanout{store: s.store, notifier: s.notifier, cfg: s.cfg, groups: make(map[string]*groupTail)}
-	f.poll.init(s.cfg.PollInterval)
-	if actual, loaded := fanouts.LoadOrStore(key, f); loaded {
-		return actual.(*fanout)
-	}
-	runtime.AddCleanup(s, func(k weak.Pointer[Service]) { fanouts.Delete(k) }, key)
+// newFanout returns the fan-out of a Service (Service.New makes one).
+func newFanout(store Store, notifier Notifier, cfg Config) *fanout {
+	f := &fanout{store: store, notifier: notifier, cfg: cfg, groups: make(map[string]*groupTail)}
+	f.poll.init(cfg.PollInterval)
 	return f
 }
+
+func (s *Service) fanout() *fanout { return s.fan }
 
 // groupTail is the recent end of one group's messages, shared by the
 // subscriptions of this node that follow the group.

@@ -39,6 +39,10 @@ type Service struct {
 	// states caches the decoded states of transparent groups
 	// (statecache.go).
 	states stateCache
+
+	// fan shares the recent messages of each group between the
+	// subscriptions of this node (fanout.go).
+	fan *fanout
 }
 
 // New returns a Service over store. The zero Config is a reasonable one.
@@ -64,6 +68,7 @@ func New(store Store, cfg Config) *Service {
 			burstOf(cfg.ClaimsPerTargetPerMinute), cfg.MaxRateLimitKeys),
 	}
 	s.batcher = newBatcher(store, s.notify)
+	s.fan = newFanout(store, n, cfg)
 	return s
 }
 
