@@ -660,11 +660,15 @@ func (s *clientSession) findGroup(ctx context.Context, name string) (*client.Gro
 	s.mu.Lock()
 	s.joined[name] = ch
 	s.mu.Unlock()
-	t := time.NewTimer(3 * time.Second)
-	defer t.Stop()
+	// A Welcome waiting for this client comes before the stream's
+	// caught-up point: wait for that, or for the join itself.
+	wctx, cancel := context.WithTimeout(ctx, 3*time.Second)
+	defer cancel()
+	caughtUp := make(chan struct{})
+	go func() { s.c.WaitCaughtUp(wctx); close(caughtUp) }()
 	select {
 	case <-ch:
-	case <-t.C:
+	case <-caughtUp:
 	case <-ctx.Done():
 		return nil, ctx.Err()
 	}
@@ -773,43 +777,22 @@ func clientLeave(ctx context.Context, s *clientSession, args []string) error {
 	if err != nil {
 		return err
 	}
-	epoch := g.Epoch()
 	if err := g.Leave(ctx); err != nil {
 		return err
 	}
 	if s.opts.wait > 0 {
+		// The SDK proposes the removal again in every epoch until another
+		// member commits it.
 		wctx, cancel := context.WithTimeout(ctx, s.opts.wait)
 		defer cancel()
-		for wctx.Err() == nil {
-			if _, err := g.GroupInfo(); errors.Is(err, client.ErrRemoved) {
-				return nil
-			}
-			if err := g.Sync(wctx); errors.Is(err, client.ErrRemoved) {
-				return nil
-			}
-			// A Commit that did not take in the proposal ended its epoch,
-			// and the proposal with it (the SDK does not propose again on
-			// its own): propose again.
-			if e := g.Epoch(); e != epoch {
-				epoch = e
-				if err := g.Leave(wctx); err != nil && wctx.Err() == nil {
-					return err
-				}
-			}
-			sleepCtx(wctx, 200*time.Millisecond)
+		if err := g.WaitRemoved(wctx); err == nil {
+			return nil
+		} else if wctx.Err() == nil {
+			return err
 		}
 	}
 	fmt.Fprintf(s.stderr, "asked to leave %s: another member's client commits your removal when it next runs (a 'listen', or any command)\n", args[0])
 	return nil
-}
-
-func sleepCtx(ctx context.Context, d time.Duration) {
-	t := time.NewTimer(d)
-	defer t.Stop()
-	select {
-	case <-ctx.Done():
-	case <-t.C:
-	}
 }
 
 func clientUpdate(ctx context.Context, s *clientSession, args []string) error {
@@ -821,10 +804,8 @@ func clientUpdate(ctx context.Context, s *clientSession, args []string) error {
 }
 
 func clientJoin(ctx context.Context, s *clientSession, args []string) error {
-	if g := s.c.Group([]byte(args[0])); g != nil {
-		if _, err := g.GroupInfo(); err == nil {
-			return fmt.Errorf("you are a member of %s already", args[0])
-		}
+	if g := s.c.Group([]byte(args[0])); g != nil && !g.Removed() && !g.Broken() {
+		return fmt.Errorf("you are a member of %s already", args[0])
 	}
 	_, err := s.c.JoinExternal(ctx, []byte(args[0]))
 	return err
@@ -840,18 +821,20 @@ type groupStatus struct {
 }
 
 func clientGroups(ctx context.Context, s *clientSession, _ []string) error {
-	// Welcomes come on the stream only: give it a moment to deliver the
-	// ones waiting (the SDK does not say when it caught up).
-	sleepCtx(ctx, 500*time.Millisecond)
+	// Welcomes come on the stream only: let it deliver the ones waiting.
+	wctx, cancel := context.WithTimeout(ctx, 3*time.Second)
+	s.c.WaitCaughtUp(wctx)
+	cancel()
 	if err := s.c.Sync(ctx); err != nil {
 		return err
 	}
 	var list []groupStatus
 	for _, g := range s.c.Groups() {
 		st := groupStatus{Group: groupName(g.ID()), GroupID: hex.EncodeToString(g.ID()), Epoch: g.Epoch(), Members: g.Members(), Status: "member"}
-		if _, err := g.GroupInfo(); errors.Is(err, client.ErrRemoved) {
+		switch {
+		case g.Removed():
 			st.Status = "removed"
-		} else if errors.Is(err, client.ErrGroupBroken) {
+		case g.Broken():
 			st.Status = "broken"
 		}
 		list = append(list, st)
