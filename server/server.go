@@ -159,6 +159,7 @@ var Services = []string{
 	mlsdsv1connect.KeyPackageServiceName,
 	mlsdsv1connect.GroupServiceName,
 	mlsdsv1connect.DeliveryServiceName,
+	mlsdsv1connect.AccountServiceName,
 }
 
 // New returns a Server over svc.
@@ -219,6 +220,7 @@ func New(svc *ds.Service, cfg Config) (*Server, error) {
 	s.mux.Handle(mlsdsv1connect.NewKeyPackageServiceHandler(&keyPackageService{s}, opts...))
 	s.mux.Handle(mlsdsv1connect.NewGroupServiceHandler(&groupService{s}, opts...))
 	s.mux.Handle(mlsdsv1connect.NewDeliveryServiceHandler(&deliveryService{s}, opts...))
+	s.mux.Handle(mlsdsv1connect.NewAccountServiceHandler(&accountService{s}, opts...))
 	s.health = grpchealth.NewStaticChecker(Services...)
 	s.mux.Handle(grpchealth.NewHandler(s.health))
 	s.mux.HandleFunc("GET /healthz", s.healthz)

@@ -41,7 +41,24 @@ type RegisterClientRequest struct {
 	//
 	//	*RegisterClientRequest_EnrollmentToken
 	//	*RegisterClientRequest_Jwt
-	Enrollment    isRegisterClientRequest_Enrollment `protobuf_oneof:"enrollment"`
+	Enrollment isRegisterClientRequest_Enrollment `protobuf_oneof:"enrollment"`
+	// Proof of possession of signature_key: SignWithLabel(signature_key,
+	// "mlsds register", RegisterTBS) (RFC 9420 §5.1.2), where RegisterTBS is
+	// the TLS encoding of
+	//
+	//	struct {
+	//	  opaque credential<V>;     // as in field 1
+	//	  opaque signature_key<V>;  // as in field 2
+	//	  uint16 cipher_suite;
+	//	  opaque user_id<V>;        // as in field 4, UTF-8
+	//	} RegisterTBS;
+	//
+	// Required.
+	Proof []byte `protobuf:"bytes,7,opt,name=proof,proto3" json:"proof,omitempty"`
+	// A one-time link from AccountService.CreateDeviceLink, made by a client
+	// already registered under user_id. Open registration requires it for
+	// every client of a user but the first.
+	DeviceLink    string `protobuf:"bytes,8,opt,name=device_link,json=deviceLink,proto3" json:"device_link,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -125,6 +142,20 @@ func (x *RegisterClientRequest) GetJwt() string {
 		if x, ok := x.Enrollment.(*RegisterClientRequest_Jwt); ok {
 			return x.Jwt
 		}
+	}
+	return ""
+}
+
+func (x *RegisterClientRequest) GetProof() []byte {
+	if x != nil {
+		return x.Proof
+	}
+	return nil
+}
+
+func (x *RegisterClientRequest) GetDeviceLink() string {
+	if x != nil {
+		return x.DeviceLink
 	}
 	return ""
 }
@@ -425,7 +456,7 @@ var File_mlsds_v1_auth_proto protoreflect.FileDescriptor
 
 const file_mlsds_v1_auth_proto_rawDesc = "" +
 	"\n" +
-	"\x13mlsds/v1/auth.proto\x12\bmlsds.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\xe7\x01\n" +
+	"\x13mlsds/v1/auth.proto\x12\bmlsds.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\x9e\x02\n" +
 	"\x15RegisterClientRequest\x12\x1e\n" +
 	"\n" +
 	"credential\x18\x01 \x01(\fR\n" +
@@ -434,7 +465,10 @@ const file_mlsds_v1_auth_proto_rawDesc = "" +
 	"\fcipher_suite\x18\x03 \x01(\rR\vcipherSuite\x12\x17\n" +
 	"\auser_id\x18\x04 \x01(\tR\x06userId\x12+\n" +
 	"\x10enrollment_token\x18\x05 \x01(\tH\x00R\x0fenrollmentToken\x12\x12\n" +
-	"\x03jwt\x18\x06 \x01(\tH\x00R\x03jwtB\f\n" +
+	"\x03jwt\x18\x06 \x01(\tH\x00R\x03jwt\x12\x14\n" +
+	"\x05proof\x18\a \x01(\fR\x05proof\x12\x1f\n" +
+	"\vdevice_link\x18\b \x01(\tR\n" +
+	"deviceLinkB\f\n" +
 	"\n" +
 	"enrollment\"N\n" +
 	"\x16RegisterClientResponse\x12\x1b\n" +

@@ -9,6 +9,7 @@ package mlsdsv1
 import (
 	protoreflect "google.golang.org/protobuf/reflect/protoreflect"
 	protoimpl "google.golang.org/protobuf/runtime/protoimpl"
+	timestamppb "google.golang.org/protobuf/types/known/timestamppb"
 	reflect "reflect"
 	sync "sync"
 	unsafe "unsafe"
@@ -214,7 +215,10 @@ func (x *CreateGroupResponse) GetGroupId() []byte {
 type SendRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// One MLSMessage (PublicMessage or PrivateMessage).
-	Message       []byte `protobuf:"bytes,1,opt,name=message,proto3" json:"message,omitempty"`
+	Message []byte `protobuf:"bytes,1,opt,name=message,proto3" json:"message,omitempty"`
+	// A join link token, for a new_member_proposal Add of a client that is
+	// not yet a member.
+	JoinToken     string `protobuf:"bytes,2,opt,name=join_token,json=joinToken,proto3" json:"join_token,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -254,6 +258,13 @@ func (x *SendRequest) GetMessage() []byte {
 		return x.Message
 	}
 	return nil
+}
+
+func (x *SendRequest) GetJoinToken() string {
+	if x != nil {
+		return x.JoinToken
+	}
+	return ""
 }
 
 type SendResponse struct {
@@ -314,7 +325,10 @@ type SendCommitBundleRequest struct {
 	Removed []string `protobuf:"bytes,5,rep,name=removed,proto3" json:"removed,omitempty"`
 	// Opaque mode: the encrypted GroupInfo and ratchet tree of the epoch the
 	// Commit starts; stored with the Commit, in the same transaction.
-	RemoteTree    *RemoteTree `protobuf:"bytes,6,opt,name=remote_tree,json=remoteTree,proto3" json:"remote_tree,omitempty"`
+	RemoteTree *RemoteTree `protobuf:"bytes,6,opt,name=remote_tree,json=remoteTree,proto3" json:"remote_tree,omitempty"`
+	// A join link token, for an external Commit by a client that is neither
+	// a member nor a device of a member's user.
+	JoinToken     string `protobuf:"bytes,7,opt,name=join_token,json=joinToken,proto3" json:"join_token,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -389,6 +403,13 @@ func (x *SendCommitBundleRequest) GetRemoteTree() *RemoteTree {
 		return x.RemoteTree
 	}
 	return nil
+}
+
+func (x *SendCommitBundleRequest) GetJoinToken() string {
+	if x != nil {
+		return x.JoinToken
+	}
+	return ""
 }
 
 type SendCommitBundleResponse struct {
@@ -685,8 +706,11 @@ func (*AckResponse) Descriptor() ([]byte, []int) {
 }
 
 type GetGroupInfoRequest struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	GroupId       []byte                 `protobuf:"bytes,1,opt,name=group_id,json=groupId,proto3" json:"group_id,omitempty"`
+	state   protoimpl.MessageState `protogen:"open.v1"`
+	GroupId []byte                 `protobuf:"bytes,1,opt,name=group_id,json=groupId,proto3" json:"group_id,omitempty"`
+	// A join link token, for a client that is neither a member nor a device
+	// of a member's user.
+	JoinToken     string `protobuf:"bytes,2,opt,name=join_token,json=joinToken,proto3" json:"join_token,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -726,6 +750,13 @@ func (x *GetGroupInfoRequest) GetGroupId() []byte {
 		return x.GroupId
 	}
 	return nil
+}
+
+func (x *GetGroupInfoRequest) GetJoinToken() string {
+	if x != nil {
+		return x.JoinToken
+	}
+	return ""
 }
 
 type GetGroupInfoResponse struct {
@@ -1547,11 +1578,471 @@ func (x *GetRemoteTreeResponse) GetRemoteTrees() []*RemoteTree {
 	return nil
 }
 
+type CreateJoinLinkRequest struct {
+	state   protoimpl.MessageState `protogen:"open.v1"`
+	GroupId []byte                 `protobuf:"bytes,1,opt,name=group_id,json=groupId,proto3" json:"group_id,omitempty"`
+	// How long the link is valid; 0 means the server's default (7 days).
+	TtlSeconds    uint32 `protobuf:"varint,2,opt,name=ttl_seconds,json=ttlSeconds,proto3" json:"ttl_seconds,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *CreateJoinLinkRequest) Reset() {
+	*x = CreateJoinLinkRequest{}
+	mi := &file_mlsds_v1_groups_proto_msgTypes[25]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *CreateJoinLinkRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*CreateJoinLinkRequest) ProtoMessage() {}
+
+func (x *CreateJoinLinkRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_mlsds_v1_groups_proto_msgTypes[25]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use CreateJoinLinkRequest.ProtoReflect.Descriptor instead.
+func (*CreateJoinLinkRequest) Descriptor() ([]byte, []int) {
+	return file_mlsds_v1_groups_proto_rawDescGZIP(), []int{25}
+}
+
+func (x *CreateJoinLinkRequest) GetGroupId() []byte {
+	if x != nil {
+		return x.GroupId
+	}
+	return nil
+}
+
+func (x *CreateJoinLinkRequest) GetTtlSeconds() uint32 {
+	if x != nil {
+		return x.TtlSeconds
+	}
+	return 0
+}
+
+type CreateJoinLinkResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Names the link, for RevokeJoinLink; not secret.
+	LinkId string `protobuf:"bytes,1,opt,name=link_id,json=linkId,proto3" json:"link_id,omitempty"`
+	// The secret to share: GetGroupInfoRequest.join_token and
+	// SendCommitBundleRequest.join_token.
+	JoinToken     string                 `protobuf:"bytes,2,opt,name=join_token,json=joinToken,proto3" json:"join_token,omitempty"`
+	ExpiresAt     *timestamppb.Timestamp `protobuf:"bytes,3,opt,name=expires_at,json=expiresAt,proto3" json:"expires_at,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *CreateJoinLinkResponse) Reset() {
+	*x = CreateJoinLinkResponse{}
+	mi := &file_mlsds_v1_groups_proto_msgTypes[26]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *CreateJoinLinkResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*CreateJoinLinkResponse) ProtoMessage() {}
+
+func (x *CreateJoinLinkResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_mlsds_v1_groups_proto_msgTypes[26]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use CreateJoinLinkResponse.ProtoReflect.Descriptor instead.
+func (*CreateJoinLinkResponse) Descriptor() ([]byte, []int) {
+	return file_mlsds_v1_groups_proto_rawDescGZIP(), []int{26}
+}
+
+func (x *CreateJoinLinkResponse) GetLinkId() string {
+	if x != nil {
+		return x.LinkId
+	}
+	return ""
+}
+
+func (x *CreateJoinLinkResponse) GetJoinToken() string {
+	if x != nil {
+		return x.JoinToken
+	}
+	return ""
+}
+
+func (x *CreateJoinLinkResponse) GetExpiresAt() *timestamppb.Timestamp {
+	if x != nil {
+		return x.ExpiresAt
+	}
+	return nil
+}
+
+type RevokeJoinLinkRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	GroupId       []byte                 `protobuf:"bytes,1,opt,name=group_id,json=groupId,proto3" json:"group_id,omitempty"`
+	LinkId        string                 `protobuf:"bytes,2,opt,name=link_id,json=linkId,proto3" json:"link_id,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RevokeJoinLinkRequest) Reset() {
+	*x = RevokeJoinLinkRequest{}
+	mi := &file_mlsds_v1_groups_proto_msgTypes[27]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RevokeJoinLinkRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RevokeJoinLinkRequest) ProtoMessage() {}
+
+func (x *RevokeJoinLinkRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_mlsds_v1_groups_proto_msgTypes[27]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RevokeJoinLinkRequest.ProtoReflect.Descriptor instead.
+func (*RevokeJoinLinkRequest) Descriptor() ([]byte, []int) {
+	return file_mlsds_v1_groups_proto_rawDescGZIP(), []int{27}
+}
+
+func (x *RevokeJoinLinkRequest) GetGroupId() []byte {
+	if x != nil {
+		return x.GroupId
+	}
+	return nil
+}
+
+func (x *RevokeJoinLinkRequest) GetLinkId() string {
+	if x != nil {
+		return x.LinkId
+	}
+	return ""
+}
+
+type RevokeJoinLinkResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RevokeJoinLinkResponse) Reset() {
+	*x = RevokeJoinLinkResponse{}
+	mi := &file_mlsds_v1_groups_proto_msgTypes[28]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RevokeJoinLinkResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RevokeJoinLinkResponse) ProtoMessage() {}
+
+func (x *RevokeJoinLinkResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_mlsds_v1_groups_proto_msgTypes[28]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RevokeJoinLinkResponse.ProtoReflect.Descriptor instead.
+func (*RevokeJoinLinkResponse) Descriptor() ([]byte, []int) {
+	return file_mlsds_v1_groups_proto_rawDescGZIP(), []int{28}
+}
+
+type ListJoinLinksRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	GroupId       []byte                 `protobuf:"bytes,1,opt,name=group_id,json=groupId,proto3" json:"group_id,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListJoinLinksRequest) Reset() {
+	*x = ListJoinLinksRequest{}
+	mi := &file_mlsds_v1_groups_proto_msgTypes[29]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListJoinLinksRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListJoinLinksRequest) ProtoMessage() {}
+
+func (x *ListJoinLinksRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_mlsds_v1_groups_proto_msgTypes[29]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListJoinLinksRequest.ProtoReflect.Descriptor instead.
+func (*ListJoinLinksRequest) Descriptor() ([]byte, []int) {
+	return file_mlsds_v1_groups_proto_rawDescGZIP(), []int{29}
+}
+
+func (x *ListJoinLinksRequest) GetGroupId() []byte {
+	if x != nil {
+		return x.GroupId
+	}
+	return nil
+}
+
+// JoinLink describes a live join link, without its token.
+type JoinLink struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	LinkId        string                 `protobuf:"bytes,1,opt,name=link_id,json=linkId,proto3" json:"link_id,omitempty"`
+	CreatedBy     string                 `protobuf:"bytes,2,opt,name=created_by,json=createdBy,proto3" json:"created_by,omitempty"`
+	CreatedAt     *timestamppb.Timestamp `protobuf:"bytes,3,opt,name=created_at,json=createdAt,proto3" json:"created_at,omitempty"`
+	ExpiresAt     *timestamppb.Timestamp `protobuf:"bytes,4,opt,name=expires_at,json=expiresAt,proto3" json:"expires_at,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *JoinLink) Reset() {
+	*x = JoinLink{}
+	mi := &file_mlsds_v1_groups_proto_msgTypes[30]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *JoinLink) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*JoinLink) ProtoMessage() {}
+
+func (x *JoinLink) ProtoReflect() protoreflect.Message {
+	mi := &file_mlsds_v1_groups_proto_msgTypes[30]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use JoinLink.ProtoReflect.Descriptor instead.
+func (*JoinLink) Descriptor() ([]byte, []int) {
+	return file_mlsds_v1_groups_proto_rawDescGZIP(), []int{30}
+}
+
+func (x *JoinLink) GetLinkId() string {
+	if x != nil {
+		return x.LinkId
+	}
+	return ""
+}
+
+func (x *JoinLink) GetCreatedBy() string {
+	if x != nil {
+		return x.CreatedBy
+	}
+	return ""
+}
+
+func (x *JoinLink) GetCreatedAt() *timestamppb.Timestamp {
+	if x != nil {
+		return x.CreatedAt
+	}
+	return nil
+}
+
+func (x *JoinLink) GetExpiresAt() *timestamppb.Timestamp {
+	if x != nil {
+		return x.ExpiresAt
+	}
+	return nil
+}
+
+type ListJoinLinksResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Links         []*JoinLink            `protobuf:"bytes,1,rep,name=links,proto3" json:"links,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListJoinLinksResponse) Reset() {
+	*x = ListJoinLinksResponse{}
+	mi := &file_mlsds_v1_groups_proto_msgTypes[31]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListJoinLinksResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListJoinLinksResponse) ProtoMessage() {}
+
+func (x *ListJoinLinksResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_mlsds_v1_groups_proto_msgTypes[31]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListJoinLinksResponse.ProtoReflect.Descriptor instead.
+func (*ListJoinLinksResponse) Descriptor() ([]byte, []int) {
+	return file_mlsds_v1_groups_proto_rawDescGZIP(), []int{31}
+}
+
+func (x *ListJoinLinksResponse) GetLinks() []*JoinLink {
+	if x != nil {
+		return x.Links
+	}
+	return nil
+}
+
+type LeaveGroupRequest struct {
+	state   protoimpl.MessageState `protogen:"open.v1"`
+	GroupId []byte                 `protobuf:"bytes,1,opt,name=group_id,json=groupId,proto3" json:"group_id,omitempty"`
+	// Transparent groups, optional: the caller's own Remove Proposal
+	// (PublicMessage) for the current epoch.
+	RemoveProposal []byte `protobuf:"bytes,2,opt,name=remove_proposal,json=removeProposal,proto3" json:"remove_proposal,omitempty"`
+	unknownFields  protoimpl.UnknownFields
+	sizeCache      protoimpl.SizeCache
+}
+
+func (x *LeaveGroupRequest) Reset() {
+	*x = LeaveGroupRequest{}
+	mi := &file_mlsds_v1_groups_proto_msgTypes[32]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *LeaveGroupRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*LeaveGroupRequest) ProtoMessage() {}
+
+func (x *LeaveGroupRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_mlsds_v1_groups_proto_msgTypes[32]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use LeaveGroupRequest.ProtoReflect.Descriptor instead.
+func (*LeaveGroupRequest) Descriptor() ([]byte, []int) {
+	return file_mlsds_v1_groups_proto_rawDescGZIP(), []int{32}
+}
+
+func (x *LeaveGroupRequest) GetGroupId() []byte {
+	if x != nil {
+		return x.GroupId
+	}
+	return nil
+}
+
+func (x *LeaveGroupRequest) GetRemoveProposal() []byte {
+	if x != nil {
+		return x.RemoveProposal
+	}
+	return nil
+}
+
+type LeaveGroupResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The last sequence number delivered to the caller.
+	LastSeq       uint64 `protobuf:"varint,1,opt,name=last_seq,json=lastSeq,proto3" json:"last_seq,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *LeaveGroupResponse) Reset() {
+	*x = LeaveGroupResponse{}
+	mi := &file_mlsds_v1_groups_proto_msgTypes[33]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *LeaveGroupResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*LeaveGroupResponse) ProtoMessage() {}
+
+func (x *LeaveGroupResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_mlsds_v1_groups_proto_msgTypes[33]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use LeaveGroupResponse.ProtoReflect.Descriptor instead.
+func (*LeaveGroupResponse) Descriptor() ([]byte, []int) {
+	return file_mlsds_v1_groups_proto_rawDescGZIP(), []int{33}
+}
+
+func (x *LeaveGroupResponse) GetLastSeq() uint64 {
+	if x != nil {
+		return x.LastSeq
+	}
+	return 0
+}
+
 var File_mlsds_v1_groups_proto protoreflect.FileDescriptor
 
 const file_mlsds_v1_groups_proto_rawDesc = "" +
 	"\n" +
-	"\x15mlsds/v1/groups.proto\x12\bmlsds.v1\x1a\x15mlsds/v1/common.proto\"\xca\x01\n" +
+	"\x15mlsds/v1/groups.proto\x12\bmlsds.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x15mlsds/v1/common.proto\"\xca\x01\n" +
 	"\x12CreateGroupRequest\x12\x19\n" +
 	"\bgroup_id\x18\x01 \x01(\fR\agroupId\x12'\n" +
 	"\x04mode\x18\x02 \x01(\x0e2\x13.mlsds.v1.GroupModeR\x04mode\x12\x1d\n" +
@@ -1561,11 +2052,13 @@ const file_mlsds_v1_groups_proto_rawDesc = "" +
 	"\amembers\x18\x05 \x03(\tR\amembers\x12\x14\n" +
 	"\x05epoch\x18\x06 \x01(\x04R\x05epoch\"0\n" +
 	"\x13CreateGroupResponse\x12\x19\n" +
-	"\bgroup_id\x18\x01 \x01(\fR\agroupId\"'\n" +
+	"\bgroup_id\x18\x01 \x01(\fR\agroupId\"F\n" +
 	"\vSendRequest\x12\x18\n" +
-	"\amessage\x18\x01 \x01(\fR\amessage\";\n" +
+	"\amessage\x18\x01 \x01(\fR\amessage\x12\x1d\n" +
+	"\n" +
+	"join_token\x18\x02 \x01(\tR\tjoinToken\";\n" +
 	"\fSendResponse\x12+\n" +
-	"\areceipt\x18\x01 \x01(\v2\x11.mlsds.v1.ReceiptR\areceipt\"\xd1\x01\n" +
+	"\areceipt\x18\x01 \x01(\v2\x11.mlsds.v1.ReceiptR\areceipt\"\xf0\x01\n" +
 	"\x17SendCommitBundleRequest\x12\x16\n" +
 	"\x06commit\x18\x01 \x01(\fR\x06commit\x12\x18\n" +
 	"\awelcome\x18\x02 \x01(\fR\awelcome\x12\x1d\n" +
@@ -1574,7 +2067,9 @@ const file_mlsds_v1_groups_proto_rawDesc = "" +
 	"\x05added\x18\x04 \x03(\tR\x05added\x12\x18\n" +
 	"\aremoved\x18\x05 \x03(\tR\aremoved\x125\n" +
 	"\vremote_tree\x18\x06 \x01(\v2\x14.mlsds.v1.RemoteTreeR\n" +
-	"remoteTree\"G\n" +
+	"remoteTree\x12\x1d\n" +
+	"\n" +
+	"join_token\x18\a \x01(\tR\tjoinToken\"G\n" +
 	"\x18SendCommitBundleResponse\x12+\n" +
 	"\areceipt\x18\x01 \x01(\v2\x11.mlsds.v1.ReceiptR\areceipt\"Z\n" +
 	"\fFetchRequest\x12\x19\n" +
@@ -1590,9 +2085,11 @@ const file_mlsds_v1_groups_proto_rawDesc = "" +
 	"\n" +
 	"AckRequest\x12*\n" +
 	"\acursors\x18\x01 \x03(\v2\x10.mlsds.v1.CursorR\acursors\"\r\n" +
-	"\vAckResponse\"0\n" +
+	"\vAckResponse\"O\n" +
 	"\x13GetGroupInfoRequest\x12\x19\n" +
-	"\bgroup_id\x18\x01 \x01(\fR\agroupId\"\xed\x01\n" +
+	"\bgroup_id\x18\x01 \x01(\fR\agroupId\x12\x1d\n" +
+	"\n" +
+	"join_token\x18\x02 \x01(\tR\tjoinToken\"\xed\x01\n" +
 	"\x14GetGroupInfoResponse\x12\x19\n" +
 	"\bgroup_id\x18\x01 \x01(\fR\agroupId\x12'\n" +
 	"\x04mode\x18\x02 \x01(\x0e2\x13.mlsds.v1.GroupModeR\x04mode\x12\x14\n" +
@@ -1654,11 +2151,42 @@ const file_mlsds_v1_groups_proto_rawDesc = "" +
 	"\x15GetRemoteTreeResponse\x12\x19\n" +
 	"\bgroup_id\x18\x01 \x01(\fR\agroupId\x12\x14\n" +
 	"\x05epoch\x18\x02 \x01(\x04R\x05epoch\x127\n" +
-	"\fremote_trees\x18\x03 \x03(\v2\x14.mlsds.v1.RemoteTreeR\vremoteTrees*Z\n" +
+	"\fremote_trees\x18\x03 \x03(\v2\x14.mlsds.v1.RemoteTreeR\vremoteTrees\"S\n" +
+	"\x15CreateJoinLinkRequest\x12\x19\n" +
+	"\bgroup_id\x18\x01 \x01(\fR\agroupId\x12\x1f\n" +
+	"\vttl_seconds\x18\x02 \x01(\rR\n" +
+	"ttlSeconds\"\x8b\x01\n" +
+	"\x16CreateJoinLinkResponse\x12\x17\n" +
+	"\alink_id\x18\x01 \x01(\tR\x06linkId\x12\x1d\n" +
+	"\n" +
+	"join_token\x18\x02 \x01(\tR\tjoinToken\x129\n" +
+	"\n" +
+	"expires_at\x18\x03 \x01(\v2\x1a.google.protobuf.TimestampR\texpiresAt\"K\n" +
+	"\x15RevokeJoinLinkRequest\x12\x19\n" +
+	"\bgroup_id\x18\x01 \x01(\fR\agroupId\x12\x17\n" +
+	"\alink_id\x18\x02 \x01(\tR\x06linkId\"\x18\n" +
+	"\x16RevokeJoinLinkResponse\"1\n" +
+	"\x14ListJoinLinksRequest\x12\x19\n" +
+	"\bgroup_id\x18\x01 \x01(\fR\agroupId\"\xb8\x01\n" +
+	"\bJoinLink\x12\x17\n" +
+	"\alink_id\x18\x01 \x01(\tR\x06linkId\x12\x1d\n" +
+	"\n" +
+	"created_by\x18\x02 \x01(\tR\tcreatedBy\x129\n" +
+	"\n" +
+	"created_at\x18\x03 \x01(\v2\x1a.google.protobuf.TimestampR\tcreatedAt\x129\n" +
+	"\n" +
+	"expires_at\x18\x04 \x01(\v2\x1a.google.protobuf.TimestampR\texpiresAt\"A\n" +
+	"\x15ListJoinLinksResponse\x12(\n" +
+	"\x05links\x18\x01 \x03(\v2\x12.mlsds.v1.JoinLinkR\x05links\"W\n" +
+	"\x11LeaveGroupRequest\x12\x19\n" +
+	"\bgroup_id\x18\x01 \x01(\fR\agroupId\x12'\n" +
+	"\x0fremove_proposal\x18\x02 \x01(\fR\x0eremoveProposal\"/\n" +
+	"\x12LeaveGroupResponse\x12\x19\n" +
+	"\blast_seq\x18\x01 \x01(\x04R\alastSeq*Z\n" +
 	"\tGroupMode\x12\x1a\n" +
 	"\x16GROUP_MODE_UNSPECIFIED\x10\x00\x12\x1a\n" +
 	"\x16GROUP_MODE_TRANSPARENT\x10\x01\x12\x15\n" +
-	"\x11GROUP_MODE_OPAQUE\x10\x022\xc6\x06\n" +
+	"\x11GROUP_MODE_OPAQUE\x10\x022\x90\t\n" +
 	"\fGroupService\x12J\n" +
 	"\vCreateGroup\x12\x1c.mlsds.v1.CreateGroupRequest\x1a\x1d.mlsds.v1.CreateGroupResponse\x125\n" +
 	"\x04Send\x12\x15.mlsds.v1.SendRequest\x1a\x16.mlsds.v1.SendResponse\x12Y\n" +
@@ -1670,7 +2198,12 @@ const file_mlsds_v1_groups_proto_rawDesc = "" +
 	"\x0eGetRatchetTree\x12\x1f.mlsds.v1.GetRatchetTreeRequest\x1a .mlsds.v1.GetRatchetTreeResponse\"\x03\x90\x02\x01\x12C\n" +
 	"\aGetPath\x12\x18.mlsds.v1.GetPathRequest\x1a\x19.mlsds.v1.GetPathResponse\"\x03\x90\x02\x01\x12P\n" +
 	"\rPutRemoteTree\x12\x1e.mlsds.v1.PutRemoteTreeRequest\x1a\x1f.mlsds.v1.PutRemoteTreeResponse\x12U\n" +
-	"\rGetRemoteTree\x12\x1e.mlsds.v1.GetRemoteTreeRequest\x1a\x1f.mlsds.v1.GetRemoteTreeResponse\"\x03\x90\x02\x01B-Z+github.com/mlsds/mlsds/api/mlsds/v1;mlsdsv1b\x06proto3"
+	"\rGetRemoteTree\x12\x1e.mlsds.v1.GetRemoteTreeRequest\x1a\x1f.mlsds.v1.GetRemoteTreeResponse\"\x03\x90\x02\x01\x12S\n" +
+	"\x0eCreateJoinLink\x12\x1f.mlsds.v1.CreateJoinLinkRequest\x1a .mlsds.v1.CreateJoinLinkResponse\x12S\n" +
+	"\x0eRevokeJoinLink\x12\x1f.mlsds.v1.RevokeJoinLinkRequest\x1a .mlsds.v1.RevokeJoinLinkResponse\x12U\n" +
+	"\rListJoinLinks\x12\x1e.mlsds.v1.ListJoinLinksRequest\x1a\x1f.mlsds.v1.ListJoinLinksResponse\"\x03\x90\x02\x01\x12G\n" +
+	"\n" +
+	"LeaveGroup\x12\x1b.mlsds.v1.LeaveGroupRequest\x1a\x1c.mlsds.v1.LeaveGroupResponseB-Z+github.com/mlsds/mlsds/api/mlsds/v1;mlsdsv1b\x06proto3"
 
 var (
 	file_mlsds_v1_groups_proto_rawDescOnce sync.Once
@@ -1685,7 +2218,7 @@ func file_mlsds_v1_groups_proto_rawDescGZIP() []byte {
 }
 
 var file_mlsds_v1_groups_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
-var file_mlsds_v1_groups_proto_msgTypes = make([]protoimpl.MessageInfo, 25)
+var file_mlsds_v1_groups_proto_msgTypes = make([]protoimpl.MessageInfo, 34)
 var file_mlsds_v1_groups_proto_goTypes = []any{
 	(GroupMode)(0),                   // 0: mlsds.v1.GroupMode
 	(*CreateGroupRequest)(nil),       // 1: mlsds.v1.CreateGroupRequest
@@ -1713,47 +2246,69 @@ var file_mlsds_v1_groups_proto_goTypes = []any{
 	(*PutRemoteTreeResponse)(nil),    // 23: mlsds.v1.PutRemoteTreeResponse
 	(*GetRemoteTreeRequest)(nil),     // 24: mlsds.v1.GetRemoteTreeRequest
 	(*GetRemoteTreeResponse)(nil),    // 25: mlsds.v1.GetRemoteTreeResponse
-	(*Receipt)(nil),                  // 26: mlsds.v1.Receipt
-	(*Envelope)(nil),                 // 27: mlsds.v1.Envelope
+	(*CreateJoinLinkRequest)(nil),    // 26: mlsds.v1.CreateJoinLinkRequest
+	(*CreateJoinLinkResponse)(nil),   // 27: mlsds.v1.CreateJoinLinkResponse
+	(*RevokeJoinLinkRequest)(nil),    // 28: mlsds.v1.RevokeJoinLinkRequest
+	(*RevokeJoinLinkResponse)(nil),   // 29: mlsds.v1.RevokeJoinLinkResponse
+	(*ListJoinLinksRequest)(nil),     // 30: mlsds.v1.ListJoinLinksRequest
+	(*JoinLink)(nil),                 // 31: mlsds.v1.JoinLink
+	(*ListJoinLinksResponse)(nil),    // 32: mlsds.v1.ListJoinLinksResponse
+	(*LeaveGroupRequest)(nil),        // 33: mlsds.v1.LeaveGroupRequest
+	(*LeaveGroupResponse)(nil),       // 34: mlsds.v1.LeaveGroupResponse
+	(*Receipt)(nil),                  // 35: mlsds.v1.Receipt
+	(*Envelope)(nil),                 // 36: mlsds.v1.Envelope
+	(*timestamppb.Timestamp)(nil),    // 37: google.protobuf.Timestamp
 }
 var file_mlsds_v1_groups_proto_depIdxs = []int32{
 	0,  // 0: mlsds.v1.CreateGroupRequest.mode:type_name -> mlsds.v1.GroupMode
-	26, // 1: mlsds.v1.SendResponse.receipt:type_name -> mlsds.v1.Receipt
+	35, // 1: mlsds.v1.SendResponse.receipt:type_name -> mlsds.v1.Receipt
 	21, // 2: mlsds.v1.SendCommitBundleRequest.remote_tree:type_name -> mlsds.v1.RemoteTree
-	26, // 3: mlsds.v1.SendCommitBundleResponse.receipt:type_name -> mlsds.v1.Receipt
-	27, // 4: mlsds.v1.FetchResponse.messages:type_name -> mlsds.v1.Envelope
+	35, // 3: mlsds.v1.SendCommitBundleResponse.receipt:type_name -> mlsds.v1.Receipt
+	36, // 4: mlsds.v1.FetchResponse.messages:type_name -> mlsds.v1.Envelope
 	9,  // 5: mlsds.v1.AckRequest.cursors:type_name -> mlsds.v1.Cursor
 	0,  // 6: mlsds.v1.GetGroupInfoResponse.mode:type_name -> mlsds.v1.GroupMode
 	15, // 7: mlsds.v1.GetRosterResponse.leaves:type_name -> mlsds.v1.RosterLeaf
 	21, // 8: mlsds.v1.PutRemoteTreeRequest.remote_tree:type_name -> mlsds.v1.RemoteTree
 	21, // 9: mlsds.v1.GetRemoteTreeResponse.remote_trees:type_name -> mlsds.v1.RemoteTree
-	1,  // 10: mlsds.v1.GroupService.CreateGroup:input_type -> mlsds.v1.CreateGroupRequest
-	3,  // 11: mlsds.v1.GroupService.Send:input_type -> mlsds.v1.SendRequest
-	5,  // 12: mlsds.v1.GroupService.SendCommitBundle:input_type -> mlsds.v1.SendCommitBundleRequest
-	7,  // 13: mlsds.v1.GroupService.Fetch:input_type -> mlsds.v1.FetchRequest
-	10, // 14: mlsds.v1.GroupService.Ack:input_type -> mlsds.v1.AckRequest
-	12, // 15: mlsds.v1.GroupService.GetGroupInfo:input_type -> mlsds.v1.GetGroupInfoRequest
-	14, // 16: mlsds.v1.GroupService.GetRoster:input_type -> mlsds.v1.GetRosterRequest
-	17, // 17: mlsds.v1.GroupService.GetRatchetTree:input_type -> mlsds.v1.GetRatchetTreeRequest
-	19, // 18: mlsds.v1.GroupService.GetPath:input_type -> mlsds.v1.GetPathRequest
-	22, // 19: mlsds.v1.GroupService.PutRemoteTree:input_type -> mlsds.v1.PutRemoteTreeRequest
-	24, // 20: mlsds.v1.GroupService.GetRemoteTree:input_type -> mlsds.v1.GetRemoteTreeRequest
-	2,  // 21: mlsds.v1.GroupService.CreateGroup:output_type -> mlsds.v1.CreateGroupResponse
-	4,  // 22: mlsds.v1.GroupService.Send:output_type -> mlsds.v1.SendResponse
-	6,  // 23: mlsds.v1.GroupService.SendCommitBundle:output_type -> mlsds.v1.SendCommitBundleResponse
-	8,  // 24: mlsds.v1.GroupService.Fetch:output_type -> mlsds.v1.FetchResponse
-	11, // 25: mlsds.v1.GroupService.Ack:output_type -> mlsds.v1.AckResponse
-	13, // 26: mlsds.v1.GroupService.GetGroupInfo:output_type -> mlsds.v1.GetGroupInfoResponse
-	16, // 27: mlsds.v1.GroupService.GetRoster:output_type -> mlsds.v1.GetRosterResponse
-	18, // 28: mlsds.v1.GroupService.GetRatchetTree:output_type -> mlsds.v1.GetRatchetTreeResponse
-	20, // 29: mlsds.v1.GroupService.GetPath:output_type -> mlsds.v1.GetPathResponse
-	23, // 30: mlsds.v1.GroupService.PutRemoteTree:output_type -> mlsds.v1.PutRemoteTreeResponse
-	25, // 31: mlsds.v1.GroupService.GetRemoteTree:output_type -> mlsds.v1.GetRemoteTreeResponse
-	21, // [21:32] is the sub-list for method output_type
-	10, // [10:21] is the sub-list for method input_type
-	10, // [10:10] is the sub-list for extension type_name
-	10, // [10:10] is the sub-list for extension extendee
-	0,  // [0:10] is the sub-list for field type_name
+	37, // 10: mlsds.v1.CreateJoinLinkResponse.expires_at:type_name -> google.protobuf.Timestamp
+	37, // 11: mlsds.v1.JoinLink.created_at:type_name -> google.protobuf.Timestamp
+	37, // 12: mlsds.v1.JoinLink.expires_at:type_name -> google.protobuf.Timestamp
+	31, // 13: mlsds.v1.ListJoinLinksResponse.links:type_name -> mlsds.v1.JoinLink
+	1,  // 14: mlsds.v1.GroupService.CreateGroup:input_type -> mlsds.v1.CreateGroupRequest
+	3,  // 15: mlsds.v1.GroupService.Send:input_type -> mlsds.v1.SendRequest
+	5,  // 16: mlsds.v1.GroupService.SendCommitBundle:input_type -> mlsds.v1.SendCommitBundleRequest
+	7,  // 17: mlsds.v1.GroupService.Fetch:input_type -> mlsds.v1.FetchRequest
+	10, // 18: mlsds.v1.GroupService.Ack:input_type -> mlsds.v1.AckRequest
+	12, // 19: mlsds.v1.GroupService.GetGroupInfo:input_type -> mlsds.v1.GetGroupInfoRequest
+	14, // 20: mlsds.v1.GroupService.GetRoster:input_type -> mlsds.v1.GetRosterRequest
+	17, // 21: mlsds.v1.GroupService.GetRatchetTree:input_type -> mlsds.v1.GetRatchetTreeRequest
+	19, // 22: mlsds.v1.GroupService.GetPath:input_type -> mlsds.v1.GetPathRequest
+	22, // 23: mlsds.v1.GroupService.PutRemoteTree:input_type -> mlsds.v1.PutRemoteTreeRequest
+	24, // 24: mlsds.v1.GroupService.GetRemoteTree:input_type -> mlsds.v1.GetRemoteTreeRequest
+	26, // 25: mlsds.v1.GroupService.CreateJoinLink:input_type -> mlsds.v1.CreateJoinLinkRequest
+	28, // 26: mlsds.v1.GroupService.RevokeJoinLink:input_type -> mlsds.v1.RevokeJoinLinkRequest
+	30, // 27: mlsds.v1.GroupService.ListJoinLinks:input_type -> mlsds.v1.ListJoinLinksRequest
+	33, // 28: mlsds.v1.GroupService.LeaveGroup:input_type -> mlsds.v1.LeaveGroupRequest
+	2,  // 29: mlsds.v1.GroupService.CreateGroup:output_type -> mlsds.v1.CreateGroupResponse
+	4,  // 30: mlsds.v1.GroupService.Send:output_type -> mlsds.v1.SendResponse
+	6,  // 31: mlsds.v1.GroupService.SendCommitBundle:output_type -> mlsds.v1.SendCommitBundleResponse
+	8,  // 32: mlsds.v1.GroupService.Fetch:output_type -> mlsds.v1.FetchResponse
+	11, // 33: mlsds.v1.GroupService.Ack:output_type -> mlsds.v1.AckResponse
+	13, // 34: mlsds.v1.GroupService.GetGroupInfo:output_type -> mlsds.v1.GetGroupInfoResponse
+	16, // 35: mlsds.v1.GroupService.GetRoster:output_type -> mlsds.v1.GetRosterResponse
+	18, // 36: mlsds.v1.GroupService.GetRatchetTree:output_type -> mlsds.v1.GetRatchetTreeResponse
+	20, // 37: mlsds.v1.GroupService.GetPath:output_type -> mlsds.v1.GetPathResponse
+	23, // 38: mlsds.v1.GroupService.PutRemoteTree:output_type -> mlsds.v1.PutRemoteTreeResponse
+	25, // 39: mlsds.v1.GroupService.GetRemoteTree:output_type -> mlsds.v1.GetRemoteTreeResponse
+	27, // 40: mlsds.v1.GroupService.CreateJoinLink:output_type -> mlsds.v1.CreateJoinLinkResponse
+	29, // 41: mlsds.v1.GroupService.RevokeJoinLink:output_type -> mlsds.v1.RevokeJoinLinkResponse
+	32, // 42: mlsds.v1.GroupService.ListJoinLinks:output_type -> mlsds.v1.ListJoinLinksResponse
+	34, // 43: mlsds.v1.GroupService.LeaveGroup:output_type -> mlsds.v1.LeaveGroupResponse
+	29, // [29:44] is the sub-list for method output_type
+	14, // [14:29] is the sub-list for method input_type
+	14, // [14:14] is the sub-list for extension type_name
+	14, // [14:14] is the sub-list for extension extendee
+	0,  // [0:14] is the sub-list for field type_name
 }
 
 func init() { file_mlsds_v1_groups_proto_init() }
@@ -1768,7 +2323,7 @@ func file_mlsds_v1_groups_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_mlsds_v1_groups_proto_rawDesc), len(file_mlsds_v1_groups_proto_rawDesc)),
 			NumEnums:      1,
-			NumMessages:   25,
+			NumMessages:   34,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

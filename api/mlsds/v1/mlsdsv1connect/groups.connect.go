@@ -61,6 +61,17 @@ const (
 	// GroupServiceGetRemoteTreeProcedure is the fully-qualified name of the GroupService's
 	// GetRemoteTree RPC.
 	GroupServiceGetRemoteTreeProcedure = "/mlsds.v1.GroupService/GetRemoteTree"
+	// GroupServiceCreateJoinLinkProcedure is the fully-qualified name of the GroupService's
+	// CreateJoinLink RPC.
+	GroupServiceCreateJoinLinkProcedure = "/mlsds.v1.GroupService/CreateJoinLink"
+	// GroupServiceRevokeJoinLinkProcedure is the fully-qualified name of the GroupService's
+	// RevokeJoinLink RPC.
+	GroupServiceRevokeJoinLinkProcedure = "/mlsds.v1.GroupService/RevokeJoinLink"
+	// GroupServiceListJoinLinksProcedure is the fully-qualified name of the GroupService's
+	// ListJoinLinks RPC.
+	GroupServiceListJoinLinksProcedure = "/mlsds.v1.GroupService/ListJoinLinks"
+	// GroupServiceLeaveGroupProcedure is the fully-qualified name of the GroupService's LeaveGroup RPC.
+	GroupServiceLeaveGroupProcedure = "/mlsds.v1.GroupService/LeaveGroup"
 )
 
 // GroupServiceClient is a client for the mlsds.v1.GroupService service.
@@ -103,6 +114,22 @@ type GroupServiceClient interface {
 	// and the previous epoch, as far as stored (members, and clients with a
 	// pending Welcome to the group).
 	GetRemoteTree(context.Context, *connect.Request[v1.GetRemoteTreeRequest]) (*connect.Response[v1.GetRemoteTreeResponse], error)
+	// CreateJoinLink makes a secret join link for a transparent group
+	// (members only): whoever holds its token may fetch the group's
+	// GroupInfo and join by external Commit until it expires or is revoked.
+	// A group without a live link admits by external Commit only its members
+	// (resync) and new devices of users already in the group.
+	CreateJoinLink(context.Context, *connect.Request[v1.CreateJoinLinkRequest]) (*connect.Response[v1.CreateJoinLinkResponse], error)
+	// RevokeJoinLink ends a join link at once (members only).
+	RevokeJoinLink(context.Context, *connect.Request[v1.RevokeJoinLinkRequest]) (*connect.Response[v1.RevokeJoinLinkResponse], error)
+	// ListJoinLinks lists the group's live join links, without their tokens
+	// (members only).
+	ListJoinLinks(context.Context, *connect.Request[v1.ListJoinLinksRequest]) (*connect.Response[v1.ListJoinLinksResponse], error)
+	// LeaveGroup makes the server stop delivering the group to the caller at
+	// once. In a transparent group the caller may pass its own Remove
+	// Proposal, which is accepted first, so that the other members' clients
+	// commit its removal.
+	LeaveGroup(context.Context, *connect.Request[v1.LeaveGroupRequest]) (*connect.Response[v1.LeaveGroupResponse], error)
 }
 
 // NewGroupServiceClient constructs a client for the mlsds.v1.GroupService service. By default, it
@@ -188,6 +215,31 @@ func NewGroupServiceClient(httpClient connect.HTTPClient, baseURL string, opts .
 			connect.WithIdempotency(connect.IdempotencyNoSideEffects),
 			connect.WithClientOptions(opts...),
 		),
+		createJoinLink: connect.NewClient[v1.CreateJoinLinkRequest, v1.CreateJoinLinkResponse](
+			httpClient,
+			baseURL+GroupServiceCreateJoinLinkProcedure,
+			connect.WithSchema(groupServiceMethods.ByName("CreateJoinLink")),
+			connect.WithClientOptions(opts...),
+		),
+		revokeJoinLink: connect.NewClient[v1.RevokeJoinLinkRequest, v1.RevokeJoinLinkResponse](
+			httpClient,
+			baseURL+GroupServiceRevokeJoinLinkProcedure,
+			connect.WithSchema(groupServiceMethods.ByName("RevokeJoinLink")),
+			connect.WithClientOptions(opts...),
+		),
+		listJoinLinks: connect.NewClient[v1.ListJoinLinksRequest, v1.ListJoinLinksResponse](
+			httpClient,
+			baseURL+GroupServiceListJoinLinksProcedure,
+			connect.WithSchema(groupServiceMethods.ByName("ListJoinLinks")),
+			connect.WithIdempotency(connect.IdempotencyNoSideEffects),
+			connect.WithClientOptions(opts...),
+		),
+		leaveGroup: connect.NewClient[v1.LeaveGroupRequest, v1.LeaveGroupResponse](
+			httpClient,
+			baseURL+GroupServiceLeaveGroupProcedure,
+			connect.WithSchema(groupServiceMethods.ByName("LeaveGroup")),
+			connect.WithClientOptions(opts...),
+		),
 	}
 }
 
@@ -204,6 +256,10 @@ type groupServiceClient struct {
 	getPath          *connect.Client[v1.GetPathRequest, v1.GetPathResponse]
 	putRemoteTree    *connect.Client[v1.PutRemoteTreeRequest, v1.PutRemoteTreeResponse]
 	getRemoteTree    *connect.Client[v1.GetRemoteTreeRequest, v1.GetRemoteTreeResponse]
+	createJoinLink   *connect.Client[v1.CreateJoinLinkRequest, v1.CreateJoinLinkResponse]
+	revokeJoinLink   *connect.Client[v1.RevokeJoinLinkRequest, v1.RevokeJoinLinkResponse]
+	listJoinLinks    *connect.Client[v1.ListJoinLinksRequest, v1.ListJoinLinksResponse]
+	leaveGroup       *connect.Client[v1.LeaveGroupRequest, v1.LeaveGroupResponse]
 }
 
 // CreateGroup calls mlsds.v1.GroupService.CreateGroup.
@@ -261,6 +317,26 @@ func (c *groupServiceClient) GetRemoteTree(ctx context.Context, req *connect.Req
 	return c.getRemoteTree.CallUnary(ctx, req)
 }
 
+// CreateJoinLink calls mlsds.v1.GroupService.CreateJoinLink.
+func (c *groupServiceClient) CreateJoinLink(ctx context.Context, req *connect.Request[v1.CreateJoinLinkRequest]) (*connect.Response[v1.CreateJoinLinkResponse], error) {
+	return c.createJoinLink.CallUnary(ctx, req)
+}
+
+// RevokeJoinLink calls mlsds.v1.GroupService.RevokeJoinLink.
+func (c *groupServiceClient) RevokeJoinLink(ctx context.Context, req *connect.Request[v1.RevokeJoinLinkRequest]) (*connect.Response[v1.RevokeJoinLinkResponse], error) {
+	return c.revokeJoinLink.CallUnary(ctx, req)
+}
+
+// ListJoinLinks calls mlsds.v1.GroupService.ListJoinLinks.
+func (c *groupServiceClient) ListJoinLinks(ctx context.Context, req *connect.Request[v1.ListJoinLinksRequest]) (*connect.Response[v1.ListJoinLinksResponse], error) {
+	return c.listJoinLinks.CallUnary(ctx, req)
+}
+
+// LeaveGroup calls mlsds.v1.GroupService.LeaveGroup.
+func (c *groupServiceClient) LeaveGroup(ctx context.Context, req *connect.Request[v1.LeaveGroupRequest]) (*connect.Response[v1.LeaveGroupResponse], error) {
+	return c.leaveGroup.CallUnary(ctx, req)
+}
+
 // GroupServiceHandler is an implementation of the mlsds.v1.GroupService service.
 type GroupServiceHandler interface {
 	// CreateGroup registers a new group with the caller as its first member.
@@ -301,6 +377,22 @@ type GroupServiceHandler interface {
 	// and the previous epoch, as far as stored (members, and clients with a
 	// pending Welcome to the group).
 	GetRemoteTree(context.Context, *connect.Request[v1.GetRemoteTreeRequest]) (*connect.Response[v1.GetRemoteTreeResponse], error)
+	// CreateJoinLink makes a secret join link for a transparent group
+	// (members only): whoever holds its token may fetch the group's
+	// GroupInfo and join by external Commit until it expires or is revoked.
+	// A group without a live link admits by external Commit only its members
+	// (resync) and new devices of users already in the group.
+	CreateJoinLink(context.Context, *connect.Request[v1.CreateJoinLinkRequest]) (*connect.Response[v1.CreateJoinLinkResponse], error)
+	// RevokeJoinLink ends a join link at once (members only).
+	RevokeJoinLink(context.Context, *connect.Request[v1.RevokeJoinLinkRequest]) (*connect.Response[v1.RevokeJoinLinkResponse], error)
+	// ListJoinLinks lists the group's live join links, without their tokens
+	// (members only).
+	ListJoinLinks(context.Context, *connect.Request[v1.ListJoinLinksRequest]) (*connect.Response[v1.ListJoinLinksResponse], error)
+	// LeaveGroup makes the server stop delivering the group to the caller at
+	// once. In a transparent group the caller may pass its own Remove
+	// Proposal, which is accepted first, so that the other members' clients
+	// commit its removal.
+	LeaveGroup(context.Context, *connect.Request[v1.LeaveGroupRequest]) (*connect.Response[v1.LeaveGroupResponse], error)
 }
 
 // NewGroupServiceHandler builds an HTTP handler from the service implementation. It returns the
@@ -382,6 +474,31 @@ func NewGroupServiceHandler(svc GroupServiceHandler, opts ...connect.HandlerOpti
 		connect.WithIdempotency(connect.IdempotencyNoSideEffects),
 		connect.WithHandlerOptions(opts...),
 	)
+	groupServiceCreateJoinLinkHandler := connect.NewUnaryHandler(
+		GroupServiceCreateJoinLinkProcedure,
+		svc.CreateJoinLink,
+		connect.WithSchema(groupServiceMethods.ByName("CreateJoinLink")),
+		connect.WithHandlerOptions(opts...),
+	)
+	groupServiceRevokeJoinLinkHandler := connect.NewUnaryHandler(
+		GroupServiceRevokeJoinLinkProcedure,
+		svc.RevokeJoinLink,
+		connect.WithSchema(groupServiceMethods.ByName("RevokeJoinLink")),
+		connect.WithHandlerOptions(opts...),
+	)
+	groupServiceListJoinLinksHandler := connect.NewUnaryHandler(
+		GroupServiceListJoinLinksProcedure,
+		svc.ListJoinLinks,
+		connect.WithSchema(groupServiceMethods.ByName("ListJoinLinks")),
+		connect.WithIdempotency(connect.IdempotencyNoSideEffects),
+		connect.WithHandlerOptions(opts...),
+	)
+	groupServiceLeaveGroupHandler := connect.NewUnaryHandler(
+		GroupServiceLeaveGroupProcedure,
+		svc.LeaveGroup,
+		connect.WithSchema(groupServiceMethods.ByName("LeaveGroup")),
+		connect.WithHandlerOptions(opts...),
+	)
 	return "/mlsds.v1.GroupService/", http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		switch r.URL.Path {
 		case GroupServiceCreateGroupProcedure:
@@ -406,6 +523,14 @@ func NewGroupServiceHandler(svc GroupServiceHandler, opts ...connect.HandlerOpti
 			groupServicePutRemoteTreeHandler.ServeHTTP(w, r)
 		case GroupServiceGetRemoteTreeProcedure:
 			groupServiceGetRemoteTreeHandler.ServeHTTP(w, r)
+		case GroupServiceCreateJoinLinkProcedure:
+			groupServiceCreateJoinLinkHandler.ServeHTTP(w, r)
+		case GroupServiceRevokeJoinLinkProcedure:
+			groupServiceRevokeJoinLinkHandler.ServeHTTP(w, r)
+		case GroupServiceListJoinLinksProcedure:
+			groupServiceListJoinLinksHandler.ServeHTTP(w, r)
+		case GroupServiceLeaveGroupProcedure:
+			groupServiceLeaveGroupHandler.ServeHTTP(w, r)
 		default:
 			http.NotFound(w, r)
 		}
@@ -457,4 +582,20 @@ func (UnimplementedGroupServiceHandler) PutRemoteTree(context.Context, *connect.
 
 func (UnimplementedGroupServiceHandler) GetRemoteTree(context.Context, *connect.Request[v1.GetRemoteTreeRequest]) (*connect.Response[v1.GetRemoteTreeResponse], error) {
 	return nil, connect.NewError(connect.CodeUnimplemented, errors.New("mlsds.v1.GroupService.GetRemoteTree is not implemented"))
+}
+
+func (UnimplementedGroupServiceHandler) CreateJoinLink(context.Context, *connect.Request[v1.CreateJoinLinkRequest]) (*connect.Response[v1.CreateJoinLinkResponse], error) {
+	return nil, connect.NewError(connect.CodeUnimplemented, errors.New("mlsds.v1.GroupService.CreateJoinLink is not implemented"))
+}
+
+func (UnimplementedGroupServiceHandler) RevokeJoinLink(context.Context, *connect.Request[v1.RevokeJoinLinkRequest]) (*connect.Response[v1.RevokeJoinLinkResponse], error) {
+	return nil, connect.NewError(connect.CodeUnimplemented, errors.New("mlsds.v1.GroupService.RevokeJoinLink is not implemented"))
+}
+
+func (UnimplementedGroupServiceHandler) ListJoinLinks(context.Context, *connect.Request[v1.ListJoinLinksRequest]) (*connect.Response[v1.ListJoinLinksResponse], error) {
+	return nil, connect.NewError(connect.CodeUnimplemented, errors.New("mlsds.v1.GroupService.ListJoinLinks is not implemented"))
+}
+
+func (UnimplementedGroupServiceHandler) LeaveGroup(context.Context, *connect.Request[v1.LeaveGroupRequest]) (*connect.Response[v1.LeaveGroupResponse], error) {
+	return nil, connect.NewError(connect.CodeUnimplemented, errors.New("mlsds.v1.GroupService.LeaveGroup is not implemented"))
 }
