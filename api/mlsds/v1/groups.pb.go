@@ -91,7 +91,14 @@ type CreateGroupRequest struct {
 	Members []string `protobuf:"bytes,5,rep,name=members,proto3" json:"members,omitempty"`
 	// Opaque mode: the group's current epoch (usually 0). Transparent mode
 	// takes it from the GroupInfo.
-	Epoch         uint64 `protobuf:"varint,6,opt,name=epoch,proto3" json:"epoch,omitempty"`
+	Epoch uint64 `protobuf:"varint,6,opt,name=epoch,proto3" json:"epoch,omitempty"`
+	// Transparent mode: the KeyPackages (MLSMessages) through which the
+	// tree's leaves other than the creator's came in. Each must have been
+	// published to this server by the client its leaf names, must not have
+	// been used before (unless last-resort), and its leaf_node must equal the
+	// leaf in the tree; the server marks it used. This is how a client shows
+	// it consented to be in the group.
+	KeyPackages   [][]byte `protobuf:"bytes,7,rep,name=key_packages,json=keyPackages,proto3" json:"key_packages,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -166,6 +173,13 @@ func (x *CreateGroupRequest) GetEpoch() uint64 {
 		return x.Epoch
 	}
 	return 0
+}
+
+func (x *CreateGroupRequest) GetKeyPackages() [][]byte {
+	if x != nil {
+		return x.KeyPackages
+	}
+	return nil
 }
 
 type CreateGroupResponse struct {
@@ -2042,7 +2056,7 @@ var File_mlsds_v1_groups_proto protoreflect.FileDescriptor
 
 const file_mlsds_v1_groups_proto_rawDesc = "" +
 	"\n" +
-	"\x15mlsds/v1/groups.proto\x12\bmlsds.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x15mlsds/v1/common.proto\"\xca\x01\n" +
+	"\x15mlsds/v1/groups.proto\x12\bmlsds.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x15mlsds/v1/common.proto\"\xed\x01\n" +
 	"\x12CreateGroupRequest\x12\x19\n" +
 	"\bgroup_id\x18\x01 \x01(\fR\agroupId\x12'\n" +
 	"\x04mode\x18\x02 \x01(\x0e2\x13.mlsds.v1.GroupModeR\x04mode\x12\x1d\n" +
@@ -2050,7 +2064,8 @@ const file_mlsds_v1_groups_proto_rawDesc = "" +
 	"group_info\x18\x03 \x01(\fR\tgroupInfo\x12!\n" +
 	"\fratchet_tree\x18\x04 \x01(\fR\vratchetTree\x12\x18\n" +
 	"\amembers\x18\x05 \x03(\tR\amembers\x12\x14\n" +
-	"\x05epoch\x18\x06 \x01(\x04R\x05epoch\"0\n" +
+	"\x05epoch\x18\x06 \x01(\x04R\x05epoch\x12!\n" +
+	"\fkey_packages\x18\a \x03(\fR\vkeyPackages\"0\n" +
 	"\x13CreateGroupResponse\x12\x19\n" +
 	"\bgroup_id\x18\x01 \x01(\fR\agroupId\"F\n" +
 	"\vSendRequest\x12\x18\n" +
