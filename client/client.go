@@ -24,12 +24,21 @@
 // gone, an Update is simply redone. The application sees such an error
 // only when ten attempts in a row fail.
 //
-// Leave sends a Remove proposal; the member with the lowest leaf index that
-// the pending proposals do not remove commits them on its own. The intent
-// to leave is kept in the state file: if the epoch ends without the
-// removal (another member's Commit won the race and dropped the
-// proposal), the client proposes it again in the next epoch, across
-// restarts, until it is removed (EventRemoved, Group.WaitRemoved).
+// Members check the credentials they meet (RFC 9420 §5.3.1): every leaf of
+// a Welcome's or an external join's tree, and every leaf a Commit or a
+// proposal brings in, must pass Config.CredentialValidator (by default:
+// the Delivery Service's directory binds its signature key to its client
+// id). A Welcome or Commit with a leaf that fails is refused, the state
+// unchanged (EventRefused).
+//
+// Leave hands the server this client's Remove proposal with LeaveGroup:
+// the server stops delivering the group at once and the client drops it
+// (EventLeft). The member with the lowest leaf index that the pending
+// proposals do not remove commits them on its own; after any Commit, it
+// also commits the removal of clients whose Remove proposal an epoch
+// ended without, or whom the server's roster no longer lists. Messages of
+// a group the client holds no state of make it leave that group on the
+// server rather than download it again.
 //
 // A state file is used by one Client at a time: Open locks it (see
 // ErrStateInUse) until Close or the end of the process.
@@ -44,9 +53,12 @@
 // its Welcome gives.
 //
 // A client that could not process a Commit (ErrGroupBroken) rejoins the
-// group with a resync external Commit that replaces its old leaf:
-// Group.Rejoin in a transparent group, Client.JoinExternalWith with a
-// GroupInfo from another member in an opaque one.
+// group with a resync external Commit that replaces its old leaf: on its
+// own in a transparent group, from the GroupInfo the server serves
+// (EventRejoined; Group.Rejoin does the same on demand), with
+// Client.JoinExternalWith and a GroupInfo from another member in an
+// opaque one. Every Commit the client sends carries the new epoch's
+// GroupInfo (transparent groups) or its encrypted remote tree (opaque).
 package client
 
 import (
@@ -86,12 +98,25 @@ type Config struct {
 	CipherSuite mls.CipherSuite
 	// EnrollmentToken is sent on registration if the server requires one.
 	EnrollmentToken string
+	// DeviceLink is sent on registration to join an existing user as a
+	// further device: a one-time link that another client of UserID made
+	// with Client.CreateDeviceLink. Ignored once the client is registered.
+	DeviceLink string
 	// KeyPackages is how many KeyPackages are kept published, besides one
 	// last-resort KeyPackage; default 20.
 	KeyPackages int
 	// Logger receives diagnostics; default slog.Default(). It never sees
 	// secrets or plaintext.
 	Logger *slog.Logger
+	// CredentialValidator checks the credential and signature key of every
+	// leaf the client meets in a group (RFC 9420 §5.3.1): the trees of
+	// Welcomes and external joins, the leaves Commits add or replace. A
+	// leaf it refuses makes the client refuse the Welcome or Commit
+	// (EventRefused). Default (nil): the Delivery Service's directory
+	// (AccountService.GetClientKeys) must bind the signature key to the
+	// client id of a basic credential; its answers are cached for the life
+	// of the Client.
+	CredentialValidator CredentialValidator
 }
 
 // testHookOpened, when set (by tests only, before Open), is called with a
@@ -132,6 +157,15 @@ type Client struct {
 	acks   *acker
 
 	kpMu sync.Mutex // serializes PublishKeyPackages
+
+	// directory is the default CredentialValidator, made on first use.
+	directory *directoryValidator
+	// joining counts, per group id, the external joins in flight, during
+	// which the group's messages may come before its Group exists;
+	// leftUnknown the groups without state this client left on the
+	// server (see leaveUnknown). Both under mu.
+	joining     map[string]int
+	leftUnknown map[string]bool
 
 	// caughtUp is closed once the current stream has delivered its
 	// backlog (the server's caught_up) and everything before it is

@@ -214,16 +214,20 @@ func TestGroupLifecycle(t *testing.T) {
 			carol.waitFor("EventJoined again", i+1, kind(EventJoined, gid))
 			exchange(t, gid, 2, "carol-back", alice, bob, carol)
 
-			// bob leaves: alice commits his Remove proposal on her own.
+			// bob leaves at once (EventLeft); alice commits his Remove
+			// proposal on her own.
 			if err := bob.Group(gid).Leave(ctx); err != nil {
 				t.Fatalf("Leave: %v", err)
 			}
-			if i := bob.waitFor("EventRemoved", 0, kind(EventRemoved, gid)); bob.snapshot()[i].Sender != "alice" {
-				t.Errorf("bob's Leave was committed by %q, want alice (the lowest leaf)", bob.snapshot()[i].Sender)
+			bob.waitFor("EventLeft", 0, kind(EventLeft, gid))
+			if !bob.Group(gid).Removed() || bob.Group(gid).Leaving() {
+				t.Errorf("after Leave: Removed %v, Leaving %v", bob.Group(gid).Removed(), bob.Group(gid).Leaving())
 			}
-			alice.waitFor("bob removed", 0, func(e Event) bool {
+			if i := alice.waitFor("bob removed", 0, func(e Event) bool {
 				return e.Kind == EventMembersRemoved && slices.Equal(e.Members, []string{"bob"})
-			})
+			}); alice.snapshot()[i].Sender != "alice" {
+				t.Errorf("bob's Leave was committed by %q, want alice (the lowest leaf)", alice.snapshot()[i].Sender)
+			}
 			if got := alice.Group(gid).Members(); !slices.Equal(got, []string{"alice", "carol"}) {
 				t.Errorf("alice's members after bob left: %v", got)
 			}
@@ -240,10 +244,15 @@ func TestExternalJoin(t *testing.T) {
 	g := group3(t, e, GroupOptions{}, alice, bob, carol)
 	gid := g.ID()
 	ctx := ctxT(t)
-	// dave joins from the GroupInfo the server keeps.
-	dg, err := dave.JoinExternal(ctx, gid)
+	// dave joins from the GroupInfo the server keeps, with a join link
+	// (strangers need one).
+	link, err := g.CreateJoinLink(ctx, 0)
 	if err != nil {
-		t.Fatalf("JoinExternal: %v", err)
+		t.Fatal(err)
+	}
+	dg, err := dave.JoinWithLink(ctx, link)
+	if err != nil {
+		t.Fatalf("JoinWithLink: %v", err)
 	}
 	dave.waitFor("EventJoined", 0, kind(EventJoined, gid))
 	for _, c := range []*tclient{alice, bob, carol} {
@@ -254,12 +263,13 @@ func TestExternalJoin(t *testing.T) {
 	if got := dg.Members(); !slices.Equal(got, []string{"alice", "bob", "carol", "dave"}) {
 		t.Errorf("dave's members: %v", got)
 	}
-	// eve joins from a GroupInfo a member gives her.
+	// eve joins from a GroupInfo a member gives her (with the link's
+	// token, which the server asks of strangers).
 	gi, err := bob.Group(gid).GroupInfo()
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, err := eve.JoinExternalWith(ctx, gi); err != nil {
+	if _, err := eve.JoinExternalWith(withJoinToken(ctx, link.Token), gi); err != nil {
 		t.Fatalf("JoinExternalWith: %v", err)
 	}
 	all := []*tclient{alice, bob, carol, dave, eve}
@@ -274,9 +284,11 @@ func TestExternalJoin(t *testing.T) {
 }
 
 // TestExternalJoinMembersOnly: a server that keeps GroupInfos from
-// non-members makes JoinExternal fail with advice; JoinExternalWith works.
+// non-members (without a join link, its default) makes JoinExternal fail
+// with advice; JoinExternalWith, with a GroupInfo a member gives and the
+// token of a join link, works.
 func TestExternalJoinMembersOnly(t *testing.T) {
-	e := startEnv(t, func(d *ds.Config, _ *server.Config) { d.ExternalJoin = ds.ExternalJoinMembersOnly })
+	e := startEnv(t)
 	alice, dave := e.client("alice"), e.client("dave")
 	ctx := ctxT(t)
 	g, err := alice.CreateGroup(ctx, GroupOptions{})
@@ -290,7 +302,11 @@ func TestExternalJoinMembersOnly(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, err := dave.JoinExternalWith(ctx, gi); err != nil {
+	link, err := g.CreateJoinLink(ctx, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := dave.JoinExternalWith(withJoinToken(ctx, link.Token), gi); err != nil {
 		t.Fatalf("JoinExternalWith: %v", err)
 	}
 	waitEpoch(t, alice, g.ID(), 1)
@@ -494,7 +510,7 @@ func TestLeaveOfFirstMember(t *testing.T) {
 	if err := g.Leave(ctxT(t)); err != nil {
 		t.Fatal(err)
 	}
-	alice.waitFor("EventRemoved", 0, kind(EventRemoved, gid))
+	alice.waitFor("EventLeft", 0, kind(EventLeft, gid))
 	i := carol.waitFor("alice removed", 0, func(e Event) bool {
 		return e.Kind == EventMembersRemoved && slices.Equal(e.Members, []string{"alice"})
 	})
@@ -758,6 +774,11 @@ func TestBrokenGroupRecovery(t *testing.T) {
 	gid := g.ID()
 	ctx := ctxT(t)
 	bg := bob.Group(gid)
+	// Bob's client would rejoin on its own (TestRecoverFromBadCommit): hold
+	// that back, to recover by removal and a new Welcome.
+	bg.mu.Lock()
+	bg.rejoinFailures = maxAutoRejoins
+	bg.mu.Unlock()
 	bg.mu.Lock()
 	p, err := bg.makeCommit(ctx, intent{update: true}, nil)
 	if err == nil {

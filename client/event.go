@@ -26,19 +26,41 @@ const (
 	// EventJoined reports that this client joined a group, from a Welcome
 	// or by external Commit: Members is the roster, Epoch the epoch joined.
 	EventJoined
-	// EventRemoved reports that this client was removed from the group
-	// (or that its Leave was committed). No event of the group follows.
+	// EventRemoved reports that this client was removed from the group by
+	// another member's Commit. No event of the group follows.
 	EventRemoved
 	// EventUndecryptable reports a message this client could not process;
 	// Err says why. The group goes on with the next message. If it was a
 	// Commit, this client's state of the group stays behind the others'
 	// and their later messages will not decrypt either (the Group's
-	// methods return ErrGroupBroken): the client can rejoin with
-	// Group.Rejoin (transparent mode) or Client.JoinExternalWith and a
-	// GroupInfo from another member (either mode), or another member
-	// removes this client and adds it again (its Welcome then replaces
-	// the state).
+	// methods return ErrGroupBroken): in a transparent group the client
+	// rejoins on its own (EventRejoined follows); in an opaque one it can
+	// rejoin with Client.JoinExternalWith and a GroupInfo from another
+	// member, or another member removes this client and adds it again
+	// (its Welcome then replaces the state).
 	EventUndecryptable
+	// EventRefused reports that this client refused a Welcome or a Commit
+	// because a leaf it brings in failed the credential check (RFC 9420
+	// §5.3.1; see CredentialValidator): Err is a *CredentialError naming
+	// the leaf, its identity and the rule, Members the identity, Sender
+	// the committer. The group's state stays as it was. A refused Welcome
+	// leaves no group behind (the client leaves it on the server); after a
+	// refused Commit the client can no longer follow the group
+	// (ErrGroupBroken) and does not rejoin on its own into a tree that
+	// holds the leaf: Group.Rejoin works once the leaf is gone.
+	EventRefused
+	// EventRejoined reports that this client could not process a Commit
+	// that the Delivery Service had accepted (an EventUndecryptable before
+	// it says which) and rejoined the transparent group on its own, with a
+	// resync external Commit from the GroupInfo the server serves: Err is
+	// the reason, Epoch the epoch joined, Members the roster. Messages
+	// sent between that Commit and the rejoin stay unread; everything
+	// after it arrives as usual.
+	EventRejoined
+	// EventLeft reports that this client left the group (Group.Leave): the
+	// server no longer delivers the group to it, and the other members'
+	// clients commit its removal. No event of the group follows.
+	EventLeft
 )
 
 var eventKindNames = [...]string{
@@ -49,6 +71,9 @@ var eventKindNames = [...]string{
 	EventJoined:         "joined",
 	EventRemoved:        "removed",
 	EventUndecryptable:  "undecryptable",
+	EventRefused:        "refused",
+	EventRejoined:       "rejoined",
+	EventLeft:           "left",
 }
 
 // String returns a short lower-case name of k.
@@ -83,6 +108,7 @@ type Event struct {
 	Members []string
 	// AcceptedAt is when the Delivery Service accepted the message.
 	AcceptedAt time.Time
-	// Err is set for EventUndecryptable.
+	// Err is set for EventUndecryptable, EventRefused (a *CredentialError)
+	// and EventRejoined (the reason).
 	Err error
 }

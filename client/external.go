@@ -36,7 +36,7 @@ func (c *Client) joinExternal(ctx context.Context, groupID, groupInfo []byte) (*
 		}
 		giData, treeData := groupInfo, []byte(nil)
 		if groupID != nil {
-			res, err := c.rpc.groups.GetGroupInfo(ctx, connect.NewRequest(&mlsdsv1.GetGroupInfoRequest{GroupId: groupID}))
+			res, err := c.rpc.groups.GetGroupInfo(ctx, connect.NewRequest(&mlsdsv1.GetGroupInfoRequest{GroupId: groupID, JoinToken: joinTokenFrom(ctx)}))
 			if err != nil {
 				if transient(err) {
 					lastErr = err
@@ -99,11 +99,14 @@ func (c *Client) joinExternalOnce(ctx context.Context, giData, treeData []byte) 
 		if !broken {
 			return nil, fmt.Errorf("client: this client is a member of group %x already; to start over in it, use Group.Rejoin", gi.GroupContext.GroupID)
 		}
-		if err := g.rejoinOnce(ctx, gi, tree); err != nil {
+		if err := g.rejoinOnce(ctx, gi, tree, nil); err != nil {
 			return nil, err
 		}
 		return g, nil
 	}
+	// The group's messages may come before the Group is in c.groups:
+	// they must not make the client leave it (leaveUnknown).
+	defer c.beginJoin(gi.GroupContext.GroupID)()
 	st, rc, err := c.externalCommit(ctx, gi, tree, false)
 	if err != nil {
 		return nil, err
@@ -128,6 +131,20 @@ func (c *Client) joinExternalOnce(ctx context.Context, giData, treeData []byte) 
 // only) the new epoch's GroupInfo and tree go to the server encrypted,
 // and the roster does not change.
 func (c *Client) externalCommit(ctx context.Context, gi *mls.GroupInfo, tree *mls.RatchetTree, opaque bool) (*mls.Group, *mlsdsv1.Receipt, error) {
+	if tree == nil {
+		t, err := groupInfoTree(gi)
+		if err != nil {
+			return nil, nil, err
+		}
+		tree = t // nil: mls.JoinExternalWith says what is missing
+	}
+	if tree != nil {
+		// Every leaf of the group joined passes the credential check
+		// (§5.3.1) before this client commits to it.
+		if err := c.validateTree(ctx, gi.GroupContext.GroupID, tree); err != nil {
+			return nil, nil, err
+		}
+	}
 	old, err := c.ownLeaf(gi, tree)
 	if err != nil {
 		return nil, nil, err
@@ -152,7 +169,7 @@ func (c *Client) externalCommit(ctx context.Context, gi *mls.GroupInfo, tree *ml
 	if err != nil {
 		return nil, nil, err
 	}
-	req := &mlsdsv1.SendCommitBundleRequest{Commit: wire}
+	req := &mlsdsv1.SendCommitBundleRequest{Commit: wire, JoinToken: joinTokenFrom(ctx)}
 	if opaque {
 		blob, err := SealRemoteTree(st, ngi, st.Tree())
 		if err != nil {
@@ -173,19 +190,11 @@ func (c *Client) externalCommit(ctx context.Context, gi *mls.GroupInfo, tree *ml
 // ratchet_tree extension if tree is nil), or nil if it holds none.
 func (c *Client) ownLeaf(gi *mls.GroupInfo, tree *mls.RatchetTree) (*mls.LeafIndex, error) {
 	if tree == nil {
-		for _, e := range gi.Extensions {
-			if e.ExtensionType != mls.ExtensionTypeRatchetTree {
-				continue
-			}
-			t, err := mls.UnmarshalRatchetTree(gi.GroupContext.CipherSuite, e.ExtensionData)
-			if err != nil {
-				return nil, fmt.Errorf("client: the GroupInfo's ratchet tree does not decode: %w", err)
-			}
-			tree = t
+		t, err := groupInfoTree(gi)
+		if err != nil || t == nil {
+			return nil, err // no tree: mls.JoinExternalWith says what is missing
 		}
-		if tree == nil {
-			return nil, nil // mls.JoinExternalWith says what is missing
-		}
+		tree = t
 	}
 	for i, ln := range tree.Leaves() {
 		if bytes.Equal(mls.CredentialIdentity(&ln.Credential), []byte(c.id)) {
@@ -195,10 +204,33 @@ func (c *Client) ownLeaf(gi *mls.GroupInfo, tree *mls.RatchetTree) (*mls.LeafInd
 	return nil, nil
 }
 
+// groupInfoTree returns the tree of gi's ratchet_tree extension, or nil if
+// it has none.
+func groupInfoTree(gi *mls.GroupInfo) (*mls.RatchetTree, error) {
+	for _, e := range gi.Extensions {
+		if e.ExtensionType != mls.ExtensionTypeRatchetTree {
+			continue
+		}
+		t, err := mls.UnmarshalRatchetTree(gi.GroupContext.CipherSuite, e.ExtensionData)
+		if err != nil {
+			return nil, fmt.Errorf("client: the GroupInfo's ratchet tree does not decode: %w", err)
+		}
+		return t, nil
+	}
+	return nil, nil
+}
+
 // rejoin is Group.Rejoin: a resync external Commit from the server's
 // GroupInfo, made again with a fresh GroupInfo if another Commit wins the
 // epoch.
-func (g *Group) rejoin(ctx context.Context) error {
+func (g *Group) rejoin(ctx context.Context) error { return g.rejoinWith(ctx, nil) }
+
+// rejoinWith is rejoin; a reason (not nil) makes it the automatic rejoin of
+// a group this client could not follow, reported with EventRejoined
+// instead of EventJoined. When several members rejoin at once they race
+// for the epoch: a loser makes its Commit again from the newer GroupInfo,
+// at most maxAttempts times.
+func (g *Group) rejoinWith(ctx context.Context, reason error) error {
 	var lastErr error
 	for attempt := 0; attempt < maxAttempts; attempt++ {
 		if attempt > 0 {
@@ -206,7 +238,7 @@ func (g *Group) rejoin(ctx context.Context) error {
 				return err
 			}
 		}
-		err := g.rejoinOnce(ctx, nil, nil)
+		err := g.rejoinOnce(ctx, nil, nil, reason)
 		if err == nil {
 			return nil
 		}
@@ -220,8 +252,11 @@ func (g *Group) rejoin(ctx context.Context) error {
 
 // rejoinOnce replaces the group's state by a resync external Commit from
 // gi and tree, or from the server's GroupInfo if gi is nil (transparent
-// mode only).
-func (g *Group) rejoinOnce(ctx context.Context, gi *mls.GroupInfo, tree *mls.RatchetTree) error {
+// mode only). reason, if not nil, makes it an automatic rejoin
+// (EventRejoined). A tree with a leaf that fails the credential check is
+// not joined: the group is then marked refused (EventRefused) and the
+// *CredentialError returned.
+func (g *Group) rejoinOnce(ctx context.Context, gi *mls.GroupInfo, tree *mls.RatchetTree, reason error) error {
 	g.mu.Lock()
 	defer g.mu.Unlock()
 	switch {
@@ -248,6 +283,18 @@ func (g *Group) rejoinOnce(ctx context.Context, gi *mls.GroupInfo, tree *mls.Rat
 		return fmt.Errorf("client: the GroupInfo is of group %x, not %x", gi.GroupContext.GroupID, g.id)
 	}
 	st, rc, err := g.c.externalCommit(ctx, gi, tree, g.opaque)
+	var ce *CredentialError
+	if errors.As(err, &ce) {
+		g.c.logRefused("rejoining", ce)
+		if !g.refused {
+			g.broken, g.refused = true, true
+			g.unsaved = append(g.unsaved, refusedEvent(Event{GroupID: g.id, Seq: g.processed, Epoch: gi.GroupContext.Epoch}, ce))
+			if perr := g.persist(nil); perr != nil {
+				return perr
+			}
+		}
+		return err
+	}
 	if err != nil {
 		return err
 	}
@@ -255,11 +302,16 @@ func (g *Group) rejoinOnce(ctx context.Context, gi *mls.GroupInfo, tree *mls.Rat
 	// keys of those epochs.
 	g.st, g.processed = st, rc.GroupSeq
 	// Rejoining starts over: an earlier Leave no longer stands.
-	g.broken, g.pending, g.proposals, g.leaving = false, nil, nil, false
+	g.broken, g.refused, g.brokenErr, g.rejoinFailures, g.pending, g.proposals, g.leaving = false, false, nil, 0, nil, nil, false
+	g.own, g.removalsDue, g.commitSeen = nil, nil, true
 	if err := g.persist(nil); err != nil {
 		return err
 	}
-	g.c.emit(Event{Kind: EventJoined, GroupID: g.id, Seq: rc.GroupSeq, Epoch: st.Epoch(), Sender: g.c.id, Members: memberIDs(st), AcceptedAt: rc.AcceptedAt.AsTime()})
+	e := Event{Kind: EventJoined, GroupID: g.id, Seq: rc.GroupSeq, Epoch: st.Epoch(), Sender: g.c.id, Members: memberIDs(st), AcceptedAt: rc.AcceptedAt.AsTime()}
+	if reason != nil {
+		e.Kind, e.Err = EventRejoined, reason
+	}
+	g.c.emit(e)
 	g.c.acks.now()
 	return nil
 }

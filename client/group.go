@@ -25,9 +25,22 @@ type Group struct {
 	opaque    bool
 	removed   bool
 	broken    bool // a Commit could not be processed: the state is behind
-	closed    bool
-	// leaving says this client means to leave: it proposes its removal
-	// again in every epoch it is still a member of (see leave.go).
+	// refused says the Commit that broke the group was refused by the
+	// credential check: the client does not rejoin on its own.
+	refused bool
+	// brokenErr is why the group broke (in memory only), the reason of
+	// the EventRejoined of the automatic rejoin; rejoinFailures counts
+	// the automatic rejoins that failed since.
+	brokenErr      error
+	rejoinFailures int
+	// commitSeen says a Commit was processed since the last roster check
+	// (see removeStale); removalsDue holds the client ids whose Remove
+	// proposal an epoch ended without (in memory only).
+	commitSeen  bool
+	removalsDue map[string]bool
+	closed      bool
+	// leaving says this client called Leave and the server has not
+	// confirmed it yet (see leave.go).
 	leaving bool
 	// leaveMu serializes the sending of this client's Remove proposals.
 	leaveMu sync.Mutex
@@ -104,41 +117,45 @@ func (g *Group) Update(ctx context.Context) error {
 // proposals Leave makes. To update at once, call Update, which commits.
 func (g *Group) ProposeUpdate(ctx context.Context) (Receipt, error) { return g.proposeUpdate(ctx) }
 
-// Leave proposes the removal of this client, and returns once the server
-// has accepted the proposal. Another member's client commits it; this
-// client then gets EventRemoved (WaitRemoved waits for it). The intent to
-// leave is saved in the state: should the epoch end without the removal
-// (a Commit made before the proposal was seen wins the race and drops
-// it), the client proposes it again in the new epoch, also after a
-// restart, until it is removed. Methods that change the group keep
-// working meanwhile. Leave returns ErrRemoved if the client was already
-// known to be out when called, and nil if it finds itself removed while
-// it proposes.
+// Leave leaves the group: it hands the server this client's Remove
+// proposal (transparent groups; in opaque ones it sends it to the group
+// first) with LeaveGroup, after which the server delivers the group to
+// this client no more, takes in what was delivered up to then, and drops
+// the group: EventLeft, and Removed is true. The other members' clients
+// commit the removal on their own (the proposal, or else the server's
+// roster, which no longer lists this client). Until the server confirms,
+// the intent is kept in the state: a Leave cut short by an error or a
+// restart is finished later on its own. A client whose state of the group
+// is broken leaves without a proposal. Leave returns ErrRemoved if the
+// client was already out when called, and nil if it finds itself removed
+// while it leaves.
 func (g *Group) Leave(ctx context.Context) error { return g.leave(ctx) }
 
 // WaitRemoved waits until this client is no longer a member of the group:
-// its removal, or its Leave, was committed and processed (EventRemoved is
-// queued). It returns ctx's error if ctx ends first, ErrClosed if the
+// its removal was committed and processed (EventRemoved is queued), or it
+// left (EventLeft). It returns ctx's error if ctx ends first, ErrClosed if the
 // client is closed, ErrGroupBroken if the client can no longer follow the
 // group.
 func (g *Group) WaitRemoved(ctx context.Context) error { return g.waitRemoved(ctx) }
 
 // Removed reports whether this client is no longer a member of the group
-// (removed, or its Leave committed), as far as it has processed the
+// (removed, or it left), as far as it has processed the
 // group's messages. The methods that act on the group then return
 // ErrRemoved.
 func (g *Group) Removed() bool { return g.isRemoved() }
 
 // Broken reports whether this client could not process a Commit of the
-// group and can no longer follow it (ErrGroupBroken): see Rejoin.
+// group and can no longer follow it (ErrGroupBroken): see Rejoin. A
+// transparent group is rejoined on its own (EventRejoined), unless the
+// Commit was refused by the credential check (EventRefused).
 func (g *Group) Broken() bool {
 	g.mu.Lock()
 	defer g.mu.Unlock()
 	return g.broken
 }
 
-// Leaving reports whether this client called Leave and is not removed
-// yet: its Remove proposal is outstanding.
+// Leaving reports whether this client called Leave and the server has not
+// confirmed it yet.
 func (g *Group) Leaving() bool {
 	g.mu.Lock()
 	defer g.mu.Unlock()
@@ -160,7 +177,11 @@ func (g *Group) Sync(ctx context.Context) error { return g.syncAndLeave(ctx) }
 // one member. Messages sent between the Commit it could not process and
 // the rejoin stay unreadable. It works on a healthy group too (the client
 // then gets fresh keys and a new leaf). On success the client gets
-// EventJoined and the Group goes on as before. In an opaque-mode group
+// EventJoined and the Group goes on as before. The client does this on
+// its own when it cannot process a Commit of a transparent group
+// (EventRejoined). Every leaf of the tree joined must pass the credential
+// check (Config.CredentialValidator): if one fails, Rejoin returns a
+// *CredentialError and the group stays broken. In an opaque-mode group
 // the server holds no GroupInfo a broken member can read, so Rejoin fails:
 // get a GroupInfo from another member (Group.GroupInfo) and call
 // Client.JoinExternalWith, which rejoins the same way, or have another

@@ -13,20 +13,27 @@ import (
 	"github.com/mlsds/mlsds/mls"
 )
 
-// Leaving a group takes another member's Commit of this client's Remove
-// proposal. A proposal lives one epoch only (RFC 9420 §12.4): if a Commit
-// made before the proposal was seen ends the epoch, the proposal is gone
-// and nobody commits it. So the intent to leave is part of the group's
-// saved state (Group.leaving), and the client proposes its removal again
-// whenever it finds itself a member of an epoch whose proposals do not
-// remove it: after processing messages (maybeLeave), after its own Commit,
-// and on Open. The intent ends with the removal (applyCommit) or a Rejoin.
+// Leaving a group: the client hands the server its own Remove proposal
+// with LeaveGroup (transparent groups; in opaque ones it sends the
+// proposal first), the server stops delivering the group to it at once,
+// and the client drops the group (EventLeft). The other members' clients
+// commit the removal: the designated one commits the pending proposals,
+// and should the proposal be lost (a Commit made before it was seen ends
+// the epoch), the removal of clients whose proposal an epoch ended without
+// or who are no longer on the server's roster (removeStale). The intent
+// to leave is saved (Group.leaving) until the server confirms, so that a
+// client that stops in between finishes on Open.
 
-// leave records the intent to leave and proposes the removal of this
-// client in the current epoch.
+// leave records the intent to leave and leaves.
 func (g *Group) leave(ctx context.Context) error {
-	if err := g.lockActive(); err != nil {
-		return err
+	g.mu.Lock()
+	switch {
+	case g.closed:
+		g.mu.Unlock()
+		return ErrClosed
+	case g.removed:
+		g.mu.Unlock()
+		return ErrRemoved
 	}
 	if !g.leaving {
 		g.leaving = true
@@ -37,22 +44,22 @@ func (g *Group) leave(ctx context.Context) error {
 		}
 	}
 	g.mu.Unlock()
-	return g.proposeLeave(ctx)
+	return g.finishLeave(ctx)
 }
 
-// maybeLeave proposes the removal of this client again if it means to
-// leave and the proposals of the current epoch do not remove it. A
-// failure is logged: the next messages of the group try again.
+// maybeLeave finishes a Leave that was interrupted (a failure, or the
+// client stopped). A failure is logged: the next messages of the group,
+// or the next Open, try again.
 func (g *Group) maybeLeave(ctx context.Context) {
 	g.mu.Lock()
-	due := g.leaving && !g.removed && !g.broken && !g.closed && !g.selfRemoveProposedLocked()
+	due := g.leaving && !g.removed && !g.closed
 	g.mu.Unlock()
 	if !due {
 		return
 	}
-	err := g.proposeLeave(ctx)
-	if err != nil && !errors.Is(err, ErrRemoved) && !errors.Is(err, ErrClosed) && ctx.Err() == nil {
-		g.c.log.Warn("proposing the removal of this client again failed", slog.String("group", fmt.Sprintf("%x", g.id)), slog.String("error", err.Error()))
+	err := g.finishLeave(ctx)
+	if err != nil && !errors.Is(err, ErrClosed) && ctx.Err() == nil {
+		g.c.log.Warn("leaving the group failed; will try again", slog.String("group", fmt.Sprintf("%x", g.id)), slog.String("error", err.Error()))
 	}
 }
 
@@ -65,17 +72,17 @@ func (g *Group) syncAndLeave(ctx context.Context) error {
 	return nil
 }
 
-// proposeLeave sends a Remove proposal of this client unless one is in the
-// current epoch already, making it again on the new state when the group
-// moves on under it (at most maxAttempts times per call). Finding this
-// client removed is success: that is what it asked for.
-func (g *Group) proposeLeave(ctx context.Context) error {
+// finishLeave leaves the group on the server and drops it, making the
+// Remove proposal again on the new state when the group moves on under it
+// (at most maxAttempts times per call). Finding this client removed is
+// success: that is what it asked for.
+func (g *Group) finishLeave(ctx context.Context) error {
 	g.leaveMu.Lock()
 	defer g.leaveMu.Unlock()
 	var lastErr error
 	for attempt := 0; attempt < maxAttempts; attempt++ {
 		if attempt > 0 {
-			if err := sleep(ctx, backoff(attempt)); err != nil {
+			if err := sleep(ctx, retryAfter(lastErr, attempt)); err != nil {
 				return err
 			}
 		}
@@ -89,65 +96,97 @@ func (g *Group) proposeLeave(ctx context.Context) error {
 			g.c.rebases.Add(1)
 			if err := g.sync(ctx); errors.Is(err, ErrRemoved) {
 				return nil
-			} else if err != nil && !transient(err) {
+			} else if err != nil && !transient(err) && !errors.Is(err, ErrGroupBroken) {
 				return err
 			}
 		case transient(err):
 		default:
-			if err := g.checkRemoved(ctx, err); !errors.Is(err, ErrRemoved) {
-				return err
-			}
-			return nil
+			return err
 		}
 	}
 	return fmt.Errorf("client: leaving group %x failed %d times; try again later: %w", g.id, maxAttempts, lastErr)
 }
 
-// leaveOnce sends a Remove proposal of this client in the current epoch,
-// after making sure (by catching up with the group's log) that none is
-// there already: one this client sent before a restart, or another
-// member's.
+// leaveOnce makes this client's Remove proposal for the current epoch
+// (after catching up with the group's log; none if the state is broken),
+// hands it to the server with LeaveGroup, takes in what the server
+// delivered up to then, and drops the group.
 func (g *Group) leaveOnce(ctx context.Context) error {
-	if err := g.lockActive(); err != nil {
-		return err
-	}
+	g.mu.Lock()
 	defer g.mu.Unlock()
-	if !g.leaving || g.selfRemoveProposedLocked() {
-		return nil
-	}
-	if err := g.catchUpLocked(ctx, math.MaxUint64); err != nil {
-		return err
-	}
 	switch {
+	case g.closed:
+		return ErrClosed
 	case g.removed:
 		return ErrRemoved
-	case g.broken:
-		return ErrGroupBroken
-	case g.selfRemoveProposedLocked():
+	case !g.leaving:
 		return nil
 	}
-	// The proposal is made on a copy: the state takes it in when it comes
-	// back in the group's order.
-	tmp, err := cloneState(g.st)
-	if err != nil {
-		return err
+	var proposal []byte
+	if !g.broken {
+		if err := g.catchUpLocked(ctx, math.MaxUint64); err != nil {
+			return err
+		}
+		if g.removed {
+			return ErrRemoved
+		}
 	}
-	pm, err := tmp.Propose(&mls.Proposal{ProposalType: mls.ProposalTypeRemove, Remove: &mls.Remove{Removed: g.st.Self()}})
-	if err != nil {
-		return err
+	if !g.broken && !g.selfRemoveProposedLocked() {
+		// Made on a copy: the state takes it in when it comes back in
+		// the group's order.
+		tmp, err := cloneState(g.st)
+		if err != nil {
+			return err
+		}
+		pm, err := tmp.Propose(&mls.Proposal{ProposalType: mls.ProposalTypeRemove, Remove: &mls.Remove{Removed: g.st.Self()}})
+		if err != nil {
+			return err
+		}
+		if proposal, err = mlsMessage(&mls.MLSMessage{WireFormat: mls.WireFormatPublicMessage, PublicMessage: pm}); err != nil {
+			return err
+		}
 	}
-	wire, err := mlsMessage(&mls.MLSMessage{WireFormat: mls.WireFormatPublicMessage, PublicMessage: pm})
-	if err != nil {
-		return err
+	if g.opaque && proposal != nil {
+		// LeaveGroup takes the proposal of transparent groups only.
+		if _, err := g.c.rpc.groups.Send(ctx, connect.NewRequest(&mlsdsv1.SendRequest{Message: proposal})); err != nil {
+			return fmt.Errorf("client: sending a Remove proposal to group %x: %w", g.id, err)
+		}
+		proposal = nil
 	}
-	res, err := g.c.rpc.groups.Send(ctx, connect.NewRequest(&mlsdsv1.SendRequest{Message: wire}))
-	if err != nil {
-		return fmt.Errorf("client: sending a Remove proposal to group %x: %w", g.id, err)
+	res, err := g.c.rpc.groups.LeaveGroup(ctx, connect.NewRequest(&mlsdsv1.LeaveGroupRequest{GroupId: g.id, RemoveProposal: proposal}))
+	var lastSeq uint64
+	switch {
+	case err == nil:
+		lastSeq = res.Msg.LastSeq
+	case connect.CodeOf(err) == connect.CodeUnimplemented:
+		// A server without LeaveGroup keeps delivering the group (this
+		// client ignores it); the proposal goes as a message.
+		if proposal != nil {
+			sres, err := g.c.rpc.groups.Send(ctx, connect.NewRequest(&mlsdsv1.SendRequest{Message: proposal}))
+			if err != nil {
+				return fmt.Errorf("client: sending a Remove proposal to group %x: %w", g.id, err)
+			}
+			lastSeq = sres.Msg.Receipt.GroupSeq
+		}
+	case errorDetail[*mlsdsv1.NotMember](err) != nil:
+		// The server has this client out already.
+	default:
+		return fmt.Errorf("client: leaving group %x: %w", g.id, err)
 	}
-	if err := g.catchUpLocked(ctx, res.Msg.Receipt.GroupSeq); err != nil {
-		g.c.log.Debug("catching up after leaving", slog.String("error", err.Error()))
+	if lastSeq > g.processed && !g.broken {
+		// What the server delivered up to the leave is this client's to
+		// read; nothing after it comes.
+		if err := g.catchUpLocked(ctx, lastSeq); err != nil {
+			g.c.log.Debug("catching up while leaving", slog.String("group", fmt.Sprintf("%x", g.id)), slog.String("error", err.Error()))
+		}
 	}
-	return nil
+	if g.removed {
+		return nil // a Commit removed this client meanwhile: EventRemoved
+	}
+	e := Event{Kind: EventLeft, GroupID: g.id, Seq: max(lastSeq, g.processed), Epoch: g.st.Epoch(), Sender: g.c.id, Members: memberIDs(g.st)}
+	g.removed, g.leaving, g.pending, g.proposals, g.own = true, false, nil, nil, nil
+	g.unsaved = append(g.unsaved, e)
+	return g.persist(nil)
 }
 
 // selfRemoveProposedLocked reports whether the proposals of the current

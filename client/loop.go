@@ -134,8 +134,7 @@ func (c *Client) handleStreamBatch(ctx context.Context, batch []*mlsdsv1.Subscri
 		}
 		if first == nil {
 			for _, g := range touched {
-				g.maybeAutoCommit(ctx)
-				g.maybeLeave(ctx)
+				g.afterProcessing(ctx)
 			}
 		}
 		touched = nil
@@ -151,8 +150,11 @@ func (c *Client) handleStreamBatch(ctx context.Context, batch []*mlsdsv1.Subscri
 		if env := ev.GetMessage(); env != nil {
 			g := c.group(env.GroupId)
 			if g == nil {
-				// A group this client has no state of (its Welcome is
-				// still to come, or it was lost): nothing to do.
+				// A group this client has no state of (it dropped or
+				// lost it, or refused its Welcome; the server sends a
+				// new member's Welcome before the group's messages):
+				// leave it rather than download it again.
+				c.leaveUnknown(env.GroupId, nil)
 				continue
 			}
 			if !slices.Contains(touched, g) {
@@ -181,8 +183,8 @@ func (c *Client) handleStreamEvent(ctx context.Context, ev *mlsdsv1.SubscribeRes
 		env := ev.GetMessage()
 		g := c.group(env.GroupId)
 		if g == nil {
-			// A group this client has no state of (its Welcome is still
-			// to come, or it was lost): nothing to do.
+			// A group this client has no state of: leave it.
+			c.leaveUnknown(env.GroupId, nil)
 			return nil
 		}
 		return g.deliver(ctx, env)
@@ -367,6 +369,26 @@ func (c *Client) handleWelcome(ctx context.Context, w *mlsdsv1.WelcomeEvent) err
 	}
 	if !bytes.Equal(st.GroupID(), w.GroupId) {
 		return fail(fmt.Errorf("the Welcome is for group %x, not %x as the server says", st.GroupID(), w.GroupId))
+	}
+	// Every leaf of the tree joined passes the credential check (§5.3.1)
+	// before the client takes the group.
+	if err := c.validateTree(ctx, st.GroupID(), st.Tree()); err != nil {
+		var ce *CredentialError
+		if !errors.As(err, &ce) {
+			return err // could not decide: the Welcome comes again
+		}
+		c.logRefused("a Welcome", ce)
+		c.emit(refusedEvent(Event{GroupID: w.GroupId, Seq: w.CommitSeq, Epoch: st.Epoch(), AcceptedAt: w.AcceptedAt.AsTime()}, ce))
+		c.acks.set(w.GroupId, w.CommitSeq)
+		c.acks.now()
+		// The server counts this client a member: leave, with a Remove
+		// proposal so that the members' clients commit it.
+		var proposal []byte
+		if pm, err := st.Propose(&mls.Proposal{ProposalType: mls.ProposalTypeRemove, Remove: &mls.Remove{Removed: st.Self()}}); err == nil && !opaque {
+			proposal, _ = mlsMessage(&mls.MLSMessage{WireFormat: mls.WireFormatPublicMessage, PublicMessage: pm})
+		}
+		c.leaveUnknown(w.GroupId, proposal)
+		return nil
 	}
 	g := &Group{c: c, id: st.GroupID(), st: st, processed: w.CommitSeq, opaque: opaque}
 	var del []byte

@@ -168,16 +168,18 @@ func (c *Client) register(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	req := &mlsdsv1.RegisterClientRequest{Credential: cb, SignatureKey: pub, CipherSuite: uint32(c.cs), UserId: c.user}
+	req := &mlsdsv1.RegisterClientRequest{Credential: cb, SignatureKey: pub, CipherSuite: uint32(c.cs), UserId: c.user, DeviceLink: c.cfg.DeviceLink}
 	if c.cfg.EnrollmentToken != "" {
 		req.Enrollment = &mlsdsv1.RegisterClientRequest_EnrollmentToken{EnrollmentToken: c.cfg.EnrollmentToken}
 	}
+	if err := SignRegistration(c.sig, req); err != nil {
+		return err
+	}
 	_, err = c.rpc.auth.RegisterClient(ctx, connect.NewRequest(req))
 	switch connect.CodeOf(err) {
-	case connect.CodeAlreadyExists:
-		return fmt.Errorf("client: client id %q is registered with another key; pick another ClientID: %w", c.id, err)
-	case connect.CodePermissionDenied:
-		return fmt.Errorf("client: the server refused the registration of %q; set Config.EnrollmentToken: %w", c.id, err)
+	case connect.CodeAlreadyExists, connect.CodePermissionDenied:
+		return fmt.Errorf("client: the server refused to register %q: the id may be taken, the user may belong to other clients "+
+			"(a further device needs a device link from one of them), or the server needs an enrollment token: %w", c.id, err)
 	}
 	if err != nil {
 		return fmt.Errorf("client: registering %q: %w", c.id, err)

@@ -45,7 +45,10 @@ func loadGroup(c *Client, r groupRow) (*Group, error) {
 	if err != nil {
 		return nil, fmt.Errorf("stored state does not decode: %w", err)
 	}
-	g := &Group{c: c, id: r.id, st: st, processed: r.processed, opaque: r.opaque, removed: r.removed, broken: r.broken, leaving: r.leaving, proposals: decodeList(r.proposals)}
+	g := &Group{c: c, id: r.id, st: st, processed: r.processed, opaque: r.opaque, removed: r.removed, broken: r.broken, refused: r.refused, leaving: r.leaving, proposals: decodeList(r.proposals)}
+	if g.broken {
+		g.brokenErr = errors.New("client: the state was broken when the client last stopped")
+	}
 	if r.pendingCommit != nil {
 		next, err := mls.UnmarshalGroup(r.pendingState)
 		if err != nil {
@@ -96,7 +99,7 @@ func (g *Group) save(deleteRef []byte) error {
 	if err != nil {
 		return err
 	}
-	r := &groupRow{id: g.id, state: state, processed: g.processed, opaque: g.opaque, removed: g.removed, broken: g.broken, leaving: g.leaving, proposals: encodeList(g.proposals)}
+	r := &groupRow{id: g.id, state: state, processed: g.processed, opaque: g.opaque, removed: g.removed, broken: g.broken, refused: g.refused, leaving: g.leaving, proposals: encodeList(g.proposals)}
 	if p := g.pending; p != nil {
 		r.pendingCommit, r.pendingState = p.wire, p.nextState
 	}
@@ -313,8 +316,7 @@ func (g *Group) deliver(ctx context.Context, env *mlsdsv1.Envelope) error {
 	if err != nil {
 		return err
 	}
-	g.maybeAutoCommit(ctx)
-	g.maybeLeave(ctx)
+	g.afterProcessing(ctx)
 	return nil
 }
 
@@ -329,8 +331,7 @@ func (g *Group) take(ctx context.Context, env *mlsdsv1.Envelope) error {
 	}
 	g.skipOwnLocked()
 	if env.GroupSeq == g.processed+1 {
-		g.processLocked(env)
-		return nil
+		return g.processLocked(env)
 	}
 	return g.catchUpLocked(ctx, env.GroupSeq)
 }
@@ -371,6 +372,7 @@ func (g *Group) sync(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
+	g.maybeRecover(ctx)
 	return g.maybeAutoCommit(ctx)
 }
 
@@ -396,7 +398,9 @@ func (g *Group) catchUpLocked(ctx context.Context, upTo uint64) (err error) {
 			if env.GroupSeq > upTo || g.removed {
 				return nil
 			}
-			g.processLocked(env)
+			if err := g.processLocked(env); err != nil {
+				return err
+			}
 		}
 		if err := g.flushLocked(); err != nil {
 			return err
@@ -410,13 +414,15 @@ func (g *Group) catchUpLocked(ctx context.Context, upTo uint64) (err error) {
 
 // processLocked processes the message at the next position: it updates
 // the state and the position in memory and keeps the events until the
-// state is written (flushLocked, persist).
-func (g *Group) processLocked(env *mlsdsv1.Envelope) {
+// state is written (flushLocked, persist). It fails, changing nothing, only
+// when the credential check could not decide (ErrValidatorUnavailable):
+// the message is processed again later.
+func (g *Group) processLocked(env *mlsdsv1.Envelope) error {
 	if env.GroupSeq <= g.processed {
-		return
+		return nil
 	}
 	if g.removed {
-		return
+		return nil
 	}
 	base := Event{GroupID: g.id, Seq: env.GroupSeq, Epoch: env.Epoch, Sender: env.SenderClientId, AcceptedAt: env.AcceptedAt.AsTime()}
 	undecryptable := func(err error) []Event {
@@ -427,6 +433,7 @@ func (g *Group) processLocked(env *mlsdsv1.Envelope) {
 		return []Event{e}
 	}
 	var evs []Event
+	var retry error
 	own := env.SenderClientId == g.c.id
 	msg, err := mls.ParseMLSMessage(env.Message)
 	switch {
@@ -436,9 +443,9 @@ func (g *Group) processLocked(env *mlsdsv1.Envelope) {
 		switch msg.PrivateMessage.ContentType {
 		case mls.ContentTypeProposal:
 			// Another member's proposal sent encrypted (§6.3).
-			evs = g.takePrivateProposal(msg, env, undecryptable)
+			evs, retry = g.takePrivateProposal(base, msg, env, undecryptable)
 		case mls.ContentTypeCommit:
-			evs = g.applyCommit(base, env, msg, own, undecryptable)
+			evs, retry = g.applyCommit(base, env, msg, own, undecryptable)
 		case mls.ContentTypeApplication:
 			if own {
 				break // this client's own application message
@@ -463,63 +470,108 @@ func (g *Group) processLocked(env *mlsdsv1.Envelope) {
 		pm := msg.PublicMessage
 		switch pm.Content.ContentType {
 		case mls.ContentTypeProposal:
-			if _, err := g.st.HandleProposal(pm); err != nil {
+			if err := g.checkProposalLocked(pm.Content.Proposal, pm.Content.Sender); err != nil {
+				var ce *CredentialError
+				if !errors.As(err, &ce) {
+					retry = err
+					break
+				}
+				// Left out of the state, so that no Commit of this client
+				// carries it; a Commit of another member that does is
+				// refused.
+				evs = []Event{refusedEvent(base, ce)}
+			} else if _, err := g.st.HandleProposal(pm); err != nil {
 				evs = undecryptable(fmt.Errorf("client: proposal not accepted: %w", err))
 			} else {
 				g.proposals = append(g.proposals, env.Message)
 			}
 		case mls.ContentTypeCommit:
-			evs = g.applyCommit(base, env, msg, own, undecryptable)
+			evs, retry = g.applyCommit(base, env, msg, own, undecryptable)
 		default:
 			evs = undecryptable(errors.New("client: application data sent as PublicMessage"))
 		}
 	default:
 		evs = undecryptable(fmt.Errorf("client: unexpected wire format %d in a group", msg.WireFormat))
 	}
+	if retry != nil {
+		g.c.log.Debug("message left for later: the credential check could not decide", slog.String("group", fmt.Sprintf("%x", g.id)),
+			slog.Uint64("seq", env.GroupSeq), slog.String("error", retry.Error()))
+		return retry
+	}
 	g.processed = env.GroupSeq
 	g.unsaved = append(g.unsaved, evs...)
 	g.dirty = true
+	return nil
 }
 
 // applyCommit processes a Commit: this client's own pending one is merged,
-// another member's is handled.
-func (g *Group) applyCommit(base Event, env *mlsdsv1.Envelope, msg *mls.MLSMessage, own bool, undecryptable func(error) []Event) []Event {
-	before := memberIDs(g.st)
+// another member's is handled on a copy of the state, which replaces the
+// state once the leaves the Commit brings in pass the credential check.
+// It fails, changing nothing, only when that check could not decide.
+func (g *Group) applyCommit(base Event, env *mlsdsv1.Envelope, msg *mls.MLSMessage, own bool, undecryptable func(error) []Event) ([]Event, error) {
+	oldMembers := g.st.Members()
+	var before []string
+	for _, m := range oldMembers {
+		before = append(before, string(m.Identity))
+	}
 	// This client makes PublicMessage Commits only: an encrypted one the
 	// server says is its own is one it does not hold, as is a plain one
 	// from its own leaf.
 	ownLeaf := msg.PrivateMessage != nil || msg.PublicMessage.Content.Sender.SenderType == mls.SenderTypeMember && msg.PublicMessage.Content.Sender.LeafIndex == g.st.Self()
 	if own && g.pending != nil && bytes.Equal(g.pending.wire, env.Message) {
+		// Its leaves were checked when it was made (makeCommit).
 		g.st = g.pending.next
 		g.pending.merged = true
 		g.pending = nil
 	} else if own && ownLeaf {
 		g.pending = nil
-		g.broken = true
-		return undecryptable(errBroken(errors.New("a Commit of this client that it no longer holds (state lost?)")))
+		return g.breakLocked(errBroken(errors.New("a Commit of this client that it no longer holds (state lost?)")), undecryptable), nil
 	} else {
-		g.pending = nil
-		var effect *mls.CommitEffect
-		p, err := g.st.Process(msg)
-		if err == nil {
-			effect = p.Commit
+		next, err := cloneState(g.st)
+		if err != nil {
+			return g.breakLocked(errBroken(err), undecryptable), nil
+		}
+		p, err := next.Process(msg)
+		if err == nil && p.Commit == nil {
+			err = errors.New("mls: the message is not a Commit")
 		}
 		if err != nil {
-			g.broken = true
-			return undecryptable(errBroken(err))
+			g.pending = nil
+			return g.breakLocked(errBroken(err), undecryptable), nil
 		}
+		effect := p.Commit
 		for _, r := range effect.Removed {
 			if r.Leaf == g.st.Self() {
+				g.st = next
+				g.pending = nil
 				g.removed = true
 				g.leaving = false
 				g.proposals = nil
 				e := base
 				e.Kind, e.Members = EventRemoved, before
-				return []Event{e}
+				return []Event{e}, nil
 			}
 		}
+		if err := g.checkCommitLeaves(next, effect); err != nil {
+			var ce *CredentialError
+			if !errors.As(err, &ce) {
+				return nil, err
+			}
+			// The state stays as it was; without the Commit the client
+			// cannot follow the group, and a rejoin would take the leaf
+			// in: the group is broken until the app rejoins.
+			g.c.logRefused("a Commit", ce)
+			g.pending = nil
+			g.broken, g.refused, g.brokenErr = true, true, ce
+			return []Event{refusedEvent(base, ce)}, nil
+		}
+		g.st = next
+		g.pending = nil
 	}
+	g.noteEpochEndLocked(oldMembers)
 	g.proposals = nil
+	g.commitSeen = true
+	g.rejoinFailures = 0
 	after := memberIDs(g.st)
 	var evs []Event
 	if added := minus(after, before); len(added) > 0 {
@@ -534,22 +586,93 @@ func (g *Group) applyCommit(base Event, env *mlsdsv1.Envelope, msg *mls.MLSMessa
 	}
 	e := base
 	e.Kind, e.Epoch, e.Members = EventEpoch, g.st.Epoch(), after
-	return append(evs, e)
+	return append(evs, e), nil
 }
 
-// takePrivateProposal processes a proposal sent as a PrivateMessage. The
-// proposals list keeps it decrypted, as a PublicMessage without
-// authentication (it only ever serves to read the proposal back: mls
-// keeps the authenticated one for the Commit that refers to it).
-func (g *Group) takePrivateProposal(msg *mls.MLSMessage, env *mlsdsv1.Envelope, undecryptable func(error) []Event) []Event {
-	p, err := g.st.Process(msg)
-	if err != nil {
-		return undecryptable(fmt.Errorf("client: encrypted proposal not accepted: %w", err))
-	}
-	if p.Proposal == nil {
-		g.proposals = append(g.proposals, env.Message)
+// breakLocked marks the group broken by a Commit it could not process
+// (err) and returns the EventUndecryptable of it. A transparent group is
+// then rejoined on its own (maybeRecover).
+func (g *Group) breakLocked(err error, undecryptable func(error) []Event) []Event {
+	g.broken, g.refused, g.brokenErr = true, false, err
+	return undecryptable(err)
+}
+
+// checkCommitLeaves runs the credential check on the leaves a Commit of
+// another member brings in (effect, with next the state after it): those
+// it adds (an external joiner's too), those Update proposals replace and
+// the committer's UpdatePath leaf.
+func (g *Group) checkCommitLeaves(next *mls.Group, effect *mls.CommitEffect) error {
+	if len(effect.Added) == 0 && len(effect.Updated) == 0 {
 		return nil
 	}
+	tree := next.Tree()
+	var leaves []leafRef
+	for _, a := range effect.Added {
+		if ln := tree.Leaf(a.Leaf); ln != nil {
+			leaves = append(leaves, leafRef{a.Leaf, ln})
+		}
+	}
+	for _, u := range effect.Updated {
+		if ln := tree.Leaf(u.Leaf); ln != nil {
+			leaves = append(leaves, leafRef{u.Leaf, ln})
+		}
+	}
+	ctx, cancel := g.c.validationCtx()
+	defer cancel()
+	return g.c.validateLeaves(ctx, g.id, leaves)
+}
+
+// UnplacedLeaf is the leaf index a CredentialValidator gets for the leaf of
+// an Add proposal, which has no place in the tree yet.
+const UnplacedLeaf = ^mls.LeafIndex(0)
+
+// checkProposalLocked runs the credential check on the leaf a proposal
+// brings in (an Add's KeyPackage, an Update's LeafNode), if any.
+func (g *Group) checkProposalLocked(p *mls.Proposal, sender mls.Sender) error {
+	var l leafRef
+	switch {
+	case p == nil:
+		return nil
+	case p.ProposalType == mls.ProposalTypeAdd && p.Add != nil:
+		l = leafRef{UnplacedLeaf, &p.Add.KeyPackage.LeafNode}
+	case p.ProposalType == mls.ProposalTypeUpdate && p.Update != nil && sender.SenderType == mls.SenderTypeMember:
+		l = leafRef{sender.LeafIndex, &p.Update.LeafNode}
+	default:
+		return nil
+	}
+	ctx, cancel := g.c.validationCtx()
+	defer cancel()
+	return g.c.validateLeaves(ctx, g.id, []leafRef{l})
+}
+
+// takePrivateProposal processes a proposal sent as a PrivateMessage, on a
+// copy of the state that replaces it once the proposal passes the
+// credential check. The proposals list keeps it decrypted, as a
+// PublicMessage without authentication (it only ever serves to read the
+// proposal back: mls keeps the authenticated one for the Commit that
+// refers to it).
+func (g *Group) takePrivateProposal(base Event, msg *mls.MLSMessage, env *mlsdsv1.Envelope, undecryptable func(error) []Event) ([]Event, error) {
+	next, err := cloneState(g.st)
+	if err != nil {
+		return undecryptable(err), nil
+	}
+	p, err := next.Process(msg)
+	if err != nil {
+		return undecryptable(fmt.Errorf("client: encrypted proposal not accepted: %w", err)), nil
+	}
+	if p.Proposal == nil {
+		g.st = next
+		g.proposals = append(g.proposals, env.Message)
+		return nil, nil
+	}
+	if err := g.checkProposalLocked(p.Proposal, p.Sender); err != nil {
+		var ce *CredentialError
+		if !errors.As(err, &ce) {
+			return nil, err
+		}
+		return []Event{refusedEvent(base, ce)}, nil
+	}
+	g.st = next
 	plain := &mls.PublicMessage{Content: mls.FramedContent{GroupID: g.id, Epoch: p.Epoch, Sender: p.Sender,
 		ContentType: mls.ContentTypeProposal, Proposal: p.Proposal}}
 	if p.Sender.SenderType == mls.SenderTypeMember {
@@ -561,13 +684,13 @@ func (g *Group) takePrivateProposal(msg *mls.MLSMessage, env *mlsdsv1.Envelope, 
 		b = env.Message
 	}
 	g.proposals = append(g.proposals, b)
-	return nil
+	return nil, nil
 }
 
 // errBroken explains a Commit this client could not process.
 func errBroken(err error) error {
-	return fmt.Errorf("client: a Commit could not be processed, so this client can no longer follow the group; "+
-		"call Group.Rejoin (transparent groups), or have another member remove it and add it again: %w", err)
+	return fmt.Errorf("client: a Commit could not be processed, so this client can no longer follow the group "+
+		"(it rejoins a transparent group on its own; in an opaque one, rejoin with a member's GroupInfo or have a member remove it and add it again): %w", err)
 }
 
 // minus returns the ids in a that are not in b.
@@ -787,8 +910,10 @@ func (g *Group) sendPendingLocked(ctx context.Context) error {
 		return nil
 	}
 	if g.processed == rc.GroupSeq-1 {
-		g.processLocked(&mlsdsv1.Envelope{GroupId: g.id, GroupSeq: rc.GroupSeq, Epoch: rc.Epoch, SenderClientId: g.c.id,
-			ContentType: mlsdsv1.ContentType_CONTENT_TYPE_COMMIT, Message: p.wire, AcceptedAt: rc.AcceptedAt})
+		if err := g.processLocked(&mlsdsv1.Envelope{GroupId: g.id, GroupSeq: rc.GroupSeq, Epoch: rc.Epoch, SenderClientId: g.c.id,
+			ContentType: mlsdsv1.ContentType_CONTENT_TYPE_COMMIT, Message: p.wire, AcceptedAt: rc.AcceptedAt}); err != nil {
+			return err
+		}
 		return g.flushLocked()
 	}
 	return nil
@@ -867,6 +992,11 @@ func (g *Group) makeCommit(ctx context.Context, in intent, claimed map[string]*m
 		p.remoteTree = &mlsdsv1.RemoteTree{Epoch: epoch, Blob: blob}
 	}
 	if err := next.MergePendingCommit(); err != nil {
+		return nil, err
+	}
+	// The leaves this Commit brings in (the claimed KeyPackages', those of
+	// the proposals it commits) pass the credential check first.
+	if err := g.checkOwnCommitLeaves(ctx, next); err != nil {
 		return nil, err
 	}
 	if p.wire, err = mlsMessage(msg); err != nil {
@@ -1087,4 +1217,60 @@ func (g *Group) groupInfo() ([]byte, error) {
 		return nil, err
 	}
 	return mlsMessage(&mls.MLSMessage{WireFormat: mls.WireFormatGroupInfo, GroupInfo: gi})
+}
+
+// checkOwnCommitLeaves runs the credential check on the leaves of next (the
+// state after this client's Commit) that are new or changed since the
+// current state, other than this client's own.
+func (g *Group) checkOwnCommitLeaves(ctx context.Context, next *mls.Group) error {
+	old := g.st.Tree()
+	var leaves []leafRef
+	for i, ln := range next.Tree().Leaves() {
+		if i == next.Self() {
+			continue
+		}
+		if o := old.Leaf(i); o != nil && bytes.Equal(o.SignatureKey, ln.SignatureKey) && sameCredential(&o.Credential, &ln.Credential) {
+			continue
+		}
+		leaves = append(leaves, leafRef{i, ln})
+	}
+	return g.c.validateLeaves(ctx, g.id, leaves)
+}
+
+// noteEpochEndLocked records, as the epoch ends (oldMembers its members),
+// the clients whose removal was proposed in it but not committed: a
+// designated member commits their removal (removeStale).
+func (g *Group) noteEpochEndLocked(oldMembers []mls.Member) {
+	current := map[string]bool{}
+	for _, m := range g.st.Members() {
+		current[string(m.Identity)] = true
+	}
+	for id := range g.removalsDue {
+		if !current[id] {
+			delete(g.removalsDue, id)
+		}
+	}
+	for _, b := range g.proposals {
+		m, err := mls.ParseMLSMessage(b)
+		if err != nil || m.PublicMessage == nil || m.PublicMessage.Content.Proposal == nil {
+			continue
+		}
+		p := m.PublicMessage.Content.Proposal
+		if p.ProposalType != mls.ProposalTypeRemove || p.Remove == nil {
+			continue
+		}
+		for _, om := range oldMembers {
+			if om.Leaf == p.Remove.Removed && current[string(om.Identity)] && om.Leaf != g.st.Self() {
+				if g.removalsDue == nil {
+					g.removalsDue = map[string]bool{}
+				}
+				g.removalsDue[string(om.Identity)] = true
+			}
+		}
+	}
+}
+
+// sameCredential reports whether a and b are the same credential.
+func sameCredential(a, b *mls.Credential) bool {
+	return a.CredentialType == b.CredentialType && bytes.Equal(a.Identity, b.Identity) && slices.EqualFunc(a.Certificates, b.Certificates, bytes.Equal)
 }

@@ -439,8 +439,11 @@ func (s *rtServer) connect(t *testing.T, id string) *rtConn {
 	c.kps = mlsdsv1connect.NewKeyPackageServiceClient(s.http, s.url, opts)
 	c.delivery = mlsdsv1connect.NewDeliveryServiceClient(s.http, s.url, opts)
 	cred := mls.Credential{CredentialType: mls.CredentialTypeBasic, Identity: []byte(id)}
-	if _, err := a.RegisterClient(ctx, connect.NewRequest(&mlsdsv1.RegisterClientRequest{
-		Credential: rtEncode(t, &cred), SignatureKey: c.sigPub, CipherSuite: uint32(rtSuite)})); err != nil {
+	reg := &mlsdsv1.RegisterClientRequest{Credential: rtEncode(t, &cred), SignatureKey: c.sigPub, CipherSuite: uint32(rtSuite)}
+	if err := SignRegistration(c.sigPriv, reg); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := a.RegisterClient(ctx, connect.NewRequest(reg)); err != nil {
 		t.Fatalf("RegisterClient(%s): %v", id, err)
 	}
 	ch, err := a.GetChallenge(ctx, connect.NewRequest(&mlsdsv1.GetChallengeRequest{ClientId: id}))

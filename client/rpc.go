@@ -18,7 +18,7 @@ import (
 	"github.com/mlsds/mlsds/mls"
 )
 
-// rpc holds the Connect clients of the four services and the session
+// rpc holds the Connect clients of the services and the session
 // token, which it renews on its own: before it expires, and once again
 // when the server says a call is unauthenticated.
 type rpc struct {
@@ -26,6 +26,7 @@ type rpc struct {
 	kps      mlsdsv1connect.KeyPackageServiceClient
 	groups   mlsdsv1connect.GroupServiceClient
 	delivery mlsdsv1connect.DeliveryServiceClient
+	account  mlsdsv1connect.AccountServiceClient
 
 	clientID string
 	suite    mls.CipherSuite
@@ -59,6 +60,7 @@ func newRPC(hc *http.Client, server string, clientID string, suite mls.CipherSui
 	r.kps = mlsdsv1connect.NewKeyPackageServiceClient(hc, server, opts)
 	r.groups = mlsdsv1connect.NewGroupServiceClient(hc, server, opts)
 	r.delivery = mlsdsv1connect.NewDeliveryServiceClient(hc, server, opts)
+	r.account = mlsdsv1connect.NewAccountServiceClient(hc, server, opts)
 	return r
 }
 

@@ -364,6 +364,11 @@ func TestRejoin(t *testing.T) {
 	gid := g.ID()
 	ctx := ctxT(t)
 	bg := bob.Group(gid)
+	// Bob's client would rejoin on its own (TestRecoverFromBadCommit): hold
+	// that back, to rejoin by hand.
+	bg.mu.Lock()
+	bg.rejoinFailures = maxAutoRejoins
+	bg.mu.Unlock()
 	if _, err := bob.JoinExternal(ctx, gid); err == nil || !strings.Contains(err.Error(), "Rejoin") {
 		t.Errorf("JoinExternal of a member: %v; want an error that points to Rejoin", err)
 	}

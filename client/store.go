@@ -55,7 +55,8 @@ CREATE TABLE IF NOT EXISTS groups (
 	pending_commit BLOB,
 	pending_state BLOB,
 	proposals BLOB,
-	leaving INTEGER NOT NULL DEFAULT 0
+	leaving INTEGER NOT NULL DEFAULT 0,
+	refused INTEGER NOT NULL DEFAULT 0
 );
 `
 
@@ -63,6 +64,7 @@ CREATE TABLE IF NOT EXISTS groups (
 // each adds a column to a table unless it is there.
 var migrations = []struct{ table, column, def string }{
 	{"groups", "leaving", "INTEGER NOT NULL DEFAULT 0"},
+	{"groups", "refused", "INTEGER NOT NULL DEFAULT 0"},
 }
 
 // openStore opens (creating, mode 0600) the state file at path, or an
@@ -298,6 +300,7 @@ type groupRow struct {
 	removed   bool
 	broken    bool
 	leaving   bool // this client means to leave (Group.Leave)
+	refused   bool // broken by a Commit the credential check refused
 	// pendingCommit and pendingState are this client's Commit in flight
 	// (an MLSMessage) and the group state once it is merged.
 	pendingCommit, pendingState []byte
@@ -305,7 +308,7 @@ type groupRow struct {
 }
 
 func (s *store) groups(ctx context.Context) ([]groupRow, error) {
-	rows, err := s.db.QueryContext(ctx, `SELECT id, state, processed, opaque, removed, broken, pending_commit, pending_state, proposals, leaving FROM groups`)
+	rows, err := s.db.QueryContext(ctx, `SELECT id, state, processed, opaque, removed, broken, pending_commit, pending_state, proposals, leaving, refused FROM groups`)
 	if err != nil {
 		return nil, err
 	}
@@ -314,7 +317,7 @@ func (s *store) groups(ctx context.Context) ([]groupRow, error) {
 	for rows.Next() {
 		var r groupRow
 		var processed int64
-		if err := rows.Scan(&r.id, &r.state, &processed, &r.opaque, &r.removed, &r.broken, &r.pendingCommit, &r.pendingState, &r.proposals, &r.leaving); err != nil {
+		if err := rows.Scan(&r.id, &r.state, &processed, &r.opaque, &r.removed, &r.broken, &r.pendingCommit, &r.pendingState, &r.proposals, &r.leaving, &r.refused); err != nil {
 			return nil, err
 		}
 		r.processed = uint64(processed)
@@ -335,10 +338,10 @@ func (s *store) putGroup(ctx context.Context, r *groupRow, deleteRef []byte) err
 		return err
 	}
 	defer tx.Rollback()
-	if _, err := tx.ExecContext(ctx, `INSERT INTO groups (id, state, processed, opaque, removed, broken, pending_commit, pending_state, proposals, leaving) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+	if _, err := tx.ExecContext(ctx, `INSERT INTO groups (id, state, processed, opaque, removed, broken, pending_commit, pending_state, proposals, leaving, refused) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
 		ON CONFLICT (id) DO UPDATE SET state = excluded.state, processed = excluded.processed, opaque = excluded.opaque, removed = excluded.removed, broken = excluded.broken,
-			pending_commit = excluded.pending_commit, pending_state = excluded.pending_state, proposals = excluded.proposals, leaving = excluded.leaving`,
-		r.id, r.state, int64(r.processed), r.opaque, r.removed, r.broken, r.pendingCommit, r.pendingState, r.proposals, r.leaving); err != nil {
+			pending_commit = excluded.pending_commit, pending_state = excluded.pending_state, proposals = excluded.proposals, leaving = excluded.leaving, refused = excluded.refused`,
+		r.id, r.state, int64(r.processed), r.opaque, r.removed, r.broken, r.pendingCommit, r.pendingState, r.proposals, r.leaving, r.refused); err != nil {
 		return err
 	}
 	if deleteRef != nil {

@@ -30,15 +30,23 @@ func (m Mode) String() string {
 	return "Mode(" + strconv.Itoa(int(m)) + ")"
 }
 
-// ExternalJoinPolicy says who may read what an external joiner needs.
+// ExternalJoinPolicy says who may read what an external joiner needs of a
+// transparent group (its GroupInfo, tree and pending Proposals) and join it
+// by external Commit (RFC 9420 §12.4.3.2).
 type ExternalJoinPolicy int
 
 const (
-	// ExternalJoinAllow lets any registered client fetch the GroupInfo,
-	// ratchet tree and pending Proposals of a transparent group.
-	ExternalJoinAllow ExternalJoinPolicy = iota
-	// ExternalJoinMembersOnly serves them to members only.
+	// ExternalJoinLinks, the default, lets in the group's members (to
+	// resync), clients of a user that has a member client in the group
+	// (new devices), and holders of a live join link (see CreateJoinLink).
+	ExternalJoinLinks ExternalJoinPolicy = iota
+	// ExternalJoinMembersOnly lets in members only.
 	ExternalJoinMembersOnly
+	// ExternalJoinAny lets any registered client read every transparent
+	// group's GroupInfo and tree and join it. It weakens security: any
+	// client can then join any transparent group whose id it learns. Only
+	// an operator who wants open groups should choose it.
+	ExternalJoinAny
 )
 
 // Config holds the bounds and policies of a Service. A zero field takes the
@@ -82,9 +90,8 @@ type Config struct {
 	// a new snapshot of its state; one is also written once the log since
 	// the last snapshot is larger than the snapshot. Default 256.
 	SnapshotEvery int
-	// ExternalJoin says who may fetch a transparent group's GroupInfo (for
-	// an external Commit, §12.4.3.2): any registered client (the
-	// default) or members only.
+	// ExternalJoin says who may fetch a transparent group's GroupInfo and
+	// join it by external Commit (§12.4.3.2); default ExternalJoinLinks.
 	ExternalJoin ExternalJoinPolicy
 
 	// Notifier carries wake-ups from the writers to the subscriptions. Nil

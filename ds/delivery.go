@@ -30,26 +30,29 @@ var ErrSlowConsumer = errors.New("ds: subscription ended: the consumer did not k
 // as far as the client may see them (its membership windows), in order.
 // Unlike a subscription it includes the client's own messages, so that a
 // client that lost track can rebuild the group's history. The client must
-// be or have been a member (ErrNotMember).
+// be or have been a member (ErrNotMember). A limit of 0 (or less) means
+// 100; above 1000, and a fromSeq above 2^63-1 (no group gets there), are
+// refused with ErrInvalidArgument.
 func (s *Service) Fetch(ctx context.Context, client string, groupID []byte, fromSeq uint64, limit int) ([]Envelope, error) {
 	if err := s.allow(client); err != nil {
 		return nil, err
 	}
+	if err := checkSeq("from_seq", fromSeq); err != nil {
+		return nil, err
+	}
+	if limit > maxFetchLimit {
+		return nil, fmt.Errorf("%w: limit %d is above the maximum of %d messages per call; fetch in pages", ErrInvalidArgument, limit, maxFetchLimit)
+	}
 	if limit <= 0 {
 		limit = defaultFetchLimit
 	}
-	if limit > maxFetchLimit {
-		limit = maxFetchLimit
-	}
-	if _, err := s.store.Group(ctx, groupID); err != nil {
-		return nil, err
-	}
+	// An unknown group has no memberships: one answer for outsiders.
 	ws, err := s.store.Memberships(ctx, groupID, client)
 	if err != nil {
 		return nil, err
 	}
 	if len(ws) == 0 {
-		return nil, fmt.Errorf("%w: %q in group %x", ErrNotMember, client, groupID)
+		return nil, notMember(client, groupID)
 	}
 	return s.store.Messages(ctx, MessageQuery{GroupID: groupID, ClientID: client, FromSeq: fromSeq, Limit: limit})
 }
@@ -63,9 +66,26 @@ func (s *Service) Ack(ctx context.Context, client string, groupID []byte, seq ui
 	if err := s.allow(client); err != nil {
 		return err
 	}
+	if err := checkSeq("seq", seq); err != nil {
+		return err
+	}
 	// ErrNotFound for an unknown group, ErrInvalidArgument beyond its last
-	// message (ackbatch.go).
-	return s.ackDurably(ctx, client, groupID, seq)
+	// message (ackbatch.go). An outsider gets one answer whether the group
+	// exists or not.
+	// Membership (past or present) first, so that an outsider learns
+	// nothing of the group's length either.
+	ws, err := s.store.Memberships(ctx, groupID, client)
+	if err != nil {
+		return err
+	}
+	if len(ws) == 0 {
+		return notMember(client, groupID)
+	}
+	err = s.ackDurably(ctx, client, groupID, seq)
+	if isNotFound(err) || errors.Is(err, ErrNotMember) {
+		return notMember(client, groupID)
+	}
+	return err
 }
 
 // Subscribe starts the client's stream of events: first everything not
@@ -116,6 +136,7 @@ func (s *Service) Subscribe(ctx context.Context, client string) (<-chan Event, e
 	// Listen before the first read, so that nothing written after the read
 	// goes unnoticed.
 	sub.stopClient = s.notifier.Listen(ClientTopic(client), func() {
+		sub.clientGen.Add(1)
 		sub.clientDirty.Store(true)
 		sub.kick()
 	})
@@ -155,7 +176,10 @@ type subscription struct {
 	lowLast     int
 
 	clientDirty atomic.Bool // the client's topic was notified
-	pollDue     atomic.Bool // the poller came by
+	// clientGen counts the notifications of the client's topic; windows
+	// read before the last one may be out of date (see windowsStale).
+	clientGen atomic.Uint64
+	pollDue   atomic.Bool // the poller came by
 
 	mu      sync.Mutex
 	running bool          // a worker goroutine is on it
@@ -181,8 +205,10 @@ type groupSub struct {
 	// after pos (membership changes only with a Commit). A Commit served
 	// from the tail, or reading the store, clears it.
 	winOK bool
-	dirty atomic.Bool // the group's tail was notified
-	tail  *groupTail  // nil when not following the group
+	// winGen is the subscription's clientGen before windows were read.
+	winGen uint64
+	dirty  atomic.Bool // the group's tail was notified
+	tail   *groupTail  // nil when not following the group
 	// passed is pos as the tail sees it (it may lag): the tail keeps
 	// nothing that every subscription has passed.
 	passed atomic.Uint64
@@ -396,21 +422,31 @@ func (sub *subscription) step(ctx context.Context) error {
 // stock. Groups found for the first time are pumped by the caller, after
 // the Welcomes that introduce them.
 func (sub *subscription) refreshClient(ctx context.Context) error {
+	gen := sub.clientGen.Load()
 	curs, err := sub.s.store.Cursors(ctx, sub.client.ID)
 	if err != nil {
 		return err
 	}
+	listed := make(map[string]bool, len(curs))
 	for _, c := range curs {
 		key := string(c.GroupID)
+		listed[key] = true
 		g, ok := sub.groups[key]
 		if !ok {
 			g = &groupSub{sub: sub, id: c.GroupID, pos: c.Acked}
 			sub.groups[key] = g
 		}
-		g.windows, g.winOK = c.Windows, true
+		g.windows, g.winOK, g.winGen = c.Windows, true, gen
 		if g.tail == nil && g.active() {
 			g.tail = sub.fan.attach(g)
 			g.dirty.Store(true)
+		}
+	}
+	for key, g := range sub.groups {
+		if !listed[key] {
+			// No window any more: the client left before the first
+			// message of its only window (Store.Leave deletes it).
+			g.windows, g.winOK, g.winGen = nil, true, gen
 		}
 	}
 	ws, err := sub.s.store.PendingWelcomes(ctx, sub.client.ID)
@@ -444,6 +480,15 @@ func (g *groupSub) active() bool {
 	return last.Open() || g.pos < last.UntilSeq
 }
 
+// windowsStale reports whether g's windows may be out of date although
+// no Commit came: the client's topic was notified since they were read
+// (LeaveGroup on any node notifies it once the store has closed the
+// window), or LeaveGroup is closing the window on this node right now and
+// has not notified yet. Membership changes only with a Commit otherwise.
+func (sub *subscription) windowsStale(g *groupSub) bool {
+	return sub.clientGen.Load() != g.winGen || sub.fan.leaving.has(sub.client.ID, g.id)
+}
+
 // visible reports whether the client receives the group's message seq.
 func (g *groupSub) visible(seq uint64) bool {
 	for _, w := range g.windows {
@@ -475,16 +520,22 @@ func (sub *subscription) pumpGroup(ctx context.Context, g *groupSub, poll bool) 
 		if len(envs) == 0 {
 			break
 		}
+		// Every envelope in envs was stored before this check: windows
+		// read after it are right for all of them.
+		if g.winOK && sub.windowsStale(g) {
+			g.winOK = false
+		}
 		for _, e := range envs {
 			if e.GroupSeq <= g.pos {
 				continue
 			}
 			if !g.winOK {
+				gen := sub.clientGen.Load()
 				ws, err := sub.s.store.Memberships(ctx, g.id, sub.client.ID)
 				if err != nil {
 					return err
 				}
-				g.windows, g.winOK = ws, true
+				g.windows, g.winOK, g.winGen = ws, true, gen
 			}
 			if g.visible(e.GroupSeq) && e.Sender != sub.client.ID {
 				if err := sub.send(ctx, Event{Message: e}); err != nil {

@@ -105,9 +105,10 @@ func runFanout(b *testing.B, c fanoutCase) {
 	for gi := range groups {
 		g := &groups[gi]
 		g.id = fmt.Appendf(nil, "bench-group-%d", gi)
+		var consent [][]byte // a published KeyPackage of each member but the creator
 		for i := range c.members {
 			id := fmt.Sprintf("g%d-m%03d", gi, i)
-			_, pub, err := suite.GenerateSignatureKeyPair()
+			priv, pub, err := suite.GenerateSignatureKeyPair()
 			if err != nil {
 				b.Fatal(err)
 			}
@@ -115,8 +116,16 @@ func runFanout(b *testing.B, c fanoutCase) {
 				b.Fatal(err)
 			}
 			g.members = append(g.members, id)
+			if i > 0 {
+				m := &member{id: id, sigPriv: priv, sigPub: pub}
+				_, data := m.keyPackage(b, time.Now())
+				if _, err := svc.UploadKeyPackages(ctx, id, []ds.KeyPackageUpload{{Data: data}}); err != nil {
+					b.Fatal(err)
+				}
+				consent = append(consent, data)
+			}
 		}
-		if err := svc.CreateGroup(ctx, g.members[0], ds.CreateGroup{GroupID: g.id, Mode: ds.ModeOpaque, Members: g.members[1:]}); err != nil {
+		if err := svc.CreateGroup(ctx, g.members[0], ds.CreateGroup{GroupID: g.id, Mode: ds.ModeOpaque, Members: g.members[1:], KeyPackages: consent}); err != nil {
 			b.Fatal(err)
 		}
 		subs = append(subs, g.members...)

@@ -33,16 +33,16 @@ func TestMembershipWindows(t *testing.T) {
 	kpB := e.upload(b, 1, false)[0]
 	g := e.createGroup(a)
 
-	must(e.svc.Send(bg, "a", private(t, g.id, 0, mls.ContentTypeApplication))) // 1
+	must(sendMsg(e.svc, "a", private(t, g.id, 0, mls.ContentTypeApplication))) // 1
 	add, next := g.commit(t, a, 0, []mls.ProposalOrRef{addOf(kpB)}, nil)
-	rAdd := must(e.svc.SendCommitBundle(bg, "a", ds.CommitBundle{Commit: add, Welcome: welcome(t, ref(t, kpB))})) // 2
+	rAdd := must(sendBundle(e.svc, "a", ds.CommitBundle{Commit: add, Welcome: welcome(t, ref(t, kpB))})) // 2
 	g.st = next
-	must(e.svc.Send(bg, "a", private(t, g.id, 1, mls.ContentTypeApplication))) // 3
-	must(e.svc.Send(bg, "b", private(t, g.id, 1, mls.ContentTypeApplication))) // 4
+	must(sendMsg(e.svc, "a", private(t, g.id, 1, mls.ContentTypeApplication))) // 3
+	must(sendMsg(e.svc, "b", private(t, g.id, 1, mls.ContentTypeApplication))) // 4
 	remove, next := g.commit(t, a, 0, []mls.ProposalOrRef{removeOf(1)}, g.removePath(t, a, 0, 1))
-	rRemove := must(e.svc.Send(bg, "a", remove)) // 5
+	rRemove := must(sendMsg(e.svc, "a", remove)) // 5
 	g.st = next
-	must(e.svc.Send(bg, "a", private(t, g.id, 2, mls.ContentTypeApplication))) // 6
+	must(sendMsg(e.svc, "a", private(t, g.id, 2, mls.ContentTypeApplication))) // 6
 
 	if rAdd.GroupSeq != 2 || rRemove.GroupSeq != 5 {
 		t.Fatalf("unexpected sequence numbers %d, %d", rAdd.GroupSeq, rRemove.GroupSeq)
@@ -69,9 +69,9 @@ func TestMembershipWindows(t *testing.T) {
 	_, err := e.svc.Fetch(bg, "c", g.id, 1, 10)
 	wantIs(t, err, ds.ErrNotMember)
 	_, err = e.svc.Fetch(bg, "c", []byte("nope"), 1, 10)
-	wantIs(t, err, ds.ErrNotFound)
+	wantIs(t, err, ds.ErrNotMember) // one answer for outsiders
 	// b is out.
-	_, err = e.svc.Send(bg, "b", private(t, g.id, 2, mls.ContentTypeApplication))
+	_, err = sendMsg(e.svc, "b", private(t, g.id, 2, mls.ContentTypeApplication))
 	wantIs(t, err, ds.ErrNotMember)
 	_, err = e.svc.Roster(bg, "b", g.id)
 	wantIs(t, err, ds.ErrNotMember)
@@ -86,24 +86,29 @@ func TestMembershipWindows(t *testing.T) {
 // changes; the Welcome's joiners are added too.
 func TestOpaqueRoster(t *testing.T) {
 	e := newEnv(t, ds.Config{})
-	for _, id := range []string{"a", "b", "c"} {
+	for _, id := range []string{"a", "b"} {
 		e.register(id, id)
 	}
+	c := e.register("c", "c")
+	kpC := e.upload(c, 1, false)[0]
 	j := e.register("j", "j")
 	kpJ := e.upload(j, 1, false)[0]
 	gid := []byte("opaque")
-	must(0, e.svc.CreateGroup(bg, "a", ds.CreateGroup{GroupID: gid, Mode: ds.ModeOpaque, Members: []string{"b"}, GroupInfo: []byte("encrypted group info")}))
+	must(0, e.createOpaque("a", ds.CreateGroup{GroupID: gid, Members: []string{"b"}, GroupInfo: []byte("encrypted group info")}))
 
-	_, err := e.svc.SendCommitBundle(bg, "a", ds.CommitBundle{Commit: private(t, gid, 0, mls.ContentTypeCommit), Removed: []string{"c"}})
+	_, err := sendBundle(e.svc, "a", ds.CommitBundle{Commit: private(t, gid, 0, mls.ContentTypeCommit), Removed: []string{"c"}})
 	wantIs(t, err, ds.ErrInvalidArgument)
-	_, err = e.svc.SendCommitBundle(bg, "a", ds.CommitBundle{Commit: private(t, gid, 0, mls.ContentTypeCommit), Added: []string{"b"}})
+	_, err = sendBundle(e.svc, "a", ds.CommitBundle{Commit: private(t, gid, 0, mls.ContentTypeCommit), Added: []string{"b"}})
 	wantIs(t, err, ds.ErrInvalidArgument)
-	_, err = e.svc.SendCommitBundle(bg, "a", ds.CommitBundle{Commit: private(t, gid, 0, mls.ContentTypeCommit), Welcome: welcome(t, []byte("unknown ref"))})
+	_, err = sendBundle(e.svc, "a", ds.CommitBundle{Commit: private(t, gid, 0, mls.ContentTypeCommit), Welcome: welcome(t, []byte("unknown ref"))})
 	wantErr[*ds.InvalidMessageError](t, err)
+	// Nobody enters the roster without a Welcome to a KeyPackage of theirs.
+	_, err = sendBundle(e.svc, "a", ds.CommitBundle{Commit: private(t, gid, 0, mls.ContentTypeCommit), Added: []string{"c"}})
+	wantIs(t, err, ds.ErrInvalidArgument)
 
-	r := must(e.svc.SendCommitBundle(bg, "a", ds.CommitBundle{
+	r := must(sendBundle(e.svc, "a", ds.CommitBundle{
 		Commit: private(t, gid, 0, mls.ContentTypeCommit), Added: []string{"c"}, Removed: []string{"b"},
-		Welcome: welcome(t, ref(t, kpJ)), GroupInfo: []byte("encrypted group info 1"),
+		Welcome: welcome(t, ref(t, kpC), ref(t, kpJ)), GroupInfo: []byte("encrypted group info 1"),
 	}))
 	if got := must(e.svc.Roster(bg, "a", gid)); fmt.Sprint(got) != "[a c j]" {
 		t.Errorf("roster %v, want [a c j]", got)
@@ -123,7 +128,7 @@ func TestOpaqueRoster(t *testing.T) {
 		t.Errorf("Welcome still pending after the ack")
 	}
 	// b, removed, receives the removing Commit and nothing after.
-	must(e.svc.Send(bg, "c", private(t, gid, 1, mls.ContentTypeApplication)))
+	must(sendMsg(e.svc, "c", private(t, gid, 1, mls.ContentTypeApplication)))
 	if got := fmt.Sprint(messageSeqs(replay(t, e, "b"))); got != fmt.Sprint([]uint64{r.GroupSeq}) {
 		t.Errorf("b receives %s", got)
 	}
@@ -140,9 +145,9 @@ func TestSubscribeLive(t *testing.T) {
 		e.register(id, id)
 	}
 	g1 := []byte("g1")
-	must(0, e.svc.CreateGroup(bg, "a", ds.CreateGroup{GroupID: g1, Mode: ds.ModeOpaque, Members: []string{"b"}}))
+	must(0, e.createOpaque("a", ds.CreateGroup{GroupID: g1, Members: []string{"b"}}))
 	for i := 0; i < 3; i++ {
-		must(e.svc.Send(bg, "a", private(t, g1, 0, mls.ContentTypeApplication)))
+		must(sendMsg(e.svc, "a", private(t, g1, 0, mls.ContentTypeApplication)))
 	}
 	ctx, cancel := contextWithCancel()
 	defer cancel()
@@ -162,17 +167,17 @@ func TestSubscribeLive(t *testing.T) {
 	}
 
 	// Live: a's message arrives, b's own does not.
-	must(e.svc.Send(bg, "b", private(t, g1, 0, mls.ContentTypeApplication)))
+	must(sendMsg(e.svc, "b", private(t, g1, 0, mls.ContentTypeApplication)))
 	data := private(t, g1, 0, mls.ContentTypeApplication)
-	must(e.svc.Send(bg, "a", data))
+	must(sendMsg(e.svc, "a", data))
 	evs = collect(t, ch, func(evs []ds.Event) bool { return len(evs) >= 1 })
 	if m := evs[0].Message; m == nil || m.GroupSeq != 5 || m.Sender != "a" || !bytes.Equal(m.Data, data) {
 		t.Fatalf("live event %+v, want a's message 5", evs[0])
 	}
 	// A new group with b: its messages follow.
 	g2 := []byte("g2")
-	must(0, e.svc.CreateGroup(bg, "c", ds.CreateGroup{GroupID: g2, Mode: ds.ModeOpaque, Members: []string{"b"}}))
-	must(e.svc.Send(bg, "c", private(t, g2, 0, mls.ContentTypeApplication)))
+	must(0, e.createOpaque("c", ds.CreateGroup{GroupID: g2, Members: []string{"b"}}))
+	must(sendMsg(e.svc, "c", private(t, g2, 0, mls.ContentTypeApplication)))
 	evs = collect(t, ch, func(evs []ds.Event) bool { return len(evs) >= 1 })
 	if m := evs[0].Message; m == nil || !bytes.Equal(m.GroupID, g2) || m.GroupSeq != 1 {
 		t.Fatalf("event %+v, want g2's first message", evs[0])
@@ -193,12 +198,12 @@ func TestSubscribePoll(t *testing.T) {
 	e.register("a", "a")
 	e.register("b", "b")
 	gid := []byte("g")
-	must(0, e.svc.CreateGroup(bg, "a", ds.CreateGroup{GroupID: gid, Mode: ds.ModeOpaque, Members: []string{"b"}}))
+	must(0, e.createOpaque("a", ds.CreateGroup{GroupID: gid, Members: []string{"b"}}))
 	ctx, cancel := contextWithCancel()
 	defer cancel()
 	ch := must(e.svc.Subscribe(ctx, "b"))
 	collect(t, ch, untilCaughtUp)
-	must(e.svc.Send(bg, "a", private(t, gid, 0, mls.ContentTypeApplication)))
+	must(sendMsg(e.svc, "a", private(t, gid, 0, mls.ContentTypeApplication)))
 	evs := collect(t, ch, func(evs []ds.Event) bool { return len(evs) >= 1 })
 	if evs[0].Message == nil || evs[0].Message.GroupSeq != 1 {
 		t.Errorf("event %+v", evs[0])
@@ -217,9 +222,9 @@ func TestCursorsSurviveReopen(t *testing.T) {
 	e.register("a", "a")
 	e.register("b", "b")
 	gid := []byte("g")
-	must(0, e.svc.CreateGroup(bg, "a", ds.CreateGroup{GroupID: gid, Mode: ds.ModeOpaque, Members: []string{"b"}}))
+	must(0, e.createOpaque("a", ds.CreateGroup{GroupID: gid, Members: []string{"b"}}))
 	for i := 0; i < 5; i++ {
-		must(e.svc.Send(bg, "a", private(t, gid, 0, mls.ContentTypeApplication)))
+		must(sendMsg(e.svc, "a", private(t, gid, 0, mls.ContentTypeApplication)))
 	}
 	if got := fmt.Sprint(messageSeqs(replay(t, e, "b"))); got != "[1 2 3 4 5]" {
 		t.Fatalf("first replay %s", got)
@@ -227,7 +232,7 @@ func TestCursorsSurviveReopen(t *testing.T) {
 	must(0, e.svc.Ack(bg, "b", gid, 3))
 	must(0, e.svc.Ack(bg, "b", gid, 2)) // never backwards
 	wantIs(t, e.svc.Ack(bg, "b", gid, 6), ds.ErrInvalidArgument)
-	wantIs(t, e.svc.Ack(bg, "b", []byte("nope"), 1), ds.ErrNotFound)
+	wantIs(t, e.svc.Ack(bg, "b", []byte("nope"), 1), ds.ErrNotMember) // one answer for outsiders
 	e.register("c", "c")
 	wantIs(t, e.svc.Ack(bg, "c", gid, 1), ds.ErrNotMember)
 
@@ -236,7 +241,7 @@ func TestCursorsSurviveReopen(t *testing.T) {
 		t.Errorf("replay after reopen %s, want [4 5]", got)
 	}
 	// The group goes on where it was.
-	r := must(e.svc.Send(bg, "a", private(t, gid, 0, mls.ContentTypeCommit)))
+	r := must(sendMsg(e.svc, "a", private(t, gid, 0, mls.ContentTypeCommit)))
 	if r.GroupSeq != 6 {
 		t.Errorf("after reopen the next message got seq %d", r.GroupSeq)
 	}
@@ -251,7 +256,7 @@ func TestTransparentStateSurvivesReopen(t *testing.T) {
 	kpK := e.upload(k, 1, false)[0]
 	e.reopen()
 	c, next := g.commit(t, a, 0, []mls.ProposalOrRef{addOf(kpK)}, nil)
-	must(e.svc.Send(bg, "a", c))
+	must(sendMsg(e.svc, "a", c))
 	g.st = next
 	e.reopen()
 	info := must(e.svc.GroupInfo(bg, "k", g.id))
@@ -270,9 +275,9 @@ func TestSlowConsumer(t *testing.T) {
 	e.register("a", "a")
 	e.upload(e.register("b", "b"), 10, false) // no low-water event
 	gid := []byte("g")
-	must(0, e.svc.CreateGroup(bg, "a", ds.CreateGroup{GroupID: gid, Mode: ds.ModeOpaque, Members: []string{"b"}}))
+	must(0, e.createOpaque("a", ds.CreateGroup{GroupID: gid, Members: []string{"b"}}))
 	for i := 0; i < 10; i++ {
-		must(e.svc.Send(bg, "a", private(t, gid, 0, mls.ContentTypeApplication)))
+		must(sendMsg(e.svc, "a", private(t, gid, 0, mls.ContentTypeApplication)))
 	}
 	ctx, cancel := contextWithCancel()
 	defer cancel()
@@ -374,11 +379,12 @@ func seqRange(from, to uint64, skip ...uint64) []uint64 {
 // and one added back the messages of its new window.
 func TestLiveMembershipWindows(t *testing.T) {
 	e := newEnv(t, ds.Config{PollInterval: time.Hour}) // wake-ups only
+	kps := make(map[string][]*mls.KeyPackage)
 	for _, id := range []string{"a", "b", "c", "d"} {
-		e.upload(e.register(id, id), 10, false)
+		kps[id] = e.upload(e.register(id, id), 10, false)
 	}
 	gid := []byte("live")
-	must(0, e.svc.CreateGroup(bg, "a", ds.CreateGroup{GroupID: gid, Mode: ds.ModeOpaque, Members: []string{"b", "c"}}))
+	must(0, e.createOpaque("a", ds.CreateGroup{GroupID: gid, Members: []string{"b", "c"}}))
 	ctx, cancel := contextWithCancel()
 	defer cancel()
 	subA := followLive(t, ctx, e, "a")
@@ -387,11 +393,19 @@ func TestLiveMembershipWindows(t *testing.T) {
 	subD := followLive(t, ctx, e, "d") // not a member yet
 
 	app := func(sender string, epoch uint64) uint64 {
-		return must(e.svc.Send(bg, sender, private(t, gid, epoch, mls.ContentTypeApplication))).GroupSeq
+		return must(sendMsg(e.svc, sender, private(t, gid, epoch, mls.ContentTypeApplication))).GroupSeq
 	}
 	commit := func(epoch uint64, added, removed []string) uint64 {
-		return must(e.svc.SendCommitBundle(bg, "a", ds.CommitBundle{
-			Commit: private(t, gid, epoch, mls.ContentTypeCommit), Added: added, Removed: removed})).GroupSeq
+		b := ds.CommitBundle{Commit: private(t, gid, epoch, mls.ContentTypeCommit), Added: added, Removed: removed}
+		var refs [][]byte
+		for _, id := range added { // each joins through a Welcome to one of its KeyPackages
+			refs = append(refs, ref(t, kps[id][0]))
+			kps[id] = kps[id][1:]
+		}
+		if len(refs) > 0 {
+			b.Welcome = welcome(t, refs...)
+		}
+		return must(sendBundle(e.svc, "a", b)).GroupSeq
 	}
 	app("a", 0)                                    // 1
 	app("b", 0)                                    // 2
@@ -448,10 +462,10 @@ func TestTailFallback(t *testing.T) {
 	e.upload(e.register("b", "b"), 10, false)
 	e.upload(e.register("c", "c"), 10, false)
 	gid := []byte("g")
-	must(0, e.svc.CreateGroup(bg, "a", ds.CreateGroup{GroupID: gid, Mode: ds.ModeOpaque, Members: []string{"b", "c"}}))
+	must(0, e.createOpaque("a", ds.CreateGroup{GroupID: gid, Members: []string{"b", "c"}}))
 	const before = 150 // more than a new tail loads
 	for range before {
-		must(e.svc.Send(bg, "a", private(t, gid, 0, mls.ContentTypeApplication)))
+		must(sendMsg(e.svc, "a", private(t, gid, 0, mls.ContentTypeApplication)))
 	}
 	ctx, cancel := contextWithCancel()
 	defer cancel()
@@ -471,7 +485,7 @@ func TestTailFallback(t *testing.T) {
 		}
 	}()
 	for range 20 {
-		must(e.svc.Send(bg, "a", private(t, gid, 0, mls.ContentTypeApplication)))
+		must(sendMsg(e.svc, "a", private(t, gid, 0, mls.ContentTypeApplication)))
 	}
 	if got := subB.waitFor(t, 20); fmt.Sprint(got) != fmt.Sprint(seqRange(before+1, before+20)) {
 		t.Errorf("b live %v", got)
@@ -497,7 +511,7 @@ func TestFanoutConcurrent(t *testing.T) {
 		ids = append(ids, id)
 	}
 	gid := []byte("concurrent")
-	must(0, e.svc.CreateGroup(bg, ids[0], ds.CreateGroup{GroupID: gid, Mode: ds.ModeOpaque, Members: ids[1:]}))
+	must(0, e.createOpaque(ids[0], ds.CreateGroup{GroupID: gid, Members: ids[1:]}))
 	ctx, cancel := contextWithCancel()
 	defer cancel()
 	subs := make([]*liveSub, members)
@@ -511,7 +525,7 @@ func TestFanoutConcurrent(t *testing.T) {
 		go func() {
 			defer wg.Done()
 			for range each {
-				r, err := e.svc.Send(bg, ids[s], private(t, gid, 0, mls.ContentTypeApplication))
+				r, err := sendMsg(e.svc, ids[s], private(t, gid, 0, mls.ContentTypeApplication))
 				if err != nil {
 					t.Error(err)
 					return
@@ -548,13 +562,13 @@ func TestTwoServices(t *testing.T) {
 	e.register("a", "a")
 	e.upload(e.register("b", "b"), 10, false)
 	gid := []byte("g")
-	must(0, e.svc.CreateGroup(bg, "a", ds.CreateGroup{GroupID: gid, Mode: ds.ModeOpaque, Members: []string{"b"}}))
+	must(0, e.createOpaque("a", ds.CreateGroup{GroupID: gid, Members: []string{"b"}}))
 	ctx, cancel := contextWithCancel()
 	defer cancel()
 	sub := followLive(t, ctx, e, "b")
 	data := private(t, gid, 0, mls.ContentTypeApplication)
-	must(other.Send(bg, "a", data))
-	must(e.svc.Send(bg, "a", private(t, gid, 0, mls.ContentTypeApplication)))
+	must(sendMsg(other, "a", data))
+	must(sendMsg(e.svc, "a", private(t, gid, 0, mls.ContentTypeApplication)))
 	if got := sub.waitFor(t, 2); fmt.Sprint(got) != "[1 2]" {
 		t.Errorf("b got %v", got)
 	}

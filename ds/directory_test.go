@@ -236,8 +236,8 @@ func TestClaimExpired(t *testing.T) {
 func TestClaimForUser(t *testing.T) {
 	e := newEnv(t, ds.Config{})
 	phone := e.register("alice-phone", "alice")
-	laptop := e.register("alice-laptop", "alice")
-	tablet := e.register("alice-tablet", "alice")
+	laptop := e.registerDevice("alice-laptop", phone)
+	tablet := e.registerDevice("alice-tablet", phone)
 	e.register("bob", "bob")
 	e.upload(phone, 2, false)
 	e.upload(laptop, 2, false)
@@ -378,7 +378,7 @@ func TestClaimedKeyPackageNotListedButRoutable(t *testing.T) {
 	// The claimer can still add j with it, and the Welcome reaches j.
 	g := e.createGroup(a)
 	commit, _ := g.commit(t, a, 0, []mls.ProposalOrRef{addOf(kps[0])}, nil)
-	if _, err := e.svc.SendCommitBundle(bg, "a", ds.CommitBundle{Commit: commit, Welcome: welcome(t, claimed.Ref)}); err != nil {
+	if _, err := sendBundle(e.svc, "a", ds.CommitBundle{Commit: commit, Welcome: welcome(t, claimed.Ref)}); err != nil {
 		t.Fatal(err)
 	}
 	ws := pendingWelcomes(t, e, "j")

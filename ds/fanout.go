@@ -46,6 +46,9 @@ type fanout struct {
 	groups map[string]*groupTail // groups with subscriptions on this node
 
 	poll poller
+
+	// leaving holds the clients leaving a group on this node (leave.go).
+	leaving leavingSet
 }
 
 // newFanout returns the fan-out of a Service (Service.New makes one).
@@ -190,6 +193,12 @@ func (t *groupTail) fill(ctx context.Context, g *groupSub, want uint64) error {
 	}
 	reader := g.sub.client.ID
 	gen := t.gen.Load() // before the reads: later wake-ups need another fill
+	if member && g.sub.windowsStale(g) {
+		// The reader may have left the group since its windows were
+		// read (LeaveGroup closes a window without a Commit): what it
+		// cannot see is not proof that there is nothing.
+		member = false
+	}
 	started := time.Now()
 
 	if member {

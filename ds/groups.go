@@ -19,9 +19,17 @@ import (
 // must hold a leaf. The roster is the set of credential identities of the
 // leaves.
 //
+// Every leaf must be bound to a registered client and its registered
+// signature key (RFC 9750 §5), and every leaf but the creator's must have
+// come in through one of g.KeyPackages, which the group's creation marks
+// used: no client is put in a group without its consent.
+//
 // Opaque mode: the roster is the creator and g.Members, which must be
 // registered clients; g.Epoch is the group's current epoch and
-// g.GroupInfo, if any, is kept as given.
+// g.GroupInfo, if any, is kept as given. Each of g.Members but the
+// creator consents the same way: one of g.KeyPackages must be a KeyPackage
+// it published, unused unless last-resort, which the group's creation
+// marks used.
 func (s *Service) CreateGroup(ctx context.Context, creator string, g CreateGroup) error {
 	if err := s.allow(creator); err != nil {
 		return err
@@ -59,8 +67,8 @@ func (s *Service) CreateGroup(ctx context.Context, creator string, g CreateGroup
 		if err != nil {
 			return err
 		}
-		if !contains(members, creator) {
-			return fmt.Errorf("%w: the creator %q holds no leaf of the group's tree", ErrPermissionDenied, creator)
+		if rec.ConsumeKeyPackages, err = s.treeConsent(ctx, creator, tree, g.KeyPackages); err != nil {
+			return err
 		}
 		if rec.State, err = st.MarshalBinary(); err != nil {
 			return fmt.Errorf("ds: encoding group state: %w", err)
@@ -72,8 +80,8 @@ func (s *Service) CreateGroup(ctx context.Context, creator string, g CreateGroup
 		rec.ID = bytes.Clone(g.GroupID)
 		rec.CipherSuite = c.CipherSuite
 		rec.Epoch = g.Epoch
-		if rec.Epoch >= 1<<62 {
-			return fmt.Errorf("%w: epoch %d is out of range", ErrInvalidArgument, rec.Epoch)
+		if err := checkEpochBound("epoch", rec.Epoch); err != nil {
+			return err
 		}
 		if g.GroupInfo != nil {
 			rec.GroupInfo = bytes.Clone(g.GroupInfo)
@@ -90,6 +98,9 @@ func (s *Service) CreateGroup(ctx context.Context, creator string, g CreateGroup
 		}
 		if len(members) > s.cfg.MaxGroupSize {
 			return &TooLargeError{Limit: s.cfg.MaxGroupSize, What: "group members"}
+		}
+		if rec.ConsumeKeyPackages, err = s.rosterConsent(ctx, members[1:], g.KeyPackages); err != nil {
+			return err
 		}
 	default:
 		return fmt.Errorf("%w: unknown group mode %d", ErrInvalidArgument, g.Mode)
@@ -109,6 +120,52 @@ func (s *Service) CreateGroup(ctx context.Context, creator string, g CreateGroup
 	}
 	s.notify(topics...)
 	return nil
+}
+
+// rosterConsent checks the consent of the initial members of an opaque
+// group besides its creator: each must be matched by exactly one of kps, a
+// KeyPackage it published to this Delivery Service and nobody used yet
+// (unless last-resort), and every KeyPackage in kps must be of one of
+// them. The Service cannot see what an opaque group's members agreed to,
+// but a KeyPackage claimed from a client is the client's consent to be
+// added to some group (RFC 9750 §5), so nobody is put in a group without
+// one. It returns the refs to mark used with the group's creation.
+func (s *Service) rosterConsent(ctx context.Context, others []string, kps [][]byte) ([][]byte, error) {
+	const how = "each initial member must consent with a KeyPackage it published; claim one and pass it in key_packages"
+	byClient := make(map[string][]consent, len(others))
+	for i, data := range kps {
+		where := fmt.Sprintf("key_packages[%d]", i)
+		kp, err := parseKeyPackage(data)
+		if err != nil {
+			return nil, invalidMessage(where, err)
+		}
+		ref, err := kp.Ref()
+		if err != nil {
+			return nil, invalidMessage(where, err)
+		}
+		id, err := credentialClientID(&kp.LeafNode.Credential)
+		if err != nil {
+			return nil, invalidMessage(where, err)
+		}
+		if !contains(others, id) {
+			return nil, fmt.Errorf("%w: %s is a KeyPackage of %q, which is not among the initial members; pass only theirs",
+				ErrInvalidArgument, where, id)
+		}
+		byClient[id] = append(byClient[id], consent{where: where, ref: ref, client: id})
+	}
+	var cs []consent
+	for _, m := range others {
+		switch n := len(byClient[m]); n {
+		case 0:
+			return nil, fmt.Errorf("%w: initial member %q: no KeyPackage of it in key_packages; %s", ErrPermissionDenied, m, how)
+		case 1:
+			cs = append(cs, byClient[m][0])
+		default:
+			return nil, fmt.Errorf("%w: initial member %q has %d KeyPackages in key_packages; pass one", ErrInvalidArgument, m, n)
+		}
+	}
+	// Each was published by the client it names and is unused.
+	return s.checkConsent(ctx, cs)
 }
 
 // newGroupState builds the tracked state of a transparent group.
@@ -214,19 +271,59 @@ func contains(ss []string, s string) bool {
 	return false
 }
 
-// checkMember returns ErrNotMember unless client is a member of the group
-// now (with the group's head); ErrNotFound if there is no such group.
-func (s *Service) checkMember(ctx context.Context, client string, groupID []byte) (GroupRecord, error) {
-	head, err := s.store.Group(ctx, groupID)
-	if err != nil {
-		return GroupRecord{}, err
-	}
+// notMember is the one answer a client gets about a group it is not a
+// member of, whether the group exists or not, so that outsiders learn
+// nothing of it: not its existence, mode or epoch.
+func notMember(client string, groupID []byte) error {
+	return fmt.Errorf("%w: %q in group %x", ErrNotMember, client, groupID)
+}
+
+// isMember reports whether client is a member of the group now.
+func (s *Service) isMember(ctx context.Context, groupID []byte, client string) (bool, error) {
 	ws, err := s.store.Memberships(ctx, groupID, client)
 	if err != nil {
+		return false, err
+	}
+	return len(ws) > 0 && ws[len(ws)-1].Open(), nil
+}
+
+// checkMember returns the group's head if client is a member of it now,
+// and notMember otherwise, also for a group that does not exist.
+func (s *Service) checkMember(ctx context.Context, client string, groupID []byte) (GroupRecord, error) {
+	head, err := s.store.Group(ctx, groupID)
+	if isNotFound(err) {
+		return GroupRecord{}, notMember(client, groupID)
+	} else if err != nil {
 		return GroupRecord{}, err
 	}
-	if len(ws) == 0 || !ws[len(ws)-1].Open() {
-		return head, fmt.Errorf("%w: %q in group %x", ErrNotMember, client, groupID)
+	ok, err := s.isMember(ctx, groupID, client)
+	if err != nil {
+		return GroupRecord{}, err
+	}
+	if !ok {
+		return GroupRecord{}, notMember(client, groupID)
+	}
+	return head, nil
+}
+
+// checkJoiner is checkMember for what joining needs: it also lets in the
+// clients that mayJoin admits to a transparent group.
+func (s *Service) checkJoiner(ctx context.Context, client string, groupID []byte, joinToken string) (GroupRecord, error) {
+	head, err := s.store.Group(ctx, groupID)
+	if isNotFound(err) {
+		return GroupRecord{}, notMember(client, groupID)
+	} else if err != nil {
+		return GroupRecord{}, err
+	}
+	ok, err := s.isMember(ctx, groupID, client)
+	if err == nil && !ok {
+		ok, err = s.mayJoin(ctx, head, client, joinToken)
+	}
+	if err != nil {
+		return GroupRecord{}, err
+	}
+	if !ok {
+		return GroupRecord{}, notMember(client, groupID)
 	}
 	return head, nil
 }
@@ -234,23 +331,21 @@ func (s *Service) checkMember(ctx context.Context, client string, groupID []byte
 // GroupInfo returns what a member may learn of a group: its epoch, latest
 // GroupInfo and, in transparent mode, the current ratchet tree, its tree
 // hash and the Proposals of the current epoch. That is what a client needs
-// to join a transparent group with an external Commit (§12.4.3.2), so with
-// Config.ExternalJoin at its default any registered client may ask for a
-// transparent group; else only members.
+// to join a transparent group with an external Commit (§12.4.3.2), so
+// besides members the clients that Config.ExternalJoin admits may ask for
+// a transparent group (see JoinGroupInfo); anyone else gets ErrNotMember,
+// whether the group exists or not.
 func (s *Service) GroupInfo(ctx context.Context, client string, groupID []byte) (GroupInfoResult, error) {
+	return s.JoinGroupInfo(ctx, client, groupID, "")
+}
+
+// JoinGroupInfo is GroupInfo for a client that may hold a join link's
+// token (see CreateJoinLink).
+func (s *Service) JoinGroupInfo(ctx context.Context, client string, groupID []byte, joinToken string) (GroupInfoResult, error) {
 	if err := s.allow(client); err != nil {
 		return GroupInfoResult{}, err
 	}
-	head, err := s.checkMember(ctx, client, groupID)
-	if errors.Is(err, ErrNotMember) && head.Mode == ModeTransparent && s.cfg.ExternalJoin == ExternalJoinAllow {
-		if _, cerr := s.store.Client(ctx, client); cerr != nil {
-			if isNotFound(cerr) {
-				return GroupInfoResult{}, fmt.Errorf("%w: %q is not a registered client", ErrPermissionDenied, client)
-			}
-			return GroupInfoResult{}, cerr
-		}
-		err = nil
-	}
+	head, err := s.checkJoiner(ctx, client, groupID, joinToken)
 	if err != nil {
 		return GroupInfoResult{}, err
 	}

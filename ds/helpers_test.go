@@ -49,6 +49,7 @@ type env struct {
 	clock *clock
 	store *sqlite.Store
 	svc   *ds.Service
+	byID  map[string]*member // the clients register made
 }
 
 // newEnv returns a Service on a fresh database. Rate limits are off unless
@@ -107,7 +108,7 @@ func must[T any](v T, err error) T {
 	return v
 }
 
-func encode(t *testing.T, m *mls.MLSMessage) []byte {
+func encode(t testing.TB, m *mls.MLSMessage) []byte {
 	t.Helper()
 	m.Version = mls.ProtocolVersionMLS10
 	return must(m.MarshalBinary())
@@ -126,6 +127,10 @@ func (e *env) register(id, user string) *member {
 		e.t.Fatal(err)
 	}
 	m := &member{id: id, sigPriv: priv, sigPub: pub}
+	if e.byID == nil {
+		e.byID = make(map[string]*member)
+	}
+	e.byID[id] = m
 	if err := e.svc.RegisterClient(bg, ds.Client{ID: id, UserID: user, CipherSuite: suite, SignatureKey: pub}); err != nil {
 		e.t.Fatal(err)
 	}
@@ -141,7 +146,7 @@ func capabilities() mls.Capabilities {
 }
 
 // kpLeaf returns a signed key_package LeafNode of m valid from nb to na.
-func (m *member) kpLeaf(t *testing.T, nb, na time.Time) mls.LeafNode {
+func (m *member) kpLeaf(t testing.TB, nb, na time.Time) mls.LeafNode {
 	t.Helper()
 	_, encPub := must2(t)(suite.GenerateKEMKeyPair())
 	leaf := mls.LeafNode{
@@ -158,7 +163,7 @@ func (m *member) kpLeaf(t *testing.T, nb, na time.Time) mls.LeafNode {
 	return leaf
 }
 
-func must2(t *testing.T) func(a, b []byte, err error) ([]byte, []byte) {
+func must2(t testing.TB) func(a, b []byte, err error) ([]byte, []byte) {
 	return func(a, b []byte, err error) ([]byte, []byte) {
 		if err != nil {
 			panic(err)
@@ -169,11 +174,11 @@ func must2(t *testing.T) func(a, b []byte, err error) ([]byte, []byte) {
 
 // keyPackage returns a KeyPackage of m valid around now, and its
 // MLSMessage encoding.
-func (m *member) keyPackage(t *testing.T, now time.Time) (*mls.KeyPackage, []byte) {
+func (m *member) keyPackage(t testing.TB, now time.Time) (*mls.KeyPackage, []byte) {
 	return m.keyPackageValid(t, now.Add(-time.Hour), now.Add(24*time.Hour))
 }
 
-func (m *member) keyPackageValid(t *testing.T, nb, na time.Time) (*mls.KeyPackage, []byte) {
+func (m *member) keyPackageValid(t testing.TB, nb, na time.Time) (*mls.KeyPackage, []byte) {
 	t.Helper()
 	_, initPub := must2(t)(suite.GenerateKEMKeyPair())
 	kp := &mls.KeyPackage{
@@ -213,6 +218,39 @@ func (e *env) upload(m *member, n int, lastResort bool) []*mls.KeyPackage {
 		e.t.Fatal(err)
 	}
 	return kps
+}
+
+// consent publishes a fresh KeyPackage of each of ids (clients made by
+// register) and returns them, to pass as CreateGroup.KeyPackages: the
+// consent of an opaque group's initial members. The creator, if among
+// ids, is left out.
+func (e *env) consent(creator string, ids ...string) [][]byte {
+	e.t.Helper()
+	var out [][]byte
+	for _, id := range ids {
+		if id == creator {
+			continue
+		}
+		m := e.byID[id]
+		if m == nil {
+			e.t.Fatalf("consent: %q was not registered by this env", id)
+		}
+		_, data := m.keyPackage(e.t, e.clock.Now())
+		if _, err := e.svc.UploadKeyPackages(bg, id, []ds.KeyPackageUpload{{Data: data}}); err != nil {
+			e.t.Fatal(err)
+		}
+		out = append(out, data)
+	}
+	return out
+}
+
+// createOpaque creates an opaque group of creator and members, each of
+// which consents with a fresh KeyPackage (see consent).
+func (e *env) createOpaque(creator string, g ds.CreateGroup) error {
+	e.t.Helper()
+	g.Mode = ds.ModeOpaque
+	g.KeyPackages = append(g.KeyPackages, e.consent(creator, g.Members...)...)
+	return e.svc.CreateGroup(bg, creator, g)
 }
 
 // group is a test-side mirror of a transparent group: the public state the
@@ -295,7 +333,60 @@ func (g *group) commit(t *testing.T, sender *member, leaf mls.LeafIndex, props [
 	if err != nil {
 		t.Fatalf("test commit is invalid: %v", err)
 	}
+	if next.Tree().Leaf(leaf) != nil {
+		commitGroupInfos.Store(string(data), commitGroupInfo(t, next, pm, sender, leaf))
+	}
 	return data, next
+}
+
+// commitGroupInfos maps each Commit built by group.commit to the GroupInfo
+// of the epoch it starts, which sendMsg sends with it.
+var commitGroupInfos sync.Map
+
+// commitGroupInfo returns the GroupInfo of the epoch the Commit pm starts
+// (state next), as its committer publishes it (§12.4.3): its
+// confirmation_tag, an external_pub, signed by the member at leaf.
+func commitGroupInfo(t testing.TB, next *mls.PublicGroupState, pm *mls.PublicMessage, signer *member, leaf mls.LeafIndex) []byte {
+	t.Helper()
+	_, extPub, err := suite.GenerateKEMKeyPair()
+	if err != nil {
+		t.Fatal(err)
+	}
+	ext := must((&mls.ExternalPub{PublicKey: extPub}).MarshalBinary())
+	gi := &mls.GroupInfo{GroupContext: next.GroupContext(), ConfirmationTag: pm.Auth.ConfirmationTag, Signer: leaf,
+		Extensions: mls.Extensions{{ExtensionType: mls.ExtensionTypeExternalPub, ExtensionData: ext}}}
+	if err := gi.Sign(signer.sigPriv); err != nil {
+		t.Fatal(err)
+	}
+	return must((&mls.MLSMessage{Version: mls.ProtocolVersionMLS10, WireFormat: mls.WireFormatGroupInfo, GroupInfo: gi}).MarshalBinary())
+}
+
+// commitGI returns the GroupInfo group.commit made for commit.
+func commitGI(t *testing.T, commit []byte) []byte {
+	t.Helper()
+	gi, ok := commitGroupInfos.Load(string(commit))
+	if !ok {
+		t.Fatal("no GroupInfo for this Commit")
+	}
+	return gi.([]byte)
+}
+
+// sendBundle is SendCommitBundle that adds the GroupInfo of a Commit built
+// by group.commit when b has none.
+func sendBundle(svc *ds.Service, sender string, b ds.CommitBundle) (ds.Receipt, error) {
+	if gi, ok := commitGroupInfos.Load(string(b.Commit)); ok && b.GroupInfo == nil {
+		b.GroupInfo = gi.([]byte)
+	}
+	return svc.SendCommitBundle(bg, sender, b)
+}
+
+// sendMsg sends data as sender: a Commit built by group.commit with the
+// GroupInfo of its new epoch (SendCommitBundle), anything else with Send.
+func sendMsg(svc *ds.Service, sender string, data []byte) (ds.Receipt, error) {
+	if gi, ok := commitGroupInfos.Load(string(data)); ok {
+		return svc.SendCommitBundle(bg, sender, ds.CommitBundle{Commit: data, GroupInfo: gi.([]byte)})
+	}
+	return svc.Send(bg, sender, data)
 }
 
 // proposal builds a Proposal message by sender at leaf.

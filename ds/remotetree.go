@@ -71,6 +71,9 @@ func (s *Service) PutRemoteTree(ctx context.Context, client string, groupID []by
 	if err := s.checkRemoteTreeBlob(t.Blob); err != nil {
 		return err
 	}
+	if err := checkEpochBound("remote tree epoch", t.Epoch); err != nil {
+		return err
+	}
 	head, err := s.checkMember(ctx, client, groupID)
 	if err != nil {
 		return err

@@ -40,7 +40,7 @@ func TestRemoteTreeAccess(t *testing.T) {
 		e.register(id, id)
 	}
 	gid := []byte("opaque")
-	must(0, e.svc.CreateGroup(bg, "a", ds.CreateGroup{GroupID: gid, Mode: ds.ModeOpaque, Members: []string{"b"}}))
+	must(0, e.createOpaque("a", ds.CreateGroup{GroupID: gid, Members: []string{"b"}}))
 
 	if cur, epochs, _ := remoteTrees(t, e, "a", gid); cur != 0 || len(epochs) != 0 {
 		t.Fatalf("fresh group: epoch %d, trees %v; want 0, none", cur, epochs)
@@ -68,7 +68,7 @@ func TestRemoteTreeAccess(t *testing.T) {
 	if tl.Limit != 4096 {
 		t.Errorf("TooLargeError.Limit = %d, want 4096", tl.Limit)
 	}
-	wantIs(t, e.svc.PutRemoteTree(bg, "a", []byte("no such group"), ds.RemoteTree{Epoch: 0, Blob: sealedBlob(0)}), ds.ErrNotFound)
+	wantIs(t, e.svc.PutRemoteTree(bg, "a", []byte("no such group"), ds.RemoteTree{Epoch: 0, Blob: sealedBlob(0)}), ds.ErrNotMember) // one answer for outsiders
 	// Nothing of that changed what is stored.
 	if _, _, blobs := remoteTrees(t, e, "a", gid); len(blobs) != 1 || !bytes.Equal(blobs[0], blob0) {
 		t.Errorf("refused uploads changed the stored trees")
@@ -84,7 +84,7 @@ func TestRemoteTreeWithCommit(t *testing.T) {
 	j := e.register("j", "j")
 	kps := e.upload(j, 2, false)
 	gid := []byte("opaque")
-	must(0, e.svc.CreateGroup(bg, "a", ds.CreateGroup{GroupID: gid, Mode: ds.ModeOpaque, Members: []string{"b"}}))
+	must(0, e.createOpaque("a", ds.CreateGroup{GroupID: gid, Members: []string{"b"}}))
 	blob0 := sealedBlob(0)
 	must(0, e.svc.PutRemoteTree(bg, "a", gid, ds.RemoteTree{Epoch: 0, Blob: blob0}))
 
@@ -92,7 +92,7 @@ func TestRemoteTreeWithCommit(t *testing.T) {
 	// refused, the Welcome is not routed and the group stays at epoch 0.
 	bad := []ds.RemoteTree{{Epoch: 0, Blob: sealedBlob(0)}, {Epoch: 2, Blob: sealedBlob(2)}, {Epoch: 1, Blob: random(4097)}, {Epoch: 1}}
 	for _, rt := range bad {
-		_, err := e.svc.SendCommitBundle(bg, "a", ds.CommitBundle{
+		_, err := sendBundle(e.svc, "a", ds.CommitBundle{
 			Commit: private(t, gid, 0, mls.ContentTypeCommit), Welcome: welcome(t, ref(t, kps[0])), RemoteTree: &rt,
 		})
 		if err == nil {
@@ -107,7 +107,7 @@ func TestRemoteTreeWithCommit(t *testing.T) {
 	}
 
 	blob1 := sealedBlob(1)
-	must(e.svc.SendCommitBundle(bg, "a", ds.CommitBundle{
+	must(sendBundle(e.svc, "a", ds.CommitBundle{
 		Commit: private(t, gid, 0, mls.ContentTypeCommit), Welcome: welcome(t, ref(t, kps[0])),
 		RemoteTree: &ds.RemoteTree{Epoch: 1, Blob: blob1},
 	}))
@@ -118,7 +118,7 @@ func TestRemoteTreeWithCommit(t *testing.T) {
 
 	// The next Commit drops epoch 0.
 	blob2 := sealedBlob(2)
-	must(e.svc.SendCommitBundle(bg, "b", ds.CommitBundle{
+	must(sendBundle(e.svc, "b", ds.CommitBundle{
 		Commit: private(t, gid, 1, mls.ContentTypeCommit), RemoteTree: &ds.RemoteTree{Epoch: 2, Blob: blob2},
 	}))
 	cur, epochs, blobs = remoteTrees(t, e, "a", gid)
@@ -127,7 +127,7 @@ func TestRemoteTreeWithCommit(t *testing.T) {
 	}
 	// A Commit without a tree (through Send) drops epoch 1; epoch 3's
 	// comes later.
-	must(e.svc.Send(bg, "a", private(t, gid, 2, mls.ContentTypeCommit)))
+	must(sendMsg(e.svc, "a", private(t, gid, 2, mls.ContentTypeCommit)))
 	if cur, epochs, _ := remoteTrees(t, e, "a", gid); cur != 3 || fmt.Sprint(epochs) != "[2]" {
 		t.Fatalf("after a Commit without a tree: epoch %d, trees %v; want 3, [2]", cur, epochs)
 	}
@@ -147,11 +147,11 @@ func TestRemoteTreePendingWelcome(t *testing.T) {
 	kp := e.upload(j, 1, false)[0]
 	gid := []byte("opaque")
 	must(0, e.svc.CreateGroup(bg, "a", ds.CreateGroup{GroupID: gid, Mode: ds.ModeOpaque}))
-	r := must(e.svc.SendCommitBundle(bg, "a", ds.CommitBundle{
+	r := must(sendBundle(e.svc, "a", ds.CommitBundle{
 		Commit: private(t, gid, 0, mls.ContentTypeCommit), Welcome: welcome(t, ref(t, kp)),
 		RemoteTree: &ds.RemoteTree{Epoch: 1, Blob: sealedBlob(1)},
 	}))
-	must(e.svc.SendCommitBundle(bg, "a", ds.CommitBundle{
+	must(sendBundle(e.svc, "a", ds.CommitBundle{
 		Commit: private(t, gid, 1, mls.ContentTypeCommit), Removed: []string{"j"},
 		RemoteTree: &ds.RemoteTree{Epoch: 2, Blob: sealedBlob(2)},
 	}))
@@ -176,9 +176,9 @@ func TestRemoteTreeTransparent(t *testing.T) {
 		"PutRemoteTree": e.svc.PutRemoteTree(bg, "a", g.id, ds.RemoteTree{Epoch: 0, Blob: sealedBlob(0)}),
 		"RemoteTrees":   func() error { _, err := e.svc.RemoteTrees(bg, "a", g.id); return err }(),
 		"SendCommitBundle": func() error {
-			commit, next := g.commit(t, a, 0, []mls.ProposalOrRef{addOf(kp)}, nil)
-			_, err := e.svc.SendCommitBundle(bg, "a", ds.CommitBundle{
-				Commit: commit, GroupInfo: g.groupInfo(t, next, a, 0), RemoteTree: &ds.RemoteTree{Epoch: 1, Blob: sealedBlob(1)},
+			commit, _ := g.commit(t, a, 0, []mls.ProposalOrRef{addOf(kp)}, nil)
+			_, err := sendBundle(e.svc, "a", ds.CommitBundle{
+				Commit: commit, GroupInfo: commitGI(t, commit), RemoteTree: &ds.RemoteTree{Epoch: 1, Blob: sealedBlob(1)},
 			})
 			return err
 		}(),

@@ -33,26 +33,42 @@ const maxStateRetries = 16
 // PrivateMessages, from a member. Opaque groups: any message from a
 // member, ordered by its clear header.
 //
+// Only members may send, except that a transparent group takes external
+// Commits and new_member Proposals from the clients Config.ExternalJoin
+// admits (see SendWithJoinToken). Anyone else gets ErrNotMember, checked
+// before anything else about the group, whether it exists or not.
+//
 // Submitting the same bytes again returns the first receipt and changes
 // nothing. A Commit sent with Send changes no roster in an opaque group;
-// use SendCommitBundle for that and to deliver a Welcome.
+// use SendCommitBundle for that and to deliver a Welcome. A transparent
+// group's Commits must come with SendCommitBundle and the GroupInfo of the
+// new epoch.
 func (s *Service) Send(ctx context.Context, sender string, msg []byte) (Receipt, error) {
-	return s.submit(ctx, sender, msg, nil)
+	return s.submit(ctx, sender, msg, nil, "")
+}
+
+// SendWithJoinToken is Send for a new_member_proposal Add by a client that
+// holds a join link's token (see CreateJoinLink).
+func (s *Service) SendWithJoinToken(ctx context.Context, sender string, msg []byte, joinToken string) (Receipt, error) {
+	return s.submit(ctx, sender, msg, nil, joinToken)
 }
 
 // SendCommitBundle submits a Commit together with an optional Welcome for
-// the members it adds and an optional GroupInfo of the new epoch; all are
-// accepted or refused as one.
+// the members it adds and a GroupInfo of the new epoch; all are accepted
+// or refused as one.
 //
 // The Welcome is routed by the KeyPackageRefs it names to the clients
 // whose KeyPackages they are, once the Commit is accepted, and those
 // KeyPackages are marked used. In a transparent group every KeyPackage it
-// names must be added by the Commit, and the GroupInfo must be signed by a
-// member and carry the GroupContext of the new epoch. In an opaque group
-// the roster changes are b.Added and b.Removed; the Welcome's joiners are
-// added too.
+// names must be added by the Commit, and the GroupInfo is required: it
+// must be signed by a member, carry the GroupContext of the new epoch and
+// the Commit's confirmation_tag, and have an external_pub, so that the
+// GroupInfo the Service serves always lets members resync. In an opaque
+// group the roster changes are b.Added and b.Removed, and every added
+// client must be a joiner of the Welcome. b.JoinToken admits an external
+// Commit of a client that holds a join link's token.
 func (s *Service) SendCommitBundle(ctx context.Context, sender string, b CommitBundle) (Receipt, error) {
-	return s.submit(ctx, sender, b.Commit, &b)
+	return s.submit(ctx, sender, b.Commit, &b, b.JoinToken)
 }
 
 // submission is a message being accepted, with what was learnt of it.
@@ -61,6 +77,8 @@ type submission struct {
 	data   []byte
 	msg    *mls.MLSMessage
 	bundle *CommitBundle // nil for Send
+
+	joinToken string // a join link's token, for an external join
 
 	groupID []byte
 	epoch   uint64
@@ -73,7 +91,7 @@ type submission struct {
 	state *groupState
 }
 
-func (s *Service) submit(ctx context.Context, sender string, data []byte, b *CommitBundle) (Receipt, error) {
+func (s *Service) submit(ctx context.Context, sender string, data []byte, b *CommitBundle, joinToken string) (Receipt, error) {
 	if err := s.allow(sender); err != nil {
 		return Receipt{}, err
 	}
@@ -90,6 +108,7 @@ func (s *Service) submit(ctx context.Context, sender string, data []byte, b *Com
 	if err != nil {
 		return Receipt{}, err
 	}
+	sub.joinToken = joinToken
 	// An application message goes straight to the store, which answers a
 	// resubmission with the first receipt before any other check; other
 	// messages are looked up first, since prepare would refuse one whose
@@ -110,6 +129,11 @@ func (s *Service) submit(ctx context.Context, sender string, data []byte, b *Com
 		s.settleState(sub, res, err)
 		if errors.Is(err, ErrStateConflict) {
 			continue
+		}
+		if errors.Is(err, ErrNotMember) || isNotFound(err) {
+			// The store found no such group, or the sender is not a
+			// member: one answer for both.
+			return Receipt{}, notMember(sender, sub.groupID)
 		}
 		if err != nil {
 			return Receipt{}, err
@@ -136,7 +160,7 @@ func (s *Service) resubmitted(ctx context.Context, sub *submission, r Receipt) (
 			return r, nil
 		}
 	}
-	return Receipt{}, fmt.Errorf("%w: %x", ErrNotMember, sub.groupID)
+	return Receipt{}, notMember(sub.sender, sub.groupID)
 }
 
 // acceptParams is what every submission stores: the message and its
@@ -189,9 +213,28 @@ func (s *Service) prepare(ctx context.Context, sub *submission) (AcceptParams, [
 		p, notify := s.prepareApplication(sub)
 		return p, notify, nil
 	}
+	// Membership first: an outsider learns nothing of the group, not even
+	// whether it exists or its epoch.
 	head, err := s.store.Group(ctx, sub.groupID)
+	if isNotFound(err) {
+		return AcceptParams{}, nil, notMember(sub.sender, sub.groupID)
+	} else if err != nil {
+		return AcceptParams{}, nil, err
+	}
+	member, err := s.isMember(ctx, head.ID, sub.sender)
 	if err != nil {
 		return AcceptParams{}, nil, err
+	}
+	if !member {
+		ok := false
+		if sub.isExternalJoin() {
+			if ok, err = s.mayJoin(ctx, head, sub.sender, sub.joinToken); err != nil {
+				return AcceptParams{}, nil, err
+			}
+		}
+		if !ok {
+			return AcceptParams{}, nil, notMember(sub.sender, sub.groupID)
+		}
 	}
 	p := s.acceptParams(sub)
 	if sub.ct == mls.ContentTypeApplication {
@@ -294,6 +337,12 @@ func (s *Service) validateHandshake(ctx context.Context, e *groupState, head Gro
 
 	switch sub.ct {
 	case mls.ContentTypeProposal:
+		// The leaf of an Update and the KeyPackage of an Add must be
+		// bound, and the KeyPackage consented to (RFC 9750 §5); the Commit
+		// that includes the Add marks it used.
+		if err := s.proposalConsent(ctx, fc.Proposal); err != nil {
+			return err
+		}
 		e.beforeProposal()
 		if _, err := st.HandleProposal(pm); err != nil {
 			return invalidMessage("Proposal", err)
@@ -305,6 +354,11 @@ func (s *Service) validateHandshake(ctx context.Context, e *groupState, head Gro
 		return invalidf("6", "unknown content type %d", sub.ct)
 	}
 
+	// The GroupInfo of the new epoch comes with every Commit, so that the
+	// one the Service serves always matches the group (§12.4.3).
+	if sub.bundle == nil || len(sub.bundle.GroupInfo) == 0 {
+		return invalidf("12.4.3", "send Commits with SendCommitBundle and the new epoch's GroupInfo, so that members and joiners can always (re)join from the GroupInfo the Delivery Service serves")
+	}
 	next, eff, err := st.HandleCommit(pm)
 	if err != nil {
 		return invalidMessage("Commit", err)
@@ -313,6 +367,19 @@ func (s *Service) validateHandshake(ctx context.Context, e *groupState, head Gro
 	newTree := next.Tree()
 	if int(newTree.MemberCount()) > s.cfg.MaxGroupSize {
 		return &TooLargeError{Limit: s.cfg.MaxGroupSize, What: "group members"}
+	}
+	// Every leaf the Commit brings in is bound to its client, and every
+	// Add uses a KeyPackage its client published and nobody used yet
+	// (RFC 9750 §5); accepting the Commit marks them used.
+	if err := s.checkCommitLeaves(ctx, newTree, eff); err != nil {
+		return err
+	}
+	cs, err := addedConsent(eff)
+	if err != nil {
+		return err
+	}
+	if p.ConsumeKeyPackages, err = s.checkConsent(ctx, cs); err != nil {
+		return err
 	}
 
 	// Roster changes, by client id.
@@ -373,7 +440,17 @@ func (s *Service) validateHandshake(ctx context.Context, e *groupState, head Gro
 					return fmt.Errorf("%w: client %q already holds leaf %d; a client may hold only one leaf", ErrPermissionDenied, id, i)
 				}
 			}
-			if len(leaves) > 0 {
+			if len(leaves) == 0 {
+				continue
+			}
+			// A client that left (LeaveGroup) still holds its leaf until
+			// someone commits its removal, but has no open membership
+			// window: its resync or re-add opens a new one.
+			ws, err := s.store.Memberships(ctx, head.ID, id)
+			if err != nil {
+				return err
+			}
+			if len(ws) > 0 && ws[len(ws)-1].Open() {
 				stays = append(stays, id)
 			}
 		}
@@ -396,19 +473,17 @@ func (s *Service) validateHandshake(ctx context.Context, e *groupState, head Gro
 				b.Added, b.Removed, added, removed)
 		}
 	}
-	if len(b.GroupInfo) > 0 {
-		gi, err := parseGroupInfo(b.GroupInfo)
-		if err != nil {
-			return err
-		}
-		if err := checkGroupInfo(gi, next, newTree); err != nil {
-			return err
-		}
-		if p.GroupInfo, err = groupInfoMessage(gi); err != nil {
-			return err
-		}
-		e.pending.groupInfo = p.GroupInfo
+	gi, err := parseGroupInfo(b.GroupInfo)
+	if err != nil {
+		return err
 	}
+	if err := checkGroupInfo(gi, pm, next, newTree); err != nil {
+		return err
+	}
+	if p.GroupInfo, err = groupInfoMessage(gi); err != nil {
+		return err
+	}
+	e.pending.groupInfo = p.GroupInfo
 	if len(b.Welcome) > 0 {
 		if err := s.routeWelcome(ctx, head, b.Welcome, addedByRef, p); err != nil {
 			return err
@@ -417,9 +492,13 @@ func (s *Service) validateHandshake(ctx context.Context, e *groupState, head Gro
 	return nil
 }
 
-// checkGroupInfo checks a GroupInfo published with a Commit: it must carry
-// the GroupContext of the new epoch and be signed by a member (§12.4.3).
-func checkGroupInfo(gi *mls.GroupInfo, next *mls.PublicGroupState, tree *mls.RatchetTree) error {
+// checkGroupInfo checks a GroupInfo published with the Commit pm: it must
+// carry the GroupContext of the new epoch and pm's confirmation_tag (which
+// the GroupInfo of an epoch repeats, §12.4.3), be signed by a member, and
+// hold a usable external_pub (§12.4.3.2), so that whoever may rejoin can.
+// A Commit whose confirmation_tag is garbage then comes with a GroupInfo
+// that members reject, and they resync with an external Commit.
+func checkGroupInfo(gi *mls.GroupInfo, pm *mls.PublicMessage, next *mls.PublicGroupState, tree *mls.RatchetTree) error {
 	want := next.GroupContext()
 	wantBytes, err := want.MarshalBinary()
 	if err != nil {
@@ -436,10 +515,16 @@ func checkGroupInfo(gi *mls.GroupInfo, next *mls.PublicGroupState, tree *mls.Rat
 	if err := gi.VerifySignature(signer.SignatureKey); err != nil {
 		return invalidMessage("GroupInfo", wrapSection("12.4.3", err))
 	}
-	// The DS serves this GroupInfo for external joins: refuse one whose
-	// external_pub no joiner could use.
+	// The DS serves this GroupInfo for external joins and resyncs: refuse
+	// one without an external_pub, or with one no joiner could use.
+	if _, ok := gi.Extensions.Find(mls.ExtensionTypeExternalPub); !ok {
+		return invalidf("12.4.3.2", "the GroupInfo has no external_pub extension; include it so that members can resync by external Commit")
+	}
 	if err := mls.ValidateGroupInfoExternalPub(gi); err != nil {
 		return invalidMessage("GroupInfo", err)
+	}
+	if !bytes.Equal(gi.ConfirmationTag, pm.Auth.ConfirmationTag) {
+		return invalidf("12.4.3", "the GroupInfo's confirmation_tag is not the Commit's; send the GroupInfo of the epoch this Commit starts")
 	}
 	return nil
 }
@@ -457,20 +542,25 @@ func (s *Service) prepareOpaque(ctx context.Context, head GroupRecord, sub *subm
 	if !contains(members, sub.sender) {
 		return fmt.Errorf("%w: %q in group %x", ErrNotMember, sub.sender, head.ID)
 	}
-	removed := dedupeSorted(b.Removed)
-	for _, r := range removed {
-		if !contains(members, r) {
-			return fmt.Errorf("%w: cannot remove %q: not a member of the group", ErrInvalidArgument, r)
-		}
+	removed, err := s.removedMembers(ctx, head.ID, members, b.Removed) // leave.go
+	if err != nil {
+		return err
 	}
 	if len(b.Welcome) > 0 {
 		if err := s.routeWelcome(ctx, head, b.Welcome, nil, p); err != nil {
 			return err
 		}
 	}
-	added := append([]string(nil), b.Added...)
+	// Every added client joins through the Welcome, by a KeyPackage it
+	// published: nobody enters the roster without consent.
+	var added []string
 	for _, w := range p.WelcomeTo {
 		added = append(added, w.ClientID)
+	}
+	for _, a := range b.Added {
+		if !contains(added, a) {
+			return fmt.Errorf("%w: cannot add %q: it is no joiner of the bundle's Welcome; add a client with a Welcome to a KeyPackage it published", ErrInvalidArgument, a)
+		}
 	}
 	added = dedupeSorted(added)
 	for _, a := range added {
@@ -539,7 +629,8 @@ func (s *Service) routeWelcome(ctx context.Context, head GroupRecord, data []byt
 			if rec.Consumed() && !rec.LastResort {
 				return invalidf("10", "KeyPackage %x was already used by an earlier Welcome; a KeyPackage is used only once", ref)
 			}
-			if !rec.LastResort {
+			// In a transparent group the Commit's Adds mark them used.
+			if !rec.LastResort && expect == nil {
 				p.ConsumeKeyPackages = append(p.ConsumeKeyPackages, ref)
 			}
 		}
@@ -588,4 +679,17 @@ func sameSet(a, b []string) bool {
 		}
 	}
 	return true
+}
+
+// isExternalJoin reports whether sub is a transparent group's external
+// Commit or new_member Proposal: a message of a client joining.
+func (sub *submission) isExternalJoin() bool {
+	if sub.wf != mls.WireFormatPublicMessage {
+		return false
+	}
+	switch sub.msg.PublicMessage.Content.Sender.SenderType {
+	case mls.SenderTypeNewMemberCommit, mls.SenderTypeNewMemberProposal:
+		return true
+	}
+	return false
 }

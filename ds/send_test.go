@@ -86,7 +86,7 @@ func TestConcurrentCommitsTransparent(t *testing.T) {
 		epoch := g.st.Epoch()
 		results := race(len(idx), func(k int) (ds.Receipt, error) {
 			i := idx[k]
-			return e.svc.SendCommitBundle(bg, "a", ds.CommitBundle{Commit: commits[i], Welcome: welcome(t, ref(t, kps[i]))})
+			return sendBundle(e.svc, "a", ds.CommitBundle{Commit: commits[i], Welcome: welcome(t, ref(t, kps[i]))})
 		})
 		var winner *sendResult
 		var losers []*ds.WrongEpochError
@@ -173,12 +173,12 @@ func TestConcurrentCommitsOpaque(t *testing.T) {
 		ids = append(ids, e.register(fmt.Sprintf("m%02d", i), fmt.Sprintf("m%02d", i)).id)
 	}
 	gid := []byte("opaque group")
-	if err := e.svc.CreateGroup(bg, ids[0], ds.CreateGroup{GroupID: gid, Mode: ds.ModeOpaque, Members: ids[1:], Epoch: 7}); err != nil {
+	if err := e.createOpaque(ids[0], ds.CreateGroup{GroupID: gid, Members: ids[1:], Epoch: 7}); err != nil {
 		t.Fatal(err)
 	}
-	e.svc.Send(bg, ids[3], private(t, gid, 7, mls.ContentTypeApplication)) // seq 1
+	sendMsg(e.svc, ids[3], private(t, gid, 7, mls.ContentTypeApplication)) // seq 1
 	results := race(n, func(i int) (ds.Receipt, error) {
-		return e.svc.Send(bg, ids[i], private(t, gid, 7, mls.ContentTypeCommit))
+		return sendMsg(e.svc, ids[i], private(t, gid, 7, mls.ContentTypeCommit))
 	})
 	var winners []ds.Receipt
 	var losers []int
@@ -199,7 +199,7 @@ func TestConcurrentCommitsOpaque(t *testing.T) {
 	// Losers retry one by one on the epoch they were told.
 	epoch := uint64(8)
 	for _, i := range losers {
-		r, err := e.svc.Send(bg, ids[i], private(t, gid, epoch, mls.ContentTypeCommit))
+		r, err := sendMsg(e.svc, ids[i], private(t, gid, epoch, mls.ContentTypeCommit))
 		if err != nil || r.Epoch != epoch {
 			t.Fatalf("retry of %d: %+v, %v", i, r, err)
 		}
@@ -221,24 +221,24 @@ func TestIdempotentResubmission(t *testing.T) {
 	g := e.createGroup(a)
 
 	app := private(t, g.id, 0, mls.ContentTypeApplication)
-	r1 := must(e.svc.Send(bg, "a", app))
+	r1 := must(sendMsg(e.svc, "a", app))
 	e.clock.Advance(1000)
-	r2 := must(e.svc.Send(bg, "a", app))
+	r2 := must(sendMsg(e.svc, "a", app))
 	if r1.GroupSeq != r2.GroupSeq || r1.Epoch != r2.Epoch || !r1.AcceptedAt.Equal(r2.AcceptedAt) {
 		t.Errorf("resubmission receipt %+v, first %+v", r2, r1)
 	}
 
 	commit, next := g.commit(t, a, 0, []mls.ProposalOrRef{addOf(kp)}, nil)
-	bundle := ds.CommitBundle{Commit: commit, Welcome: welcome(t, ref(t, kp)), GroupInfo: g.groupInfo(t, next, a, 0)}
-	c1 := must(e.svc.SendCommitBundle(bg, "a", bundle))
+	bundle := ds.CommitBundle{Commit: commit, Welcome: welcome(t, ref(t, kp)), GroupInfo: commitGI(t, commit)}
+	c1 := must(sendBundle(e.svc, "a", bundle))
 	g.st = next
-	must(e.svc.Send(bg, "a", private(t, g.id, 1, mls.ContentTypeApplication)))
+	must(sendMsg(e.svc, "a", private(t, g.id, 1, mls.ContentTypeApplication)))
 	// The Commit's epoch is gone, yet the same bytes get the same receipt.
-	c2, err := e.svc.SendCommitBundle(bg, "a", bundle)
+	c2, err := sendBundle(e.svc, "a", bundle)
 	if err != nil || c2.GroupSeq != c1.GroupSeq {
 		t.Errorf("resubmitted Commit: %+v, %v; want receipt %+v", c2, err, c1)
 	}
-	c3, err := e.svc.Send(bg, "a", commit)
+	c3, err := sendMsg(e.svc, "a", commit)
 	if err != nil || c3.GroupSeq != c1.GroupSeq {
 		t.Errorf("Commit resubmitted through Send: %+v, %v", c3, err)
 	}
@@ -246,12 +246,12 @@ func TestIdempotentResubmission(t *testing.T) {
 	// nothing: no receipt, whichever path the message takes.
 	e.register("x", "x")
 	for name, replay := range map[string][]byte{"application message": app, "Commit": commit} {
-		if r, err := e.svc.Send(bg, "x", replay); !errors.Is(err, ds.ErrNotMember) {
+		if r, err := sendMsg(e.svc, "x", replay); !errors.Is(err, ds.ErrNotMember) {
 			t.Errorf("an outsider replaying the %s got %+v, %v; want ErrNotMember", name, r, err)
 		}
 	}
 	// The client the Commit added may know of it: it gets the receipt.
-	if r, err := e.svc.Send(bg, "j", commit); err != nil || r.GroupSeq != c1.GroupSeq {
+	if r, err := sendMsg(e.svc, "j", commit); err != nil || r.GroupSeq != c1.GroupSeq {
 		t.Errorf("the joiner resubmitting its Commit: %+v, %v; want receipt %+v", r, err, c1)
 	}
 	envs := must(e.svc.Fetch(bg, "a", g.id, 1, 100))
@@ -270,30 +270,30 @@ func TestEpochRules(t *testing.T) {
 		e.register(id, id)
 	}
 	gid := []byte("g")
-	must(0, e.svc.CreateGroup(bg, "a", ds.CreateGroup{GroupID: gid, Mode: ds.ModeOpaque, Members: []string{"b"}}))
+	must(0, e.createOpaque("a", ds.CreateGroup{GroupID: gid, Members: []string{"b"}}))
 	for ep := uint64(0); ep < 5; ep++ {
-		must(e.svc.Send(bg, "a", private(t, gid, ep, mls.ContentTypeCommit)))
+		must(sendMsg(e.svc, "a", private(t, gid, ep, mls.ContentTypeCommit)))
 	}
 	// The group is at epoch 5.
 	for _, ep := range []uint64{5, 4, 3} {
-		if _, err := e.svc.Send(bg, "b", private(t, gid, ep, mls.ContentTypeApplication)); err != nil {
+		if _, err := sendMsg(e.svc, "b", private(t, gid, ep, mls.ContentTypeApplication)); err != nil {
 			t.Errorf("application message of epoch %d: %v", ep, err)
 		}
 	}
-	_, err := e.svc.Send(bg, "b", private(t, gid, 2, mls.ContentTypeApplication))
+	_, err := sendMsg(e.svc, "b", private(t, gid, 2, mls.ContentTypeApplication))
 	if se := wantErr[*ds.StaleEpochError](t, err); se.Current != 5 {
 		t.Errorf("StaleEpochError.Current = %d, want 5", se.Current)
 	}
-	_, err = e.svc.Send(bg, "b", private(t, gid, 6, mls.ContentTypeApplication))
+	_, err = sendMsg(e.svc, "b", private(t, gid, 6, mls.ContentTypeApplication))
 	wantErr[*ds.WrongEpochError](t, err)
-	_, err = e.svc.Send(bg, "b", private(t, gid, 4, mls.ContentTypeProposal))
+	_, err = sendMsg(e.svc, "b", private(t, gid, 4, mls.ContentTypeProposal))
 	if we := wantErr[*ds.WrongEpochError](t, err); we.Expected != 5 || we.FetchFromSeq != 5 {
 		t.Errorf("old proposal: %+v, want Expected 5, FetchFromSeq 5", we)
 	}
-	must(e.svc.Send(bg, "b", private(t, gid, 5, mls.ContentTypeProposal)))
-	_, err = e.svc.Send(bg, "b", private(t, gid, 4, mls.ContentTypeCommit))
+	must(sendMsg(e.svc, "b", private(t, gid, 5, mls.ContentTypeProposal)))
+	_, err = sendMsg(e.svc, "b", private(t, gid, 4, mls.ContentTypeCommit))
 	wantErr[*ds.WrongEpochError](t, err)
-	_, err = e.svc.Send(bg, "b", private(t, gid, 9, mls.ContentTypeCommit))
+	_, err = sendMsg(e.svc, "b", private(t, gid, 9, mls.ContentTypeCommit))
 	wantErr[*ds.WrongEpochError](t, err)
 }
 
@@ -305,11 +305,11 @@ func TestStaleEpochTransparent(t *testing.T) {
 		j := e.register(fmt.Sprintf("j%d", i), fmt.Sprintf("j%d", i))
 		kp := e.upload(j, 1, false)[0]
 		c, next := g.commit(t, a, 0, []mls.ProposalOrRef{addOf(kp)}, nil)
-		must(e.svc.Send(bg, "a", c))
+		must(sendMsg(e.svc, "a", c))
 		g.st = next
 	}
-	must(e.svc.Send(bg, "a", private(t, g.id, 1, mls.ContentTypeApplication)))
-	_, err := e.svc.Send(bg, "a", private(t, g.id, 0, mls.ContentTypeApplication))
+	must(sendMsg(e.svc, "a", private(t, g.id, 1, mls.ContentTypeApplication)))
+	_, err := sendMsg(e.svc, "a", private(t, g.id, 0, mls.ContentTypeApplication))
 	if se := wantErr[*ds.StaleEpochError](t, err); se.Current != 3 {
 		t.Errorf("Current = %d, want 3", se.Current)
 	}
@@ -325,7 +325,7 @@ func TestWrongSender(t *testing.T) {
 	kpB := e.upload(b, 1, false)[0]
 	g := e.createGroup(a)
 	commit, next := g.commit(t, a, 0, []mls.ProposalOrRef{addOf(kpB)}, nil)
-	must(e.svc.Send(bg, "a", commit))
+	must(sendMsg(e.svc, "a", commit))
 	g.st = next // a at leaf 0, b at leaf 1
 
 	j := e.register("j", "j")
@@ -333,29 +333,29 @@ func TestWrongSender(t *testing.T) {
 	addJ := &mls.Proposal{ProposalType: mls.ProposalTypeAdd, Add: &mls.Add{KeyPackage: *kpJ}}
 
 	// b claims a's leaf, signing with its own key.
-	_, err := e.svc.Send(bg, "b", g.proposal(t, b, 0, addJ))
+	_, err := sendMsg(e.svc, "b", g.proposal(t, b, 0, addJ))
 	wantIs(t, err, ds.ErrPermissionDenied)
 	forged, _ := g.frame(t, b, 0, mls.FramedContent{ContentType: mls.ContentTypeCommit, Commit: &mls.Commit{Proposals: []mls.ProposalOrRef{addOf(kpJ)}}})
-	_, err = e.svc.Send(bg, "b", encode(t, &mls.MLSMessage{WireFormat: mls.WireFormatPublicMessage, PublicMessage: forged}))
+	_, err = sendMsg(e.svc, "b", encode(t, &mls.MLSMessage{WireFormat: mls.WireFormatPublicMessage, PublicMessage: forged}))
 	wantIs(t, err, ds.ErrPermissionDenied)
 	// a's message submitted by b's connection: b is not leaf 0 either.
-	_, err = e.svc.Send(bg, "b", g.proposal(t, a, 0, addJ))
+	_, err = sendMsg(e.svc, "b", g.proposal(t, a, 0, addJ))
 	wantIs(t, err, ds.ErrPermissionDenied)
 	// b on its own leaf but with a's signature: the signature fails.
-	_, err = e.svc.Send(bg, "b", g.proposal(t, a, 1, addJ))
+	_, err = sendMsg(e.svc, "b", g.proposal(t, a, 1, addJ))
 	if im := wantErr[*ds.InvalidMessageError](t, err); im.Section != "6.1" {
 		t.Errorf("bad signature: section %q, want 6.1", im.Section)
 	}
 	// c is no member.
-	_, err = e.svc.Send(bg, "c", private(t, g.id, 1, mls.ContentTypeApplication))
+	_, err = sendMsg(e.svc, "c", private(t, g.id, 1, mls.ContentTypeApplication))
 	wantIs(t, err, ds.ErrNotMember)
-	_, err = e.svc.Send(bg, "c", g.proposal(t, b, 1, addJ))
-	wantIs(t, err, ds.ErrPermissionDenied)
+	_, err = sendMsg(e.svc, "c", g.proposal(t, b, 1, addJ))
+	wantIs(t, err, ds.ErrNotMember)
 	// b, correctly.
-	must(e.svc.Send(bg, "b", g.proposal(t, b, 1, addJ)))
-	must(e.svc.Send(bg, "b", private(t, g.id, 1, mls.ContentTypeApplication)))
+	must(sendMsg(e.svc, "b", g.proposal(t, b, 1, addJ)))
+	must(sendMsg(e.svc, "b", private(t, g.id, 1, mls.ContentTypeApplication)))
 	// Encrypted handshake messages are refused in a transparent group.
-	_, err = e.svc.Send(bg, "b", private(t, g.id, 1, mls.ContentTypeCommit))
+	_, err = sendMsg(e.svc, "b", private(t, g.id, 1, mls.ContentTypeCommit))
 	wantErr[*ds.InvalidMessageError](t, err)
 }
 
@@ -363,18 +363,18 @@ func TestMalformedAndLimits(t *testing.T) {
 	e := newEnv(t, ds.Config{MaxMessageSize: 2048})
 	a := e.register("a", "a")
 	g := e.createGroup(a)
-	_, err := e.svc.Send(bg, "a", []byte{0, 1, 0, 2, 0xff})
+	_, err := sendMsg(e.svc, "a", []byte{0, 1, 0, 2, 0xff})
 	wantErr[*ds.InvalidMessageError](t, err)
-	_, err = e.svc.Send(bg, "a", make([]byte, 2049))
+	_, err = sendMsg(e.svc, "a", make([]byte, 2049))
 	if tl := wantErr[*ds.TooLargeError](t, err); tl.Limit != 2048 {
 		t.Errorf("limit %d", tl.Limit)
 	}
-	_, err = e.svc.Send(bg, "a", private(t, []byte("no such group"), 0, mls.ContentTypeApplication))
-	wantIs(t, err, ds.ErrNotFound)
+	_, err = sendMsg(e.svc, "a", private(t, []byte("no such group"), 0, mls.ContentTypeApplication))
+	wantIs(t, err, ds.ErrNotMember) // one answer for outsiders
 	_, kp := a.keyPackage(t, e.clock.Now())
-	_, err = e.svc.Send(bg, "a", kp)
+	_, err = sendMsg(e.svc, "a", kp)
 	wantErr[*ds.InvalidMessageError](t, err)
-	_, err = e.svc.SendCommitBundle(bg, "a", ds.CommitBundle{Commit: private(t, g.id, 0, mls.ContentTypeApplication)})
+	_, err = sendBundle(e.svc, "a", ds.CommitBundle{Commit: private(t, g.id, 0, mls.ContentTypeApplication)})
 	wantErr[*ds.InvalidMessageError](t, err)
 	// Groups: duplicate id, creator not in the tree, malformed GroupInfo.
 	_, gi, tree := newGroup(t, a, e.clock.Now())
@@ -398,15 +398,16 @@ func TestMalformedAndLimits(t *testing.T) {
 	wantIs(t, err, ds.ErrNotFound)
 	// Group size.
 	e2 := newEnv(t, ds.Config{MaxGroupSize: 2})
-	for _, id := range []string{"a", "b", "c"} {
+	for _, id := range []string{"a", "b"} {
 		e2.register(id, id)
 	}
-	err = e2.svc.CreateGroup(bg, "a", ds.CreateGroup{GroupID: []byte("o"), Mode: ds.ModeOpaque, Members: []string{"b", "c"}})
+	kpC := e2.upload(e2.register("c", "c"), 1, false)[0]
+	err = e2.createOpaque("a", ds.CreateGroup{GroupID: []byte("o"), Members: []string{"b", "c"}})
 	if tl := wantErr[*ds.TooLargeError](t, err); tl.Limit != 2 {
 		t.Errorf("group size limit %d", tl.Limit)
 	}
-	must(0, e2.svc.CreateGroup(bg, "a", ds.CreateGroup{GroupID: []byte("o"), Mode: ds.ModeOpaque, Members: []string{"b"}}))
-	_, err = e2.svc.SendCommitBundle(bg, "a", ds.CommitBundle{Commit: private(t, []byte("o"), 0, mls.ContentTypeCommit), Added: []string{"c"}})
+	must(0, e2.createOpaque("a", ds.CreateGroup{GroupID: []byte("o"), Members: []string{"b"}}))
+	_, err = sendBundle(e2.svc, "a", ds.CommitBundle{Commit: private(t, []byte("o"), 0, mls.ContentTypeCommit), Added: []string{"c"}, Welcome: welcome(t, ref(t, kpC))})
 	wantErr[*ds.TooLargeError](t, err)
 }
 
@@ -423,11 +424,11 @@ func TestGroupInfoBundle(t *testing.T) {
 
 	// A GroupInfo of the old epoch: all refused.
 	stale := g.groupInfo(t, g.st, a, 0)
-	_, err := e.svc.SendCommitBundle(bg, "a", ds.CommitBundle{Commit: commit, Welcome: welcome(t, ref(t, kp)), GroupInfo: stale})
+	_, err := sendBundle(e.svc, "a", ds.CommitBundle{Commit: commit, Welcome: welcome(t, ref(t, kp)), GroupInfo: stale})
 	wantErr[*ds.InvalidMessageError](t, err)
 	// A GroupInfo signed by someone else than the claimed signer.
 	forged := g.groupInfo(t, next, j, 0)
-	_, err = e.svc.SendCommitBundle(bg, "a", ds.CommitBundle{Commit: commit, GroupInfo: forged})
+	_, err = sendBundle(e.svc, "a", ds.CommitBundle{Commit: commit, GroupInfo: forged})
 	wantErr[*ds.InvalidMessageError](t, err)
 	// A correctly signed GroupInfo whose external_pub holds the bare key
 	// without its opaque<V> length prefix, as ts-mls 1.6.4 writes it: no
@@ -441,14 +442,14 @@ func TestGroupInfoBundle(t *testing.T) {
 	if err := badExt.Sign(a.sigPriv); err != nil {
 		t.Fatal(err)
 	}
-	_, err = e.svc.SendCommitBundle(bg, "a", ds.CommitBundle{Commit: commit,
+	_, err = sendBundle(e.svc, "a", ds.CommitBundle{Commit: commit,
 		GroupInfo: encode(t, &mls.MLSMessage{WireFormat: mls.WireFormatGroupInfo, GroupInfo: badExt})})
 	if ie := wantErr[*ds.InvalidMessageError](t, err); ie.Section != "12.4.3.2" {
 		t.Errorf("bare external_pub refused under §%s, want §12.4.3.2", ie.Section)
 	}
 	// A Welcome for a KeyPackage the Commit does not add.
 	other := e.upload(e.register("k", "k"), 1, false)[0]
-	_, err = e.svc.SendCommitBundle(bg, "a", ds.CommitBundle{Commit: commit, Welcome: welcome(t, ref(t, other))})
+	_, err = sendBundle(e.svc, "a", ds.CommitBundle{Commit: commit, Welcome: welcome(t, ref(t, other))})
 	wantErr[*ds.InvalidMessageError](t, err)
 	info := must(e.svc.GroupInfo(bg, "a", g.id))
 	if info.Epoch != 0 {
@@ -461,8 +462,8 @@ func TestGroupInfoBundle(t *testing.T) {
 		t.Fatalf("a refused bundle consumed a KeyPackage")
 	}
 
-	gi := g.groupInfo(t, next, a, 0)
-	r := must(e.svc.SendCommitBundle(bg, "a", ds.CommitBundle{Commit: commit, Welcome: welcome(t, ref(t, kp)), GroupInfo: gi}))
+	gi := commitGI(t, commit)
+	r := must(sendBundle(e.svc, "a", ds.CommitBundle{Commit: commit, Welcome: welcome(t, ref(t, kp)), GroupInfo: gi}))
 	g.st = next
 	info = must(e.svc.GroupInfo(bg, "a", g.id))
 	if info.Epoch != 1 || !bytes.Equal(info.GroupInfo, gi) || info.Mode != ds.ModeTransparent {
@@ -475,12 +476,12 @@ func TestGroupInfoBundle(t *testing.T) {
 	// The KeyPackage is used: a second Welcome naming it is refused.
 	j2 := e.upload(e.register("j2", "j2"), 1, false)[0]
 	c2, _ := g.commit(t, a, 0, []mls.ProposalOrRef{addOf(j2)}, nil)
-	_, err = e.svc.SendCommitBundle(bg, "a", ds.CommitBundle{Commit: c2, Welcome: welcome(t, ref(t, j2), ref(t, kp))})
+	_, err = sendBundle(e.svc, "a", ds.CommitBundle{Commit: c2, Welcome: welcome(t, ref(t, j2), ref(t, kp))})
 	wantErr[*ds.InvalidMessageError](t, err)
 	// The bundle's declared roster changes must match the Commit's.
-	_, err = e.svc.SendCommitBundle(bg, "a", ds.CommitBundle{Commit: c2, Added: []string{"someone"}})
+	_, err = sendBundle(e.svc, "a", ds.CommitBundle{Commit: c2, Added: []string{"someone"}})
 	wantErr[*ds.InvalidMessageError](t, err)
-	must(e.svc.SendCommitBundle(bg, "a", ds.CommitBundle{Commit: c2, Added: []string{"j2"}}))
+	must(sendBundle(e.svc, "a", ds.CommitBundle{Commit: c2, Added: []string{"j2"}}))
 }
 
 // TestProposalsConcurrent: Proposals for one epoch arriving together all
@@ -497,7 +498,7 @@ func TestProposalsConcurrent(t *testing.T) {
 		kp := e.upload(j, 1, false)[0]
 		msgs[i] = g.proposal(t, a, 0, &mls.Proposal{ProposalType: mls.ProposalTypeAdd, Add: &mls.Add{KeyPackage: *kp}})
 	}
-	for _, r := range race(n, func(i int) (ds.Receipt, error) { return e.svc.Send(bg, "a", msgs[i]) }) {
+	for _, r := range race(n, func(i int) (ds.Receipt, error) { return sendMsg(e.svc, "a", msgs[i]) }) {
 		if r.err != nil {
 			t.Fatalf("proposal %d: %v", r.i, r.err)
 		}
@@ -514,7 +515,7 @@ func TestProposalsConcurrent(t *testing.T) {
 		refs = append(refs, mls.ProposalOrRef{Type: mls.ProposalOrRefTypeReference, Reference: pr})
 	}
 	commit, _ := g.commit(t, a, 0, refs, nil)
-	if _, err := e.svc.Send(bg, "a", commit); err != nil {
+	if _, err := sendMsg(e.svc, "a", commit); err != nil {
 		t.Fatalf("Commit of %d proposals by reference: %v", len(refs), err)
 	}
 	if roster := must(e.svc.Roster(bg, "a", g.id)); len(roster) != n+1 {

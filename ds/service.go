@@ -10,9 +10,7 @@
 package ds
 
 import (
-	"bytes"
 	"context"
-	"errors"
 	"fmt"
 	"time"
 	"unicode/utf8"
@@ -126,44 +124,15 @@ func (s *Service) checkID(kind, id string) error {
 	if !utf8.ValidString(id) {
 		return fmt.Errorf("%w: %s id is not valid UTF-8", ErrInvalidArgument, kind)
 	}
-	return nil
+	return CheckIdentifier(kind, id)
 }
 
-// RegisterClient registers a client. Registering the same id again with
-// the same signature key and suite succeeds and changes nothing; with
-// another key or suite it fails with ErrAlreadyExists.
+// RegisterClient registers c as Register does, with nothing but the
+// client: the first client of a user, or the same registration again.
+// Refusals wrap ErrRegistrationRefused.
 func (s *Service) RegisterClient(ctx context.Context, c Client) error {
-	if err := s.checkID("client", c.ID); err != nil {
-		return err
-	}
-	if c.UserID == "" {
-		c.UserID = c.ID
-	}
-	if err := s.checkID("user", c.UserID); err != nil {
-		return err
-	}
-	if !suiteKnown(c.CipherSuite) {
-		return fmt.Errorf("%w: unsupported cipher suite %d", ErrInvalidArgument, c.CipherSuite)
-	}
-	if len(c.SignatureKey) == 0 {
-		return fmt.Errorf("%w: empty signature key", ErrInvalidArgument)
-	}
-	c.CreatedAt = s.now()
-	err := s.store.CreateClient(ctx, c)
-	if err == nil {
-		return nil
-	}
-	if !errors.Is(err, ErrAlreadyExists) {
-		return err
-	}
-	old, gerr := s.store.Client(ctx, c.ID)
-	if gerr != nil {
-		return err
-	}
-	if old.CipherSuite == c.CipherSuite && old.UserID == c.UserID && bytes.Equal(old.SignatureKey, c.SignatureKey) {
-		return nil
-	}
-	return fmt.Errorf("%w: client id %q is registered with another key, suite or user", ErrAlreadyExists, c.ID)
+	_, err := s.Register(ctx, Registration{Client: c})
+	return err
 }
 
 // Client returns a registered client, or ErrNotFound.

@@ -30,6 +30,23 @@ type Store interface {
 	// ClientsOfUser returns the clients registered with userID, ordered by
 	// id (none is not an error).
 	ClientsOfUser(ctx context.Context, userID string) ([]Client, error)
+	// Clients returns the registered clients among ids, in any order;
+	// unknown ids are left out.
+	Clients(ctx context.Context, ids []string) ([]Client, error)
+	// RegisterClient stores r.Client under the rules of ClientRegistration,
+	// in one transaction, serialised with every other registration that
+	// names the same client or user id.
+	RegisterClient(ctx context.Context, r ClientRegistration) error
+	// CreateDeviceLink stores a device link. It fails with ErrNotFound if
+	// l.Creator is not registered, with ErrAlreadyExists if l.Hash is
+	// stored, and with a *TooLargeError if l.Creator already holds limit
+	// unused links unexpired at l.CreatedAt. It may delete expired links.
+	CreateDeviceLink(ctx context.Context, l DeviceLinkRecord, limit int) error
+	// SpendOnce records that the single-use value o.Key of o.Scope was
+	// used. It fails with ErrAlreadyUsed if o is recorded with an expiry
+	// after o.Now; an expired record is replaced. It may delete a bounded
+	// number of expired records.
+	SpendOnce(ctx context.Context, o OnceRecord) error
 
 	// AddKeyPackages stores kps for their client (all have the same
 	// ClientID) as one transaction: none is stored unless all are. It
@@ -66,8 +83,10 @@ type Store interface {
 	KeyPackagesByRef(ctx context.Context, refs [][]byte) ([]KeyPackageRecord, error)
 
 	// CreateGroup stores a new group with its first roster; every member
-	// starts with the first message (GroupSeq 1). ErrAlreadyExists if the
-	// group id is taken.
+	// starts with the first message (GroupSeq 1). In the same transaction
+	// it marks g.ConsumeKeyPackages used, failing with ErrKeyPackageUsed
+	// (wrapped) if one of them is used already or gone. ErrAlreadyExists if
+	// the group id is taken.
 	CreateGroup(ctx context.Context, g GroupRecord, members []string) error
 	// Group returns the head of a group (everything but its state), or
 	// ErrNotFound.
@@ -120,6 +139,16 @@ type Store interface {
 	// PendingWelcomes returns the Welcomes routed to the client that are
 	// not delivered yet, oldest first.
 	PendingWelcomes(ctx context.Context, clientID string) ([]WelcomeEvent, error)
+	// Leave ends the client's membership of the group, in one transaction
+	// that holds the group's sequence still: its open membership window
+	// is closed at the group's last GroupSeq, which Leave returns, so that
+	// the client receives no message after it. A window that would hold no
+	// message (it starts after that GroupSeq) is deleted instead. The
+	// client's undelivered Welcomes of the group are marked delivered; its
+	// cursor stays. ErrNotFound if there is no such group, ErrNotMember if
+	// the client has no open window in it (so leaving twice fails the
+	// second time and changes nothing).
+	Leave(ctx context.Context, groupID []byte, clientID string) (untilSeq uint64, err error)
 
 	// PutRemoteTree stores p.Tree as the remote tree of p.Tree.Epoch,
 	// replacing one stored for that epoch, and drops those of epochs
@@ -132,6 +161,22 @@ type Store interface {
 	// of the current and the previous epoch, as far as stored, newest
 	// first, read together. ErrNotFound if there is no such group.
 	RemoteTrees(ctx context.Context, groupID []byte) (epoch uint64, trees []RemoteTree, err error)
+
+	// CreateJoinLink stores a join link of a group, first dropping the
+	// group's expired ones; a *TooLargeError if the group would have more
+	// than limit live links (expiring after l.CreatedAt). ErrNotFound if
+	// there is no such group; ErrAlreadyExists if l.ID or l.TokenHash is
+	// taken.
+	CreateJoinLink(ctx context.Context, l JoinLink, limit int) error
+	// JoinLinkByToken returns the group's join link whose token hashes to
+	// tokenHash if it expires after now; else ErrNotFound.
+	JoinLinkByToken(ctx context.Context, groupID, tokenHash []byte, now time.Time) (JoinLink, error)
+	// JoinLinks returns the group's join links that expire after now,
+	// oldest first (none is not an error).
+	JoinLinks(ctx context.Context, groupID []byte, now time.Time) ([]JoinLink, error)
+	// RevokeJoinLink deletes the group's join link id; ErrNotFound if the
+	// group has none with that id.
+	RevokeJoinLink(ctx context.Context, groupID []byte, id string) error
 
 	// Close releases the engine's resources.
 	Close() error
@@ -217,6 +262,10 @@ type GroupRecord struct {
 	State           []byte // transparent: a marshaled mls.PublicGroupState, the latest snapshot
 	SnapshotVersion uint64 // the StateVersion State belongs to
 	GroupInfo       []byte // latest GroupInfo (opaque: as the client gave it)
+
+	// Only read by CreateGroup: the KeyPackages (not last-resort) through
+	// which the first members consented, to mark used with the group.
+	ConsumeKeyPackages [][]byte
 }
 
 // MembershipWindow is a range of group sequence numbers in which a client
@@ -258,7 +307,9 @@ type AcceptParams struct {
 	MaxEpochLag uint64
 
 	// RequireMember makes the transaction fail with ErrNotMember unless
-	// Sender is a member of the group (an open membership window).
+	// Sender is a member of the group (an open membership window). It is
+	// checked before the epoch rule, so that a non-member learns nothing
+	// of the group's epoch.
 	RequireMember bool
 
 	// When AdvanceState is set or NewState is not nil, the message changes
@@ -279,8 +330,12 @@ type AcceptParams struct {
 	Removed []string
 
 	// Welcome, when not nil, is stored once and routed to every recipient
-	// in WelcomeTo (only Commits carry one). ConsumeKeyPackages are marked
-	// consumed (last-resort ones excepted).
+	// in WelcomeTo (only Commits carry one). ConsumeKeyPackages (the
+	// KeyPackages of the Commit's Adds and of the Welcome) are marked
+	// consumed, last-resort ones excepted; if one is unknown, or not
+	// last-resort and consumed already, the transaction fails with
+	// ErrKeyPackageUsed (wrapped), so that two groups racing on one
+	// KeyPackage cannot both use it.
 	Welcome            []byte
 	WelcomeTo          []WelcomeRoute
 	ConsumeKeyPackages [][]byte
@@ -345,4 +400,16 @@ func CheckEpoch(p AcceptParams, current, startSeq uint64) error {
 		return &StaleEpochError{Current: current, Got: p.Epoch}
 	}
 	return nil
+}
+
+// JoinLink lets whoever holds its token fetch a transparent group's
+// GroupInfo and join it by external Commit until ExpiresAt. The store
+// keeps only the SHA-256 of the token.
+type JoinLink struct {
+	GroupID   []byte
+	ID        string // names the link; not secret
+	TokenHash []byte // SHA-256 of the token
+	CreatedBy string
+	CreatedAt time.Time
+	ExpiresAt time.Time
 }

@@ -128,11 +128,21 @@ func newBigGroup(tb testing.TB, path string, n int) *bigGroup {
 	treeBytes := must(tree.MarshalBinary())
 
 	g.open(tb)
-	creator := g.keys[0]
-	if err := g.svc.RegisterClient(bg, ds.Client{ID: creator.id, CipherSuite: suite, SignatureKey: creator.sigPub}); err != nil {
-		tb.Fatal(err)
+	// Every member is a registered client (the Service binds leaves to
+	// them, RFC 9750 §5). The synthetic group goes straight to the store:
+	// its leaves came in through no published KeyPackages.
+	var ids []string
+	for i := 0; i < n; i++ {
+		m := g.keys[mls.LeafIndex(i)]
+		if err := g.store.CreateClient(bg, ds.Client{ID: m.id, CipherSuite: suite, SignatureKey: m.sigPub, CreatedAt: now}); err != nil {
+			tb.Fatal(err)
+		}
+		ids = append(ids, m.id)
 	}
-	if err := g.svc.CreateGroup(bg, creator.id, ds.CreateGroup{GroupID: g.id, Mode: ds.ModeTransparent, GroupInfo: giMsg, RatchetTree: treeBytes}); err != nil {
+	_ = treeBytes
+	rec := ds.GroupRecord{ID: g.id, Mode: ds.ModeTransparent, CipherSuite: suite, Creator: g.keys[0].id, CreatedAt: now,
+		State: must(g.st.MarshalBinary()), GroupInfo: giMsg}
+	if err := g.store.CreateGroup(bg, rec, ids); err != nil {
 		tb.Fatal(err)
 	}
 	return g
@@ -230,6 +240,9 @@ func (g *bigGroup) apply(tb testing.TB, pm *mls.PublicMessage) *mls.CommitEffect
 	if err != nil {
 		tb.Fatalf("benchmark Commit is invalid: %v", err)
 	}
+	leaf := pm.Content.Sender.LeafIndex
+	data := must((&mls.MLSMessage{Version: mls.ProtocolVersionMLS10, WireFormat: mls.WireFormatPublicMessage, PublicMessage: pm}).MarshalBinary())
+	commitGroupInfos.Store(string(data), commitGroupInfo(tb, next, pm, g.keys[leaf], leaf))
 	g.st = next
 	return eff
 }
@@ -249,6 +262,16 @@ func (g *bigGroup) addCommit(tb testing.TB) ds.CommitBundle {
 	if err := kp.Sign(m.sigPriv); err != nil {
 		tb.Fatal(err)
 	}
+	// The new member is registered and published the KeyPackage: its
+	// consent (RFC 9750 §5).
+	if err := g.store.CreateClient(bg, ds.Client{ID: m.id, CipherSuite: suite, SignatureKey: m.sigPub, CreatedAt: now}); err != nil {
+		tb.Fatal(err)
+	}
+	kpMsg := must((&mls.MLSMessage{Version: mls.ProtocolVersionMLS10, WireFormat: mls.WireFormatKeyPackage, KeyPackage: kp}).MarshalBinary())
+	if err := g.store.AddKeyPackages(bg, []ds.KeyPackageRecord{{Ref: must(kp.Ref()), ClientID: m.id, CipherSuite: suite, Data: kpMsg,
+		NotBefore: now.Add(-time.Hour), NotAfter: now.Add(24 * time.Hour), UploadedAt: now}}, 1000); err != nil {
+		tb.Fatal(err)
+	}
 	pm, data := g.frame(tb, 0, &mls.Commit{Proposals: []mls.ProposalOrRef{addOf(kp)}})
 	eff := g.apply(tb, pm)
 	g.keys[eff.Added[0].Leaf] = m
@@ -256,7 +279,8 @@ func (g *bigGroup) addCommit(tb testing.TB) ds.CommitBundle {
 		NewMember: must(kp.Ref()), EncryptedGroupSecrets: mls.HPKECiphertext{KEMOutput: random(32), Ciphertext: random(48)},
 	}}}
 	wb := must((&mls.MLSMessage{Version: mls.ProtocolVersionMLS10, WireFormat: mls.WireFormatWelcome, Welcome: w}).MarshalBinary())
-	return ds.CommitBundle{Commit: data, Welcome: wb}
+	gi, _ := commitGroupInfos.Load(string(data))
+	return ds.CommitBundle{Commit: data, Welcome: wb, GroupInfo: gi.([]byte)}
 }
 
 // pathCommit builds an empty Commit with an UpdatePath by the member at
@@ -321,7 +345,7 @@ func BenchmarkAcceptAddCommit(b *testing.B) {
 			b.ReportAllocs()
 			b.ResetTimer()
 			for i := range bundles {
-				if _, err := g.svc.SendCommitBundle(bg, "m00000", bundles[i]); err != nil {
+				if _, err := sendBundle(g.svc, "m00000", bundles[i]); err != nil {
 					b.Fatal(err)
 				}
 			}
@@ -351,7 +375,7 @@ func BenchmarkAcceptUpdatePathCommit(b *testing.B) {
 			b.ReportAllocs()
 			b.ResetTimer()
 			for _, c := range commits {
-				if _, err := g.svc.Send(bg, c.sender, c.data); err != nil {
+				if _, err := sendMsg(g.svc, c.sender, c.data); err != nil {
 					b.Fatal(err)
 				}
 			}

@@ -100,6 +100,11 @@ type CreateGroup struct {
 	RatchetTree []byte
 	// Members (opaque mode): the initial roster besides the creator.
 	Members []string
+	// KeyPackages (transparent mode): the KeyPackages (MLSMessages or bare)
+	// through which the tree's leaves other than the creator's came in,
+	// each published by its client, unused unless last-resort, and with a
+	// leaf_node equal to the leaf. They are marked used with the group.
+	KeyPackages [][]byte
 	// Epoch (opaque mode): the group's current epoch; usually 0.
 	Epoch uint64
 }
@@ -116,6 +121,9 @@ type CommitBundle struct {
 	// RemoteTree, opaque mode only: the encrypted GroupInfo and ratchet
 	// tree of the epoch the Commit starts, stored with the Commit.
 	RemoteTree *RemoteTree
+	// JoinToken, for an external Commit of a client that is neither a
+	// member nor a device of a member's user: a live join link's token.
+	JoinToken string
 }
 
 // GroupInfoResult is what a member can learn of a group's public state.

@@ -31,8 +31,8 @@ func clientIDFromCredential(data []byte) (string, error) {
 		return "", fmt.Errorf("credential is of type %d; mlsds identifies clients by basic credentials (type 1)", c.CredentialType)
 	}
 	id := string(c.Identity)
-	if err := checkPrintable(id); err != nil {
-		return "", fmt.Errorf("credential identity %w", err)
+	if err := ds.CheckIdentifier("client", id); err != nil {
+		return "", fmt.Errorf("credential identity: %w", err)
 	}
 	return id, nil
 }
@@ -55,23 +55,47 @@ func (a *authService) RegisterClient(ctx context.Context, req *connect.Request[m
 	if err != nil {
 		return nil, withDetail(connect.CodeInvalidArgument, err, &mlsdsv1.InvalidMessage{Reason: err.Error(), RfcSection: "5.3"})
 	}
-	if err := checkPrintable(m.UserId); err != nil {
-		return nil, connect.NewError(connect.CodeInvalidArgument, fmt.Errorf("user id %w", err))
+	if m.UserId != "" {
+		if err := ds.CheckIdentifier("user", m.UserId); err != nil {
+			return nil, connect.NewError(connect.CodeInvalidArgument, err)
+		}
 	}
 	if m.CipherSuite > 0xffff {
 		return nil, connect.NewError(connect.CodeInvalidArgument, fmt.Errorf("cipher suite %d is not a 16-bit value", m.CipherSuite))
 	}
-	userID, err := s.checkEnrollment(id, m.UserId, m.GetEnrollmentToken(), m.GetJwt())
+	cs := mls.CipherSuite(m.CipherSuite)
+	if !cs.Supported() {
+		return nil, connect.NewError(connect.CodeInvalidArgument, fmt.Errorf("cipher suite %d is not supported", m.CipherSuite))
+	}
+	// Proof of possession first: nothing below answers a caller that does
+	// not hold the key it registers.
+	if err := ds.VerifyRegisterProof(m.Credential, m.SignatureKey, cs, m.UserId, m.Proof); err != nil {
+		s.metrics.authFailures.WithLabelValues("bad_proof").Inc()
+		return nil, s.toConnect(ctx, err, nil)
+	}
+	en, err := s.checkEnrollment(id, m.UserId, m.GetEnrollmentToken(), m.GetJwt())
 	if err != nil {
 		s.metrics.authFailures.WithLabelValues("enrollment").Inc()
 		return nil, connect.NewError(connect.CodePermissionDenied, err)
 	}
-	c := ds.Client{ID: id, UserID: userID, CipherSuite: mls.CipherSuite(m.CipherSuite), SignatureKey: m.SignatureKey}
-	if err := s.ds.RegisterClient(ctx, c); err != nil {
-		return nil, s.toConnect(ctx, err, nil)
-	}
-	got, err := s.ds.Client(ctx, id)
-	if err != nil {
+	got, err := s.ds.Register(ctx, ds.Registration{
+		Client:      ds.Client{ID: id, UserID: en.userID, CipherSuite: cs, SignatureKey: m.SignatureKey},
+		DeviceLink:  m.DeviceLink,
+		UserVouched: en.vouched,
+		Once:        en.once,
+	})
+	switch {
+	case errors.Is(err, ds.ErrRegistrationRefused):
+		// One answer whatever the cause, so that a refusal does not tell
+		// which ids are registered; the cause goes to the log.
+		s.metrics.authFailures.WithLabelValues("id_unavailable").Inc()
+		s.log.LogAttrs(ctx, slog.LevelInfo, "registration refused", slog.String("client", id), slog.String("error", err.Error()))
+		return nil, connect.NewError(connect.CodePermissionDenied, ds.ErrRegistrationRefused)
+	case errors.Is(err, ds.ErrAlreadyUsed):
+		s.metrics.authFailures.WithLabelValues("enrollment").Inc()
+		return nil, connect.NewError(connect.CodePermissionDenied,
+			fmt.Errorf("%w: this JWT registered a client already; ask the identity service for a new one", errEnrollment))
+	case err != nil:
 		return nil, s.toConnect(ctx, err, nil)
 	}
 	s.log.LogAttrs(ctx, slog.LevelInfo, "client registered", slog.String("client", got.ID), slog.String("user", got.UserID),
@@ -96,9 +120,17 @@ func (a *authService) GetChallenge(ctx context.Context, req *connect.Request[mls
 func (a *authService) Authenticate(ctx context.Context, req *connect.Request[mlsdsv1.AuthenticateRequest]) (*connect.Response[mlsdsv1.AuthenticateResponse], error) {
 	s := a.s
 	m := req.Msg
-	if err := s.tokens.redeem(m.ClientId, m.Challenge); err != nil {
+	nonce, exp, err := s.tokens.redeem(m.ClientId, m.Challenge)
+	if err != nil {
 		s.metrics.authFailures.WithLabelValues("bad_challenge").Inc()
 		return nil, connect.NewError(connect.CodeUnauthenticated, err)
+	}
+	// Single use on every node that shares the store, not only this one.
+	if err := s.ds.SpendOnce(ctx, "challenge", nonce, exp); errors.Is(err, ds.ErrAlreadyUsed) {
+		s.metrics.authFailures.WithLabelValues("bad_challenge").Inc()
+		return nil, connect.NewError(connect.CodeUnauthenticated, errBadChallenge)
+	} else if err != nil {
+		return nil, s.toConnect(ctx, err, nil)
 	}
 	c, err := s.ds.Client(ctx, m.ClientId)
 	if errors.Is(err, ds.ErrNotFound) {

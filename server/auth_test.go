@@ -6,6 +6,7 @@ import (
 	"crypto/rand"
 	"crypto/x509"
 	"encoding/pem"
+	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
@@ -17,6 +18,7 @@ import (
 
 	mlsdsv1 "github.com/mlsds/mlsds/api/mlsds/v1"
 	"github.com/mlsds/mlsds/ds"
+	"github.com/mlsds/mlsds/ds/store/sqlite"
 	"github.com/mlsds/mlsds/mls"
 	"github.com/mlsds/mlsds/server"
 )
@@ -35,7 +37,9 @@ func TestAuthenticate(t *testing.T) {
 	alice.register("")
 	other := e.newMember("alice")
 	_, err := other.auth.RegisterClient(ctx, connect.NewRequest(other.registerReq("")))
-	connectErr(t, err, connect.CodeAlreadyExists)
+	if ce := connectErr(t, err, connect.CodePermissionDenied); ce.Message() != ds.ErrRegistrationRefused.Error() {
+		t.Errorf("refusal says %q, want the uniform %q", ce.Message(), ds.ErrRegistrationRefused)
+	}
 	// The impostor cannot log in as alice: its key is not the registered one.
 	_, err = other.tryLogin()
 	connectErr(t, err, connect.CodeUnauthenticated)
@@ -212,9 +216,12 @@ func TestRegistrationJWT(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	const aud, iss = "mlsds-test", "https://id.example"
 	e := startEnv(t, func(_ *ds.Config, c *server.Config) {
 		c.Registration = server.RegistrationJWT
 		c.JWTKey = key
+		c.JWTAudience = aud
+		c.JWTIssuer = iss
 	})
 	_, otherPriv, _ := ed25519.GenerateKey(rand.Reader)
 	sign := func(k ed25519.PrivateKey, claims jwt.MapClaims) string {
@@ -225,6 +232,21 @@ func TestRegistrationJWT(t *testing.T) {
 		return s
 	}
 	exp := time.Now().Add(time.Hour).Unix()
+	jti := 0
+	// claims are valid enrollment claims with a fresh jti, changed by kv
+	// (a nil value removes the claim).
+	claims := func(kv ...any) jwt.MapClaims {
+		jti++
+		c := jwt.MapClaims{"aud": aud, "iss": iss, "exp": exp, "jti": fmt.Sprint("jti-", jti)}
+		for i := 0; i < len(kv); i += 2 {
+			if kv[i+1] == nil {
+				delete(c, kv[i].(string))
+			} else {
+				c[kv[i].(string)] = kv[i+1]
+			}
+		}
+		return c
+	}
 	register := func(m *member, user, token string) error {
 		req := m.registerReq(user)
 		req.Enrollment = &mlsdsv1.RegisterClientRequest_Jwt{Jwt: token}
@@ -232,39 +254,79 @@ func TestRegistrationJWT(t *testing.T) {
 		return err
 	}
 	alice := e.newMember("alice-phone")
-	refused := map[string]string{
-		"no token":        "",
-		"other subject":   sign(priv, jwt.MapClaims{"sub": "mallory", "exp": exp}),
-		"expired":         sign(priv, jwt.MapClaims{"sub": "alice-phone", "exp": time.Now().Add(-time.Hour).Unix()}),
-		"no expiry":       sign(priv, jwt.MapClaims{"sub": "alice-phone"}),
-		"other key":       sign(otherPriv, jwt.MapClaims{"sub": "alice-phone", "exp": exp}),
-		"alg none":        unsignedJWT(t, jwt.MapClaims{"sub": "alice-phone", "exp": exp}),
-		"hmac with pub":   hmacJWT(t, der, jwt.MapClaims{"sub": "alice-phone", "exp": exp}),
-		"not a jwt":       "abc.def.ghi",
-		"user id claimed": sign(priv, jwt.MapClaims{"mlsds_user_id": "bob", "exp": exp}),
+	bob := e.newMember("bob")
+	refused := map[string]struct {
+		m     *member
+		user  string
+		token string
+	}{
+		"no token":           {alice, "alice", ""},
+		"other subject":      {alice, "alice", sign(priv, claims("sub", "mallory"))},
+		"mallory as bob":     {bob, "", sign(priv, claims("sub", "mallory"))},
+		"mallory names bob":  {bob, "bob", sign(priv, claims("sub", "mallory"))},
+		"user differs":       {alice, "bob", sign(priv, claims("sub", "alice", "mlsds_client_id", "alice-phone"))},
+		"other client":       {alice, "alice", sign(priv, claims("sub", "alice", "mlsds_client_id", "alice-laptop"))},
+		"user is not client": {alice, "alice", sign(priv, claims("sub", "alice"))},
+		"expired":            {alice, "", sign(priv, claims("sub", "alice-phone", "exp", time.Now().Add(-time.Hour).Unix()))},
+		"no expiry":          {alice, "", sign(priv, claims("sub", "alice-phone", "exp", nil))},
+		"no jti":             {alice, "", sign(priv, claims("sub", "alice-phone", "jti", nil))},
+		"no audience":        {alice, "", sign(priv, claims("sub", "alice-phone", "aud", nil))},
+		"wrong audience":     {alice, "", sign(priv, claims("sub", "alice-phone", "aud", "another-service"))},
+		"no issuer":          {alice, "", sign(priv, claims("sub", "alice-phone", "iss", nil))},
+		"wrong issuer":       {alice, "", sign(priv, claims("sub", "alice-phone", "iss", "https://evil.example"))},
+		"other key":          {alice, "", sign(otherPriv, claims("sub", "alice-phone"))},
+		"alg none":           {alice, "", unsignedJWT(t, claims("sub", "alice-phone"))},
+		"hmac with pub":      {alice, "", hmacJWT(t, der, claims("sub", "alice-phone"))},
+		"not a jwt":          {alice, "", "abc.def.ghi"},
+		"no user":            {alice, "", sign(priv, claims("mlsds_client_id", "alice-phone"))},
 	}
-	for name, tok := range refused {
+	for name, c := range refused {
 		t.Run(name, func(t *testing.T) {
-			connectErr(t, register(alice, "alice", tok), connect.CodePermissionDenied)
+			connectErr(t, register(c.m, c.user, c.token), connect.CodePermissionDenied)
 		})
 	}
-	// Subject = client id.
-	if err := register(alice, "alice", sign(priv, jwt.MapClaims{"sub": "alice-phone", "exp": exp})); err != nil {
+	for _, m := range []*member{alice, bob} {
+		if _, err := m.tryLogin(); err == nil {
+			t.Fatalf("client %q was registered by a refused JWT", m.id)
+		}
+	}
+	// The token names the user and the client.
+	phoneToken := sign(priv, claims("sub", "alice", "mlsds_client_id", "alice-phone"))
+	if err := register(alice, "alice", phoneToken); err != nil {
 		t.Fatal(err)
 	}
-	// Subject = user id, for a second device of the same user.
+	// A retry with the same token and key succeeds and changes nothing;
+	// another key cannot reuse the token.
+	if err := register(alice, "alice", phoneToken); err != nil {
+		t.Fatalf("retrying a registration: %v", err)
+	}
+	connectErr(t, register(e.newMember("alice-phone"), "alice", phoneToken), connect.CodePermissionDenied)
+	// The user id can come from the token, and a token without
+	// mlsds_client_id registers the client named as the user.
+	self := e.newMember("alice")
+	if err := register(self, "", sign(priv, claims("sub", "alice"))); err != nil {
+		t.Fatal(err)
+	}
+	// One token registers one client: a second token with the same jti
+	// is refused, even for another client id.
+	dup := claims("mlsds_user_id", "alice", "mlsds_client_id", "alice-laptop")
 	laptop := e.newMember("alice-laptop")
-	if err := register(laptop, "alice", sign(priv, jwt.MapClaims{"sub": "alice", "exp": exp})); err != nil {
+	if err := register(laptop, "", sign(priv, dup)); err != nil {
 		t.Fatal(err)
 	}
-	// The user id can come from the token.
+	dup["mlsds_client_id"] = "alice-tablet"
 	tablet := e.newMember("alice-tablet")
-	if err := register(tablet, "", sign(priv, jwt.MapClaims{"mlsds_user_id": "alice", "exp": exp})); err != nil {
+	ce := connectErr(t, register(tablet, "", sign(priv, dup)), connect.CodePermissionDenied)
+	if !strings.Contains(ce.Message(), "new one") {
+		t.Errorf("reused jti: %q does not say to get a new token", ce.Message())
+	}
+	if err := register(tablet, "", sign(priv, claims("mlsds_user_id", "alice", "mlsds_client_id", "alice-tablet"))); err != nil {
 		t.Fatal(err)
 	}
 	tablet.login()
-	// All three are devices of user alice: a claim for the user reaches them.
-	for _, m := range []*member{alice, laptop} {
+	// All four are devices of user alice: a claim for the user reaches
+	// the other three, and no one else registered under alice.
+	for _, m := range []*member{alice, self, laptop} {
 		m.login()
 		m.uploadKeyPackages(1, false)
 	}
@@ -273,8 +335,25 @@ func TestRegistrationJWT(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if got := len(res.Msg.KeyPackages); got != 2 {
-		t.Fatalf("claimed %d KeyPackages for user alice, want 2 (her other devices)", got)
+	if got := len(res.Msg.KeyPackages); got != 3 {
+		t.Fatalf("claimed %d KeyPackages for user alice, want 3 (her other devices)", got)
+	}
+}
+
+func TestJWTConfigRequired(t *testing.T) {
+	pub, _, _ := ed25519.GenerateKey(rand.Reader)
+	for _, c := range []server.Config{
+		{Registration: server.RegistrationJWT, JWTKey: pub, JWTIssuer: "iss"},
+		{Registration: server.RegistrationJWT, JWTKey: pub, JWTAudience: "aud"},
+	} {
+		st, err := sqlite.Open(context.Background(), filepath.Join(t.TempDir(), "mlsds.db"), sqlite.Options{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer st.Close()
+		if _, err := server.New(ds.New(st, ds.Config{}), c); err == nil {
+			t.Errorf("server.New(%+v) accepted a jwt configuration without audience or issuer", c)
+		}
 	}
 }
 

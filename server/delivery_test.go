@@ -279,8 +279,15 @@ func TestMembershipWindows(t *testing.T) {
 	alice.createOpaqueGroup(gid, bob)
 	before := alice.mustSend(privateMessage(t, gid, 0, mls.ContentTypeApplication, 30))
 	ctx := context.Background()
+	// Carol joins through a Welcome to a KeyPackage of hers that alice
+	// claimed.
+	carolRef, err := mustKP(t, alice, carol).Ref()
+	if err != nil {
+		t.Fatal(err)
+	}
 	res, err := alice.groups.SendCommitBundle(ctx, connect.NewRequest(&mlsdsv1.SendCommitBundleRequest{
-		Commit: privateMessage(t, gid, 0, mls.ContentTypeCommit, 60), Added: []string{"carol"}, Removed: []string{"bob"}}))
+		Commit: privateMessage(t, gid, 0, mls.ContentTypeCommit, 60), Welcome: welcomeTo(t, carolRef),
+		Added: []string{"carol"}, Removed: []string{"bob"}}))
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -61,6 +61,9 @@ func (s *Server) toConnect(ctx context.Context, err error, groupID []byte) error
 		return withDetail(connect.CodeResourceExhausted, err, &mlsdsv1.TooLarge{Limit: uint64(max(0, tle.Limit)), What: tle.What})
 	case errors.Is(err, ds.ErrNotMember):
 		return withDetail(connect.CodePermissionDenied, err, &mlsdsv1.NotMember{GroupId: groupID})
+	case errors.Is(err, ds.ErrKeyPackageUsed):
+		// Another group used the KeyPackage first: claim another.
+		return connect.NewError(connect.CodeFailedPrecondition, err)
 	case errors.Is(err, ds.ErrKeyPackagesExhausted):
 		// The detail is added by the claim handler, which knows the target.
 		return connect.NewError(connect.CodeNotFound, err)
@@ -104,6 +107,8 @@ func rejectReason(err error) string {
 		return "too_large"
 	case errors.Is(err, ds.ErrNotMember):
 		return "not_member"
+	case errors.Is(err, ds.ErrKeyPackageUsed):
+		return "key_package_used"
 	case errors.Is(err, ds.ErrNotFound):
 		return "unknown_group"
 	case errors.Is(err, ds.ErrPermissionDenied):

@@ -10,6 +10,7 @@ import (
 	"fmt"
 	"log/slog"
 	"os"
+	"slices"
 	"strings"
 	"sync/atomic"
 	"testing"
@@ -127,7 +128,10 @@ func headOf(t *testing.T, m *member, gid []byte, from uint64) groupHead {
 // lists, paths, leaves). Invariants: no panic, no internal error, and a
 // refused message leaves both groups' epoch and last seq as they were.
 // A transparent Commit or Proposal the server accepts is applied to a
-// local copy of the state too, which must agree.
+// local copy of the state too, which must agree. A PublicMessage Commit
+// goes with SendCommitBundle, as the server requires, with the GroupInfo
+// of the epoch it starts if the local state accepts it (else that of the
+// current epoch, which the server refuses only after checking the Commit).
 func FuzzSend(f *testing.F) {
 	e := fuzzEnv(f)
 	ctx := context.Background()
@@ -138,12 +142,14 @@ func FuzzSend(f *testing.F) {
 		GroupId: tgid, Mode: mlsdsv1.GroupMode_GROUP_MODE_TRANSPARENT, GroupInfo: gi, RatchetTree: tree})); err != nil {
 		f.Fatal(err)
 	}
-	commit, _, _, g1 := alice.commitAdd(g0, mustKPF(f, bob))
-	alice.mustSend(commit)
+	commit, _, gi1, g1 := alice.commitAdd(g0, mustKP(f, alice, bob))
+	if _, err := alice.sendBundle(commit, gi1); err != nil {
+		f.Fatal(err)
+	}
 	alice.createOpaqueGroup(ogid, bob)
 
 	// Seeds: real messages of both groups, and the official vectors.
-	_, carolKP := carol.keyPackage()
+	carolKP := mustKP(f, alice, carol)
 	add, _ := publicCommit(f, alice.sigPriv, g1, 0, addCommit(carolKP))
 	f.Add(add, false, false)
 	f.Add(add, false, true)
@@ -178,6 +184,7 @@ func FuzzSend(f *testing.F) {
 	// The fuzz function runs sequentially in each worker: st and the
 	// heads are this worker's view of its own server.
 	st := g1.st
+	lastGI := gi1 // the GroupInfo of st's epoch
 	heads := map[string]groupHead{}
 	var execs, accepted atomic.Int64
 	f.Fuzz(func(t *testing.T, data []byte, opaque, resign bool) {
@@ -195,7 +202,20 @@ func FuzzSend(f *testing.F) {
 			before[string(g)] = headOf(t, alice, g, heads[string(g)].lastSeq)
 		}
 		heads = before
-		res, err := alice.groups.Send(ctx, connect.NewRequest(&mlsdsv1.SendRequest{Message: msg}))
+		var r *mlsdsv1.Receipt
+		var err error
+		var nextGI []byte
+		if pm := publicCommitOf(msg); pm != nil {
+			nextGI = lastGI
+			if next, _, herr := st.HandleCommit(pm); herr == nil {
+				if gi, gerr := groupInfoOf(next, pm, alice); gerr == nil {
+					nextGI = gi
+				}
+			}
+			r, err = alice.sendBundle(msg, nextGI)
+		} else {
+			r, err = alice.send(msg)
+		}
 		after := map[string]groupHead{}
 		for _, g := range [][]byte{tgid, ogid} {
 			after[string(g)] = headOf(t, alice, g, before[string(g)].lastSeq)
@@ -209,7 +229,6 @@ func FuzzSend(f *testing.F) {
 			return
 		}
 		accepted.Add(1)
-		r := res.Msg.Receipt
 		g := string(r.GroupId)
 		if _, known := before[g]; !known {
 			t.Fatalf("accepted into unknown group %q", r.GroupId)
@@ -234,7 +253,7 @@ func FuzzSend(f *testing.F) {
 			if err != nil {
 				t.Fatalf("the server accepted a Commit that the mls package refuses: %v", err)
 			}
-			st = next
+			st, lastGI = next, nextGI
 		case mls.ContentTypeProposal:
 			if _, err := st.HandleProposal(m.PublicMessage); err != nil {
 				t.Fatalf("the server accepted a Proposal that the mls package refuses: %v", err)
@@ -288,9 +307,42 @@ func retarget(t *testing.T, data, gid []byte, heads map[string]groupHead, st *ml
 	return out
 }
 
-func mustKPF(f *testing.F, m *member) *mls.KeyPackage {
-	_, kp := m.keyPackage()
-	return kp
+// publicCommitOf returns the PublicMessage of msg if it is a Commit.
+func publicCommitOf(msg []byte) *mls.PublicMessage {
+	var m mls.MLSMessage
+	if m.UnmarshalBinary(msg) != nil || m.WireFormat != mls.WireFormatPublicMessage ||
+		m.PublicMessage.Content.ContentType != mls.ContentTypeCommit {
+		return nil
+	}
+	return m.PublicMessage
+}
+
+// groupInfoOf is signGroupInfo without failing the test: the GroupInfo of
+// next, which pm starts, signed by alice as the leaf she holds in it.
+func groupInfoOf(next *mls.PublicGroupState, pm *mls.PublicMessage, alice *member) ([]byte, error) {
+	leaf, ok := mls.LeafIndex(0), false
+	for i, ln := range next.Tree().Leaves() {
+		if string(ln.Credential.Identity) == alice.id {
+			leaf, ok = i, true
+		}
+	}
+	if !ok {
+		return nil, errors.New("alice holds no leaf")
+	}
+	_, extPub, err := suite.GenerateKEMKeyPair()
+	if err != nil {
+		return nil, err
+	}
+	ext, err := (&mls.ExternalPub{PublicKey: extPub}).MarshalBinary()
+	if err != nil {
+		return nil, err
+	}
+	gi := &mls.GroupInfo{GroupContext: next.GroupContext(), ConfirmationTag: pm.Auth.ConfirmationTag, Signer: leaf,
+		Extensions: mls.Extensions{{ExtensionType: mls.ExtensionTypeExternalPub, ExtensionData: ext}}}
+	if err := gi.Sign(alice.sigPriv); err != nil {
+		return nil, err
+	}
+	return (&mls.MLSMessage{Version: mls.ProtocolVersionMLS10, WireFormat: mls.WireFormatGroupInfo, GroupInfo: gi}).MarshalBinary()
 }
 
 // FuzzUploadKeyPackages uploads random and mutated KeyPackages as alice.
@@ -401,9 +453,12 @@ func resignKeyPackage(data []byte, alice *member) []byte {
 // resign set, a GroupInfo that parses gets the fresh group id and, if the
 // tree parses, that tree's hash, and is signed again by alice (who must
 // then be its leaf 0), so that mutations of the tree reach the tree checks
-// (parent hashes, leaves, §7.9.2, §7.3). Invariants: no panic, no internal
-// error; a refused group does not exist afterwards; a created one can be
-// read back at the epoch it was created with.
+// (parent hashes, leaves, §7.9.2, §7.3). In opaque mode, resign makes bob,
+// if listed, consent with a KeyPackage alice claimed; a transparent group
+// always comes with the KeyPackage through which bob's leaf of the seed
+// tree came in (usable once). Invariants: no panic, no internal error; a
+// refused group does not exist afterwards (its id is still free); a
+// created one can be read back at the epoch it was created with.
 func FuzzCreateGroup(f *testing.F) {
 	e := fuzzEnv(f)
 	ctx := context.Background()
@@ -412,14 +467,18 @@ func FuzzCreateGroup(f *testing.F) {
 	f.Add(gi, tree, uint8(1), uint64(0), "", true)
 	f.Add(gi, tree, uint8(0), uint64(0), "", false)
 	// Two members, at epoch 1.
-	_, _, gi1, g1 := alice.commitAdd(g0, mustKPF(f, bob))
+	bobKP := mustKP(f, alice, bob)
+	bobKPMsg := mlsMessage(f, &mls.MLSMessage{WireFormat: mls.WireFormatKeyPackage, KeyPackage: bobKP})
+	_, _, gi1, g1 := alice.commitAdd(g0, bobKP)
 	tree1, err := g1.st.Tree().MarshalBinary()
 	if err != nil {
 		f.Fatal(err)
 	}
 	f.Add(gi1, tree1, uint8(1), uint64(1), "", true)
 	f.Add([]byte(nil), []byte(nil), uint8(2), uint64(3), "bob", false)
+	f.Add([]byte(nil), []byte(nil), uint8(2), uint64(3), "bob", true)
 	f.Add([]byte(nil), []byte(nil), uint8(2), uint64(0), "bob,nobody", false)
+	f.Add([]byte(nil), []byte(nil), uint8(2), uint64(0), "bob,nobody", true)
 	for _, v := range messageVectors(f, 3) {
 		f.Add(unhex(f, v["mls_group_info"]), unhex(f, v["ratchet_tree"]), uint8(0), uint64(0), "", true)
 		f.Add(unhex(f, v["mls_group_info"]), unhex(f, v["ratchet_tree"]), uint8(0), uint64(0), "", false)
@@ -439,13 +498,30 @@ func FuzzCreateGroup(f *testing.F) {
 			// send anything else.
 			req.Members = strings.Split(strings.ToValidUTF8(members, "?"), ",")
 		}
+		switch {
+		case req.Mode == mlsdsv1.GroupMode_GROUP_MODE_TRANSPARENT:
+			req.KeyPackages = [][]byte{bobKPMsg}
+		case req.Mode == mlsdsv1.GroupMode_GROUP_MODE_OPAQUE && resign && slices.Contains(req.Members, "bob"):
+			// Copies that fail t, not f, inside the fuzz target.
+			bt, at := *bob, *alice
+			bt.t, at.t = t, t
+			bt.uploadKeyPackages(1, false)
+			req.KeyPackages = [][]byte{at.claim("bob")}
+		}
 		_, err := alice.groups.CreateGroup(ctx, connect.NewRequest(req))
 		info, gerr := alice.groups.GetGroupInfo(ctx, connect.NewRequest(&mlsdsv1.GetGroupInfoRequest{GroupId: gid}))
 		if err != nil {
 			checkRefusal(t, err)
+			// An unknown group and one alice is not in get the same
+			// answer; that the id is still free shows that there is no
+			// such group.
 			var ce *connect.Error
-			if !errors.As(gerr, &ce) || ce.Code() != connect.CodeNotFound {
+			if !errors.As(gerr, &ce) || ce.Code() != connect.CodePermissionDenied {
 				t.Fatalf("CreateGroup refused (%v) but GetGroupInfo says %v", err, gerr)
+			}
+			if _, err2 := alice.groups.CreateGroup(ctx, connect.NewRequest(&mlsdsv1.CreateGroupRequest{
+				GroupId: gid, Mode: mlsdsv1.GroupMode_GROUP_MODE_OPAQUE})); err2 != nil {
+				t.Fatalf("CreateGroup refused (%v), but the id is taken: %v", err, err2)
 			}
 			return
 		}

@@ -15,11 +15,7 @@ import (
 // groupService implements mlsds.v1.GroupService.
 type groupService struct{ s *Server }
 
-const (
-	defaultFetchLimit = 100
-	maxFetchLimit     = 1000
-	maxAcksPerCall    = 1000
-)
+const maxAcksPerCall = 1000
 
 func receipt(r ds.Receipt) *mlsdsv1.Receipt {
 	return &mlsdsv1.Receipt{GroupId: r.GroupID, GroupSeq: r.GroupSeq, Epoch: r.Epoch, AcceptedAt: timestamppb.New(r.AcceptedAt)}
@@ -83,6 +79,7 @@ func (g *groupService) CreateGroup(ctx context.Context, req *connect.Request[mls
 		RatchetTree: m.RatchetTree,
 		Members:     m.Members,
 		Epoch:       m.Epoch,
+		KeyPackages: m.KeyPackages,
 	})
 	if err != nil {
 		return nil, s.toConnect(ctx, err, m.GroupId)
@@ -105,7 +102,7 @@ func (s *Server) accepted(kind string, err error) {
 
 func (g *groupService) Send(ctx context.Context, req *connect.Request[mlsdsv1.SendRequest]) (*connect.Response[mlsdsv1.SendResponse], error) {
 	s, client := g.s, mustClient(ctx)
-	r, err := s.ds.Send(ctx, client, req.Msg.Message)
+	r, err := s.ds.SendWithJoinToken(ctx, client, req.Msg.Message, req.Msg.JoinToken)
 	s.accepted("send", err)
 	if err != nil {
 		return nil, s.toConnect(ctx, err, nil)
@@ -123,6 +120,7 @@ func (g *groupService) SendCommitBundle(ctx context.Context, req *connect.Reques
 		Added:      m.Added,
 		Removed:    m.Removed,
 		RemoteTree: bundleRemoteTree(m.RemoteTree),
+		JoinToken:  m.JoinToken,
 	})
 	s.accepted("commit_bundle", err)
 	if err != nil {
@@ -137,12 +135,9 @@ func (g *groupService) Fetch(ctx context.Context, req *connect.Request[mlsdsv1.F
 	if err := needGroupID(m.GroupId); err != nil {
 		return nil, err
 	}
-	limit := int(m.Limit)
-	if limit == 0 {
-		limit = defaultFetchLimit
-	}
-	limit = min(limit, maxFetchLimit)
-	envs, err := s.ds.Fetch(ctx, client, m.GroupId, m.FromSeq, limit)
+	// ds.Fetch applies the default for 0 and refuses a limit above the
+	// maximum, or a from_seq no group reaches, with InvalidArgument.
+	envs, err := s.ds.Fetch(ctx, client, m.GroupId, m.FromSeq, int(m.Limit))
 	if err != nil {
 		return nil, s.toConnect(ctx, err, m.GroupId)
 	}
@@ -175,7 +170,7 @@ func (g *groupService) GetGroupInfo(ctx context.Context, req *connect.Request[ml
 	if err := needGroupID(req.Msg.GroupId); err != nil {
 		return nil, err
 	}
-	gi, err := s.ds.GroupInfo(ctx, client, req.Msg.GroupId)
+	gi, err := s.ds.JoinGroupInfo(ctx, client, req.Msg.GroupId, req.Msg.JoinToken)
 	if err != nil {
 		return nil, s.toConnect(ctx, err, req.Msg.GroupId)
 	}

@@ -56,12 +56,11 @@ func TestTransparentGroup(t *testing.T) {
 	}
 	commit, welcome, gi1, g1 := alice.commitAdd(g0, kpMsg.KeyPackage)
 
-	// Bob is not a member yet, but may read what an external joiner
-	// needs (see TestGetGroupInfoExternalJoin).
-	if info, err := bob.groups.GetGroupInfo(ctx, connect.NewRequest(&mlsdsv1.GetGroupInfoRequest{GroupId: gid})); err != nil ||
-		!bytes.Equal(info.Msg.TreeHash, g0.st.GroupContext().TreeHash) {
-		t.Fatalf("GetGroupInfo by a registered non-member: %v", err)
-	}
+	// Bob is not a member yet and holds no join link: he may not read
+	// what an external joiner needs (see TestGetGroupInfoExternalJoin),
+	// and gets the answer an unknown group gets.
+	_, err = bob.groups.GetGroupInfo(ctx, connect.NewRequest(&mlsdsv1.GetGroupInfoRequest{GroupId: gid}))
+	detail[mlsdsv1.NotMember](t, connectErr(t, err, connect.CodePermissionDenied))
 
 	// Someone who is not in the tree cannot commit, even with a valid
 	// signature of its own.
@@ -99,7 +98,7 @@ func TestTransparentGroup(t *testing.T) {
 	bob.ack(gid, w.CommitSeq)
 
 	// A Commit built for epoch 0 loses: the group is at epoch 1 since seq 1.
-	stale, _, _, _ := alice.commitAdd(g0, mustKP(t, carol))
+	stale, _, _, _ := alice.commitAdd(g0, mustKP(t, alice, carol))
 	_, err = alice.groups.Send(ctx, connect.NewRequest(&mlsdsv1.SendRequest{Message: stale}))
 	ce := connectErr(t, err, connect.CodeAborted)
 	if d := detail[mlsdsv1.WrongEpoch](t, ce); d.ExpectedEpoch != 1 || d.FetchFromSeq != 1 {
@@ -150,8 +149,8 @@ func TestTransparentGroup(t *testing.T) {
 		t.Fatalf("fetch: %d messages, next %d", len(page.Messages), page.NextSeq)
 	}
 
-	// Carol is not a member: she can neither send, fetch, nor ack (she
-	// may read what an external joiner needs: GetGroupInfo).
+	// Carol is not a member: she can neither send, fetch, ack, nor read
+	// the GroupInfo.
 	_, err = carol.send(privateMessage(t, gid, 1, mls.ContentTypeApplication, 10))
 	ce = connectErr(t, err, connect.CodePermissionDenied)
 	detail[mlsdsv1.NotMember](t, ce)
@@ -159,11 +158,26 @@ func TestTransparentGroup(t *testing.T) {
 	connectErr(t, err, connect.CodePermissionDenied)
 	_, err = carol.groups.Ack(ctx, connect.NewRequest(&mlsdsv1.AckRequest{Cursors: []*mlsdsv1.Cursor{{GroupId: gid, Seq: 1}}}))
 	connectErr(t, err, connect.CodePermissionDenied)
+	_, err = carol.groups.GetGroupInfo(ctx, connect.NewRequest(&mlsdsv1.GetGroupInfoRequest{GroupId: gid}))
+	detail[mlsdsv1.NotMember](t, connectErr(t, err, connect.CodePermissionDenied))
 }
 
-func mustKP(t *testing.T, m *member) *mls.KeyPackage {
-	_, kp := m.keyPackage()
-	return kp
+// mustKP returns a KeyPackage of m that by claimed, as an adder gets one:
+// m publishes a fresh one first, so that there is one to claim. Claimed,
+// it is m's consent to be added (and leaves m's stock, so that nobody
+// claims it again once a Commit used it).
+func mustKP(t testing.TB, by, m *member) *mls.KeyPackage {
+	t.Helper()
+	data, _ := m.keyPackage()
+	if _, err := m.kps.UploadKeyPackages(context.Background(), connect.NewRequest(&mlsdsv1.UploadKeyPackagesRequest{
+		KeyPackages: []*mlsdsv1.KeyPackageUpload{{KeyPackage: data}}})); err != nil {
+		t.Fatalf("UploadKeyPackages(%s): %v", m.id, err)
+	}
+	var msg mls.MLSMessage
+	if err := msg.UnmarshalBinary(by.claim(m.id)); err != nil || msg.KeyPackage == nil {
+		t.Fatalf("the claimed KeyPackage of %s does not parse: %v", m.id, err)
+	}
+	return msg.KeyPackage
 }
 
 func TestSendRefusals(t *testing.T) {
@@ -190,10 +204,12 @@ func TestSendRefusals(t *testing.T) {
 		connectErr(t, err, connect.CodeInvalidArgument)
 	})
 	t.Run("unknown group", func(t *testing.T) {
+		// The answer a non-member gets: an outsider cannot tell whether
+		// a group exists.
 		_, err := alice.send(privateMessage(t, []byte("no-such-group"), 0, mls.ContentTypeApplication, 10))
-		connectErr(t, err, connect.CodeNotFound)
+		detail[mlsdsv1.NotMember](t, connectErr(t, err, connect.CodePermissionDenied))
 		_, err = alice.fetch([]byte("no-such-group"), 0, 0)
-		connectErr(t, err, connect.CodeNotFound)
+		detail[mlsdsv1.NotMember](t, connectErr(t, err, connect.CodePermissionDenied))
 	})
 	t.Run("oversized", func(t *testing.T) {
 		// Over the ds bound but within the request limit: a TooLarge detail.
@@ -414,7 +430,7 @@ func TestTransparentCommitRace(t *testing.T) {
 	}
 	var kps []*mls.KeyPackage
 	for _, m := range ms[1:] {
-		kps = append(kps, mustKP(t, m))
+		kps = append(kps, mustKP(t, ms[0], m))
 	}
 	commit, _, gi1, _ := ms[0].commitAdd(g0, kps...)
 	if _, err := ms[0].groups.SendCommitBundle(ctx, connect.NewRequest(&mlsdsv1.SendCommitBundleRequest{Commit: commit, GroupInfo: gi1})); err != nil {
@@ -448,6 +464,10 @@ func TestTransparentCommitRace(t *testing.T) {
 	for i := range joiners {
 		joiners[i] = e.client(fmt.Sprintf("joiner%d", i))
 	}
+	joinerKPs := make([]*mls.KeyPackage, len(joiners))
+	for i, j := range joiners {
+		joinerKPs[i] = mustKP(t, ms[i], j)
+	}
 	var wg sync.WaitGroup
 	errs := make([]error, len(ms))
 	lost := make([]bool, len(ms))
@@ -457,12 +477,12 @@ func TestTransparentCommitRace(t *testing.T) {
 		go func() {
 			defer wg.Done()
 			<-start
-			kp := mustKP(t, joiners[i])
+			kp := joinerKPs[i]
 			g := states[i]
 			pos := uint64(1) // the last message applied: the Commit that added everyone
 			for attempt := 0; attempt < 50; attempt++ {
-				c, _, _, _ := m.commitAdd(g, kp)
-				_, err := m.send(c)
+				c, _, gi, _ := m.commitAdd(g, kp)
+				_, err := m.groups.SendCommitBundle(ctx, connect.NewRequest(&mlsdsv1.SendCommitBundleRequest{Commit: c, GroupInfo: gi}))
 				if err == nil {
 					return
 				}

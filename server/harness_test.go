@@ -203,7 +203,21 @@ func (m *member) credBytes() []byte {
 }
 
 func (m *member) registerReq(user string) *mlsdsv1.RegisterClientRequest {
-	return &mlsdsv1.RegisterClientRequest{Credential: m.credBytes(), SignatureKey: m.sigPub, CipherSuite: uint32(suite), UserId: user}
+	req := &mlsdsv1.RegisterClientRequest{Credential: m.credBytes(), SignatureKey: m.sigPub, CipherSuite: uint32(suite), UserId: user}
+	m.signRegistration(req)
+	return req
+}
+
+// signRegistration sets req.Proof with m's key over req's fields; call it
+// again after changing them.
+func (m *member) signRegistration(req *mlsdsv1.RegisterClientRequest) {
+	m.t.Helper()
+	tbs := ds.RegisterTBS(req.Credential, req.SignatureKey, mls.CipherSuite(req.CipherSuite), req.UserId)
+	proof, err := suite.SignWithLabel(m.sigPriv, ds.RegisterLabel, tbs)
+	if err != nil {
+		m.t.Fatal(err)
+	}
+	req.Proof = proof
 }
 
 func (m *member) register(user string) {
@@ -339,15 +353,36 @@ func privateMessage(t testing.TB, groupID []byte, epoch uint64, ct mls.ContentTy
 }
 
 // createOpaqueGroup creates an opaque-mode group of creator and others.
+// Each other member consents as a client does: m claims a KeyPackage it
+// published (each publishes a fresh one first) and passes it in
+// key_packages.
 func (m *member) createOpaqueGroup(groupID []byte, others ...*member) {
 	m.t.Helper()
 	req := &mlsdsv1.CreateGroupRequest{GroupId: groupID, Mode: mlsdsv1.GroupMode_GROUP_MODE_OPAQUE}
 	for _, o := range others {
 		req.Members = append(req.Members, o.id)
+		if o.id != m.id {
+			o.uploadKeyPackages(1, false)
+			req.KeyPackages = append(req.KeyPackages, m.claim(o.id))
+		}
 	}
 	if _, err := m.groups.CreateGroup(context.Background(), connect.NewRequest(req)); err != nil {
 		m.t.Fatalf("CreateGroup: %v", err)
 	}
+}
+
+// claim claims a KeyPackage of the client id and returns it as uploaded.
+func (m *member) claim(id string) []byte {
+	m.t.Helper()
+	res, err := m.kps.ClaimKeyPackages(context.Background(), connect.NewRequest(&mlsdsv1.ClaimKeyPackagesRequest{
+		Target: &mlsdsv1.ClaimKeyPackagesRequest_ClientId{ClientId: id}, CipherSuite: uint32(suite)}))
+	if err != nil {
+		m.t.Fatalf("ClaimKeyPackages(%s) by %s: %v", id, m.id, err)
+	}
+	if len(res.Msg.KeyPackages) != 1 {
+		m.t.Fatalf("ClaimKeyPackages(%s): %d KeyPackages, want 1", id, len(res.Msg.KeyPackages))
+	}
+	return res.Msg.KeyPackages[0].KeyPackage
 }
 
 func (m *member) send(msg []byte) (*mlsdsv1.Receipt, error) {

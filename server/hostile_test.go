@@ -249,7 +249,7 @@ func TestHostileInput(t *testing.T) {
 		GroupId: tgid, Mode: mlsdsv1.GroupMode_GROUP_MODE_TRANSPARENT, GroupInfo: gi, RatchetTree: tree})); err != nil {
 		t.Fatal(err)
 	}
-	commit1, welcome1, gi1, g1 := alice.commitAdd(g0, mustKP(t, bob))
+	commit1, welcome1, gi1, g1 := alice.commitAdd(g0, mustKP(t, alice, bob))
 	first, err := alice.groups.SendCommitBundle(ctx, connect.NewRequest(&mlsdsv1.SendCommitBundleRequest{Commit: commit1, Welcome: welcome1, GroupInfo: gi1}))
 	if err != nil {
 		t.Fatal(err)
@@ -262,10 +262,16 @@ func TestHostileInput(t *testing.T) {
 
 	groups := [][]byte{tgid, ogid}
 	owners := []*member{alice, bob, carol}
-	_, carolKP := carol.keyPackage()
+	carolKP := mustKP(t, alice, carol) // claimed: only each case's own fault is at fault
 
 	send := func(m *member, msg []byte) func() error {
 		return func() error { _, err := m.send(msg); return err }
+	}
+	// Commits go in a bundle with the new epoch's GroupInfo. Each one
+	// below is refused before its GroupInfo is looked at, so any will do:
+	// gi1 (that of epoch 1) stands in.
+	bundle := func(m *member, commit []byte) func() error {
+		return func() error { _, err := m.sendBundle(commit, gi1); return err }
 	}
 	upload := func(m *member, data []byte) func() error {
 		return func() error {
@@ -305,7 +311,7 @@ func TestHostileInput(t *testing.T) {
 	forged = mlsMessage(t, &mls.MLSMessage{WireFormat: mls.WireFormatPublicMessage, PublicMessage: forgedPM})
 	wrongKey, _ := publicCommit(t, carol.sigPriv, g1, 0, addCommit(carolKP)) // alice's leaf, carol's key
 	_, tamperedPM := publicCommit(t, alice.sigPriv, g1, 0, addCommit(carolKP))
-	tamperedPM.Content.Commit = addCommit(mustKP(t, carol)) // another KeyPackage after signing
+	tamperedPM.Content.Commit = addCommit(mustKP(t, alice, carol)) // another KeyPackage after signing
 	tampered := mlsMessage(t, &mls.MLSMessage{WireFormat: mls.WireFormatPublicMessage, PublicMessage: tamperedPM})
 	badParent := alice.pathCommit(g1, true)
 	// bob, a member, added again with a fresh KeyPackage (distinct keys, so
@@ -313,7 +319,8 @@ func TestHostileInput(t *testing.T) {
 	// hold two leaves. (Found by FuzzSend: the store refused the second
 	// membership and the client saw an internal error.)
 	// (The KeyPackages carry other signature keys: with the same key MLS
-	// itself refuses them, §12.2.)
+	// itself refuses them, §12.2. A client has one registered key, so the
+	// binding of leaves to clients refuses them first: RFC 9750 §5.)
 	_, bob2 := e.newMember("bob").keyPackage()
 	_, carol2 := e.newMember("carol").keyPackage()
 	secondLeaf, _ := publicCommit(t, alice.sigPriv, g1, 0, addCommit(bob2))
@@ -360,7 +367,7 @@ func TestHostileInput(t *testing.T) {
 		code  connect.Code
 		check func(testing.TB, *connect.Error)
 	}{
-		{"as another client: Commit from alice's leaf, by bob", send(bob, asAlice), connect.CodePermissionDenied,
+		{"as another client: Commit from alice's leaf, by bob", bundle(bob, asAlice), connect.CodePermissionDenied,
 			func(t testing.TB, ce *connect.Error) {
 				noDetails(t, ce)
 				wantMessage(t, ce, `leaf 0 does not belong to "bob"`)
@@ -381,34 +388,33 @@ func TestHostileInput(t *testing.T) {
 			connect.CodePermissionDenied, func(t testing.TB, ce *connect.Error) { detail[mlsdsv1.NotMember](t, ce) }},
 		{"not in the group: Commit, opaque", send(carol, privateMessage(t, ogid, 0, mls.ContentTypeCommit, 32)),
 			connect.CodePermissionDenied, func(t testing.TB, ce *connect.Error) { detail[mlsdsv1.NotMember](t, ce) }},
-		{"not in the group: Commit signed with her own key, as leaf 0", send(carol, carolAsLeaf0), connect.CodePermissionDenied,
-			func(t testing.TB, ce *connect.Error) {
-				noDetails(t, ce)
-				wantMessage(t, ce, `leaf 0 does not belong to "carol"`)
-			}},
-		{"replay: the epoch-0 Commit re-signed with new tags", send(alice, resigned), connect.CodeAborted,
+		// Membership is checked first: an outsider learns nothing of the
+		// group's tree.
+		{"not in the group: Commit signed with her own key, as leaf 0", bundle(carol, carolAsLeaf0), connect.CodePermissionDenied,
+			func(t testing.TB, ce *connect.Error) { detail[mlsdsv1.NotMember](t, ce) }},
+		{"replay: the epoch-0 Commit re-signed with new tags", bundle(alice, resigned), connect.CodeAborted,
 			func(t testing.TB, ce *connect.Error) {
 				if d := detail[mlsdsv1.WrongEpoch](t, ce); d.ExpectedEpoch != 1 || d.FetchFromSeq != first.Msg.Receipt.GroupSeq {
 					t.Fatalf("wrong_epoch %+v, want expected 1 from seq %d", d, first.Msg.Receipt.GroupSeq)
 				}
 			}},
-		{"forged signature: one bit flipped", send(alice, forged), connect.CodeInvalidArgument,
+		{"forged signature: one bit flipped", bundle(alice, forged), connect.CodeInvalidArgument,
 			wantInvalid("6.1", "signature does not verify")},
-		{"forged signature: alice's leaf, carol's key", send(alice, wrongKey), connect.CodeInvalidArgument,
+		{"forged signature: alice's leaf, carol's key", bundle(alice, wrongKey), connect.CodeInvalidArgument,
 			wantInvalid("6.1", "signature does not verify")},
-		{"forged signature: proposals changed after signing", send(alice, tampered), connect.CodeInvalidArgument,
+		{"forged signature: proposals changed after signing", bundle(alice, tampered), connect.CodeInvalidArgument,
 			wantInvalid("6.1", "signature does not verify")},
-		{"UpdatePath with a bad parent hash", send(alice, badParent), connect.CodeInvalidArgument,
+		{"UpdatePath with a bad parent hash", bundle(alice, badParent), connect.CodeInvalidArgument,
 			wantInvalid("7.9.2", "parent_hash")},
-		{"a second leaf for a member", send(alice, secondLeaf), connect.CodePermissionDenied,
+		{"a second leaf for a member", bundle(alice, secondLeaf), connect.CodePermissionDenied,
 			func(t testing.TB, ce *connect.Error) {
 				noDetails(t, ce)
-				wantMessage(t, ce, `client "bob" already holds leaf 1`)
+				wantMessage(t, ce, `credential names "bob" but its signature key is not one bob registered`)
 			}},
-		{"one client added twice", send(alice, twice), connect.CodePermissionDenied,
+		{"one client added twice", bundle(alice, twice), connect.CodePermissionDenied,
 			func(t testing.TB, ce *connect.Error) {
 				noDetails(t, ce)
-				wantMessage(t, ce, "adds a client twice")
+				wantMessage(t, ce, `credential names "carol" but its signature key is not one carol registered`)
 			}},
 		{"KeyPackage with an expired lifetime", upload(carol, expired), connect.CodeInvalidArgument,
 			wantInvalid("7.3", "lifetime ended")},
@@ -420,9 +426,9 @@ func TestHostileInput(t *testing.T) {
 					t.Fatal("invalid_message without a reason")
 				}
 			}},
-		{"inner vector running past the message", send(alice, overrun), connect.CodeInvalidArgument,
+		{"inner vector running past the message", bundle(alice, overrun), connect.CodeInvalidArgument,
 			func(t testing.TB, ce *connect.Error) { detail[mlsdsv1.InvalidMessage](t, ce) }},
-		{"the Commit truncated by one byte", send(alice, commit1[:len(commit1)-1]), connect.CodeInvalidArgument,
+		{"the Commit truncated by one byte", bundle(alice, commit1[:len(commit1)-1]), connect.CodeInvalidArgument,
 			func(t testing.TB, ce *connect.Error) { detail[mlsdsv1.InvalidMessage](t, ce) }},
 	}
 	for _, c := range cases {
@@ -454,7 +460,7 @@ func TestHostileInput(t *testing.T) {
 		before := view(t, alice, groups, owners...)
 		c, _ := publicCommit(t, alice.sigPriv, g1, 0, addCommit(carolKP))
 		for n := range len(c) {
-			_, err := alice.send(c[:n])
+			_, err := alice.sendBundle(c[:n], gi1)
 			ce := connectErr(t, err, connect.CodeInvalidArgument)
 			detail[mlsdsv1.InvalidMessage](t, ce)
 		}
@@ -489,7 +495,7 @@ func TestHostileInput(t *testing.T) {
 			t.Fatalf("code %v (%s), want invalid_argument naming UTF-8", code, msg)
 		}
 		_, err := alice.groups.GetGroupInfo(ctx, connect.NewRequest(&mlsdsv1.GetGroupInfoRequest{GroupId: []byte("x")}))
-		connectErr(t, err, connect.CodeNotFound)
+		detail[mlsdsv1.NotMember](t, connectErr(t, err, connect.CodePermissionDenied)) // no such group
 	})
 
 	t.Run("100 MB body", func(t *testing.T) {
@@ -543,7 +549,11 @@ func TestHostileInput(t *testing.T) {
 	// Control: the bad-parent-hash case differs from an accepted Commit in
 	// the parent hash alone.
 	t.Run("control: the same UpdatePath with the right parent hash", func(t *testing.T) {
-		r := alice.mustSend(alice.pathCommit(g1, false))
+		c := alice.pathCommit(g1, false)
+		r, err := alice.sendBundle(c, alice.groupInfoAfter(g1, c))
+		if err != nil {
+			t.Fatal(err)
+		}
 		if r.Epoch != 1 || r.GroupSeq != first.Msg.Receipt.GroupSeq+1 {
 			t.Fatalf("receipt %+v, want epoch 1 at seq %d", r, first.Msg.Receipt.GroupSeq+1)
 		}

@@ -1,9 +1,13 @@
 package server_test
 
 import (
+	"context"
 	"testing"
 	"time"
 
+	"connectrpc.com/connect"
+
+	mlsdsv1 "github.com/mlsds/mlsds/api/mlsds/v1"
 	"github.com/mlsds/mlsds/mls"
 )
 
@@ -128,12 +132,56 @@ func (m *member) commitAdd(g *tgroup, kps ...*mls.KeyPackage) (commit, welcome, 
 	}
 	welcome = mlsMessage(m.t, &mls.MLSMessage{WireFormat: mls.WireFormatWelcome, Welcome: w})
 
-	gi := &mls.GroupInfo{GroupContext: st.GroupContext(), ConfirmationTag: ac.Auth.ConfirmationTag, Signer: g.leaf}
+	groupInfo = m.signGroupInfo(st, pm, g.leaf)
+	return commit, welcome, groupInfo, &tgroup{st: st, leaf: g.leaf}
+}
+
+// signGroupInfo returns the GroupInfo of next, the epoch the Commit pm
+// starts, signed by m as the member at leaf, as an MLSMessage: it repeats
+// pm's confirmation_tag and carries an external_pub (§12.4.3, §12.4.3.2),
+// as the server requires of the GroupInfo sent with every Commit.
+func (m *member) signGroupInfo(next *mls.PublicGroupState, pm *mls.PublicMessage, leaf mls.LeafIndex) []byte {
+	m.t.Helper()
+	_, extPub, err := suite.GenerateKEMKeyPair()
+	if err != nil {
+		m.t.Fatal(err)
+	}
+	ext, err := (&mls.ExternalPub{PublicKey: extPub}).MarshalBinary()
+	if err != nil {
+		m.t.Fatal(err)
+	}
+	gi := &mls.GroupInfo{GroupContext: next.GroupContext(), ConfirmationTag: pm.Auth.ConfirmationTag, Signer: leaf,
+		Extensions: mls.Extensions{{ExtensionType: mls.ExtensionTypeExternalPub, ExtensionData: ext}}}
 	if err := gi.Sign(m.sigPriv); err != nil {
 		m.t.Fatal(err)
 	}
-	groupInfo = mlsMessage(m.t, &mls.MLSMessage{WireFormat: mls.WireFormatGroupInfo, GroupInfo: gi})
-	return commit, welcome, groupInfo, &tgroup{st: st, leaf: g.leaf}
+	return mlsMessage(m.t, &mls.MLSMessage{WireFormat: mls.WireFormatGroupInfo, GroupInfo: gi})
+}
+
+// groupInfoAfter returns the GroupInfo, signed by m, of the epoch that
+// commit (an MLSMessage holding a PublicMessage Commit in g's epoch, from
+// m's leaf) starts.
+func (m *member) groupInfoAfter(g *tgroup, commit []byte) []byte {
+	m.t.Helper()
+	msg, err := mls.ParseMLSMessage(commit)
+	if err != nil {
+		m.t.Fatal(err)
+	}
+	next, _, err := g.st.HandleCommit(msg.PublicMessage)
+	if err != nil {
+		m.t.Fatalf("HandleCommit: %v", err)
+	}
+	return m.signGroupInfo(next, msg.PublicMessage, g.leaf)
+}
+
+// sendBundle sends commit with the GroupInfo of the new epoch.
+func (m *member) sendBundle(commit, groupInfo []byte) (*mlsdsv1.Receipt, error) {
+	res, err := m.groups.SendCommitBundle(context.Background(), connect.NewRequest(&mlsdsv1.SendCommitBundleRequest{
+		Commit: commit, GroupInfo: groupInfo}))
+	if err != nil {
+		return nil, err
+	}
+	return res.Msg.Receipt, nil
 }
 
 // leafOf returns the leaf of the member with id in g's tree.

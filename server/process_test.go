@@ -320,20 +320,23 @@ func TestServePostgres(t *testing.T) {
 	}
 }
 
-// TestServeExternalJoinFlag: `mlsds serve --external-join members` (here
-// through its environment twin) keeps a transparent group's GroupInfo
-// from clients outside the group; the default serves it to them.
+// TestServeExternalJoinFlag: `mlsds serve --external-join` (here through
+// its environment twin) decides who outside a transparent group may read
+// its GroupInfo: by default (links) a holder of a join link; with members
+// nobody, link or not; with any every registered client.
 func TestServeExternalJoinFlag(t *testing.T) {
 	if testing.Short() {
 		t.Skip("builds and runs the binary")
 	}
 	bin := buildBinary(t)
 	for _, c := range []struct {
-		env  []string
-		want connect.Code // 0: served
+		env                   []string
+		withoutLink, withLink connect.Code // 0: served
 	}{
-		{nil, 0},
-		{[]string{"MLSDS_EXTERNAL_JOIN=members"}, connect.CodePermissionDenied},
+		{nil, connect.CodePermissionDenied, 0},
+		{[]string{"MLSDS_EXTERNAL_JOIN=links"}, connect.CodePermissionDenied, 0},
+		{[]string{"MLSDS_EXTERNAL_JOIN=members"}, connect.CodePermissionDenied, connect.CodePermissionDenied},
+		{[]string{"MLSDS_EXTERNAL_JOIN=any"}, 0, 0},
 	} {
 		p := startProcess(t, bin, t.TempDir(), c.env...)
 		e := &testEnv{t: t, url: "http://" + p.addr, http: h2cClient()}
@@ -345,9 +348,18 @@ func TestServeExternalJoinFlag(t *testing.T) {
 			GroupId: gid, Mode: mlsdsv1.GroupMode_GROUP_MODE_TRANSPARENT, GroupInfo: gi, RatchetTree: tree})); err != nil {
 			t.Fatalf("CreateGroup: %v", err)
 		}
-		_, err := bob.groups.GetGroupInfo(ctx, connect.NewRequest(&mlsdsv1.GetGroupInfoRequest{GroupId: gid}))
-		if got := connect.CodeOf(err); (c.want == 0 && err != nil) || (c.want != 0 && got != c.want) {
-			t.Errorf("%v: GetGroupInfo by a non-member: %v, want code %v", c.env, err, c.want)
+		link, err := alice.groups.CreateJoinLink(ctx, connect.NewRequest(&mlsdsv1.CreateJoinLinkRequest{GroupId: gid}))
+		if err != nil {
+			t.Fatalf("CreateJoinLink: %v", err)
+		}
+		for _, try := range []struct {
+			token string
+			want  connect.Code
+		}{{"", c.withoutLink}, {link.Msg.JoinToken, c.withLink}} {
+			_, err := bob.groups.GetGroupInfo(ctx, connect.NewRequest(&mlsdsv1.GetGroupInfoRequest{GroupId: gid, JoinToken: try.token}))
+			if got := connect.CodeOf(err); (try.want == 0 && err != nil) || (try.want != 0 && got != try.want) {
+				t.Errorf("%v: GetGroupInfo by a non-member (join link %v): %v, want code %v", c.env, try.token != "", err, try.want)
+			}
 		}
 		e.http.CloseIdleConnections()
 		p.cmd.Process.Kill()

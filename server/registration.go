@@ -14,6 +14,8 @@ import (
 	"time"
 
 	"github.com/golang-jwt/jwt/v5"
+
+	"github.com/mlsds/mlsds/ds"
 )
 
 // Registration says who may register a client.
@@ -24,8 +26,8 @@ const (
 	RegistrationOpen Registration = "open"
 	// RegistrationToken requires the shared enrollment token.
 	RegistrationToken Registration = "token"
-	// RegistrationJWT requires a JWT signed by the configured key whose
-	// subject is the client id or the user id (see checkJWT).
+	// RegistrationJWT requires a JWT of the identity service, signed by
+	// the configured key, that names the user and the client (checkJWT).
 	RegistrationJWT Registration = "jwt"
 )
 
@@ -87,10 +89,10 @@ func jwtMethods(pub crypto.PublicKey) ([]string, error) {
 	return nil, fmt.Errorf("unsupported JWT key type %T; use RSA, ECDSA or Ed25519", pub)
 }
 
-// enrollmentClaims are the claims an enrollment JWT may carry. It admits a
-// registration when "sub" equals the client id or the user id, or when
-// "mlsds_client_id" equals the client id, or "mlsds_user_id" the user id.
-// "exp" is required.
+// enrollmentClaims are the claims of an enrollment JWT. The user is
+// "mlsds_user_id", or "sub" when that is absent. The client id is
+// "mlsds_client_id", or the user id when that is absent. "exp", "aud",
+// "iss" and "jti" are required; one token registers one client.
 type enrollmentClaims struct {
 	jwt.RegisteredClaims
 	ClientID string `json:"mlsds_client_id,omitempty"`
@@ -99,36 +101,72 @@ type enrollmentClaims struct {
 
 var errEnrollment = errors.New("registration needs a valid enrollment proof")
 
-// checkEnrollment applies the registration policy. It returns the user id
-// to record: the JWT's mlsds_user_id when the request names none.
-func (s *Server) checkEnrollment(clientID, userID, token, jwtString string) (string, error) {
+// jwtLeeway is the clock skew allowed on a JWT's times.
+const jwtLeeway = 30 * time.Second
+
+// enrollment is what the registration policy decided for a request.
+type enrollment struct {
+	userID string // the user to record ("" leaves it to the request)
+	// vouched: the identity service vouched for the user, so no device
+	// link is needed (RFC 9750 §5: the AS binds clients to users).
+	vouched bool
+	once    ds.Once // the JWT's id, spent with the registration
+}
+
+// checkEnrollment applies the registration policy to a client id and the
+// user id of the request.
+func (s *Server) checkEnrollment(clientID, userID, token, jwtString string) (enrollment, error) {
 	switch s.cfg.Registration {
 	case RegistrationToken:
 		if token == "" || subtle.ConstantTimeCompare([]byte(token), []byte(s.cfg.EnrollmentToken)) != 1 {
-			return "", fmt.Errorf("%w: this server requires its enrollment token", errEnrollment)
+			return enrollment{}, fmt.Errorf("%w: this server requires its enrollment token", errEnrollment)
 		}
 	case RegistrationJWT:
-		if jwtString == "" {
-			return "", fmt.Errorf("%w: this server requires a JWT from its identity service", errEnrollment)
-		}
-		var c enrollmentClaims
-		opts := []jwt.ParserOption{jwt.WithValidMethods(s.jwtMethods), jwt.WithExpirationRequired(),
-			jwt.WithLeeway(30 * time.Second), jwt.WithTimeFunc(s.cfg.Now)}
-		if s.cfg.JWTAudience != "" {
-			opts = append(opts, jwt.WithAudience(s.cfg.JWTAudience))
-		}
-		if _, err := jwt.ParseWithClaims(jwtString, &c, func(*jwt.Token) (any, error) { return s.cfg.JWTKey, nil }, opts...); err != nil {
-			return "", fmt.Errorf("%w: JWT rejected: %v", errEnrollment, err)
-		}
-		if userID == "" {
-			userID = c.UserID
-		}
-		ok := c.Subject != "" && (c.Subject == clientID || c.Subject == userID) ||
-			c.ClientID != "" && c.ClientID == clientID ||
-			c.UserID != "" && c.UserID == userID
-		if !ok {
-			return "", fmt.Errorf("%w: the JWT names neither client %q nor user %q", errEnrollment, clientID, userID)
-		}
+		return s.checkJWT(clientID, userID, jwtString)
 	}
-	return userID, nil
+	return enrollment{userID: userID}, nil
+}
+
+// checkJWT checks an enrollment JWT (RFC 7519) and the ids it admits.
+func (s *Server) checkJWT(clientID, userID, jwtString string) (enrollment, error) {
+	if jwtString == "" {
+		return enrollment{}, fmt.Errorf("%w: this server requires a JWT from its identity service", errEnrollment)
+	}
+	var c enrollmentClaims
+	opts := []jwt.ParserOption{jwt.WithValidMethods(s.jwtMethods), jwt.WithExpirationRequired(),
+		jwt.WithLeeway(jwtLeeway), jwt.WithTimeFunc(s.cfg.Now),
+		jwt.WithAudience(s.cfg.JWTAudience), jwt.WithIssuer(s.cfg.JWTIssuer)}
+	if _, err := jwt.ParseWithClaims(jwtString, &c, func(*jwt.Token) (any, error) { return s.cfg.JWTKey, nil }, opts...); err != nil {
+		return enrollment{}, fmt.Errorf("%w: JWT rejected: %v", errEnrollment, err)
+	}
+	if c.ID == "" {
+		return enrollment{}, fmt.Errorf("%w: the JWT has no \"jti\" claim; the identity service must give every enrollment token a unique id, since one token registers one client", errEnrollment)
+	}
+	user := c.UserID
+	if user == "" {
+		user = c.Subject
+	}
+	if user == "" {
+		return enrollment{}, fmt.Errorf("%w: the JWT names no user: it needs \"sub\" or \"mlsds_user_id\"", errEnrollment)
+	}
+	if userID != "" && userID != user {
+		return enrollment{}, fmt.Errorf("%w: the JWT is for user %q, not %q; leave user_id empty or set it to %q", errEnrollment, user, userID, user)
+	}
+	want := c.ClientID
+	if want == "" {
+		want = user
+	}
+	if clientID != want {
+		if c.ClientID == "" {
+			return enrollment{}, fmt.Errorf("%w: the JWT has no \"mlsds_client_id\" claim, so it registers only the client id %q (the user id), not %q", errEnrollment, want, clientID)
+		}
+		return enrollment{}, fmt.Errorf("%w: the JWT is for client %q, not %q", errEnrollment, want, clientID)
+	}
+	// The token is spent with the registration and remembered until it
+	// could no longer be accepted.
+	return enrollment{userID: user, vouched: true, once: ds.Once{
+		Scope:   "jwt",
+		Value:   []byte(c.Issuer + "\x00" + c.ID),
+		Expires: c.ExpiresAt.Add(jwtLeeway),
+	}}, nil
 }

@@ -101,7 +101,10 @@ func TestRemoteTreeRPCs(t *testing.T) {
 	_, err = alice.groups.PutRemoteTree(ctx, connect.NewRequest(&mlsdsv1.PutRemoteTreeRequest{GroupId: gid}))
 	connectErr(t, err, connect.CodeInvalidArgument)
 	connectErr(t, alice.putRemoteTree(nil, 0, randBytes(10)), connect.CodeInvalidArgument)
-	connectErr(t, alice.putRemoteTree([]byte("no such group"), 0, randBytes(10)), connect.CodeNotFound)
+	// An unknown group gets the answer a non-member gets: an outsider
+	// cannot tell whether a group exists.
+	ce = connectErr(t, alice.putRemoteTree([]byte("no such group"), 0, randBytes(10)), connect.CodePermissionDenied)
+	detail[mlsdsv1.NotMember](t, ce)
 
 	// A bundle whose tree is not for the epoch the Commit starts is refused
 	// as a whole.

@@ -36,7 +36,8 @@ type Config struct {
 	Registration    Registration
 	EnrollmentToken string           // for RegistrationToken
 	JWTKey          crypto.PublicKey // for RegistrationJWT
-	JWTAudience     string           // optional "aud" an enrollment JWT must carry
+	JWTAudience     string           // "aud" an enrollment JWT must carry (required for RegistrationJWT)
+	JWTIssuer       string           // "iss" an enrollment JWT must carry (required for RegistrationJWT)
 
 	// AuthSecret keys the session tokens (at least 32 bytes). Servers that
 	// share it accept each other's tokens. Default: random, so tokens die
@@ -181,6 +182,12 @@ func New(svc *ds.Service, cfg Config) (*Server, error) {
 	case RegistrationJWT:
 		if cfg.JWTKey == nil {
 			return nil, errors.New("server: registration mode jwt needs a JWT public key")
+		}
+		// Without both, a token the identity service issued for another
+		// relying party, or another issuer's token signed with a shared
+		// key, would register clients here (RFC 8725 §3.8, §3.9).
+		if cfg.JWTAudience == "" || cfg.JWTIssuer == "" {
+			return nil, errors.New("server: registration mode jwt needs JWTAudience and JWTIssuer (the \"aud\" and \"iss\" enrollment JWTs must carry)")
 		}
 		m, err := jwtMethods(cfg.JWTKey)
 		if err != nil {

@@ -18,12 +18,13 @@ const AuthLabel = "mlsds auth"
 
 // Challenges and session tokens are stateless: both carry their own expiry
 // and an HMAC-SHA256 over their content, under keys derived from one
-// secret. A session token is therefore valid on every node that shares the
-// secret, and across restarts if the secret is kept (mlsds serve keeps it
-// in the data directory). A challenge is single use: a node remembers the
-// nonces it has redeemed until they expire. Its key is random per process,
-// so a restart invalidates the challenges issued before it and a redeemed
-// challenge can never be replayed to a fresh process.
+// secret. Both are therefore valid on every node that shares the secret,
+// and across restarts if the secret is kept (mlsds serve keeps it in the
+// data directory). A challenge is single use on all nodes together: its
+// nonce is spent in the store (ds.Service.SpendOnce) when it is redeemed,
+// and remembered there until the challenge expires. Each process also
+// remembers the nonces it redeemed, which turns a replay to the same node
+// away without a store write.
 
 const (
 	nonceSize = 16
@@ -55,12 +56,8 @@ func newTokens(secret []byte, challengeTTL, sessionTTL time.Duration, now func()
 	if len(secret) < 32 {
 		return nil, errors.New("server: the authentication secret must be at least 32 bytes")
 	}
-	ck := make([]byte, 32)
-	if _, err := rand.Read(ck); err != nil {
-		return nil, err
-	}
 	return &tokens{
-		challengeKey: ck,
+		challengeKey: derive(secret, "mlsds challenge v1"),
 		sessionKey:   derive(secret, "mlsds session token v1"),
 		challengeTTL: challengeTTL,
 		sessionTTL:   sessionTTL,
@@ -99,24 +96,27 @@ func (t *tokens) challenge(clientID string) ([]byte, time.Time, error) {
 	return c, exp, nil
 }
 
-// redeem checks that c is a challenge this process issued for clientID,
-// unexpired and not redeemed before, and marks it redeemed. A challenge is
-// spent by the first attempt that presents it, whatever its outcome.
-func (t *tokens) redeem(clientID string, c []byte) error {
+// redeem checks that c is a challenge issued under this secret for
+// clientID, unexpired and not redeemed on this node before, and marks it
+// redeemed here. It returns the challenge's nonce and expiry, which the
+// caller must spend in the store (the challenge may have been redeemed on
+// another node). A challenge is spent by the first attempt that presents
+// it, whatever its outcome.
+func (t *tokens) redeem(clientID string, c []byte) (nonce []byte, exp time.Time, err error) {
 	if len(c) != challengeSize {
-		return errBadChallenge
+		return nil, time.Time{}, errBadChallenge
 	}
 	want := mac(t.challengeKey, []byte("challenge"), []byte(clientID), c[:nonceSize+8])
 	if !hmac.Equal(want, c[nonceSize+8:]) {
-		return errBadChallenge
+		return nil, time.Time{}, errBadChallenge
 	}
-	exp := time.Unix(0, int64(binary.BigEndian.Uint64(c[nonceSize:])))
+	exp = time.Unix(0, int64(binary.BigEndian.Uint64(c[nonceSize:])))
 	now := t.now()
 	if !now.Before(exp) {
-		return errBadChallenge
+		return nil, time.Time{}, errBadChallenge
 	}
-	var nonce [nonceSize]byte
-	copy(nonce[:], c)
+	var n [nonceSize]byte
+	copy(n[:], c)
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	if now.After(t.next) {
@@ -127,11 +127,11 @@ func (t *tokens) redeem(clientID string, c []byte) error {
 		}
 		t.next = now.Add(t.challengeTTL)
 	}
-	if _, ok := t.used[nonce]; ok {
-		return errBadChallenge
+	if _, ok := t.used[n]; ok {
+		return nil, time.Time{}, errBadChallenge
 	}
-	t.used[nonce] = exp
-	return nil
+	t.used[n] = exp
+	return n[:], exp, nil
 }
 
 // session mints a session token for clientID.

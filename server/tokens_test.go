@@ -48,39 +48,48 @@ func TestTokens(t *testing.T) {
 		t.Fatal("expired token accepted")
 	}
 
-	// Challenges: bound to the client, single use, expiring; not valid on
-	// another process (the challenge key is per process).
+	// Challenges: bound to the client, single use on this node, expiring;
+	// valid on another node with the same secret (which spends it in the
+	// shared store), not under another secret.
 	c, _, err := tk.challenge("bob")
 	if err != nil {
 		t.Fatal(err)
 	}
-	if tk2.redeem("bob", c) == nil {
-		t.Fatal("challenge redeemed by another process")
+	if _, _, err := tk3.redeem("bob", c); err == nil {
+		t.Fatal("challenge redeemed under another secret")
 	}
-	if tk.redeem("alice", c) == nil {
+	if _, _, err := tk.redeem("alice", c); err == nil {
 		t.Fatal("bob's challenge redeemed for alice")
 	}
-	if err := tk.redeem("bob", c); err != nil {
+	n1, exp1, err := tk.redeem("bob", c)
+	if err != nil {
 		t.Fatal(err)
 	}
-	if tk.redeem("bob", c) == nil {
+	n2, exp2, err := tk2.redeem("bob", c)
+	if err != nil {
+		t.Fatalf("challenge refused by a node with the same secret: %v", err)
+	}
+	if !bytes.Equal(n1, n2) || !exp1.Equal(exp2) || len(n1) != nonceSize {
+		t.Fatalf("nodes disagree on the nonce to spend: %x %v, %x %v", n1, exp1, n2, exp2)
+	}
+	if _, _, err := tk.redeem("bob", c); err == nil {
 		t.Fatal("challenge redeemed twice")
 	}
 	c2, _, _ := tk.challenge("bob")
 	now = now.Add(time.Minute)
-	if tk.redeem("bob", c2) == nil {
+	if _, _, err := tk.redeem("bob", c2); err == nil {
 		t.Fatal("expired challenge redeemed")
 	}
 	// Redeemed nonces are forgotten once expired.
 	for i := 0; i < 10; i++ {
 		c, _, _ := tk.challenge("bob")
-		if err := tk.redeem("bob", c); err != nil {
+		if _, _, err := tk.redeem("bob", c); err != nil {
 			t.Fatal(err)
 		}
 	}
 	now = now.Add(2 * time.Minute)
 	c, _, _ = tk.challenge("bob")
-	if err := tk.redeem("bob", c); err != nil {
+	if _, _, err := tk.redeem("bob", c); err != nil {
 		t.Fatal(err)
 	}
 	if n := len(tk.used); n != 1 {

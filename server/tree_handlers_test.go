@@ -27,7 +27,7 @@ func TestTreeQueryRPCs(t *testing.T) {
 		GroupId: gid, Mode: mlsdsv1.GroupMode_GROUP_MODE_TRANSPARENT, GroupInfo: gi, RatchetTree: tree})); err != nil {
 		t.Fatal(err)
 	}
-	commit, _, gi1, g1 := alice.commitAdd(g0, mustKP(t, bob), mustKP(t, carol), mustKP(t, dave))
+	commit, _, gi1, g1 := alice.commitAdd(g0, mustKP(t, alice, bob), mustKP(t, alice, carol), mustKP(t, alice, dave))
 	if _, err := alice.groups.SendCommitBundle(ctx, connect.NewRequest(&mlsdsv1.SendCommitBundleRequest{Commit: commit, GroupInfo: gi1})); err != nil {
 		t.Fatal(err)
 	}

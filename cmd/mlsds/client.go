@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"bytes"
 	"context"
+	"crypto/rand"
 	"database/sql"
 	"encoding/hex"
 	"encoding/json"
@@ -53,6 +54,8 @@ type clientOpts struct {
 	logLevel          string
 	timeout           time.Duration
 	wait              time.Duration
+	ttl               time.Duration
+	deviceLink        string
 	keyPackages       int
 	json, opaque      bool
 	// listen starts printing events only once it said it listens.
@@ -81,13 +84,14 @@ func init() {
 			maxArgs: 0, init: true, flags: func(fs *flag.FlagSet, o *clientOpts) {
 				fs.StringVar(&o.user, "user", "", "user id of the identity (several clients may share one); default: the client id")
 				fs.StringVar(&o.token, "token", "", "enrollment token, if the server requires one (--registration=token); prefer the environment variable")
+				fs.StringVar(&o.deviceLink, "device-link", "", "register as another device of an existing user, with the link 'mlsds client device-link' printed on one of its devices")
 				fs.IntVar(&o.keyPackages, "key-packages", 0, "how many KeyPackages to keep published, besides a last-resort one (default 20)")
 			}},
 		"publish": {args: "", summary: "top up the published KeyPackages", maxArgs: 0,
 			flags: func(fs *flag.FlagSet, o *clientOpts) {
 				fs.IntVar(&o.keyPackages, "key-packages", 0, "how many KeyPackages to keep published from now on, besides a last-resort one (default: as before, 20 at first)")
 			}, run: clientPublish},
-		"create": {args: "<group>", summary: "create a group with you as its only member; the name is the group id",
+		"create": {args: "<name>", summary: "create a group with you as its only member; the name is your label for it (the group id is random)",
 			minArgs: 1, maxArgs: 1, flags: func(fs *flag.FlagSet, o *clientOpts) {
 				fs.BoolVar(&o.opaque, "opaque", false, "create an opaque-mode group (the server orders its messages without inspecting them)")
 			}, run: clientCreate},
@@ -102,8 +106,19 @@ func init() {
 				fs.DurationVar(&o.wait, "wait", 10*time.Second, "how long to wait for another member to commit the removal (0: do not wait)")
 			}, run: clientLeave},
 		"groups": {args: "", summary: "list your groups with their epoch and members", maxArgs: 0, run: clientGroups},
+		"label":  {args: "<group> <name>", summary: "name a group for yourself (a group you were added to shows its id until you do)", minArgs: 2, maxArgs: 2, run: clientLabel},
 		"update": {args: "<group>", summary: "give yourself fresh keys in a group (a Commit to a new epoch)", minArgs: 1, maxArgs: 1, run: clientUpdate},
-		"join":   {args: "<group>", summary: "join a group by external Commit, from the GroupInfo the server keeps", minArgs: 1, maxArgs: 1, run: clientJoin},
+		"link": {args: "<group>", summary: "print a secret join link of a group: whoever holds it may join until it expires or is revoked",
+			minArgs: 1, maxArgs: 1, flags: func(fs *flag.FlagSet, o *clientOpts) {
+				fs.DurationVar(&o.ttl, "ttl", 0, "how long the link is valid (default: the server's, 7 days)")
+			}, run: clientLink},
+		"links":  {args: "<group>", summary: "list a group's live join links (without their secrets)", minArgs: 1, maxArgs: 1, run: clientLinks},
+		"unlink": {args: "<group> <link-id>", summary: "revoke a join link of a group at once", minArgs: 2, maxArgs: 2, run: clientUnlink},
+		"join":   {args: "<link> [<name>]", summary: "join a group with a join link a member gave you; the name is your label for it", minArgs: 1, maxArgs: 2, run: clientJoin},
+		"device-link": {args: "", summary: "print a one-time link that registers another device (client) of your user ('init --device-link')",
+			maxArgs: 0, flags: func(fs *flag.FlagSet, o *clientOpts) {
+				fs.DurationVar(&o.ttl, "ttl", 0, "how long the link is valid (default: the server's, 10 minutes)")
+			}, run: clientDeviceLink},
 	}
 }
 
@@ -118,12 +133,15 @@ func clientUsage(w io.Writer) {
 	for n := range clientCommands {
 		names = append(names, n)
 	}
-	order := []string{"init", "publish", "create", "add", "remove", "send", "listen", "leave", "groups", "update", "join"}
+	order := []string{"init", "publish", "device-link", "create", "add", "remove", "send", "listen", "leave", "groups", "label", "update", "link", "links", "unlink", "join"}
 	slices.SortFunc(names, func(a, b string) int { return slices.Index(order, a) - slices.Index(order, b) })
 	for _, n := range names {
 		c := clientCommands[n]
-		fmt.Fprintf(w, "  %-8s %-24s %s\n", n, c.args, c.summary)
+		fmt.Fprintf(w, "  %-11s %-24s %s\n", n, c.args, c.summary)
 	}
+	fmt.Fprintln(w)
+	fmt.Fprintln(w, "A <group> is the name you gave it (create, label, join) or its id in hex (the first")
+	fmt.Fprintln(w, "8 digits do), as 'groups' lists it.")
 	fmt.Fprintln(w)
 	fmt.Fprintln(w, "Run 'mlsds client <command> -h' for its flags. Every flag has an environment twin:")
 	fmt.Fprintln(w, "--id is also MLSDS_CLIENT_ID, --server is MLSDS_CLIENT_SERVER.")
@@ -384,6 +402,180 @@ func writeSettings(ctx context.Context, path string, kv map[string]string) error
 	return nil
 }
 
+// Labels are the names a user gives its groups: group ids are random, and
+// a name that others choose (a group id, a label a member suggests) could
+// pass one group off as another. They live in a table of the state file,
+// beside the CLI's settings, one unique label per group.
+const labelsSchema = `CREATE TABLE IF NOT EXISTS mlsds_cli_labels (group_id BLOB PRIMARY KEY, label TEXT NOT NULL UNIQUE)`
+
+// errLabelTaken says a label names another group of the identity.
+var errLabelTaken = errors.New("label taken")
+
+func openLabels(ctx context.Context, path string) (*sql.DB, error) {
+	db, err := openSQLite(path, "_pragma=busy_timeout(10000)")
+	if err != nil {
+		return nil, err
+	}
+	if _, err := db.ExecContext(ctx, labelsSchema); err != nil {
+		db.Close()
+		return nil, fmt.Errorf("%s is not a client state file: %w", path, err)
+	}
+	return db, nil
+}
+
+// readLabels returns the labels of the state at path, by group id.
+func readLabels(ctx context.Context, path string) (map[string]string, error) {
+	db, err := openLabels(ctx, path)
+	if err != nil {
+		return nil, err
+	}
+	defer db.Close()
+	rows, err := db.QueryContext(ctx, `SELECT group_id, label FROM mlsds_cli_labels`)
+	if err != nil {
+		return nil, err
+	}
+	defer rows.Close()
+	out := map[string]string{}
+	for rows.Next() {
+		var id []byte
+		var label string
+		if err := rows.Scan(&id, &label); err != nil {
+			return nil, err
+		}
+		out[string(id)] = label
+	}
+	return out, rows.Err()
+}
+
+// writeLabel gives group id the label, replacing its former one; it fails
+// with errLabelTaken if the label names another group.
+func writeLabel(ctx context.Context, path string, id []byte, label string) error {
+	db, err := openLabels(ctx, path)
+	if err != nil {
+		return err
+	}
+	defer db.Close()
+	tx, err := db.BeginTx(ctx, nil)
+	if err != nil {
+		return err
+	}
+	defer tx.Rollback()
+	var other []byte
+	switch err := tx.QueryRowContext(ctx, `SELECT group_id FROM mlsds_cli_labels WHERE label = ?`, label).Scan(&other); {
+	case err == nil && !bytes.Equal(other, id):
+		return errLabelTaken
+	case err != nil && !errors.Is(err, sql.ErrNoRows):
+		return err
+	}
+	if _, err := tx.ExecContext(ctx, `INSERT INTO mlsds_cli_labels (group_id, label) VALUES (?, ?) ON CONFLICT (group_id) DO UPDATE SET label = excluded.label`, id, label); err != nil {
+		return fmt.Errorf("saving the group's name in %s: %w", path, err)
+	}
+	return tx.Commit()
+}
+
+// deleteLabel forgets the label of group id.
+func deleteLabel(ctx context.Context, path string, id []byte) error {
+	db, err := openLabels(ctx, path)
+	if err != nil {
+		return err
+	}
+	defer db.Close()
+	_, err = db.ExecContext(ctx, `DELETE FROM mlsds_cli_labels WHERE group_id = ?`, id)
+	return err
+}
+
+// checkLabel says what is wrong with a group name a user picked, if
+// anything.
+func checkLabel(name string) error {
+	switch {
+	case name == "":
+		return errors.New("a group name must not be empty")
+	case len(name) > 64:
+		return fmt.Errorf("the group name %q is too long: at most 64 bytes", name)
+	case !utf8.ValidString(name):
+		return errors.New("a group name must be UTF-8 text")
+	case strings.HasPrefix(name, "-"):
+		return fmt.Errorf("the group name %q must not start with '-', which starts a flag", name)
+	case strings.HasPrefix(name, joinLinkPrefix):
+		return fmt.Errorf("%q is a join link, not a name: 'mlsds client join LINK NAME' joins with it", name)
+	case len(name) >= shortIDLen && isHex(name):
+		return fmt.Errorf("the group name %q would read as a group id; pick a name that is not only hex digits", name)
+	}
+	for _, r := range name {
+		if !unicode.IsPrint(r) || unicode.IsSpace(r) {
+			return fmt.Errorf("the group name %q must be printable and without spaces", name)
+		}
+	}
+	return nil
+}
+
+// joinLinkPrefix starts a join link (client.JoinLink.String).
+const joinLinkPrefix = "mlsds-join:"
+
+// shortIDLen is how many hex digits of a group id name a group that has
+// no label.
+const shortIDLen = 8
+
+func isHex(s string) bool {
+	for _, r := range s {
+		if !strings.ContainsRune("0123456789abcdefABCDEF", r) {
+			return false
+		}
+	}
+	return s != ""
+}
+
+// groupLabels are the labels of one identity, as loaded at the start of
+// a command and changed by it.
+type groupLabels struct {
+	mu   sync.Mutex
+	byID map[string]string
+}
+
+func (l *groupLabels) get(id []byte) (string, bool) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	s, ok := l.byID[string(id)]
+	return s, ok
+}
+
+func (l *groupLabels) set(id []byte, label string) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	l.byID[string(id)] = label
+}
+
+func (l *groupLabels) forget(id []byte) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	delete(l.byID, string(id))
+}
+
+// lookup returns the id of the group labelled name.
+func (l *groupLabels) lookup(name string) ([]byte, bool) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	for id, label := range l.byID {
+		if label == name {
+			return []byte(id), true
+		}
+	}
+	return nil, false
+}
+
+// name is how a group is shown: its label, or else the first hex digits
+// of its id.
+func (l *groupLabels) name(id []byte) string {
+	if label, ok := l.get(id); ok {
+		return label
+	}
+	h := hex.EncodeToString(id)
+	if len(h) > shortIDLen {
+		h = h[:shortIDLen]
+	}
+	return h
+}
+
 // stateLock is an exclusive lock on a state file, held by one process at
 // a time: two SDK clients on one state would both follow the server and
 // overwrite each other's group states. It is an SQLite lock on a file
@@ -435,10 +627,9 @@ type clientSession struct {
 	stdout io.Writer
 	stderr io.Writer
 	opts   *clientOpts
+	labels *groupLabels
 
 	printing sync.Once
-	mu       sync.Mutex
-	joined   map[string]chan struct{} // groups whose EventJoined a command waits for
 }
 
 // openSession locks the state at path and opens an SDK client on it with
@@ -455,8 +646,15 @@ func openSession(ctx context.Context, o *clientOpts, log *slog.Logger, stdout, s
 		lock.unlock()
 		return nil, nil, explainOpen(err, cfg.Server)
 	}
-	s := &clientSession{c: c, path: path, done: make(chan struct{}), stdout: stdout, stderr: stderr, opts: o, joined: map[string]chan struct{}{},
-		out: &eventPrinter{w: stdout, json: o.json, self: c.ID()}}
+	byID, err := readLabels(ctx, path)
+	if err != nil {
+		c.Close()
+		lock.unlock()
+		return nil, nil, err
+	}
+	labels := &groupLabels{byID: byID}
+	s := &clientSession{c: c, path: path, done: make(chan struct{}), stdout: stdout, stderr: stderr, opts: o, labels: labels,
+		out: &eventPrinter{w: stdout, json: o.json, self: c.ID(), labels: labels}}
 	return s, lock, nil
 }
 
@@ -475,14 +673,6 @@ func (s *clientSession) startPrinting() {
 			defer close(s.done)
 			for ev := range s.c.Events() {
 				s.out.print(ev)
-				if ev.Kind == client.EventJoined {
-					s.mu.Lock()
-					if ch := s.joined[string(ev.GroupID)]; ch != nil {
-						close(ch)
-						delete(s.joined, string(ev.GroupID))
-					}
-					s.mu.Unlock()
-				}
 			}
 		}()
 	})
@@ -496,7 +686,8 @@ func explainOpen(err error, server string) error {
 	case connect.CodeAlreadyExists:
 		return fmt.Errorf("%w\n(pick another --id)", err)
 	case connect.CodePermissionDenied:
-		return fmt.Errorf("%w\n(pass the server's enrollment token with --token or MLSDS_CLIENT_TOKEN)", err)
+		return fmt.Errorf("%w\n(pick another --id; another device of an existing user registers with --device-link, from 'mlsds client device-link' on one of its devices; "+
+			"a server that requires an enrollment token needs --token or MLSDS_CLIENT_TOKEN)", err)
 	}
 	return err
 }
@@ -576,7 +767,10 @@ func clientInit(ctx context.Context, o *clientOpts, log *slog.Logger, stdout, st
 	} else if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
 		return fmt.Errorf("creating the state directory: %w", err)
 	}
-	cfg := client.Config{Server: o.server, ClientID: o.id, UserID: o.user, EnrollmentToken: o.token, KeyPackages: o.keyPackages}
+	cfg := client.Config{Server: o.server, ClientID: o.id, UserID: o.user, EnrollmentToken: o.token, KeyPackages: o.keyPackages, DeviceLink: o.deviceLink}
+	if o.deviceLink != "" && o.user == "" {
+		return errors.New("--device-link needs --user: the user id that 'mlsds client device-link' printed with the link")
+	}
 	s, lock, err := openSession(ctx, o, log, stdout, stderr, path, cfg)
 	if err != nil {
 		if !existed {
@@ -622,60 +816,63 @@ func clientPublish(ctx context.Context, s *clientSession, _ []string) error {
 	return nil
 }
 
-// groupName is how a group id is shown: as text if it is printable, else
-// in hex.
-func groupName(id []byte) string {
-	if len(id) > 0 && utf8.Valid(id) {
-		ok := true
-		for _, r := range string(id) {
-			if !unicode.IsPrint(r) || unicode.IsSpace(r) {
-				ok = false
-				break
-			}
-		}
-		if ok {
-			return string(id)
-		}
+// resolve returns the id of the client's group that name names: its
+// label, or its id in hex, whole or cut short to at least its first
+// shortIDLen digits. It returns nil if there is none.
+func (s *clientSession) resolve(name string) ([]byte, error) {
+	if id, ok := s.labels.lookup(name); ok {
+		return id, nil
 	}
-	return hex.EncodeToString(id)
+	if len(name) < shortIDLen || !isHex(name) {
+		return nil, nil
+	}
+	prefix := strings.ToLower(name)
+	var found []byte
+	for _, g := range s.c.Groups() {
+		if !strings.HasPrefix(hex.EncodeToString(g.ID()), prefix) {
+			continue
+		}
+		if found != nil {
+			return nil, fmt.Errorf("%q starts the ids of several of your groups: type more of the id ('mlsds client groups --json' shows them whole)", name)
+		}
+		found = g.ID()
+	}
+	return found, nil
 }
 
-// findGroup returns the client's group named name (its id, or the id in
-// hex), waiting up to a few seconds for a Welcome to it that the stream
-// may be about to deliver.
+// findGroup returns the client's group that name names (see resolve),
+// brought up to date. If there is none, it waits up to a few seconds for
+// the Welcomes that the stream may be about to deliver.
 func (s *clientSession) findGroup(ctx context.Context, name string) (*client.Group, error) {
-	lookup := func() *client.Group {
-		if g := s.c.Group([]byte(name)); g != nil {
-			return g
+	lookup := func() (*client.Group, error) {
+		id, err := s.resolve(name)
+		if id == nil {
+			return nil, err
 		}
-		if id, err := hex.DecodeString(name); err == nil && len(id) > 0 {
-			return s.c.Group(id)
+		return s.c.Group(id), nil
+	}
+	g, err := lookup()
+	if err != nil {
+		return nil, err
+	}
+	if g == nil {
+		// A Welcome waiting for this client comes before the stream's
+		// caught-up point: let it in, so that its group can be named by
+		// id, and its events are shown.
+		wctx, cancel := context.WithTimeout(ctx, 3*time.Second)
+		s.c.WaitCaughtUp(wctx)
+		cancel()
+		if err := ctx.Err(); err != nil {
+			return nil, err
 		}
-		return nil
+		if g, err = lookup(); err != nil {
+			return nil, err
+		}
 	}
-	if g := lookup(); g != nil {
-		return synced(ctx, g, name)
+	if g == nil {
+		return nil, fmt.Errorf("you (%s) are not in a group %q: 'mlsds client groups' lists yours; create it, or ask a member to add you or for a join link", s.c.ID(), name)
 	}
-	ch := make(chan struct{})
-	s.mu.Lock()
-	s.joined[name] = ch
-	s.mu.Unlock()
-	// A Welcome waiting for this client comes before the stream's
-	// caught-up point: wait for that, or for the join itself.
-	wctx, cancel := context.WithTimeout(ctx, 3*time.Second)
-	defer cancel()
-	caughtUp := make(chan struct{})
-	go func() { s.c.WaitCaughtUp(wctx); close(caughtUp) }()
-	select {
-	case <-ch:
-	case <-caughtUp:
-	case <-ctx.Done():
-		return nil, ctx.Err()
-	}
-	if g := lookup(); g != nil {
-		return synced(ctx, g, name)
-	}
-	return nil, fmt.Errorf("you (%s) are not in a group %q: 'mlsds client groups' lists yours; create it, or ask a member to add you", s.c.ID(), name)
+	return synced(ctx, g, s.labels.name(g.ID()))
 }
 
 // synced brings g up to date, so that a command acts on the group's
@@ -692,19 +889,62 @@ func synced(ctx context.Context, g *client.Group, name string) (*client.Group, e
 	return g, nil
 }
 
+// nameGroup gives group id the label name, in the state and for the rest
+// of the command.
+func (s *clientSession) nameGroup(ctx context.Context, id []byte, name string) error {
+	if err := writeLabel(ctx, s.path, id, name); err != nil {
+		if errors.Is(err, errLabelTaken) {
+			return fmt.Errorf("you have another group named %q: pick another name ('mlsds client label' renames a group)", name)
+		}
+		return err
+	}
+	s.labels.set(id, name)
+	return nil
+}
+
 func clientCreate(ctx context.Context, s *clientSession, args []string) error {
 	name := args[0]
-	if s.c.Group([]byte(name)) != nil {
-		return fmt.Errorf("you have a group %q already", name)
+	if err := checkLabel(name); err != nil {
+		return err
 	}
-	g, err := s.c.CreateGroup(ctx, client.GroupOptions{ID: []byte(name), Opaque: s.opts.opaque})
-	if connect.CodeOf(err) == connect.CodeAlreadyExists {
-		return fmt.Errorf("the server has a group %q already: pick another name, or ask one of its members to add you: %w", name, err)
+	if _, ok := s.labels.lookup(name); ok {
+		return fmt.Errorf("you have a group named %q already: pick another name ('mlsds client label' renames a group)", name)
 	}
+	// A random id: nobody can guess it, and groups of other users with
+	// the same name do not collide with this one.
+	id := make([]byte, 16)
+	rand.Read(id)
+	// The name is saved first: it is taken once the group exists.
+	if err := s.nameGroup(ctx, id, name); err != nil {
+		return err
+	}
+	g, err := s.c.CreateGroup(ctx, client.GroupOptions{ID: id, Opaque: s.opts.opaque})
 	if err != nil {
+		s.labels.forget(id)
+		deleteLabel(context.WithoutCancel(ctx), s.path, id)
 		return err
 	}
 	s.out.line(g.ID(), "created", fmt.Sprintf("you created the group (epoch %d, members: %s)", g.Epoch(), strings.Join(g.Members(), ", ")), nil)
+	return nil
+}
+
+func clientLabel(ctx context.Context, s *clientSession, args []string) error {
+	id, err := s.resolve(args[0])
+	if err != nil {
+		return err
+	}
+	if id == nil || s.c.Group(id) == nil {
+		return fmt.Errorf("you (%s) have no group %q: 'mlsds client groups' lists yours", s.c.ID(), args[0])
+	}
+	name := args[1]
+	if err := checkLabel(name); err != nil {
+		return err
+	}
+	old := s.labels.name(id)
+	if err := s.nameGroup(ctx, id, name); err != nil {
+		return err
+	}
+	fmt.Fprintf(s.stderr, "%s is now named %s\n", old, name)
 	return nil
 }
 
@@ -717,7 +957,7 @@ func clientAdd(ctx context.Context, s *clientSession, args []string) error {
 	var add []string
 	for _, id := range args[1:] {
 		if slices.Contains(members, id) {
-			fmt.Fprintf(s.stderr, "%s is a member of %s already\n", id, groupName(g.ID()))
+			fmt.Fprintf(s.stderr, "%s is a member of %s already\n", id, s.labels.name(g.ID()))
 			continue
 		}
 		add = append(add, id)
@@ -733,13 +973,14 @@ func clientRemove(ctx context.Context, s *clientSession, args []string) error {
 	if err != nil {
 		return err
 	}
+	name := s.labels.name(g.ID())
 	var rm []string
 	for _, id := range args[1:] {
 		if id == s.c.ID() {
-			return fmt.Errorf("to remove yourself, use 'mlsds client leave %s'", args[0])
+			return fmt.Errorf("to remove yourself, use 'mlsds client leave %s'", name)
 		}
 		if !slices.Contains(g.Members(), id) {
-			return fmt.Errorf("%s is not a member of %s (members: %s)", id, args[0], strings.Join(g.Members(), ", "))
+			return fmt.Errorf("%s is not a member of %s (members: %s)", id, name, strings.Join(g.Members(), ", "))
 		}
 		rm = append(rm, id)
 	}
@@ -765,7 +1006,7 @@ func clientSend(ctx context.Context, s *clientSession, args []string) error {
 	}
 	if _, err := g.Send(ctx, text); err != nil {
 		if errors.Is(err, client.ErrRemoved) {
-			return fmt.Errorf("you are no longer a member of %s", args[0])
+			return fmt.Errorf("you are no longer a member of %s", s.labels.name(g.ID()))
 		}
 		return err
 	}
@@ -791,7 +1032,7 @@ func clientLeave(ctx context.Context, s *clientSession, args []string) error {
 			return err
 		}
 	}
-	fmt.Fprintf(s.stderr, "asked to leave %s: another member's client commits your removal when it next runs (a 'listen', or any command)\n", args[0])
+	fmt.Fprintf(s.stderr, "asked to leave %s: another member's client commits your removal when it next runs (a 'listen', or any command)\n", s.labels.name(g.ID()))
 	return nil
 }
 
@@ -803,18 +1044,184 @@ func clientUpdate(ctx context.Context, s *clientSession, args []string) error {
 	return g.Update(ctx)
 }
 
-func clientJoin(ctx context.Context, s *clientSession, args []string) error {
-	if g := s.c.Group([]byte(args[0])); g != nil && !g.Removed() && !g.Broken() {
-		return fmt.Errorf("you are a member of %s already", args[0])
+// linkJSON is the --json form of a join link.
+type linkJSON struct {
+	Group     string `json:"group"`
+	GroupID   string `json:"group_id"`
+	Link      string `json:"link,omitempty"`
+	LinkID    string `json:"link_id"`
+	CreatedBy string `json:"created_by,omitempty"`
+	CreatedAt string `json:"created_at,omitempty"`
+	ExpiresAt string `json:"expires_at,omitempty"`
+}
+
+func linkTime(t time.Time) string {
+	if t.IsZero() {
+		return ""
 	}
-	_, err := s.c.JoinExternal(ctx, []byte(args[0]))
+	return t.UTC().Format(time.RFC3339)
+}
+
+func clientLink(ctx context.Context, s *clientSession, args []string) error {
+	if s.opts.ttl < 0 {
+		return errors.New("--ttl must not be negative")
+	}
+	g, err := s.findGroup(ctx, args[0])
+	if err != nil {
+		return err
+	}
+	name := s.labels.name(g.ID())
+	l, err := g.CreateJoinLink(ctx, s.opts.ttl)
+	if err != nil {
+		return fmt.Errorf("making a join link of %s: %w", name, serverCause(err))
+	}
+	s.out.mu.Lock()
+	defer s.out.mu.Unlock()
+	if s.opts.json {
+		return json.NewEncoder(s.stdout).Encode(linkJSON{Group: name, GroupID: hex.EncodeToString(l.GroupID), Link: l.String(), LinkID: l.ID, ExpiresAt: linkTime(l.ExpiresAt)})
+	}
+	fmt.Fprintln(s.stdout, l.String())
+	until := ""
+	if !l.ExpiresAt.IsZero() {
+		until = " until " + l.ExpiresAt.Local().Format("2006-01-02 15:04 MST")
+	}
+	fmt.Fprintf(s.stderr, "whoever has this link can join %s%s: give it only to those you mean to invite; 'mlsds client unlink %s %s' revokes it\n",
+		name, until, name, l.ID)
+	return nil
+}
+
+func clientLinks(ctx context.Context, s *clientSession, args []string) error {
+	g, err := s.findGroup(ctx, args[0])
+	if err != nil {
+		return err
+	}
+	name := s.labels.name(g.ID())
+	links, err := g.JoinLinks(ctx)
+	if err != nil {
+		return fmt.Errorf("listing the join links of %s: %w", name, serverCause(err))
+	}
+	s.out.mu.Lock()
+	defer s.out.mu.Unlock()
+	if s.opts.json {
+		enc := json.NewEncoder(s.stdout)
+		for _, l := range links {
+			enc.Encode(linkJSON{Group: name, GroupID: hex.EncodeToString(g.ID()), LinkID: l.ID, CreatedBy: l.CreatedBy, CreatedAt: linkTime(l.CreatedAt), ExpiresAt: linkTime(l.ExpiresAt)})
+		}
+		return nil
+	}
+	if len(links) == 0 {
+		fmt.Fprintf(s.stdout, "%s has no live join links\n", name)
+	}
+	for _, l := range links {
+		fmt.Fprintf(s.stdout, "%s  made by %s  expires %s\n", l.ID, l.CreatedBy, linkTime(l.ExpiresAt))
+	}
+	return nil
+}
+
+func clientUnlink(ctx context.Context, s *clientSession, args []string) error {
+	g, err := s.findGroup(ctx, args[0])
+	if err != nil {
+		return err
+	}
+	name := s.labels.name(g.ID())
+	if err := g.RevokeJoinLink(ctx, args[1]); err != nil {
+		if connect.CodeOf(err) == connect.CodeNotFound {
+			return fmt.Errorf("%s has no live join link %q ('mlsds client links %s' lists them)", name, args[1], name)
+		}
+		return fmt.Errorf("revoking join link %s of %s: %w", args[1], name, serverCause(err))
+	}
+	fmt.Fprintf(s.stderr, "join link %s of %s is revoked: nobody can join with it any more\n", args[1], name)
+	return nil
+}
+
+// serverCause returns the server's answer that err wraps, if any, else err:
+// the SDK's own wrapping names groups by their ids, where the CLI names
+// them by the user's names.
+func serverCause(err error) error {
+	var ce *connect.Error
+	if errors.As(err, &ce) {
+		return ce
+	}
 	return err
+}
+
+func clientJoin(ctx context.Context, s *clientSession, args []string) error {
+	arg := strings.TrimSpace(args[0])
+	if !strings.HasPrefix(arg, joinLinkPrefix) {
+		return joinWithoutLink(ctx, s, arg)
+	}
+	link, err := client.ParseJoinLink(arg)
+	if err != nil {
+		return fmt.Errorf("%s", strings.TrimPrefix(err.Error(), "client: "))
+	}
+	if g := s.c.Group(link.GroupID); g != nil && !g.Removed() && !g.Broken() {
+		return fmt.Errorf("you are a member of %s already", s.labels.name(g.ID()))
+	}
+	var name string
+	_, hadLabel := s.labels.get(link.GroupID)
+	if len(args) == 2 {
+		name = args[1]
+		if err := checkLabel(name); err != nil {
+			return err
+		}
+		if err := s.nameGroup(ctx, link.GroupID, name); err != nil {
+			return err
+		}
+	}
+	_, err = s.c.JoinWithLink(ctx, link)
+	if err == nil {
+		return nil
+	}
+	if name != "" && !hadLabel {
+		s.labels.forget(link.GroupID)
+		deleteLabel(context.WithoutCancel(ctx), s.path, link.GroupID)
+	}
+	if errors.Is(err, client.ErrJoinLinkRefused) {
+		return fmt.Errorf("the server refuses this join link: it was revoked or has expired; ask a member of the group for a new one (%w)", serverCause(err))
+	}
+	return err
+}
+
+// joinWithoutLink handles `join` of a group named rather than linked: it
+// joins nothing, but a member whose state of the group broke rejoins it.
+func joinWithoutLink(ctx context.Context, s *clientSession, name string) error {
+	if id, _ := s.resolve(name); id != nil {
+		if g := s.c.Group(id); g != nil {
+			switch {
+			case g.Broken():
+				// The server takes a resync external Commit from a member.
+				return g.Rejoin(ctx)
+			case !g.Removed():
+				return fmt.Errorf("you are a member of %s already", s.labels.name(id))
+			}
+			return fmt.Errorf("you are no longer a member of %s: to join it again, ask one of its members for a join link ('mlsds client link %s' prints one), then run 'mlsds client join LINK'", s.labels.name(id), s.labels.name(id))
+		}
+	}
+	return fmt.Errorf("%q is not a join link: to join a group, ask one of its members for a join link ('mlsds client link GROUP' prints one), then run 'mlsds client join LINK'", name)
+}
+
+func clientDeviceLink(ctx context.Context, s *clientSession, _ []string) error {
+	if s.opts.ttl < 0 {
+		return errors.New("--ttl must not be negative")
+	}
+	l, err := s.c.CreateDeviceLink(ctx, s.opts.ttl)
+	if err != nil {
+		return err
+	}
+	if s.opts.json {
+		return json.NewEncoder(s.stdout).Encode(map[string]any{"device_link": l.Link, "user_id": l.UserID, "expires_at": l.ExpiresAt})
+	}
+	fmt.Fprintf(s.stdout, "%s\n", l.Link)
+	fmt.Fprintf(s.stderr, "On the new device, within %s: mlsds client init --id NEW-ID --user %s --device-link %s\n",
+		time.Until(l.ExpiresAt).Round(time.Minute), l.UserID, l.Link)
+	return nil
 }
 
 // groupStatus describes one group for `groups`.
 type groupStatus struct {
-	Group   string   `json:"group"`
+	Group   string   `json:"group"` // the label, or the id's first hex digits
 	GroupID string   `json:"group_id"`
+	Label   string   `json:"label,omitempty"`
 	Epoch   uint64   `json:"epoch"`
 	Members []string `json:"members"`
 	Status  string   `json:"status"` // member, removed or broken
@@ -830,7 +1237,8 @@ func clientGroups(ctx context.Context, s *clientSession, _ []string) error {
 	}
 	var list []groupStatus
 	for _, g := range s.c.Groups() {
-		st := groupStatus{Group: groupName(g.ID()), GroupID: hex.EncodeToString(g.ID()), Epoch: g.Epoch(), Members: g.Members(), Status: "member"}
+		st := groupStatus{Group: s.labels.name(g.ID()), GroupID: hex.EncodeToString(g.ID()), Epoch: g.Epoch(), Members: g.Members(), Status: "member"}
+		st.Label, _ = s.labels.get(g.ID())
 		switch {
 		case g.Removed():
 			st.Status = "removed"
@@ -862,14 +1270,16 @@ func clientGroups(ctx context.Context, s *clientSession, _ []string) error {
 }
 
 func clientListen(ctx context.Context, o *clientOpts, log *slog.Logger, stdout, stderr io.Writer, args []string) error {
-	filter := ""
-	if len(args) == 1 {
-		filter = args[0]
-	}
 	done := errors.New("interrupted")
 	o.listen = true
 	err := withClient(ctx, o, log, stdout, stderr, func(s *clientSession) error {
-		s.out.setFilter(filter)
+		if len(args) == 1 {
+			g, err := s.findGroup(ctx, args[0])
+			if err != nil {
+				return err
+			}
+			s.out.setFilter(g.ID())
+		}
 		fmt.Fprintf(stderr, "listening as %s; Ctrl-C to stop\n", s.c.ID())
 		s.startPrinting()
 		if err := s.c.Sync(ctx); err != nil && ctx.Err() == nil {
@@ -890,10 +1300,11 @@ type eventPrinter struct {
 	w      io.Writer
 	json   bool
 	self   string
-	filter string
+	labels *groupLabels
+	filter []byte // the one group whose events are printed, if not nil
 }
 
-func (p *eventPrinter) setFilter(f string) {
+func (p *eventPrinter) setFilter(f []byte) {
 	p.mu.Lock()
 	p.filter = f
 	p.mu.Unlock()
@@ -901,8 +1312,9 @@ func (p *eventPrinter) setFilter(f string) {
 
 // eventJSON is the --json form of an event.
 type eventJSON struct {
-	Group      string   `json:"group"`
+	Group      string   `json:"group"` // the label, or the id's first hex digits
 	GroupID    string   `json:"group_id"`
+	Label      string   `json:"label,omitempty"`
 	Event      string   `json:"event"`
 	Seq        uint64   `json:"seq,omitempty"`
 	Epoch      uint64   `json:"epoch"`
@@ -967,15 +1379,16 @@ func (p *eventPrinter) print(e client.Event) {
 func (p *eventPrinter) line(id []byte, kind, text string, e *client.Event) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	name := groupName(id)
-	if p.filter != "" && p.filter != name && p.filter != string(id) {
+	if p.filter != nil && !bytes.Equal(p.filter, id) {
 		return
 	}
+	name := p.labels.name(id)
 	if !p.json {
 		fmt.Fprintf(p.w, "[%s] %s\n", name, text)
 		return
 	}
 	j := eventJSON{Group: name, GroupID: hex.EncodeToString(id), Event: kind, Line: text}
+	j.Label, _ = p.labels.get(id)
 	if e != nil {
 		j.Seq, j.Epoch, j.Sender, j.Members = e.Seq, e.Epoch, e.Sender, e.Members
 		if !e.AcceptedAt.IsZero() {

@@ -3,6 +3,7 @@ package main
 import (
 	"bytes"
 	"context"
+	"encoding/json"
 	"errors"
 	"flag"
 	"io"
@@ -242,9 +243,11 @@ func TestClientCommands(t *testing.T) {
 	if !strings.Contains(out, "[chat] you created the group (epoch 0, members: alice)") {
 		t.Fatalf("create: %q", out)
 	}
-	if code, _, errb := cli(t, "create", "--id", "carol", "chat"); code != 1 || !strings.Contains(errb, "has a group \"chat\" already") {
-		t.Fatalf("create of an existing group: exit %d, %q", code, errb)
+	if code, _, errb := cli(t, "create", "--id", "alice", "chat"); code != 1 || !strings.Contains(errb, "have a group named \"chat\" already") {
+		t.Fatalf("create of a name taken: exit %d, %q", code, errb)
 	}
+	gid := groupID(t, "chat", "--id", "alice")
+	short := gid[:8]
 	bobOut, stopBob := listenCLI(t, "--state", bobState)
 	// While bob listens, his state is locked.
 	if code, _, errb := cli(t, "send", "--state", bobState, "chat", "hi"); code != 1 || !strings.Contains(errb, "in use by another mlsds client process") {
@@ -257,38 +260,52 @@ func TestClientCommands(t *testing.T) {
 	mustCLI(t, "send", "--id", "alice", "chat", "Hello,", "Bob")
 	clientStdin = strings.NewReader("from stdin\n")
 	mustCLI(t, "send", "--id", "alice", "chat", "-")
-	waitOutput(t, bobOut, "[chat] you joined (epoch 1, members: alice, bob, carol)\n[chat] alice: Hello, Bob\n[chat] alice: from stdin\n")
+	// bob has no name for the group: it shows as its id's first digits.
+	waitOutput(t, bobOut, "["+short+"] you joined (epoch 1, members: alice, bob, carol)\n["+short+"] alice: Hello, Bob\n["+short+"] alice: from stdin\n")
 
-	// carol was not running: her next command shows what she missed.
-	out = mustCLI(t, "send", "--id", "carol", "chat", "hi all")
-	if !strings.Contains(out, "[chat] you joined") || !strings.Contains(out, "[chat] alice: Hello, Bob") {
+	// carol was not running: her next command shows what she missed. She
+	// names the group by its id's first digits, then by a name of hers.
+	code, out, errb := cli(t, "send", "--id", "carol", "chat", "hi all")
+	if code != 1 || !strings.Contains(errb, `not in a group "chat"`) {
+		t.Fatalf("carol sends to a name she did not give: exit %d, %q", code, errb)
+	}
+	if !strings.Contains(out, "["+short+"] you joined") || !strings.Contains(out, "["+short+"] alice: Hello, Bob") {
 		t.Fatalf("carol's first command: %q", out)
 	}
-	waitOutput(t, bobOut, "[chat] carol: hi all\n")
-	mustCLI(t, "update", "--id", "carol", "chat")
-	waitOutput(t, bobOut, "[chat] epoch 2 (members: alice, bob, carol)\n")
+	mustCLI(t, "send", "--id", "carol", short, "hi all")
+	waitOutput(t, bobOut, "["+short+"] carol: hi all\n")
+	mustCLI(t, "label", "--id", "carol", short, "friends")
+	mustCLI(t, "update", "--id", "carol", "friends")
+	waitOutput(t, bobOut, "["+short+"] epoch 2 (members: alice, bob, carol)\n")
 	out = mustCLI(t, "remove", "--id", "alice", "chat", "carol")
 	if !strings.Contains(out, "[chat] carol: hi all") || !strings.Contains(out, "[chat] you removed carol") {
 		t.Fatalf("remove: %q", out)
 	}
-	waitOutput(t, bobOut, "[chat] alice removed carol\n[chat] epoch 3 (members: alice, bob)\n")
-	code, out, errb := cli(t, "send", "--id", "carol", "chat", "still here?")
-	if code != 1 || !strings.Contains(out, "you are no longer a member (removed by alice)") || !strings.Contains(errb, "no longer a member of chat") {
+	waitOutput(t, bobOut, "["+short+"] alice removed carol\n["+short+"] epoch 3 (members: alice, bob)\n")
+	code, out, errb = cli(t, "send", "--id", "carol", "friends", "still here?")
+	if code != 1 || !strings.Contains(out, "[friends] you are no longer a member (removed by alice)") || !strings.Contains(errb, "no longer a member of friends") {
 		t.Fatalf("send after removal: exit %d, %q, %q", code, out, errb)
 	}
-	if out := mustCLI(t, "groups", "--id", "carol"); !strings.Contains(out, "(removed)") {
+	if out := mustCLI(t, "groups", "--id", "carol"); !strings.Contains(out, "friends  epoch") || !strings.Contains(out, "(removed)") {
 		t.Fatalf("carol's groups: %q", out)
 	}
-	// carol joins again by external Commit.
-	mustCLI(t, "join", "--id", "carol", "chat")
-	waitOutput(t, bobOut, "[chat] carol joined\n[chat] epoch 4 (members: alice, bob, carol)\n")
+	// carol cannot join again by naming the group; with a link she can.
+	if code, _, errb := cli(t, "join", "--id", "carol", "friends"); code != 1 || !strings.Contains(errb, "ask one of its members for a join link") {
+		t.Fatalf("join by name after removal: exit %d, %q", code, errb)
+	}
+	link := joinLink(t, "chat", "--id", "alice")
+	out = mustCLI(t, "join", "--id", "carol", link)
+	if !strings.Contains(out, "[friends] you joined by external Commit (epoch 4") {
+		t.Fatalf("carol's join: %q", out)
+	}
+	waitOutput(t, bobOut, "["+short+"] carol joined\n["+short+"] epoch 4 (members: alice, bob, carol)\n")
 
 	if code := stopBob(); code != 0 {
 		t.Fatalf("listen exit %d", code)
 	}
 	// bob leaves; alice listens in JSON and commits his removal.
 	aliceOut, stopAlice := listenCLI(t, "--id", "alice", "--json", "chat")
-	mustCLI(t, "leave", "--state", bobState, "chat")
+	mustCLI(t, "leave", "--state", bobState, short)
 	waitOutput(t, aliceOut, `"event":"members-removed"`)
 	if !strings.Contains(aliceOut.String(), `"members":["bob"]`) {
 		t.Fatalf("alice's JSON events: %s", aliceOut.String())
@@ -297,7 +314,8 @@ func TestClientCommands(t *testing.T) {
 		t.Fatalf("listen exit %d", code)
 	}
 	out = mustCLI(t, "groups", "--id", "alice", "--json")
-	if !strings.Contains(out, `"group":"chat"`) || !strings.Contains(out, `"members":["alice","carol"]`) || !strings.Contains(out, `"status":"member"`) {
+	if !strings.Contains(out, `"group":"chat"`) || !strings.Contains(out, `"label":"chat"`) || !strings.Contains(out, `"group_id":"`+gid+`"`) ||
+		!strings.Contains(out, `"members":["alice","carol"]`) || !strings.Contains(out, `"status":"member"`) {
 		t.Fatalf("groups --json: %q", out)
 	}
 	if code, _, errb := cli(t, "send", "--id", "alice", "nosuch", "x"); code != 1 || !strings.Contains(errb, "not in a group \"nosuch\"") {
@@ -305,5 +323,156 @@ func TestClientCommands(t *testing.T) {
 	}
 	if code, _, _ := cli(t, "send", "--id", "alice", "chat"); code != 2 {
 		t.Fatalf("send without text: exit %d", code)
+	}
+}
+
+// groupID returns the id, in hex, of the group named name in the groups
+// of the identity that args pick.
+func groupID(t *testing.T, name string, args ...string) string {
+	t.Helper()
+	out := mustCLI(t, append([]string{"groups", "--json"}, args...)...)
+	for _, line := range strings.Split(strings.TrimSpace(out), "\n") {
+		var st groupStatus
+		if json.Unmarshal([]byte(line), &st) == nil && st.Group == name {
+			return st.GroupID
+		}
+	}
+	t.Fatalf("no group %q in %q", name, out)
+	return ""
+}
+
+// joinLink makes a join link of the group named name, as the identity that
+// args pick, and returns it with its id.
+func joinLinkID(t *testing.T, name string, args ...string) (link, id string) {
+	t.Helper()
+	out := mustCLI(t, append([]string{"link", "--json", name}, args...)...)
+	for _, line := range strings.Split(strings.TrimSpace(out), "\n") {
+		var l linkJSON
+		if json.Unmarshal([]byte(line), &l) == nil && l.Link != "" {
+			return l.Link, l.LinkID
+		}
+	}
+	t.Fatalf("link printed no link: %q", out)
+	return "", ""
+}
+
+func joinLink(t *testing.T, name string, args ...string) string {
+	t.Helper()
+	link, _ := joinLinkID(t, name, args...)
+	return link
+}
+
+// TestClientSameNameNoCollision: two users each create a group named
+// "chat". The names are their own: the group ids are random, so neither
+// create fails, and each one's "chat" is its own group.
+func TestClientSameNameNoCollision(t *testing.T) {
+	url := testServer(t)
+	cfg := t.TempDir()
+	t.Setenv("XDG_CONFIG_HOME", cfg)
+	t.Setenv("HOME", cfg)
+	t.Setenv("MLSDS_CLIENT_SERVER", url)
+	for _, id := range []string{"alice", "bob", "carol"} {
+		mustCLI(t, "init", "--id", id)
+	}
+	mustCLI(t, "create", "--id", "alice", "chat")
+	if out := mustCLI(t, "create", "--id", "bob", "chat"); !strings.Contains(out, "[chat] you created the group (epoch 0, members: bob)") {
+		t.Fatalf("bob's create: %q", out)
+	}
+	aliceChat, bobChat := groupID(t, "chat", "--id", "alice"), groupID(t, "chat", "--id", "bob")
+	if aliceChat == bobChat || len(aliceChat) != 32 || len(bobChat) != 32 {
+		t.Fatalf("group ids %s and %s: want two different random 16-byte ids", aliceChat, bobChat)
+	}
+	// carol is in both; each of alice and bob talks in its own.
+	mustCLI(t, "add", "--id", "alice", "chat", "carol")
+	mustCLI(t, "add", "--id", "bob", "chat", "carol")
+	mustCLI(t, "send", "--id", "alice", "chat", "from alice")
+	mustCLI(t, "send", "--id", "bob", "chat", "from bob")
+	out := mustCLI(t, "groups", "--id", "carol")
+	if !strings.Contains(out, aliceChat[:8]+"  epoch 1  members: alice, carol") || !strings.Contains(out, bobChat[:8]+"  epoch 1  members: bob, carol") {
+		t.Fatalf("carol's groups: %q", out)
+	}
+	if !strings.Contains(out, "["+aliceChat[:8]+"] alice: from alice") || !strings.Contains(out, "["+bobChat[:8]+"] bob: from bob") {
+		t.Fatalf("carol's messages: %q", out)
+	}
+	// carol names both; a name names one group only.
+	mustCLI(t, "label", "--id", "carol", aliceChat[:8], "chat")
+	if code, _, errb := cli(t, "label", "--id", "carol", bobChat, "chat"); code != 1 || !strings.Contains(errb, `another group named "chat"`) {
+		t.Fatalf("label with a name taken: exit %d, %q", code, errb)
+	}
+	mustCLI(t, "label", "--id", "carol", bobChat, "bobs-chat")
+	mustCLI(t, "send", "--id", "carol", "chat", "to alice")
+	mustCLI(t, "send", "--id", "carol", "bobs-chat", "to bob")
+	if out := mustCLI(t, "groups", "--id", "alice"); !strings.Contains(out, "[chat] carol: to alice") || strings.Contains(out, "to bob") {
+		t.Fatalf("alice's view: %q", out)
+	}
+	if out := mustCLI(t, "groups", "--id", "bob"); !strings.Contains(out, "[chat] carol: to bob") || strings.Contains(out, "to alice") {
+		t.Fatalf("bob's view: %q", out)
+	}
+	// Labels are checked.
+	for _, bad := range []string{"", "two words", "-x", "0123456789abcdef", "mlsds-join:x"} {
+		if code, _, _ := cli(t, "label", "--id", "carol", "chat", "--", bad); code != 1 {
+			t.Errorf("label %q: exit %d, want 1", bad, code)
+		}
+	}
+}
+
+// TestClientJoinNeedsLink: a group's name joins nothing; a join link from
+// a member does, until it is revoked.
+func TestClientJoinNeedsLink(t *testing.T) {
+	url := testServer(t)
+	cfg := t.TempDir()
+	t.Setenv("XDG_CONFIG_HOME", cfg)
+	t.Setenv("HOME", cfg)
+	t.Setenv("MLSDS_CLIENT_SERVER", url)
+	for _, id := range []string{"alice", "eve", "frank"} {
+		mustCLI(t, "init", "--id", id)
+	}
+	mustCLI(t, "create", "--id", "alice", "chat")
+	gid := groupID(t, "chat", "--id", "alice")
+
+	// eve knows the name, or even the id: neither joins.
+	for _, name := range []string{"chat", gid} {
+		code, _, errb := cli(t, "join", "--id", "eve", name)
+		if code != 1 || !strings.Contains(errb, "is not a join link: to join a group, ask one of its members for a join link") {
+			t.Fatalf("join %s: exit %d, %q", name, code, errb)
+		}
+	}
+	if code, _, errb := cli(t, "join", "--id", "eve", "mlsds-join:!!.x"); code != 1 || !strings.Contains(errb, "base64url") {
+		t.Fatalf("join with a garbled link: exit %d, %q", code, errb)
+	}
+
+	link, linkID := joinLinkID(t, "chat", "--id", "alice")
+	if !strings.HasPrefix(link, "mlsds-join:") {
+		t.Fatalf("link %q", link)
+	}
+	if out := mustCLI(t, "links", "--id", "alice", "chat"); !strings.Contains(out, linkID+"  made by alice") {
+		t.Fatalf("links: %q", out)
+	}
+	out := mustCLI(t, "join", "--id", "eve", link, "alices-chat")
+	if !strings.Contains(out, "[alices-chat] you joined by external Commit (epoch 1, members: alice, eve)") {
+		t.Fatalf("eve's join: %q", out)
+	}
+	mustCLI(t, "send", "--id", "eve", "alices-chat", "hello from eve")
+	if out := mustCLI(t, "groups", "--id", "alice"); !strings.Contains(out, "[chat] eve joined") || !strings.Contains(out, "[chat] eve: hello from eve") {
+		t.Fatalf("alice's view: %q", out)
+	}
+	if code, _, errb := cli(t, "join", "--id", "eve", link); code != 1 || !strings.Contains(errb, "member of alices-chat already") {
+		t.Fatalf("join again: exit %d, %q", code, errb)
+	}
+
+	// Once alice revokes the link, it admits nobody.
+	mustCLI(t, "unlink", "--id", "alice", "chat", linkID)
+	code, _, errb := cli(t, "join", "--id", "frank", link)
+	if code != 1 || !strings.Contains(errb, "refuses this join link: it was revoked or has expired") {
+		t.Fatalf("join with a revoked link: exit %d, %q", code, errb)
+	}
+	if out := mustCLI(t, "groups", "--id", "frank"); !strings.Contains(out, "frank is in no group") {
+		t.Fatalf("frank's groups: %q", out)
+	}
+	if out := mustCLI(t, "groups", "--id", "alice"); !strings.Contains(out, "chat  epoch 1  members: alice, eve") {
+		t.Fatalf("alice's groups after the refused join: %q", out)
+	}
+	if code, _, errb := cli(t, "unlink", "--id", "alice", "chat", linkID); code != 1 || !strings.Contains(errb, "no live join link") {
+		t.Fatalf("unlink twice: exit %d, %q", code, errb)
 	}
 }

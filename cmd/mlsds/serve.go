@@ -28,13 +28,13 @@ import (
 
 // serveFlags are the flags of `mlsds serve`.
 type serveFlags struct {
-	listen, dataDir, store        string
-	tlsCert, tlsKey               string
-	logLevel, logFormat           string
-	registration, enrollmentToken string
-	jwtKey, jwtAudience           string
-	authSecretFile                string
-	sessionTTL                    time.Duration
+	listen, dataDir, store         string
+	tlsCert, tlsKey                string
+	logLevel, logFormat            string
+	registration, enrollmentToken  string
+	jwtKey, jwtAudience, jwtIssuer string
+	authSecretFile                 string
+	sessionTTL                     time.Duration
 
 	maxMessageSize  byteSize
 	maxGroupSize    int
@@ -64,10 +64,11 @@ func newServeFlagSet(f *serveFlags, stderr io.Writer) *flag.FlagSet {
 	fs.StringVar(&f.corsOrigins, "cors-origins", "", "comma-separated browser origins (https://app.example) allowed to call the API, or *")
 	fs.StringVar(&f.logLevel, "log-level", "info", "debug, info, warn or error")
 	fs.StringVar(&f.logFormat, "log-format", "text", "text or json")
-	fs.StringVar(&f.registration, "registration", "open", "who may register clients: open, token (needs --enrollment-token) or jwt (needs --jwt-key)")
+	fs.StringVar(&f.registration, "registration", "open", "who may register clients: open, token (needs --enrollment-token) or jwt (needs --jwt-key, --jwt-audience and --jwt-issuer)")
 	fs.StringVar(&f.enrollmentToken, "enrollment-token", "", "shared secret that --registration=token requires; prefer the environment variable")
 	fs.StringVar(&f.jwtKey, "jwt-key", "", "PEM public key (or certificate) that signs enrollment JWTs for --registration=jwt")
-	fs.StringVar(&f.jwtAudience, "jwt-audience", "", "if set, enrollment JWTs must carry this audience")
+	fs.StringVar(&f.jwtAudience, "jwt-audience", "", "audience (\"aud\") that enrollment JWTs must carry; required with --registration=jwt")
+	fs.StringVar(&f.jwtIssuer, "jwt-issuer", "", "issuer (\"iss\") that enrollment JWTs must carry; required with --registration=jwt")
 	fs.StringVar(&f.authSecretFile, "auth-secret-file", "", "file with the secret that keys session tokens (hex, at least 32 bytes); default DATA_DIR/auth.key, created if missing. Share it between nodes")
 	fs.DurationVar(&f.sessionTTL, "session-ttl", time.Hour, "lifetime of a session token")
 	f.maxMessageSize = 1 << 20
@@ -79,7 +80,7 @@ func newServeFlagSet(f *serveFlags, stderr io.Writer) *flag.FlagSet {
 	fs.Float64Var(&f.claimerRate, "claimer-rate", 120, "KeyPackage claims per claiming client per minute; negative turns it off")
 	fs.Float64Var(&f.authRateLimit, "auth-rate-limit", 20, "registration and authentication calls per second per remote address; negative turns it off")
 	fs.Uint64Var(&f.appEpochWindow, "app-epoch-window", 2, "how many epochs old an application message may be")
-	fs.StringVar(&f.externalJoin, "external-join", "any", "who may fetch a transparent group's GroupInfo and tree to join it by external Commit: any (every registered client) or members")
+	fs.StringVar(&f.externalJoin, "external-join", "links", "who may fetch a transparent group's GroupInfo and tree and join it by external Commit: links (members, new devices of members' users, holders of a join link), members, or any (every registered client: weakens security, any client can join any transparent group)")
 	fs.IntVar(&f.lowWater, "key-package-low-water", 10, "a client is told when its KeyPackages for a suite fall below this")
 	fs.DurationVar(&f.keepAlive, "keepalive", 30*time.Second, "keep-alive interval on delivery streams")
 	fs.IntVar(&f.maxStreams, "max-streams-per-client", 4, "open delivery streams per client; one more ends the oldest")
@@ -144,12 +145,16 @@ func newLogger(w io.Writer, level, format string) (*slog.Logger, error) {
 func serve(ctx context.Context, f *serveFlags, log *slog.Logger) error {
 	var externalJoin ds.ExternalJoinPolicy
 	switch f.externalJoin {
-	case "any":
-		externalJoin = ds.ExternalJoinAllow
+	case "links", "":
+		externalJoin = ds.ExternalJoinLinks
 	case "members":
 		externalJoin = ds.ExternalJoinMembersOnly
+	case "any":
+		// An explicit opt-out of the default: strangers may join.
+		externalJoin = ds.ExternalJoinAny
+		log.Warn("--external-join any: every registered client may join every transparent group by external Commit")
 	default:
-		return fmt.Errorf("--external-join must be any or members, not %q", f.externalJoin)
+		return fmt.Errorf("--external-join must be links, members or any, not %q", f.externalJoin)
 	}
 	reg, err := server.ParseRegistration(f.registration)
 	if err != nil {
@@ -178,6 +183,7 @@ func serve(ctx context.Context, f *serveFlags, log *slog.Logger) error {
 		Registration:        reg,
 		EnrollmentToken:     f.enrollmentToken,
 		JWTAudience:         f.jwtAudience,
+		JWTIssuer:           f.jwtIssuer,
 		AuthSecret:          secret,
 		SessionTTL:          f.sessionTTL,
 		AuthRatePerSecond:   f.authRateLimit,
@@ -193,6 +199,9 @@ func serve(ctx context.Context, f *serveFlags, log *slog.Logger) error {
 	if reg == server.RegistrationJWT {
 		if f.jwtKey == "" {
 			return errors.New("--registration=jwt needs --jwt-key")
+		}
+		if f.jwtAudience == "" || f.jwtIssuer == "" {
+			return errors.New("--registration=jwt needs --jwt-audience and --jwt-issuer: the audience and issuer your identity service puts in enrollment JWTs")
 		}
 		if cfg.JWTKey, err = server.LoadJWTKey(f.jwtKey); err != nil {
 			return err

@@ -25,6 +25,7 @@ import (
 
 	mlsdsv1 "github.com/mlsds/mlsds/api/mlsds/v1"
 	"github.com/mlsds/mlsds/api/mlsds/v1/mlsdsv1connect"
+	"github.com/mlsds/mlsds/ds"
 	"github.com/mlsds/mlsds/internal/pgtest"
 	"github.com/mlsds/mlsds/mls"
 )
@@ -233,8 +234,11 @@ func newClient(tb testing.TB, n *node, id string) *client {
 		tb.Fatal(err)
 	}
 	ctx := context.Background()
-	if _, err := c.auth.RegisterClient(ctx, connect.NewRequest(&mlsdsv1.RegisterClientRequest{
-		Credential: cb, SignatureKey: pub, CipherSuite: uint32(suite)})); err != nil {
+	reg := &mlsdsv1.RegisterClientRequest{Credential: cb, SignatureKey: pub, CipherSuite: uint32(suite)}
+	if reg.Proof, err = suite.SignWithLabel(priv, ds.RegisterLabel, ds.RegisterTBS(reg.Credential, reg.SignatureKey, suite, reg.UserId)); err != nil {
+		tb.Fatal(err)
+	}
+	if _, err := c.auth.RegisterClient(ctx, connect.NewRequest(reg)); err != nil {
 		tb.Fatalf("RegisterClient(%s): %v", id, err)
 	}
 	ch, err := c.auth.GetChallenge(ctx, connect.NewRequest(&mlsdsv1.GetChallengeRequest{ClientId: id}))
@@ -320,13 +324,28 @@ func privateMessage(tb testing.TB, groupID []byte, epoch uint64, ct mls.ContentT
 	}})
 }
 
+// createOpaqueGroup creates an opaque group of c and others. Each other
+// member consents as a client does: it publishes a KeyPackage, which c
+// claims and passes in key_packages.
 func (c *client) createOpaqueGroup(tb testing.TB, groupID []byte, others []*client) {
 	tb.Helper()
+	ctx := context.Background()
 	req := &mlsdsv1.CreateGroupRequest{GroupId: groupID, Mode: mlsdsv1.GroupMode_GROUP_MODE_OPAQUE}
 	for _, o := range others {
-		if o != c {
-			req.Members = append(req.Members, o.id)
+		if o == c {
+			continue
 		}
+		req.Members = append(req.Members, o.id)
+		if _, err := o.kps.UploadKeyPackages(ctx, connect.NewRequest(&mlsdsv1.UploadKeyPackagesRequest{
+			KeyPackages: []*mlsdsv1.KeyPackageUpload{{KeyPackage: o.keyPackage(tb)}}})); err != nil {
+			tb.Fatalf("UploadKeyPackages(%s): %v", o.id, err)
+		}
+		res, err := c.kps.ClaimKeyPackages(ctx, connect.NewRequest(&mlsdsv1.ClaimKeyPackagesRequest{
+			Target: &mlsdsv1.ClaimKeyPackagesRequest_ClientId{ClientId: o.id}, CipherSuite: uint32(suite)}))
+		if err != nil || len(res.Msg.KeyPackages) != 1 {
+			tb.Fatalf("ClaimKeyPackages(%s) by %s: %v", o.id, c.id, err)
+		}
+		req.KeyPackages = append(req.KeyPackages, res.Msg.KeyPackages[0].KeyPackage)
 	}
 	if _, err := c.groups.CreateGroup(context.Background(), connect.NewRequest(req)); err != nil {
 		tb.Fatalf("CreateGroup: %v", err)

@@ -150,8 +150,11 @@ func (e *env) client(t *testing.T, id string, sigPriv []byte) *client {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, err := c.auth.RegisterClient(context.Background(), connect.NewRequest(&mlsdsv1.RegisterClientRequest{
-		Credential: cred, SignatureKey: sigPub, CipherSuite: uint32(suite)})); err != nil {
+	reg := &mlsdsv1.RegisterClientRequest{Credential: cred, SignatureKey: sigPub, CipherSuite: uint32(suite)}
+	if reg.Proof, err = suite.SignWithLabel(sigPriv, ds.RegisterLabel, ds.RegisterTBS(reg.Credential, reg.SignatureKey, suite, reg.UserId)); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := c.auth.RegisterClient(context.Background(), connect.NewRequest(reg)); err != nil {
 		t.Fatalf("RegisterClient(%s): %v", id, err)
 	}
 	return c
@@ -184,6 +187,15 @@ func (c *client) keyPackage() (*mls.KeyPackage, *mls.KeyPackagePrivate) {
 		c.t.Fatal(err)
 	}
 	return kp, priv
+}
+
+// publish uploads kp, a KeyPackage of c: c's consent to be added with it.
+func (c *client) publish(kp *mls.KeyPackage) {
+	c.t.Helper()
+	if _, err := c.kps.UploadKeyPackages(context.Background(), connect.NewRequest(&mlsdsv1.UploadKeyPackagesRequest{
+		KeyPackages: []*mlsdsv1.KeyPackageUpload{{KeyPackage: wire(c.t, &mls.MLSMessage{WireFormat: mls.WireFormatKeyPackage, KeyPackage: kp})}}})); err != nil {
+		c.t.Fatalf("UploadKeyPackages(%s): %v", c.id, err)
+	}
 }
 
 func wire(t *testing.T, m *mls.MLSMessage) []byte {
@@ -352,8 +364,10 @@ func runPartialJoin(t *testing.T, warm bool) figures {
 	joiner := e.client(t, "joiner", nil)
 	joiner.login()
 
-	// Members 1..998, registered; those in fullAt also get a whole-tree
-	// mls.Group, locally, from the Welcome of the Commit that adds them.
+	// Members 1..998, registered, each publishing the KeyPackage through
+	// which the creator adds it (its consent); those in fullAt also get a
+	// whole-tree mls.Group, locally, from the Welcome of the Commit that
+	// adds them.
 	fullAt := map[int]bool{256: true}
 	if warm {
 		for _, l := range warmLeaves {
@@ -363,18 +377,33 @@ func runPartialJoin(t *testing.T, warm bool) figures {
 	var kps []*mls.KeyPackage
 	privs := map[int]*mls.KeyPackagePrivate{}
 	clients := map[int]*client{}
+	var ids []string
 	for i := 1; i < size-1; i++ {
 		c := e.client(t, fmt.Sprintf("m%04d", i), nil)
+		c.login()
 		kp, priv := c.keyPackage()
+		c.publish(kp)
 		kps = append(kps, kp)
+		ids = append(ids, c.id)
 		if fullAt[i] {
-			c.login()
 			clients[i], privs[i] = c, priv
+		}
+	}
+	// The creator claims them, in one batch, as an adder does.
+	claimed, err := creator.c.kps.ClaimKeyPackages(ctx, connect.NewRequest(&mlsdsv1.ClaimKeyPackagesRequest{ClientIds: ids, CipherSuite: uint32(suite)}))
+	if err != nil {
+		t.Fatalf("ClaimKeyPackages of %d members: %v", len(ids), err)
+	}
+	if got := len(claimed.Msg.KeyPackages); got != len(kps) {
+		t.Fatalf("claimed %d KeyPackages of %d members", got, len(kps))
+	}
+	for i, c := range claimed.Msg.KeyPackages {
+		if ref, err := kps[i].Ref(); err != nil || c.ClientId != ids[i] || !bytes.Equal(c.Ref, ref) {
+			t.Fatalf("claim %d: %s's KeyPackage %x, want %s's %x (%v)", i, c.ClientId, c.Ref, ids[i], ref, err)
 		}
 	}
 
 	ckp, cpriv := creator.c.keyPackage()
-	var err error
 	if creator.g, err = mls.NewGroup(gid, ckp, cpriv); err != nil {
 		t.Fatal(err)
 	}
@@ -439,17 +468,18 @@ func runPartialJoin(t *testing.T, warm bool) figures {
 			if err := f.g.MergePendingCommit(); err != nil {
 				t.Fatal(err)
 			}
-			f.c.commit(c, nil, nil)
+			gi, err := f.g.GroupInfo(false)
+			if err != nil {
+				t.Fatal(err)
+			}
+			f.c.commit(c, nil, gi)
 			follow(f, c)
 		}
 	}
 
 	// Next epoch: the joiner, with a Welcome without the tree.
 	jkp, jpriv := joiner.keyPackage()
-	if _, err := joiner.kps.UploadKeyPackages(ctx, connect.NewRequest(&mlsdsv1.UploadKeyPackagesRequest{
-		KeyPackages: []*mlsdsv1.KeyPackageUpload{{KeyPackage: wire(t, &mls.MLSMessage{WireFormat: mls.WireFormatKeyPackage, KeyPackage: jkp})}}})); err != nil {
-		t.Fatal(err)
-	}
+	joiner.publish(jkp)
 	c2, wFull, err := creator.g.Commit([]*mls.KeyPackage{jkp}, nil)
 	if err != nil {
 		t.Fatal(err)
@@ -582,7 +612,11 @@ func runPartialJoin(t *testing.T, warm bool) figures {
 	if err := cg.MergePendingCommit(); err != nil {
 		t.Fatal(err)
 	}
-	creator.c.commit(c4, nil, nil)
+	gi4, err := cg.GroupInfo(false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	creator.c.commit(c4, nil, gi4)
 	follow(creator, c4)
 	if err := pg.HandleCommit(joiner.last(gid).PublicMessage, src); err != nil {
 		t.Fatalf("joiner follows the creator's Commit: %v", err)

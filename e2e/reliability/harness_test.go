@@ -26,6 +26,8 @@ import (
 
 	mlsdsv1 "github.com/mlsds/mlsds/api/mlsds/v1"
 	"github.com/mlsds/mlsds/api/mlsds/v1/mlsdsv1connect"
+	"github.com/mlsds/mlsds/ds"
+	"github.com/mlsds/mlsds/ds/store/storetest"
 	"github.com/mlsds/mlsds/mls"
 )
 
@@ -235,9 +237,36 @@ func (b bearer) WrapStreamingHandler(next connect.StreamingHandlerFunc) connect.
 // client is a registered, authenticated MLS client. Its session token
 // survives restarts (the token secret lives in the data directory).
 type client struct {
-	id    string
-	token string
-	srv   *server
+	id              string
+	token           string
+	srv             *server
+	sigPriv, sigPub []byte
+}
+
+func (c *client) kps() mlsdsv1connect.KeyPackageServiceClient {
+	url, hc, _ := c.srv.current()
+	return mlsdsv1connect.NewKeyPackageServiceClient(hc, url, connect.WithInterceptors(bearer{&c.token}))
+}
+
+// publishKeyPackage uploads a fresh KeyPackage of c (RFC 9420 §10).
+func (c *client) publishKeyPackage(tb testing.TB) {
+	tb.Helper()
+	m := storetest.Member{ID: c.id, SigPriv: c.sigPriv, SigPub: c.sigPub}
+	if _, err := c.kps().UploadKeyPackages(context.Background(), connect.NewRequest(&mlsdsv1.UploadKeyPackagesRequest{
+		KeyPackages: []*mlsdsv1.KeyPackageUpload{{KeyPackage: m.KeyPackage(tb, time.Now())}}})); err != nil {
+		tb.Fatalf("UploadKeyPackages(%s): %v", c.id, err)
+	}
+}
+
+// claim claims a KeyPackage of the client id and returns it as uploaded.
+func (c *client) claim(tb testing.TB, id string) []byte {
+	tb.Helper()
+	res, err := c.kps().ClaimKeyPackages(context.Background(), connect.NewRequest(&mlsdsv1.ClaimKeyPackagesRequest{
+		Target: &mlsdsv1.ClaimKeyPackagesRequest_ClientId{ClientId: id}, CipherSuite: uint32(suite)}))
+	if err != nil || len(res.Msg.KeyPackages) != 1 {
+		tb.Fatalf("ClaimKeyPackages(%s) by %s: %v", id, c.id, err)
+	}
+	return res.Msg.KeyPackages[0].KeyPackage
 }
 
 func (c *client) groups() mlsdsv1connect.GroupServiceClient {
@@ -266,8 +295,11 @@ func newClient(tb testing.TB, s *server, id string) *client {
 	url, hc, _ := s.current()
 	auth := mlsdsv1connect.NewAuthServiceClient(hc, url)
 	ctx := context.Background()
-	if _, err := auth.RegisterClient(ctx, connect.NewRequest(&mlsdsv1.RegisterClientRequest{
-		Credential: cb, SignatureKey: pub, CipherSuite: uint32(suite)})); err != nil {
+	reg := &mlsdsv1.RegisterClientRequest{Credential: cb, SignatureKey: pub, CipherSuite: uint32(suite)}
+	if reg.Proof, err = suite.SignWithLabel(priv, ds.RegisterLabel, ds.RegisterTBS(reg.Credential, reg.SignatureKey, suite, reg.UserId)); err != nil {
+		tb.Fatal(err)
+	}
+	if _, err := auth.RegisterClient(ctx, connect.NewRequest(reg)); err != nil {
 		tb.Fatalf("RegisterClient(%s): %v", id, err)
 	}
 	ch, err := auth.GetChallenge(ctx, connect.NewRequest(&mlsdsv1.GetChallengeRequest{ClientId: id}))
@@ -283,7 +315,7 @@ func newClient(tb testing.TB, s *server, id string) *client {
 	if err != nil {
 		tb.Fatalf("Authenticate(%s): %v", id, err)
 	}
-	return &client{id: id, token: res.Msg.SessionToken, srv: s}
+	return &client{id: id, token: res.Msg.SessionToken, srv: s, sigPriv: priv, sigPub: pub}
 }
 
 func randBytes(n int) []byte {
@@ -312,12 +344,17 @@ func privateMessage(tb testing.TB, groupID []byte, epoch uint64, ct mls.ContentT
 	return b
 }
 
+// createOpaqueGroup creates an opaque group of c and others. Each other
+// member consents as a client does: it publishes a KeyPackage, which c
+// claims and passes in key_packages.
 func (c *client) createOpaqueGroup(tb testing.TB, groupID []byte, others []*client) {
 	tb.Helper()
 	req := &mlsdsv1.CreateGroupRequest{GroupId: groupID, Mode: mlsdsv1.GroupMode_GROUP_MODE_OPAQUE}
 	for _, o := range others {
 		if o != c {
 			req.Members = append(req.Members, o.id)
+			o.publishKeyPackage(tb)
+			req.KeyPackages = append(req.KeyPackages, c.claim(tb, o.id))
 		}
 	}
 	if _, err := c.groups().CreateGroup(context.Background(), connect.NewRequest(req)); err != nil {

@@ -2,10 +2,12 @@ package sdk
 
 import (
 	"bytes"
+	"maps"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"regexp"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -21,6 +23,12 @@ type readmeStep struct {
 }
 
 var terminalRe = regexp.MustCompile(`(?i)terminal (\d+)`)
+
+// groupRe finds the group names in the lines a terminal shows. A group
+// that its client has no name for shows as the first 8 hex digits of its
+// random id: those of the README are an example, which the test binds to
+// the digits the terminal really shows, and replaces in later commands.
+var groupRe = regexp.MustCompile(`\[([0-9a-f]{8})\]`)
 
 // readmeChat reads the "Chat from two terminals" section of the README:
 // each code block belongs to the terminal the text before it names last.
@@ -65,6 +73,25 @@ func readmeChat(t *testing.T) []readmeStep {
 		}
 	}
 	return steps
+}
+
+// lineRegexp matches line literally, but for its example group ids: those
+// bound stand for their real digits, the others for any 8 hex digits
+// (captured, one group per id of the line).
+func lineRegexp(line string, bound map[string]string) *regexp.Regexp {
+	var b strings.Builder
+	last := 0
+	for _, m := range groupRe.FindAllStringSubmatchIndex(line, -1) {
+		b.WriteString(regexp.QuoteMeta(line[last:m[2]]))
+		if real, ok := bound[line[m[2]:m[3]]]; ok {
+			b.WriteString("(" + regexp.QuoteMeta(real) + ")")
+		} else {
+			b.WriteString("([0-9a-f]{8})")
+		}
+		last = m[3]
+	}
+	b.WriteString(regexp.QuoteMeta(line[last:]))
+	return regexp.MustCompile(b.String())
 }
 
 // shellWords splits a command line of the README: words, and double- or
@@ -165,6 +192,7 @@ func TestREADMEChat(t *testing.T) {
 		}
 	})
 	var ran, checked int
+	ids := map[string]string{} // README example digits -> the real ones
 	for _, st := range steps {
 		t.Logf("terminal %s: commands %q, shows %q", st.terminal, st.commands, st.shows)
 		for _, args := range st.commands {
@@ -173,6 +201,16 @@ func TestREADMEChat(t *testing.T) {
 			}
 			if running[st.terminal] {
 				interrupt(st.terminal) // Ctrl-C before the next command
+			}
+			args = slices.Clone(args)
+			for i, a := range args {
+				if len(a) == 8 && groupRe.MatchString("["+a+"]") {
+					real, ok := ids[a]
+					if !ok {
+						t.Fatalf("README: terminal %s's command %q uses the group id %s before a terminal shows it", st.terminal, args, a)
+					}
+					args[i] = real
+				}
 			}
 			cmd := exec.Command(binPath, args...)
 			cmd.Env = env
@@ -187,7 +225,7 @@ func TestREADMEChat(t *testing.T) {
 				go func() { l.exit <- cmd.Wait() }()
 				listens[st.terminal], running[st.terminal] = l, true
 				// Like a person, wait until it says it listens.
-				waitShown(t, st.terminal, l, []string{"listening as"})
+				waitShown(t, st.terminal, l, []string{"listening as"}, ids)
 				continue
 			}
 			out, err := cmd.CombinedOutput()
@@ -200,7 +238,7 @@ func TestREADMEChat(t *testing.T) {
 			if l == nil {
 				t.Fatalf("README: terminal %s shows output, but no listen ran there", st.terminal)
 			}
-			waitShown(t, st.terminal, l, st.shows)
+			waitShown(t, st.terminal, l, st.shows, ids)
 			checked += len(st.shows)
 		}
 	}
@@ -216,21 +254,30 @@ func TestREADMEChat(t *testing.T) {
 }
 
 // waitShown waits until the terminal's output holds the lines, in order.
-func waitShown(t *testing.T, term string, l *terminal, lines []string) {
+// A group id of the README's (see groupRe) stands for the one ids binds
+// it to, or, if unbound, for any, which it then binds.
+func waitShown(t *testing.T, term string, l *terminal, lines []string, ids map[string]string) {
 	t.Helper()
 	deadline := time.Now().Add(45 * time.Second)
 	for {
 		out := l.out.String()
 		rest, ok := out, true
+		bound := maps.Clone(ids)
 		for _, line := range lines {
-			i := strings.Index(rest, line)
-			if i < 0 {
+			m := lineRegexp(line, bound).FindStringSubmatchIndex(rest)
+			if m == nil {
 				ok = false
 				break
 			}
-			rest = rest[i+len(line):]
+			for i, ex := range groupRe.FindAllStringSubmatch(line, -1) {
+				if _, ok := bound[ex[1]]; !ok && 2*i+3 < len(m) && m[2*i+2] >= 0 {
+					bound[ex[1]] = rest[m[2*i+2]:m[2*i+3]]
+				}
+			}
+			rest = rest[m[1]:]
 		}
 		if ok {
+			maps.Copy(ids, bound)
 			return
 		}
 		select {

@@ -183,11 +183,20 @@ func TestGroupLife(t *testing.T) {
 	}
 	exchange(t, gid, 10, "without-carol", 0, alice, bob)
 
-	// A fourth client joins by external Commit and exchanges messages.
+	// A fourth client joins by external Commit, with a join link alice
+	// gives it, and exchanges messages.
 	dave := srv.open("dave")
-	dg, err := dave.JoinExternal(ctx, gid)
+	link, err := alice.Group(gid).CreateJoinLink(ctx, time.Hour)
 	if err != nil {
-		t.Fatalf("dave JoinExternal: %v", err)
+		t.Fatalf("alice CreateJoinLink: %v", err)
+	}
+	parsed, err := client.ParseJoinLink(link.String())
+	if err != nil {
+		t.Fatalf("ParseJoinLink(%q): %v", link, err)
+	}
+	dg, err := dave.JoinWithLink(ctx, parsed)
+	if err != nil {
+		t.Fatalf("dave JoinWithLink: %v", err)
 	}
 	if got := dg.Members(); !slices.Equal(got, []string{"alice", "bob", "dave"}) {
 		t.Errorf("dave's members after joining: %v", got)

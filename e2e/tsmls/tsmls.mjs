@@ -120,6 +120,22 @@ export function leafOf(state, id) {
   throw new Error(`${id} is not a member`)
 }
 
+// opaqueV is v with the variable-size length prefix of RFC 9420 §2.1.2.
+function opaqueV(v) {
+  const n = v.length
+  let prefix
+  if (n < 1 << 6) prefix = [n]
+  else if (n < 1 << 14) prefix = [0x40 | (n >> 8), n & 0xff]
+  else prefix = [0x80 | (n >>> 24), (n >> 16) & 0xff, (n >> 8) & 0xff, n & 0xff]
+  return [...prefix, ...v]
+}
+
+// registerTBS is what a client signs to register its key (auth.proto):
+// struct { opaque credential<V>; opaque signature_key<V>; uint16 cipher_suite; opaque user_id<V>; }.
+export function registerTBS(credential, signatureKey, suite, userId) {
+  return new Uint8Array([...opaqueV(credential), ...opaqueV(signatureKey), suite >> 8, suite & 0xff, ...opaqueV(enc.encode(userId))])
+}
+
 // Client is one ts-mls client and its session with the DS.
 export class Client {
   constructor(id) {
@@ -139,10 +155,15 @@ export class Client {
     this.kp = await generateKeyPackage(this.credential, defaultCapabilities(), lifetime, [], impl)
     this.sigPriv = this.kp.privatePackage.signaturePrivateKey
     const sigPub = this.kp.publicPackage.leafNode.signaturePublicKey
+    const credential = encodeCredential(this.credential)
+    // Proof of possession of the key (auth.proto, RegisterClientRequest.proof):
+    // SignWithLabel(key, "mlsds register", RegisterTBS).
+    const proof = await signWithLabel(this.sigPriv, "mlsds register", registerTBS(credential, sigPub, SUITE, ""), impl.signature)
     const r = await rpc("mlsds.v1.AuthService/RegisterClient", {
-      credential: b64(encodeCredential(this.credential)),
+      credential: b64(credential),
       signatureKey: b64(sigPub),
       cipherSuite: SUITE,
+      proof: b64(proof),
     })
     if (r.clientId !== this.id) throw new Error(`RegisterClient: client id ${r.clientId}, want ${this.id}`)
     const ch = await rpc("mlsds.v1.AuthService/GetChallenge", { clientId: this.id })

@@ -11,6 +11,7 @@ import (
 
 	mlsdsv1 "github.com/mlsds/mlsds/api/mlsds/v1"
 	"github.com/mlsds/mlsds/api/mlsds/v1/mlsdsv1connect"
+	"github.com/mlsds/mlsds/client"
 	"github.com/mlsds/mlsds/mls"
 )
 
@@ -76,8 +77,11 @@ func newRawMember(ctx context.Context, hc *http.Client, url, id string, kps int)
 		return nil, err
 	}
 	auth := mlsdsv1connect.NewAuthServiceClient(hc, url)
-	if _, err := auth.RegisterClient(ctx, connect.NewRequest(&mlsdsv1.RegisterClientRequest{
-		Credential: cb, SignatureKey: pub, CipherSuite: uint32(benchSuite)})); err != nil {
+	reg := &mlsdsv1.RegisterClientRequest{Credential: cb, SignatureKey: pub, CipherSuite: uint32(benchSuite)}
+	if err := client.SignRegistration(priv, reg); err != nil {
+		return nil, err
+	}
+	if _, err := auth.RegisterClient(ctx, connect.NewRequest(reg)); err != nil {
 		return nil, fmt.Errorf("registering %s: %w", id, err)
 	}
 	ch, err := auth.GetChallenge(ctx, connect.NewRequest(&mlsdsv1.GetChallengeRequest{ClientId: id}))

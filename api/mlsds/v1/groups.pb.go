@@ -88,16 +88,17 @@ type CreateGroupRequest struct {
 	// unless the GroupInfo carries a ratchet_tree extension.
 	RatchetTree []byte `protobuf:"bytes,4,opt,name=ratchet_tree,json=ratchetTree,proto3" json:"ratchet_tree,omitempty"`
 	// Opaque mode: the initial roster besides the creator, as client ids.
+	// Each must consent with a KeyPackage in key_packages.
 	Members []string `protobuf:"bytes,5,rep,name=members,proto3" json:"members,omitempty"`
 	// Opaque mode: the group's current epoch (usually 0). Transparent mode
 	// takes it from the GroupInfo.
 	Epoch uint64 `protobuf:"varint,6,opt,name=epoch,proto3" json:"epoch,omitempty"`
-	// Transparent mode: the KeyPackages (MLSMessages) through which the
-	// tree's leaves other than the creator's came in. Each must have been
-	// published to this server by the client its leaf names, must not have
-	// been used before (unless last-resort), and its leaf_node must equal the
-	// leaf in the tree; the server marks it used. This is how a client shows
-	// it consented to be in the group.
+	// The KeyPackages (MLSMessages) through which the other members came in:
+	// in transparent mode one for each tree leaf but the creator's, whose
+	// leaf_node equals that leaf; in opaque mode one for each client in
+	// members. Each must have been published to this server by that client
+	// and not used before (unless last-resort); the server marks it used.
+	// This is how a client shows it consented to be in the group.
 	KeyPackages   [][]byte `protobuf:"bytes,7,rep,name=key_packages,json=keyPackages,proto3" json:"key_packages,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache

@@ -243,12 +243,14 @@ func (s *Store) appendSegment(ctx context.Context, tx pgx.Tx, ps []ds.AcceptPara
 				GroupSeq: uint64(d.seq), Epoch: uint64(d.epoch), AcceptedAt: d.at.UTC()}}
 			continue
 		}
-		if err := ds.CheckEpoch(*p, uint64(hd.epoch), uint64(hd.start)); err != nil {
-			errs[i] = err
-			continue
-		}
+		// Membership before the epoch: a non-member learns nothing of
+		// the group's epoch.
 		if p.RequireMember && !members[string(g)+"\x00"+p.Sender] {
 			errs[i] = fmt.Errorf("%w: %q is not a member of group %x", ds.ErrNotMember, p.Sender, p.GroupID)
+			continue
+		}
+		if err := ds.CheckEpoch(*p, uint64(hd.epoch), uint64(hd.start)); err != nil {
+			errs[i] = err
 			continue
 		}
 		hd.last++

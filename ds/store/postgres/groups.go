@@ -47,10 +47,27 @@ func (s *Store) CreateGroup(ctx context.Context, g ds.GroupRecord, members []str
 		if len(members) > 0 {
 			queueAddMembers(b, g.ID, members, 1)
 		}
+		consume := dedupeRefs(g.ConsumeKeyPackages)
+		if len(consume) > 0 {
+			queueConsume(b, consume, g.CreatedAt)
+		}
 		if b.Len() == 0 {
 			return nil
 		}
-		return tx.SendBatch(ctx, b).Close()
+		br := tx.SendBatch(ctx, b)
+		defer br.Close()
+		for i := 0; i < b.Len(); i++ {
+			if i == b.Len()-1 && len(consume) > 0 {
+				if err := checkConsumed(br.QueryRow(), consume); err != nil {
+					return err
+				}
+				continue
+			}
+			if _, err := br.Exec(); err != nil {
+				return err
+			}
+		}
+		return br.Close()
 	})
 }
 
@@ -358,11 +375,13 @@ func (s *Store) acceptTx(ctx context.Context, tx pgx.Tx, p ds.AcceptParams) (ds.
 			return cerr
 		}
 
-		if err := ds.CheckEpoch(p, uint64(epoch), uint64(start)); err != nil {
-			return err
-		}
+		// Membership before the epoch: a non-member learns nothing of
+		// the group's epoch.
 		if !member {
 			return fmt.Errorf("%w: %q is not a member of group %x", ds.ErrNotMember, p.Sender, p.GroupID)
+		}
+		if err := ds.CheckEpoch(p, uint64(epoch), uint64(start)); err != nil {
+			return err
 		}
 		if p.ChangesState() && uint64(version) != p.StateVersion {
 			return ds.ErrStateConflict
@@ -412,9 +431,10 @@ func (s *Store) acceptTx(ctx context.Context, tx pgx.Tx, p ds.AcceptParams) (ds.
 					groupID, seq, routeClients, routeRefs)
 			}
 		}
-		if len(p.ConsumeKeyPackages) > 0 {
-			w.Queue(`UPDATE key_packages SET consumed_at = $1
-				WHERE ref = ANY($2) AND NOT last_resort AND consumed_at IS NULL`, at, nonNilAll(p.ConsumeKeyPackages))
+		consume := dedupeRefs(p.ConsumeKeyPackages)
+		if len(consume) > 0 {
+			// Last, so that its tag is the batch's last result.
+			queueConsume(w, consume, at)
 		}
 		wr := tx.SendBatch(ctx, w)
 		defer wr.Close()
@@ -432,6 +452,12 @@ func (s *Store) acceptTx(ctx context.Context, tx pgx.Tx, p ds.AcceptParams) (ds.
 			return fmt.Errorf("postgres: group %x changed under its row lock", p.GroupID)
 		}
 		for i := 2; i < w.Len(); i++ {
+			if i == w.Len()-1 && len(consume) > 0 {
+				if err := checkConsumed(wr.QueryRow(), consume); err != nil {
+					return err
+				}
+				continue
+			}
 			if _, err := wr.Exec(); err != nil {
 				return err
 			}
@@ -587,4 +613,45 @@ func (s *Store) PendingWelcomes(ctx context.Context, clientID string) ([]ds.Welc
 		return w, nil
 	})
 	return out, engineErr("read pending welcomes", err)
+}
+
+// queueConsume marks the KeyPackages refs (distinct) used at at, leaving
+// last-resort ones as they are; one used without a claim counts as claimed
+// too, so that no claim hands it out afterwards. Each must be stored and, unless
+// last-resort, not used yet: the statement answers how many refs passed,
+// and checkConsumed fails with ds.ErrKeyPackageUsed unless all did. Under
+// READ COMMITTED a concurrent transaction that used one first makes its
+// row fail the WHERE once its lock is released, so two groups cannot both
+// use one KeyPackage.
+func queueConsume(b *pgx.Batch, refs [][]byte, at time.Time) {
+	b.Queue(`WITH used AS (
+			UPDATE key_packages SET consumed_at = $1, claimed_at = COALESCE(claimed_at, $1)
+			WHERE ref = ANY($2) AND NOT last_resort AND consumed_at IS NULL
+			RETURNING 1)
+		SELECT (SELECT count(*) FROM used) + (SELECT count(*) FROM key_packages WHERE ref = ANY($2) AND last_resort)`, at, refs)
+}
+
+// checkConsumed reads the answer of queueConsume's statement.
+func checkConsumed(row pgx.Row, refs [][]byte) error {
+	var n int64
+	if err := row.Scan(&n); err != nil {
+		return err
+	}
+	if n != int64(len(refs)) {
+		return fmt.Errorf("%w: one of KeyPackages %x", ds.ErrKeyPackageUsed, refs)
+	}
+	return nil
+}
+
+// dedupeRefs returns refs without repetitions, in their first order.
+func dedupeRefs(refs [][]byte) [][]byte {
+	seen := make(map[string]bool, len(refs))
+	var out [][]byte
+	for _, r := range refs {
+		if !seen[string(r)] {
+			seen[string(r)] = true
+			out = append(out, nonNil(r))
+		}
+	}
+	return out
 }

@@ -310,10 +310,12 @@ func fromTS(t *time.Time) time.Time {
 	return t.UTC()
 }
 
-// u64 converts an unsigned counter for a bigint column.
+// u64 converts an unsigned counter for a bigint column. A value beyond the
+// column is the caller's mistake (ErrInvalidArgument), not the engine's
+// failure.
 func u64(v uint64) (int64, error) {
 	if v > 1<<63-1 {
-		return 0, fmt.Errorf("postgres: %d does not fit in a bigint column", v)
+		return 0, fmt.Errorf("%w: %d is above %d, the largest number the store keeps", ds.ErrInvalidArgument, v, int64(1<<63-1))
 	}
 	return int64(v), nil
 }

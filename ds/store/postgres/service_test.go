@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"github.com/mlsds/mlsds/ds"
+	"github.com/mlsds/mlsds/ds/store/storetest"
 	"github.com/mlsds/mlsds/internal/pgtest"
 	"github.com/mlsds/mlsds/mls"
 )
@@ -44,8 +45,9 @@ func TestServicesOnTwoNodes(t *testing.T) {
 	if err := storeB.notifier.Ready(ctx()); err != nil {
 		t.Fatal(err)
 	}
-	for _, id := range []string{"alice", "bob"} {
-		if err := nodeA.RegisterClient(ctx(), ds.Client{ID: id, CipherSuite: suite, SignatureKey: random(32)}); err != nil {
+	alice, bob := storetest.NewMember(t, "alice"), storetest.NewMember(t, "bob")
+	for _, m := range []*storetest.Member{alice, bob} {
+		if err := nodeA.RegisterClient(ctx(), m.Client("")); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -68,7 +70,7 @@ func TestServicesOnTwoNodes(t *testing.T) {
 				t.Fatalf("subscription failed while waiting for %s: %v", what, ev.Err)
 			}
 			if ev.KeyPackageLow != nil {
-				return next(what) // bob has no KeyPackages: not what this test is about
+				return next(what) // bob's stock of KeyPackages is not what this test is about
 			}
 			return ev
 		case <-time.After(10 * time.Second):
@@ -83,7 +85,8 @@ func TestServicesOnTwoNodes(t *testing.T) {
 	// Bob is added to a group through node A: node B learns of the group by
 	// the client topic, then of its messages by the group topic.
 	gid := []byte("cross-node group")
-	if err := nodeA.CreateGroup(ctx(), "alice", ds.CreateGroup{GroupID: gid, Mode: ds.ModeOpaque, Members: []string{"bob"}}); err != nil {
+	if err := nodeA.CreateGroup(ctx(), "alice", ds.CreateGroup{GroupID: gid, Mode: ds.ModeOpaque, Members: []string{"bob"},
+		KeyPackages: storetest.Consent(t, nodeA, bob)}); err != nil {
 		t.Fatal(err)
 	}
 	const n = 20

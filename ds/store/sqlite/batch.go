@@ -172,8 +172,10 @@ func (a *appendBatch) accept(ctx context.Context, p *ds.AcceptParams) (ds.Accept
 	if err != nil {
 		return ds.AcceptResult{}, err
 	}
-	refuse := ds.CheckEpoch(*p, uint64(g.epoch), uint64(g.start))
-	if refuse == nil && p.RequireMember {
+	// Membership before the epoch: a non-member learns nothing of the
+	// group's epoch.
+	var refuse error
+	if p.RequireMember {
 		ok, err := a.isMember(ctx, p.GroupID, p.Sender)
 		if err != nil {
 			return ds.AcceptResult{}, err
@@ -181,6 +183,9 @@ func (a *appendBatch) accept(ctx context.Context, p *ds.AcceptParams) (ds.Accept
 		if !ok {
 			refuse = fmt.Errorf("%w: %q is not a member of group %x", ds.ErrNotMember, p.Sender, p.GroupID)
 		}
+	}
+	if refuse == nil {
+		refuse = ds.CheckEpoch(*p, uint64(g.epoch), uint64(g.start))
 	}
 	if refuse != nil {
 		// A message stored before is answered with its receipt

@@ -38,6 +38,9 @@ func (s *Store) CreateGroup(ctx context.Context, g ds.GroupRecord, members []str
 				return err
 			}
 		}
+		if err := consumeKeyPackages(ctx, tx, g.ConsumeKeyPackages, micros(g.CreatedAt)); err != nil {
+			return err
+		}
 		seen := make(map[string]bool)
 		for _, m := range members {
 			if seen[m] {
@@ -280,9 +283,8 @@ func (s *Store) acceptTx(ctx context.Context, tx *sql.Tx, p ds.AcceptParams) (ds
 		} else if err != nil {
 			return err
 		}
-		if err := ds.CheckEpoch(p, uint64(epoch), uint64(start)); err != nil {
-			return err
-		}
+		// Membership before the epoch: a non-member learns nothing of
+		// the group's epoch.
 		if p.RequireMember {
 			var one int
 			err := tx.QueryRowContext(ctx,
@@ -292,6 +294,9 @@ func (s *Store) acceptTx(ctx context.Context, tx *sql.Tx, p ds.AcceptParams) (ds
 			} else if err != nil {
 				return err
 			}
+		}
+		if err := ds.CheckEpoch(p, uint64(epoch), uint64(start)); err != nil {
+			return err
 		}
 		if p.ChangesState() && uint64(version) != p.StateVersion {
 			return ds.ErrStateConflict
@@ -359,12 +364,8 @@ func (s *Store) acceptTx(ctx context.Context, tx *sql.Tx, p ds.AcceptParams) (ds
 				}
 			}
 		}
-		for _, ref := range p.ConsumeKeyPackages {
-			if _, err := tx.ExecContext(ctx,
-				"UPDATE key_packages SET consumed_at = ? WHERE ref = ? AND last_resort = 0 AND consumed_at IS NULL",
-				at, ref); err != nil {
-				return err
-			}
+		if err := consumeKeyPackages(ctx, tx, p.ConsumeKeyPackages, at); err != nil {
+			return err
 		}
 		if err := acceptRemoteTree(ctx, tx, p, newEpoch); err != nil {
 			return err
@@ -376,6 +377,42 @@ func (s *Store) acceptTx(ctx context.Context, tx *sql.Tx, p ds.AcceptParams) (ds
 		return ds.AcceptResult{}, err
 	}
 	return res, nil
+}
+
+// consumeKeyPackages marks the KeyPackages refs used at at, leaving
+// last-resort ones as they are. One used without a claim (its leaf came
+// from the client by another way) counts as claimed too, so that no claim
+// hands it out afterwards. Each must be stored and, unless
+// last-resort, not used yet: otherwise another group used it first (or
+// its client deleted it), and ds.ErrKeyPackageUsed fails the transaction.
+func consumeKeyPackages(ctx context.Context, tx *sql.Tx, refs [][]byte, at any) error {
+	seen := make(map[string]bool, len(refs))
+	for _, ref := range refs {
+		if seen[string(ref)] {
+			continue
+		}
+		seen[string(ref)] = true
+		res, err := tx.ExecContext(ctx,
+			"UPDATE key_packages SET consumed_at = ?, claimed_at = COALESCE(claimed_at, ?) WHERE ref = ? AND last_resort = 0 AND consumed_at IS NULL",
+			at, at, nonNil(ref))
+		if err != nil {
+			return err
+		}
+		if n, err := res.RowsAffected(); err != nil {
+			return err
+		} else if n == 1 {
+			continue
+		}
+		var lastResort bool
+		err = tx.QueryRowContext(ctx, "SELECT last_resort FROM key_packages WHERE ref = ?", nonNil(ref)).Scan(&lastResort)
+		if err != nil && !errors.Is(err, sql.ErrNoRows) {
+			return err
+		}
+		if !lastResort {
+			return fmt.Errorf("%w: KeyPackage %x", ds.ErrKeyPackageUsed, ref)
+		}
+	}
+	return nil
 }
 
 func dedupe(ss []string) []string {

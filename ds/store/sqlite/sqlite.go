@@ -220,10 +220,11 @@ func fromMicros(n sql.NullInt64) time.Time {
 	return time.UnixMicro(n.Int64).UTC()
 }
 
-// u64 converts an unsigned counter for storage.
+// u64 converts an unsigned counter for storage. A value beyond the column
+// is the caller's mistake (ErrInvalidArgument), not the engine's failure.
 func u64(v uint64) (int64, error) {
 	if v > 1<<63-1 {
-		return 0, fmt.Errorf("sqlite: %d does not fit in a 63-bit column", v)
+		return 0, fmt.Errorf("%w: %d is above %d, the largest number the store keeps", ds.ErrInvalidArgument, v, int64(1<<63-1))
 	}
 	return int64(v), nil
 }

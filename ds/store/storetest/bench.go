@@ -89,18 +89,19 @@ func benchSend(b *testing.B, open func(b *testing.B) ds.Store, payload, conc int
 	ctx := context.Background()
 	nMembers := min(conc, 64)
 	var members []string
+	var ms []*Member
 	for i := range nMembers {
-		id := fmt.Sprintf("sender-%03d", i)
-		key := make([]byte, 32)
-		rand.Read(key)
-		if err := svc.RegisterClient(ctx, ds.Client{ID: id, CipherSuite: suite, SignatureKey: key}); err != nil {
+		m := NewMember(b, fmt.Sprintf("sender-%03d", i))
+		if err := svc.RegisterClient(ctx, m.Client("")); err != nil {
 			b.Fatal(err)
 		}
-		members = append(members, id)
+		members = append(members, m.ID)
+		ms = append(ms, m)
 	}
 	gid := make([]byte, 16)
 	rand.Read(gid)
-	if err := svc.CreateGroup(ctx, members[0], ds.CreateGroup{GroupID: gid, Mode: ds.ModeOpaque, Members: members[1:]}); err != nil {
+	if err := svc.CreateGroup(ctx, members[0], ds.CreateGroup{GroupID: gid, Mode: ds.ModeOpaque, Members: members[1:],
+		KeyPackages: Consent(b, svc, ms[1:]...)}); err != nil {
 		b.Fatal(err)
 	}
 	tmpl := appMessage(b, gid, payload)

@@ -33,6 +33,7 @@ func Run(t *testing.T, open func(t *testing.T) ds.Store) {
 		f    func(t *testing.T, s ds.Store)
 	}{
 		{"Clients", testClients},
+		{"RegisterClient", testRegisterClient}, {"RegisterOnce", testRegisterOnce}, {"RegisterConcurrent", testRegisterConcurrent}, {"DeviceLinks", testDeviceLinks}, {"SpendOnce", testSpendOnce},
 		{"KeyPackageUpload", testKeyPackageUpload},
 		{"KeyPackageLimit", testKeyPackageLimit},
 		{"KeyPackageLastResort", testKeyPackageLastResort},
@@ -64,6 +65,8 @@ func Run(t *testing.T, open func(t *testing.T) ds.Store) {
 		{"AckBatch", testAckBatch},
 		{"AckBatchWelcomes", testAckBatchWelcomes},
 		{"AckBatchCheckHead", testAckBatchCheckHead},
+		{"JoinLinks", testJoinLinks}, {"ConsumeKeyPackages", testConsumeKeyPackages}, {"AcceptMemberBeforeEpoch", testAcceptMemberBeforeEpoch},
+		{"Leave", testLeave}, {"LeaveEmptyWindow", testLeaveEmptyWindow}, {"NumbersOutOfRange", testNumbersOutOfRange},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {

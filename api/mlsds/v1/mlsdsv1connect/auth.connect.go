@@ -47,8 +47,10 @@ const (
 // AuthServiceClient is a client for the mlsds.v1.AuthService service.
 type AuthServiceClient interface {
 	// RegisterClient records a client's credential, signature key and suite.
-	// Registering again with the same key succeeds (and changes nothing);
-	// with another key it fails with ALREADY_EXISTS.
+	// Registering again with the same key succeeds (and changes nothing).
+	// Every refusal that would tell whether an id is taken (another key, a
+	// user that belongs to other clients without a valid device_link) is one
+	// and the same PERMISSION_DENIED answer.
 	RegisterClient(context.Context, *connect.Request[v1.RegisterClientRequest]) (*connect.Response[v1.RegisterClientResponse], error)
 	// GetChallenge returns a fresh single-use challenge for a client.
 	GetChallenge(context.Context, *connect.Request[v1.GetChallengeRequest]) (*connect.Response[v1.GetChallengeResponse], error)
@@ -113,8 +115,10 @@ func (c *authServiceClient) Authenticate(ctx context.Context, req *connect.Reque
 // AuthServiceHandler is an implementation of the mlsds.v1.AuthService service.
 type AuthServiceHandler interface {
 	// RegisterClient records a client's credential, signature key and suite.
-	// Registering again with the same key succeeds (and changes nothing);
-	// with another key it fails with ALREADY_EXISTS.
+	// Registering again with the same key succeeds (and changes nothing).
+	// Every refusal that would tell whether an id is taken (another key, a
+	// user that belongs to other clients without a valid device_link) is one
+	// and the same PERMISSION_DENIED answer.
 	RegisterClient(context.Context, *connect.Request[v1.RegisterClientRequest]) (*connect.Response[v1.RegisterClientResponse], error)
 	// GetChallenge returns a fresh single-use challenge for a client.
 	GetChallenge(context.Context, *connect.Request[v1.GetChallengeRequest]) (*connect.Response[v1.GetChallengeResponse], error)
