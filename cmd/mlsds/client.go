@@ -32,6 +32,7 @@ import (
 	_ "modernc.org/sqlite" // database/sql driver "sqlite"
 
 	"github.com/mlsds/mlsds/client"
+	"github.com/mlsds/mlsds/ds"
 )
 
 // The `mlsds client` commands are a small MLS client on the Go SDK
@@ -501,10 +502,12 @@ func checkLabel(name string) error {
 	case len(name) >= shortIDLen && isHex(name):
 		return fmt.Errorf("the group name %q would read as a group id; pick a name that is not only hex digits", name)
 	}
-	for _, r := range name {
-		if !unicode.IsPrint(r) || unicode.IsSpace(r) {
-			return fmt.Errorf("the group name %q must be printable and without spaces", name)
-		}
+	// Group names follow the profile of user and client ids (README,
+	// "Security model"): PRECIS UsernameCaseMapped, one script, no
+	// invisible or bidi characters, so that two names that look alike are
+	// the same name.
+	if err := ds.CheckIdentifier("group name", name); err != nil {
+		return err
 	}
 	return nil
 }

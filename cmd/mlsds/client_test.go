@@ -408,8 +408,9 @@ func TestClientSameNameNoCollision(t *testing.T) {
 	if out := mustCLI(t, "groups", "--id", "bob"); !strings.Contains(out, "[chat] carol: to bob") || strings.Contains(out, "to alice") {
 		t.Fatalf("bob's view: %q", out)
 	}
-	// Labels are checked.
-	for _, bad := range []string{"", "two words", "-x", "0123456789abcdef", "mlsds-join:x"} {
+	// Labels are checked, with the profile of ids: no look-alikes (a
+	// Cyrillic "с"), no invisible or bidi characters, one case.
+	for _, bad := range []string{"", "two words", "-x", "0123456789abcdef", "mlsds-join:x", "\u0441hat", "ch\u200bat", "chat\u202e", "Chat"} {
 		if code, _, _ := cli(t, "label", "--id", "carol", "chat", "--", bad); code != 1 {
 			t.Errorf("label %q: exit %d, want 1", bad, code)
 		}

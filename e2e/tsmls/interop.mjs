@@ -10,9 +10,10 @@
 // routes to them; all three exchange PrivateMessages; B commits an
 // UpdatePath; A's Commit with a flipped signature byte must be refused
 // with invalid_message; A removes C, who then gets nothing more; D joins
-// by external commit; B proposes removing D and A commits that by
-// reference. Every handshake is a PublicMessage that the DS validates, and
-// after every Commit the DS's ratchet tree must equal ts-mls's byte for
+// by external commit with a join link A made; B proposes removing D and A commits that by
+// reference. Every handshake is a PublicMessage that the DS validates,
+// every Commit goes with the GroupInfo of the epoch it starts
+// (SendCommitBundle), and after every Commit the DS's ratchet tree must equal ts-mls's byte for
 // byte.
 //
 // Progress goes to stderr; the last stdout line is one JSON object with the
@@ -135,9 +136,14 @@ async function main() {
   step("exchanged application messages")
 
   // B commits with only an UpdatePath (an empty Commit), as a
-  // PublicMessage through Send; A and C follow.
+  // PublicMessage through SendCommitBundle with the new epoch's GroupInfo
+  // (a transparent group's Commits may not go through plain Send); A and
+  // C follow.
   const upd = await createCommit({ state: B.state, cipherSuite: impl }, { wireAsPublicMessage: true })
-  await B.call("mlsds.v1.GroupService/Send", { message: b64(encodeMlsMessage(upd.commit)) })
+  await B.call("mlsds.v1.GroupService/SendCommitBundle", {
+    commit: b64(encodeMlsMessage(upd.commit)),
+    groupInfo: b64(await B.groupInfo(upd.newState)),
+  })
   B.state = upd.newState
   await checkDSTree(B, "after B's update commit")
   for (const c of [A, C]) {
@@ -146,16 +152,18 @@ async function main() {
   }
   step("update commit by B accepted")
 
-  // A corrupted Commit: one signature byte flipped. The DS must refuse it
-  // with invalid_message, and nothing changes.
+  // A corrupted Commit: one signature byte flipped, sent in a bundle
+  // with a good GroupInfo of the epoch it would start. The DS must refuse
+  // it with invalid_message, and nothing changes.
   const bad = await createCommit({ state: A.state, cipherSuite: impl }, { wireAsPublicMessage: true })
+  const badInfo = await A.groupInfo(bad.newState)
   const sig = bad.commit.publicMessage.auth.signature
   sig[sig.length >> 1] ^= 0x01
   const badBytes = encodeMlsMessage(bad.commit)
   results.corruptCommit = b64(badBytes)
   await expectRefused(
     "corrupted commit",
-    () => A.call("mlsds.v1.GroupService/Send", { message: b64(badBytes) }),
+    () => A.call("mlsds.v1.GroupService/SendCommitBundle", { commit: b64(badBytes), groupInfo: b64(badInfo) }),
     "invalid_argument",
     "mlsds.v1.InvalidMessage",
   )
@@ -190,12 +198,13 @@ async function main() {
   results.rosterAfterRemove = (roster.clientIds ?? []).sort()
 
   // D joins by external commit (§12.4.3.2), from the GroupInfo and tree
-  // the DS serves.
+  // the DS serves. D is not a member, so the DS takes it only with a join
+  // link: A makes one and hands its token to D out of band; D passes it
+  // to GetGroupInfo and SendCommitBundle.
   const D = new Client("tsmls-dave")
   await D.register()
-  // GetGroupInfo answers members only, so A fetches the GroupInfo and
-  // tree the DS serves and hands them to D out of band.
-  const gi = await A.call("mlsds.v1.GroupService/GetGroupInfo", { groupId: b64(groupId) })
+  const joinToken = await A.joinLink()
+  const gi = await D.call("mlsds.v1.GroupService/GetGroupInfo", { groupId: b64(groupId), joinToken })
   const gim = decodeMlsMessage(unb64(gi.groupInfo), 0)?.[0]
   if (gim?.wireformat !== "mls_group_info") throw new Error("GetGroupInfo: not an MLSMessage(GroupInfo)")
   // Second half of the external_pub workaround: ts-mls 1.6.4 reads the
@@ -205,7 +214,11 @@ async function main() {
   const ext = await joinGroupExternal(info, D.kp.publicPackage, D.kp.privatePackage, false, impl, dsTree)
   const extMsg = encodeMlsMessage({ version: "mls10", wireformat: "mls_public_message", publicMessage: ext.publicMessage })
   const extReceipt = (
-    await D.call("mlsds.v1.GroupService/SendCommitBundle", { commit: b64(extMsg), groupInfo: b64(await D.groupInfo(ext.newState)) })
+    await D.call("mlsds.v1.GroupService/SendCommitBundle", {
+      commit: b64(extMsg),
+      groupInfo: b64(await D.groupInfo(ext.newState)),
+      joinToken,
+    })
   ).receipt
   D.state = ext.newState
   D.groupId = groupId

@@ -256,6 +256,15 @@ export class Client {
     return encodeMlsMessage({ version: "mls10", wireformat: "mls_group_info", groupInfo: gi })
   }
 
+  // joinLink makes a join link of this member's group (CreateJoinLink)
+  // and returns its secret token, which lets a client that is not a
+  // member fetch the group's GroupInfo and send an external Commit.
+  async joinLink(ttlSeconds = 3600) {
+    const r = await this.call("mlsds.v1.GroupService/CreateJoinLink", { groupId: b64(this.groupId), ttlSeconds })
+    if (!r.joinToken) throw new Error(`CreateJoinLink: no join token: ${JSON.stringify(r)}`)
+    return r.joinToken
+  }
+
   // checkDSTree compares the public state the DS tracks, built by applying
   // the Commits itself, with this client's ts-mls state: same epoch,
   // byte-identical ratchet tree.
