@@ -53,9 +53,10 @@ func TestStreamAfterRejoin(t *testing.T) {
 				waitKind(t, b, client.EventJoined)
 				gb = b.Group(ga.ID())
 			} else {
-				gi, err := ga.GroupInfo()
+				// b is no longer a member: a takes it back with a join link.
+				link, err := ga.CreateJoinLink(ctx, time.Hour)
 				must(err)
-				gb, err = b.JoinExternalWith(ctx, gi)
+				gb, err = b.JoinWithLink(ctx, link)
 				must(err)
 				waitKind(t, b, client.EventJoined)
 				must(ga.Sync(ctx)) // a takes in b's Commit before it sends

@@ -203,13 +203,18 @@ const ops = {
 
   // privateCommit has `by` send an UpdatePath Commit as a PrivateMessage,
   // which a transparent-mode DS cannot validate and must refuse; `by`
-  // keeps its state. It returns the refusal.
+  // keeps its state. It goes as a Commit should, through SendCommitBundle
+  // with a good GroupInfo of the new epoch, so that what is refused is the
+  // wire format alone. It returns the refusal.
   async privateCommit({ by }) {
     const c = client(by)
     const res = await createCommit({ state: c.state, cipherSuite: impl }, { wireAsPublicMessage: false })
     if (res.commit.wireformat !== "mls_private_message") throw new Error(`ts-mls made a ${res.commit.wireformat} Commit`)
     try {
-      await c.call("mlsds.v1.GroupService/Send", { message: b64(encodeMlsMessage(res.commit)) })
+      await c.call("mlsds.v1.GroupService/SendCommitBundle", {
+        commit: b64(encodeMlsMessage(res.commit)),
+        groupInfo: b64(await c.groupInfo(res.newState)),
+      })
     } catch (e) {
       if (!(e instanceof RpcError)) throw e
       const invalid = e.details.find((d) => d.type === "mlsds.v1.InvalidMessage")?.debug
@@ -247,16 +252,18 @@ const ops = {
     return { ...(await commitBundle(c, res, `after ${by}'s Commit by reference`)), references: refs }
   },
 
-  // groupInfo returns a GroupInfo of by's current epoch with the
-  // external_pub and ratchet_tree extensions, for an external joiner.
-  async groupInfo({ by }) {
-    return { groupInfo: b64(await client(by).groupInfo(undefined, true)) }
+  // joinLink has member `by` make a join link of its group
+  // (CreateJoinLink) and returns its secret token, for a client that is
+  // not a member to join by external Commit.
+  async joinLink({ by }) {
+    return { joinToken: await client(by).joinLink() }
   },
 
   // joinExternal has ts-mls client id join by external Commit
   // (§12.4.3.2) from groupInfo, an MLSMessage(GroupInfo) carrying the
-  // ratchet_tree extension (from the Go SDK's Group.GroupInfo).
-  async joinExternal({ id, groupInfo }) {
+  // ratchet_tree extension (from the Go SDK's Group.GroupInfo). Not being
+  // a member, it passes joinToken, the token of a join link a member made.
+  async joinExternal({ id, groupInfo, joinToken }) {
     const c = client(id)
     const m = decodeMlsMessage(unb64(groupInfo), 0)?.[0]
     if (m?.wireformat !== "mls_group_info") throw new Error("joinExternal: not an MLSMessage(GroupInfo)")
@@ -265,6 +272,7 @@ const ops = {
     const { receipt } = await c.call("mlsds.v1.GroupService/SendCommitBundle", {
       commit: b64(commit),
       groupInfo: b64(await c.groupInfo(ext.newState)),
+      joinToken,
     })
     c.state = ext.newState
     c.groupId = m.groupInfo.groupContext.groupId

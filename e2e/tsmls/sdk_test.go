@@ -12,6 +12,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"slices"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -25,7 +26,10 @@ import (
 // ts-mls clients run in sdk.mjs under Node, which the test drives over a
 // line protocol on its stdin and stdout (one command, one answer), and the
 // Go client runs here, observed through its Events. Every handshake of
-// either side is a PublicMessage the DS validates (transparent mode).
+// either side is a PublicMessage the DS validates (transparent mode), and
+// every Commit comes with the GroupInfo of the epoch it starts; a client
+// that joins by external Commit while not a member uses a join link that
+// a member made.
 // After each step the members compare epochs, epoch_authenticators and
 // rosters (the Go SDK exports no other secret; the ts-mls members compare
 // an exported secret among themselves), and the DS's tree is compared
@@ -91,7 +95,8 @@ type tsSynced struct {
 // TestTSMLSGoSDKJoins: ts-mls clients create the group and add the Go SDK
 // client, which then takes part as a full member (messages both ways, its
 // own and their Commits, a restart in between) until a ts-mls member
-// removes it; it comes back by external Commit and leaves by proposal.
+// removes it; it comes back by external Commit with a join link and
+// leaves.
 func TestTSMLSGoSDKJoins(t *testing.T) {
 	dir := nodeSetup(t)
 	url, svc := startServer(t)
@@ -175,8 +180,9 @@ func TestTSMLSGoSDKJoins(t *testing.T) {
 	agree(t, "after bob's update", grp, d.sync(alice, bob))
 
 	// A handshake the DS cannot read is refused: bob's Commit sent as a
-	// PrivateMessage. Nothing changes (the next events below are for
-	// epoch 5).
+	// PrivateMessage (in a bundle with a good GroupInfo of the new epoch,
+	// so that the wire format is the only fault). Nothing changes (the
+	// next events below are for epoch 5).
 	var refusal struct {
 		Code    string
 		Details []string
@@ -186,6 +192,8 @@ func TestTSMLSGoSDKJoins(t *testing.T) {
 	d.call("privateCommit", map[string]any{"by": bob}, &refusal)
 	if refusal.Code != "invalid_argument" || !slices.Contains(refusal.Details, "mlsds.v1.InvalidMessage") {
 		t.Errorf("bob's PrivateMessage Commit refused with %+v, want invalid_argument with InvalidMessage", refusal)
+	} else if refusal.Invalid == nil || !strings.Contains(refusal.Invalid.Reason, "PublicMessage") {
+		t.Errorf("bob's PrivateMessage Commit refused for %+v, want the rule that handshakes be PublicMessages", refusal.Invalid)
 	} else {
 		t.Logf("PrivateMessage Commit refused: %s (%+v)", refusal.Message, refusal.Invalid)
 	}
@@ -266,13 +274,15 @@ func TestTSMLSGoSDKJoins(t *testing.T) {
 	dsAgrees(t, svc, groupID, s[carol])
 
 	// Epoch 8: the Go client comes back by external Commit (§12.4.3.2),
-	// from a GroupInfo alice signed (carrying the ratchet_tree
-	// extension), and alice and carol process that Commit.
-	var gi struct{ GroupInfo []byte }
-	d.call("groupInfo", map[string]any{"by": alice}, &gi)
-	grp, err := g.c.JoinExternalWith(ctx, gi.GroupInfo)
+	// and alice and carol process that Commit. No longer a member, it
+	// needs a join link: alice makes one, and the Go client joins with it
+	// from the GroupInfo alice signed with her last Commit and the tree,
+	// both as the DS serves them.
+	var link struct{ JoinToken string }
+	d.call("joinLink", map[string]any{"by": alice}, &link)
+	grp, err := g.c.JoinWithLink(ctx, client.JoinLink{GroupID: groupID, Token: link.JoinToken})
 	if err != nil {
-		t.Fatalf("JoinExternalWith: %v", err)
+		t.Fatalf("JoinWithLink: %v", err)
 	}
 	if ev := g.expect(client.EventJoined)[0]; ev.Epoch != 8 || !slices.Contains(ev.Members, gopher) {
 		t.Errorf("EventJoined after the external Commit: epoch %d, roster %q", ev.Epoch, ev.Members)
@@ -440,13 +450,19 @@ func TestTSMLSGoSDKCreates(t *testing.T) {
 	}
 
 	// Epoch 8: erin (ts-mls) joins by external Commit from a GroupInfo
-	// the Go client signed; the Go client processes it.
+	// the Go client signed, with the token of a join link the Go client
+	// made (the DS takes external Commits from non-members only with
+	// one); the Go client processes it.
 	gi, err := grp.GroupInfo()
 	if err != nil {
 		t.Fatalf("GroupInfo: %v", err)
 	}
+	link, err := grp.CreateJoinLink(ctx, time.Hour)
+	if err != nil {
+		t.Fatalf("CreateJoinLink: %v", err)
+	}
 	var je tsState
-	d.call("joinExternal", map[string]any{"id": erin, "groupInfo": gi}, &je)
+	d.call("joinExternal", map[string]any{"id": erin, "groupInfo": gi, "joinToken": link.Token}, &je)
 	evs = g.expect(client.EventMembersAdded, client.EventEpoch)
 	if !slices.Equal(evs[0].Members, []string{erin}) || evs[0].Sender != erin || evs[1].Epoch != 8 {
 		t.Errorf("after erin's external Commit the Go client reports %q added by %q, epoch %d", evs[0].Members, evs[0].Sender, evs[1].Epoch)

@@ -244,14 +244,12 @@ export class Client {
   // extension_data, without the inner length prefix of
   // struct { HPKEPublicKey external_pub; } (HPKEPublicKey is opaque<V>).
   // Workaround: take the key it derives, wrap it as opaque<V>, and sign the
-  // GroupInfo again with the corrected extension. With withTree, the
-  // GroupInfo also carries the ratchet_tree extension.
-  async groupInfo(state = this.state, withTree = false) {
+  // GroupInfo again with the corrected extension.
+  async groupInfo(state = this.state) {
     const buggy = await createGroupInfoWithExternalPub(state, [], impl)
     const key = buggy.extensions.find((e) => e.extensionType === "external_pub").extensionData
     if (key.length >= 64) throw new Error("external_pub key too long for a one-byte varint")
     const exts = [{ extensionType: "external_pub", extensionData: new Uint8Array([key.length, ...key]) }]
-    if (withTree) exts.push({ extensionType: "ratchet_tree", extensionData: encodeRatchetTree(state.ratchetTree) })
     const gi = await createGroupInfo(state.groupContext, state.confirmationTag, state, exts, impl)
     return encodeMlsMessage({ version: "mls10", wireformat: "mls_group_info", groupInfo: gi })
   }

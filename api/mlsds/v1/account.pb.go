@@ -22,6 +22,87 @@ const (
 	_ = protoimpl.EnforceVersion(protoimpl.MaxVersion - 20)
 )
 
+type DeleteClientRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *DeleteClientRequest) Reset() {
+	*x = DeleteClientRequest{}
+	mi := &file_mlsds_v1_account_proto_msgTypes[0]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *DeleteClientRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*DeleteClientRequest) ProtoMessage() {}
+
+func (x *DeleteClientRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_mlsds_v1_account_proto_msgTypes[0]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use DeleteClientRequest.ProtoReflect.Descriptor instead.
+func (*DeleteClientRequest) Descriptor() ([]byte, []int) {
+	return file_mlsds_v1_account_proto_rawDescGZIP(), []int{0}
+}
+
+type DeleteClientResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The groups the client was a member of.
+	GroupsLeft    uint32 `protobuf:"varint,1,opt,name=groups_left,json=groupsLeft,proto3" json:"groups_left,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *DeleteClientResponse) Reset() {
+	*x = DeleteClientResponse{}
+	mi := &file_mlsds_v1_account_proto_msgTypes[1]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *DeleteClientResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*DeleteClientResponse) ProtoMessage() {}
+
+func (x *DeleteClientResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_mlsds_v1_account_proto_msgTypes[1]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use DeleteClientResponse.ProtoReflect.Descriptor instead.
+func (*DeleteClientResponse) Descriptor() ([]byte, []int) {
+	return file_mlsds_v1_account_proto_rawDescGZIP(), []int{1}
+}
+
+func (x *DeleteClientResponse) GetGroupsLeft() uint32 {
+	if x != nil {
+		return x.GroupsLeft
+	}
+	return 0
+}
+
 type CreateDeviceLinkRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// How long the link is valid; 0 means the server's default (10 minutes).
@@ -33,7 +114,7 @@ type CreateDeviceLinkRequest struct {
 
 func (x *CreateDeviceLinkRequest) Reset() {
 	*x = CreateDeviceLinkRequest{}
-	mi := &file_mlsds_v1_account_proto_msgTypes[0]
+	mi := &file_mlsds_v1_account_proto_msgTypes[2]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -45,7 +126,7 @@ func (x *CreateDeviceLinkRequest) String() string {
 func (*CreateDeviceLinkRequest) ProtoMessage() {}
 
 func (x *CreateDeviceLinkRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_mlsds_v1_account_proto_msgTypes[0]
+	mi := &file_mlsds_v1_account_proto_msgTypes[2]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -58,7 +139,7 @@ func (x *CreateDeviceLinkRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CreateDeviceLinkRequest.ProtoReflect.Descriptor instead.
 func (*CreateDeviceLinkRequest) Descriptor() ([]byte, []int) {
-	return file_mlsds_v1_account_proto_rawDescGZIP(), []int{0}
+	return file_mlsds_v1_account_proto_rawDescGZIP(), []int{2}
 }
 
 func (x *CreateDeviceLinkRequest) GetTtlSeconds() uint32 {
@@ -81,7 +162,7 @@ type CreateDeviceLinkResponse struct {
 
 func (x *CreateDeviceLinkResponse) Reset() {
 	*x = CreateDeviceLinkResponse{}
-	mi := &file_mlsds_v1_account_proto_msgTypes[1]
+	mi := &file_mlsds_v1_account_proto_msgTypes[3]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -93,7 +174,7 @@ func (x *CreateDeviceLinkResponse) String() string {
 func (*CreateDeviceLinkResponse) ProtoMessage() {}
 
 func (x *CreateDeviceLinkResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_mlsds_v1_account_proto_msgTypes[1]
+	mi := &file_mlsds_v1_account_proto_msgTypes[3]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -106,7 +187,7 @@ func (x *CreateDeviceLinkResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CreateDeviceLinkResponse.ProtoReflect.Descriptor instead.
 func (*CreateDeviceLinkResponse) Descriptor() ([]byte, []int) {
-	return file_mlsds_v1_account_proto_rawDescGZIP(), []int{1}
+	return file_mlsds_v1_account_proto_rawDescGZIP(), []int{3}
 }
 
 func (x *CreateDeviceLinkResponse) GetDeviceLink() string {
@@ -140,7 +221,7 @@ type GetClientKeysRequest struct {
 
 func (x *GetClientKeysRequest) Reset() {
 	*x = GetClientKeysRequest{}
-	mi := &file_mlsds_v1_account_proto_msgTypes[2]
+	mi := &file_mlsds_v1_account_proto_msgTypes[4]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -152,7 +233,7 @@ func (x *GetClientKeysRequest) String() string {
 func (*GetClientKeysRequest) ProtoMessage() {}
 
 func (x *GetClientKeysRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_mlsds_v1_account_proto_msgTypes[2]
+	mi := &file_mlsds_v1_account_proto_msgTypes[4]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -165,7 +246,7 @@ func (x *GetClientKeysRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetClientKeysRequest.ProtoReflect.Descriptor instead.
 func (*GetClientKeysRequest) Descriptor() ([]byte, []int) {
-	return file_mlsds_v1_account_proto_rawDescGZIP(), []int{2}
+	return file_mlsds_v1_account_proto_rawDescGZIP(), []int{4}
 }
 
 func (x *GetClientKeysRequest) GetClientIds() []string {
@@ -190,7 +271,7 @@ type ClientKeys struct {
 
 func (x *ClientKeys) Reset() {
 	*x = ClientKeys{}
-	mi := &file_mlsds_v1_account_proto_msgTypes[3]
+	mi := &file_mlsds_v1_account_proto_msgTypes[5]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -202,7 +283,7 @@ func (x *ClientKeys) String() string {
 func (*ClientKeys) ProtoMessage() {}
 
 func (x *ClientKeys) ProtoReflect() protoreflect.Message {
-	mi := &file_mlsds_v1_account_proto_msgTypes[3]
+	mi := &file_mlsds_v1_account_proto_msgTypes[5]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -215,7 +296,7 @@ func (x *ClientKeys) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ClientKeys.ProtoReflect.Descriptor instead.
 func (*ClientKeys) Descriptor() ([]byte, []int) {
-	return file_mlsds_v1_account_proto_rawDescGZIP(), []int{3}
+	return file_mlsds_v1_account_proto_rawDescGZIP(), []int{5}
 }
 
 func (x *ClientKeys) GetClientId() string {
@@ -256,7 +337,7 @@ type GetClientKeysResponse struct {
 
 func (x *GetClientKeysResponse) Reset() {
 	*x = GetClientKeysResponse{}
-	mi := &file_mlsds_v1_account_proto_msgTypes[4]
+	mi := &file_mlsds_v1_account_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -268,7 +349,7 @@ func (x *GetClientKeysResponse) String() string {
 func (*GetClientKeysResponse) ProtoMessage() {}
 
 func (x *GetClientKeysResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_mlsds_v1_account_proto_msgTypes[4]
+	mi := &file_mlsds_v1_account_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -281,7 +362,7 @@ func (x *GetClientKeysResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetClientKeysResponse.ProtoReflect.Descriptor instead.
 func (*GetClientKeysResponse) Descriptor() ([]byte, []int) {
-	return file_mlsds_v1_account_proto_rawDescGZIP(), []int{4}
+	return file_mlsds_v1_account_proto_rawDescGZIP(), []int{6}
 }
 
 func (x *GetClientKeysResponse) GetClients() []*ClientKeys {
@@ -295,7 +376,11 @@ var File_mlsds_v1_account_proto protoreflect.FileDescriptor
 
 const file_mlsds_v1_account_proto_rawDesc = "" +
 	"\n" +
-	"\x16mlsds/v1/account.proto\x12\bmlsds.v1\x1a\x1fgoogle/protobuf/timestamp.proto\":\n" +
+	"\x16mlsds/v1/account.proto\x12\bmlsds.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\x15\n" +
+	"\x13DeleteClientRequest\"7\n" +
+	"\x14DeleteClientResponse\x12\x1f\n" +
+	"\vgroups_left\x18\x01 \x01(\rR\n" +
+	"groupsLeft\":\n" +
 	"\x17CreateDeviceLinkRequest\x12\x1f\n" +
 	"\vttl_seconds\x18\x01 \x01(\rR\n" +
 	"ttlSeconds\"\x8f\x01\n" +
@@ -315,10 +400,11 @@ const file_mlsds_v1_account_proto_rawDesc = "" +
 	"\fcipher_suite\x18\x03 \x01(\rR\vcipherSuite\x12%\n" +
 	"\x0esignature_keys\x18\x04 \x03(\fR\rsignatureKeys\"G\n" +
 	"\x15GetClientKeysResponse\x12.\n" +
-	"\aclients\x18\x01 \x03(\v2\x14.mlsds.v1.ClientKeysR\aclients2\xc2\x01\n" +
+	"\aclients\x18\x01 \x03(\v2\x14.mlsds.v1.ClientKeysR\aclients2\x91\x02\n" +
 	"\x0eAccountService\x12Y\n" +
 	"\x10CreateDeviceLink\x12!.mlsds.v1.CreateDeviceLinkRequest\x1a\".mlsds.v1.CreateDeviceLinkResponse\x12U\n" +
-	"\rGetClientKeys\x12\x1e.mlsds.v1.GetClientKeysRequest\x1a\x1f.mlsds.v1.GetClientKeysResponse\"\x03\x90\x02\x01B-Z+github.com/mlsds/mlsds/api/mlsds/v1;mlsdsv1b\x06proto3"
+	"\rGetClientKeys\x12\x1e.mlsds.v1.GetClientKeysRequest\x1a\x1f.mlsds.v1.GetClientKeysResponse\"\x03\x90\x02\x01\x12M\n" +
+	"\fDeleteClient\x12\x1d.mlsds.v1.DeleteClientRequest\x1a\x1e.mlsds.v1.DeleteClientResponseB-Z+github.com/mlsds/mlsds/api/mlsds/v1;mlsdsv1b\x06proto3"
 
 var (
 	file_mlsds_v1_account_proto_rawDescOnce sync.Once
@@ -332,24 +418,28 @@ func file_mlsds_v1_account_proto_rawDescGZIP() []byte {
 	return file_mlsds_v1_account_proto_rawDescData
 }
 
-var file_mlsds_v1_account_proto_msgTypes = make([]protoimpl.MessageInfo, 5)
+var file_mlsds_v1_account_proto_msgTypes = make([]protoimpl.MessageInfo, 7)
 var file_mlsds_v1_account_proto_goTypes = []any{
-	(*CreateDeviceLinkRequest)(nil),  // 0: mlsds.v1.CreateDeviceLinkRequest
-	(*CreateDeviceLinkResponse)(nil), // 1: mlsds.v1.CreateDeviceLinkResponse
-	(*GetClientKeysRequest)(nil),     // 2: mlsds.v1.GetClientKeysRequest
-	(*ClientKeys)(nil),               // 3: mlsds.v1.ClientKeys
-	(*GetClientKeysResponse)(nil),    // 4: mlsds.v1.GetClientKeysResponse
-	(*timestamppb.Timestamp)(nil),    // 5: google.protobuf.Timestamp
+	(*DeleteClientRequest)(nil),      // 0: mlsds.v1.DeleteClientRequest
+	(*DeleteClientResponse)(nil),     // 1: mlsds.v1.DeleteClientResponse
+	(*CreateDeviceLinkRequest)(nil),  // 2: mlsds.v1.CreateDeviceLinkRequest
+	(*CreateDeviceLinkResponse)(nil), // 3: mlsds.v1.CreateDeviceLinkResponse
+	(*GetClientKeysRequest)(nil),     // 4: mlsds.v1.GetClientKeysRequest
+	(*ClientKeys)(nil),               // 5: mlsds.v1.ClientKeys
+	(*GetClientKeysResponse)(nil),    // 6: mlsds.v1.GetClientKeysResponse
+	(*timestamppb.Timestamp)(nil),    // 7: google.protobuf.Timestamp
 }
 var file_mlsds_v1_account_proto_depIdxs = []int32{
-	5, // 0: mlsds.v1.CreateDeviceLinkResponse.expires_at:type_name -> google.protobuf.Timestamp
-	3, // 1: mlsds.v1.GetClientKeysResponse.clients:type_name -> mlsds.v1.ClientKeys
-	0, // 2: mlsds.v1.AccountService.CreateDeviceLink:input_type -> mlsds.v1.CreateDeviceLinkRequest
-	2, // 3: mlsds.v1.AccountService.GetClientKeys:input_type -> mlsds.v1.GetClientKeysRequest
-	1, // 4: mlsds.v1.AccountService.CreateDeviceLink:output_type -> mlsds.v1.CreateDeviceLinkResponse
-	4, // 5: mlsds.v1.AccountService.GetClientKeys:output_type -> mlsds.v1.GetClientKeysResponse
-	4, // [4:6] is the sub-list for method output_type
-	2, // [2:4] is the sub-list for method input_type
+	7, // 0: mlsds.v1.CreateDeviceLinkResponse.expires_at:type_name -> google.protobuf.Timestamp
+	5, // 1: mlsds.v1.GetClientKeysResponse.clients:type_name -> mlsds.v1.ClientKeys
+	2, // 2: mlsds.v1.AccountService.CreateDeviceLink:input_type -> mlsds.v1.CreateDeviceLinkRequest
+	4, // 3: mlsds.v1.AccountService.GetClientKeys:input_type -> mlsds.v1.GetClientKeysRequest
+	0, // 4: mlsds.v1.AccountService.DeleteClient:input_type -> mlsds.v1.DeleteClientRequest
+	3, // 5: mlsds.v1.AccountService.CreateDeviceLink:output_type -> mlsds.v1.CreateDeviceLinkResponse
+	6, // 6: mlsds.v1.AccountService.GetClientKeys:output_type -> mlsds.v1.GetClientKeysResponse
+	1, // 7: mlsds.v1.AccountService.DeleteClient:output_type -> mlsds.v1.DeleteClientResponse
+	5, // [5:8] is the sub-list for method output_type
+	2, // [2:5] is the sub-list for method input_type
 	2, // [2:2] is the sub-list for extension type_name
 	2, // [2:2] is the sub-list for extension extendee
 	0, // [0:2] is the sub-list for field type_name
@@ -366,7 +456,7 @@ func file_mlsds_v1_account_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_mlsds_v1_account_proto_rawDesc), len(file_mlsds_v1_account_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   5,
+			NumMessages:   7,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -67,6 +67,7 @@ type SubscribeResponse struct {
 	//	*SubscribeResponse_KeyPackageLow
 	//	*SubscribeResponse_CaughtUp
 	//	*SubscribeResponse_KeepAlive
+	//	*SubscribeResponse_Pruned
 	Event         isSubscribeResponse_Event `protobuf_oneof:"event"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -154,6 +155,15 @@ func (x *SubscribeResponse) GetKeepAlive() *KeepAliveEvent {
 	return nil
 }
 
+func (x *SubscribeResponse) GetPruned() *PrunedEvent {
+	if x != nil {
+		if x, ok := x.Event.(*SubscribeResponse_Pruned); ok {
+			return x.Pruned
+		}
+	}
+	return nil
+}
+
 type isSubscribeResponse_Event interface {
 	isSubscribeResponse_Event()
 }
@@ -184,6 +194,12 @@ type SubscribeResponse_KeepAlive struct {
 	KeepAlive *KeepAliveEvent `protobuf:"bytes,5,opt,name=keep_alive,json=keepAlive,proto3,oneof"`
 }
 
+type SubscribeResponse_Pruned struct {
+	// Messages of a group after the caller's cursor are gone (see the
+	// Pruned error): the stream goes on from oldest_seq.
+	Pruned *PrunedEvent `protobuf:"bytes,6,opt,name=pruned,proto3,oneof"`
+}
+
 func (*SubscribeResponse_Message) isSubscribeResponse_Event() {}
 
 func (*SubscribeResponse_Welcome) isSubscribeResponse_Event() {}
@@ -193,6 +209,63 @@ func (*SubscribeResponse_KeyPackageLow) isSubscribeResponse_Event() {}
 func (*SubscribeResponse_CaughtUp) isSubscribeResponse_Event() {}
 
 func (*SubscribeResponse_KeepAlive) isSubscribeResponse_Event() {}
+
+func (*SubscribeResponse_Pruned) isSubscribeResponse_Event() {}
+
+// PrunedEvent says that the messages of a group from the caller's cursor
+// up to oldest_seq were deleted before the caller acknowledged them: they
+// outlived the server's retention.
+type PrunedEvent struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	GroupId       []byte                 `protobuf:"bytes,1,opt,name=group_id,json=groupId,proto3" json:"group_id,omitempty"`
+	OldestSeq     uint64                 `protobuf:"varint,2,opt,name=oldest_seq,json=oldestSeq,proto3" json:"oldest_seq,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *PrunedEvent) Reset() {
+	*x = PrunedEvent{}
+	mi := &file_mlsds_v1_delivery_proto_msgTypes[2]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *PrunedEvent) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*PrunedEvent) ProtoMessage() {}
+
+func (x *PrunedEvent) ProtoReflect() protoreflect.Message {
+	mi := &file_mlsds_v1_delivery_proto_msgTypes[2]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use PrunedEvent.ProtoReflect.Descriptor instead.
+func (*PrunedEvent) Descriptor() ([]byte, []int) {
+	return file_mlsds_v1_delivery_proto_rawDescGZIP(), []int{2}
+}
+
+func (x *PrunedEvent) GetGroupId() []byte {
+	if x != nil {
+		return x.GroupId
+	}
+	return nil
+}
+
+func (x *PrunedEvent) GetOldestSeq() uint64 {
+	if x != nil {
+		return x.OldestSeq
+	}
+	return 0
+}
 
 // WelcomeEvent delivers a Welcome to one of the joiners it names, once the
 // Commit that adds the joiner was accepted. It comes again on every new
@@ -218,7 +291,7 @@ type WelcomeEvent struct {
 
 func (x *WelcomeEvent) Reset() {
 	*x = WelcomeEvent{}
-	mi := &file_mlsds_v1_delivery_proto_msgTypes[2]
+	mi := &file_mlsds_v1_delivery_proto_msgTypes[3]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -230,7 +303,7 @@ func (x *WelcomeEvent) String() string {
 func (*WelcomeEvent) ProtoMessage() {}
 
 func (x *WelcomeEvent) ProtoReflect() protoreflect.Message {
-	mi := &file_mlsds_v1_delivery_proto_msgTypes[2]
+	mi := &file_mlsds_v1_delivery_proto_msgTypes[3]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -243,7 +316,7 @@ func (x *WelcomeEvent) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WelcomeEvent.ProtoReflect.Descriptor instead.
 func (*WelcomeEvent) Descriptor() ([]byte, []int) {
-	return file_mlsds_v1_delivery_proto_rawDescGZIP(), []int{2}
+	return file_mlsds_v1_delivery_proto_rawDescGZIP(), []int{3}
 }
 
 func (x *WelcomeEvent) GetGroupId() []byte {
@@ -300,7 +373,7 @@ type KeyPackageLowEvent struct {
 
 func (x *KeyPackageLowEvent) Reset() {
 	*x = KeyPackageLowEvent{}
-	mi := &file_mlsds_v1_delivery_proto_msgTypes[3]
+	mi := &file_mlsds_v1_delivery_proto_msgTypes[4]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -312,7 +385,7 @@ func (x *KeyPackageLowEvent) String() string {
 func (*KeyPackageLowEvent) ProtoMessage() {}
 
 func (x *KeyPackageLowEvent) ProtoReflect() protoreflect.Message {
-	mi := &file_mlsds_v1_delivery_proto_msgTypes[3]
+	mi := &file_mlsds_v1_delivery_proto_msgTypes[4]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -325,7 +398,7 @@ func (x *KeyPackageLowEvent) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use KeyPackageLowEvent.ProtoReflect.Descriptor instead.
 func (*KeyPackageLowEvent) Descriptor() ([]byte, []int) {
-	return file_mlsds_v1_delivery_proto_rawDescGZIP(), []int{3}
+	return file_mlsds_v1_delivery_proto_rawDescGZIP(), []int{4}
 }
 
 func (x *KeyPackageLowEvent) GetCipherSuite() uint32 {
@@ -357,7 +430,7 @@ type CaughtUpEvent struct {
 
 func (x *CaughtUpEvent) Reset() {
 	*x = CaughtUpEvent{}
-	mi := &file_mlsds_v1_delivery_proto_msgTypes[4]
+	mi := &file_mlsds_v1_delivery_proto_msgTypes[5]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -369,7 +442,7 @@ func (x *CaughtUpEvent) String() string {
 func (*CaughtUpEvent) ProtoMessage() {}
 
 func (x *CaughtUpEvent) ProtoReflect() protoreflect.Message {
-	mi := &file_mlsds_v1_delivery_proto_msgTypes[4]
+	mi := &file_mlsds_v1_delivery_proto_msgTypes[5]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -382,7 +455,7 @@ func (x *CaughtUpEvent) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CaughtUpEvent.ProtoReflect.Descriptor instead.
 func (*CaughtUpEvent) Descriptor() ([]byte, []int) {
-	return file_mlsds_v1_delivery_proto_rawDescGZIP(), []int{4}
+	return file_mlsds_v1_delivery_proto_rawDescGZIP(), []int{5}
 }
 
 type KeepAliveEvent struct {
@@ -394,7 +467,7 @@ type KeepAliveEvent struct {
 
 func (x *KeepAliveEvent) Reset() {
 	*x = KeepAliveEvent{}
-	mi := &file_mlsds_v1_delivery_proto_msgTypes[5]
+	mi := &file_mlsds_v1_delivery_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -406,7 +479,7 @@ func (x *KeepAliveEvent) String() string {
 func (*KeepAliveEvent) ProtoMessage() {}
 
 func (x *KeepAliveEvent) ProtoReflect() protoreflect.Message {
-	mi := &file_mlsds_v1_delivery_proto_msgTypes[5]
+	mi := &file_mlsds_v1_delivery_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -419,7 +492,7 @@ func (x *KeepAliveEvent) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use KeepAliveEvent.ProtoReflect.Descriptor instead.
 func (*KeepAliveEvent) Descriptor() ([]byte, []int) {
-	return file_mlsds_v1_delivery_proto_rawDescGZIP(), []int{5}
+	return file_mlsds_v1_delivery_proto_rawDescGZIP(), []int{6}
 }
 
 func (x *KeepAliveEvent) GetServerTime() *timestamppb.Timestamp {
@@ -434,15 +507,20 @@ var File_mlsds_v1_delivery_proto protoreflect.FileDescriptor
 const file_mlsds_v1_delivery_proto_rawDesc = "" +
 	"\n" +
 	"\x17mlsds/v1/delivery.proto\x12\bmlsds.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x15mlsds/v1/common.proto\"\x12\n" +
-	"\x10SubscribeRequest\"\xbb\x02\n" +
+	"\x10SubscribeRequest\"\xec\x02\n" +
 	"\x11SubscribeResponse\x12.\n" +
 	"\amessage\x18\x01 \x01(\v2\x12.mlsds.v1.EnvelopeH\x00R\amessage\x122\n" +
 	"\awelcome\x18\x02 \x01(\v2\x16.mlsds.v1.WelcomeEventH\x00R\awelcome\x12F\n" +
 	"\x0fkey_package_low\x18\x03 \x01(\v2\x1c.mlsds.v1.KeyPackageLowEventH\x00R\rkeyPackageLow\x126\n" +
 	"\tcaught_up\x18\x04 \x01(\v2\x17.mlsds.v1.CaughtUpEventH\x00R\bcaughtUp\x129\n" +
 	"\n" +
-	"keep_alive\x18\x05 \x01(\v2\x18.mlsds.v1.KeepAliveEventH\x00R\tkeepAliveB\a\n" +
-	"\x05event\"\xdd\x01\n" +
+	"keep_alive\x18\x05 \x01(\v2\x18.mlsds.v1.KeepAliveEventH\x00R\tkeepAlive\x12/\n" +
+	"\x06pruned\x18\x06 \x01(\v2\x15.mlsds.v1.PrunedEventH\x00R\x06prunedB\a\n" +
+	"\x05event\"G\n" +
+	"\vPrunedEvent\x12\x19\n" +
+	"\bgroup_id\x18\x01 \x01(\fR\agroupId\x12\x1d\n" +
+	"\n" +
+	"oldest_seq\x18\x02 \x01(\x04R\toldestSeq\"\xdd\x01\n" +
 	"\fWelcomeEvent\x12\x19\n" +
 	"\bgroup_id\x18\x01 \x01(\fR\agroupId\x12\x18\n" +
 	"\awelcome\x18\x02 \x01(\fR\awelcome\x12&\n" +
@@ -475,32 +553,34 @@ func file_mlsds_v1_delivery_proto_rawDescGZIP() []byte {
 	return file_mlsds_v1_delivery_proto_rawDescData
 }
 
-var file_mlsds_v1_delivery_proto_msgTypes = make([]protoimpl.MessageInfo, 6)
+var file_mlsds_v1_delivery_proto_msgTypes = make([]protoimpl.MessageInfo, 7)
 var file_mlsds_v1_delivery_proto_goTypes = []any{
 	(*SubscribeRequest)(nil),      // 0: mlsds.v1.SubscribeRequest
 	(*SubscribeResponse)(nil),     // 1: mlsds.v1.SubscribeResponse
-	(*WelcomeEvent)(nil),          // 2: mlsds.v1.WelcomeEvent
-	(*KeyPackageLowEvent)(nil),    // 3: mlsds.v1.KeyPackageLowEvent
-	(*CaughtUpEvent)(nil),         // 4: mlsds.v1.CaughtUpEvent
-	(*KeepAliveEvent)(nil),        // 5: mlsds.v1.KeepAliveEvent
-	(*Envelope)(nil),              // 6: mlsds.v1.Envelope
-	(*timestamppb.Timestamp)(nil), // 7: google.protobuf.Timestamp
+	(*PrunedEvent)(nil),           // 2: mlsds.v1.PrunedEvent
+	(*WelcomeEvent)(nil),          // 3: mlsds.v1.WelcomeEvent
+	(*KeyPackageLowEvent)(nil),    // 4: mlsds.v1.KeyPackageLowEvent
+	(*CaughtUpEvent)(nil),         // 5: mlsds.v1.CaughtUpEvent
+	(*KeepAliveEvent)(nil),        // 6: mlsds.v1.KeepAliveEvent
+	(*Envelope)(nil),              // 7: mlsds.v1.Envelope
+	(*timestamppb.Timestamp)(nil), // 8: google.protobuf.Timestamp
 }
 var file_mlsds_v1_delivery_proto_depIdxs = []int32{
-	6, // 0: mlsds.v1.SubscribeResponse.message:type_name -> mlsds.v1.Envelope
-	2, // 1: mlsds.v1.SubscribeResponse.welcome:type_name -> mlsds.v1.WelcomeEvent
-	3, // 2: mlsds.v1.SubscribeResponse.key_package_low:type_name -> mlsds.v1.KeyPackageLowEvent
-	4, // 3: mlsds.v1.SubscribeResponse.caught_up:type_name -> mlsds.v1.CaughtUpEvent
-	5, // 4: mlsds.v1.SubscribeResponse.keep_alive:type_name -> mlsds.v1.KeepAliveEvent
-	7, // 5: mlsds.v1.WelcomeEvent.accepted_at:type_name -> google.protobuf.Timestamp
-	7, // 6: mlsds.v1.KeepAliveEvent.server_time:type_name -> google.protobuf.Timestamp
-	0, // 7: mlsds.v1.DeliveryService.Subscribe:input_type -> mlsds.v1.SubscribeRequest
-	1, // 8: mlsds.v1.DeliveryService.Subscribe:output_type -> mlsds.v1.SubscribeResponse
-	8, // [8:9] is the sub-list for method output_type
-	7, // [7:8] is the sub-list for method input_type
-	7, // [7:7] is the sub-list for extension type_name
-	7, // [7:7] is the sub-list for extension extendee
-	0, // [0:7] is the sub-list for field type_name
+	7, // 0: mlsds.v1.SubscribeResponse.message:type_name -> mlsds.v1.Envelope
+	3, // 1: mlsds.v1.SubscribeResponse.welcome:type_name -> mlsds.v1.WelcomeEvent
+	4, // 2: mlsds.v1.SubscribeResponse.key_package_low:type_name -> mlsds.v1.KeyPackageLowEvent
+	5, // 3: mlsds.v1.SubscribeResponse.caught_up:type_name -> mlsds.v1.CaughtUpEvent
+	6, // 4: mlsds.v1.SubscribeResponse.keep_alive:type_name -> mlsds.v1.KeepAliveEvent
+	2, // 5: mlsds.v1.SubscribeResponse.pruned:type_name -> mlsds.v1.PrunedEvent
+	8, // 6: mlsds.v1.WelcomeEvent.accepted_at:type_name -> google.protobuf.Timestamp
+	8, // 7: mlsds.v1.KeepAliveEvent.server_time:type_name -> google.protobuf.Timestamp
+	0, // 8: mlsds.v1.DeliveryService.Subscribe:input_type -> mlsds.v1.SubscribeRequest
+	1, // 9: mlsds.v1.DeliveryService.Subscribe:output_type -> mlsds.v1.SubscribeResponse
+	9, // [9:10] is the sub-list for method output_type
+	8, // [8:9] is the sub-list for method input_type
+	8, // [8:8] is the sub-list for extension type_name
+	8, // [8:8] is the sub-list for extension extendee
+	0, // [0:8] is the sub-list for field type_name
 }
 
 func init() { file_mlsds_v1_delivery_proto_init() }
@@ -515,6 +595,7 @@ func file_mlsds_v1_delivery_proto_init() {
 		(*SubscribeResponse_KeyPackageLow)(nil),
 		(*SubscribeResponse_CaughtUp)(nil),
 		(*SubscribeResponse_KeepAlive)(nil),
+		(*SubscribeResponse_Pruned)(nil),
 	}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
@@ -522,7 +603,7 @@ func file_mlsds_v1_delivery_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_mlsds_v1_delivery_proto_rawDesc), len(file_mlsds_v1_delivery_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   6,
+			NumMessages:   7,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

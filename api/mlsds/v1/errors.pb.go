@@ -297,8 +297,11 @@ func (x *KeyPackagesExhausted) GetUserId() string {
 // RateLimited: too many requests. Code: RESOURCE_EXHAUSTED. Retry after
 // retry_after.
 type RateLimited struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	RetryAfter    *durationpb.Duration   `protobuf:"bytes,1,opt,name=retry_after,json=retryAfter,proto3" json:"retry_after,omitempty"`
+	state      protoimpl.MessageState `protogen:"open.v1"`
+	RetryAfter *durationpb.Duration   `protobuf:"bytes,1,opt,name=retry_after,json=retryAfter,proto3" json:"retry_after,omitempty"`
+	// What is limited, in words ("requests", "registrations from this
+	// address").
+	What          string `protobuf:"bytes,2,opt,name=what,proto3" json:"what,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -338,6 +341,13 @@ func (x *RateLimited) GetRetryAfter() *durationpb.Duration {
 		return x.RetryAfter
 	}
 	return nil
+}
+
+func (x *RateLimited) GetWhat() string {
+	if x != nil {
+		return x.What
+	}
+	return ""
 }
 
 // TooLarge: a message or a collection is over a configured bound.
@@ -398,6 +408,131 @@ func (x *TooLarge) GetWhat() string {
 	return ""
 }
 
+// QuotaExceeded: a quota of the caller (or of its user) is used up.
+// Code: RESOURCE_EXHAUSTED. When retry_after is set, the quota frees up by
+// then (a daily quota); otherwise it frees up only when the caller gives
+// something back (deletes KeyPackages, say).
+type QuotaExceeded struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// What the quota counts, in words ("stored key package bytes", "bytes
+	// accepted per day", "groups created per day", "clients per user").
+	What string `protobuf:"bytes,1,opt,name=what,proto3" json:"what,omitempty"`
+	// The quota, in the unit of what.
+	Limit         uint64               `protobuf:"varint,2,opt,name=limit,proto3" json:"limit,omitempty"`
+	RetryAfter    *durationpb.Duration `protobuf:"bytes,3,opt,name=retry_after,json=retryAfter,proto3" json:"retry_after,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *QuotaExceeded) Reset() {
+	*x = QuotaExceeded{}
+	mi := &file_mlsds_v1_errors_proto_msgTypes[7]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *QuotaExceeded) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*QuotaExceeded) ProtoMessage() {}
+
+func (x *QuotaExceeded) ProtoReflect() protoreflect.Message {
+	mi := &file_mlsds_v1_errors_proto_msgTypes[7]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use QuotaExceeded.ProtoReflect.Descriptor instead.
+func (*QuotaExceeded) Descriptor() ([]byte, []int) {
+	return file_mlsds_v1_errors_proto_rawDescGZIP(), []int{7}
+}
+
+func (x *QuotaExceeded) GetWhat() string {
+	if x != nil {
+		return x.What
+	}
+	return ""
+}
+
+func (x *QuotaExceeded) GetLimit() uint64 {
+	if x != nil {
+		return x.Limit
+	}
+	return 0
+}
+
+func (x *QuotaExceeded) GetRetryAfter() *durationpb.Duration {
+	if x != nil {
+		return x.RetryAfter
+	}
+	return nil
+}
+
+// Pruned: the messages asked for are gone, because every recipient
+// acknowledged them or they outlived the server's retention. Code:
+// OUT_OF_RANGE. Fetch from oldest_seq. A member that missed a Commit among
+// the pruned messages cannot catch up by fetching: it rejoins (in a
+// transparent group, by a resync external Commit from GetGroupInfo).
+type Pruned struct {
+	state   protoimpl.MessageState `protogen:"open.v1"`
+	GroupId []byte                 `protobuf:"bytes,1,opt,name=group_id,json=groupId,proto3" json:"group_id,omitempty"`
+	// The first sequence number still stored for the group.
+	OldestSeq     uint64 `protobuf:"varint,2,opt,name=oldest_seq,json=oldestSeq,proto3" json:"oldest_seq,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *Pruned) Reset() {
+	*x = Pruned{}
+	mi := &file_mlsds_v1_errors_proto_msgTypes[8]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Pruned) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Pruned) ProtoMessage() {}
+
+func (x *Pruned) ProtoReflect() protoreflect.Message {
+	mi := &file_mlsds_v1_errors_proto_msgTypes[8]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Pruned.ProtoReflect.Descriptor instead.
+func (*Pruned) Descriptor() ([]byte, []int) {
+	return file_mlsds_v1_errors_proto_rawDescGZIP(), []int{8}
+}
+
+func (x *Pruned) GetGroupId() []byte {
+	if x != nil {
+		return x.GroupId
+	}
+	return nil
+}
+
+func (x *Pruned) GetOldestSeq() uint64 {
+	if x != nil {
+		return x.OldestSeq
+	}
+	return 0
+}
+
 var File_mlsds_v1_errors_proto protoreflect.FileDescriptor
 
 const file_mlsds_v1_errors_proto_rawDesc = "" +
@@ -419,13 +554,23 @@ const file_mlsds_v1_errors_proto_rawDesc = "" +
 	"\x14KeyPackagesExhausted\x12\x1b\n" +
 	"\tclient_id\x18\x01 \x01(\tR\bclientId\x12!\n" +
 	"\fcipher_suite\x18\x02 \x01(\rR\vcipherSuite\x12\x17\n" +
-	"\auser_id\x18\x03 \x01(\tR\x06userId\"I\n" +
+	"\auser_id\x18\x03 \x01(\tR\x06userId\"]\n" +
 	"\vRateLimited\x12:\n" +
 	"\vretry_after\x18\x01 \x01(\v2\x19.google.protobuf.DurationR\n" +
-	"retryAfter\"4\n" +
+	"retryAfter\x12\x12\n" +
+	"\x04what\x18\x02 \x01(\tR\x04what\"4\n" +
 	"\bTooLarge\x12\x14\n" +
 	"\x05limit\x18\x01 \x01(\x04R\x05limit\x12\x12\n" +
-	"\x04what\x18\x02 \x01(\tR\x04whatB-Z+github.com/mlsds/mlsds/api/mlsds/v1;mlsdsv1b\x06proto3"
+	"\x04what\x18\x02 \x01(\tR\x04what\"u\n" +
+	"\rQuotaExceeded\x12\x12\n" +
+	"\x04what\x18\x01 \x01(\tR\x04what\x12\x14\n" +
+	"\x05limit\x18\x02 \x01(\x04R\x05limit\x12:\n" +
+	"\vretry_after\x18\x03 \x01(\v2\x19.google.protobuf.DurationR\n" +
+	"retryAfter\"B\n" +
+	"\x06Pruned\x12\x19\n" +
+	"\bgroup_id\x18\x01 \x01(\fR\agroupId\x12\x1d\n" +
+	"\n" +
+	"oldest_seq\x18\x02 \x01(\x04R\toldestSeqB-Z+github.com/mlsds/mlsds/api/mlsds/v1;mlsdsv1b\x06proto3"
 
 var (
 	file_mlsds_v1_errors_proto_rawDescOnce sync.Once
@@ -439,7 +584,7 @@ func file_mlsds_v1_errors_proto_rawDescGZIP() []byte {
 	return file_mlsds_v1_errors_proto_rawDescData
 }
 
-var file_mlsds_v1_errors_proto_msgTypes = make([]protoimpl.MessageInfo, 7)
+var file_mlsds_v1_errors_proto_msgTypes = make([]protoimpl.MessageInfo, 9)
 var file_mlsds_v1_errors_proto_goTypes = []any{
 	(*WrongEpoch)(nil),           // 0: mlsds.v1.WrongEpoch
 	(*StaleEpoch)(nil),           // 1: mlsds.v1.StaleEpoch
@@ -448,15 +593,18 @@ var file_mlsds_v1_errors_proto_goTypes = []any{
 	(*KeyPackagesExhausted)(nil), // 4: mlsds.v1.KeyPackagesExhausted
 	(*RateLimited)(nil),          // 5: mlsds.v1.RateLimited
 	(*TooLarge)(nil),             // 6: mlsds.v1.TooLarge
-	(*durationpb.Duration)(nil),  // 7: google.protobuf.Duration
+	(*QuotaExceeded)(nil),        // 7: mlsds.v1.QuotaExceeded
+	(*Pruned)(nil),               // 8: mlsds.v1.Pruned
+	(*durationpb.Duration)(nil),  // 9: google.protobuf.Duration
 }
 var file_mlsds_v1_errors_proto_depIdxs = []int32{
-	7, // 0: mlsds.v1.RateLimited.retry_after:type_name -> google.protobuf.Duration
-	1, // [1:1] is the sub-list for method output_type
-	1, // [1:1] is the sub-list for method input_type
-	1, // [1:1] is the sub-list for extension type_name
-	1, // [1:1] is the sub-list for extension extendee
-	0, // [0:1] is the sub-list for field type_name
+	9, // 0: mlsds.v1.RateLimited.retry_after:type_name -> google.protobuf.Duration
+	9, // 1: mlsds.v1.QuotaExceeded.retry_after:type_name -> google.protobuf.Duration
+	2, // [2:2] is the sub-list for method output_type
+	2, // [2:2] is the sub-list for method input_type
+	2, // [2:2] is the sub-list for extension type_name
+	2, // [2:2] is the sub-list for extension extendee
+	0, // [0:2] is the sub-list for field type_name
 }
 
 func init() { file_mlsds_v1_errors_proto_init() }
@@ -470,7 +618,7 @@ func file_mlsds_v1_errors_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_mlsds_v1_errors_proto_rawDesc), len(file_mlsds_v1_errors_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   7,
+			NumMessages:   9,
 			NumExtensions: 0,
 			NumServices:   0,
 		},

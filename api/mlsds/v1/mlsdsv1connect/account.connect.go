@@ -39,6 +39,9 @@ const (
 	// AccountServiceGetClientKeysProcedure is the fully-qualified name of the AccountService's
 	// GetClientKeys RPC.
 	AccountServiceGetClientKeysProcedure = "/mlsds.v1.AccountService/GetClientKeys"
+	// AccountServiceDeleteClientProcedure is the fully-qualified name of the AccountService's
+	// DeleteClient RPC.
+	AccountServiceDeleteClientProcedure = "/mlsds.v1.AccountService/DeleteClient"
 )
 
 // AccountServiceClient is a client for the mlsds.v1.AccountService service.
@@ -53,6 +56,12 @@ type AccountServiceClient interface {
 	// signature key belong together. Unknown clients are left out of the
 	// answer.
 	GetClientKeys(context.Context, *connect.Request[v1.GetClientKeysRequest]) (*connect.Response[v1.GetClientKeysResponse], error)
+	// DeleteClient deletes the caller: its registration, KeyPackages,
+	// cursors, pending Welcomes and memberships, at once. The messages it
+	// sent stay for the other members, without its client id. The other
+	// members' clients commit its removal from their groups. The session
+	// token stops working.
+	DeleteClient(context.Context, *connect.Request[v1.DeleteClientRequest]) (*connect.Response[v1.DeleteClientResponse], error)
 }
 
 // NewAccountServiceClient constructs a client for the mlsds.v1.AccountService service. By default,
@@ -79,6 +88,12 @@ func NewAccountServiceClient(httpClient connect.HTTPClient, baseURL string, opts
 			connect.WithIdempotency(connect.IdempotencyNoSideEffects),
 			connect.WithClientOptions(opts...),
 		),
+		deleteClient: connect.NewClient[v1.DeleteClientRequest, v1.DeleteClientResponse](
+			httpClient,
+			baseURL+AccountServiceDeleteClientProcedure,
+			connect.WithSchema(accountServiceMethods.ByName("DeleteClient")),
+			connect.WithClientOptions(opts...),
+		),
 	}
 }
 
@@ -86,6 +101,7 @@ func NewAccountServiceClient(httpClient connect.HTTPClient, baseURL string, opts
 type accountServiceClient struct {
 	createDeviceLink *connect.Client[v1.CreateDeviceLinkRequest, v1.CreateDeviceLinkResponse]
 	getClientKeys    *connect.Client[v1.GetClientKeysRequest, v1.GetClientKeysResponse]
+	deleteClient     *connect.Client[v1.DeleteClientRequest, v1.DeleteClientResponse]
 }
 
 // CreateDeviceLink calls mlsds.v1.AccountService.CreateDeviceLink.
@@ -96,6 +112,11 @@ func (c *accountServiceClient) CreateDeviceLink(ctx context.Context, req *connec
 // GetClientKeys calls mlsds.v1.AccountService.GetClientKeys.
 func (c *accountServiceClient) GetClientKeys(ctx context.Context, req *connect.Request[v1.GetClientKeysRequest]) (*connect.Response[v1.GetClientKeysResponse], error) {
 	return c.getClientKeys.CallUnary(ctx, req)
+}
+
+// DeleteClient calls mlsds.v1.AccountService.DeleteClient.
+func (c *accountServiceClient) DeleteClient(ctx context.Context, req *connect.Request[v1.DeleteClientRequest]) (*connect.Response[v1.DeleteClientResponse], error) {
+	return c.deleteClient.CallUnary(ctx, req)
 }
 
 // AccountServiceHandler is an implementation of the mlsds.v1.AccountService service.
@@ -110,6 +131,12 @@ type AccountServiceHandler interface {
 	// signature key belong together. Unknown clients are left out of the
 	// answer.
 	GetClientKeys(context.Context, *connect.Request[v1.GetClientKeysRequest]) (*connect.Response[v1.GetClientKeysResponse], error)
+	// DeleteClient deletes the caller: its registration, KeyPackages,
+	// cursors, pending Welcomes and memberships, at once. The messages it
+	// sent stay for the other members, without its client id. The other
+	// members' clients commit its removal from their groups. The session
+	// token stops working.
+	DeleteClient(context.Context, *connect.Request[v1.DeleteClientRequest]) (*connect.Response[v1.DeleteClientResponse], error)
 }
 
 // NewAccountServiceHandler builds an HTTP handler from the service implementation. It returns the
@@ -132,12 +159,20 @@ func NewAccountServiceHandler(svc AccountServiceHandler, opts ...connect.Handler
 		connect.WithIdempotency(connect.IdempotencyNoSideEffects),
 		connect.WithHandlerOptions(opts...),
 	)
+	accountServiceDeleteClientHandler := connect.NewUnaryHandler(
+		AccountServiceDeleteClientProcedure,
+		svc.DeleteClient,
+		connect.WithSchema(accountServiceMethods.ByName("DeleteClient")),
+		connect.WithHandlerOptions(opts...),
+	)
 	return "/mlsds.v1.AccountService/", http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		switch r.URL.Path {
 		case AccountServiceCreateDeviceLinkProcedure:
 			accountServiceCreateDeviceLinkHandler.ServeHTTP(w, r)
 		case AccountServiceGetClientKeysProcedure:
 			accountServiceGetClientKeysHandler.ServeHTTP(w, r)
+		case AccountServiceDeleteClientProcedure:
+			accountServiceDeleteClientHandler.ServeHTTP(w, r)
 		default:
 			http.NotFound(w, r)
 		}
@@ -153,4 +188,8 @@ func (UnimplementedAccountServiceHandler) CreateDeviceLink(context.Context, *con
 
 func (UnimplementedAccountServiceHandler) GetClientKeys(context.Context, *connect.Request[v1.GetClientKeysRequest]) (*connect.Response[v1.GetClientKeysResponse], error) {
 	return nil, connect.NewError(connect.CodeUnimplemented, errors.New("mlsds.v1.AccountService.GetClientKeys is not implemented"))
+}
+
+func (UnimplementedAccountServiceHandler) DeleteClient(context.Context, *connect.Request[v1.DeleteClientRequest]) (*connect.Response[v1.DeleteClientResponse], error) {
+	return nil, connect.NewError(connect.CodeUnimplemented, errors.New("mlsds.v1.AccountService.DeleteClient is not implemented"))
 }
