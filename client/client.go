@@ -105,6 +105,14 @@ type Config struct {
 	// KeyPackages is how many KeyPackages are kept published, besides one
 	// last-resort KeyPackage; default 20.
 	KeyPackages int
+	// GroupInfoTreeLimit is the largest encoded ratchet tree, in bytes,
+	// that the client puts into the GroupInfo it sends with each Commit of
+	// a transparent group (the ratchet_tree extension, RFC 9420
+	// §12.4.3.3), so that whoever joins from that GroupInfo gets the tree
+	// with it. Above it the GroupInfo goes without the tree, and joiners
+	// take the tree from the Delivery Service (GetGroupInfo's
+	// ratchet_tree, or parts of it). Default (0) 64 KiB; negative: never.
+	GroupInfoTreeLimit int
 	// Logger receives diagnostics; default slog.Default(). It never sees
 	// secrets or plaintext.
 	Logger *slog.Logger

@@ -61,6 +61,17 @@ const (
 	// server no longer delivers the group to it, and the other members'
 	// clients commit its removal. No event of the group follows.
 	EventLeft
+	// EventPruned reports that the server deleted messages of the group
+	// before this client received them (every other member had them, or
+	// they outlived the server's retention): Seq is the first GroupSeq
+	// still kept, Err wraps ErrPruned. In a transparent group the client
+	// then rejoins on its own (EventRejoined follows, its Err wrapping
+	// ErrPruned too). In an opaque group it goes on if the group is still
+	// at its epoch (only application messages were lost); otherwise Err
+	// says so and the group is broken (ErrGroupBroken) until the app
+	// rejoins it (Client.JoinExternalWith with a GroupInfo from another
+	// member) or a member re-adds this client. See client/pruned.go.
+	EventPruned
 )
 
 var eventKindNames = [...]string{
@@ -74,6 +85,7 @@ var eventKindNames = [...]string{
 	EventRefused:        "refused",
 	EventRejoined:       "rejoined",
 	EventLeft:           "left",
+	EventPruned:         "pruned",
 }
 
 // String returns a short lower-case name of k.
@@ -108,7 +120,7 @@ type Event struct {
 	Members []string
 	// AcceptedAt is when the Delivery Service accepted the message.
 	AcceptedAt time.Time
-	// Err is set for EventUndecryptable, EventRefused (a *CredentialError)
-	// and EventRejoined (the reason).
+	// Err is set for EventUndecryptable, EventRefused (a *CredentialError),
+	// EventRejoined (the reason) and EventPruned (wrapping ErrPruned).
 	Err error
 }

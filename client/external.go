@@ -153,7 +153,7 @@ func (c *Client) externalCommit(ctx context.Context, gi *mls.GroupInfo, tree *ml
 		return nil, nil, errors.New("client: the GroupInfo's tree holds no leaf of this client; only members take part in an opaque group's external Commits")
 	}
 	now := uint64(time.Now().Unix())
-	kp, priv, err := mls.NewKeyPackage(gi.GroupContext.CipherSuite, []byte(c.id), c.sig, now-3600, now+uint64(keyPackageLifetime.Seconds()))
+	kp, priv, err := mls.NewKeyPackageWith(gi.GroupContext.CipherSuite, []byte(c.id), c.sig, now-3600, now+uint64(keyPackageLifetime.Seconds()), greaseKeyPackages)
 	if err != nil {
 		return nil, nil, err
 	}
@@ -165,7 +165,12 @@ func (c *Client) externalCommit(ctx context.Context, gi *mls.GroupInfo, tree *ml
 	if err != nil {
 		return nil, nil, err
 	}
-	ngi, err := st.GroupInfo(false)
+	var ngi *mls.GroupInfo
+	if opaque {
+		ngi, err = st.GroupInfo(false)
+	} else {
+		ngi, err = c.commitGroupInfo(st)
+	}
 	if err != nil {
 		return nil, nil, err
 	}

@@ -190,6 +190,8 @@ func (c *Client) handleStreamEvent(ctx context.Context, ev *mlsdsv1.SubscribeRes
 		return g.deliver(ctx, env)
 	case ev.GetWelcome() != nil:
 		return c.handleWelcome(ctx, ev.GetWelcome())
+	case ev.GetPruned() != nil:
+		return c.handlePruned(ctx, ev.GetPruned()) // pruned.go
 	case ev.GetKeyPackageLow() != nil:
 		c.topUpLater()
 	case ev.GetCaughtUp() != nil:
@@ -285,14 +287,14 @@ func (c *Client) publishKeyPackages(ctx context.Context) (int, error) {
 	now := time.Now()
 	nb, na := uint64(now.Add(-time.Hour).Unix()), uint64(now.Add(keyPackageLifetime).Unix())
 	for i := have; i < c.cfg.KeyPackages; i++ {
-		kp, priv, err := mls.NewKeyPackage(c.cs, []byte(c.id), c.sig, nb, na)
+		kp, priv, err := mls.NewKeyPackageWith(c.cs, []byte(c.id), c.sig, nb, na, greaseKeyPackages)
 		if err != nil {
 			return 0, err
 		}
 		keys = append(keys, keyPackageKeys{kp: kp, priv: priv})
 	}
 	if !lastResort {
-		kp, priv, err := mls.NewKeyPackage(c.cs, []byte(c.id), c.sig, nb, na)
+		kp, priv, err := mls.NewKeyPackageWith(c.cs, []byte(c.id), c.sig, nb, na, greaseKeyPackages)
 		if err != nil {
 			return 0, err
 		}

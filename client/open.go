@@ -47,6 +47,9 @@ func open(ctx context.Context, cfg Config) (*Client, error) {
 	if cfg.KeyPackages <= 0 {
 		cfg.KeyPackages = defaultKeyPackages
 	}
+	if cfg.GroupInfoTreeLimit == 0 {
+		cfg.GroupInfoTreeLimit = defaultGroupInfoTreeLimit
+	}
 	if cfg.Logger == nil {
 		cfg.Logger = slog.Default()
 	}

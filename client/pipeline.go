@@ -234,7 +234,7 @@ func (c *Client) createGroup(ctx context.Context, opts GroupOptions) (*Group, er
 	if c.group(id) != nil {
 		return nil, fmt.Errorf("client: this client already has group %x", id)
 	}
-	kp, priv, err := mls.NewKeyPackage(c.cs, []byte(c.id), c.sig, 0, math.MaxUint64)
+	kp, priv, err := mls.NewKeyPackageWith(c.cs, []byte(c.id), c.sig, 0, math.MaxUint64, greaseKeyPackages)
 	if err != nil {
 		return nil, err
 	}
@@ -389,6 +389,13 @@ func (g *Group) catchUpLocked(ctx context.Context, upTo uint64) (err error) {
 		from := g.processed + 1
 		res, err := g.c.rpc.groups.Fetch(ctx, connect.NewRequest(&mlsdsv1.FetchRequest{GroupId: g.id, FromSeq: from, Limit: fetchPage}))
 		if err != nil {
+			if oldest := prunedFrom(err); oldest > from {
+				// Gone from the server (pruned.go).
+				if err := g.prunedLocked(ctx, oldest); err != nil {
+					return err
+				}
+				continue
+			}
 			return fmt.Errorf("client: fetching group %x from %d: %w", g.id, from, err)
 		}
 		if len(res.Msg.Messages) == 0 {
@@ -419,6 +426,9 @@ func (g *Group) catchUpLocked(ctx context.Context, upTo uint64) (err error) {
 // the message is processed again later.
 func (g *Group) processLocked(env *mlsdsv1.Envelope) error {
 	if env.GroupSeq <= g.processed {
+		return nil
+	}
+	if g.skipPrunedLocked(env.GroupSeq) {
 		return nil
 	}
 	if g.removed {
@@ -816,6 +826,9 @@ func (g *Group) commit(ctx context.Context, in intent) error {
 				// Remove proposal of its own that it did not take in.
 				g.maybeLeave(ctx)
 			}
+			// As after any Commit: remove the members who are gone (a
+			// deleted client, whose removal nobody proposed).
+			g.removeStale(ctx)
 			return nil
 		}
 		lastErr = err
@@ -1008,7 +1021,7 @@ func (g *Group) makeCommit(ctx context.Context, in intent, claimed map[string]*m
 		}
 	}
 	if !g.opaque {
-		gi, err := next.GroupInfo(false)
+		gi, err := g.c.commitGroupInfo(next)
 		if err != nil {
 			return nil, err
 		}
@@ -1212,7 +1225,7 @@ func (g *Group) groupInfo() ([]byte, error) {
 		return nil, err
 	}
 	defer g.mu.Unlock()
-	gi, err := g.st.GroupInfo(true)
+	gi, err := g.st.GroupInfoWith(mls.GroupInfoOptions{RatchetTree: true, Grease: true})
 	if err != nil {
 		return nil, err
 	}

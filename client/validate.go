@@ -213,7 +213,9 @@ func (v *directoryValidator) prefetch(ctx context.Context, leaves []leafRef) err
 func (v *directoryValidator) fetch(ctx context.Context, ids []string) error {
 	var res *connect.Response[mlsdsv1.GetClientKeysResponse]
 	var err error
-	for attempt := 0; attempt < 3; attempt++ {
+	// As patient as every other call of the client: a server restarting
+	// under a Commit must not fail it.
+	for attempt := 0; attempt < maxAttempts; attempt++ {
 		if attempt > 0 {
 			if serr := sleep(ctx, retryAfter(err, attempt)); serr != nil {
 				return fmt.Errorf("%w: %v", ErrValidatorUnavailable, serr)

@@ -111,7 +111,10 @@ var (
 //     DeviceLink to be the hash of a link made for that user, unused and
 //     unexpired at Now, and marks it used by Client.ID; without one it
 //     fails with ErrRegistrationRefused;
-//  5. stores Client.
+//  5. if MaxClientsPerUser > 0 and Client.UserID has that many clients
+//     already, fails with a *QuotaExceededError{What:
+//     QuotaClientsPerUser};
+//  6. stores Client.
 type ClientRegistration struct {
 	Client Client
 	// UserVouched says that the registration policy established that the
@@ -123,6 +126,8 @@ type ClientRegistration struct {
 	// Once, when not nil, is spent in the same transaction.
 	Once *OnceRecord
 	Now  time.Time
+	// MaxClientsPerUser caps the clients of Client.UserID; 0: no cap.
+	MaxClientsPerUser int
 }
 
 // DeviceLinkRecord is a stored device link. Only the hash of its secret
@@ -206,7 +211,7 @@ func (s *Service) Register(ctx context.Context, r Registration) (Client, error) 
 	}
 	now := s.now()
 	c.CreatedAt = now
-	cr := ClientRegistration{Client: c, UserVouched: r.UserVouched, Now: now}
+	cr := ClientRegistration{Client: c, UserVouched: r.UserVouched, Now: now, MaxClientsPerUser: max(0, s.cfg.MaxClientsPerUser)}
 	if r.DeviceLink != "" {
 		h := sha256.Sum256([]byte(r.DeviceLink))
 		cr.DeviceLink = h[:]

@@ -61,6 +61,21 @@ type Config struct {
 	MaxGroupIDSize          int           // bytes of a group id; default 255
 	MaxClientIDSize         int           // bytes of a client or user id; default 255
 
+	// Quotas (see quota.go): what one client may make the Service store.
+	// Zero takes the default; negative turns the quota off.
+	MaxKeyPackageSize  int   // bytes of one KeyPackage; default 64 KiB
+	MaxKeyPackageBytes int64 // bytes of the unclaimed KeyPackages a client stores; default 4 MiB
+	MaxGroupsPerDay    int   // groups a client creates per UTC day; default 100
+	// MaxBytesPerDay bounds the bytes a client submits per UTC day:
+	// messages, Welcomes, GroupInfos, ratchet trees and remote trees;
+	// default 1 GiB. Nodes that share a store may together admit a little
+	// more (quota.go says how much).
+	MaxBytesPerDay    int64
+	MaxClientsPerUser int // clients registered under one user id; default 20
+	// QuotaFlushInterval is how often a node writes the bytes it accepted
+	// to the store; default 1s. It bounds how late other nodes see them.
+	QuotaFlushInterval time.Duration
+
 	// AppMessageEpochWindow is how many epochs old an application message
 	// may be: with 2, a group at epoch 7 takes application messages of
 	// epochs 5, 6 and 7. Default 2. Proposals and Commits must always be
@@ -80,6 +95,20 @@ type Config struct {
 	SlowConsumerTimeout time.Duration // a subscription whose consumer takes nothing for this long ends; default 30s
 	PollInterval        time.Duration // subscriptions re-check the store this often even without wake-ups; default 5s
 
+	// Byte budgets. FetchMaxBytes bounds the messages of one Fetch page
+	// (at least one message comes, however large); default 4 MiB. The
+	// others bound the messages and Welcomes that subscriptions hold for
+	// their consumers, taken in but not yet taken out: per subscription
+	// (default 4 MiB), per client over all its subscriptions (default
+	// 8 MiB) and for the whole Service (default 64 MiB). A subscription
+	// that finds one full stops taking in new events and reads them from
+	// the store once there is room again: nothing is lost or reordered.
+	// Each is raised to at least one message of MaxMessageSize.
+	FetchMaxBytes              int
+	SubscriptionMaxBytes       int
+	ClientSubscriptionMaxBytes int
+	BufferedMaxBytes           int64
+
 	// StateCacheBytes bounds the decoded states of transparent groups kept
 	// in memory, least recently used first out, in approximate bytes of
 	// memory; default 256 MiB, negative: no cache (every handshake
@@ -93,6 +122,22 @@ type Config struct {
 	// ExternalJoin says who may fetch a transparent group's GroupInfo and
 	// join it by external Commit (§12.4.3.2); default ExternalJoinLinks.
 	ExternalJoin ExternalJoinPolicy
+
+	// Retention is how long a message (or Welcome) is kept at most, even if
+	// some recipient has not acknowledged it yet; default 30 days, negative:
+	// forever (messages then go only once everyone acknowledged them). See
+	// prune.go.
+	Retention time.Duration
+	// PruneInterval is how often the background pruner sweeps the store;
+	// default 1 minute, negative: no background pruner (Prune may still be
+	// called).
+	PruneInterval time.Duration
+	// PruneBatch bounds the rows one pruning transaction deletes; default
+	// 1,000.
+	PruneBatch int
+	// PrunePause is the pause between two pruning transactions, so that
+	// the pruner leaves room to the traffic; default 50ms.
+	PrunePause time.Duration
 
 	// Notifier carries wake-ups from the writers to the subscriptions. Nil
 	// means the Store's own (if it implements NotifierProvider) or else an
@@ -126,6 +171,19 @@ func (c Config) withDefaults() Config {
 	def(&c.KeyPackageLowWater, 10)
 	def(&c.MaxGroupIDSize, 255)
 	def(&c.MaxClientIDSize, 255)
+	def(&c.MaxKeyPackageSize, 64<<10)
+	def64 := func(v *int64, d int64) {
+		if *v == 0 {
+			*v = d
+		}
+	}
+	def64(&c.MaxKeyPackageBytes, 4<<20)
+	def(&c.MaxGroupsPerDay, 100)
+	def64(&c.MaxBytesPerDay, 1<<30)
+	def(&c.MaxClientsPerUser, 20)
+	if c.QuotaFlushInterval <= 0 {
+		c.QuotaFlushInterval = time.Second
+	}
 	if c.AppMessageEpochWindow == 0 && !c.ZeroAppMessageEpochWindow {
 		c.AppMessageEpochWindow = 2
 	}
@@ -146,6 +204,22 @@ func (c Config) withDefaults() Config {
 	def(&c.SubscriptionBuffer, 256)
 	defd(&c.SlowConsumerTimeout, 30*time.Second)
 	defd(&c.PollInterval, 5*time.Second)
+	// One message (and what an Envelope costs besides) always fits.
+	least := c.MaxMessageSize + envelopeOverhead
+	def(&c.FetchMaxBytes, 4<<20)
+	def(&c.SubscriptionMaxBytes, 4<<20)
+	def(&c.ClientSubscriptionMaxBytes, 8<<20)
+	if c.BufferedMaxBytes == 0 {
+		c.BufferedMaxBytes = 64 << 20
+	}
+	c.FetchMaxBytes = max(c.FetchMaxBytes, 1)
+	c.SubscriptionMaxBytes = max(c.SubscriptionMaxBytes, least)
+	c.ClientSubscriptionMaxBytes = max(c.ClientSubscriptionMaxBytes, least)
+	c.BufferedMaxBytes = max(c.BufferedMaxBytes, int64(least))
+	defd(&c.Retention, 30*24*time.Hour)
+	defd(&c.PruneInterval, time.Minute)
+	def(&c.PruneBatch, 1_000)
+	defd(&c.PrunePause, 50*time.Millisecond)
 	if c.Now == nil {
 		c.Now = time.Now
 	}

@@ -32,8 +32,19 @@ var ErrSlowConsumer = errors.New("ds: subscription ended: the consumer did not k
 // client that lost track can rebuild the group's history. The client must
 // be or have been a member (ErrNotMember). A limit of 0 (or less) means
 // 100; above 1000, and a fromSeq above 2^63-1 (no group gets there), are
-// refused with ErrInvalidArgument.
+// refused with ErrInvalidArgument. A page holds at most
+// Config.FetchMaxBytes of messages (at least one message): a caller pages
+// on from the last message returned.
 func (s *Service) Fetch(ctx context.Context, client string, groupID []byte, fromSeq uint64, limit int) ([]Envelope, error) {
+	return s.FetchWithin(ctx, client, groupID, fromSeq, limit, s.cfg.FetchMaxBytes)
+}
+
+// FetchWithin is Fetch with a page of at most maxBytes of messages (at
+// least one message), but never more than Config.FetchMaxBytes. A server
+// that bounds the bytes of all the answers it is writing asks for less
+// when little is left.
+func (s *Service) FetchWithin(ctx context.Context, client string, groupID []byte, fromSeq uint64, limit, maxBytes int) ([]Envelope, error) {
+	maxBytes = max(1, min(maxBytes, s.cfg.FetchMaxBytes))
 	if err := s.allow(client); err != nil {
 		return nil, err
 	}
@@ -54,7 +65,32 @@ func (s *Service) Fetch(ctx context.Context, client string, groupID []byte, from
 	if len(ws) == 0 {
 		return nil, notMember(client, groupID)
 	}
-	return s.store.Messages(ctx, MessageQuery{GroupID: groupID, ClientID: client, FromSeq: fromSeq, Limit: limit})
+	// The store stops reading once the page reaches the budget; the
+	// message that went beyond it (if not the only one) is left for the
+	// next page.
+	envs, err := s.store.Messages(ctx, MessageQuery{GroupID: groupID, ClientID: client, FromSeq: fromSeq, Limit: limit, MaxBytes: maxBytes})
+	if err != nil {
+		return nil, err
+	}
+	envs = withinBudget(envs, maxBytes)
+	// Messages from fromSeq on that were pruned: *PrunedError (prune.go).
+	if err := s.checkPruned(ctx, groupID, ws, fromSeq, envs); err != nil {
+		return nil, err
+	}
+	return envs, nil
+}
+
+// withinBudget returns the longest prefix of envs whose Data sums to at
+// most maxBytes, and at least the first envelope.
+func withinBudget(envs []Envelope, maxBytes int) []Envelope {
+	n := 0
+	for i := range envs {
+		if n += len(envs[i].Data); n > maxBytes && i > 0 {
+			clear(envs[i:])
+			return envs[:i]
+		}
+	}
+	return envs
 }
 
 // Ack records durably that the client has processed the group's messages
@@ -142,8 +178,23 @@ func (s *Service) Subscribe(ctx context.Context, client string) (<-chan Event, e
 	})
 	sub.stopCtx = context.AfterFunc(ctx, sub.kick)
 	sub.fan.poll.add(sub)
+	sub.fan.buf.join(sub)
 	go sub.work()
 	return sub.out, nil
+}
+
+// BufferStats describes what the subscriptions of a Service buffer for
+// their consumers (see Config.SubscriptionMaxBytes).
+type BufferStats struct {
+	Bytes         int64  // messages and Welcomes taken in and not yet taken by the consumers
+	BackPressure  uint64 // events held back (to be read again from the store) because a budget was full
+	SlowConsumers uint64 // subscriptions ended with ErrSlowConsumer
+}
+
+// BufferStats returns the current figures.
+func (s *Service) BufferStats() BufferStats {
+	b := s.fan.buf
+	return BufferStats{Bytes: b.bytes(), BackPressure: b.backPressure.Load(), SlowConsumers: b.slowCuts.Load()}
 }
 
 // subscriptionChanCap is how many of a subscription's buffered events sit
@@ -174,6 +225,18 @@ type subscription struct {
 	sentWelcome map[welcomeKey]bool
 	lowSent     bool
 	lowLast     int
+	// Byte budgets (fanout.go's buffered). chanSizes are the sizes of the
+	// events put into out and not yet seen taken, oldest first: whatever
+	// out no longer holds, the consumer took.
+	chanSizes []int64
+	stalled   bool      // an event was held back for a full budget
+	freed     bool      // the consumer took something since the last stall
+	lastTaken time.Time // when the consumer last took an event, or the buffer began to fill
+
+	// Under the fan-out's buffered.mu.
+	cb      *clientBuffered
+	bytes   int64 // held in the queue and in out
+	waiting bool  // in buffered.waiting
 
 	clientDirty atomic.Bool // the client's topic was notified
 	// clientGen counts the notifications of the client's topic; windows
@@ -212,6 +275,8 @@ type groupSub struct {
 	// passed is pos as the tail sees it (it may lag): the tail keeps
 	// nothing that every subscription has passed.
 	passed atomic.Uint64
+	// stalled: a message after pos was held back for a full budget.
+	stalled bool
 }
 
 type welcomeKey struct {
@@ -244,7 +309,7 @@ func (sub *subscription) kick() {
 }
 
 // work is the worker: it runs until the flags are clear and every event
-// is handed over, or the subscription ends.
+// is handed over and taken, or the subscription ends.
 func (sub *subscription) work() {
 	ctx := sub.ctx
 	var linger *time.Timer
@@ -256,6 +321,16 @@ func (sub *subscription) work() {
 			sub.finish(nil)
 			return
 		}
+		if sub.stalled {
+			// Try again what a full budget held back.
+			sub.stalled = false
+			for _, g := range sub.groups {
+				if g.stalled {
+					g.stalled = false
+					g.dirty.Store(true)
+				}
+			}
+		}
 		if err := sub.step(ctx); err != nil {
 			if ctx.Err() != nil {
 				err = nil
@@ -263,27 +338,17 @@ func (sub *subscription) work() {
 			sub.finish(err)
 			return
 		}
-		// Hand over the queue; a kick interrupts the wait, to look at the
-		// flags again.
-	drain:
-		for sub.queued() > 0 {
-			wake := sub.wakeChan()
-			select {
-			case sub.out <- sub.queue[sub.qHead]:
-				sub.pop()
-			case <-wake:
-				break drain
-			case <-ctx.Done():
-				sub.finish(nil)
-				return
-			}
+		again, ended := sub.handOver(ctx)
+		if ended {
+			return
 		}
-		if sub.queued() > 0 {
+		if again || sub.stalled && sub.freed {
 			continue
 		}
 		// Nothing to do: wait a little for the next wake-up before
 		// ending, so that a busy subscription keeps its goroutine (and its
-		// grown stack) instead of starting one per message.
+		// grown stack) instead of starting one per message. One held back
+		// by budgets that others hold is kicked when they release some.
 		if sub.idle() {
 			if linger == nil {
 				linger = time.NewTimer(workerLinger)
@@ -306,6 +371,130 @@ func (sub *subscription) work() {
 			sub.mu.Unlock()
 		}
 	}
+}
+
+// Between these bounds (doubling while nothing changes), a worker looks
+// how much of its channel the consumer took.
+const (
+	handOverPollMin = 2 * time.Millisecond
+	handOverPollMax = 64 * time.Millisecond
+)
+
+// handOver moves the queue into the channel and watches the consumer take
+// what is buffered, releasing its bytes. It returns again when the worker
+// has more to do (a kick came, or a stalled subscription has room again)
+// and neither when everything was taken. It ends the subscription (ended)
+// when ctx ends or when the consumer took nothing for
+// SlowConsumerTimeout while events waited for it.
+func (sub *subscription) handOver(ctx context.Context) (again, ended bool) {
+	timeout := sub.s.cfg.SlowConsumerTimeout
+	poll := handOverPollMin
+	var timer *time.Timer
+	defer func() {
+		if timer != nil {
+			timer.Stop()
+		}
+	}()
+	for {
+		sub.settle()
+		if sub.queued() == 0 && len(sub.chanSizes) == 0 {
+			return false, false
+		}
+		if sub.stalled && sub.hasRoom() {
+			return true, false
+		}
+		idle := time.Since(sub.lastTaken)
+		if idle >= timeout {
+			sub.finish(ErrSlowConsumer)
+			return false, true
+		}
+		wait := min(poll, timeout-idle)
+		if timer == nil {
+			timer = time.NewTimer(wait)
+		} else {
+			timer.Reset(wait)
+		}
+		var out chan Event // nil (never ready) when the queue is empty
+		var next Event
+		if sub.queued() > 0 {
+			out, next = sub.out, sub.queue[sub.qHead]
+		}
+		select {
+		case out <- next:
+			sub.placed(eventBytes(next))
+			sub.pop()
+			poll = handOverPollMin
+		case <-sub.wakeChan():
+			return true, false
+		case <-ctx.Done():
+			sub.finish(nil)
+			return false, true
+		case <-timer.C:
+			poll = min(2*poll, handOverPollMax)
+		}
+	}
+}
+
+// settle releases what the consumer took from the channel and moves the
+// queue into the channel's free room.
+func (sub *subscription) settle() {
+	if taken := len(sub.chanSizes) - len(sub.out); taken > 0 {
+		var n int64
+		for _, x := range sub.chanSizes[:taken] {
+			n += x
+		}
+		sub.chanSizes = append(sub.chanSizes[:0], sub.chanSizes[taken:]...)
+		sub.lastTaken = time.Now()
+		sub.freed = true
+		sub.fan.buf.release(sub, n)
+	}
+	for sub.queued() > 0 {
+		select {
+		case sub.out <- sub.queue[sub.qHead]:
+			sub.placed(eventBytes(sub.queue[sub.qHead]))
+			sub.pop()
+			continue
+		default:
+		}
+		break
+	}
+}
+
+// placed records an event of size bytes put into the channel.
+func (sub *subscription) placed(size int64) { sub.chanSizes = append(sub.chanSizes, size) }
+
+// hasRoom reports whether a stalled subscription should try again before
+// its consumer took everything: the consumer took some since the stall,
+// and the subscription holds at most half its budgets.
+func (sub *subscription) hasRoom() bool {
+	if !sub.freed {
+		return false
+	}
+	b := sub.fan.buf
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return sub.bytes <= b.subMax/2 && len(sub.out)+sub.queued() <= max(1, sub.s.cfg.SubscriptionBuffer)/2
+}
+
+// stall holds g back: a budget is full, and what comes after g.pos is
+// read again (from the tail or the store) once there is room.
+func (sub *subscription) stall(g *groupSub) {
+	g.stalled, sub.stalled, sub.freed = true, true, false
+}
+
+// errFull tells the pumps that a budget is full: the event was not taken.
+var errFull = errors.New("ds: a subscription buffer budget is full")
+
+// eventBytes is what an event counts against the byte budgets.
+func eventBytes(ev Event) int64 {
+	switch {
+	case ev.Message != nil:
+		return int64(len(ev.Message.Data) + envelopeOverhead)
+	case ev.Welcome != nil:
+		w := ev.Welcome
+		return int64(len(w.Data) + len(w.KeyPackageRef) + len(w.GroupID) + envelopeOverhead)
+	}
+	return 0
 }
 
 // workerLinger is how long a subscription's worker waits for more work
@@ -366,6 +555,11 @@ func (sub *subscription) finish(err error) {
 			g.tail = nil
 		}
 	}
+	sub.fan.buf.leave(sub)
+	sub.chanSizes = nil
+	if errors.Is(err, ErrSlowConsumer) {
+		sub.fan.buf.slowCuts.Add(1)
+	}
 	if err != nil {
 		sub.push(Event{Err: err})
 	send:
@@ -395,6 +589,9 @@ func (sub *subscription) step(ctx context.Context) error {
 			if err := sub.pumpGroup(ctx, g, false); err != nil {
 				return err
 			}
+		}
+		if sub.stalled {
+			return nil // the replay goes on once there is room
 		}
 		sub.caughtUp = true
 		return sub.send(ctx, Event{CaughtUp: true})
@@ -459,6 +656,12 @@ func (sub *subscription) refreshClient(ctx context.Context) error {
 			continue
 		}
 		if err := sub.send(ctx, Event{Welcome: &ws[i]}); err != nil {
+			if err == errFull {
+				// Read again once there is room.
+				sub.clientDirty.Store(true)
+				sub.stalled, sub.freed = true, false
+				return nil
+			}
 			return err
 		}
 		if sub.sentWelcome == nil {
@@ -502,6 +705,7 @@ func (g *groupSub) visible(seq uint64) bool {
 // pumpGroup sends the group's messages after g.pos: from the group's tail,
 // or from the store for what is older than the tail.
 func (sub *subscription) pumpGroup(ctx context.Context, g *groupSub, poll bool) error {
+pump:
 	for g.active() {
 		if g.tail == nil {
 			g.tail = sub.fan.attach(g)
@@ -513,6 +717,10 @@ func (sub *subscription) pumpGroup(ctx context.Context, g *groupSub, poll bool) 
 		poll = false
 		if g.pos+1 < first {
 			if err := sub.pumpStore(ctx, g, first); err != nil {
+				if err == errFull {
+					sub.stall(g)
+					break pump
+				}
 				return err
 			}
 			continue
@@ -539,6 +747,10 @@ func (sub *subscription) pumpGroup(ctx context.Context, g *groupSub, poll bool) 
 			}
 			if g.visible(e.GroupSeq) && e.Sender != sub.client.ID {
 				if err := sub.send(ctx, Event{Message: e}); err != nil {
+					if err == errFull {
+						sub.stall(g)
+						break pump
+					}
 					return err
 				}
 			}
@@ -563,19 +775,43 @@ func (sub *subscription) pumpGroup(ctx context.Context, g *groupSub, poll bool) 
 // before bound, the tail's first GroupSeq (all of them are stored), one
 // page at a time.
 func (sub *subscription) pumpStore(ctx context.Context, g *groupSub, bound uint64) error {
-	envs, err := sub.s.store.Messages(ctx, MessageQuery{
+	// Read no more than the subscription can take now.
+	room := sub.fan.buf.room(sub)
+	if room == 0 {
+		sub.fan.buf.backPressure.Add(1)
+		return errFull
+	}
+	q := MessageQuery{
 		GroupID: g.id, ClientID: sub.client.ID, FromSeq: g.pos + 1, Limit: pumpPage, ExcludeOwn: true,
-	})
+		MaxBytes: int(min(room, int64(sub.s.cfg.SubscriptionMaxBytes))),
+	}
+	envs, err := sub.s.store.Messages(ctx, q)
 	if err != nil {
 		return err
 	}
-	reached := len(envs) < pumpPage
+	if gap := len(envs) == 0 && bound > g.pos+1 || len(envs) > 0 && envs[0].GroupSeq > g.pos+1; gap {
+		// Pruned before the client acknowledged them (prune.go): say so
+		// and go on after them.
+		next, err := sub.s.prunedFrom(ctx, g.id, g.windows, g.pos+1)
+		if err != nil {
+			return err
+		}
+		if next != 0 {
+			if err := sub.send(ctx, Event{Pruned: &PrunedEvent{GroupID: g.id, OldestSeq: next}}); err != nil {
+				return err
+			}
+			g.pos, g.winOK = next-1, false
+			return nil
+		}
+	}
+	reached := !pageFull(envs, q)
 	for i := range envs {
 		if envs[i].GroupSeq >= bound {
 			reached = true
 			break
 		}
 		if err := sub.send(ctx, Event{Message: &envs[i]}); err != nil {
+			g.winOK = false // what was sent may hold a Commit
 			return err
 		}
 		g.pos = envs[i].GroupSeq
@@ -611,23 +847,30 @@ func (sub *subscription) checkLowWater(ctx context.Context) error {
 	return nil
 }
 
-// send hands an event to the consumer, or queues it. When the buffer
-// (channel and queue) is full, it waits up to SlowConsumerTimeout for the
-// consumer to take one.
+// send hands an event to the consumer, or queues it. A message or a
+// Welcome is refused with errFull when the subscription holds as many
+// events as SubscriptionBuffer or a byte budget has no room for it: the
+// caller stops there and sends it later. Other events (small, and one of
+// each at most per step) are always taken; when the buffer is full of
+// others they wait up to SlowConsumerTimeout for the consumer to take one.
 func (sub *subscription) send(ctx context.Context, ev Event) error {
-	// Move what is queued into free room of the channel, in order.
-	for sub.queued() > 0 {
-		select {
-		case sub.out <- sub.queue[sub.qHead]:
-			sub.pop()
-			continue
-		default:
+	sub.settle()
+	if sub.queued() == 0 && len(sub.chanSizes) == 0 {
+		sub.lastTaken = time.Now() // the consumer owed nothing until now
+	}
+	size := eventBytes(ev)
+	if ev.Message != nil || ev.Welcome != nil {
+		if len(sub.out)+sub.queued() >= max(1, sub.s.cfg.SubscriptionBuffer) || !sub.fan.buf.reserve(sub, size) {
+			sub.fan.buf.backPressure.Add(1)
+			return errFull
 		}
-		break
+	} else {
+		sub.fan.buf.force(sub, size)
 	}
 	if sub.queued() == 0 {
 		select {
 		case sub.out <- ev:
+			sub.placed(size)
 			return nil
 		default:
 		}
@@ -644,6 +887,7 @@ func (sub *subscription) send(ctx context.Context, ev Event) error {
 	}
 	select {
 	case sub.out <- next:
+		sub.placed(eventBytes(next))
 		if sub.queued() > 0 {
 			sub.pop()
 			sub.push(ev)

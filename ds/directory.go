@@ -24,7 +24,10 @@ const maxUploadBatch = 1000
 // a basic credential whose identity is clientID and the client's
 // registered signature key, and not be stored already. At most one
 // last-resort KeyPackage per suite: uploading another while one is stored
-// fails with ErrAlreadyExists (delete the old one first).
+// fails with ErrAlreadyExists (delete the old one first). Each KeyPackage
+// has at most Config.MaxKeyPackageSize bytes (else a *TooLargeError), and
+// the client's unclaimed ones together at most Config.MaxKeyPackageBytes
+// (else a *QuotaExceededError; deleting some frees bytes).
 func (s *Service) UploadKeyPackages(ctx context.Context, clientID string, kps []KeyPackageUpload) ([]KeyPackageInfo, error) {
 	if err := s.allow(clientID); err != nil {
 		return nil, err
@@ -46,6 +49,9 @@ func (s *Service) UploadKeyPackages(ctx context.Context, clientID string, kps []
 		if len(up.Data) > s.cfg.MaxMessageSize {
 			return nil, &TooLargeError{Limit: s.cfg.MaxMessageSize, What: "message bytes"}
 		}
+		if lim := s.cfg.MaxKeyPackageSize; lim > 0 && len(up.Data) > lim {
+			return nil, &TooLargeError{Limit: lim, What: LimitKeyPackageSize}
+		}
 		rec, err := s.checkKeyPackage(client, up, now)
 		if err != nil {
 			var im *InvalidMessageError
@@ -57,7 +63,8 @@ func (s *Service) UploadKeyPackages(ctx context.Context, clientID string, kps []
 		recs = append(recs, rec)
 		infos = append(infos, rec.info())
 	}
-	if err := s.store.AddKeyPackages(ctx, recs, s.cfg.MaxKeyPackagesPerClient); err != nil {
+	lim := KeyPackageLimits{Count: s.cfg.MaxKeyPackagesPerClient, Bytes: max(0, s.cfg.MaxKeyPackageBytes)}
+	if err := s.store.AddKeyPackagesWithin(ctx, recs, lim); err != nil {
 		return nil, err
 	}
 	s.notify(ClientTopic(clientID))

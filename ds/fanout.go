@@ -49,11 +49,14 @@ type fanout struct {
 
 	// leaving holds the clients leaving a group on this node (leave.go).
 	leaving leavingSet
+
+	// buf holds the byte budgets of the subscriptions' buffers.
+	buf *buffered
 }
 
 // newFanout returns the fan-out of a Service (Service.New makes one).
 func newFanout(store Store, notifier Notifier, cfg Config) *fanout {
-	f := &fanout{store: store, notifier: notifier, cfg: cfg, groups: make(map[string]*groupTail)}
+	f := &fanout{store: store, notifier: notifier, cfg: cfg, groups: make(map[string]*groupTail), buf: newBuffered(cfg)}
 	f.poll.init(cfg.PollInterval)
 	return f
 }
@@ -202,13 +205,14 @@ func (t *groupTail) fill(ctx context.Context, g *groupSub, want uint64) error {
 	started := time.Now()
 
 	if member {
-		got, err := t.fan.store.Messages(ctx, MessageQuery{GroupID: t.id, ClientID: reader, FromSeq: next, Limit: pumpPage})
+		q := MessageQuery{GroupID: t.id, ClientID: reader, FromSeq: next, Limit: pumpPage, MaxBytes: maxTailBytes}
+		got, err := t.fan.store.Messages(ctx, q)
 		if err != nil {
 			return err
 		}
 		t.mu.Lock()
 		k := t.appendLocked(got)
-		if k == len(got) && len(got) < pumpPage && (k == 0 || got[k-1].ContentType != mls.ContentTypeCommit) {
+		if k == len(got) && !pageFull(got, q) && (k == 0 || got[k-1].ContentType != mls.ContentTypeCommit) {
 			t.filledGen = max(t.filledGen, gen)
 			t.filledAt = started
 			t.mu.Unlock()
@@ -234,7 +238,10 @@ func (t *groupTail) fill(ctx context.Context, g *groupSub, want uint64) error {
 
 	for next <= last {
 		limit := int(min(last+1-next, pumpPage))
-		got, err := t.fan.store.Messages(ctx, MessageQuery{GroupID: t.id, ClientID: reader, FromSeq: next, Limit: limit})
+		// The budget keeps one read within the tail's bounds; the tail
+		// drops the oldest as it takes in more.
+		q := MessageQuery{GroupID: t.id, ClientID: reader, FromSeq: next, Limit: limit, MaxBytes: maxTailBytes}
+		got, err := t.fan.store.Messages(ctx, q)
 		if err != nil {
 			return err
 		}
@@ -246,7 +253,7 @@ func (t *groupTail) fill(ctx context.Context, g *groupSub, want uint64) error {
 		k := t.appendLocked(got)
 		next = t.next
 		t.mu.Unlock()
-		if k < len(got) || len(got) < limit {
+		if k < len(got) || !pageFull(got, q) {
 			break // a gap: reader does not see everything
 		}
 	}
@@ -257,6 +264,22 @@ func (t *groupTail) fill(ctx context.Context, g *groupSub, want uint64) error {
 		t.mu.Unlock()
 	}
 	return nil
+}
+
+// pageFull reports whether got, the answer to q, may have been cut short
+// by q's Limit or MaxBytes: only then may more messages follow it.
+func pageFull(got []Envelope, q MessageQuery) bool {
+	if len(got) >= q.Limit {
+		return true
+	}
+	if q.MaxBytes <= 0 {
+		return false
+	}
+	n := 0
+	for i := range got {
+		n += len(got[i].Data)
+	}
+	return n >= q.MaxBytes
 }
 
 // appendLocked appends the envelopes of got that continue the tail without
@@ -416,4 +439,184 @@ func (p *poller) run() {
 		}
 		clear(due)
 	}
+}
+
+// buffered keeps the byte budgets of what subscriptions hold for their
+// consumers (Config.SubscriptionMaxBytes, ClientSubscriptionMaxBytes,
+// BufferedMaxBytes): the messages and Welcomes taken in, from their queue
+// until the consumer takes them from the channel. A subscription that
+// finds a budget full does not queue the event: it leaves its position
+// where it is and reads the rest later, from the group's tail or the
+// store (back-pressure). One that waits for room that others hold is
+// kicked when they release some.
+type buffered struct {
+	subMax, clientMax, totalMax int64
+
+	backPressure atomic.Uint64 // events held back for a full budget
+	slowCuts     atomic.Uint64 // subscriptions ended with ErrSlowConsumer
+
+	mu      sync.Mutex
+	total   int64
+	clients map[string]*clientBuffered
+	waiting []*subscription // held back by a budget others share, oldest first
+	// The largest figures since a test last looked (budget_export_test.go).
+	peakSub, peakClient, peakTotal int64
+}
+
+// clientBuffered is what the subscriptions of one client hold.
+type clientBuffered struct {
+	bytes int64
+	subs  int
+}
+
+// bufferedWakeups is how many waiting subscriptions a release kicks. Each
+// that gets room kicks more once its consumer took what it sent.
+const bufferedWakeups = 4
+
+func newBuffered(cfg Config) *buffered {
+	return &buffered{
+		subMax: int64(cfg.SubscriptionMaxBytes), clientMax: int64(cfg.ClientSubscriptionMaxBytes), totalMax: cfg.BufferedMaxBytes,
+		clients: make(map[string]*clientBuffered),
+	}
+}
+
+// join counts sub among its client's subscriptions.
+func (b *buffered) join(sub *subscription) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	cb := b.clients[sub.client.ID]
+	if cb == nil {
+		cb = &clientBuffered{}
+		b.clients[sub.client.ID] = cb
+	}
+	cb.subs++
+	sub.cb = cb
+}
+
+// leave releases all that sub holds and forgets it.
+func (b *buffered) leave(sub *subscription) {
+	b.mu.Lock()
+	n := sub.bytes
+	sub.bytes = 0
+	b.total -= n
+	sub.cb.bytes -= n
+	if sub.cb.subs--; sub.cb.subs == 0 {
+		delete(b.clients, sub.client.ID)
+	}
+	if sub.waiting {
+		sub.waiting = false
+		if i := slices.Index(b.waiting, sub); i >= 0 {
+			b.waiting = slices.Delete(b.waiting, i, i+1)
+		}
+	}
+	wake := b.wakeLocked(n)
+	b.mu.Unlock()
+	for _, w := range wake {
+		w.kick()
+	}
+}
+
+// reserve takes n bytes for sub if every budget has room. When its own
+// budget is full, sub waits for its consumer; when its client's or the
+// Service's is, it is kicked when some is released.
+//
+// A subscription that holds nothing may always take one event: streams
+// whose clients read are never starved by streams that do not (which hold
+// the shared budgets until the slow-consumer timeout ends them), and a
+// message larger than a budget still goes out. The shared budgets can so
+// be passed by at most one message per reading stream.
+func (b *buffered) reserve(sub *subscription, n int64) bool {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if sub.bytes == 0 {
+		sub.bytes += n
+		sub.cb.bytes += n
+		b.total += n
+		b.peakLocked(sub)
+		return true
+	}
+	if sub.bytes+n > b.subMax {
+		return false
+	}
+	if sub.cb.bytes+n > b.clientMax || b.total+n > b.totalMax {
+		if !sub.waiting {
+			sub.waiting = true
+			b.waiting = append(b.waiting, sub)
+		}
+		return false
+	}
+	sub.bytes += n
+	sub.cb.bytes += n
+	b.total += n
+	b.peakLocked(sub)
+	return true
+}
+
+func (b *buffered) peakLocked(sub *subscription) {
+	b.peakSub = max(b.peakSub, sub.bytes)
+	b.peakClient = max(b.peakClient, sub.cb.bytes)
+	b.peakTotal = max(b.peakTotal, b.total)
+}
+
+// room returns how many bytes sub could take now, at most: at least one
+// byte when it holds nothing (it may always take one event), and 0 when a
+// budget is full.
+func (b *buffered) room(sub *subscription) int64 {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	r := min(b.subMax-sub.bytes, b.clientMax-sub.cb.bytes, b.totalMax-b.total)
+	if sub.bytes == 0 {
+		return max(r, 1)
+	}
+	return max(r, 0)
+}
+
+// force takes n bytes for sub whatever the budgets say (small events that
+// are never held back).
+func (b *buffered) force(sub *subscription, n int64) {
+	if n == 0 {
+		return
+	}
+	b.mu.Lock()
+	sub.bytes += n
+	sub.cb.bytes += n
+	b.total += n
+	b.peakLocked(sub)
+	b.mu.Unlock()
+}
+
+// release gives back n bytes of sub and kicks some waiting subscriptions.
+func (b *buffered) release(sub *subscription, n int64) {
+	if n == 0 {
+		return
+	}
+	b.mu.Lock()
+	sub.bytes -= n
+	sub.cb.bytes -= n
+	b.total -= n
+	wake := b.wakeLocked(n)
+	b.mu.Unlock()
+	for _, w := range wake {
+		w.kick()
+	}
+}
+
+func (b *buffered) wakeLocked(released int64) []*subscription {
+	if released == 0 || len(b.waiting) == 0 {
+		return nil
+	}
+	k := min(len(b.waiting), bufferedWakeups)
+	wake := slices.Clone(b.waiting[:k])
+	b.waiting = slices.Delete(b.waiting, 0, k)
+	for _, w := range wake {
+		w.waiting = false
+	}
+	return wake
+}
+
+// bytes returns what all subscriptions hold.
+func (b *buffered) bytes() int64 {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.total
 }

@@ -30,6 +30,11 @@ import (
 // creator consents the same way: one of g.KeyPackages must be a KeyPackage
 // it published, unused unless last-resort, which the group's creation
 // marks used.
+//
+// A creation counts against the creator's quotas of groups per day
+// (Config.MaxGroupsPerDay) and bytes per day (its GroupInfo and tree);
+// over either it fails with a *QuotaExceededError, and a creation that
+// fails costs nothing.
 func (s *Service) CreateGroup(ctx context.Context, creator string, g CreateGroup) error {
 	if err := s.allow(creator); err != nil {
 		return err
@@ -108,9 +113,16 @@ func (s *Service) CreateGroup(ctx context.Context, creator string, g CreateGroup
 	if len(rec.ID) == 0 || len(rec.ID) > s.cfg.MaxGroupIDSize {
 		return fmt.Errorf("%w: group id must have 1 to %d bytes", ErrInvalidArgument, s.cfg.MaxGroupIDSize)
 	}
-	if err := s.store.CreateGroup(ctx, rec, members); err != nil {
+	// The daily quotas of the creator: one group, and the bytes it sent.
+	keep, undo, err := s.chargeGroup(ctx, creator, len(g.GroupInfo)+len(g.RatchetTree))
+	if err != nil {
 		return err
 	}
+	if err := s.store.CreateGroup(ctx, rec, members); err != nil {
+		undo()
+		return err
+	}
+	keep()
 	if st != nil {
 		s.seedState(rec, st)
 	}

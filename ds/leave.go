@@ -79,6 +79,9 @@ func (s *Service) LeaveGroup(ctx context.Context, client string, groupID []byte,
 		return 0, err
 	}
 	s.notify(ClientTopic(client))
+	// The last member out takes the group with it. A failure here only
+	// delays that: the pruner sweeps groups without members.
+	_, _ = s.DeleteGroupIfEmpty(ctx, groupID)
 	return lastSeq, nil
 }
 

@@ -84,12 +84,21 @@ func (s *Service) PutRemoteTree(ctx context.Context, client string, groupID []by
 	if t.Epoch != head.Epoch {
 		return &WrongEpochError{Expected: head.Epoch, FetchFromSeq: head.EpochStartSeq, Got: t.Epoch}
 	}
-	return s.store.PutRemoteTree(ctx, RemoteTreePut{
+	charge, err := s.meter.reserve(ctx, client, int64(len(t.Blob)))
+	if err != nil {
+		return err
+	}
+	defer charge.release()
+	err = s.store.PutRemoteTree(ctx, RemoteTreePut{
 		GroupID: bytes.Clone(groupID),
 		Sender:  client,
 		Tree:    RemoteTree{Epoch: t.Epoch, Blob: bytes.Clone(t.Blob)},
 		At:      s.now(),
 	})
+	if err == nil {
+		charge.keep()
+	}
+	return err
 }
 
 // RemoteTrees returns an opaque group's current epoch and its stored remote

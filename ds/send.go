@@ -120,6 +120,12 @@ func (s *Service) submit(ctx context.Context, sender string, data []byte, b *Com
 			return Receipt{}, err
 		}
 	}
+	// The daily byte quota: reserved now, kept once accepted (quota.go).
+	charge, err := s.meter.reserve(ctx, sender, submittedBytes(data, b))
+	if err != nil {
+		return Receipt{}, err
+	}
+	defer charge.release()
 	for range maxStateRetries {
 		p, notify, err := s.prepare(ctx, sub)
 		if err != nil {
@@ -141,6 +147,7 @@ func (s *Service) submit(ctx context.Context, sender string, data []byte, b *Com
 		if res.Duplicate {
 			return s.resubmitted(ctx, sub, res.Receipt)
 		}
+		charge.keep()
 		return res.Receipt, nil
 	}
 	return Receipt{}, &RateLimitedError{RetryAfter: 100 * time.Millisecond, What: "group state changing too fast"}

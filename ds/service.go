@@ -41,6 +41,12 @@ type Service struct {
 	// fan shares the recent messages of each group between the
 	// subscriptions of this node (fanout.go).
 	fan *fanout
+
+	// meter adds up the bytes of the daily quota (quota.go).
+	meter *dailyMeter
+
+	// prune is the background pruner (prune.go).
+	prune *pruner
 }
 
 // New returns a Service over store. The zero Config is a reasonable one.
@@ -67,6 +73,8 @@ func New(store Store, cfg Config) *Service {
 	}
 	s.batcher = newBatcher(store, s.notify)
 	s.fan = newFanout(store, n, cfg)
+	s.meter = newDailyMeter(store, cfg)
+	s.startPruner()
 	return s
 }
 

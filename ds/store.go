@@ -82,6 +82,27 @@ type Store interface {
 	// it holds, claimed or not; unknown refs are absent from the result.
 	KeyPackagesByRef(ctx context.Context, refs [][]byte) ([]KeyPackageRecord, error)
 
+	// AddKeyPackagesWithin is AddKeyPackages with limit lim.Count, and in
+	// the same transaction a bound on bytes: it fails with a
+	// *QuotaExceededError{What: QuotaKeyPackageBytes} if the Data of the
+	// client's unclaimed KeyPackages, with kps, would total more than
+	// lim.Bytes (0: no bound).
+	AddKeyPackagesWithin(ctx context.Context, kps []KeyPackageRecord, lim KeyPackageLimits) error
+	// DailyUsage returns the client's counters of day (zero if none).
+	DailyUsage(ctx context.Context, clientID string, day int64) (DailyUsage, error)
+	// AddDailyUsage adds the Groups and Bytes of each entry to its
+	// client's counters of its day (creating them), in one transaction; a
+	// counter never goes below zero. It may delete the counters of days
+	// before the latest day in us minus one.
+	AddDailyUsage(ctx context.Context, us []DailyUsage) error
+	// ChargeDailyUsage adds u to its client's counters of u.Day, in one
+	// transaction serialised with every other change of them, unless a
+	// counter would then exceed its bound in limit (a bound of 0: none):
+	// then it changes nothing and fails with a *QuotaExceededError naming
+	// the first such counter (QuotaGroupsPerDay, QuotaBytesPerDay).
+	// It returns the counters after the charge.
+	ChargeDailyUsage(ctx context.Context, u DailyUsage, limit DailyUsage) (DailyUsage, error)
+
 	// CreateGroup stores a new group with its first roster; every member
 	// starts with the first message (GroupSeq 1). In the same transaction
 	// it marks g.ConsumeKeyPackages used, failing with ErrKeyPackageUsed
@@ -149,6 +170,19 @@ type Store interface {
 	// the client has no open window in it (so leaving twice fails the
 	// second time and changes nothing).
 	Leave(ctx context.Context, groupID []byte, clientID string) (untilSeq uint64, err error)
+	// DeleteClient deletes a client and everything that names it, in one
+	// transaction: its registration, KeyPackages (claimed or not),
+	// membership windows, cursors, Welcome routes (and the Welcomes no
+	// route names any more), the device links it made or used, and the
+	// join links it made. The messages it sent stay, their sender set to
+	// DeletedSender, as do the creator of the groups it made and the
+	// uploader of remote trees; KeyPackages it claimed no longer name
+	// their claimer. Device links of its user go too when the user has no
+	// client left. The result lists the groups it was a member of, and
+	// those it leaves without members (EmptiedGroups), which the caller
+	// deletes with DeleteGroupIfEmpty. ErrNotFound if there is no such
+	// client.
+	DeleteClient(ctx context.Context, clientID string) (ClientDeletion, error)
 
 	// PutRemoteTree stores p.Tree as the remote tree of p.Tree.Epoch,
 	// replacing one stored for that epoch, and drops those of epochs
@@ -161,6 +195,38 @@ type Store interface {
 	// of the current and the previous epoch, as far as stored, newest
 	// first, read together. ErrNotFound if there is no such group.
 	RemoteTrees(ctx context.Context, groupID []byte) (epoch uint64, trees []RemoteTree, err error)
+
+	// Retention (prune.go). PruneMessages does one bounded step of a sweep
+	// over the groups from p.From, in one transaction: in each group it
+	// deletes the messages that every recipient acknowledged (every client
+	// whose window covers the message, the sender of an application
+	// message excepted, has a cursor at or beyond it) and those accepted
+	// before p.ExpireBefore, at most p.Limit in all; never a message of the
+	// state log newer than the group's snapshot (those groups are listed in
+	// NeedSnapshot), nor a Commit whose Welcome is still stored. It moves
+	// the group's watermark (PrunedSeq) over the messages it passed, the
+	// ones a member's own application messages excepted, and deletes the
+	// groups without members (DeleteGroupIfEmpty).
+	PruneMessages(ctx context.Context, p PruneParams) (PruneResult, error)
+	// PruneKeyPackages deletes up to p.Limit KeyPackages that expired
+	// before p.Now, and the Welcomes (with their routes) that were
+	// delivered to every joiner, whose joiner's KeyPackage expired or is
+	// gone, or that were accepted before p.ExpireBefore.
+	PruneKeyPackages(ctx context.Context, p PruneParams) (PruneResult, error)
+	// PrunedSeq returns the group's watermark: every message up to it may
+	// have been pruned (0: none). ErrNotFound if there is no such group.
+	PrunedSeq(ctx context.Context, groupID []byte) (uint64, error)
+	// DeleteGroupIfEmpty deletes a group that has no open membership
+	// window with everything it holds (messages, Welcomes, memberships,
+	// cursors, snapshots, remote trees, join links), checked and done
+	// under the group's lock; at most limit messages per call, so that
+	// done is false while some are left (call again). ErrNotFound if
+	// there is no such group, ErrGroupNotEmpty if it has a member.
+	DeleteGroupIfEmpty(ctx context.Context, groupID []byte, limit int) (done bool, err error)
+	// LockPruner makes the caller the only pruner of the store (of all
+	// nodes that share it) until it calls unlock; ErrPrunerBusy if another
+	// one is.
+	LockPruner(ctx context.Context) (unlock func(), err error)
 
 	// CreateJoinLink stores a join link of a group, first dropping the
 	// group's expired ones; a *TooLargeError if the group would have more
@@ -375,6 +441,14 @@ type MessageQuery struct {
 	FromSeq    uint64
 	Limit      int
 	ExcludeOwn bool
+	// MaxBytes, when positive, bounds the page by the size of the
+	// messages' Data: the page ends with the message that brings the total
+	// to MaxBytes or beyond, and an engine reads no row after it. The
+	// first message always comes, however large. A caller that wants pages
+	// of at most B bytes asks for B minus the largest message size; a page
+	// whose total reaches MaxBytes may have been cut short, any other page
+	// shorter than Limit holds everything there is.
+	MaxBytes int
 }
 
 // ChangesState reports whether the message changes the group's state

@@ -55,6 +55,10 @@ type Event struct {
 	Message       *Envelope
 	Welcome       *WelcomeEvent
 	KeyPackageLow *LowWaterEvent
+	// Pruned: messages of a group after the client's cursor were pruned
+	// before it acknowledged them (prune.go); the messages that follow
+	// start at Pruned.OldestSeq.
+	Pruned *PrunedEvent
 	// CaughtUp marks the end of the replay: everything that was stored
 	// when the subscription started has been sent. It comes exactly once.
 	CaughtUp bool

@@ -120,6 +120,11 @@ type KeyPackagePrivate struct {
 // (a fresh one if sigPriv is nil) and a lifetime of [notBefore, notAfter]
 // in seconds since the Unix epoch.
 func NewKeyPackage(cs CipherSuite, identity, sigPriv []byte, notBefore, notAfter uint64) (*KeyPackage, *KeyPackagePrivate, error) {
+	return NewKeyPackageWith(cs, identity, sigPriv, notBefore, notAfter, KeyPackageOptions{})
+}
+
+// NewKeyPackageWith is NewKeyPackage with options.
+func NewKeyPackageWith(cs CipherSuite, identity, sigPriv []byte, notBefore, notAfter uint64, opts KeyPackageOptions) (*KeyPackage, *KeyPackagePrivate, error) {
 	if err := cs.check(); err != nil {
 		return nil, nil, err
 	}
@@ -157,6 +162,9 @@ func NewKeyPackage(cs CipherSuite, identity, sigPriv []byte, notBefore, notAfter
 			LeafNodeSource: LeafNodeSourceKeyPackage,
 			Lifetime:       &Lifetime{NotBefore: notBefore, NotAfter: notAfter},
 		},
+	}
+	if opts.Grease {
+		greaseKeyPackage(kp)
 	}
 	if err := kp.LeafNode.Sign(cs, sigPriv, nil, 0); err != nil {
 		return nil, nil, err
@@ -289,6 +297,9 @@ func JoinGroup(w *Welcome, kp *KeyPackage, priv *KeyPackagePrivate, tree *Ratche
 	}
 	if !found {
 		return nil, invalid("12.4.3.1", "the ratchet tree must contain the new member's leaf from its KeyPackage")
+	}
+	if err := checkOwnSupport(&kp.LeafNode, gi.GroupContext.Extensions); err != nil {
+		return nil, err
 	}
 	keys, err := NewTreePrivateKey(gi.GroupContext.CipherSuite, self, priv.EncryptionPriv)
 	if err != nil {
@@ -593,6 +604,11 @@ func (g *Group) CommitMessage(opts CommitOptions) (*MLSMessage, *Welcome, error)
 		provisional.Extensions = *newExtensions
 	}
 	template := *tree.Leaf(self)
+	if newExtensions != nil {
+		if err := checkOwnSupport(&template, *newExtensions); err != nil {
+			return nil, nil, err
+		}
+	}
 	path, commitSecret, err := keys.CreateUpdatePath(tree, &template, g.sigPriv, &provisional, joiners)
 	if err != nil {
 		return nil, nil, err
@@ -816,6 +832,13 @@ func (g *Group) followCommit(ac *AuthenticatedContent, nextPub *PublicGroupState
 	}
 	newGC := nextPub.GroupContext()
 	tree := nextPub.Tree()
+	if own := tree.Leaf(self); own != nil && !bytes.Equal(mustEncode(&newGC.Extensions), mustEncode(&oldGC.Extensions)) {
+		// §12.1.7: new GroupContext extensions must be supported by
+		// every member, this one included.
+		if err := checkOwnSupport(own, newGC.Extensions); err != nil {
+			return nil, err
+		}
+	}
 	keys := g.keys.Clone()
 	if own := tree.Leaf(self); own != nil {
 		if priv, ok := g.updateKeys[string(own.EncryptionKey)]; ok {
@@ -1352,6 +1375,21 @@ func externalInitReceiver(cs CipherSuite, externalPriv, kemOutput []byte) ([]byt
 // (§12.4.3), with the external_pub extension so that it can be used to
 // join by external Commit, and the ratchet_tree extension if withTree.
 func (g *Group) GroupInfo(withTree bool) (*GroupInfo, error) {
+	return g.GroupInfoWith(GroupInfoOptions{RatchetTree: withTree})
+}
+
+// GroupInfoOptions are the choices of GroupInfoWith.
+type GroupInfoOptions struct {
+	// RatchetTree adds the ratchet_tree extension (§12.4.3.3).
+	RatchetTree bool
+	// Grease adds an extension of a random GREASE type with a few random
+	// bytes (§13.5), which every correct receiver ignores.
+	Grease bool
+}
+
+// GroupInfoWith is GroupInfo with options.
+func (g *Group) GroupInfoWith(opts GroupInfoOptions) (*GroupInfo, error) {
+	withTree := opts.RatchetTree
 	if err := g.checkActive(); err != nil {
 		return nil, err
 	}
@@ -1372,6 +1410,9 @@ func (g *Group) GroupInfo(withTree bool) (*GroupInfo, error) {
 			return nil, err
 		}
 		gi.Extensions = append(gi.Extensions, Extension{ExtensionType: ExtensionTypeRatchetTree, ExtensionData: data})
+	}
+	if opts.Grease {
+		gi.Extensions = append(gi.Extensions, greaseExtension())
 	}
 	if err := gi.Sign(g.sigPriv); err != nil {
 		return nil, err
@@ -1412,6 +1453,9 @@ func JoinExternalWith(gi *GroupInfo, tree *RatchetTree, kp *KeyPackage, priv *Ke
 	cs := pub.CipherSuite()
 	if kp.CipherSuite != cs {
 		return nil, nil, fmt.Errorf("mls: KeyPackage is for %v, the group uses %v", kp.CipherSuite, cs)
+	}
+	if err := checkOwnSupport(&kp.LeafNode, gi.GroupContext.Extensions); err != nil {
+		return nil, nil, err
 	}
 	extPub, err := gi.ExternalPub()
 	if err != nil {

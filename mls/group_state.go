@@ -220,6 +220,11 @@ func NewPublicGroupState(gi *GroupInfo, tree *RatchetTree) (*PublicGroupState, e
 	if err := gi.VerifySignature(signer.SignatureKey); err != nil {
 		return nil, &ValidationError{Rule: "GroupInfo signature does not verify with the signer's leaf", Section: "12.4.3.1", Err: err}
 	}
+	// Unknown GroupInfo extensions, GREASE ones included, are ignored
+	// (§13.4, §13.5); only a type listed twice makes the list invalid.
+	if t, dup := duplicateExtension(gi.Extensions); dup {
+		return nil, invalidf("13.4", "GroupInfo extensions list type %d twice", uint16(t))
+	}
 	if len(gi.ConfirmationTag) != cs.HashSize() {
 		return nil, invalidf("6.1", "GroupInfo confirmation_tag has %d bytes; a MAC of %s has %d", len(gi.ConfirmationTag), cs, cs.HashSize())
 	}

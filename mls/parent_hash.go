@@ -80,6 +80,11 @@ func (t *RatchetTree) verifyParentHashes() error {
 	return nil
 }
 
+// VerifyParentHashes checks only that every non-blank parent node of t is
+// parent-hash valid (§7.9.2), the last of Verify's rules, for a tool that
+// reports each rule on its own. The error is a *ValidationError.
+func (t *RatchetTree) VerifyParentHashes() error { return t.verifyParentHashes() }
+
 // parentHashLinks counts the nodes D for which the parent hash in D is
 // valid with respect to the non-blank parent h at x (§7.9.2).
 func (t *RatchetTree) parentHashLinks(x NodeIndex, h *tnode) int {

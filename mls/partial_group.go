@@ -160,6 +160,12 @@ func JoinGroupPartial(w *Welcome, kp *KeyPackage, priv *KeyPackagePrivate, src T
 	if kp.CipherSuite != cs {
 		return nil, invalidf("12.4.3.1", "KeyPackage is for cipher suite %d, the group uses %d", uint16(kp.CipherSuite), uint16(cs))
 	}
+	if err := checkOwnSupport(&kp.LeafNode, gc.Extensions); err != nil {
+		return nil, err
+	}
+	if t, dup := duplicateExtension(gi.Extensions); dup {
+		return nil, invalidf("13.4", "GroupInfo extensions list type %d twice", uint16(t))
+	}
 	if len(gi.ConfirmationTag) != cs.HashSize() {
 		return nil, invalidf("6.1", "GroupInfo confirmation_tag has %d bytes; a MAC of %s has %d", len(gi.ConfirmationTag), cs, cs.HashSize())
 	}

@@ -88,9 +88,11 @@ func ValidateLeafNode(cs CipherSuite, leaf *LeafNode, ctx LeafNodeContext) error
 // supported, kp is signed by its leaf's signature key, the leaf node is
 // valid for a KeyPackage (§7.3, with source key_package, a lifetime that
 // covers now unless now is zero, and a total lifetime of at most
-// maxLifetime unless maxLifetime is 0), the extensions of kp are listed in
-// the leaf's capabilities (§10), and init_key differs from the leaf's
-// encryption_key.
+// maxLifetime unless maxLifetime is 0), no extension type appears twice in
+// kp's extensions (§13.4), and init_key differs from the leaf's
+// encryption_key. Unknown extensions of kp, listed in the leaf's
+// capabilities or not, are ignored (§13.4), and so are unknown values in
+// the capabilities: GREASE values (§13.5) pass like any other.
 //
 // A group member adding kp must in addition check that its version and
 // cipher suite are those of the group; PublicGroupState does.
@@ -121,8 +123,13 @@ func validateKeyPackage(kp *KeyPackage, v leafCheck) error {
 	if err := kp.VerifySignature(); err != nil {
 		return &ValidationError{Rule: "KeyPackage signature does not verify with leaf_node.signature_key", Section: "10.1", Err: err}
 	}
-	if t, ok := unsupportedExtension(kp.Extensions, &kp.LeafNode.Capabilities); !ok {
-		return invalidf("10", "KeyPackage carries extension type %d that its leaf_node.capabilities does not list", uint16(t))
+	// §10 has the creator of a KeyPackage list the types of
+	// KeyPackage.extensions in its capabilities, but a receiver ignores
+	// the extensions there it does not know (§10, §13.4), GREASE ones
+	// included (§13.5), whether listed or not. Every type it knows is a
+	// default one, supported without being listed (§7.2).
+	if t, dup := duplicateExtension(kp.Extensions); dup {
+		return invalidf("13.4", "KeyPackage extensions list type %d twice", uint16(t))
 	}
 	if bytes.Equal(kp.InitKey, kp.LeafNode.EncryptionKey) {
 		return invalid("10.1", "KeyPackage init_key equals leaf_node.encryption_key; they must differ")
@@ -181,6 +188,9 @@ func (v *leafCheck) validate(leaf *LeafNode) error {
 	}
 	if t, ok := unsupportedExtension(leaf.Extensions, &leaf.Capabilities); !ok {
 		return invalidf("7.3", "LeafNode carries extension type %d that its capabilities do not list", uint16(t))
+	}
+	if t, dup := duplicateExtension(leaf.Extensions); dup {
+		return invalidf("13.4", "LeafNode extensions list type %d twice", uint16(t))
 	}
 	if err := checkRequiredCapabilities(v.required, &leaf.Capabilities); err != nil {
 		return err

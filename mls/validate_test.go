@@ -157,8 +157,12 @@ func TestValidateKeyPackage(t *testing.T) {
 		{name: "leaf extension not in capabilities", section: "7.3", edit: func(kp *KeyPackage) {
 			kp.LeafNode.Extensions = Extensions{{ExtensionType: 0xff01, ExtensionData: []byte("x")}}
 		}},
-		{name: "KeyPackage extension not in capabilities", section: "10", edit: func(kp *KeyPackage) {
-			kp.Extensions = Extensions{{ExtensionType: 0xff02}}
+		{name: "leaf extension listed twice", section: "13.4", edit: func(kp *KeyPackage) {
+			kp.LeafNode.Capabilities.Extensions = []ExtensionType{0xff01}
+			kp.LeafNode.Extensions = Extensions{{ExtensionType: 0xff01}, {ExtensionType: 0xff01, ExtensionData: []byte("x")}}
+		}},
+		{name: "KeyPackage extension listed twice", section: "13.4", edit: func(kp *KeyPackage) {
+			kp.Extensions = Extensions{{ExtensionType: 0x4a4a}, {ExtensionType: 0x4a4a}}
 		}},
 		{name: "credential type not in capabilities", section: "7.2", edit: func(kp *KeyPackage) {
 			kp.LeafNode.Capabilities.Credentials = []CredentialType{CredentialTypeX509}
@@ -186,15 +190,18 @@ func TestValidateKeyPackage(t *testing.T) {
 		})
 	}
 
-	// Listed extension types and GREASE values are fine.
+	// Listed extension types and GREASE values are fine. Unknown
+	// KeyPackage extensions are ignored whether the capabilities list them
+	// or not (§10, §13.4): 0x4a4a (19018) is GREASE, 0xff02 a private-use
+	// type, neither listed.
 	ok := newTestMember(t, cs, "bob", func(kp *KeyPackage) {
 		kp.LeafNode.Capabilities.Extensions = []ExtensionType{0xff01, 0x0a0a}
 		kp.LeafNode.Extensions = Extensions{{ExtensionType: 0xff01}, {ExtensionType: ExtensionTypeApplicationID, ExtensionData: []byte{0}}}
-		kp.Extensions = Extensions{{ExtensionType: 0x0a0a}}
+		kp.Extensions = Extensions{{ExtensionType: 0x0a0a}, {ExtensionType: 0x4a4a, ExtensionData: []byte("grease")}, {ExtensionType: 0xff02}}
 		kp.InitKey = otherKEM
 	})
 	if err := ValidateKeyPackage(ok.kp, testNow, 0); err != nil {
-		t.Fatalf("KeyPackage with listed extensions rejected: %v", err)
+		t.Fatalf("KeyPackage with unknown or listed extensions rejected: %v", err)
 	}
 }
 

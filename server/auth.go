@@ -78,12 +78,19 @@ func (a *authService) RegisterClient(ctx context.Context, req *connect.Request[m
 		s.metrics.authFailures.WithLabelValues("enrollment").Inc()
 		return nil, connect.NewError(connect.CodePermissionDenied, err)
 	}
+	refund, err := s.chargeRegistration(ctx, id, req.Peer().Addr)
+	if err != nil {
+		return nil, err
+	}
 	got, err := s.ds.Register(ctx, ds.Registration{
 		Client:      ds.Client{ID: id, UserID: en.userID, CipherSuite: cs, SignatureKey: m.SignatureKey},
 		DeviceLink:  m.DeviceLink,
 		UserVouched: en.vouched,
 		Once:        en.once,
 	})
+	if err != nil {
+		refund()
+	}
 	switch {
 	case errors.Is(err, ds.ErrRegistrationRefused):
 		// One answer whatever the cause, so that a refusal does not tell
@@ -147,4 +154,30 @@ func (a *authService) Authenticate(ctx context.Context, req *connect.Request[mls
 	token, exp := s.tokens.session(c.ID)
 	s.log.LogAttrs(ctx, slog.LevelDebug, "client authenticated", slog.String("client", c.ID))
 	return connect.NewResponse(&mlsdsv1.AuthenticateResponse{SessionToken: token, ExpiresAt: timestamppb.New(exp)}), nil
+}
+
+// WhatRegistrations is the RateLimited.what of the limit on new
+// registrations per address.
+const WhatRegistrations = "registrations from this address"
+
+// chargeRegistration charges the registration of client id to the
+// caller's address (Config.RegistrationsPerHour), unless id is registered
+// already (registering again is free; a refusal costs nothing either). It
+// returns a function that gives the charge back, for a registration that
+// fails.
+func (s *Server) chargeRegistration(ctx context.Context, id, peer string) (refund func(), err error) {
+	if s.regLimit == nil {
+		return func() {}, nil
+	}
+	if _, err := s.ds.Client(ctx, id); err == nil {
+		return func() {}, nil
+	} else if !errors.Is(err, ds.ErrNotFound) {
+		return nil, s.toConnect(ctx, err, nil)
+	}
+	d, refund := s.regLimit.take(s.cfg.Now(), peer)
+	if refund == nil {
+		s.metrics.quotaRefusals.WithLabelValues(quotaLabel(WhatRegistrations)).Inc()
+		return nil, rateLimited(d, WhatRegistrations)
+	}
+	return refund, nil
 }

@@ -94,6 +94,9 @@ func eventMessage(ev ds.Event) (*mlsdsv1.SubscribeResponse, string) {
 			Remaining:   uint32(max(0, l.Remaining)),
 			LowWater:    uint32(max(0, l.LowWater)),
 		}}}, "key_package_low"
+	case ev.Pruned != nil:
+		return &mlsdsv1.SubscribeResponse{Event: &mlsdsv1.SubscribeResponse_Pruned{Pruned: &mlsdsv1.PrunedEvent{
+			GroupId: ev.Pruned.GroupID, OldestSeq: ev.Pruned.OldestSeq}}}, "pruned"
 	case ev.CaughtUp:
 		return &mlsdsv1.SubscribeResponse{Event: &mlsdsv1.SubscribeResponse_CaughtUp{CaughtUp: &mlsdsv1.CaughtUpEvent{}}}, "caught_up"
 	}
@@ -127,6 +130,25 @@ func (d *deliveryService) Subscribe(ctx context.Context, req *connect.Request[ml
 		}
 		return nil
 	}
+	// send writes one event within the write deadline: a client that does
+	// not read (its window full) is cut once it passes, and its
+	// subscription with it. The deadline is removed once the frame is out,
+	// or kept for the frames held for one flush.
+	send := func(msg *mlsdsv1.SubscribeResponse) error {
+		armWrite(ctx)
+		err := stream.Send(msg)
+		if err != nil {
+			if writeTimedOut(ctx) {
+				s.metrics.streamsCut.WithLabelValues("write_timeout").Inc()
+				s.log.LogAttrs(ctx, slog.LevelDebug, "subscription cut: the client did not read", slog.String("client", client))
+			}
+			return err
+		}
+		if bw, ok := ctx.Value(batchingWriterKey{}).(*batchingWriter); !ok || !bw.hold {
+			disarmWrite(ctx)
+		}
+		return nil
+	}
 	keepAlive := time.NewTicker(s.cfg.KeepAlive)
 	defer keepAlive.Stop()
 	held := 0 // events sent since the last flush
@@ -139,7 +161,10 @@ func (d *deliveryService) Subscribe(ctx context.Context, req *connect.Request[ml
 		case <-keepAlive.C:
 			ka := &mlsdsv1.SubscribeResponse{Event: &mlsdsv1.SubscribeResponse_KeepAlive{
 				KeepAlive: &mlsdsv1.KeepAliveEvent{ServerTime: timestamppb.New(s.cfg.Now())}}}
-			if err := stream.Send(ka); err != nil {
+			// Frames held back go out with this one.
+			holdFlushes(ctx, false)
+			held = 0
+			if err := send(ka); err != nil {
 				return err
 			}
 			s.metrics.streamEvents.WithLabelValues("keep_alive").Inc()
@@ -154,13 +179,18 @@ func (d *deliveryService) Subscribe(ctx context.Context, req *connect.Request[ml
 				if ctx.Err() != nil {
 					return ended()
 				}
+				if errors.Is(ev.Err, ds.ErrSlowConsumer) {
+					s.metrics.streamsCut.WithLabelValues("slow_consumer").Inc()
+				}
 				s.log.LogAttrs(ctx, slog.LevelWarn, "subscription ended", slog.String("client", client), slog.String("error", ev.Err.Error()))
 				return connect.NewError(connect.CodeUnavailable, errSubClosed)
 			}
 			msg, kind := eventMessage(ev)
 			if msg == nil {
 				if held > 0 && len(events) == 0 {
+					armWrite(ctx)
 					flushHeld(ctx)
+					disarmWrite(ctx)
 					held = 0
 				}
 				continue
@@ -168,7 +198,7 @@ func (d *deliveryService) Subscribe(ctx context.Context, req *connect.Request[ml
 			// While more events are ready, their frames share one flush.
 			hold := len(events) > 0 && held < maxHeldEvents
 			holdFlushes(ctx, hold)
-			err := stream.Send(msg)
+			err := send(msg)
 			holdFlushes(ctx, false)
 			if err != nil {
 				return err

@@ -43,10 +43,23 @@ func (s *Server) toConnect(ctx context.Context, err error, groupID []byte) error
 		ie  *ds.InvalidMessageError
 		rle *ds.RateLimitedError
 		tle *ds.TooLargeError
+		pe  *ds.PrunedError
+		qe  *ds.QuotaExceededError
 	)
 	switch {
 	case errors.As(err, &ce):
 		return ce
+	case errors.As(err, &qe):
+		s.metrics.quotaRefusals.WithLabelValues(quotaLabel(qe.What)).Inc()
+		d := &mlsdsv1.QuotaExceeded{What: qe.What, Limit: uint64(max(0, qe.Limit))}
+		if qe.RetryAfter > 0 {
+			d.RetryAfter = durationpb.New(qe.RetryAfter)
+		}
+		// qe itself, not err: an engine may have wrapped it in words
+		// meant for logs.
+		return withDetail(connect.CodeResourceExhausted, qe, d)
+	case errors.As(err, &pe):
+		return withDetail(connect.CodeOutOfRange, err, &mlsdsv1.Pruned{GroupId: pe.GroupID, OldestSeq: pe.OldestSeq})
 	case errors.As(err, &we):
 		// ABORTED: a lost race for the epoch, to be retried at a higher
 		// level (fetch, rebase, resend).
@@ -56,8 +69,9 @@ func (s *Server) toConnect(ctx context.Context, err error, groupID []byte) error
 	case errors.As(err, &ie):
 		return withDetail(connect.CodeInvalidArgument, err, &mlsdsv1.InvalidMessage{Reason: ie.Reason, RfcSection: ie.Section})
 	case errors.As(err, &rle):
-		return withDetail(connect.CodeResourceExhausted, err, &mlsdsv1.RateLimited{RetryAfter: durationpb.New(rle.RetryAfter)})
+		return withDetail(connect.CodeResourceExhausted, err, &mlsdsv1.RateLimited{RetryAfter: durationpb.New(rle.RetryAfter), What: rle.What})
 	case errors.As(err, &tle):
+		s.metrics.quotaRefusals.WithLabelValues(quotaLabel(tle.What)).Inc()
 		return withDetail(connect.CodeResourceExhausted, err, &mlsdsv1.TooLarge{Limit: uint64(max(0, tle.Limit)), What: tle.What})
 	case errors.Is(err, ds.ErrNotMember):
 		return withDetail(connect.CodePermissionDenied, err, &mlsdsv1.NotMember{GroupId: groupID})
@@ -93,8 +107,11 @@ func rejectReason(err error) string {
 		ie  *ds.InvalidMessageError
 		rle *ds.RateLimitedError
 		tle *ds.TooLargeError
+		qe  *ds.QuotaExceededError
 	)
 	switch {
+	case errors.As(err, &qe):
+		return "quota_exceeded"
 	case errors.As(err, &we):
 		return "wrong_epoch"
 	case errors.As(err, &se):

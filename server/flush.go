@@ -4,6 +4,7 @@ import (
 	"context"
 	"net/http"
 	"strings"
+	"time"
 )
 
 // A Subscribe stream writes one frame per event, and Connect flushes
@@ -60,5 +61,163 @@ func flushHeld(ctx context.Context) {
 	if bw, ok := ctx.Value(batchingWriterKey{}).(*batchingWriter); ok {
 		bw.hold = false
 		bw.Flush()
+	}
+}
+
+// Write deadlines. A client that stops reading fills its TCP window (or
+// its HTTP/2 flow-control window), and a write to it blocks for as long as
+// it likes, holding the answer's buffers and, for a stream, its
+// subscription. deadlineWriter gives every write a deadline
+// (Config.WriteTimeout): a unary answer must be written within it from its
+// first byte, and each event of a Subscribe stream within it from its
+// start (the handler arms it around each write, so an idle stream has no
+// deadline). A write that misses it fails, and the call ends: HTTP/1.1
+// closes the connection, HTTP/2 resets the stream.
+type deadlineWriter struct {
+	http.ResponseWriter
+	rc       *http.ResponseController // of the writer underneath
+	s        *Server
+	stream   bool      // the handler arms the deadline itself
+	armed    bool      // a deadline is set
+	deadline time.Time // the deadline set, if armed
+	timedOut bool      // a write failed after the deadline
+	held     int64     // bytes of an answer counted in mlsds_fetch_buffered_bytes
+}
+
+type deadlineWriterKey struct{}
+
+// withWriteDeadlines wraps the writer of every call (see deadlineWriter).
+func (s *Server) withWriteDeadlines(h http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		dw := &deadlineWriter{ResponseWriter: w, rc: http.NewResponseController(w), s: s,
+			stream: strings.HasSuffix(r.URL.Path, "/Subscribe")}
+		defer dw.done()
+		h.ServeHTTP(dw, r.WithContext(context.WithValue(r.Context(), deadlineWriterKey{}, dw)))
+	})
+}
+
+func (w *deadlineWriter) WriteHeader(code int) {
+	w.armUnary()
+	w.ResponseWriter.WriteHeader(code)
+}
+
+func (w *deadlineWriter) Write(p []byte) (int, error) {
+	w.armUnary()
+	n, err := w.ResponseWriter.Write(p)
+	if err != nil {
+		w.failed()
+	}
+	return n, err
+}
+
+func (w *deadlineWriter) Flush() {
+	w.armUnary()
+	if err := w.rc.Flush(); err != nil {
+		w.failed()
+	}
+}
+
+// Unwrap lets http.ResponseController reach the connection's writer.
+func (w *deadlineWriter) Unwrap() http.ResponseWriter { return w.ResponseWriter }
+
+// armUnary sets the deadline of a unary answer at its first write.
+func (w *deadlineWriter) armUnary() {
+	if !w.stream && !w.armed {
+		w.arm()
+	}
+}
+
+// arm sets the deadline WriteTimeout from now.
+func (w *deadlineWriter) arm() {
+	w.armed, w.deadline = true, time.Now().Add(w.s.cfg.WriteTimeout)
+	w.rc.SetWriteDeadline(w.deadline)
+}
+
+// disarm removes the deadline (between the events of a stream: an idle
+// HTTP/2 stream would otherwise be reset when it passes).
+func (w *deadlineWriter) disarm() {
+	if w.armed {
+		w.armed = false
+		w.rc.SetWriteDeadline(time.Time{})
+	}
+}
+
+// failed notes a failed write: the deadline passed, or the client went.
+func (w *deadlineWriter) failed() {
+	if w.armed && !w.timedOut && !time.Now().Before(w.deadline) {
+		w.timedOut = true
+		kind := "unary"
+		if w.stream {
+			kind = "stream"
+		}
+		w.s.metrics.writeTimeouts.WithLabelValues(kind).Inc()
+	}
+}
+
+// hold counts n bytes (n < 0: gives them back) of an answer as buffered
+// until the call ends.
+func (w *deadlineWriter) hold(n int64) {
+	w.held += n
+	w.s.fetchHeld.Add(n)
+	w.s.metrics.fetchBufferedBytes.Add(float64(n))
+}
+
+func (w *deadlineWriter) done() {
+	if w.held != 0 {
+		w.hold(-w.held)
+	}
+}
+
+func deadlineWriterOf(ctx context.Context) *deadlineWriter {
+	dw, _ := ctx.Value(deadlineWriterKey{}).(*deadlineWriter)
+	return dw
+}
+
+// armWrite sets the deadline of the stream's next write; it does nothing
+// for a call without a deadlineWriter.
+func armWrite(ctx context.Context) {
+	if dw := deadlineWriterOf(ctx); dw != nil {
+		dw.arm()
+	}
+}
+
+// disarmWrite removes it again once the write is out.
+func disarmWrite(ctx context.Context) {
+	if dw := deadlineWriterOf(ctx); dw != nil {
+		dw.disarm()
+	}
+}
+
+// writeTimedOut reports whether a write of the call missed its deadline.
+func writeTimedOut(ctx context.Context) bool {
+	dw := deadlineWriterOf(ctx)
+	return dw != nil && dw.timedOut
+}
+
+// reserveAnswerBytes takes up to want bytes of Config.FetchBufferedMaxBytes
+// for the call's answer, held until the call ends, and returns how many
+// (0 when none are left). The caller adjusts with holdAnswerBytes once it
+// knows the answer's size.
+func (s *Server) reserveAnswerBytes(ctx context.Context, want int64) int64 {
+	dw := deadlineWriterOf(ctx)
+	if dw == nil {
+		return want
+	}
+	for {
+		held := s.fetchHeld.Load()
+		r := max(0, min(want, s.cfg.FetchBufferedMaxBytes-held))
+		if s.fetchHeld.CompareAndSwap(held, held+r) {
+			dw.held += r
+			s.metrics.fetchBufferedBytes.Add(float64(r))
+			return r
+		}
+	}
+}
+
+// holdAnswerBytes counts n more bytes (n < 0: fewer) of the call's answer
+// in mlsds_fetch_buffered_bytes until the call ends.
+func holdAnswerBytes(ctx context.Context, n int64) {
+	if dw := deadlineWriterOf(ctx); dw != nil {
+		dw.hold(n)
 	}
 }

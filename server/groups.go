@@ -137,15 +137,25 @@ func (g *groupService) Fetch(ctx context.Context, req *connect.Request[mlsdsv1.F
 	}
 	// ds.Fetch applies the default for 0 and refuses a limit above the
 	// maximum, or a from_seq no group reaches, with InvalidArgument.
-	envs, err := s.ds.Fetch(ctx, client, m.GroupId, m.FromSeq, int(m.Limit))
+	// The page takes what is left of the bytes all answers being written
+	// may hold (one message at least).
+	reserved := s.reserveAnswerBytes(ctx, int64(s.ds.Config().FetchMaxBytes))
+	envs, err := s.ds.FetchWithin(ctx, client, m.GroupId, m.FromSeq, int(m.Limit), int(reserved))
 	if err != nil {
+		holdAnswerBytes(ctx, -reserved)
 		return nil, s.toConnect(ctx, err, m.GroupId)
 	}
+	// The page is within the Fetch budget (ds.Config.FetchMaxBytes); its
+	// write has a deadline (flush.go), and until it is out it counts in
+	// mlsds_fetch_buffered_bytes.
 	res := &mlsdsv1.FetchResponse{Messages: make([]*mlsdsv1.Envelope, len(envs)), NextSeq: max(m.FromSeq, 1)}
+	var size int64
 	for i := range envs {
 		res.Messages[i] = envelope(&envs[i])
 		res.NextSeq = envs[i].GroupSeq + 1
+		size += int64(len(envs[i].Data))
 	}
+	holdAnswerBytes(ctx, size-reserved)
 	return connect.NewResponse(res), nil
 }
 

@@ -49,6 +49,9 @@ func (a *authenticator) check(ctx context.Context, procedure, peer string, heade
 		}
 		return ctx, nil
 	}
+	if strings.HasPrefix(procedure, adminPrefix) {
+		return a.checkAdmin(ctx, peer, header) // admin.go
+	}
 	h := header.Get("Authorization")
 	scheme, token, ok := strings.Cut(h, " ")
 	if !ok || !strings.EqualFold(scheme, "Bearer") || token == "" {
@@ -59,6 +62,11 @@ func (a *authenticator) check(ctx context.Context, procedure, peer string, heade
 	if err != nil {
 		a.s.metrics.authFailures.WithLabelValues("bad_token").Inc()
 		return ctx, connect.NewError(connect.CodeUnauthenticated, err)
+	}
+	// The client may have been deleted since the token was issued
+	// (deletion.go).
+	if err := a.s.checkLive(ctx, id, strings.TrimSpace(token)); err != nil {
+		return ctx, err
 	}
 	noteClient(ctx, id)
 	return context.WithValue(ctx, clientKey{}, id), nil
@@ -94,7 +102,7 @@ func (a *authenticator) WrapStreamingHandler(next connect.StreamingHandlerFunc) 
 func rateLimited(d time.Duration, what string) error {
 	ce := connect.NewError(connect.CodeResourceExhausted,
 		errors.New("rate limited ("+what+"); retry after "+d.Round(time.Millisecond).String()))
-	addDetail(ce, &mlsdsv1.RateLimited{RetryAfter: durationpb.New(d)})
+	addDetail(ce, &mlsdsv1.RateLimited{RetryAfter: durationpb.New(d), What: what})
 	return ce
 }
 
@@ -126,9 +134,16 @@ func (o *observer) done(ctx context.Context, procedure string, start time.Time, 
 	if !streaming {
 		o.s.metrics.requestDuration.WithLabelValues(proc).Observe(d.Seconds())
 	}
+	// One line per call: refusals at info (the code and the client, never
+	// a token or a message), failures of the server at error, the rest at
+	// debug. A client hanging up is not the server's failure.
 	level := slog.LevelDebug
-	if c := connect.CodeOf(err); err != nil && (c == connect.CodeInternal || c == connect.CodeUnknown || c == connect.CodeDataLoss) {
+	switch c := connect.CodeOf(err); {
+	case err == nil, c == connect.CodeCanceled:
+	case c == connect.CodeInternal || c == connect.CodeUnknown || c == connect.CodeDataLoss:
 		level = slog.LevelError
+	default:
+		level = slog.LevelInfo
 	}
 	if !o.s.log.Enabled(ctx, level) {
 		return
@@ -151,6 +166,7 @@ func (o *observer) WrapUnary(next connect.UnaryFunc) connect.UnaryFunc {
 		start := time.Now()
 		cc := &callClient{}
 		res, err := next(context.WithValue(ctx, callClientKey{}, cc), req)
+		err = hungUp(ctx, err)
 		o.done(cc.ctx(ctx), req.Spec().Procedure, start, err, false)
 		return res, err
 	}
@@ -164,10 +180,30 @@ func (o *observer) WrapStreamingHandler(next connect.StreamingHandlerFunc) conne
 	return func(ctx context.Context, conn connect.StreamingHandlerConn) error {
 		start := time.Now()
 		cc := &callClient{}
-		err := next(context.WithValue(ctx, callClientKey{}, cc), conn)
+		err := hungUp(ctx, next(context.WithValue(ctx, callClientKey{}, cc), conn))
 		o.done(cc.ctx(ctx), conn.Spec().Procedure, start, err, true)
 		return err
 	}
+}
+
+// hungUp turns the bare context error of a call whose client went away
+// (or whose deadline passed) into the matching Connect code, so that it
+// counts and logs as that and not as an unknown failure of the server.
+func hungUp(ctx context.Context, err error) error {
+	if err == nil || ctx.Err() == nil {
+		return err
+	}
+	var ce *connect.Error
+	if errors.As(err, &ce) {
+		return err
+	}
+	switch {
+	case errors.Is(err, context.Canceled):
+		return connect.NewError(connect.CodeCanceled, err)
+	case errors.Is(err, context.DeadlineExceeded):
+		return connect.NewError(connect.CodeDeadlineExceeded, err)
+	}
+	return err
 }
 
 // callClient lets the observer, which runs outside the authenticator, log

@@ -37,30 +37,8 @@ func newIPLimiter(perSecond float64, burst, max int) *ipLimiter {
 // reserve charges one call to the address of peer ("host:port") and
 // returns how long the caller must wait if it is over the limit.
 func (l *ipLimiter) reserve(now time.Time, peer string) time.Duration {
-	if l == nil {
-		return 0
-	}
-	addr := peerAddr(peer)
-	l.mu.Lock()
-	e := l.entries[addr]
-	if e == nil {
-		if len(l.entries) >= l.max {
-			l.evict(now)
-		}
-		e = &ipEntry{lim: rate.NewLimiter(l.limit, l.burst)}
-		l.entries[addr] = e
-	}
-	e.seen = now
-	l.mu.Unlock()
-	r := e.lim.ReserveN(now, 1)
-	if !r.OK() {
-		return time.Minute
-	}
-	if d := r.DelayFrom(now); d > 0 {
-		r.CancelAt(now)
-		return d
-	}
-	return 0
+	d, _ := l.take(now, peer)
+	return d
 }
 
 // evict forgets the addresses that were idle long enough for their bucket
@@ -102,4 +80,44 @@ func peerAddr(peer string) netip.Addr {
 		a = p.Addr()
 	}
 	return a
+}
+
+// newRegistrationLimiter returns the limiter of new registrations per
+// address (Config.RegistrationsPerHour), or nil when it is off.
+func newRegistrationLimiter(cfg Config) *ipLimiter {
+	if cfg.RegistrationsPerHour < 0 || cfg.AuthRatePerSecond < 0 || cfg.Registration == RegistrationJWT {
+		return nil
+	}
+	return newIPLimiter(cfg.RegistrationsPerHour/3600, cfg.RegistrationBurst, 100_000)
+}
+
+// take charges one event to the address of peer ("host:port"). Over the
+// limit it returns how long the caller must wait, and a nil refund;
+// otherwise refund gives the event back (for one that did not happen
+// after all).
+func (l *ipLimiter) take(now time.Time, peer string) (d time.Duration, refund func()) {
+	if l == nil {
+		return 0, func() {}
+	}
+	addr := peerAddr(peer)
+	l.mu.Lock()
+	e := l.entries[addr]
+	if e == nil {
+		if len(l.entries) >= l.max {
+			l.evict(now)
+		}
+		e = &ipEntry{lim: rate.NewLimiter(l.limit, l.burst)}
+		l.entries[addr] = e
+	}
+	e.seen = now
+	l.mu.Unlock()
+	r := e.lim.ReserveN(now, 1)
+	if !r.OK() {
+		return time.Minute, nil
+	}
+	if d := r.DelayFrom(now); d > 0 {
+		r.CancelAt(now)
+		return d, nil
+	}
+	return 0, func() { r.CancelAt(now) }
 }

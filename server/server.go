@@ -13,6 +13,7 @@ import (
 	"context"
 	"crypto"
 	"crypto/rand"
+	"crypto/sha256"
 	"crypto/tls"
 	"errors"
 	"fmt"
@@ -21,6 +22,7 @@ import (
 	"net/http"
 	"runtime/debug"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"connectrpc.com/connect"
@@ -51,6 +53,14 @@ type Config struct {
 	// AuthBurst defaults to 5 times the rate.
 	AuthRatePerSecond float64
 	AuthBurst         int
+	// RegistrationsPerHour limits the new clients that open and token
+	// registration admit from one remote address (one /64 for IPv6);
+	// default 10, in bursts of up to RegistrationBurst (default 5).
+	// Registering an existing client again costs nothing. Each node
+	// counts on its own. Negative, or a negative AuthRatePerSecond, turns
+	// it off.
+	RegistrationsPerHour float64
+	RegistrationBurst    int
 
 	// MaxMessageSize is the ds bound on one MLSMessage, used to size the
 	// largest request body: MaxRequestBytes defaults to
@@ -59,6 +69,15 @@ type Config struct {
 	MaxRequestBytes int
 
 	KeepAlive time.Duration // keep-alive interval on Subscribe streams; default 30s
+	// WriteTimeout bounds every write to a client: a unary answer from its
+	// first byte, each event of a Subscribe stream from its start. A
+	// client that reads nothing for this long is cut. Default: the
+	// Service's SlowConsumerTimeout.
+	WriteTimeout time.Duration
+	// FetchBufferedMaxBytes bounds the bytes of messages in all the Fetch
+	// answers being written at once: when little is left, a Fetch answers
+	// a smaller page (one message at least). Default 32 MiB.
+	FetchBufferedMaxBytes int64
 	// MaxStreamsPerClient bounds the open Subscribe streams of one client;
 	// opening one more ends the oldest. Default 4.
 	MaxStreamsPerClient int
@@ -77,6 +96,14 @@ type Config struct {
 	// TLS, when set, serves HTTPS (HTTP/2 negotiated by ALPN); otherwise
 	// the listener speaks h2c and HTTP/1.1 in the clear.
 	TLS *tls.Config
+
+	// AdminToken, when set (at least MinAdminTokenSize bytes), turns on
+	// AdminService for callers that send it as their bearer token.
+	AdminToken string
+	// LiveClientTTL is how long a node trusts, without reading the store
+	// again, that the client of a session token exists; a client deleted
+	// on another node can call this one for that long. Default 5s.
+	LiveClientTTL time.Duration
 
 	Logger  *slog.Logger // default slog.Default()
 	Metrics *Metrics     // default NewMetrics()
@@ -99,6 +126,12 @@ func (c Config) withDefaults() Config {
 	if c.AuthBurst == 0 {
 		c.AuthBurst = max(1, int(5*c.AuthRatePerSecond))
 	}
+	if c.RegistrationsPerHour == 0 {
+		c.RegistrationsPerHour = 10
+	}
+	if c.RegistrationBurst <= 0 {
+		c.RegistrationBurst = 5
+	}
 	if c.MaxMessageSize == 0 {
 		c.MaxMessageSize = 1 << 20
 	}
@@ -120,6 +153,9 @@ func (c Config) withDefaults() Config {
 	if c.ShutdownTimeout == 0 {
 		c.ShutdownTimeout = 20 * time.Second
 	}
+	if c.LiveClientTTL <= 0 {
+		c.LiveClientTTL = 5 * time.Second
+	}
 	if c.Logger == nil {
 		c.Logger = slog.Default()
 	}
@@ -140,8 +176,15 @@ type Server struct {
 	metrics *Metrics
 	tokens  *tokens
 
+	adminTokenHash []byte       // SHA-256 of Config.AdminToken; nil: AdminService is off
+	live           *liveClients // deletion.go
+
+	// fetchHeld is the bytes of the Fetch answers being written (flush.go).
+	fetchHeld atomic.Int64
+
 	jwtMethods []string
 	authLimit  *ipLimiter
+	regLimit   *ipLimiter // new registrations per address (ratelimit.go)
 	streams    *streams
 	health     *grpchealth.StaticChecker
 	mux        *http.ServeMux
@@ -161,6 +204,7 @@ var Services = []string{
 	mlsdsv1connect.GroupServiceName,
 	mlsdsv1connect.DeliveryServiceName,
 	mlsdsv1connect.AccountServiceName,
+	mlsdsv1connect.AdminServiceName,
 }
 
 // New returns a Server over svc.
@@ -171,6 +215,18 @@ func New(svc *ds.Service, cfg Config) (*Server, error) {
 	cfg = cfg.withDefaults()
 	s := &Server{ds: svc, cfg: cfg, log: cfg.Logger, metrics: cfg.Metrics, draining: make(chan struct{})}
 	if err := cfg.Metrics.watchKeyPackageStock(svc); err != nil {
+		return nil, fmt.Errorf("server: metrics: %w", err)
+	}
+	if err := cfg.Metrics.watchBuffers(svc); err != nil {
+		return nil, fmt.Errorf("server: metrics: %w", err)
+	}
+	if s.cfg.WriteTimeout <= 0 {
+		s.cfg.WriteTimeout = svc.Config().SlowConsumerTimeout
+	}
+	if s.cfg.FetchBufferedMaxBytes <= 0 {
+		s.cfg.FetchBufferedMaxBytes = 32 << 20
+	}
+	if err := cfg.Metrics.watchPruning(svc); err != nil {
 		return nil, fmt.Errorf("server: metrics: %w", err)
 	}
 	switch cfg.Registration {
@@ -209,7 +265,17 @@ func New(svc *ds.Service, cfg Config) (*Server, error) {
 		return nil, err
 	}
 	s.tokens = t
+	if cfg.AdminToken != "" {
+		if len(cfg.AdminToken) < MinAdminTokenSize {
+			return nil, fmt.Errorf("server: the admin token must be at least %d bytes", MinAdminTokenSize)
+		}
+		h := sha256.Sum256([]byte(cfg.AdminToken))
+		s.adminTokenHash = h[:]
+	}
+	s.live = newLiveClients(cfg.LiveClientTTL, 100_000)
 	s.authLimit = newIPLimiter(cfg.AuthRatePerSecond, cfg.AuthBurst, 100_000)
+	s.regLimit = newRegistrationLimiter(cfg)
+	cfg.Metrics.watchQuotas(svc, cfg)
 	s.streams = newStreams(cfg.MaxStreamsPerClient)
 
 	opts := []connect.HandlerOption{
@@ -228,11 +294,12 @@ func New(svc *ds.Service, cfg Config) (*Server, error) {
 	s.mux.Handle(mlsdsv1connect.NewGroupServiceHandler(&groupService{s}, opts...))
 	s.mux.Handle(mlsdsv1connect.NewDeliveryServiceHandler(&deliveryService{s}, opts...))
 	s.mux.Handle(mlsdsv1connect.NewAccountServiceHandler(&accountService{s}, opts...))
+	s.mux.Handle(mlsdsv1connect.NewAdminServiceHandler(&adminService{s}, opts...))
 	s.health = grpchealth.NewStaticChecker(Services...)
 	s.mux.Handle(grpchealth.NewHandler(s.health))
 	s.mux.HandleFunc("GET /healthz", s.healthz)
 	s.mux.Handle("GET /metrics", s.metrics.Handler())
-	s.handler = limitBody(s.withCORS(withBatchingWriter(s.mux)), int64(cfg.MaxRequestBytes)+64<<10)
+	s.handler = limitBody(s.withCORS(s.withWriteDeadlines(withBatchingWriter(s.mux))), int64(cfg.MaxRequestBytes)+64<<10)
 	return s, nil
 }
 

@@ -191,3 +191,23 @@ var (
 	_ ds.BatchAccepter = (*timedStore)(nil)
 	_ ds.BatchAcker    = (*timedStore)(nil)
 )
+
+func (t *timedStore) AddKeyPackagesWithin(ctx context.Context, kps []ds.KeyPackageRecord, lim ds.KeyPackageLimits) error {
+	defer t.obs("add_key_packages", time.Now())
+	return t.Store.AddKeyPackagesWithin(ctx, kps, lim)
+}
+
+func (t *timedStore) DailyUsage(ctx context.Context, clientID string, day int64) (ds.DailyUsage, error) {
+	defer t.obs("daily_usage", time.Now())
+	return t.Store.DailyUsage(ctx, clientID, day)
+}
+
+func (t *timedStore) AddDailyUsage(ctx context.Context, us []ds.DailyUsage) error {
+	defer t.obs("add_daily_usage", time.Now())
+	return t.Store.AddDailyUsage(ctx, us)
+}
+
+func (t *timedStore) ChargeDailyUsage(ctx context.Context, u, limit ds.DailyUsage) (ds.DailyUsage, error) {
+	defer t.obs("charge_daily_usage", time.Now())
+	return t.Store.ChargeDailyUsage(ctx, u, limit)
+}

@@ -109,6 +109,7 @@ func init() {
 		"groups": {args: "", summary: "list your groups with their epoch and members", maxArgs: 0, run: clientGroups},
 		"label":  {args: "<group> <name>", summary: "name a group for yourself (a group you were added to shows its id until you do)", minArgs: 2, maxArgs: 2, run: clientLabel},
 		"update": {args: "<group>", summary: "give yourself fresh keys in a group (a Commit to a new epoch)", minArgs: 1, maxArgs: 1, run: clientUpdate},
+		"tree":   {args: "<group>", summary: "draw the group's ratchet tree as your client holds it: blank nodes, unmerged leaves, members", minArgs: 1, maxArgs: 1, run: clientTree},
 		"link": {args: "<group>", summary: "print a secret join link of a group: whoever holds it may join until it expires or is revoked",
 			minArgs: 1, maxArgs: 1, flags: func(fs *flag.FlagSet, o *clientOpts) {
 				fs.DurationVar(&o.ttl, "ttl", 0, "how long the link is valid (default: the server's, 7 days)")
@@ -134,7 +135,7 @@ func clientUsage(w io.Writer) {
 	for n := range clientCommands {
 		names = append(names, n)
 	}
-	order := []string{"init", "publish", "device-link", "create", "add", "remove", "send", "listen", "leave", "groups", "label", "update", "link", "links", "unlink", "join"}
+	order := []string{"init", "publish", "device-link", "create", "add", "remove", "send", "listen", "leave", "groups", "tree", "label", "update", "link", "links", "unlink", "join"}
 	slices.SortFunc(names, func(a, b string) int { return slices.Index(order, a) - slices.Index(order, b) })
 	for _, n := range names {
 		c := clientCommands[n]
@@ -303,8 +304,59 @@ func clientStateDir() (string, error) {
 
 var fileSafeIDRe = regexp.MustCompile(`^[A-Za-z0-9_@+-][A-Za-z0-9._@+-]*$`)
 
-// fileSafeID reports whether a client id can name its state file.
+// fileSafeID reports whether a client id can name its state file as it is.
 func fileSafeID(id string) bool { return fileSafeIDRe.MatchString(id) }
+
+// maxStateFileName bounds the name of a state file: most file systems
+// allow 255 bytes per name.
+const maxStateFileName = 255
+
+// stateFileName returns the name of the state file of client id, without
+// the directory. An id that fileSafeID accepts names its file as it is (the
+// names state files always had); any other id is percent-encoded: every
+// byte outside [A-Za-z0-9_@+-], and a leading ".", becomes %XX. Such a name
+// always holds a "%", which a plain one never does, so the mapping is
+// reversible (idOfStateFile).
+func stateFileName(id string) string {
+	if fileSafeID(id) {
+		return id + ".db"
+	}
+	const hexDigits = "0123456789ABCDEF"
+	var b strings.Builder
+	for i := 0; i < len(id); i++ {
+		c := id[i]
+		plain := c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' ||
+			c == '_' || c == '@' || c == '+' || c == '-' || (c == '.' && i > 0)
+		if plain {
+			b.WriteByte(c)
+		} else {
+			b.WriteByte('%')
+			b.WriteByte(hexDigits[c>>4])
+			b.WriteByte(hexDigits[c&15])
+		}
+	}
+	return b.String() + ".db"
+}
+
+// idOfStateFile is the inverse of stateFileName: the client id that names
+// the state file called name, or "" if name is not one stateFileName makes.
+func idOfStateFile(name string) string {
+	base, ok := strings.CutSuffix(name, ".db")
+	if !ok {
+		return ""
+	}
+	if !strings.Contains(base, "%") {
+		if !fileSafeID(base) {
+			return ""
+		}
+		return base
+	}
+	id, err := url.PathUnescape(base)
+	if err != nil || stateFileName(id) != name {
+		return ""
+	}
+	return id
+}
 
 // statePath picks the state file from --state, --id, or the only state
 // file in the default directory.
@@ -317,10 +369,11 @@ func (o *clientOpts) statePath() (string, error) {
 		return "", err
 	}
 	if o.id != "" {
-		if !fileSafeID(o.id) {
-			return "", fmt.Errorf("client id %q cannot name a state file; pass --state PATH", o.id)
+		name := stateFileName(o.id)
+		if len(name) > maxStateFileName {
+			return "", fmt.Errorf("client id %q is too long to name a state file (%d bytes escaped, at most %d); pass --state PATH", o.id, len(name), maxStateFileName)
 		}
-		return filepath.Join(dir, o.id+".db"), nil
+		return filepath.Join(dir, name), nil
 	}
 	files, _ := filepath.Glob(filepath.Join(dir, "*.db"))
 	switch len(files) {
@@ -331,7 +384,11 @@ func (o *clientOpts) statePath() (string, error) {
 	}
 	var ids []string
 	for _, f := range files {
-		ids = append(ids, strings.TrimSuffix(filepath.Base(f), ".db"))
+		id := idOfStateFile(filepath.Base(f))
+		if id == "" {
+			id = filepath.Base(f)
+		}
+		ids = append(ids, id)
 	}
 	return "", fmt.Errorf("there are several identities in %s (%s): pick one with --id or MLSDS_CLIENT_ID", dir, strings.Join(ids, ", "))
 }

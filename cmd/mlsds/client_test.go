@@ -477,3 +477,65 @@ func TestClientJoinNeedsLink(t *testing.T) {
 		t.Fatalf("unlink twice: exit %d, %q", code, errb)
 	}
 }
+
+// TestStateFileNames: every valid client id names a state file, plain ids
+// keep the names they always had, and the escaping is reversible.
+func TestStateFileNames(t *testing.T) {
+	for _, c := range []struct{ id, file string }{
+		{"alice", "alice.db"},
+		{"bob@example.com", "bob@example.com.db"},
+		{"a+b_c-d.e", "a+b_c-d.e.db"},
+		{"7c9e6679-7425-40de-944b-e07fc1f90ae7:ab12@example.com", "7c9e6679-7425-40de-944b-e07fc1f90ae7%3Aab12@example.com.db"},
+		{".hidden", "%2Ehidden.db"},
+		{"../x", "%2E.%2Fx.db"},
+		{"a/b\\c", "a%2Fb%5Cc.db"},
+		{"50%", "50%25.db"},
+		{"josé", "jos%C3%A9.db"},
+	} {
+		if got := stateFileName(c.id); got != c.file {
+			t.Errorf("stateFileName(%q) = %q, want %q", c.id, got, c.file)
+		}
+		if got := idOfStateFile(c.file); got != c.id {
+			t.Errorf("idOfStateFile(%q) = %q, want %q", c.file, got, c.id)
+		}
+		if strings.ContainsAny(c.file[:len(c.file)-3], `/\:*?"<>|`) || strings.HasPrefix(c.file, ".") {
+			t.Errorf("stateFileName(%q) = %q is not a portable file name", c.id, c.file)
+		}
+	}
+	// Names stateFileName never makes name no client.
+	for _, name := range []string{"alice", "a%3a.db", "%61lice.db", "%zz.db", ".x.db"} {
+		if id := idOfStateFile(name); id != "" {
+			t.Errorf("idOfStateFile(%q) = %q, want none", name, id)
+		}
+	}
+}
+
+// TestClientIDWithColon: a client id that is valid on the server but holds
+// characters a file name cannot (here ":") still gets a state file under
+// the default directory, and commands find it by --id and without.
+func TestClientIDWithColon(t *testing.T) {
+	url := testServer(t)
+	cfg := t.TempDir()
+	t.Setenv("XDG_CONFIG_HOME", cfg)
+	t.Setenv("HOME", cfg)
+	t.Setenv("MLSDS_CLIENT_SERVER", url)
+	const id = "7c9e6679-7425-40de-944b-e07fc1f90ae7:ab12@example.com"
+	mustCLI(t, "init", "--id", id)
+	dir, err := clientStateDir()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := os.Stat(filepath.Join(dir, stateFileName(id))); err != nil {
+		t.Fatalf("no state file for %q: %v", id, err)
+	}
+	if out := mustCLI(t, "groups", "--id", id); !strings.Contains(out, id+" is in no group") {
+		t.Fatalf("groups --id: %q", out)
+	}
+	if out := mustCLI(t, "groups"); !strings.Contains(out, id+" is in no group") {
+		t.Fatalf("groups with the only identity: %q", out)
+	}
+	mustCLI(t, "init", "--id", "alice")
+	if code, _, errb := cli(t, "groups"); code != 1 || !strings.Contains(errb, id) {
+		t.Fatalf("groups with two identities should name both: exit %d, %q", code, errb)
+	}
+}

@@ -71,7 +71,21 @@ func addEnvToUsage(fs *flag.FlagSet, prefix string) {
 // suffix: 1048576, 1024KiB, 1MiB, 1M.
 type byteSize int
 
-func (b *byteSize) String() string { return strconv.Itoa(int(*b)) }
+// String prints the size with the largest binary suffix that divides it
+// ("1MiB", "64KiB", "1000"), the form -h shows for defaults.
+func (b *byteSize) String() string { return formatByteSize(int(*b)) }
+
+func formatByteSize(n int) string {
+	for _, u := range []struct {
+		suffix string
+		mult   int
+	}{{"GiB", 1 << 30}, {"MiB", 1 << 20}, {"KiB", 1 << 10}} {
+		if n != 0 && n%u.mult == 0 {
+			return strconv.Itoa(n/u.mult) + u.suffix
+		}
+	}
+	return strconv.Itoa(n)
+}
 
 func (b *byteSize) Set(s string) error {
 	n, err := parseByteSize(s)

@@ -3,7 +3,9 @@
 //	mlsds serve     run the server
 //	mlsds bench     load-test a server and report its figures
 //	mlsds client    a command-line MLS client (init, create, add, send, listen, ...)
-//	mlsds version   print the version
+//	mlsds inspect   decode an MLS object and check its signatures and tree
+//	mlsds admin     operator commands (delete-client, delete-user)
+//	mlsds version   print the version (also mlsds --version)
 //
 // Every flag of a command has an environment twin: --max-message-size is
 // also MLSDS_MAX_MESSAGE_SIZE (the client's --id is MLSDS_CLIENT_ID, the
@@ -16,8 +18,6 @@ import (
 	"fmt"
 	"io"
 	"os"
-	"runtime"
-	"runtime/debug"
 	"sort"
 )
 
@@ -27,13 +27,14 @@ type command struct {
 	run     func(args []string, stdout, stderr io.Writer) int
 }
 
-// commands is the table of subcommands; client, inspect and bench join it
-// later.
+// commands is the table of subcommands.
 var commands = map[string]command{
 	"serve":   {"run the Delivery Service", runServe},
 	"bench":   {"load-test a server (one it starts, or --target) and report its figures", runBench},
 	"version": {"print the version and exit", runVersion},
 	"client":  {"a command-line MLS client: init, create, add, send, listen, ...", runClient},
+	"inspect": {"decode an MLS object (message, KeyPackage, GroupInfo, Welcome, ratchet tree) and check what it can", runInspect},
+	"admin":   {"operator commands: delete-client, delete-user (through a server, or on its database)", runAdmin},
 }
 
 func main() {
@@ -47,6 +48,9 @@ func run(args []string, stdout, stderr io.Writer) int {
 			return 2
 		}
 		return 0
+	}
+	if args[0] == "--version" || args[0] == "-version" {
+		return runVersion(args[1:], stdout, stderr)
 	}
 	cmd, ok := commands[args[0]]
 	if !ok {
@@ -74,44 +78,4 @@ func usage(w io.Writer) {
 	fmt.Fprintln(w)
 	fmt.Fprintln(w, "Run 'mlsds <command> -h' for the flags of a command. Every flag has an")
 	fmt.Fprintln(w, "environment twin: --data-dir is also MLSDS_DATA_DIR.")
-}
-
-// version returns the module version and VCS revision the binary was built
-// from, as far as the build recorded them.
-func version() string {
-	v := "(devel)"
-	info, ok := debug.ReadBuildInfo()
-	if !ok {
-		return v
-	}
-	if info.Main.Version != "" {
-		v = info.Main.Version
-	}
-	var rev, modified string
-	for _, s := range info.Settings {
-		switch s.Key {
-		case "vcs.revision":
-			rev = s.Value
-		case "vcs.modified":
-			if s.Value == "true" {
-				modified = "+dirty"
-			}
-		}
-	}
-	if rev != "" {
-		if len(rev) > 12 {
-			rev = rev[:12]
-		}
-		v += " " + rev + modified
-	}
-	return v
-}
-
-func runVersion(args []string, stdout, stderr io.Writer) int {
-	if len(args) > 0 {
-		fmt.Fprintln(stderr, "usage: mlsds version")
-		return 2
-	}
-	fmt.Fprintf(stdout, "mlsds %s %s %s/%s\n", version(), runtime.Version(), runtime.GOOS, runtime.GOARCH)
-	return 0
 }

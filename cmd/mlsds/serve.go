@@ -28,15 +28,19 @@ import (
 
 // serveFlags are the flags of `mlsds serve`.
 type serveFlags struct {
+	budgets budgetFlags // byte budgets of answers and streams, below
+
 	listen, dataDir, store         string
 	tlsCert, tlsKey                string
 	logLevel, logFormat            string
 	registration, enrollmentToken  string
 	jwtKey, jwtAudience, jwtIssuer string
 	authSecretFile                 string
+	adminTokenFile                 string
 	sessionTTL                     time.Duration
 
 	maxMessageSize  byteSize
+	quotas          quotaFlags // quotas.go flags, below
 	maxGroupSize    int
 	maxKeyPackages  int
 	rateLimit       float64
@@ -51,6 +55,8 @@ type serveFlags struct {
 	drainDelay      time.Duration
 	corsOrigins     string
 	externalJoin    string
+	retention       time.Duration
+	pruneInterval   time.Duration
 }
 
 func newServeFlagSet(f *serveFlags, stderr io.Writer) *flag.FlagSet {
@@ -70,17 +76,22 @@ func newServeFlagSet(f *serveFlags, stderr io.Writer) *flag.FlagSet {
 	fs.StringVar(&f.jwtAudience, "jwt-audience", "", "audience (\"aud\") that enrollment JWTs must carry; required with --registration=jwt")
 	fs.StringVar(&f.jwtIssuer, "jwt-issuer", "", "issuer (\"iss\") that enrollment JWTs must carry; required with --registration=jwt")
 	fs.StringVar(&f.authSecretFile, "auth-secret-file", "", "file with the secret that keys session tokens (hex, at least 32 bytes); default DATA_DIR/auth.key, created if missing. Share it between nodes")
+	fs.StringVar(&f.adminTokenFile, "admin-token-file", "", "file with the operator's admin token (at least 16 bytes); turns on AdminService (mlsds admin --server) for callers that send it")
 	fs.DurationVar(&f.sessionTTL, "session-ttl", time.Hour, "lifetime of a session token")
 	f.maxMessageSize = 1 << 20
 	fs.Var(&f.maxMessageSize, "max-message-size", "largest MLSMessage accepted, as a `size` in bytes (KiB, MiB suffixes allowed)")
+	f.budgets.register(fs)
 	fs.IntVar(&f.maxGroupSize, "max-group-size", 50_000, "most members of a group")
 	fs.IntVar(&f.maxKeyPackages, "max-key-packages", 1_000, "most unclaimed KeyPackages stored per client")
+	f.quotas.register(fs)
 	fs.Float64Var(&f.rateLimit, "rate-limit", 50, "requests per second per client (bursts of twice that); negative turns it off")
 	fs.Float64Var(&f.claimRate, "claim-rate", 60, "KeyPackage claims per target client per minute; negative turns it off")
 	fs.Float64Var(&f.claimerRate, "claimer-rate", 120, "KeyPackage claims per claiming client per minute; negative turns it off")
 	fs.Float64Var(&f.authRateLimit, "auth-rate-limit", 20, "registration and authentication calls per second per remote address; negative turns it off")
 	fs.Uint64Var(&f.appEpochWindow, "app-epoch-window", 2, "how many epochs old an application message may be")
 	fs.StringVar(&f.externalJoin, "external-join", "links", "who may fetch a transparent group's GroupInfo and tree and join it by external Commit: links (members, new devices of members' users, holders of a join link), members, or any (every registered client: weakens security, any client can join any transparent group)")
+	fs.DurationVar(&f.retention, "retention", 30*24*time.Hour, "how long a message or Welcome is kept at most, delivered or not (messages acknowledged by every recipient go at once); 0 keeps them until every recipient acknowledged them")
+	fs.DurationVar(&f.pruneInterval, "prune-interval", time.Minute, "how often the server deletes delivered and expired messages, expired KeyPackages and empty groups (one node at a time); 0 turns it off")
 	fs.IntVar(&f.lowWater, "key-package-low-water", 10, "a client is told when its KeyPackages for a suite fall below this")
 	fs.DurationVar(&f.keepAlive, "keepalive", 30*time.Second, "keep-alive interval on delivery streams")
 	fs.IntVar(&f.maxStreams, "max-streams-per-client", 4, "open delivery streams per client; one more ends the oldest")
@@ -160,9 +171,20 @@ func serve(ctx context.Context, f *serveFlags, log *slog.Logger) error {
 	if err != nil {
 		return err
 	}
+	// Bind first: a busy port must not leave a new database behind.
+	ln, err := net.Listen("tcp", f.listen)
+	if err != nil {
+		return err
+	}
+	defer ln.Close()
 	if err := os.MkdirAll(f.dataDir, 0o700); err != nil {
 		return fmt.Errorf("data directory: %w", err)
 	}
+	unlock, err := lockDataDir(f.dataDir)
+	if err != nil {
+		return err
+	}
+	defer unlock()
 	postgresURL := isPostgres(f.store)
 	var dbPath string
 	if !postgresURL {
@@ -178,6 +200,12 @@ func serve(ctx context.Context, f *serveFlags, log *slog.Logger) error {
 	if err != nil {
 		return err
 	}
+	var adminToken string
+	if f.adminTokenFile != "" {
+		if adminToken, err = readAdminToken(f.adminTokenFile); err != nil { // admin.go
+			return err
+		}
+	}
 
 	cfg := server.Config{
 		Registration:        reg,
@@ -185,6 +213,7 @@ func serve(ctx context.Context, f *serveFlags, log *slog.Logger) error {
 		JWTAudience:         f.jwtAudience,
 		JWTIssuer:           f.jwtIssuer,
 		AuthSecret:          secret,
+		AdminToken:          adminToken,
 		SessionTTL:          f.sessionTTL,
 		AuthRatePerSecond:   f.authRateLimit,
 		MaxMessageSize:      int(f.maxMessageSize),
@@ -196,6 +225,9 @@ func serve(ctx context.Context, f *serveFlags, log *slog.Logger) error {
 		Logger:              log,
 		Metrics:             server.NewMetrics(),
 	}
+	cfg.WriteTimeout, cfg.FetchBufferedMaxBytes = f.budgets.slowConsumerTimeout, int64(f.budgets.fetchBufferedMaxBytes)
+	cfg.RegistrationsPerHour = offIfZero(f.quotas.registrationsPerHour)
+	cfg.RegistrationBurst = f.quotas.registrationBurst
 	if reg == server.RegistrationJWT {
 		if f.jwtKey == "" {
 			return errors.New("--registration=jwt needs --jwt-key")
@@ -248,12 +280,22 @@ func serve(ctx context.Context, f *serveFlags, log *slog.Logger) error {
 		ClaimsPerMinute:           f.claimerRate,
 		ClaimsPerTargetPerMinute:  f.claimRate,
 		ExternalJoin:              externalJoin,
+		MaxKeyPackageSize:         int(offIfZero(float64(f.quotas.maxKeyPackageSize))),
+		MaxKeyPackageBytes:        int64(offIfZero(float64(f.quotas.maxKeyPackageBytes))),
+		MaxGroupsPerDay:           int(offIfZero(float64(f.quotas.maxGroupsPerDay))),
+		MaxBytesPerDay:            int64(offIfZero(float64(f.quotas.maxBytesPerDay))),
+		MaxClientsPerUser:         int(offIfZero(float64(f.quotas.maxClientsPerUser))),
+		Retention:                 orNegative(f.retention),
+		PruneInterval:             orNegative(f.pruneInterval),
+
+		FetchMaxBytes:              int(f.budgets.fetchMaxBytes),
+		SubscriptionMaxBytes:       int(f.budgets.subscriptionMaxBytes),
+		ClientSubscriptionMaxBytes: int(f.budgets.clientSubscriptionMaxBytes),
+		BufferedMaxBytes:           int64(f.budgets.bufferedMaxBytes),
+		SlowConsumerTimeout:        f.budgets.slowConsumerTimeout,
 	})
+	defer svc.Close() // stops the pruner before the store closes
 	srv, err := server.New(svc, cfg)
-	if err != nil {
-		return err
-	}
-	ln, err := net.Listen("tcp", f.listen)
 	if err != nil {
 		return err
 	}
@@ -276,6 +318,13 @@ func serve(ctx context.Context, f *serveFlags, log *slog.Logger) error {
 	log.Info("mlsds serving", "addr", ln.Addr().String(), "transport", scheme, "version", version(),
 		"database", database, "registration", string(reg), "max_message_size", int(f.maxMessageSize))
 	err = srv.Serve(ctx, ln)
+	// What this node counted against the daily quotas since its last
+	// write, so that a restart does not forget it.
+	fctx, fcancel := context.WithTimeout(context.Background(), 10*time.Second)
+	if ferr := svc.FlushQuotas(fctx); ferr != nil {
+		log.Warn("writing the daily quota counters", "error", ferr)
+	}
+	fcancel()
 	log.Info("mlsds stopped")
 	return err
 }
@@ -366,4 +415,69 @@ func splitList(s string) []string {
 		}
 	}
 	return out
+}
+
+// orNegative maps a flag's 0 ("off") to the negative value that means off
+// in ds.Config, where 0 means the default.
+func orNegative(d time.Duration) time.Duration {
+	if d == 0 {
+		return -1
+	}
+	return d
+}
+
+// quotaFlags are the flags of the per-client quotas; 0 turns one off.
+type quotaFlags struct {
+	maxKeyPackageSize    byteSize
+	maxKeyPackageBytes   byteSize
+	maxBytesPerDay       byteSize
+	maxGroupsPerDay      int
+	maxClientsPerUser    int
+	registrationsPerHour float64
+	registrationBurst    int
+}
+
+func (q *quotaFlags) register(fs *flag.FlagSet) {
+	q.maxKeyPackageSize = 64 << 10
+	fs.Var(&q.maxKeyPackageSize, "max-key-package-size", "largest KeyPackage accepted, as a `size`")
+	q.maxKeyPackageBytes = 4 << 20
+	fs.Var(&q.maxKeyPackageBytes, "max-key-package-bytes", "most bytes of unclaimed KeyPackages stored per client, as a `size`; 0 turns it off")
+	q.maxBytesPerDay = 1 << 30
+	fs.Var(&q.maxBytesPerDay, "max-bytes-per-day", "most bytes of messages, Welcomes, GroupInfos and trees a client submits per UTC day, as a `size`; 0 turns it off")
+	fs.IntVar(&q.maxGroupsPerDay, "max-groups-per-day", 100, "most groups a client creates per UTC day; 0 turns it off")
+	fs.IntVar(&q.maxClientsPerUser, "max-clients-per-user", 20, "most clients (devices) registered under one user; 0 turns it off")
+	fs.Float64Var(&q.registrationsPerHour, "registrations-per-hour", 10, "new clients that open or token registration admits per hour from one remote address (each node counts its own); 0 turns it off, as does a negative --auth-rate-limit")
+	fs.IntVar(&q.registrationBurst, "registration-burst", 5, "new clients one remote address may register at once before --registrations-per-hour applies")
+}
+
+// offIfZero maps a flag's 0 ("off") to the negative value that means off
+// in the configurations, where 0 means the default.
+func offIfZero(v float64) float64 {
+	if v == 0 {
+		return -1
+	}
+	return v
+}
+
+// budgetFlags are the byte budgets of answers and delivery streams, and
+// the time a client may take to read (ds.Config.FetchMaxBytes and the
+// subscription budgets; server.Config.WriteTimeout).
+type budgetFlags struct {
+	fetchMaxBytes              byteSize
+	subscriptionMaxBytes       byteSize
+	clientSubscriptionMaxBytes byteSize
+	bufferedMaxBytes           byteSize
+	fetchBufferedMaxBytes      byteSize
+	slowConsumerTimeout        time.Duration
+}
+
+func (b *budgetFlags) register(fs *flag.FlagSet) {
+	b.fetchMaxBytes, b.subscriptionMaxBytes = 4<<20, 4<<20
+	b.clientSubscriptionMaxBytes, b.bufferedMaxBytes, b.fetchBufferedMaxBytes = 8<<20, 64<<20, 32<<20
+	fs.Var(&b.fetchMaxBytes, "fetch-max-bytes", "most bytes of messages in one Fetch page (at least one message comes), as a `size`")
+	fs.Var(&b.subscriptionMaxBytes, "subscription-max-bytes", "most bytes of messages buffered for one delivery stream; beyond, it reads them from the store once the client took some, as a `size`")
+	fs.Var(&b.clientSubscriptionMaxBytes, "client-subscription-max-bytes", "most bytes of messages buffered for all delivery streams of one client, as a `size`")
+	fs.Var(&b.bufferedMaxBytes, "buffered-max-bytes", "most bytes of messages buffered for all delivery streams of the server, as a `size`")
+	fs.Var(&b.fetchBufferedMaxBytes, "fetch-buffered-max-bytes", "most bytes of messages in all the Fetch answers the server is writing at once; beyond, Fetch answers smaller pages (one message at least), as a `size`")
+	fs.DurationVar(&b.slowConsumerTimeout, "slow-consumer-timeout", 30*time.Second, "a client that reads nothing of an answer or a delivery stream for this long is cut (it resumes from its acknowledged position)")
 }

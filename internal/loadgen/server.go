@@ -32,7 +32,7 @@ type childServer struct {
 func childArgs(dataDir, store string, extra []string) []string {
 	args := []string{"serve", "--listen", "127.0.0.1:0", "--log-format", "json",
 		"--data-dir", dataDir,
-		"--rate-limit", "-1", "--claim-rate", "-1", "--claimer-rate", "-1", "--auth-rate-limit", "-1",
+		"--rate-limit", "-1", "--claim-rate", "-1", "--claimer-rate", "-1", "--auth-rate-limit", "-1", "--max-bytes-per-day", "0", "--max-groups-per-day", "0",
 		"--max-message-size", "64MiB", "--max-group-size", "100000",
 		"--max-streams-per-client", "16", "--shutdown-timeout", "5s"}
 	if store != "" {

@@ -150,5 +150,8 @@ func (s *Serve) LogsAt(level string) []LogLine {
 	return out
 }
 
+// Pid is the process id of the server.
+func (s *Serve) Pid() int { return s.cmd.Process.Pid }
+
 // DBPath is the SQLite database of the server.
 func (s *Serve) DBPath() string { return filepath.Join(s.DataDir, "mlsds.db") }

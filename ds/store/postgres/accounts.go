@@ -68,7 +68,7 @@ func (s *Store) RegisterClient(ctx context.Context, r ds.ClientRegistration) err
 	if err := checkText("client id", c.ID, c.UserID); err != nil {
 		return err
 	}
-	return s.tx(ctx, "register client", func(tx pgx.Tx) error {
+	return unwrapQuota(s.tx(ctx, "register client", func(tx pgx.Tx) error {
 		if err := lockIDs(ctx, tx, c.ID, c.UserID); err != nil {
 			return err
 		}
@@ -124,11 +124,22 @@ func (s *Store) RegisterClient(ctx context.Context, r ds.ClientRegistration) err
 				}
 			}
 		}
+		if r.MaxClientsPerUser > 0 {
+			// The advisory lock on the user id serialises this count with
+			// every other registration of the user.
+			var n int
+			if err := tx.QueryRow(ctx, "SELECT count(*) FROM clients WHERE user_id = $1", c.UserID).Scan(&n); err != nil {
+				return err
+			}
+			if n >= r.MaxClientsPerUser {
+				return &ds.QuotaExceededError{What: ds.QuotaClientsPerUser, Limit: int64(r.MaxClientsPerUser)}
+			}
+		}
 		_, err = tx.Exec(ctx, `INSERT INTO clients (id, user_id, cipher_suite, signature_key, created_at)
 			VALUES ($1, $2, $3, $4, $5)`,
 			c.ID, c.UserID, int32(c.CipherSuite), nonNil(c.SignatureKey), ts(c.CreatedAt))
 		return err
-	})
+	}))
 }
 
 // CreateDeviceLink implements ds.Store.

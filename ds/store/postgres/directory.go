@@ -81,10 +81,15 @@ func lockClient(ctx context.Context, tx pgx.Tx, id string) error {
 
 // AddKeyPackages implements ds.Store.
 func (s *Store) AddKeyPackages(ctx context.Context, kps []ds.KeyPackageRecord, limit int) error {
+	return s.addKeyPackages(ctx, kps, ds.KeyPackageLimits{Count: limit})
+}
+
+// addKeyPackages adds kps within lim (AddKeyPackagesWithin).
+func (s *Store) addKeyPackages(ctx context.Context, kps []ds.KeyPackageRecord, lim ds.KeyPackageLimits) error {
 	if len(kps) == 0 {
 		return nil
 	}
-	client := kps[0].ClientID
+	client, limit := kps[0].ClientID, lim.Count
 	if err := checkText("client id", client); err != nil {
 		return err
 	}
@@ -107,17 +112,22 @@ func (s *Store) AddKeyPackages(ctx context.Context, kps []ds.KeyPackageRecord, l
 			lastResort[kp.CipherSuite] = true
 		}
 	}
-	return s.tx(ctx, "add key packages", func(tx pgx.Tx) error {
+	return unwrapQuota(s.tx(ctx, "add key packages", func(tx pgx.Tx) error {
 		if err := lockClient(ctx, tx, client); err != nil {
 			return err
 		}
 		var stored int
+		var storedBytes int64
 		if err := tx.QueryRow(ctx,
-			"SELECT count(*) FROM key_packages WHERE client_id = $1 AND claimed_at IS NULL", client).Scan(&stored); err != nil {
+			"SELECT count(*), COALESCE(sum(length(data)), 0) FROM key_packages WHERE client_id = $1 AND claimed_at IS NULL",
+			client).Scan(&stored, &storedBytes); err != nil {
 			return err
 		}
 		if stored+len(kps) > limit {
 			return &ds.TooLargeError{Limit: limit, What: "unclaimed key packages per client"}
+		}
+		if lim.Bytes > 0 && storedBytes+ds.KeyPackageBytes(kps) > lim.Bytes {
+			return &ds.QuotaExceededError{What: ds.QuotaKeyPackageBytes, Limit: lim.Bytes}
 		}
 		var dup []byte
 		err := tx.QueryRow(ctx, "SELECT ref FROM key_packages WHERE ref = ANY($1) LIMIT 1", refs).Scan(&dup)
@@ -150,7 +160,7 @@ func (s *Store) AddKeyPackages(ctx context.Context, kps []ds.KeyPackageRecord, l
 			return fmt.Errorf("%w: a KeyPackage of the upload is already stored", ds.ErrAlreadyExists)
 		}
 		return err
-	})
+	}))
 }
 
 const kpColumns = "ref, client_id, cipher_suite, data, not_before, not_after, last_resort, uploaded_at, claimed_by, claimed_at, consumed_at"

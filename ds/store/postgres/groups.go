@@ -500,7 +500,9 @@ func (s *Store) Messages(ctx context.Context, q ds.MessageQuery) ([]ds.Envelope,
 	if err != nil {
 		return nil, err
 	}
-	rows, err := s.pool.Query(ctx, `SELECT m.seq, m.epoch, m.sender, m.content_type, m.wire_format, m.data, m.accepted_at
+	var rows pgx.Rows
+	if q.MaxBytes <= 0 {
+		rows, err = s.pool.Query(ctx, `SELECT m.seq, m.epoch, m.sender, m.content_type, m.wire_format, m.data, m.accepted_at
 		FROM messages m
 		WHERE m.group_id = $1 AND m.seq >= $2
 		  AND EXISTS (SELECT 1 FROM memberships w
@@ -508,7 +510,32 @@ func (s *Store) Messages(ctx context.Context, q ds.MessageQuery) ([]ds.Envelope,
 		                AND m.seq >= w.from_seq AND (w.until_seq IS NULL OR m.seq <= w.until_seq))
 		  AND NOT ($4 AND m.sender = $3)
 		ORDER BY m.seq LIMIT $5`,
-		nonNil(q.GroupID), from, q.ClientID, q.ExcludeOwn, q.Limit)
+			nonNil(q.GroupID), from, q.ClientID, q.ExcludeOwn, q.Limit)
+	} else {
+		// The server sends every row of a result: the budget is applied
+		// in the query, on the sizes alone (octet_length reads no TOASTed
+		// data), and only the rows within it are read in full. A row is in
+		// the page while the messages before it sum to less than MaxBytes.
+		rows, err = s.pool.Query(ctx, `WITH page AS (
+			SELECT m.seq, octet_length(m.data) AS len
+			FROM messages m
+			WHERE m.group_id = $1 AND m.seq >= $2
+			  AND EXISTS (SELECT 1 FROM memberships w
+			              WHERE w.group_id = m.group_id AND w.client_id = $3
+			                AND m.seq >= w.from_seq AND (w.until_seq IS NULL OR m.seq <= w.until_seq))
+			  AND NOT ($4 AND m.sender = $3)
+			ORDER BY m.seq LIMIT $5
+		), kept AS (
+			SELECT seq FROM (
+				SELECT seq, COALESCE(SUM(len) OVER (ORDER BY seq ROWS BETWEEN UNBOUNDED PRECEDING AND 1 PRECEDING), 0) AS before
+				FROM page) r
+			WHERE before < $6
+		)
+		SELECT m.seq, m.epoch, m.sender, m.content_type, m.wire_format, m.data, m.accepted_at
+		FROM kept JOIN messages m ON m.group_id = $1 AND m.seq = kept.seq
+		ORDER BY m.seq`,
+			nonNil(q.GroupID), from, q.ClientID, q.ExcludeOwn, q.Limit, int64(q.MaxBytes))
+	}
 	if err != nil {
 		return nil, engineErr("read messages", err)
 	}

@@ -96,6 +96,15 @@ func (s *Store) RegisterClient(ctx context.Context, r ds.ClientRegistration) err
 				}
 			}
 		}
+		if r.MaxClientsPerUser > 0 {
+			var n int
+			if err := tx.QueryRowContext(ctx, "SELECT count(*) FROM clients WHERE user_id = ?", c.UserID).Scan(&n); err != nil {
+				return err
+			}
+			if n >= r.MaxClientsPerUser {
+				return &ds.QuotaExceededError{What: ds.QuotaClientsPerUser, Limit: int64(r.MaxClientsPerUser)}
+			}
+		}
 		_, err = tx.ExecContext(ctx,
 			"INSERT INTO clients (id, user_id, cipher_suite, signature_key, created_at) VALUES (?, ?, ?, ?, ?)",
 			c.ID, c.UserID, int64(c.CipherSuite), nonNil(c.SignatureKey), micros(c.CreatedAt))

@@ -72,18 +72,28 @@ func (s *Store) ClientsOfUser(ctx context.Context, userID string) ([]ds.Client, 
 
 // AddKeyPackages implements ds.Store.
 func (s *Store) AddKeyPackages(ctx context.Context, kps []ds.KeyPackageRecord, limit int) error {
+	return s.addKeyPackages(ctx, kps, ds.KeyPackageLimits{Count: limit})
+}
+
+// addKeyPackages adds kps within lim (AddKeyPackagesWithin).
+func (s *Store) addKeyPackages(ctx context.Context, kps []ds.KeyPackageRecord, lim ds.KeyPackageLimits) error {
 	if len(kps) == 0 {
 		return nil
 	}
-	client := kps[0].ClientID
+	client, limit := kps[0].ClientID, lim.Count
 	return s.write(ctx, func(tx *sql.Tx) error {
 		var stored int
+		var storedBytes int64
 		if err := tx.QueryRowContext(ctx,
-			"SELECT COUNT(*) FROM key_packages WHERE client_id = ? AND claimed_at IS NULL", client).Scan(&stored); err != nil {
+			"SELECT COUNT(*), COALESCE(SUM(length(data)), 0) FROM key_packages WHERE client_id = ? AND claimed_at IS NULL",
+			client).Scan(&stored, &storedBytes); err != nil {
 			return err
 		}
 		if stored+len(kps) > limit {
 			return &ds.TooLargeError{Limit: limit, What: "unclaimed key packages per client"}
+		}
+		if lim.Bytes > 0 && storedBytes+ds.KeyPackageBytes(kps) > lim.Bytes {
+			return &ds.QuotaExceededError{What: ds.QuotaKeyPackageBytes, Limit: lim.Bytes}
 		}
 		seen := make(map[string]bool)
 		lastResort := make(map[mls.CipherSuite]bool)

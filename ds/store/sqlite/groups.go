@@ -451,6 +451,7 @@ func (s *Store) Messages(ctx context.Context, q ds.MessageQuery) ([]ds.Envelope,
 	}
 	defer rows.Close()
 	var out []ds.Envelope
+	total := 0
 	for rows.Next() {
 		var e ds.Envelope
 		var seq, epoch, ct, wf int64
@@ -463,6 +464,11 @@ func (s *Store) Messages(ctx context.Context, q ds.MessageQuery) ([]ds.Envelope,
 		e.ContentType, e.WireFormat = mls.ContentType(ct), mls.WireFormat(wf)
 		e.AcceptedAt = fromMicros(at)
 		out = append(out, e)
+		// SQLite computes rows one at a time as they are read: stopping
+		// here leaves the rest of the page unread.
+		if total += len(e.Data); q.MaxBytes > 0 && total >= q.MaxBytes {
+			break
+		}
 	}
 	return out, rows.Err()
 }

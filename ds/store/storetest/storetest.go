@@ -54,7 +54,7 @@ func Run(t *testing.T, open func(t *testing.T) ds.Store) {
 		{"AcceptCommitsConcurrent", testAcceptCommitsConcurrent},
 		{"AcceptAppConcurrent", testAcceptAppConcurrent},
 		{"Membership", testMembership},
-		{"Messages", testMessages},
+		{"Messages", testMessages}, {"MessagesBudget", testMessagesBudget},
 		{"CursorsAndAck", testCursorsAndAck},
 		{"Welcomes", testWelcomes},
 		{"BatchMixed", testBatchMixed},
@@ -66,7 +66,10 @@ func Run(t *testing.T, open func(t *testing.T) ds.Store) {
 		{"AckBatchWelcomes", testAckBatchWelcomes},
 		{"AckBatchCheckHead", testAckBatchCheckHead},
 		{"JoinLinks", testJoinLinks}, {"ConsumeKeyPackages", testConsumeKeyPackages}, {"AcceptMemberBeforeEpoch", testAcceptMemberBeforeEpoch},
+		{"PruneAcked", testPruneAcked}, {"PruneRetention", testPruneRetention}, {"PruneStateLog", testPruneStateLog}, {"PruneKeyPackages", testPruneKeyPackages}, {"PruneEmptyGroups", testPruneEmptyGroups}, {"PrunerLock", testPrunerLock},
 		{"Leave", testLeave}, {"LeaveEmptyWindow", testLeaveEmptyWindow}, {"NumbersOutOfRange", testNumbersOutOfRange},
+		{"DeleteClient", testDeleteClient}, {"DeleteClientFormerMember", testDeleteClientFormerMember},
+		{"Quotas", testQuotas},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
