@@ -22,6 +22,219 @@ const (
 	_ = protoimpl.EnforceVersion(protoimpl.MaxVersion - 20)
 )
 
+type AddSignatureKeyRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The new SignaturePublicKey, in the encoding of the client's suite.
+	SignatureKey []byte `protobuf:"bytes,1,opt,name=signature_key,json=signatureKey,proto3" json:"signature_key,omitempty"`
+	// Types that are valid to be assigned to Proof:
+	//
+	//	*AddSignatureKeyRequest_Signature
+	//	*AddSignatureKeyRequest_KeyPackage
+	Proof         isAddSignatureKeyRequest_Proof `protobuf_oneof:"proof"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *AddSignatureKeyRequest) Reset() {
+	*x = AddSignatureKeyRequest{}
+	mi := &file_mlsds_v1_account_proto_msgTypes[0]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *AddSignatureKeyRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*AddSignatureKeyRequest) ProtoMessage() {}
+
+func (x *AddSignatureKeyRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_mlsds_v1_account_proto_msgTypes[0]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use AddSignatureKeyRequest.ProtoReflect.Descriptor instead.
+func (*AddSignatureKeyRequest) Descriptor() ([]byte, []int) {
+	return file_mlsds_v1_account_proto_rawDescGZIP(), []int{0}
+}
+
+func (x *AddSignatureKeyRequest) GetSignatureKey() []byte {
+	if x != nil {
+		return x.SignatureKey
+	}
+	return nil
+}
+
+func (x *AddSignatureKeyRequest) GetProof() isAddSignatureKeyRequest_Proof {
+	if x != nil {
+		return x.Proof
+	}
+	return nil
+}
+
+func (x *AddSignatureKeyRequest) GetSignature() []byte {
+	if x != nil {
+		if x, ok := x.Proof.(*AddSignatureKeyRequest_Signature); ok {
+			return x.Signature
+		}
+	}
+	return nil
+}
+
+func (x *AddSignatureKeyRequest) GetKeyPackage() []byte {
+	if x != nil {
+		if x, ok := x.Proof.(*AddSignatureKeyRequest_KeyPackage); ok {
+			return x.KeyPackage
+		}
+	}
+	return nil
+}
+
+type isAddSignatureKeyRequest_Proof interface {
+	isAddSignatureKeyRequest_Proof()
+}
+
+type AddSignatureKeyRequest_Signature struct {
+	// SignWithLabel(new key, "mlsds add key", AddKeyTBS), where AddKeyTBS
+	// is the TLS encoding of struct { opaque client_id<V>; opaque
+	// signature_key<V>; }.
+	Signature []byte `protobuf:"bytes,2,opt,name=signature,proto3,oneof"`
+}
+
+type AddSignatureKeyRequest_KeyPackage struct {
+	// A KeyPackage (MLSMessage) of the caller signed with the new key: its
+	// leaf_node names the caller and carries the new key. Any MLS library
+	// can make one.
+	KeyPackage []byte `protobuf:"bytes,3,opt,name=key_package,json=keyPackage,proto3,oneof"`
+}
+
+func (*AddSignatureKeyRequest_Signature) isAddSignatureKeyRequest_Proof() {}
+
+func (*AddSignatureKeyRequest_KeyPackage) isAddSignatureKeyRequest_Proof() {}
+
+type AddSignatureKeyResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *AddSignatureKeyResponse) Reset() {
+	*x = AddSignatureKeyResponse{}
+	mi := &file_mlsds_v1_account_proto_msgTypes[1]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *AddSignatureKeyResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*AddSignatureKeyResponse) ProtoMessage() {}
+
+func (x *AddSignatureKeyResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_mlsds_v1_account_proto_msgTypes[1]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use AddSignatureKeyResponse.ProtoReflect.Descriptor instead.
+func (*AddSignatureKeyResponse) Descriptor() ([]byte, []int) {
+	return file_mlsds_v1_account_proto_rawDescGZIP(), []int{1}
+}
+
+type RemoveSignatureKeyRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	SignatureKey  []byte                 `protobuf:"bytes,1,opt,name=signature_key,json=signatureKey,proto3" json:"signature_key,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RemoveSignatureKeyRequest) Reset() {
+	*x = RemoveSignatureKeyRequest{}
+	mi := &file_mlsds_v1_account_proto_msgTypes[2]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RemoveSignatureKeyRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RemoveSignatureKeyRequest) ProtoMessage() {}
+
+func (x *RemoveSignatureKeyRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_mlsds_v1_account_proto_msgTypes[2]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RemoveSignatureKeyRequest.ProtoReflect.Descriptor instead.
+func (*RemoveSignatureKeyRequest) Descriptor() ([]byte, []int) {
+	return file_mlsds_v1_account_proto_rawDescGZIP(), []int{2}
+}
+
+func (x *RemoveSignatureKeyRequest) GetSignatureKey() []byte {
+	if x != nil {
+		return x.SignatureKey
+	}
+	return nil
+}
+
+type RemoveSignatureKeyResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RemoveSignatureKeyResponse) Reset() {
+	*x = RemoveSignatureKeyResponse{}
+	mi := &file_mlsds_v1_account_proto_msgTypes[3]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RemoveSignatureKeyResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RemoveSignatureKeyResponse) ProtoMessage() {}
+
+func (x *RemoveSignatureKeyResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_mlsds_v1_account_proto_msgTypes[3]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RemoveSignatureKeyResponse.ProtoReflect.Descriptor instead.
+func (*RemoveSignatureKeyResponse) Descriptor() ([]byte, []int) {
+	return file_mlsds_v1_account_proto_rawDescGZIP(), []int{3}
+}
+
 type DeleteClientRequest struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	unknownFields protoimpl.UnknownFields
@@ -30,7 +243,7 @@ type DeleteClientRequest struct {
 
 func (x *DeleteClientRequest) Reset() {
 	*x = DeleteClientRequest{}
-	mi := &file_mlsds_v1_account_proto_msgTypes[0]
+	mi := &file_mlsds_v1_account_proto_msgTypes[4]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -42,7 +255,7 @@ func (x *DeleteClientRequest) String() string {
 func (*DeleteClientRequest) ProtoMessage() {}
 
 func (x *DeleteClientRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_mlsds_v1_account_proto_msgTypes[0]
+	mi := &file_mlsds_v1_account_proto_msgTypes[4]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -55,7 +268,7 @@ func (x *DeleteClientRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteClientRequest.ProtoReflect.Descriptor instead.
 func (*DeleteClientRequest) Descriptor() ([]byte, []int) {
-	return file_mlsds_v1_account_proto_rawDescGZIP(), []int{0}
+	return file_mlsds_v1_account_proto_rawDescGZIP(), []int{4}
 }
 
 type DeleteClientResponse struct {
@@ -68,7 +281,7 @@ type DeleteClientResponse struct {
 
 func (x *DeleteClientResponse) Reset() {
 	*x = DeleteClientResponse{}
-	mi := &file_mlsds_v1_account_proto_msgTypes[1]
+	mi := &file_mlsds_v1_account_proto_msgTypes[5]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -80,7 +293,7 @@ func (x *DeleteClientResponse) String() string {
 func (*DeleteClientResponse) ProtoMessage() {}
 
 func (x *DeleteClientResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_mlsds_v1_account_proto_msgTypes[1]
+	mi := &file_mlsds_v1_account_proto_msgTypes[5]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -93,7 +306,7 @@ func (x *DeleteClientResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteClientResponse.ProtoReflect.Descriptor instead.
 func (*DeleteClientResponse) Descriptor() ([]byte, []int) {
-	return file_mlsds_v1_account_proto_rawDescGZIP(), []int{1}
+	return file_mlsds_v1_account_proto_rawDescGZIP(), []int{5}
 }
 
 func (x *DeleteClientResponse) GetGroupsLeft() uint32 {
@@ -114,7 +327,7 @@ type CreateDeviceLinkRequest struct {
 
 func (x *CreateDeviceLinkRequest) Reset() {
 	*x = CreateDeviceLinkRequest{}
-	mi := &file_mlsds_v1_account_proto_msgTypes[2]
+	mi := &file_mlsds_v1_account_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -126,7 +339,7 @@ func (x *CreateDeviceLinkRequest) String() string {
 func (*CreateDeviceLinkRequest) ProtoMessage() {}
 
 func (x *CreateDeviceLinkRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_mlsds_v1_account_proto_msgTypes[2]
+	mi := &file_mlsds_v1_account_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -139,7 +352,7 @@ func (x *CreateDeviceLinkRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CreateDeviceLinkRequest.ProtoReflect.Descriptor instead.
 func (*CreateDeviceLinkRequest) Descriptor() ([]byte, []int) {
-	return file_mlsds_v1_account_proto_rawDescGZIP(), []int{2}
+	return file_mlsds_v1_account_proto_rawDescGZIP(), []int{6}
 }
 
 func (x *CreateDeviceLinkRequest) GetTtlSeconds() uint32 {
@@ -162,7 +375,7 @@ type CreateDeviceLinkResponse struct {
 
 func (x *CreateDeviceLinkResponse) Reset() {
 	*x = CreateDeviceLinkResponse{}
-	mi := &file_mlsds_v1_account_proto_msgTypes[3]
+	mi := &file_mlsds_v1_account_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -174,7 +387,7 @@ func (x *CreateDeviceLinkResponse) String() string {
 func (*CreateDeviceLinkResponse) ProtoMessage() {}
 
 func (x *CreateDeviceLinkResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_mlsds_v1_account_proto_msgTypes[3]
+	mi := &file_mlsds_v1_account_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -187,7 +400,7 @@ func (x *CreateDeviceLinkResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CreateDeviceLinkResponse.ProtoReflect.Descriptor instead.
 func (*CreateDeviceLinkResponse) Descriptor() ([]byte, []int) {
-	return file_mlsds_v1_account_proto_rawDescGZIP(), []int{3}
+	return file_mlsds_v1_account_proto_rawDescGZIP(), []int{7}
 }
 
 func (x *CreateDeviceLinkResponse) GetDeviceLink() string {
@@ -221,7 +434,7 @@ type GetClientKeysRequest struct {
 
 func (x *GetClientKeysRequest) Reset() {
 	*x = GetClientKeysRequest{}
-	mi := &file_mlsds_v1_account_proto_msgTypes[4]
+	mi := &file_mlsds_v1_account_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -233,7 +446,7 @@ func (x *GetClientKeysRequest) String() string {
 func (*GetClientKeysRequest) ProtoMessage() {}
 
 func (x *GetClientKeysRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_mlsds_v1_account_proto_msgTypes[4]
+	mi := &file_mlsds_v1_account_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -246,7 +459,7 @@ func (x *GetClientKeysRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetClientKeysRequest.ProtoReflect.Descriptor instead.
 func (*GetClientKeysRequest) Descriptor() ([]byte, []int) {
-	return file_mlsds_v1_account_proto_rawDescGZIP(), []int{4}
+	return file_mlsds_v1_account_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *GetClientKeysRequest) GetClientIds() []string {
@@ -271,7 +484,7 @@ type ClientKeys struct {
 
 func (x *ClientKeys) Reset() {
 	*x = ClientKeys{}
-	mi := &file_mlsds_v1_account_proto_msgTypes[5]
+	mi := &file_mlsds_v1_account_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -283,7 +496,7 @@ func (x *ClientKeys) String() string {
 func (*ClientKeys) ProtoMessage() {}
 
 func (x *ClientKeys) ProtoReflect() protoreflect.Message {
-	mi := &file_mlsds_v1_account_proto_msgTypes[5]
+	mi := &file_mlsds_v1_account_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -296,7 +509,7 @@ func (x *ClientKeys) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ClientKeys.ProtoReflect.Descriptor instead.
 func (*ClientKeys) Descriptor() ([]byte, []int) {
-	return file_mlsds_v1_account_proto_rawDescGZIP(), []int{5}
+	return file_mlsds_v1_account_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *ClientKeys) GetClientId() string {
@@ -337,7 +550,7 @@ type GetClientKeysResponse struct {
 
 func (x *GetClientKeysResponse) Reset() {
 	*x = GetClientKeysResponse{}
-	mi := &file_mlsds_v1_account_proto_msgTypes[6]
+	mi := &file_mlsds_v1_account_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -349,7 +562,7 @@ func (x *GetClientKeysResponse) String() string {
 func (*GetClientKeysResponse) ProtoMessage() {}
 
 func (x *GetClientKeysResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_mlsds_v1_account_proto_msgTypes[6]
+	mi := &file_mlsds_v1_account_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -362,7 +575,7 @@ func (x *GetClientKeysResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetClientKeysResponse.ProtoReflect.Descriptor instead.
 func (*GetClientKeysResponse) Descriptor() ([]byte, []int) {
-	return file_mlsds_v1_account_proto_rawDescGZIP(), []int{6}
+	return file_mlsds_v1_account_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *GetClientKeysResponse) GetClients() []*ClientKeys {
@@ -376,7 +589,17 @@ var File_mlsds_v1_account_proto protoreflect.FileDescriptor
 
 const file_mlsds_v1_account_proto_rawDesc = "" +
 	"\n" +
-	"\x16mlsds/v1/account.proto\x12\bmlsds.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\x15\n" +
+	"\x16mlsds/v1/account.proto\x12\bmlsds.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\x89\x01\n" +
+	"\x16AddSignatureKeyRequest\x12#\n" +
+	"\rsignature_key\x18\x01 \x01(\fR\fsignatureKey\x12\x1e\n" +
+	"\tsignature\x18\x02 \x01(\fH\x00R\tsignature\x12!\n" +
+	"\vkey_package\x18\x03 \x01(\fH\x00R\n" +
+	"keyPackageB\a\n" +
+	"\x05proof\"\x19\n" +
+	"\x17AddSignatureKeyResponse\"@\n" +
+	"\x19RemoveSignatureKeyRequest\x12#\n" +
+	"\rsignature_key\x18\x01 \x01(\fR\fsignatureKey\"\x1c\n" +
+	"\x1aRemoveSignatureKeyResponse\"\x15\n" +
 	"\x13DeleteClientRequest\"7\n" +
 	"\x14DeleteClientResponse\x12\x1f\n" +
 	"\vgroups_left\x18\x01 \x01(\rR\n" +
@@ -400,11 +623,13 @@ const file_mlsds_v1_account_proto_rawDesc = "" +
 	"\fcipher_suite\x18\x03 \x01(\rR\vcipherSuite\x12%\n" +
 	"\x0esignature_keys\x18\x04 \x03(\fR\rsignatureKeys\"G\n" +
 	"\x15GetClientKeysResponse\x12.\n" +
-	"\aclients\x18\x01 \x03(\v2\x14.mlsds.v1.ClientKeysR\aclients2\x91\x02\n" +
+	"\aclients\x18\x01 \x03(\v2\x14.mlsds.v1.ClientKeysR\aclients2\xca\x03\n" +
 	"\x0eAccountService\x12Y\n" +
 	"\x10CreateDeviceLink\x12!.mlsds.v1.CreateDeviceLinkRequest\x1a\".mlsds.v1.CreateDeviceLinkResponse\x12U\n" +
 	"\rGetClientKeys\x12\x1e.mlsds.v1.GetClientKeysRequest\x1a\x1f.mlsds.v1.GetClientKeysResponse\"\x03\x90\x02\x01\x12M\n" +
-	"\fDeleteClient\x12\x1d.mlsds.v1.DeleteClientRequest\x1a\x1e.mlsds.v1.DeleteClientResponseB-Z+github.com/mlsds/mlsds/api/mlsds/v1;mlsdsv1b\x06proto3"
+	"\fDeleteClient\x12\x1d.mlsds.v1.DeleteClientRequest\x1a\x1e.mlsds.v1.DeleteClientResponse\x12V\n" +
+	"\x0fAddSignatureKey\x12 .mlsds.v1.AddSignatureKeyRequest\x1a!.mlsds.v1.AddSignatureKeyResponse\x12_\n" +
+	"\x12RemoveSignatureKey\x12#.mlsds.v1.RemoveSignatureKeyRequest\x1a$.mlsds.v1.RemoveSignatureKeyResponseB-Z+github.com/mlsds/mlsds/api/mlsds/v1;mlsdsv1b\x06proto3"
 
 var (
 	file_mlsds_v1_account_proto_rawDescOnce sync.Once
@@ -418,31 +643,39 @@ func file_mlsds_v1_account_proto_rawDescGZIP() []byte {
 	return file_mlsds_v1_account_proto_rawDescData
 }
 
-var file_mlsds_v1_account_proto_msgTypes = make([]protoimpl.MessageInfo, 7)
+var file_mlsds_v1_account_proto_msgTypes = make([]protoimpl.MessageInfo, 11)
 var file_mlsds_v1_account_proto_goTypes = []any{
-	(*DeleteClientRequest)(nil),      // 0: mlsds.v1.DeleteClientRequest
-	(*DeleteClientResponse)(nil),     // 1: mlsds.v1.DeleteClientResponse
-	(*CreateDeviceLinkRequest)(nil),  // 2: mlsds.v1.CreateDeviceLinkRequest
-	(*CreateDeviceLinkResponse)(nil), // 3: mlsds.v1.CreateDeviceLinkResponse
-	(*GetClientKeysRequest)(nil),     // 4: mlsds.v1.GetClientKeysRequest
-	(*ClientKeys)(nil),               // 5: mlsds.v1.ClientKeys
-	(*GetClientKeysResponse)(nil),    // 6: mlsds.v1.GetClientKeysResponse
-	(*timestamppb.Timestamp)(nil),    // 7: google.protobuf.Timestamp
+	(*AddSignatureKeyRequest)(nil),     // 0: mlsds.v1.AddSignatureKeyRequest
+	(*AddSignatureKeyResponse)(nil),    // 1: mlsds.v1.AddSignatureKeyResponse
+	(*RemoveSignatureKeyRequest)(nil),  // 2: mlsds.v1.RemoveSignatureKeyRequest
+	(*RemoveSignatureKeyResponse)(nil), // 3: mlsds.v1.RemoveSignatureKeyResponse
+	(*DeleteClientRequest)(nil),        // 4: mlsds.v1.DeleteClientRequest
+	(*DeleteClientResponse)(nil),       // 5: mlsds.v1.DeleteClientResponse
+	(*CreateDeviceLinkRequest)(nil),    // 6: mlsds.v1.CreateDeviceLinkRequest
+	(*CreateDeviceLinkResponse)(nil),   // 7: mlsds.v1.CreateDeviceLinkResponse
+	(*GetClientKeysRequest)(nil),       // 8: mlsds.v1.GetClientKeysRequest
+	(*ClientKeys)(nil),                 // 9: mlsds.v1.ClientKeys
+	(*GetClientKeysResponse)(nil),      // 10: mlsds.v1.GetClientKeysResponse
+	(*timestamppb.Timestamp)(nil),      // 11: google.protobuf.Timestamp
 }
 var file_mlsds_v1_account_proto_depIdxs = []int32{
-	7, // 0: mlsds.v1.CreateDeviceLinkResponse.expires_at:type_name -> google.protobuf.Timestamp
-	5, // 1: mlsds.v1.GetClientKeysResponse.clients:type_name -> mlsds.v1.ClientKeys
-	2, // 2: mlsds.v1.AccountService.CreateDeviceLink:input_type -> mlsds.v1.CreateDeviceLinkRequest
-	4, // 3: mlsds.v1.AccountService.GetClientKeys:input_type -> mlsds.v1.GetClientKeysRequest
-	0, // 4: mlsds.v1.AccountService.DeleteClient:input_type -> mlsds.v1.DeleteClientRequest
-	3, // 5: mlsds.v1.AccountService.CreateDeviceLink:output_type -> mlsds.v1.CreateDeviceLinkResponse
-	6, // 6: mlsds.v1.AccountService.GetClientKeys:output_type -> mlsds.v1.GetClientKeysResponse
-	1, // 7: mlsds.v1.AccountService.DeleteClient:output_type -> mlsds.v1.DeleteClientResponse
-	5, // [5:8] is the sub-list for method output_type
-	2, // [2:5] is the sub-list for method input_type
-	2, // [2:2] is the sub-list for extension type_name
-	2, // [2:2] is the sub-list for extension extendee
-	0, // [0:2] is the sub-list for field type_name
+	11, // 0: mlsds.v1.CreateDeviceLinkResponse.expires_at:type_name -> google.protobuf.Timestamp
+	9,  // 1: mlsds.v1.GetClientKeysResponse.clients:type_name -> mlsds.v1.ClientKeys
+	6,  // 2: mlsds.v1.AccountService.CreateDeviceLink:input_type -> mlsds.v1.CreateDeviceLinkRequest
+	8,  // 3: mlsds.v1.AccountService.GetClientKeys:input_type -> mlsds.v1.GetClientKeysRequest
+	4,  // 4: mlsds.v1.AccountService.DeleteClient:input_type -> mlsds.v1.DeleteClientRequest
+	0,  // 5: mlsds.v1.AccountService.AddSignatureKey:input_type -> mlsds.v1.AddSignatureKeyRequest
+	2,  // 6: mlsds.v1.AccountService.RemoveSignatureKey:input_type -> mlsds.v1.RemoveSignatureKeyRequest
+	7,  // 7: mlsds.v1.AccountService.CreateDeviceLink:output_type -> mlsds.v1.CreateDeviceLinkResponse
+	10, // 8: mlsds.v1.AccountService.GetClientKeys:output_type -> mlsds.v1.GetClientKeysResponse
+	5,  // 9: mlsds.v1.AccountService.DeleteClient:output_type -> mlsds.v1.DeleteClientResponse
+	1,  // 10: mlsds.v1.AccountService.AddSignatureKey:output_type -> mlsds.v1.AddSignatureKeyResponse
+	3,  // 11: mlsds.v1.AccountService.RemoveSignatureKey:output_type -> mlsds.v1.RemoveSignatureKeyResponse
+	7,  // [7:12] is the sub-list for method output_type
+	2,  // [2:7] is the sub-list for method input_type
+	2,  // [2:2] is the sub-list for extension type_name
+	2,  // [2:2] is the sub-list for extension extendee
+	0,  // [0:2] is the sub-list for field type_name
 }
 
 func init() { file_mlsds_v1_account_proto_init() }
@@ -450,13 +683,17 @@ func file_mlsds_v1_account_proto_init() {
 	if File_mlsds_v1_account_proto != nil {
 		return
 	}
+	file_mlsds_v1_account_proto_msgTypes[0].OneofWrappers = []any{
+		(*AddSignatureKeyRequest_Signature)(nil),
+		(*AddSignatureKeyRequest_KeyPackage)(nil),
+	}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_mlsds_v1_account_proto_rawDesc), len(file_mlsds_v1_account_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   7,
+			NumMessages:   11,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -53,12 +53,17 @@ type RegisterClientRequest struct {
 	//	  opaque user_id<V>;        // as in field 4, UTF-8
 	//	} RegisterTBS;
 	//
-	// Required.
+	// Required unless key_package is given.
 	Proof []byte `protobuf:"bytes,7,opt,name=proof,proto3" json:"proof,omitempty"`
 	// A one-time link from AccountService.CreateDeviceLink, made by a client
 	// already registered under user_id. Open registration requires it for
 	// every client of a user but the first.
-	DeviceLink    string `protobuf:"bytes,8,opt,name=device_link,json=deviceLink,proto3" json:"device_link,omitempty"`
+	DeviceLink string `protobuf:"bytes,8,opt,name=device_link,json=deviceLink,proto3" json:"device_link,omitempty"`
+	// Instead of proof, for MLS libraries that cannot sign caller-chosen
+	// bytes: a KeyPackage (MLSMessage) made with the key, whose leaf_node
+	// carries this credential and signature_key. It proves possession of
+	// the key; it is not published as a KeyPackage.
+	KeyPackage    []byte `protobuf:"bytes,9,opt,name=key_package,json=keyPackage,proto3" json:"key_package,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -158,6 +163,13 @@ func (x *RegisterClientRequest) GetDeviceLink() string {
 		return x.DeviceLink
 	}
 	return ""
+}
+
+func (x *RegisterClientRequest) GetKeyPackage() []byte {
+	if x != nil {
+		return x.KeyPackage
+	}
+	return nil
 }
 
 type isRegisterClientRequest_Enrollment interface {
@@ -342,8 +354,14 @@ type AuthenticateRequest struct {
 	state     protoimpl.MessageState `protogen:"open.v1"`
 	ClientId  string                 `protobuf:"bytes,1,opt,name=client_id,json=clientId,proto3" json:"client_id,omitempty"`
 	Challenge []byte                 `protobuf:"bytes,2,opt,name=challenge,proto3" json:"challenge,omitempty"`
-	// SignWithLabel(signature_key, label, challenge) with the registered key.
-	Signature     []byte `protobuf:"bytes,3,opt,name=signature,proto3" json:"signature,omitempty"`
+	// SignWithLabel(signature_key, label, challenge) with a registered key.
+	Signature []byte `protobuf:"bytes,3,opt,name=signature,proto3" json:"signature,omitempty"`
+	// Instead of challenge and signature: a token (JWT) from the app's
+	// identity provider, checked against the keys the server was given
+	// (--login-jwks; RS256, ES256 or EdDSA), its issuer and audience. Its
+	// "mlsds_client_id" claim (or "sub") names the client, which must be
+	// registered, and "mlsds_user_id" (if present) its user.
+	IdToken       string `protobuf:"bytes,4,opt,name=id_token,json=idToken,proto3" json:"id_token,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -397,6 +415,13 @@ func (x *AuthenticateRequest) GetSignature() []byte {
 		return x.Signature
 	}
 	return nil
+}
+
+func (x *AuthenticateRequest) GetIdToken() string {
+	if x != nil {
+		return x.IdToken
+	}
+	return ""
 }
 
 type AuthenticateResponse struct {
@@ -456,7 +481,7 @@ var File_mlsds_v1_auth_proto protoreflect.FileDescriptor
 
 const file_mlsds_v1_auth_proto_rawDesc = "" +
 	"\n" +
-	"\x13mlsds/v1/auth.proto\x12\bmlsds.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\x9e\x02\n" +
+	"\x13mlsds/v1/auth.proto\x12\bmlsds.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\xbf\x02\n" +
 	"\x15RegisterClientRequest\x12\x1e\n" +
 	"\n" +
 	"credential\x18\x01 \x01(\fR\n" +
@@ -468,7 +493,9 @@ const file_mlsds_v1_auth_proto_rawDesc = "" +
 	"\x03jwt\x18\x06 \x01(\tH\x00R\x03jwt\x12\x14\n" +
 	"\x05proof\x18\a \x01(\fR\x05proof\x12\x1f\n" +
 	"\vdevice_link\x18\b \x01(\tR\n" +
-	"deviceLinkB\f\n" +
+	"deviceLink\x12\x1f\n" +
+	"\vkey_package\x18\t \x01(\fR\n" +
+	"keyPackageB\f\n" +
 	"\n" +
 	"enrollment\"N\n" +
 	"\x16RegisterClientResponse\x12\x1b\n" +
@@ -480,11 +507,12 @@ const file_mlsds_v1_auth_proto_rawDesc = "" +
 	"\tchallenge\x18\x01 \x01(\fR\tchallenge\x129\n" +
 	"\n" +
 	"expires_at\x18\x02 \x01(\v2\x1a.google.protobuf.TimestampR\texpiresAt\x12\x14\n" +
-	"\x05label\x18\x03 \x01(\tR\x05label\"n\n" +
+	"\x05label\x18\x03 \x01(\tR\x05label\"\x89\x01\n" +
 	"\x13AuthenticateRequest\x12\x1b\n" +
 	"\tclient_id\x18\x01 \x01(\tR\bclientId\x12\x1c\n" +
 	"\tchallenge\x18\x02 \x01(\fR\tchallenge\x12\x1c\n" +
-	"\tsignature\x18\x03 \x01(\fR\tsignature\"v\n" +
+	"\tsignature\x18\x03 \x01(\fR\tsignature\x12\x19\n" +
+	"\bid_token\x18\x04 \x01(\tR\aidToken\"v\n" +
 	"\x14AuthenticateResponse\x12#\n" +
 	"\rsession_token\x18\x01 \x01(\tR\fsessionToken\x129\n" +
 	"\n" +

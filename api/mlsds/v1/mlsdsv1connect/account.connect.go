@@ -42,6 +42,12 @@ const (
 	// AccountServiceDeleteClientProcedure is the fully-qualified name of the AccountService's
 	// DeleteClient RPC.
 	AccountServiceDeleteClientProcedure = "/mlsds.v1.AccountService/DeleteClient"
+	// AccountServiceAddSignatureKeyProcedure is the fully-qualified name of the AccountService's
+	// AddSignatureKey RPC.
+	AccountServiceAddSignatureKeyProcedure = "/mlsds.v1.AccountService/AddSignatureKey"
+	// AccountServiceRemoveSignatureKeyProcedure is the fully-qualified name of the AccountService's
+	// RemoveSignatureKey RPC.
+	AccountServiceRemoveSignatureKeyProcedure = "/mlsds.v1.AccountService/RemoveSignatureKey"
 )
 
 // AccountServiceClient is a client for the mlsds.v1.AccountService service.
@@ -62,6 +68,13 @@ type AccountServiceClient interface {
 	// members' clients commit its removal from their groups. The session
 	// token stops working.
 	DeleteClient(context.Context, *connect.Request[v1.DeleteClientRequest]) (*connect.Response[v1.DeleteClientResponse], error)
+	// AddSignatureKey registers another signature key of the caller, for key
+	// rotation and for MLS libraries that make a new key for each
+	// KeyPackage. The request proves possession of the new key.
+	AddSignatureKey(context.Context, *connect.Request[v1.AddSignatureKeyRequest]) (*connect.Response[v1.AddSignatureKeyResponse], error)
+	// RemoveSignatureKey withdraws one of the caller's keys. A client keeps
+	// at least one key.
+	RemoveSignatureKey(context.Context, *connect.Request[v1.RemoveSignatureKeyRequest]) (*connect.Response[v1.RemoveSignatureKeyResponse], error)
 }
 
 // NewAccountServiceClient constructs a client for the mlsds.v1.AccountService service. By default,
@@ -94,14 +107,28 @@ func NewAccountServiceClient(httpClient connect.HTTPClient, baseURL string, opts
 			connect.WithSchema(accountServiceMethods.ByName("DeleteClient")),
 			connect.WithClientOptions(opts...),
 		),
+		addSignatureKey: connect.NewClient[v1.AddSignatureKeyRequest, v1.AddSignatureKeyResponse](
+			httpClient,
+			baseURL+AccountServiceAddSignatureKeyProcedure,
+			connect.WithSchema(accountServiceMethods.ByName("AddSignatureKey")),
+			connect.WithClientOptions(opts...),
+		),
+		removeSignatureKey: connect.NewClient[v1.RemoveSignatureKeyRequest, v1.RemoveSignatureKeyResponse](
+			httpClient,
+			baseURL+AccountServiceRemoveSignatureKeyProcedure,
+			connect.WithSchema(accountServiceMethods.ByName("RemoveSignatureKey")),
+			connect.WithClientOptions(opts...),
+		),
 	}
 }
 
 // accountServiceClient implements AccountServiceClient.
 type accountServiceClient struct {
-	createDeviceLink *connect.Client[v1.CreateDeviceLinkRequest, v1.CreateDeviceLinkResponse]
-	getClientKeys    *connect.Client[v1.GetClientKeysRequest, v1.GetClientKeysResponse]
-	deleteClient     *connect.Client[v1.DeleteClientRequest, v1.DeleteClientResponse]
+	createDeviceLink   *connect.Client[v1.CreateDeviceLinkRequest, v1.CreateDeviceLinkResponse]
+	getClientKeys      *connect.Client[v1.GetClientKeysRequest, v1.GetClientKeysResponse]
+	deleteClient       *connect.Client[v1.DeleteClientRequest, v1.DeleteClientResponse]
+	addSignatureKey    *connect.Client[v1.AddSignatureKeyRequest, v1.AddSignatureKeyResponse]
+	removeSignatureKey *connect.Client[v1.RemoveSignatureKeyRequest, v1.RemoveSignatureKeyResponse]
 }
 
 // CreateDeviceLink calls mlsds.v1.AccountService.CreateDeviceLink.
@@ -117,6 +144,16 @@ func (c *accountServiceClient) GetClientKeys(ctx context.Context, req *connect.R
 // DeleteClient calls mlsds.v1.AccountService.DeleteClient.
 func (c *accountServiceClient) DeleteClient(ctx context.Context, req *connect.Request[v1.DeleteClientRequest]) (*connect.Response[v1.DeleteClientResponse], error) {
 	return c.deleteClient.CallUnary(ctx, req)
+}
+
+// AddSignatureKey calls mlsds.v1.AccountService.AddSignatureKey.
+func (c *accountServiceClient) AddSignatureKey(ctx context.Context, req *connect.Request[v1.AddSignatureKeyRequest]) (*connect.Response[v1.AddSignatureKeyResponse], error) {
+	return c.addSignatureKey.CallUnary(ctx, req)
+}
+
+// RemoveSignatureKey calls mlsds.v1.AccountService.RemoveSignatureKey.
+func (c *accountServiceClient) RemoveSignatureKey(ctx context.Context, req *connect.Request[v1.RemoveSignatureKeyRequest]) (*connect.Response[v1.RemoveSignatureKeyResponse], error) {
+	return c.removeSignatureKey.CallUnary(ctx, req)
 }
 
 // AccountServiceHandler is an implementation of the mlsds.v1.AccountService service.
@@ -137,6 +174,13 @@ type AccountServiceHandler interface {
 	// members' clients commit its removal from their groups. The session
 	// token stops working.
 	DeleteClient(context.Context, *connect.Request[v1.DeleteClientRequest]) (*connect.Response[v1.DeleteClientResponse], error)
+	// AddSignatureKey registers another signature key of the caller, for key
+	// rotation and for MLS libraries that make a new key for each
+	// KeyPackage. The request proves possession of the new key.
+	AddSignatureKey(context.Context, *connect.Request[v1.AddSignatureKeyRequest]) (*connect.Response[v1.AddSignatureKeyResponse], error)
+	// RemoveSignatureKey withdraws one of the caller's keys. A client keeps
+	// at least one key.
+	RemoveSignatureKey(context.Context, *connect.Request[v1.RemoveSignatureKeyRequest]) (*connect.Response[v1.RemoveSignatureKeyResponse], error)
 }
 
 // NewAccountServiceHandler builds an HTTP handler from the service implementation. It returns the
@@ -165,6 +209,18 @@ func NewAccountServiceHandler(svc AccountServiceHandler, opts ...connect.Handler
 		connect.WithSchema(accountServiceMethods.ByName("DeleteClient")),
 		connect.WithHandlerOptions(opts...),
 	)
+	accountServiceAddSignatureKeyHandler := connect.NewUnaryHandler(
+		AccountServiceAddSignatureKeyProcedure,
+		svc.AddSignatureKey,
+		connect.WithSchema(accountServiceMethods.ByName("AddSignatureKey")),
+		connect.WithHandlerOptions(opts...),
+	)
+	accountServiceRemoveSignatureKeyHandler := connect.NewUnaryHandler(
+		AccountServiceRemoveSignatureKeyProcedure,
+		svc.RemoveSignatureKey,
+		connect.WithSchema(accountServiceMethods.ByName("RemoveSignatureKey")),
+		connect.WithHandlerOptions(opts...),
+	)
 	return "/mlsds.v1.AccountService/", http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		switch r.URL.Path {
 		case AccountServiceCreateDeviceLinkProcedure:
@@ -173,6 +229,10 @@ func NewAccountServiceHandler(svc AccountServiceHandler, opts ...connect.Handler
 			accountServiceGetClientKeysHandler.ServeHTTP(w, r)
 		case AccountServiceDeleteClientProcedure:
 			accountServiceDeleteClientHandler.ServeHTTP(w, r)
+		case AccountServiceAddSignatureKeyProcedure:
+			accountServiceAddSignatureKeyHandler.ServeHTTP(w, r)
+		case AccountServiceRemoveSignatureKeyProcedure:
+			accountServiceRemoveSignatureKeyHandler.ServeHTTP(w, r)
 		default:
 			http.NotFound(w, r)
 		}
@@ -192,4 +252,12 @@ func (UnimplementedAccountServiceHandler) GetClientKeys(context.Context, *connec
 
 func (UnimplementedAccountServiceHandler) DeleteClient(context.Context, *connect.Request[v1.DeleteClientRequest]) (*connect.Response[v1.DeleteClientResponse], error) {
 	return nil, connect.NewError(connect.CodeUnimplemented, errors.New("mlsds.v1.AccountService.DeleteClient is not implemented"))
+}
+
+func (UnimplementedAccountServiceHandler) AddSignatureKey(context.Context, *connect.Request[v1.AddSignatureKeyRequest]) (*connect.Response[v1.AddSignatureKeyResponse], error) {
+	return nil, connect.NewError(connect.CodeUnimplemented, errors.New("mlsds.v1.AccountService.AddSignatureKey is not implemented"))
+}
+
+func (UnimplementedAccountServiceHandler) RemoveSignatureKey(context.Context, *connect.Request[v1.RemoveSignatureKeyRequest]) (*connect.Response[v1.RemoveSignatureKeyResponse], error) {
+	return nil, connect.NewError(connect.CodeUnimplemented, errors.New("mlsds.v1.AccountService.RemoveSignatureKey is not implemented"))
 }
