@@ -63,11 +63,13 @@ package client
 
 import (
 	"context"
+	"crypto/x509"
 	"errors"
 	"log/slog"
 	"net/http"
 	"sync"
 	"sync/atomic"
+	"time"
 
 	"github.com/mlsds/mlsds/mls"
 )
@@ -125,6 +127,45 @@ type Config struct {
 	// client id of a basic credential; its answers are cached for the life
 	// of the Client.
 	CredentialValidator CredentialValidator
+	// ProposalPolicy decides which proposals of other members this
+	// client's Commits carry (see ProposalPolicy). Default (nil): all,
+	// except what the client never commits: a ReInit (EventReInit is for
+	// the app to act on), an Add of a client the same Commit removes (so
+	// Remove drops a pending re-add) or that is a member already.
+	// Proposals that would make the Commit invalid are left out too.
+	ProposalPolicy ProposalPolicy
+	// MaxPendingProposals and MaxPendingProposalBytes bound the proposals
+	// of one epoch the client keeps for the Commit that takes them in
+	// (in count, and in bytes of their messages); a proposal past either
+	// is dropped unseen (EventProposalDropped). Defaults
+	// DefaultMaxPendingProposals (64) and DefaultMaxPendingProposalBytes
+	// (512 KiB).
+	MaxPendingProposals, MaxPendingProposalBytes int
+	// CommitterTimeout is how long the member designated to commit the
+	// pending proposals (the lowest leaf they neither remove nor update)
+	// has before the next member in leaf order commits them instead, and
+	// so on. Default DefaultCommitterTimeout (30s).
+	CommitterTimeout time.Duration
+	// X509Roots, if set, are the trust anchors against which the default
+	// CredentialValidator verifies the certificate chains of x509
+	// credentials (RFC 9420 §5.3), at the time of the check. Without it,
+	// an x509 leaf needs what every leaf needs (its certificate naming, by
+	// a SAN URI "mlsds:client/<id>", a client the directory binds the
+	// leaf's key to) and a certificate that certifies that key; the
+	// Delivery Service verified the chain against its own roots.
+	X509Roots *x509.CertPool
+	// OnConnection, if set, is told when the client's stream from the
+	// Delivery Service breaks (connected false; err is why, nil when the
+	// server ended it) and when a new stream works again (connected true),
+	// once per change. The client reconnects on its own meanwhile. It is
+	// called from the client's background work: return quickly.
+	OnConnection func(connected bool, err error)
+	// Offline makes Open only load the state: it neither registers nor
+	// logs in, publishes KeyPackages or follows the server's stream, so it
+	// works while the server is away; Server may then be empty. What the
+	// state holds can be read (Groups, Group.Members, Group.Epoch, ...);
+	// calls that need the server still try it.
+	Offline bool
 }
 
 // testHookOpened, when set (by tests only, before Open), is called with a
@@ -182,6 +223,7 @@ type Client struct {
 	caughtUp chan struct{}
 	cuClosed bool
 
+	connDown       atomic.Bool            // the stream is down (see noteConnection)
 	streams        atomic.Int64           // Subscribe streams opened
 	rebases        atomic.Int64           // messages made again after the group moved on
 	testHookStream atomic.Pointer[func()] // called before each stream event, in tests
@@ -217,6 +259,24 @@ func (c *Client) Events() <-chan Event { return c.events }
 // events queued before are delivered. Methods called afterwards return
 // ErrClosed.
 func (c *Client) Close() error { return c.close() }
+
+// SessionToken returns a session token of this client for the Delivery
+// Service's API (sent as "Authorization: Bearer <token>") and when it
+// expires, logging in if the client holds none that is still good. Treat
+// it as a secret: it acts for this client until it expires.
+func (c *Client) SessionToken(ctx context.Context) (string, time.Time, error) {
+	if err := c.checkOpen(); err != nil {
+		return "", time.Time{}, err
+	}
+	tok, err := c.rpc.currentToken(ctx)
+	if err != nil {
+		return "", time.Time{}, err
+	}
+	c.rpc.tokMu.Lock()
+	exp := c.rpc.expires
+	c.rpc.tokMu.Unlock()
+	return tok, exp, nil
+}
 
 // PublishKeyPackages tops up the client's published KeyPackages to
 // Config.KeyPackages, plus one last-resort KeyPackage, and returns how

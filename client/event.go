@@ -72,20 +72,63 @@ const (
 	// rejoins it (Client.JoinExternalWith with a GroupInfo from another
 	// member) or a member re-adds this client. See client/pruned.go.
 	EventPruned
+	// EventMembersUpdated reports a Commit that replaced members' leaves:
+	// their Update proposals, or a member's resync external Commit (which
+	// replaces its old leaf). Members lists their client ids, Sender the
+	// committer. The committer's own new keys (its UpdatePath) are not
+	// reported.
+	EventMembersUpdated
+	// EventMisattributed reports a message refused because the member
+	// leaf that signed it is not the client the Delivery Service recorded
+	// as its sender (a member replaying or re-encrypting another member's
+	// signed content, which every member can encrypt for any leaf):
+	// Sender is the client the server recorded, Members the identity of
+	// the signing leaf, Err wraps ErrMisattributed. An application
+	// message or proposal is dropped; a Commit is still processed (its
+	// signature binds the committer; refusing it would only break this
+	// client's state).
+	EventMisattributed
+	// EventReInit reports a Commit that carried a ReInit proposal (RFC
+	// 9420 §11.2): the group is closed (its methods return
+	// ErrGroupReInit, which Err is) and its members are to continue in the
+	// successor group that ReInit names (group id, protocol version,
+	// cipher suite, extensions). Members is the last roster. The client
+	// never commits a ReInit proposal on its own.
+	EventReInit
+	// EventForked reports that the group this client joined from a
+	// Welcome is not the one the Delivery Service serves (the Welcome came
+	// from another Commit than the one accepted, so the joiner would see a
+	// group of its own): Err wraps ErrForked. The client refuses that
+	// state and joins the served group by external Commit instead
+	// (EventJoined follows) if the server lets it; otherwise it holds no
+	// group.
+	EventForked
+	// EventProposalDropped reports a proposal that this client dropped
+	// without taking it in, because the epoch's pending proposals are at
+	// their bound (Config.MaxPendingProposals, MaxPendingProposalBytes):
+	// Sender is the proposer, Err wraps ErrProposalDropped. A Commit that
+	// carries the proposal cannot be processed; the client then rejoins a
+	// transparent group (EventRejoined).
+	EventProposalDropped
 )
 
 var eventKindNames = [...]string{
-	EventMessage:        "message",
-	EventMembersAdded:   "members-added",
-	EventMembersRemoved: "members-removed",
-	EventEpoch:          "epoch",
-	EventJoined:         "joined",
-	EventRemoved:        "removed",
-	EventUndecryptable:  "undecryptable",
-	EventRefused:        "refused",
-	EventRejoined:       "rejoined",
-	EventLeft:           "left",
-	EventPruned:         "pruned",
+	EventMessage:         "message",
+	EventMembersAdded:    "members-added",
+	EventMembersRemoved:  "members-removed",
+	EventEpoch:           "epoch",
+	EventJoined:          "joined",
+	EventRemoved:         "removed",
+	EventUndecryptable:   "undecryptable",
+	EventRefused:         "refused",
+	EventRejoined:        "rejoined",
+	EventLeft:            "left",
+	EventPruned:          "pruned",
+	EventMembersUpdated:  "members-updated",
+	EventMisattributed:   "misattributed",
+	EventReInit:          "reinit",
+	EventForked:          "forked",
+	EventProposalDropped: "proposal-dropped",
 }
 
 // String returns a short lower-case name of k.
@@ -118,6 +161,14 @@ type Event struct {
 	// Members lists client ids: those added or removed, or the roster (see
 	// the kinds).
 	Members []string
+	// Left lists, for EventMembersRemoved, those of Members who asked to
+	// leave (their own Remove proposal, Group.Leave) rather than being
+	// removed by Sender. EventLeft also reports this client's own leave
+	// when a Commit that takes it in arrives before the server confirmed
+	// it.
+	Left []string
+	// ReInit names the successor group of an EventReInit.
+	ReInit *ReInitInfo
 	// AcceptedAt is when the Delivery Service accepted the message.
 	AcceptedAt time.Time
 	// Err is set for EventUndecryptable, EventRefused (a *CredentialError),

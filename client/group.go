@@ -51,6 +51,11 @@ type Group struct {
 	// proposals holds the Proposals (MLSMessages) of the current epoch, in
 	// order, for the auto-commit.
 	proposals [][]byte
+	// proposalsSince is when the first of proposals arrived (the server's
+	// time), from which the committer timeout counts; takeover fires when
+	// this client's turn to commit them comes (guard.go). In memory only.
+	proposalsSince time.Time
+	takeover       *time.Timer
 	// unsaved holds the events of the messages processed since the state
 	// was last written; persist queues them once the state that includes
 	// those messages is durable, so that no event is delivered twice or

@@ -8,7 +8,10 @@ const defaultGroupInfoTreeLimit = 64 << 10
 // greaseKeyPackages makes the client's KeyPackages, and with them its
 // leaves, carry GREASE values (RFC 9420 §13.5), so that every peer meets
 // unknown values from it and a peer that wrongly refuses them shows it.
-var greaseKeyPackages = mls.KeyPackageOptions{Grease: true}
+var greaseKeyPackages = mls.KeyPackageOptions{Grease: true,
+	// Members with x509 credentials (RFC 9420 §5.3) can join this client's
+	// groups: the default CredentialValidator checks them (validate.go).
+	CredentialTypes: []mls.CredentialType{mls.CredentialTypeX509}}
 
 // commitGroupInfo returns the GroupInfo of st, the state a Commit of this
 // client starts, to send with the Commit: with the ratchet_tree extension

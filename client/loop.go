@@ -27,8 +27,9 @@ func (c *Client) streamLoop() {
 		if c.ctx.Err() != nil {
 			return
 		}
+		c.noteConnection(false, err)
 		c.log.Debug("stream ended; reconnecting", slog.Any("error", err), slog.Int("attempt", attempt))
-		sleep(c.ctx, backoff(attempt))
+		sleep(c.ctx, retryAfter(err, attempt))
 		attempt++
 	}
 }
@@ -50,6 +51,7 @@ func (c *Client) streamOnce(attempt *int) error {
 		defer close(events)
 		for stream.Receive() {
 			c.streamReceived.Add(1)
+			c.noteConnection(true, nil)
 			select {
 			case events <- stream.Msg():
 			case <-ctx.Done():
@@ -76,6 +78,22 @@ func (c *Client) streamOnce(attempt *int) error {
 		}
 	}
 	return err
+}
+
+// noteConnection records whether the stream from the server works and
+// tells Config.OnConnection when that changes: the client starts
+// connected (Open talked to the server), is down from the end of a stream
+// until a new one brings its first event.
+func (c *Client) noteConnection(up bool, err error) {
+	if c.connDown.Load() == !up {
+		return
+	}
+	if !c.connDown.CompareAndSwap(up, !up) {
+		return
+	}
+	if f := c.cfg.OnConnection; f != nil {
+		f(up, err)
+	}
 }
 
 // streamBatch bounds the stream events processed between two writes of a
@@ -391,6 +409,18 @@ func (c *Client) handleWelcome(ctx context.Context, w *mlsdsv1.WelcomeEvent) err
 		}
 		c.leaveUnknown(w.GroupId, proposal)
 		return nil
+	}
+	if !opaque {
+		// The group the Welcome brings must be the one the server serves
+		// (guard.go): a Welcome made from another Commit than the one
+		// accepted would put this client into a group of its own.
+		if err := c.checkJoinedFork(ctx, st); err != nil {
+			if transient(err) {
+				return err // the Welcome comes again
+			}
+			c.forkedWelcome(w, st, err)
+			return nil
+		}
 	}
 	g := &Group{c: c, id: st.GroupID(), st: st, processed: w.CommitSeq, opaque: opaque}
 	var del []byte

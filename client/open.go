@@ -35,6 +35,9 @@ var (
 )
 
 func open(ctx context.Context, cfg Config) (*Client, error) {
+	if cfg.Offline && cfg.Server == "" {
+		cfg.Server = "http://127.0.0.1:0" // never reached: calls fail at once
+	}
 	if cfg.Server == "" {
 		return nil, errors.New("client: Config.Server is empty; set it to the Delivery Service's URL, such as http://127.0.0.1:7400 (where mlsds serve listens by default)")
 	}
@@ -112,6 +115,14 @@ func start(ctx context.Context, cfg Config, db *store) (*Client, error) {
 			cancel()
 		}
 	}()
+	if cfg.Offline {
+		if err := c.loadGroups(ctx); err != nil {
+			return nil, err
+		}
+		ok = true
+		go c.queue.run(c.events)
+		return c, nil
+	}
 	if !id.registered {
 		if err := c.register(ctx); err != nil {
 			return nil, err
@@ -124,16 +135,8 @@ func start(ctx context.Context, cfg Config, db *store) (*Client, error) {
 	if _, err := c.rpc.currentToken(ctx); err != nil {
 		return nil, err
 	}
-	rows, err := db.groups(ctx)
-	if err != nil {
-		return nil, fmt.Errorf("client: reading the group states: %w", err)
-	}
-	for _, r := range rows {
-		g, err := loadGroup(c, r)
-		if err != nil {
-			return nil, fmt.Errorf("client: group %x: %w", r.id, err)
-		}
-		c.groups[string(r.id)] = g
+	if err := c.loadGroups(ctx); err != nil {
+		return nil, err
 	}
 	if _, err := c.publishKeyPackages(ctx); err != nil {
 		return nil, err
@@ -158,6 +161,22 @@ func start(ctx context.Context, cfg Config, db *store) (*Client, error) {
 		}
 	}
 	return c, nil
+}
+
+// loadGroups reads the group states.
+func (c *Client) loadGroups(ctx context.Context) error {
+	rows, err := c.db.groups(ctx)
+	if err != nil {
+		return fmt.Errorf("client: reading the group states: %w", err)
+	}
+	for _, r := range rows {
+		g, err := loadGroup(c, r)
+		if err != nil {
+			return fmt.Errorf("client: group %x: %w", r.id, err)
+		}
+		c.groups[string(r.id)] = g
+	}
+	return nil
 }
 
 // register records the identity with the server.

@@ -10,6 +10,7 @@ import (
 	"log/slog"
 	"math"
 	"slices"
+	"time"
 
 	"connectrpc.com/connect"
 
@@ -34,7 +35,10 @@ type pendingCommit struct {
 	remoteTree *mlsdsv1.RemoteTree
 	added      []string
 	removed    []string
-	merged     bool // accepted by the server and merged
+	// effect is what the Commit changes (nil once read back from the
+	// state file).
+	effect *mls.CommitEffect
+	merged bool // accepted by the server and merged
 	// restored marks a Commit read back from the state file: only the
 	// group's log tells whether it was accepted.
 	restored bool
@@ -201,6 +205,10 @@ func (g *Group) lockActive() error {
 	if g.broken {
 		g.mu.Unlock()
 		return ErrGroupBroken
+	}
+	if g.frozenLocked() {
+		g.mu.Unlock()
+		return ErrGroupReInit
 	}
 	return nil
 }
@@ -465,6 +473,10 @@ func (g *Group) processLocked(env *mlsdsv1.Envelope) error {
 				evs = undecryptable(fmt.Errorf("client: application message of epoch %d does not open: %w", msg.PrivateMessage.Epoch, err))
 				break
 			}
+			if me := g.misattributedLocked(base, env, sender); me != nil {
+				evs = []Event{*me}
+				break
+			}
 			e := base
 			e.Kind, e.Data = EventMessage, data
 			for _, m := range g.st.Members() {
@@ -480,6 +492,16 @@ func (g *Group) processLocked(env *mlsdsv1.Envelope) error {
 		pm := msg.PublicMessage
 		switch pm.Content.ContentType {
 		case mls.ContentTypeProposal:
+			if s := pm.Content.Sender; s.SenderType == mls.SenderTypeMember && !own {
+				if me := g.misattributedLocked(base, env, s.LeafIndex); me != nil {
+					evs = []Event{*me}
+					break
+				}
+			}
+			if de := g.admitProposalLocked(base, len(env.Message)); de != nil {
+				evs = []Event{*de}
+				break
+			}
 			if err := g.checkProposalLocked(pm.Content.Proposal, pm.Content.Sender); err != nil {
 				var ce *CredentialError
 				if !errors.As(err, &ce) {
@@ -496,7 +518,16 @@ func (g *Group) processLocked(env *mlsdsv1.Envelope) error {
 				g.proposals = append(g.proposals, env.Message)
 			}
 		case mls.ContentTypeCommit:
+			var me *Event
+			if s := pm.Content.Sender; s.SenderType == mls.SenderTypeMember && !own {
+				// Reported, yet processed: the Commit's signature binds its
+				// leaf, and refusing it would only break this state.
+				me = g.misattributedLocked(base, env, s.LeafIndex)
+			}
 			evs, retry = g.applyCommit(base, env, msg, own, undecryptable)
+			if me != nil && retry == nil {
+				evs = append([]Event{*me}, evs...)
+			}
 		default:
 			evs = undecryptable(errors.New("client: application data sent as PublicMessage"))
 		}
@@ -524,12 +555,17 @@ func (g *Group) applyCommit(base Event, env *mlsdsv1.Envelope, msg *mls.MLSMessa
 	for _, m := range oldMembers {
 		before = append(before, string(m.Identity))
 	}
+	leavers := g.selfRemoversLocked(oldMembers)
 	// This client makes PublicMessage Commits only: an encrypted one the
 	// server says is its own is one it does not hold, as is a plain one
 	// from its own leaf.
 	ownLeaf := msg.PrivateMessage != nil || msg.PublicMessage.Content.Sender.SenderType == mls.SenderTypeMember && msg.PublicMessage.Content.Sender.LeafIndex == g.st.Self()
+	// effect is what the Commit changes, when known (not for an own
+	// Commit read back from the state file).
+	var effect *mls.CommitEffect
 	if own && g.pending != nil && bytes.Equal(g.pending.wire, env.Message) {
 		// Its leaves were checked when it was made (makeCommit).
+		effect = g.pending.effect
 		g.st = g.pending.next
 		g.pending.merged = true
 		g.pending = nil
@@ -549,16 +585,20 @@ func (g *Group) applyCommit(base Event, env *mlsdsv1.Envelope, msg *mls.MLSMessa
 			g.pending = nil
 			return g.breakLocked(errBroken(err), undecryptable), nil
 		}
-		effect := p.Commit
+		effect = p.Commit
 		for _, r := range effect.Removed {
 			if r.Leaf == g.st.Self() {
 				g.st = next
 				g.pending = nil
+				e := base
+				e.Kind, e.Members = EventRemoved, before
+				if g.leaving || slices.Contains(leavers, g.c.id) {
+					// The removal this client asked for (Leave).
+					e.Kind = EventLeft
+				}
 				g.removed = true
 				g.leaving = false
 				g.proposals = nil
-				e := base
-				e.Kind, e.Members = EventRemoved, before
 				return []Event{e}, nil
 			}
 		}
@@ -580,23 +620,49 @@ func (g *Group) applyCommit(base Event, env *mlsdsv1.Envelope, msg *mls.MLSMessa
 	}
 	g.noteEpochEndLocked(oldMembers)
 	g.proposals = nil
+	g.proposalsSince = time.Time{}
+	g.stopTakeoverLocked()
 	g.commitSeen = true
 	g.rejoinFailures = 0
 	after := memberIDs(g.st)
+	// Every membership change is told, from what the Commit did: a client
+	// removed and added again by one Commit shows in both lists.
+	added, removed := minus(after, before), minus(before, after)
+	var updated []string
+	if effect != nil {
+		added, removed, updated = commitEvents(effect)
+	}
 	var evs []Event
-	if added := minus(after, before); len(added) > 0 {
+	if len(added) > 0 {
 		e := base
 		e.Kind, e.Members = EventMembersAdded, added
 		evs = append(evs, e)
 	}
-	if removed := minus(before, after); len(removed) > 0 {
+	if len(removed) > 0 {
 		e := base
 		e.Kind, e.Members = EventMembersRemoved, removed
+		for _, id := range removed {
+			if slices.Contains(leavers, id) {
+				e.Left = append(e.Left, id)
+			}
+		}
+		evs = append(evs, e)
+	}
+	if len(updated) > 0 {
+		e := base
+		e.Kind, e.Members = EventMembersUpdated, updated
 		evs = append(evs, e)
 	}
 	e := base
 	e.Kind, e.Epoch, e.Members = EventEpoch, g.st.Epoch(), after
-	return append(evs, e), nil
+	evs = append(evs, e)
+	if r, frozen := g.st.Frozen(); frozen {
+		// The group is closed; its successor is the app's to set up.
+		re := base
+		re.Epoch = g.st.Epoch()
+		evs = append(evs, reInitEvent(re, r, after))
+	}
+	return evs, nil
 }
 
 // breakLocked marks the group broken by a Commit it could not process
@@ -670,6 +736,14 @@ func (g *Group) takePrivateProposal(base Event, msg *mls.MLSMessage, env *mlsdsv
 	if err != nil {
 		return undecryptable(fmt.Errorf("client: encrypted proposal not accepted: %w", err)), nil
 	}
+	if p.Sender.SenderType == mls.SenderTypeMember && env.SenderClientId != g.c.id {
+		if me := g.misattributedLocked(base, env, p.Sender.LeafIndex); me != nil {
+			return []Event{*me}, nil
+		}
+	}
+	if de := g.admitProposalLocked(base, len(env.Message)); de != nil {
+		return []Event{*de}, nil
+	}
 	if p.Proposal == nil {
 		g.st = next
 		g.proposals = append(g.proposals, env.Message)
@@ -731,7 +805,7 @@ func (g *Group) sendRetrying(ctx context.Context, what string, once func(wire *[
 	var wire []byte
 	for attempt := 0; attempt < maxAttempts; attempt++ {
 		if attempt > 0 {
-			if err := sleep(ctx, backoff(attempt)); err != nil {
+			if err := sleep(ctx, retryAfter(lastErr, attempt)); err != nil {
 				return Receipt{}, err
 			}
 		}
@@ -815,7 +889,7 @@ func (g *Group) commit(ctx context.Context, in intent) error {
 	var lastErr error
 	for attempt := 0; attempt < maxAttempts; attempt++ {
 		if attempt > 0 {
-			if err := sleep(ctx, backoff(attempt)); err != nil {
+			if err := sleep(ctx, retryAfter(lastErr, attempt)); err != nil {
 				return err
 			}
 		}
@@ -976,7 +1050,9 @@ func (g *Group) makeCommit(ctx context.Context, in intent, claimed map[string]*m
 	if in.auto && !g.myTurnLocked() {
 		return nil, nil
 	}
-	if len(adds) == 0 && len(removes) == 0 && !in.update && !(in.auto && len(g.proposals) > 0) {
+	// The pending proposals this Commit may carry (guard.go).
+	include := g.includeLocked(ctx, in.removes)
+	if len(adds) == 0 && len(removes) == 0 && !in.update && !(in.auto && g.committableLocked(include)) {
 		return nil, nil
 	}
 	next, err := cloneState(g.st)
@@ -985,11 +1061,11 @@ func (g *Group) makeCommit(ctx context.Context, in intent, claimed map[string]*m
 	}
 	// A PublicMessage, unless the state says to send handshakes encrypted
 	// (mls.Group.SetHandshakeWireFormat).
-	msg, welcome, err := next.CommitMessage(mls.CommitOptions{Adds: adds, Removes: removes})
+	msg, welcome, err := next.CommitMessage(mls.CommitOptions{Adds: adds, Removes: removes, Include: include})
 	if err != nil {
 		return nil, fmt.Errorf("client: making a Commit: %w", err)
 	}
-	p := &pendingCommit{next: next}
+	p := &pendingCommit{next: next, effect: next.PendingCommitEffect()}
 	if g.opaque || g.c.testWelcomeWithoutTree {
 		if welcome != nil {
 			welcome = g.welcomeWithoutTree(next, welcome, adds)
@@ -1174,33 +1250,14 @@ func (g *Group) claimMany(ctx context.Context, ids []string, claimed map[string]
 
 // myTurnLocked reports whether this client is the one to commit the
 // pending proposals: the member with the lowest leaf index that they do
-// not remove.
+// not remove or update, or, once it let Config.CommitterTimeout pass
+// without committing, the next one in leaf order (designatedLocked).
 func (g *Group) myTurnLocked() bool {
-	if len(g.proposals) == 0 {
+	if g.frozenLocked() {
 		return false
 	}
-	gone := map[mls.LeafIndex]bool{}
-	for _, b := range g.proposals {
-		m, err := mls.ParseMLSMessage(b)
-		if err != nil || m.PublicMessage == nil || m.PublicMessage.Content.Proposal == nil {
-			continue
-		}
-		switch p := m.PublicMessage.Content.Proposal; {
-		case p.ProposalType == mls.ProposalTypeRemove && p.Remove != nil:
-			gone[p.Remove.Removed] = true
-		case p.ProposalType == mls.ProposalTypeUpdate:
-			// A member may not commit its own Update (§12.2).
-			if s := m.PublicMessage.Content.Sender; s.SenderType == mls.SenderTypeMember {
-				gone[s.LeafIndex] = true
-			}
-		}
-	}
-	for _, m := range g.st.Members() {
-		if !gone[m.Leaf] {
-			return m.Leaf == g.st.Self()
-		}
-	}
-	return false
+	order, turn, ok := g.designatedLocked(time.Now())
+	return ok && order[turn] == g.st.Self()
 }
 
 // maybeAutoCommit commits the pending proposals if it is this client's
@@ -1281,6 +1338,30 @@ func (g *Group) noteEpochEndLocked(oldMembers []mls.Member) {
 			}
 		}
 	}
+}
+
+// selfRemoversLocked returns the client ids of the members (of members,
+// the roster of the current epoch) whose own Remove proposal is pending:
+// those who asked to leave.
+func (g *Group) selfRemoversLocked(members []mls.Member) []string {
+	var out []string
+	for _, b := range g.proposals {
+		m, err := mls.ParseMLSMessage(b)
+		if err != nil || m.PublicMessage == nil || m.PublicMessage.Content.Proposal == nil {
+			continue
+		}
+		c := m.PublicMessage.Content
+		p := c.Proposal
+		if p.ProposalType != mls.ProposalTypeRemove || p.Remove == nil || c.Sender.SenderType != mls.SenderTypeMember || c.Sender.LeafIndex != p.Remove.Removed {
+			continue
+		}
+		for _, om := range members {
+			if om.Leaf == p.Remove.Removed {
+				out = append(out, string(om.Identity))
+			}
+		}
+	}
+	return out
 }
 
 // sameCredential reports whether a and b are the same credential.

@@ -30,6 +30,11 @@ func (g *Group) afterProcessing(ctx context.Context) {
 	g.maybeAutoCommit(ctx)
 	g.removeStale(ctx)
 	g.maybeLeave(ctx)
+	// Should the designated committer not commit the pending proposals,
+	// this client's turn comes (guard.go).
+	g.mu.Lock()
+	g.scheduleTakeoverLocked()
+	g.mu.Unlock()
 }
 
 // maybeRecover rejoins a transparent group this client could not follow
@@ -76,7 +81,7 @@ func (g *Group) maybeRecover(ctx context.Context) {
 // Commits it verifies; an opaque group's is what committers declare.
 func (g *Group) removeStale(ctx context.Context) {
 	g.mu.Lock()
-	if !g.commitSeen || g.removed || g.broken || g.closed || g.leaving || g.pending != nil {
+	if !g.commitSeen || g.removed || g.broken || g.closed || g.leaving || g.pending != nil || g.frozenLocked() {
 		g.mu.Unlock()
 		return
 	}

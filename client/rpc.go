@@ -54,9 +54,11 @@ func httpClientFor(server string) *http.Client {
 
 func newRPC(hc *http.Client, server string, clientID string, suite mls.CipherSuite, sigPriv []byte) *rpc {
 	r := &rpc{clientID: clientID, suite: suite, sigPriv: sigPriv}
-	opts := connect.WithInterceptors(&authInterceptor{r})
+	// The rate-limit wait is inside the authentication: a call refused as
+	// rate-limited goes again with the same token and the same bytes.
+	opts := connect.WithInterceptors(&authInterceptor{r}, rateLimitWaiter{})
 	server = strings.TrimRight(server, "/")
-	r.auth = mlsdsv1connect.NewAuthServiceClient(hc, server)
+	r.auth = mlsdsv1connect.NewAuthServiceClient(hc, server, connect.WithInterceptors(rateLimitWaiter{}))
 	r.kps = mlsdsv1connect.NewKeyPackageServiceClient(hc, server, opts)
 	r.groups = mlsdsv1connect.NewGroupServiceClient(hc, server, opts)
 	r.delivery = mlsdsv1connect.NewDeliveryServiceClient(hc, server, opts)
@@ -166,6 +168,58 @@ func (a *authInterceptor) WrapStreamingClient(next connect.StreamingClientFunc) 
 
 func (a *authInterceptor) WrapStreamingHandler(next connect.StreamingHandlerFunc) connect.StreamingHandlerFunc {
 	return next
+}
+
+// maxRateLimitWait bounds the wait for one rate-limited call: a longer
+// retry_after (the registration limit counts per hour) is the caller's to
+// see, as is one that would outlast the call's context.
+const maxRateLimitWait = 10 * time.Second
+
+// rateLimitWaiter waits out the server's RateLimited refusals of unary
+// calls and sends the same request again. The server refuses such a call
+// before it acts on it, so resending is always safe; it does so until the
+// call passes, the wait would exceed maxRateLimitWait or the context's
+// deadline, or the context ends.
+type rateLimitWaiter struct{}
+
+func (rateLimitWaiter) WrapUnary(next connect.UnaryFunc) connect.UnaryFunc {
+	return func(ctx context.Context, req connect.AnyRequest) (connect.AnyResponse, error) {
+		for {
+			res, err := next(ctx, req)
+			d, ok := rateLimitedFor(err)
+			if !ok || d > maxRateLimitWait {
+				return res, err
+			}
+			d += jitter(20 * time.Millisecond)
+			if dl, has := ctx.Deadline(); has && time.Until(dl) < d {
+				return res, err
+			}
+			if serr := sleep(ctx, d); serr != nil {
+				return res, err
+			}
+		}
+	}
+}
+
+func (rateLimitWaiter) WrapStreamingClient(next connect.StreamingClientFunc) connect.StreamingClientFunc {
+	return next
+}
+
+func (rateLimitWaiter) WrapStreamingHandler(next connect.StreamingHandlerFunc) connect.StreamingHandlerFunc {
+	return next
+}
+
+// rateLimitedFor returns how long the server asked to wait, if err is its
+// RateLimited refusal.
+func rateLimitedFor(err error) (time.Duration, bool) {
+	if connect.CodeOf(err) != connect.CodeResourceExhausted {
+		return 0, false
+	}
+	rl := errorDetail[*mlsdsv1.RateLimited](err)
+	if rl == nil {
+		return 0, false
+	}
+	return max(rl.GetRetryAfter().AsDuration(), time.Millisecond), true
 }
 
 // errorDetail returns the detail of type P that err carries, or nil.

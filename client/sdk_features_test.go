@@ -287,8 +287,9 @@ func TestWelcomeTreeAndMode(t *testing.T) {
 			tinas = g.ID()
 		}
 	}
-	if n := calls.get("GetGroupInfo"); n != 0 {
-		t.Errorf("bob called GetGroupInfo %d times", n)
+	// One fork check per transparent Welcome (guard.go's checkJoinedFork).
+	if n := calls.get("GetGroupInfo"); n != 2 {
+		t.Errorf("bob called GetGroupInfo %d times for 2 transparent Welcomes, want 2", n)
 	}
 	if n := calls.get("GetRemoteTree"); n != 3 {
 		t.Errorf("bob called GetRemoteTree %d times for 3 Welcomes, want 3 (one mode probe each)", n)

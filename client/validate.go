@@ -1,7 +1,9 @@
 package client
 
 import (
+	"bytes"
 	"context"
+	"crypto/x509"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -11,6 +13,7 @@ import (
 	"connectrpc.com/connect"
 
 	mlsdsv1 "github.com/mlsds/mlsds/api/mlsds/v1"
+	"github.com/mlsds/mlsds/ds"
 	"github.com/mlsds/mlsds/mls"
 )
 
@@ -138,9 +141,12 @@ func isUnavailable(err error) bool {
 	return err != nil && !errors.As(err, &ce)
 }
 
-// directoryValidator is the default CredentialValidator: it accepts a basic
-// credential whose identity is a client id the Delivery Service's
-// directory binds the signature key to. The bindings it has seen are
+// directoryValidator is the default CredentialValidator: it accepts a
+// credential that names a client id the Delivery Service's directory binds
+// the signature key to: a basic credential by its identity, an x509
+// credential (RFC 9420 §5.3) by its leaf certificate's SAN URI
+// (ds.X509ClientURIPrefix), once that certificate certifies the signature
+// key and, with Config.X509Roots, its chain verifies to one of them now. The bindings it has seen are
 // cached for the life of the Client (a client's registered keys do not
 // change under it); one it has not is asked for in batches.
 type directoryValidator struct {
@@ -159,10 +165,15 @@ const getClientKeysBatch = 1000
 func bindingKey(id string, key []byte) string { return id + "\x00" + string(key) }
 
 func (v *directoryValidator) ValidateCredential(ctx context.Context, groupID []byte, leaf mls.LeafIndex, cred mls.Credential, signatureKey []byte) error {
-	if cred.CredentialType != mls.CredentialTypeBasic {
-		return fmt.Errorf("%w: the directory binds basic credentials only, not %v ones; set Config.CredentialValidator to check others", ErrCredentialUnbound, cred.CredentialType)
+	id, err := credentialClient(&cred)
+	if err != nil {
+		return err
 	}
-	id := string(cred.Identity)
+	if cred.CredentialType == mls.CredentialTypeX509 {
+		if err := checkX509(&cred, signatureKey, v.c.cfg.X509Roots, time.Now()); err != nil {
+			return err
+		}
+	}
 	if v.known(id, signatureKey) {
 		return nil
 	}
@@ -189,10 +200,10 @@ func (v *directoryValidator) prefetch(ctx context.Context, leaves []leafRef) err
 	var ids []string
 	seen := map[string]bool{}
 	for _, l := range leaves {
-		if l.node.Credential.CredentialType != mls.CredentialTypeBasic {
+		id, err := credentialClient(&l.node.Credential)
+		if err != nil {
 			continue
 		}
-		id := string(l.node.Credential.Identity)
 		if seen[id] || v.known(id, l.node.SignatureKey) {
 			continue
 		}
@@ -261,4 +272,60 @@ func refusedEvent(base Event, err *CredentialError) Event {
 func (c *Client) logRefused(what string, err *CredentialError) {
 	c.log.Warn("refused "+what+": a leaf failed the credential check", slog.String("group", fmt.Sprintf("%x", err.GroupID)),
 		slog.Uint64("leaf", uint64(err.Leaf)), slog.String("identity", err.Identity), slog.String("error", err.Err.Error()))
+}
+
+// credentialClient returns the client id a credential names, without
+// verifying anything: the identity of a basic credential, the SAN URI of
+// an x509 credential's leaf certificate.
+func credentialClient(cred *mls.Credential) (string, error) {
+	switch cred.CredentialType {
+	case mls.CredentialTypeBasic:
+		return string(cred.Identity), nil
+	case mls.CredentialTypeX509:
+		if len(cred.Certificates) == 0 {
+			return "", fmt.Errorf("%w: the x509 credential holds no certificate", ErrCredentialUnbound)
+		}
+		cert, err := x509.ParseCertificate(cred.Certificates[0])
+		if err != nil {
+			return "", fmt.Errorf("%w: the x509 credential's leaf certificate does not parse: %v", ErrCredentialUnbound, err)
+		}
+		id, err := ds.X509ClientID(cert)
+		if err != nil {
+			return "", fmt.Errorf("%w: %v", ErrCredentialUnbound, err)
+		}
+		return id, nil
+	}
+	return "", fmt.Errorf("%w: the directory binds basic and x509 credentials, not %v ones; set Config.CredentialValidator to check others",
+		ErrCredentialUnbound, cred.CredentialType)
+}
+
+// checkX509 checks what an x509 credential says itself (RFC 9420
+// §5.3.1): its leaf certificate certifies signatureKey, and, when roots is
+// not nil, its chain (the certificates after the first as intermediates)
+// verifies to one of roots at now.
+func checkX509(cred *mls.Credential, signatureKey []byte, roots *x509.CertPool, now time.Time) error {
+	certs := make([]*x509.Certificate, len(cred.Certificates))
+	for i, der := range cred.Certificates {
+		cert, err := x509.ParseCertificate(der)
+		if err != nil {
+			return fmt.Errorf("%w: certificate %d of the x509 credential does not parse: %v", ErrCredentialUnbound, i, err)
+		}
+		certs[i] = cert
+	}
+	pub, err := ds.SubjectPublicKeyBytes(certs[0])
+	if err != nil || !bytes.Equal(pub, signatureKey) {
+		return fmt.Errorf("%w: the x509 credential certifies another key than the leaf's signature key", ErrCredentialUnbound)
+	}
+	if roots == nil {
+		return nil
+	}
+	inter := x509.NewCertPool()
+	for _, c := range certs[1:] {
+		inter.AddCert(c)
+	}
+	if _, err := certs[0].Verify(x509.VerifyOptions{Roots: roots, Intermediates: inter, CurrentTime: now,
+		KeyUsages: []x509.ExtKeyUsage{x509.ExtKeyUsageAny}}); err != nil {
+		return fmt.Errorf("%w: the x509 credential's chain does not verify to Config.X509Roots: %v", ErrCredentialUnbound, err)
+	}
+	return nil
 }

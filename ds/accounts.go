@@ -230,8 +230,17 @@ func (s *Service) Register(ctx context.Context, r Registration) (Client, error) 
 	if gerr != nil {
 		return Client{}, err
 	}
-	if old.CipherSuite == c.CipherSuite && old.UserID == c.UserID && bytes.Equal(old.SignatureKey, c.SignatureKey) {
-		return old, nil
+	if old.CipherSuite == c.CipherSuite && old.UserID == c.UserID {
+		// The same registration again: the key is one the client holds.
+		keys, kerr := s.binder().keysOf(ctx, c.ID)
+		if kerr != nil {
+			return Client{}, kerr
+		}
+		for _, k := range keys {
+			if bytes.Equal(k, c.SignatureKey) {
+				return old, nil
+			}
+		}
 	}
 	return Client{}, fmt.Errorf("%w (client id %q is registered with another key, suite or user: %w)", ErrRegistrationRefused, c.ID, ErrAlreadyExists)
 }
@@ -280,8 +289,8 @@ type ClientKeys struct {
 	ClientID    string
 	UserID      string
 	CipherSuite mls.CipherSuite
-	// SignatureKeys are the client's registered signature keys (today
-	// exactly one).
+	// SignatureKeys are the client's registered signature keys (keys.go),
+	// oldest first.
 	SignatureKeys [][]byte
 }
 
@@ -315,6 +324,10 @@ func (s *Service) ClientKeys(ctx context.Context, caller string, ids []string) (
 	if err != nil {
 		return nil, err
 	}
+	keys, err := s.store.ClientKeys(ctx, ask)
+	if err != nil {
+		return nil, err
+	}
 	byID := make(map[string]Client, len(clients))
 	for _, c := range clients {
 		byID[c.ID] = c
@@ -326,7 +339,7 @@ func (s *Service) ClientKeys(ctx context.Context, caller string, ids []string) (
 			continue
 		}
 		out = append(out, ClientKeys{ClientID: c.ID, UserID: c.UserID, CipherSuite: c.CipherSuite,
-			SignatureKeys: [][]byte{bytes.Clone(c.SignatureKey)}})
+			SignatureKeys: keys[id]})
 	}
 	return out, nil
 }

@@ -28,48 +28,71 @@ import (
 // this one lost.
 var ErrKeyPackageUsed = errors.New("ds: KeyPackage already used; claim a fresh KeyPackage of the client and build the Commit again")
 
-// leafBinder checks leaves against the registered clients, remembering the
-// clients it has looked up.
+// leafBinder checks leaves against the registered clients and their keys,
+// remembering the keys of the clients it has looked up.
 type leafBinder struct {
-	s       *Service
-	clients map[string]*Client
+	s    *Service
+	keys map[string][][]byte // nil: not a registered client
 }
 
 func (s *Service) binder() *leafBinder {
-	return &leafBinder{s: s, clients: make(map[string]*Client)}
+	return &leafBinder{s: s, keys: make(map[string][][]byte)}
+}
+
+// keysOf returns the signature keys registered for client id (keys.go);
+// none if it is not a registered client.
+func (b *leafBinder) keysOf(ctx context.Context, id string) ([][]byte, error) {
+	if k, ok := b.keys[id]; ok {
+		return k, nil
+	}
+	m, err := b.s.store.ClientKeys(ctx, []string{id})
+	if err != nil {
+		return nil, err
+	}
+	b.keys[id] = m[id]
+	return m[id], nil
 }
 
 // checkLeafBound checks one leaf: its credential must name a registered
-// client and carry a signature key that client registered (RFC 9750 §5).
-// where names the leaf in the error ("leaf 3", "the KeyPackage of an Add").
-// It is the one place that decides which keys a client may use.
+// client (a basic credential by its identity, an x509 one by its verified
+// certificate, x509.go) and carry a signature key that client registered
+// (RFC 9750 §5). where names the leaf in the error ("leaf 3", "the
+// KeyPackage of an Add"). It is the one place that decides which keys a
+// client may use: the directory's uploads, logins and ClientKeys go
+// through checkKey and keysOf too.
 func (b *leafBinder) checkLeafBound(ctx context.Context, where string, leaf *mls.LeafNode) error {
-	id, err := credentialClientID(&leaf.Credential)
+	id, err := b.s.verifiedClientID(&leaf.Credential, leaf.SignatureKey)
 	if err != nil {
+		var im *InvalidMessageError
+		if errors.As(err, &im) {
+			return err
+		}
+		if errors.Is(err, ErrPermissionDenied) {
+			return fmt.Errorf("%s: %w", where, err)
+		}
 		return invalidMessage(where, err)
 	}
-	c, ok := b.clients[id]
-	if !ok {
-		got, err := b.s.store.Client(ctx, id)
-		switch {
-		case isNotFound(err):
-			c = nil
-		case err != nil:
-			return err
-		default:
-			c = &got
-		}
-		b.clients[id] = c
+	return b.checkKey(ctx, where, id, leaf.SignatureKey)
+}
+
+// checkKey checks that key is one of the keys client id registered.
+func (b *leafBinder) checkKey(ctx context.Context, where, id string, key []byte) error {
+	keys, err := b.keysOf(ctx, id)
+	if err != nil {
+		return err
 	}
-	if c == nil {
+	if len(keys) == 0 {
 		return fmt.Errorf("%w: %s: credential names %q, which is not a registered client; only registered clients can be members (RFC 9750 §5)",
 			ErrPermissionDenied, where, id)
 	}
-	if !bytes.Equal(leaf.SignatureKey, c.SignatureKey) {
-		return fmt.Errorf("%w: %s: credential names %q but its signature key is not one %s registered (RFC 9750 §5)",
-			ErrPermissionDenied, where, id, id)
+	for _, k := range keys {
+		if bytes.Equal(k, key) {
+			return nil
+		}
 	}
-	return nil
+	return fmt.Errorf("%w: %s: credential names %q but its signature key is not one %s registered (RFC 9750 §5); "+
+		"the client registers another key with AccountService.AddSignatureKey, proving possession by a signature or by a KeyPackage made with the key",
+		ErrPermissionDenied, where, id, id)
 }
 
 // checkLeafBound checks one leaf alone; see leafBinder.checkLeafBound.

@@ -1,6 +1,7 @@
 package ds
 
 import (
+	"crypto/x509"
 	"strconv"
 	"time"
 )
@@ -60,6 +61,13 @@ type Config struct {
 	KeyPackageLowWater      int           // a client is told when its stock for a suite falls below this; default 10
 	MaxGroupIDSize          int           // bytes of a group id; default 255
 	MaxClientIDSize         int           // bytes of a client or user id; default 255
+
+	// MaxSignatureKeysPerClient bounds the signature keys one client holds
+	// (keys.go); default 100.
+	MaxSignatureKeysPerClient int
+	// X509Roots are the trust anchors of x509 credentials (RFC 9420
+	// §5.3, x509.go). nil refuses x509 credentials.
+	X509Roots *x509.CertPool
 
 	// Quotas (see quota.go): what one client may make the Service store.
 	// Zero takes the default; negative turns the quota off.
@@ -181,6 +189,7 @@ func (c Config) withDefaults() Config {
 	def(&c.MaxGroupsPerDay, 100)
 	def64(&c.MaxBytesPerDay, 1<<30)
 	def(&c.MaxClientsPerUser, 20)
+	def(&c.MaxSignatureKeysPerClient, 100)
 	if c.QuotaFlushInterval <= 0 {
 		c.QuotaFlushInterval = time.Second
 	}

@@ -21,8 +21,9 @@ const maxUploadBatch = 1000
 // UploadKeyPackages validates and stores KeyPackages of clientID, all or
 // none. Each must be valid now (RFC 9420 §10.1) with a lifetime of at most
 // Config.MaxKeyPackageLifetime, be in the client's registered suite, carry
-// a basic credential whose identity is clientID and the client's
-// registered signature key, and not be stored already. At most one
+// a credential that names clientID (a basic credential's identity, or a
+// verified x509 certificate) and one of the client's registered signature
+// keys (binding.go), and not be stored already. At most one
 // last-resort KeyPackage per suite: uploading another while one is stored
 // fails with ErrAlreadyExists (delete the old one first). Each KeyPackage
 // has at most Config.MaxKeyPackageSize bytes (else a *TooLargeError), and
@@ -43,6 +44,7 @@ func (s *Service) UploadKeyPackages(ctx context.Context, clientID string, kps []
 		return nil, err
 	}
 	now := s.now()
+	b := s.binder()
 	recs := make([]KeyPackageRecord, 0, len(kps))
 	infos := make([]KeyPackageInfo, 0, len(kps))
 	for i, up := range kps {
@@ -52,7 +54,7 @@ func (s *Service) UploadKeyPackages(ctx context.Context, clientID string, kps []
 		if lim := s.cfg.MaxKeyPackageSize; lim > 0 && len(up.Data) > lim {
 			return nil, &TooLargeError{Limit: lim, What: LimitKeyPackageSize}
 		}
-		rec, err := s.checkKeyPackage(client, up, now)
+		rec, err := s.checkKeyPackage(ctx, b, client, up, now)
 		if err != nil {
 			var im *InvalidMessageError
 			if errors.As(err, &im) && len(kps) > 1 {
@@ -71,7 +73,9 @@ func (s *Service) UploadKeyPackages(ctx context.Context, clientID string, kps []
 	return infos, nil
 }
 
-func (s *Service) checkKeyPackage(client Client, up KeyPackageUpload, now time.Time) (KeyPackageRecord, error) {
+// checkKeyPackage checks one KeyPackage client uploads; b binds its leaf
+// (binding.go).
+func (s *Service) checkKeyPackage(ctx context.Context, b *leafBinder, client Client, up KeyPackageUpload, now time.Time) (KeyPackageRecord, error) {
 	kp, err := parseKeyPackage(up.Data)
 	if err != nil {
 		return KeyPackageRecord{}, err
@@ -95,9 +99,8 @@ func (s *Service) checkKeyPackage(client Client, up KeyPackageUpload, now time.T
 		return KeyPackageRecord{}, fmt.Errorf("%w: the KeyPackage's credential names %q, not the uploading client %q",
 			ErrPermissionDenied, id, client.ID)
 	}
-	if !bytes.Equal(kp.LeafNode.SignatureKey, client.SignatureKey) {
-		return KeyPackageRecord{}, fmt.Errorf("%w: the KeyPackage's signature key is not the one client %q registered",
-			ErrPermissionDenied, client.ID)
+	if err := b.checkLeafBound(ctx, "the KeyPackage's leaf_node", &kp.LeafNode); err != nil {
+		return KeyPackageRecord{}, err
 	}
 	ref, err := kp.Ref()
 	if err != nil {

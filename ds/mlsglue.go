@@ -58,7 +58,9 @@ func parseWelcome(data []byte) (*mls.Welcome, error) {
 }
 
 // credentialClientID returns the client id a credential names: the
-// identity of a basic credential.
+// identity of a basic credential, the client an x509 credential's leaf
+// certificate names (x509.go). It verifies nothing: leaves are checked
+// when they enter a group (binding.go).
 func credentialClientID(c *mls.Credential) (string, error) {
 	switch c.CredentialType {
 	case mls.CredentialTypeBasic:
@@ -66,8 +68,10 @@ func credentialClientID(c *mls.Credential) (string, error) {
 			return "", invalidf("5.3", "the basic credential's identity must be the client id, a non-empty UTF-8 string")
 		}
 		return string(c.Identity), nil
+	case mls.CredentialTypeX509:
+		return x509ClientIDOf(c)
 	default:
-		return "", invalidf("5.3", "credential type %d is not supported by this Delivery Service; use a basic credential whose identity is the client id", c.CredentialType)
+		return "", invalidf("5.3", "credential type %d is not supported by this Delivery Service; use a basic credential whose identity is the client id, or an x509 one", c.CredentialType)
 	}
 }
 

@@ -33,6 +33,22 @@ type Store interface {
 	// Clients returns the registered clients among ids, in any order;
 	// unknown ids are left out.
 	Clients(ctx context.Context, ids []string) ([]Client, error)
+	// ClientKeys returns the signature keys of the registered clients
+	// among ids, each client's oldest first; unknown ids are left out.
+	// Every registered client holds at least one key: the one it
+	// registered with, until it withdraws it (ds/keys.go).
+	ClientKeys(ctx context.Context, ids []string) (map[string][][]byte, error)
+	// AddClientKey adds key to the keys of clientID, recorded at now.
+	// Adding a key the client holds changes nothing (nil). ErrNotFound if
+	// there is no such client; a *TooLargeError if the client would hold
+	// more than limit keys.
+	AddClientKey(ctx context.Context, clientID string, key []byte, now time.Time, limit int) error
+	// RemoveClientKey withdraws key from the keys of clientID, in one
+	// transaction serialised with AddClientKey: ErrNotFound if the client
+	// does not hold it, ErrLastKey if it is the client's only key. If key
+	// was Client.SignatureKey, the client's oldest remaining key takes its
+	// place.
+	RemoveClientKey(ctx context.Context, clientID string, key []byte) error
 	// RegisterClient stores r.Client under the rules of ClientRegistration,
 	// in one transaction, serialised with every other registration that
 	// names the same client or user id.

@@ -56,6 +56,24 @@ type KeyPackageOptions struct {
 	// sender). Leaves this member later makes (Update proposals, Commits)
 	// keep them, since they copy the capabilities and extensions.
 	Grease bool
+	// CredentialTypes are listed in the leaf's capabilities.credentials
+	// besides the basic type of its own credential (§7.2), so that members
+	// with those credentials (x509, §5.3) can be added to groups this
+	// member is in: every member must support every credential type in
+	// use (§7.3, §12.1.1).
+	CredentialTypes []CredentialType
+}
+
+// credentials returns capabilities.credentials of a KeyPackage made with
+// o: basic first, then o.CredentialTypes, each once.
+func (o KeyPackageOptions) credentials() []CredentialType {
+	out := []CredentialType{CredentialTypeBasic}
+	for _, t := range o.CredentialTypes {
+		if !slices.Contains(out, t) {
+			out = append(out, t)
+		}
+	}
+	return out
 }
 
 // greaseKeyPackage adds the GREASE values KeyPackageOptions.Grease

@@ -157,7 +157,7 @@ func NewKeyPackageWith(cs CipherSuite, identity, sigPriv []byte, notBefore, notA
 			Capabilities: Capabilities{
 				Versions:     []ProtocolVersion{ProtocolVersionMLS10},
 				CipherSuites: []CipherSuite{cs},
-				Credentials:  []CredentialType{CredentialTypeBasic},
+				Credentials:  opts.credentials(),
 			},
 			LeafNodeSource: LeafNodeSourceKeyPackage,
 			Lifetime:       &Lifetime{NotBefore: notBefore, NotAfter: notAfter},
@@ -403,6 +403,11 @@ type CommitOptions struct {
 	// and nothing else (§12.2), closing the group (§11.2); the other
 	// fields must then be empty.
 	ReInit *ReInit
+	// Include, if not nil, chooses the pending proposals (received in
+	// this epoch) that the Commit may carry by reference: those it returns
+	// false for are left out. An application's policy on other members'
+	// proposals goes here.
+	Include func(p *PendingProposal) bool
 	// WireFormat is WireFormatPublicMessage or WireFormatPrivateMessage to
 	// send this Commit so (§6); zero means the group's
 	// HandshakeWireFormat. Commit and CommitWith send PublicMessages only:
@@ -426,7 +431,10 @@ func (o *CommitOptions) byValue() bool {
 // is set or another one is already listed (the first received wins). A
 // ReInit proposal must be alone in its Commit: the first one received is
 // committed, alone, when opts carries nothing by value; otherwise received
-// ReInits are left out.
+// ReInits are left out. Pending proposals that would make the list invalid
+// (a KeyPackage whose encryption_key is in the tree already, an Add of a
+// member that stays, ...) are left out too, and so are those opts.Include
+// refuses; the proposals of opts themselves must be valid.
 func (g *Group) CommitWith(opts CommitOptions) (*PublicMessage, *Welcome, error) {
 	if wf := g.wireFormatOf(opts.WireFormat); wf != WireFormatPublicMessage {
 		return nil, nil, errors.New("mls: CommitWith sends PublicMessages; use CommitMessage to send a Commit as a PrivateMessage")
@@ -468,113 +476,68 @@ func (g *Group) CommitMessage(opts CommitOptions) (*MLSMessage, *Welcome, error)
 	self := g.keys.Self()
 	oldGC := g.pub.GroupContext()
 	commit := &Commit{}
-	pending := g.pub.PendingProposals()
-	// Pending proposals go first, by reference; then the new ones by value.
-	var updates []*PendingProposal
-	var removed []LeafIndex
-	var added []*KeyPackage
-	var pskIDs []PreSharedKeyID
-	var newExtensions *Extensions
-	var reinit bool
-	if !opts.byValue() {
-		for i := range pending {
-			if p := pending[i].Proposal; p.ProposalType == ProposalTypeReInit && p.ReInit != nil {
-				reinit = true
-				commit.Proposals = []ProposalOrRef{{Type: ProposalOrRefTypeReference, Reference: pending[i].Ref}}
-				break
-			}
-		}
-	}
-	pskSeen := make(map[string]bool)
-	for i := range pending {
-		if reinit {
-			break
-		}
-		pp := &pending[i]
-		p := pp.Proposal
-		switch {
-		case p.ProposalType == ProposalTypeUpdate && p.Update != nil:
-			if pp.Sender.SenderType != SenderTypeMember || pp.Sender.LeafIndex == self ||
-				slices.ContainsFunc(updates, func(u *PendingProposal) bool { return u.Sender.LeafIndex == pp.Sender.LeafIndex }) {
-				continue
-			}
-			updates = append(updates, pp)
-		case p.ProposalType == ProposalTypeRemove && p.Remove != nil:
-			if r := p.Remove.Removed; r == self || slices.Contains(removed, r) {
-				continue
-			} else {
-				removed = append(removed, r)
-			}
-		case p.ProposalType == ProposalTypeAdd && p.Add != nil:
-			added = append(added, &p.Add.KeyPackage)
-		case p.ProposalType == ProposalTypePSK && p.PreSharedKey != nil:
-			// §12.2: no two PreSharedKey proposals for the same
-			// PreSharedKeyID; and the committer must have the PSK to
-			// compute psk_secret (§8.4).
-			id := p.PreSharedKey.PSK
-			key := string(mustEncode(&id))
-			if _, ok := g.psks[pskLookupKey(&id)]; !ok || pskSeen[key] {
-				continue
-			}
-			pskSeen[key] = true
-			pskIDs = append(pskIDs, id)
-		case p.ProposalType == ProposalTypeGroupContextExtensions && p.GroupContextExtensions != nil:
-			// §12.2: at most one GroupContextExtensions proposal.
-			if opts.Extensions != nil || newExtensions != nil {
-				continue
-			}
-			newExtensions = &p.GroupContextExtensions.Extensions
-		default:
-			continue
-		}
-		commit.Proposals = append(commit.Proposals, ProposalOrRef{Type: ProposalOrRefTypeReference, Reference: pp.Ref})
-	}
-	// An Update of a member that is also removed is not allowed (§12.2).
-	updates = slices.DeleteFunc(updates, func(u *PendingProposal) bool { return slices.Contains(removed, u.Sender.LeafIndex) })
-	commit.Proposals = slices.DeleteFunc(commit.Proposals, func(p ProposalOrRef) bool {
-		for _, pp := range pending {
-			if bytes.Equal(pp.Ref, p.Reference) && pp.Proposal.ProposalType == ProposalTypeUpdate {
-				return slices.Contains(removed, pp.Sender.LeafIndex)
-			}
-		}
-		return false
-	})
+	chosen := g.choosePending(&opts)
+	// Then the new ones by value.
+	var byValue []*Proposal
 	for _, r := range removes {
 		if r == self {
 			return nil, nil, errors.New("mls: a member cannot commit its own removal; ask another member to remove it")
 		}
-		if slices.Contains(removed, r) {
+		if slices.ContainsFunc(byValue, func(p *Proposal) bool { return p.Remove.Removed == r }) {
 			continue
 		}
-		removed = append(removed, r)
-		commit.Proposals = append(commit.Proposals, ProposalOrRef{Type: ProposalOrRefTypeProposal,
-			Proposal: &Proposal{ProposalType: ProposalTypeRemove, Remove: &Remove{Removed: r}}})
+		byValue = append(byValue, &Proposal{ProposalType: ProposalTypeRemove, Remove: &Remove{Removed: r}})
 	}
 	for _, kp := range adds {
-		added = append(added, kp)
-		commit.Proposals = append(commit.Proposals, ProposalOrRef{Type: ProposalOrRefTypeProposal,
-			Proposal: &Proposal{ProposalType: ProposalTypeAdd, Add: &Add{KeyPackage: *kp}}})
+		byValue = append(byValue, &Proposal{ProposalType: ProposalTypeAdd, Add: &Add{KeyPackage: *kp}})
 	}
 	for _, id := range opts.ExternalPSKs {
 		nonce := make([]byte, cs.HashSize())
 		rand.Read(nonce)
 		pid := PreSharedKeyID{PSKType: PSKTypeExternal, PSKID: bytes.Clone(id), PSKNonce: nonce}
-		pskIDs = append(pskIDs, pid)
-		commit.Proposals = append(commit.Proposals, ProposalOrRef{Type: ProposalOrRefTypeProposal,
-			Proposal: &Proposal{ProposalType: ProposalTypePSK, PreSharedKey: &PreSharedKey{PSK: pid}}})
+		byValue = append(byValue, &Proposal{ProposalType: ProposalTypePSK, PreSharedKey: &PreSharedKey{PSK: pid}})
+	}
+	if opts.Extensions != nil {
+		byValue = append(byValue, &Proposal{ProposalType: ProposalTypeGroupContextExtensions, GroupContextExtensions: &GroupContextExtensions{Extensions: *opts.Extensions}})
+	}
+	if opts.ReInit != nil {
+		byValue = append(byValue, &Proposal{ProposalType: ProposalTypeReInit, ReInit: opts.ReInit})
+	}
+	chosen, err := g.dropInvalid(chosen, byValue)
+	if err != nil {
+		return nil, nil, err
+	}
+	var updates []*PendingProposal
+	var removed []LeafIndex
+	var added []*KeyPackage
+	var pskIDs []PreSharedKeyID
+	var newExtensions *Extensions
+	take := func(p *Proposal, sender Sender) {
+		switch p.ProposalType {
+		case ProposalTypeRemove:
+			removed = append(removed, p.Remove.Removed)
+		case ProposalTypeAdd:
+			added = append(added, &p.Add.KeyPackage)
+		case ProposalTypePSK:
+			pskIDs = append(pskIDs, p.PreSharedKey.PSK)
+		case ProposalTypeGroupContextExtensions:
+			newExtensions = &p.GroupContextExtensions.Extensions
+		}
+	}
+	for _, pp := range chosen {
+		if pp.Proposal.ProposalType == ProposalTypeUpdate {
+			updates = append(updates, pp)
+		}
+		take(pp.Proposal, pp.Sender)
+		commit.Proposals = append(commit.Proposals, ProposalOrRef{Type: ProposalOrRefTypeReference, Reference: pp.Ref})
+	}
+	for _, p := range byValue {
+		take(p, Sender{SenderType: SenderTypeMember, LeafIndex: self})
+		commit.Proposals = append(commit.Proposals, ProposalOrRef{Type: ProposalOrRefTypeProposal, Proposal: p})
 	}
 	pskSecret, err := g.pskSecret(pskIDs)
 	if err != nil {
 		return nil, nil, err
-	}
-	if opts.Extensions != nil {
-		newExtensions = opts.Extensions
-		commit.Proposals = append(commit.Proposals, ProposalOrRef{Type: ProposalOrRefTypeProposal,
-			Proposal: &Proposal{ProposalType: ProposalTypeGroupContextExtensions, GroupContextExtensions: &GroupContextExtensions{Extensions: *opts.Extensions}}})
-	}
-	if opts.ReInit != nil {
-		commit.Proposals = append(commit.Proposals, ProposalOrRef{Type: ProposalOrRefTypeProposal,
-			Proposal: &Proposal{ProposalType: ProposalTypeReInit, ReInit: opts.ReInit}})
 	}
 	// §12.3: proposals apply in the order updates, removes, adds.
 	tree := g.pub.Tree()
@@ -664,6 +627,112 @@ func (g *Group) CommitMessage(opts CommitOptions) (*MLSMessage, *Welcome, error)
 	return msg, welcome, nil
 }
 
+// choosePending picks the pending proposals a Commit of this member may
+// carry by reference (see CommitWith), in the order received: those
+// opts.Include accepts, less those §12.2 forbids with this list.
+func (g *Group) choosePending(opts *CommitOptions) []*PendingProposal {
+	self := g.keys.Self()
+	pending := g.pub.PendingProposals()
+	include := func(pp *PendingProposal) bool { return opts.Include == nil || opts.Include(pp) }
+	if !opts.byValue() {
+		for i := range pending {
+			if p := pending[i].Proposal; p.ProposalType == ProposalTypeReInit && p.ReInit != nil && include(&pending[i]) {
+				return []*PendingProposal{&pending[i]}
+			}
+		}
+	}
+	var chosen []*PendingProposal
+	var updated, removed []LeafIndex
+	pskSeen := make(map[string]bool)
+	var extensions bool
+	for i := range pending {
+		pp := &pending[i]
+		p := pp.Proposal
+		if !include(pp) {
+			continue
+		}
+		switch {
+		case p.ProposalType == ProposalTypeUpdate && p.Update != nil:
+			if pp.Sender.SenderType != SenderTypeMember || pp.Sender.LeafIndex == self || slices.Contains(updated, pp.Sender.LeafIndex) {
+				continue
+			}
+			updated = append(updated, pp.Sender.LeafIndex)
+		case p.ProposalType == ProposalTypeRemove && p.Remove != nil:
+			// A Remove the Commit makes by value takes the place of a
+			// pending one for the same leaf.
+			if r := p.Remove.Removed; r == self || slices.Contains(removed, r) || slices.Contains(opts.Removes, r) {
+				continue
+			} else {
+				removed = append(removed, r)
+			}
+		case p.ProposalType == ProposalTypeAdd && p.Add != nil:
+		case p.ProposalType == ProposalTypePSK && p.PreSharedKey != nil:
+			// §12.2: no two PreSharedKey proposals for the same
+			// PreSharedKeyID; and the committer must have the PSK to
+			// compute psk_secret (§8.4).
+			id := p.PreSharedKey.PSK
+			key := string(mustEncode(&id))
+			if _, ok := g.psks[pskLookupKey(&id)]; !ok || pskSeen[key] {
+				continue
+			}
+			pskSeen[key] = true
+		case p.ProposalType == ProposalTypeGroupContextExtensions && p.GroupContextExtensions != nil:
+			// §12.2: at most one GroupContextExtensions proposal.
+			if opts.Extensions != nil || extensions {
+				continue
+			}
+			extensions = true
+		default:
+			continue
+		}
+		chosen = append(chosen, pp)
+	}
+	// An Update of a member that is also removed is not allowed (§12.2).
+	gone := append(slices.Clone(removed), opts.Removes...)
+	return slices.DeleteFunc(chosen, func(pp *PendingProposal) bool {
+		return pp.Proposal.ProposalType == ProposalTypeUpdate && slices.Contains(gone, pp.Sender.LeafIndex)
+	})
+}
+
+// dropInvalid leaves out of chosen the pending proposals that would make
+// the Commit invalid together with byValue (§12.2, and each proposal's
+// own rules as the list is applied: a KeyPackage whose encryption_key is
+// already in the tree, a client added twice, ...), so that one bad
+// proposal of another member cannot block every Commit. The proposals by
+// value must be valid: if they are not, the error says why. The common
+// case, a valid list, costs one trial; otherwise the proposals are tried
+// one by one in the order received and kept if the list stays valid.
+func (g *Group) dropInvalid(chosen []*PendingProposal, byValue []*Proposal) ([]*PendingProposal, error) {
+	self := Sender{SenderType: SenderTypeMember, LeafIndex: g.keys.Self()}
+	trial := func(refs []*PendingProposal) error {
+		props := make([]listedProposal, 0, len(refs)+len(byValue))
+		for _, pp := range refs {
+			props = append(props, listedProposal{p: pp.Proposal, sender: pp.Sender, ref: pp.Ref})
+		}
+		for _, p := range byValue {
+			props = append(props, listedProposal{p: p, sender: self})
+		}
+		if err := g.pub.checkProposalList(props, self.LeafIndex); err != nil {
+			return err
+		}
+		_, err := g.pub.fork().applyProposals(g.pub, props, &CommitEffect{})
+		return err
+	}
+	if len(chosen) == 0 || trial(chosen) == nil {
+		return chosen, nil
+	}
+	if err := trial(nil); err != nil {
+		return nil, fmt.Errorf("mls: the proposals of this Commit are invalid: %w", err)
+	}
+	var kept []*PendingProposal
+	for _, pp := range chosen {
+		if trial(append(slices.Clone(kept), pp)) == nil {
+			kept = append(kept, pp)
+		}
+	}
+	return kept, nil
+}
+
 // protect wraps signed content of the current epoch in the wire format
 // it was signed for: a PublicMessage with the membership tag (§6.2) or a
 // PrivateMessage encrypted with the next generation of this member's
@@ -734,6 +803,20 @@ func (g *Group) welcome(next *Group, adds []*KeyPackage, joiners []LeafIndex, ps
 	}
 	return w, nil
 }
+
+// PendingCommitEffect describes what the pending Commit (the last one
+// made, not yet merged or discarded) changes, or returns nil if there is
+// none.
+func (g *Group) PendingCommitEffect() *CommitEffect {
+	if g.pending == nil {
+		return nil
+	}
+	return g.pending.effect
+}
+
+// PendingProposals returns the proposals received in the current epoch
+// and not yet committed, in the order received.
+func (g *Group) PendingProposals() []PendingProposal { return g.pub.PendingProposals() }
 
 // MergePendingCommit moves the group to the epoch of the Commit it made
 // last, once the Delivery Service has accepted it.

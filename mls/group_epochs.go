@@ -177,18 +177,24 @@ func (g *Group) openApplication(m *PrivateMessage) (*AuthenticatedContent, error
 	if err != nil {
 		return nil, err
 	}
-	ac, err := UnprotectPrivate(m, k.senderDataSecret, k.st, func(i LeafIndex) bool { return k.signatureKey(i) != nil })
+	// The ratchet moves only once the signature verified: a message that
+	// decrypts (any member can encrypt for any leaf) but was not signed by
+	// the sender it names leaves the secret tree as it was (§15.3).
+	ac, lease, err := unprotectPrivate(m, k.senderDataSecret, k.st, func(i LeafIndex) bool { return k.signatureKey(i) != nil })
 	if err != nil {
 		return nil, err
 	}
 	sender := ac.Content.Sender.LeafIndex
 	key := k.signatureKey(sender)
 	if key == nil {
+		lease.discard()
 		return nil, invalidf("6.3.2", "sender %d is not a member", sender)
 	}
 	if err := ac.VerifySignature(k.gc.CipherSuite, key, &k.gc); err != nil {
+		lease.discard()
 		return nil, &ValidationError{Rule: "message signature does not verify with the sender's key", Section: "6.1", Err: err}
 	}
+	lease.commit()
 	return ac, nil
 }
 

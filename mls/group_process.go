@@ -158,10 +158,20 @@ func (g *Group) handlePrivateHandshake(m *PrivateMessage) (*Processed, error) {
 	}
 
 	tree := g.pub.tree
-	ac, err := UnprotectPrivate(m, g.es.SenderDataSecret, g.st, func(i LeafIndex) bool { return tree.Leaf(i) != nil })
+	// The handshake ratchet moves only once the content was accepted, its
+	// signature first (§15.3): see unprotectPrivate.
+	ac, lease, err := unprotectPrivate(m, g.es.SenderDataSecret, g.st, func(i LeafIndex) bool { return tree.Leaf(i) != nil })
 	if err != nil {
 		return nil, err
 	}
+	accepted := false
+	defer func() {
+		if accepted {
+			lease.commit()
+		} else {
+			lease.discard()
+		}
+	}()
 	fc := &ac.Content
 	if fc.Sender == self {
 		return nil, errors.New("mls: a PrivateMessage from this member's leaf that it did not send")
@@ -186,6 +196,7 @@ func (g *Group) handlePrivateHandshake(m *PrivateMessage) (*Processed, error) {
 	default:
 		return nil, fmt.Errorf("mls: PrivateMessage of unexpected content_type %d", fc.ContentType)
 	}
+	accepted = true
 	return out, nil
 }
 

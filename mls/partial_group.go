@@ -465,11 +465,14 @@ func (g *PartialGroup) Open(m *PrivateMessage, src TreeSource) (sender LeafIndex
 	}
 	var leafErr error
 	var leaf *LeafNode
-	ac, err := UnprotectPrivate(m, g.es.SenderDataSecret, g.st, func(i LeafIndex) bool {
+	ac, lease, err := unprotectPrivate(m, g.es.SenderDataSecret, g.st, func(i LeafIndex) bool {
 		leaf, leafErr = g.Leaf(i, src)
 		return leaf != nil
 	})
 	if leafErr != nil {
+		if lease != nil {
+			lease.discard()
+		}
 		return 0, nil, leafErr
 	}
 	if err != nil {
@@ -477,11 +480,15 @@ func (g *PartialGroup) Open(m *PrivateMessage, src TreeSource) (sender LeafIndex
 	}
 	sender = ac.Content.Sender.LeafIndex
 	if leaf == nil {
+		lease.discard()
 		return 0, nil, invalidf("6.3.2", "sender %d is not a member", sender)
 	}
+	// The ratchet moves only once the signature verified (§15.3).
 	if err := ac.VerifySignature(gc.CipherSuite, leaf.SignatureKey, &gc); err != nil {
+		lease.discard()
 		return 0, nil, &ValidationError{Rule: "message signature does not verify with the sender's key", Section: "6.1", Err: err}
 	}
+	lease.commit()
 	return sender, slices.Clone(ac.Content.Application), nil
 }
 

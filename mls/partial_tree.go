@@ -42,22 +42,34 @@ func newPartialTree(cs CipherSuite, p *TreeProof) (*partialTree, error) {
 	if err := p.checkVerified(); err != nil {
 		return nil, err
 	}
-	var copyNode func(q *pnode) *partialNode
-	copyNode = func(q *pnode) *partialNode {
+	// blank expands a blank_subtree entry of the given height into blank
+	// nodes, so that a later path through it can be edited like any other.
+	var blank func(level uint32) *partialNode
+	blank = func(level uint32) *partialNode {
+		n := &partialNode{}
+		if level > 0 {
+			n.left, n.right = blank(level-1), blank(level-1)
+		}
+		return n
+	}
+	var copyNode func(q *pnode, level uint32) *partialNode
+	copyNode = func(q *pnode, level uint32) *partialNode {
 		n := &partialNode{}
 		switch q.kind {
 		case proofPruned:
 			n.pruned, n.hash = true, bytes.Clone(q.hash)
 			return n
+		case proofBlankSubtree:
+			return blank(level)
 		case proofPresent:
 			n.leaf, n.parent = q.node.Leaf, q.node.Parent
 		}
 		if q.left != nil {
-			n.left, n.right = copyNode(q.left), copyNode(q.right)
+			n.left, n.right = copyNode(q.left, level-1), copyNode(q.right, level-1)
 		}
 		return n
 	}
-	return &partialTree{cs: cs, depth: p.depth, root: copyNode(p.root)}, nil
+	return &partialTree{cs: cs, depth: p.depth, root: copyNode(p.root, p.depth)}, nil
 }
 
 func (t *partialTree) leafCount() uint32         { return 1 << t.depth }

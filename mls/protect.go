@@ -228,7 +228,9 @@ func ProtectPrivate(ac *AuthenticatedContent, senderDataSecret []byte, tree *Sec
 // UnprotectPrivate decrypts m with the secret tree and senderDataSecret of
 // its epoch (§6.3) and returns the AuthenticatedContent, whose signature
 // the caller must still verify (§6.3.1). The key of the generation used
-// is deleted from tree only if the content decrypts (§9.2).
+// is deleted from tree, and the ratchet moved, only if the content
+// decrypts and decodes (§9.2). The Group's methods do better: they move
+// the ratchet only once the signature verified too.
 //
 // occupied reports whether a leaf of the ratchet tree is non-blank; the
 // sender data must name such a leaf (§6.3.2). It may be nil if the caller
@@ -238,61 +240,81 @@ func ProtectPrivate(ac *AuthenticatedContent, senderDataSecret []byte, tree *Sec
 // ErrDecryptionFailed; generations that are used, too old or too far
 // ahead give the errors of SecretTree.Key.
 func UnprotectPrivate(m *PrivateMessage, senderDataSecret []byte, tree *SecretTree, occupied func(LeafIndex) bool) (*AuthenticatedContent, error) {
+	ac, l, err := unprotectPrivate(m, senderDataSecret, tree, occupied)
+	if err != nil {
+		return nil, err
+	}
+	l.commit()
+	return ac, nil
+}
+
+// unprotectPrivate is UnprotectPrivate that leaves the secret tree as it
+// is: the caller commits the returned lease once the content's signature
+// verified (and discards it otherwise), so that a message that decrypts
+// but is not genuine neither uses up a key nor moves a ratchet (§9.2,
+// §15.3).
+func unprotectPrivate(m *PrivateMessage, senderDataSecret []byte, tree *SecretTree, occupied func(LeafIndex) bool) (*AuthenticatedContent, *keyLease, error) {
+	ac, l, err := unprotectPrivateLease(m, senderDataSecret, tree, occupied)
+	if err != nil && l != nil {
+		l.discard()
+		l = nil
+	}
+	return ac, l, err
+}
+
+func unprotectPrivateLease(m *PrivateMessage, senderDataSecret []byte, tree *SecretTree, occupied func(LeafIndex) bool) (ac *AuthenticatedContent, l *keyLease, err error) {
 	cs := tree.suite
 	if !knownContentType(m.ContentType) {
-		return nil, fmt.Errorf("%w: PrivateMessage of unknown content_type %d", ErrDecode, m.ContentType)
+		return nil, nil, fmt.Errorf("%w: PrivateMessage of unknown content_type %d", ErrDecode, m.ContentType)
 	}
 
 	// Sender data (§6.3.2).
 	sdKey, sdNonce, err := senderDataKey(cs, senderDataSecret, m.Ciphertext)
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	sdAAD, err := encode(senderDataAAD{m})
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	sdPlain, err := cs.Open(sdKey, sdNonce, sdAAD, m.EncryptedSenderData)
 	if err != nil {
-		return nil, &ValidationError{
+		return nil, nil, &ValidationError{
 			Rule:    "encrypted_sender_data must decrypt with the sender data key of the message's epoch",
 			Section: "6.3.2", Err: ErrDecryptionFailed,
 		}
 	}
 	var sd senderData
 	if err := decode(sdPlain, "SenderData", sd.unmarshal); err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	if uint32(sd.leafIndex) >= tree.nLeaves || (occupied != nil && !occupied(sd.leafIndex)) {
-		return nil, invalidf("6.3.2", "the sender data names leaf %d, which is not a member of the group", sd.leafIndex)
+		return nil, nil, invalidf("6.3.2", "the sender data names leaf %d, which is not a member of the group", sd.leafIndex)
 	}
 
 	// Content (§6.3.1).
 	rt := RatchetFor(m.ContentType)
-	key, nonce, err := tree.Key(sd.leafIndex, rt, sd.generation)
+	l, err = tree.lease(sd.leafIndex, rt, sd.generation)
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
+	key, nonce := l.key.key, l.key.nonce
 	aad, err := encode(privateContentAAD{m})
 	if err != nil {
-		return nil, err
+		return nil, l, err
 	}
 	guarded := append([]byte(nil), nonce...)
 	applyReuseGuard(guarded, sd.reuseGuard)
 	plaintext, err := cs.Open(key, guarded, aad, m.Ciphertext)
 	clear(guarded)
 	if err != nil {
-		// Not consumed: keep the key for the genuine message.
-		tree.restore(sd.leafIndex, rt, sd.generation, messageKey{key: key, nonce: nonce})
-		return nil, &ValidationError{
+		// Not consumed: the key stays for the genuine message.
+		return nil, l, &ValidationError{
 			Rule:    fmt.Sprintf("ciphertext must decrypt with the key of generation %d of leaf %d", sd.generation, sd.leafIndex),
 			Section: "6.3.1", Err: ErrDecryptionFailed,
 		}
 	}
-	clear(key)
-	clear(nonce)
-
-	ac := &AuthenticatedContent{
+	ac = &AuthenticatedContent{
 		WireFormat: WireFormatPrivateMessage,
 		Content: FramedContent{
 			GroupID:           m.GroupID,
@@ -304,17 +326,17 @@ func UnprotectPrivate(m *PrivateMessage, senderDataSecret []byte, tree *SecretTr
 	}
 	s := cryptobyte.String(plaintext)
 	if !(&privateMessageContent{content: &ac.Content, auth: &ac.Auth}).unmarshal(&s) {
-		return nil, fmt.Errorf("%w: PrivateMessageContent", ErrDecode)
+		return nil, l, fmt.Errorf("%w: PrivateMessageContent", ErrDecode)
 	}
 	for _, b := range s {
 		if b != 0 {
-			return nil, &ValidationError{
+			return nil, l, &ValidationError{
 				Rule:    "the padding of PrivateMessageContent must be all zero bytes",
 				Section: "6.3.1", Err: ErrDecode,
 			}
 		}
 	}
-	return ac, nil
+	return ac, l, nil
 }
 
 // ProtectPublic wraps ac in a PublicMessage (§6.2), adding the membership

@@ -1,8 +1,11 @@
 package mls
 
 import (
+	"bytes"
 	"errors"
 	"fmt"
+	"maps"
+	"slices"
 )
 
 // This file is the secret tree of RFC 9420 §9: per-sender hash ratchets
@@ -33,6 +36,9 @@ var (
 const (
 	DefaultMaxForward  = 1000
 	DefaultMaxBackward = 1000
+	// DefaultMaxRetained bounds the skipped-generation keys a tree keeps
+	// over all its ratchets together (SecretTree.MaxRetained).
+	DefaultMaxRetained = 4096
 )
 
 // RatchetType selects one of the two hash ratchets of a leaf (§9).
@@ -75,6 +81,12 @@ type SecretTree struct {
 	// ones are deleted (§15.3). At most MaxBackward keys are kept per
 	// ratchet.
 	MaxBackward uint32
+	// MaxRetained bounds the keys of skipped generations kept over all the
+	// tree's ratchets together (§15.3), so that the state of a large group
+	// stays small whatever its senders skip; 0 means DefaultMaxRetained.
+	// Past it, the oldest generations of the ratchets that keep the most
+	// are deleted first.
+	MaxRetained int
 
 	suite   CipherSuite
 	nLeaves uint32
@@ -158,6 +170,25 @@ func (t *SecretTree) ratchet(leaf LeafIndex, rt RatchetType) (*hashRatchet, erro
 // leaf down to the leaf, keeping the siblings of the path and deleting
 // the consumed secrets on it (§9.2), then starts the leaf's two ratchets.
 func (t *SecretTree) initLeaf(leaf LeafIndex) (*leafRatchets, error) {
+	p, err := t.planLeaf(leaf)
+	if err != nil {
+		return nil, err
+	}
+	p.apply(t)
+	return p.lr, nil
+}
+
+// leafPlan is the change initLeaf makes to the tree, computed without
+// making it: the secrets to store and those consumed.
+type leafPlan struct {
+	leaf  LeafIndex
+	lr    *leafRatchets
+	set   map[NodeIndex][]byte
+	del   []NodeIndex
+	apply func(t *SecretTree)
+}
+
+func (t *SecretTree) planLeaf(leaf LeafIndex) (*leafPlan, error) {
 	cs := t.suite
 	target := leaf.node()
 	// Walk up to the nearest ancestor whose secret is still stored.
@@ -169,8 +200,9 @@ func (t *SecretTree) initLeaf(leaf LeafIndex) (*leafRatchets, error) {
 		}
 		x = x.parent(t.nLeaves)
 	}
+	p := &leafPlan{leaf: leaf, set: map[NodeIndex][]byte{}}
+	secret := t.nodes[x]
 	for x != target {
-		secret := t.nodes[x]
 		left, err := cs.ExpandWithLabel(secret, "tree", []byte("left"), cs.HashSize())
 		if err != nil {
 			return nil, err
@@ -179,21 +211,19 @@ func (t *SecretTree) initLeaf(leaf LeafIndex) (*leafRatchets, error) {
 		if err != nil {
 			return nil, err
 		}
-		clear(secret)
-		delete(t.nodes, x)
-		t.nodes[x.left()] = left
-		t.nodes[x.right()] = right
+		if !bytes.Equal(secret, t.nodes[x]) || t.nodes[x] == nil {
+			clear(secret) // an intermediate secret derived here
+		}
+		p.del = append(p.del, x)
 		if target < x {
-			x = x.left()
+			p.set[x.right()] = right
+			x, secret = x.left(), left
 		} else {
-			x = x.right()
+			p.set[x.left()] = left
+			x, secret = x.right(), right
 		}
 	}
-	secret := t.nodes[target]
-	defer func() {
-		clear(secret)
-		delete(t.nodes, target)
-	}()
+	p.del = append(p.del, target)
 	hs, err := cs.ExpandWithLabel(secret, "handshake", nil, cs.HashSize())
 	if err != nil {
 		return nil, err
@@ -202,10 +232,33 @@ func (t *SecretTree) initLeaf(leaf LeafIndex) (*leafRatchets, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &leafRatchets{
+	if _, stored := t.nodes[target]; !stored {
+		clear(secret) // derived here, not the tree's
+	}
+	p.lr = &leafRatchets{
 		handshake:   hashRatchet{secret: hs, retained: map[uint32]messageKey{}},
 		application: hashRatchet{secret: app, retained: map[uint32]messageKey{}},
-	}, nil
+	}
+	p.apply = func(t *SecretTree) {
+		for _, n := range p.del {
+			clear(t.nodes[n])
+			delete(t.nodes, n)
+		}
+		for n, v := range p.set {
+			t.nodes[n] = v
+		}
+		t.ratchets[p.leaf] = p.lr
+	}
+	return p, nil
+}
+
+// wipe drops a plan that is not applied.
+func (p *leafPlan) wipe() {
+	for _, v := range p.set {
+		clear(v)
+	}
+	clear(p.lr.handshake.secret)
+	clear(p.lr.application.secret)
 }
 
 // step derives the key and nonce of generation r.next and advances the
@@ -266,58 +319,265 @@ func (t *SecretTree) NextKey(leaf LeafIndex, rt RatchetType) (generation uint32,
 // for a receiver decrypting a message. The key is deleted from the tree
 // (§9.2), so a second request for the same generation fails with
 // ErrGenerationUsed. Generations skipped on the way are kept for late
-// messages, within MaxBackward; a generation more than MaxForward ahead of
-// the ratchet is rejected with ErrGenerationTooFarAhead before any
-// derivation. All these errors are *ValidationError.
+// messages, within MaxBackward and MaxRetained; a generation more than
+// MaxForward ahead of the ratchet is rejected with
+// ErrGenerationTooFarAhead before any derivation. All these errors are
+// *ValidationError.
 func (t *SecretTree) Key(leaf LeafIndex, rt RatchetType, generation uint32) (key, nonce []byte, err error) {
-	r, err := t.ratchet(leaf, rt)
+	l, err := t.lease(leaf, rt, generation)
 	if err != nil {
 		return nil, nil, err
 	}
+	key, nonce = bytes.Clone(l.key.key), bytes.Clone(l.key.nonce)
+	l.commit()
+	return key, nonce, nil
+}
+
+// keyLease is the key of one generation of a ratchet, derived without
+// changing the tree: a receiver first decrypts with it and checks the
+// content's signature, and only then consumes the key and moves the
+// ratchet (commit), so that a message that fails, however far ahead its
+// generation, leaves the tree as it was.
+type keyLease struct {
+	t   *SecretTree
+	r   *hashRatchet
+	gen uint32
+	key messageKey
+	// kept says the key is a retained one (of a generation skipped
+	// earlier); otherwise the lease holds the ratchet as it is after the
+	// generation: its secret, next, and the keys of the generations
+	// skipped on the way.
+	kept    bool
+	from    uint64
+	secret  []byte
+	next    uint64
+	skipped []messageKey
+	done    bool
+	// plan starts the leaf's ratchets, if the lease is the first use.
+	plan *leafPlan
+}
+
+// lease finds or derives the key of generation, with the checks of Key,
+// without changing the ratchet.
+func (t *SecretTree) lease(leaf LeafIndex, rt RatchetType, generation uint32) (*keyLease, error) {
+	if uint32(leaf) >= t.nLeaves {
+		return nil, invalidf("6.3.2", "leaf_index %d is outside the tree of %d leaves", leaf, t.nLeaves)
+	}
+	var plan *leafPlan
+	lr, ok := t.ratchets[leaf]
+	if !ok {
+		// The leaf's ratchets start only if the lease is committed.
+		var err error
+		if plan, err = t.planLeaf(leaf); err != nil {
+			return nil, err
+		}
+		lr = plan.lr
+	}
+	var r *hashRatchet
+	switch rt {
+	case HandshakeRatchet:
+		r = &lr.handshake
+	case ApplicationRatchet:
+		r = &lr.application
+	default:
+		return nil, fmt.Errorf("mls: unknown ratchet type %d", rt)
+	}
+	l, err := t.leaseFrom(r, leaf, rt, generation)
+	if err != nil {
+		if plan != nil {
+			plan.wipe()
+		}
+		return nil, err
+	}
+	l.plan = plan
+	return l, nil
+}
+
+func (t *SecretTree) leaseFrom(r *hashRatchet, leaf LeafIndex, rt RatchetType, generation uint32) (*keyLease, error) {
 	g := uint64(generation)
 	if g < r.next {
 		if k, ok := r.retained[generation]; ok {
-			delete(r.retained, generation)
-			return k.key, k.nonce, nil
+			return &keyLease{t: t, r: r, gen: generation, key: k, kept: true}, nil
 		}
 		if r.next-1-g > uint64(t.MaxBackward) {
-			return nil, nil, &ValidationError{
+			return nil, &ValidationError{
 				Rule: fmt.Sprintf("generation %d of the %v ratchet of leaf %d is more than %d behind the newest (%d); its key was deleted",
 					generation, rt, leaf, t.MaxBackward, r.next-1),
 				Section: "15.3", Err: ErrGenerationTooOld,
 			}
 		}
-		return nil, nil, &ValidationError{
+		return nil, &ValidationError{
 			Rule: fmt.Sprintf("generation %d of the %v ratchet of leaf %d was already used; its key was deleted",
 				generation, rt, leaf),
 			Section: "9.2", Err: ErrGenerationUsed,
 		}
 	}
 	if g-r.next > uint64(t.MaxForward) {
-		return nil, nil, &ValidationError{
+		return nil, &ValidationError{
 			Rule: fmt.Sprintf("generation %d of the %v ratchet of leaf %d is more than %d ahead of the next expected generation %d",
 				generation, rt, leaf, t.MaxForward, r.next),
 			Section: "15.3", Err: ErrGenerationTooFarAhead,
 		}
 	}
-	for r.next < g {
-		skipped := uint32(r.next)
-		k, err := r.step(t.suite)
-		if err != nil {
-			return nil, nil, err
+	if r.secret == nil {
+		return nil, &ValidationError{
+			Rule:    fmt.Sprintf("the %v ratchet of leaf %d has used all its generations in this epoch", rt, leaf),
+			Section: "9.1", Err: ErrRatchetExhausted,
 		}
-		if t.MaxBackward > 0 {
-			r.retained[skipped] = k
+	}
+	l := &keyLease{t: t, r: r, gen: generation, from: r.next}
+	tmp := hashRatchet{secret: bytes.Clone(r.secret), next: r.next}
+	keep := uint64(t.MaxBackward)
+	for tmp.next < g {
+		k, err := tmp.step(t.suite)
+		if err != nil {
+			l.discard()
+			clear(tmp.secret)
+			return nil, err
+		}
+		// Only the last MaxBackward skipped keys could be kept anyway.
+		if g-(tmp.next-1) <= keep {
+			l.skipped = append(l.skipped, k)
 		} else {
 			k.wipe()
 		}
 	}
-	k, err := r.step(t.suite)
+	k, err := tmp.step(t.suite)
 	if err != nil {
-		return nil, nil, err
+		l.discard()
+		clear(tmp.secret)
+		return nil, err
 	}
-	t.dropOld(r)
-	return k.key, k.nonce, nil
+	l.key, l.secret, l.next = k, tmp.secret, tmp.next
+	return l, nil
+}
+
+// commit consumes the leased key (§9.2) and, for a generation at or ahead
+// of the ratchet, moves the ratchet past it, keeping the skipped keys
+// within MaxBackward and MaxRetained. The ratchet must not have moved
+// since the lease.
+func (l *keyLease) commit() {
+	if l.done {
+		return
+	}
+	l.done = true
+	r := l.r
+	if l.plan != nil {
+		if _, started := l.t.ratchets[l.plan.leaf]; started {
+			// Started by something else meanwhile: nothing of it applies.
+			l.plan.wipe()
+			l.wipeDerived()
+			return
+		}
+		l.plan.apply(l.t)
+	}
+	if l.kept {
+		delete(r.retained, l.gen)
+		l.key.wipe()
+		return
+	}
+	if r.next != l.from {
+		// The ratchet moved under the lease: nothing of it applies.
+		l.wipeDerived()
+		return
+	}
+	first := l.next - 1 - uint64(len(l.skipped))
+	for i, k := range l.skipped {
+		if l.t.MaxBackward > 0 {
+			r.retained[uint32(first+uint64(i))] = k
+		} else {
+			k.wipe()
+		}
+	}
+	l.skipped = nil
+	clear(r.secret)
+	r.secret, r.next = l.secret, l.next
+	if l.next > 0xffffffff {
+		// The last generation: nothing follows it.
+		clear(r.secret)
+		r.secret = nil
+	}
+	l.secret = nil
+	l.key.wipe()
+	l.t.dropOld(r)
+	l.t.capRetained()
+}
+
+// discard drops a lease that was not used, leaving the tree as it was.
+func (l *keyLease) discard() {
+	if l.done {
+		return
+	}
+	l.done = true
+	if !l.kept {
+		l.wipeDerived()
+	}
+	if l.plan != nil {
+		l.plan.wipe()
+	}
+}
+
+func (l *keyLease) wipeDerived() {
+	l.key.wipe()
+	for _, k := range l.skipped {
+		k.wipe()
+	}
+	clear(l.secret)
+	l.skipped, l.secret = nil, nil
+}
+
+// maxRetained returns the effective MaxRetained.
+func (t *SecretTree) maxRetained() int {
+	if t.MaxRetained <= 0 {
+		return DefaultMaxRetained
+	}
+	return t.MaxRetained
+}
+
+// Retained returns how many keys of skipped generations the tree keeps,
+// over all its ratchets.
+func (t *SecretTree) Retained() int {
+	n := 0
+	for _, lr := range t.ratchets {
+		n += len(lr.handshake.retained) + len(lr.application.retained)
+	}
+	return n
+}
+
+// capRetained deletes retained keys beyond MaxRetained: the oldest
+// generations of the ratchet that keeps the most, then of the next one,
+// so that one sender skipping far cannot push out everyone else's keys.
+func (t *SecretTree) capRetained() {
+	excess := t.Retained() - t.maxRetained()
+	for excess > 0 {
+		var big *hashRatchet
+		for _, lr := range t.ratchets {
+			for _, r := range []*hashRatchet{&lr.handshake, &lr.application} {
+				if big == nil || len(r.retained) > len(big.retained) {
+					big = r
+				}
+			}
+		}
+		if big == nil || len(big.retained) == 0 {
+			return
+		}
+		// Down to the size of the runner-up (at least one key goes).
+		second := 0
+		for _, lr := range t.ratchets {
+			for _, r := range []*hashRatchet{&lr.handshake, &lr.application} {
+				if r != big && len(r.retained) > second {
+					second = len(r.retained)
+				}
+			}
+		}
+		n := min(excess, max(1, len(big.retained)-second))
+		gens := slices.Sorted(maps.Keys(big.retained))
+		for _, g := range gens[:n] {
+			big.retained[g].wipe()
+			delete(big.retained, g)
+		}
+		excess -= n
+	}
 }
 
 // dropOld deletes the retained keys that fell out of the MaxBackward

@@ -165,8 +165,8 @@ func TestSecretTreeWindow(t *testing.T) {
 	tree := newTestSecretTree(t, 2)
 	_, _, err := tree.Key(0, ApplicationRatchet, DefaultMaxForward+1)
 	wantTreeError(t, "generation beyond MaxForward", err, ErrGenerationTooFarAhead, "15.3")
-	if r := tree.ratchets[0].application; r.next != 0 || len(r.retained) != 0 {
-		t.Errorf("a rejected generation moved the ratchet to %d with %d retained keys", r.next, len(r.retained))
+	if lr := tree.ratchets[0]; lr != nil && (lr.application.next != 0 || len(lr.application.retained) != 0) {
+		t.Errorf("a rejected generation moved the ratchet to %d with %d retained keys", lr.application.next, len(lr.application.retained))
 	}
 	_, _, err = tree.Key(0, ApplicationRatchet, 0xffffffff)
 	wantTreeError(t, "generation 2^32-1 at the start of an epoch", err, ErrGenerationTooFarAhead, "15.3")

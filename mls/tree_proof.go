@@ -2,6 +2,7 @@ package mls
 
 import (
 	"bytes"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"iter"
@@ -22,14 +23,15 @@ import (
 //
 // The encoding is ours (RFC 9420 defines none for partial trees):
 //
-//	enum { pruned(0), blank(1), present(2), (255) } ProofEntryType;
+//	enum { pruned(0), blank(1), present(2), blank_subtree(3), (255) } ProofEntryType;
 //
 //	struct {
 //	    ProofEntryType type;
 //	    select (ProofEntry.type) {
-//	        case pruned:  opaque tree_hash<V>;  // the subtree is left out
-//	        case blank:   struct{};             // a blank node, shown
-//	        case present: Node node;            // a non-blank node, shown
+//	        case pruned:        opaque tree_hash<V>;  // the subtree is left out
+//	        case blank:         struct{};             // a blank node, shown
+//	        case present:       Node node;            // a non-blank node, shown
+//	        case blank_subtree: struct{};             // every node below is blank
 //	    };
 //	} ProofEntry;
 //
@@ -42,8 +44,24 @@ import (
 // two subtrees; a pruned entry stands for its whole subtree. Every byte of
 // the encoding either goes into the recomputed root hash or fixes the
 // shape in which the rest is read, so changing any byte makes decoding or
-// VerifyTreeProof fail. What the proof is about (which leaf's path) is not
-// part of the encoding: the receiver names it when it reads the proof.
+// VerifyTreeProof fail.
+//
+// A blank_subtree entry shows a whole subtree in which every node is blank
+// without listing its nodes and without a hash: the tree hash of such a
+// subtree depends only on its position (§7.8 hashes a blank leaf as its
+// leaf_index with an absent leaf_node, a blank parent as an absent
+// parent_node over its children's hashes), so the verifier recomputes it,
+// and a marker over a subtree that holds any non-blank node makes the root
+// hash come out wrong. Resolutions of copath nodes over blank regions stop
+// there. Recomputing costs the verifier one hash per covered node, which
+// the bytes of the proof no longer bound, so VerifyTreeProof accepts at
+// most maxBlankProofNodes covered nodes in one proof; a proof builder that
+// would exceed that shows the remaining blank nodes one by one instead.
+// (blank_subtree was added after the first three types; a decoder that
+// does not know it rejects the proof rather than misreading it.)
+//
+// What the proof is about (which leaf's path) is not part of the
+// encoding: the receiver names it when it reads the proof.
 
 // ErrTreeProof is wrapped by every error VerifyTreeProof and the accessors
 // of TreeProof return when a proof is malformed, does not match the
@@ -56,14 +74,23 @@ const (
 	proofPruned  proofEntryType = 0
 	proofBlank   proofEntryType = 1
 	proofPresent proofEntryType = 2
+	// proofBlankSubtree marks a subtree whose nodes are all blank.
+	proofBlankSubtree proofEntryType = 3
 )
+
+// maxBlankProofNodes bounds the number of tree nodes the blank_subtree
+// entries of one proof may cover, and so the hashing VerifyTreeProof does
+// beyond what the size of the proof accounts for (about a million small
+// hashes, well under a second). Only trees of more than half a million
+// leaf positions reach it.
+const maxBlankProofNodes = 1 << 20
 
 // pnode is one entry of a TreeProof, linked into the tree shape.
 type pnode struct {
 	kind        proofEntryType
 	hash        []byte // pruned: the subtree's tree hash
 	node        *Node  // present: the node
-	left, right *pnode // shown parents only
+	left, right *pnode // shown (blank or present) parents only
 }
 
 // TreeProof is a part of a ratchet tree with the subtree hashes that bind
@@ -85,93 +112,171 @@ func (p *TreeProof) LeafCount() uint32 { return 1 << p.depth }
 // Commit or a Proposal: its own leaf, every node of its direct path and
 // copath, and every node of their resolutions (§4.1.1), including the
 // unmerged leaves of each non-blank parent among them. Blank nodes on the
-// way to a resolution are shown as blank; every other subtree is pruned
-// to its tree hash.
+// way to a resolution are shown as blank, a subtree in which every node is
+// blank as one blank_subtree entry; every other subtree is pruned to its
+// tree hash.
 func (t *RatchetTree) PathProof(i LeafIndex) (*TreeProof, error) {
 	if uint32(i) >= t.LeafCount() {
 		return nil, fmt.Errorf("mls: leaf %d is outside the tree of %d leaves", i, t.LeafCount())
 	}
-	n := t.LeafCount()
-	need := map[NodeIndex]bool{i.node(): true}
-	var frontier func(x NodeIndex)
-	frontier = func(x NodeIndex) {
-		need[x] = true
-		h := t.at(x)
-		switch {
-		case h.parent != nil:
-			for _, u := range h.parent.UnmergedLeaves {
-				need[u.node()] = true
-			}
-		case h.leaf == nil && !x.isLeaf():
-			frontier(x.left())
-			frontier(x.right())
-		}
-	}
-	for _, x := range i.node().directPath(n) {
-		need[x] = true
-		if p := t.at(x).parent; p != nil {
-			for _, u := range p.UnmergedLeaves {
-				need[u.node()] = true
-			}
-		}
-	}
-	for _, x := range i.node().copath(n) {
-		frontier(x)
-	}
-	return t.proofFor(need), nil
+	b := &proofBuilder{t: t, budget: maxBlankProofNodes}
+	return &TreeProof{depth: t.depth, root: b.path(t.root, t.rootIndex(), i, nil)}, nil
 }
 
 // LeavesProof returns a proof that shows the given leaves (blank or not)
 // and the nodes on their direct paths. With no leaves it shows every leaf
 // of the tree: the roster.
 func (t *RatchetTree) LeavesProof(leaves ...LeafIndex) (*TreeProof, error) {
-	need := make(map[NodeIndex]bool, len(leaves))
+	var want []LeafIndex
 	if len(leaves) == 0 {
-		for x := NodeIndex(0); uint32(x) < t.width(); x += 2 {
-			need[x] = true
+		want = make([]LeafIndex, t.LeafCount())
+		for k := range want {
+			want[k] = LeafIndex(k)
 		}
-	}
-	for _, l := range leaves {
-		if uint32(l) >= t.LeafCount() {
-			return nil, fmt.Errorf("mls: leaf %d is outside the tree of %d leaves", l, t.LeafCount())
+	} else {
+		for _, l := range leaves {
+			if uint32(l) >= t.LeafCount() {
+				return nil, fmt.Errorf("mls: leaf %d is outside the tree of %d leaves", l, t.LeafCount())
+			}
 		}
-		need[l.node()] = true
+		want = slices.Clone(leaves)
+		slices.Sort(want)
+		want = slices.Compact(want)
 	}
-	return t.proofFor(need), nil
+	b := &proofBuilder{t: t, budget: maxBlankProofNodes}
+	return &TreeProof{depth: t.depth, root: b.leaves(t.root, t.rootIndex(), want)}, nil
 }
 
-// proofFor builds the proof that shows the nodes in need and all their
-// ancestors, and prunes every other subtree to its hash.
-func (t *RatchetTree) proofFor(need map[NodeIndex]bool) *TreeProof {
-	n := t.LeafCount()
-	show := make(map[NodeIndex]bool, len(need)*2)
-	for x := range need {
-		show[x] = true
-		for _, a := range x.directPath(n) {
-			if show[a] {
-				break
-			}
-			show[a] = true
+// proofBuilder builds a proof top down, walking only the shown part of the
+// tree and taking pruned hashes from the tree's hash cache. Sets of leaves
+// are sorted slices, split between the children of each node.
+type proofBuilder struct {
+	t      *RatchetTree
+	budget int // tree nodes that blank_subtree entries may still cover
+}
+
+// entry returns the shown entry of node h, without children.
+func (b *proofBuilder) entry(h *tnode) *pnode {
+	switch {
+	case h.leaf != nil:
+		return &pnode{kind: proofPresent, node: &Node{Leaf: h.leaf}}
+	case h.parent != nil:
+		return &pnode{kind: proofPresent, node: &Node{Parent: h.parent}}
+	}
+	return &pnode{kind: proofBlank}
+}
+
+// blankSubtree returns a blank_subtree entry for the all-blank subtree at
+// x, or nil if it would exceed the budget.
+func (b *proofBuilder) blankSubtree(x NodeIndex) *pnode {
+	nodes := 2<<x.level() - 1
+	if nodes > b.budget {
+		return nil
+	}
+	b.budget -= nodes
+	return &pnode{kind: proofBlankSubtree}
+}
+
+// split divides the sorted leaves under parent x between its children.
+func split(want []LeafIndex, x NodeIndex) (l, r []LeafIndex) {
+	lo, hi := x.leafRange()
+	mid := lo + (hi-lo)/2
+	k, _ := slices.BinarySearch(want, mid)
+	return want[:k], want[k:]
+}
+
+// withUnmerged returns the sorted union of want and the unmerged leaves of
+// h, keeping only leaves under x.
+func withUnmerged(want []LeafIndex, h *tnode, x NodeIndex) []LeafIndex {
+	if h.parent == nil || len(h.parent.UnmergedLeaves) == 0 {
+		return want
+	}
+	out := slices.Clone(want)
+	for _, u := range h.parent.UnmergedLeaves {
+		if x.isAncestorOf(u.node()) {
+			out = append(out, u)
 		}
 	}
-	var build func(h *tnode, x NodeIndex) *pnode
-	build = func(h *tnode, x NodeIndex) *pnode {
-		if !show[x] {
-			return &pnode{kind: proofPruned, hash: bytes.Clone(t.hashOf(h, x))}
-		}
-		p := &pnode{kind: proofBlank}
-		switch {
-		case h.leaf != nil:
-			p.kind, p.node = proofPresent, &Node{Leaf: h.leaf}
-		case h.parent != nil:
-			p.kind, p.node = proofPresent, &Node{Parent: h.parent}
-		}
-		if !x.isLeaf() {
-			p.left, p.right = build(h.left, x.left()), build(h.right, x.right())
-		}
+	slices.Sort(out)
+	return slices.Compact(out)
+}
+
+// path shows x, an ancestor of leaf i (or i itself), with the resolution
+// of the copath child and the leaves in want.
+func (b *proofBuilder) path(h *tnode, x NodeIndex, i LeafIndex, want []LeafIndex) *pnode {
+	p := b.entry(h)
+	if x.isLeaf() {
 		return p
 	}
-	return &TreeProof{depth: t.depth, root: build(t.root, t.rootIndex())}
+	want = withUnmerged(want, h, x)
+	wl, wr := split(want, x)
+	if i.node() < x {
+		p.left, p.right = b.path(h.left, x.left(), i, wl), b.resolution(h.right, x.right(), wr)
+	} else {
+		p.left, p.right = b.resolution(h.left, x.left(), wl), b.path(h.right, x.right(), i, wr)
+	}
+	return p
+}
+
+// resolution shows the resolution of x (§4.1.1), the blank nodes above it,
+// and the leaves in want.
+func (b *proofBuilder) resolution(h *tnode, x NodeIndex, want []LeafIndex) *pnode {
+	if h.filled == 0 {
+		if p := b.blankSubtree(x); p != nil {
+			return p
+		}
+	}
+	p := b.entry(h)
+	if x.isLeaf() {
+		return p
+	}
+	if h.parent != nil {
+		wl, wr := split(withUnmerged(want, h, x), x)
+		p.left, p.right = b.leaves(h.left, x.left(), wl), b.leaves(h.right, x.right(), wr)
+		return p
+	}
+	wl, wr := split(want, x)
+	p.left, p.right = b.resolution(h.left, x.left(), wl), b.resolution(h.right, x.right(), wr)
+	return p
+}
+
+// leaves shows the leaves in want and their ancestors under x, and prunes
+// the rest. An all-blank subtree whose every leaf is wanted becomes one
+// blank_subtree entry.
+func (b *proofBuilder) leaves(h *tnode, x NodeIndex, want []LeafIndex) *pnode {
+	if len(want) == 0 {
+		return &pnode{kind: proofPruned, hash: bytes.Clone(b.t.hashOf(h, x))}
+	}
+	if h.filled == 0 && len(want) == 1<<x.level() {
+		if p := b.blankSubtree(x); p != nil {
+			return p
+		}
+	}
+	p := b.entry(h)
+	if x.isLeaf() {
+		return p
+	}
+	wl, wr := split(want, x)
+	p.left, p.right = b.leaves(h.left, x.left(), wl), b.leaves(h.right, x.right(), wr)
+	return p
+}
+
+// blankTreeHash computes the tree hash (§7.8) of the subtree at x in which
+// every node is blank, one hash per node; h is a hasher for the suite cs.
+func blankTreeHash(cs CipherSuite, h *RatchetTree, x NodeIndex) []byte {
+	if x.isLeaf() {
+		// TreeHashInput{leaf, LeafNodeHashInput{leaf_index, absent}}
+		var buf [6]byte
+		buf[0] = byte(NodeTypeLeaf)
+		binary.BigEndian.PutUint32(buf[1:5], uint32(x.leaf()))
+		return cs.Hash(buf[:])
+	}
+	l := blankTreeHash(cs, h, x.left())
+	r := blankTreeHash(cs, h, x.right())
+	if l == nil || r == nil {
+		return nil
+	}
+	return h.parentNodeHash(nil, l, r)
 }
 
 // VerifyTreeProof recomputes the root tree hash (§7.8) from the nodes and
@@ -187,20 +292,26 @@ func VerifyTreeProof(cs CipherSuite, p *TreeProof, treeHash []byte) error {
 		return fmt.Errorf("%w: empty proof", ErrTreeProof)
 	}
 	h := &RatchetTree{cs: cs}
+	budget := maxBlankProofNodes
 	var hashOf func(q *pnode, x NodeIndex) ([]byte, error)
 	hashOf = func(q *pnode, x NodeIndex) ([]byte, error) {
 		switch {
+		case q.kind == proofBlankSubtree:
+			if budget -= 2<<x.level() - 1; budget < 0 {
+				return nil, fmt.Errorf("%w: the blank subtrees of the proof cover more than %d nodes", ErrTreeProof, maxBlankProofNodes)
+			}
+			if out := blankTreeHash(cs, h, x); out != nil {
+				return out, nil
+			}
 		case q.kind == proofPruned:
 			if len(q.hash) != cs.HashSize() {
 				return nil, fmt.Errorf("%w: subtree hash at node %d has %d bytes, the suite's hash has %d", ErrTreeProof, x, len(q.hash), cs.HashSize())
 			}
 			return q.hash, nil
+		case x.isLeaf() && q.node == nil:
+			return blankTreeHash(cs, h, x), nil
 		case x.isLeaf():
-			var ln *LeafNode
-			if q.node != nil {
-				ln = q.node.Leaf
-			}
-			if out := h.leafHash(x.leaf(), ln); out != nil {
+			if out := h.leafHash(x.leaf(), q.node.Leaf); out != nil {
 				return out, nil
 			}
 		default:
@@ -234,13 +345,14 @@ func VerifyTreeProof(cs CipherSuite, p *TreeProof, treeHash []byte) error {
 }
 
 // lookup returns the proof entry of node x, or nil if x lies in a pruned
-// subtree or outside the tree.
+// subtree or outside the tree. For a node inside a blank_subtree entry it
+// returns that entry, whose node is nil: the node is shown and blank.
 func (p *TreeProof) lookup(x NodeIndex) *pnode {
 	if uint32(x) >= nodeWidth(p.LeafCount()) {
 		return nil
 	}
 	q, cur := p.root, rootOf(p.LeafCount())
-	for q.kind != proofPruned && cur != x {
+	for q.kind != proofPruned && q.kind != proofBlankSubtree && cur != x {
 		if x < cur {
 			q, cur = q.left, cur.left()
 		} else {
@@ -299,7 +411,7 @@ func (p *TreeProof) Leaves() iter.Seq2[LeafIndex, *LeafNode] {
 		var walk func(q *pnode, x NodeIndex) bool
 		walk = func(q *pnode, x NodeIndex) bool {
 			switch {
-			case q.kind == proofPruned:
+			case q.kind == proofPruned, q.kind == proofBlankSubtree:
 				return true
 			case x.isLeaf():
 				return q.node == nil || yield(x.leaf(), q.node.Leaf)
@@ -398,6 +510,8 @@ func (p *TreeProof) resolution(x NodeIndex) ([]ResolvedNode, error) {
 			return fmt.Errorf("%w: node %d is needed for a resolution but not shown", ErrTreeProof, x)
 		}
 		switch {
+		case q.kind == proofBlankSubtree:
+			return nil // all blank below x: an empty resolution
 		case q.node != nil:
 			out = append(out, ResolvedNode{Index: x, Node: q.node})
 			if q.node.Parent != nil {
@@ -431,8 +545,9 @@ func (p *TreeProof) resolution(x NodeIndex) ([]ResolvedNode, error) {
 func (p *TreeProof) MarshalBinary() ([]byte, error) { return encode(p) }
 
 // UnmarshalBinary decodes a TreeProof. It checks the shape (every shown
-// parent is followed by both subtrees, node types match their positions)
-// but not the hashes: call VerifyTreeProof next.
+// parent is followed by both subtrees, node types match their positions,
+// blank_subtree entries cover at most maxBlankProofNodes nodes) but not
+// the hashes: call VerifyTreeProof next.
 func (p *TreeProof) UnmarshalBinary(data []byte) error {
 	return decode(data, "TreeProof", p.unmarshal)
 }
@@ -472,6 +587,7 @@ func (p *TreeProof) unmarshal(s *cryptobyte.String) bool {
 	}
 	// The recursion is at most depth+1 <= 31 deep; every entry consumes
 	// at least one byte, so the work is bounded by the input size.
+	covered := 0
 	var read func(x NodeIndex) *pnode
 	read = func(x NodeIndex) *pnode {
 		var kind uint8
@@ -482,6 +598,13 @@ func (p *TreeProof) unmarshal(s *cryptobyte.String) bool {
 		switch q.kind {
 		case proofPruned:
 			if !readOpaque(&body, &q.hash) {
+				return nil
+			}
+			return q
+		case proofBlankSubtree:
+			// Bound what the entries cover here already, so that no
+			// consumer expands or hashes more than that.
+			if covered += 2<<x.level() - 1; covered > maxBlankProofNodes {
 				return nil
 			}
 			return q
@@ -518,7 +641,14 @@ func (p *TreeProof) shownNodes() []NodeIndex {
 	var out []NodeIndex
 	var walk func(q *pnode, x NodeIndex)
 	walk = func(q *pnode, x NodeIndex) {
-		if q.kind == proofPruned {
+		switch q.kind {
+		case proofPruned:
+			return
+		case proofBlankSubtree:
+			lo, hi := x.leafRange()
+			for y := 2 * uint32(lo); y < 2*uint32(hi)-1; y++ {
+				out = append(out, NodeIndex(y))
+			}
 			return
 		}
 		out = append(out, x)

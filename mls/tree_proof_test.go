@@ -371,6 +371,10 @@ func FuzzTreeProofDecode(f *testing.F) {
 	enc, _ := roster.MarshalBinary()
 	f.Add(enc)
 	f.Add([]byte{0, 1, 1})
+	f.Add([]byte{2, 1, 3}) // a blank_subtree entry over the whole tree
+	sparse, _ := g.tree.PathProof(6)
+	enc, _ = sparse.MarshalBinary()
+	f.Add(enc)
 	cs := g.tree.CipherSuite()
 	f.Fuzz(func(t *testing.T, data []byte) {
 		var p TreeProof
@@ -395,4 +399,253 @@ func FuzzTreeProofDecode(f *testing.F) {
 		for range p.Leaves() {
 		}
 	})
+}
+
+// sparseTestTree builds a tree of the given number of leaf positions in
+// which leaf i is a member if member(i) and each parent over at least one
+// member is non-blank with probability fill, with some of the members
+// below it as unmerged leaves. Nothing here is signed or parent-hash
+// valid: proofs only depend on the encoded nodes.
+func sparseTestTree(t testing.TB, r *rand.Rand, leaves int, member func(i int) bool, fill float64) *RatchetTree {
+	t.Helper()
+	cs := MLS_128_DHKEMX25519_AES128GCM_SHA256_Ed25519
+	base, _ := newTestLeaf(t, cs, "sparse member")
+	random := func() []byte {
+		out := make([]byte, 32)
+		for k := range out {
+			out[k] = byte(r.UintN(256))
+		}
+		return out
+	}
+	last := -1
+	for i := range leaves {
+		if member(i) {
+			last = i
+		}
+	}
+	if last < 0 {
+		last = 0 // a tree has at least one member
+	}
+	nodes := make([]*Node, 2*last+1)
+	for i := 0; i <= last; i++ {
+		if member(i) || i == last {
+			ln := *base
+			ln.EncryptionKey = random()
+			nodes[2*i] = &Node{Leaf: &ln}
+		}
+	}
+	for x := 1; x < len(nodes); x += 2 {
+		var below []LeafIndex
+		lo, hi := NodeIndex(x).leafRange()
+		for l := lo; l < hi && int(l) <= last; l++ {
+			if nodes[2*l] != nil {
+				below = append(below, l)
+			}
+		}
+		if len(below) == 0 || r.Float64() >= fill {
+			continue
+		}
+		var unmerged []LeafIndex
+		for _, l := range below {
+			if r.IntN(8) == 0 {
+				unmerged = append(unmerged, l)
+			}
+		}
+		nodes[x] = &Node{Parent: &ParentNode{EncryptionKey: random(), ParentHash: random(), UnmergedLeaves: unmerged}}
+	}
+	tree, err := NewRatchetTree(cs, nodes)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return tree
+}
+
+// countEntries counts the entries of each kind in a proof.
+func countEntries(p *TreeProof) map[proofEntryType]int {
+	out := map[proofEntryType]int{}
+	var walk func(q *pnode)
+	walk = func(q *pnode) {
+		out[q.kind]++
+		if q.left != nil {
+			walk(q.left)
+			walk(q.right)
+		}
+	}
+	walk(p.root)
+	return out
+}
+
+// TestTreeProofBlankSubtrees checks, over random sparse trees of various
+// sizes and densities, that path and roster proofs with blank_subtree
+// entries verify against the tree hash, that Path, Leaf, Leaves and the
+// resolutions read from them equal what the full tree answers, and that a
+// partial tree built from them computes the same tree hash and
+// resolutions.
+func TestTreeProofBlankSubtrees(t *testing.T) {
+	r := rand.New(rand.NewPCG(9, 7))
+	type shape struct {
+		name   string
+		leaves int
+		member func(int) bool
+		fill   float64
+	}
+	shapes := []shape{
+		{"every-other", 64, func(i int) bool { return i%2 == 0 }, 1},
+		{"every-other-blank-parents", 40, func(i int) bool { return i%2 == 0 }, 0},
+		{"right-half-blank", 64, func(i int) bool { return i < 31 || i == 63 }, 1},
+		{"one-member", 1, func(int) bool { return true }, 1},
+	}
+	for k := range 24 {
+		leaves := 1 + r.IntN(300)
+		density := r.Float64()
+		set := make([]bool, leaves)
+		for i := range set {
+			set[i] = r.Float64() < density
+		}
+		shapes = append(shapes, shape{fmt.Sprintf("random-%d", k), leaves, func(i int) bool { return set[i] }, r.Float64()})
+	}
+	markers := 0
+	for _, s := range shapes {
+		t.Run(s.name, func(t *testing.T) {
+			tree := sparseTestTree(t, r, s.leaves, s.member, s.fill)
+			step := max(1, int(tree.LeafCount())/24)
+			for i := 0; i < int(tree.LeafCount()); i += step + r.IntN(step) {
+				checkPathProof(t, tree, LeafIndex(i))
+				p, _ := tree.PathProof(LeafIndex(i))
+				markers += countEntries(p)[proofBlankSubtree]
+				got, _ := roundTripProof(t, tree, p)
+				// Leaves yields exactly the non-blank shown leaves.
+				for l, ln := range got.Leaves() {
+					if !sameLeaf(ln, tree.Leaf(l)) || ln == nil {
+						t.Fatalf("leaf %d: Leaves yields leaf %d that differs from the tree", i, l)
+					}
+				}
+				pt, err := newPartialTree(tree.CipherSuite(), got)
+				if err != nil {
+					t.Fatal(err)
+				}
+				if !bytes.Equal(pt.treeHash(), tree.TreeHash()) {
+					t.Fatalf("leaf %d: partial tree hash differs", i)
+				}
+				for _, x := range tree.Copath(LeafIndex(i)) {
+					res, err := pt.resolution(x)
+					if err != nil {
+						t.Fatalf("leaf %d: partial resolution of %d: %v", i, x, err)
+					}
+					if want := tree.Resolution(x); !slices.Equal(res, want) {
+						t.Fatalf("leaf %d: partial resolution of %d = %v, want %v", i, x, res, want)
+					}
+				}
+			}
+			checkLeavesProof(t, tree, []LeafIndex{LeafIndex(r.UintN(uint(tree.LeafCount())))})
+		})
+	}
+	if markers == 0 {
+		t.Fatal("no proof used a blank_subtree entry")
+	}
+}
+
+// TestTreeProofForgedBlankSubtree replaces, one at a time, every entry of
+// path and roster proofs whose subtree holds a non-blank node with a
+// blank_subtree entry, and checks that verification fails; replacing an
+// entry whose subtree is all blank still verifies.
+func TestTreeProofForgedBlankSubtree(t *testing.T) {
+	r := rand.New(rand.NewPCG(9, 8))
+	tree := sparseTestTree(t, r, 48, func(i int) bool { return i%3 != 1 && (i < 20 || i > 40) }, 0.5)
+	cs, want := tree.CipherSuite(), tree.TreeHash()
+	var proofs []*TreeProof
+	for _, i := range []LeafIndex{0, 21, 47} {
+		p, err := tree.PathProof(i)
+		if err != nil {
+			t.Fatal(err)
+		}
+		proofs = append(proofs, p)
+	}
+	roster, _ := tree.LeavesProof()
+	proofs = append(proofs, roster)
+	// replaced copies p with the entry at target turned into a marker.
+	replaced := func(p *TreeProof, target NodeIndex) *TreeProof {
+		var copyEntry func(q *pnode, x NodeIndex) *pnode
+		copyEntry = func(q *pnode, x NodeIndex) *pnode {
+			if x == target {
+				return &pnode{kind: proofBlankSubtree}
+			}
+			c := *q
+			if q.left != nil {
+				c.left, c.right = copyEntry(q.left, x.left()), copyEntry(q.right, x.right())
+			}
+			return &c
+		}
+		return &TreeProof{depth: p.depth, root: copyEntry(p.root, rootOf(p.LeafCount()))}
+	}
+	forged, honest := 0, 0
+	for n, p := range proofs {
+		var entries []NodeIndex
+		var walk func(q *pnode, x NodeIndex)
+		walk = func(q *pnode, x NodeIndex) {
+			entries = append(entries, x)
+			if q.left != nil {
+				walk(q.left, x.left())
+				walk(q.right, x.right())
+			}
+		}
+		walk(p.root, rootOf(p.LeafCount()))
+		for _, x := range entries {
+			blank := true
+			for range tree.Resolution(x) {
+				blank = false
+			}
+			q := replaced(p, x)
+			enc, err := q.MarshalBinary()
+			if err != nil {
+				t.Fatal(err)
+			}
+			var d TreeProof
+			if err := d.UnmarshalBinary(enc); err != nil {
+				t.Fatalf("proof %d, marker at %d: %v", n, x, err)
+			}
+			err = VerifyTreeProof(cs, &d, want)
+			switch {
+			case blank && err != nil:
+				t.Fatalf("proof %d: a marker over the blank subtree at %d fails: %v", n, x, err)
+			case blank:
+				honest++
+			case err == nil:
+				t.Fatalf("proof %d: a marker over the non-blank subtree at %d verifies", n, x)
+			case !errors.Is(err, ErrTreeProof):
+				t.Fatalf("proof %d: %v does not wrap ErrTreeProof", n, err)
+			default:
+				forged++
+			}
+		}
+	}
+	if forged == 0 || honest == 0 {
+		t.Fatalf("%d forged and %d honest markers tried", forged, honest)
+	}
+}
+
+// TestTreeProofBlankSubtreeBound checks that a marker covering more nodes
+// than a verifier hashes is refused before any hashing, when decoding and
+// when verifying.
+func TestTreeProofBlankSubtreeBound(t *testing.T) {
+	huge := &TreeProof{depth: maxTreeDepth, root: &pnode{kind: proofBlankSubtree}}
+	enc, err := huge.MarshalBinary()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var d TreeProof
+	if err := d.UnmarshalBinary(enc); !errors.Is(err, ErrDecode) {
+		t.Fatalf("decoding a marker over 2^%d leaves: %v", maxTreeDepth, err)
+	}
+	cs := MLS_128_DHKEMX25519_AES128GCM_SHA256_Ed25519
+	if err := VerifyTreeProof(cs, huge, make([]byte, cs.HashSize())); !errors.Is(err, ErrTreeProof) {
+		t.Fatalf("verifying a marker over 2^%d leaves: %v", maxTreeDepth, err)
+	}
+	// Just within the bound, a blank tree decodes (a real tree always has
+	// a member, so no hash it could match is tested here).
+	ok := &TreeProof{depth: 19, root: &pnode{kind: proofBlankSubtree}}
+	enc, _ = ok.MarshalBinary()
+	if err := d.UnmarshalBinary(enc); err != nil {
+		t.Fatalf("marker over 2^19 leaves: %v", err)
+	}
 }

@@ -21,20 +21,23 @@ type authService struct{ s *Server }
 var errAuthFailed = errors.New("authentication failed: unknown client, or the signature does not verify with the registered key over this challenge")
 
 // clientIDFromCredential returns the client id of a TLS-encoded MLS
-// Credential: the identity of a basic credential (RFC 9420 §5.3.1).
-func clientIDFromCredential(data []byte) (string, error) {
-	var c mls.Credential
-	if err := c.UnmarshalBinary(data); err != nil {
-		return "", fmt.Errorf("credential: %w", err)
+// Credential (RFC 9420 §5.3.1): the identity of a basic credential, or the
+// client an x509 credential's verified leaf certificate names
+// (ds.CredentialClientID).
+func (s *Server) clientIDFromCredential(ctx context.Context, data, signatureKey []byte) (string, error) {
+	id, err := s.ds.CredentialClientID(data, signatureKey)
+	switch {
+	case err == nil:
+		return id, nil
+	case errors.Is(err, ds.ErrPermissionDenied):
+		s.metrics.authFailures.WithLabelValues("bad_credential").Inc()
+		return "", connect.NewError(connect.CodePermissionDenied, err)
 	}
-	if c.CredentialType != mls.CredentialTypeBasic {
-		return "", fmt.Errorf("credential is of type %d; mlsds identifies clients by basic credentials (type 1)", c.CredentialType)
+	var im *ds.InvalidMessageError
+	if errors.As(err, &im) || errors.Is(err, ds.ErrInvalidArgument) {
+		return "", withDetail(connect.CodeInvalidArgument, fmt.Errorf("credential: %w", err), &mlsdsv1.InvalidMessage{Reason: err.Error(), RfcSection: "5.3"})
 	}
-	id := string(c.Identity)
-	if err := ds.CheckIdentifier("client", id); err != nil {
-		return "", fmt.Errorf("credential identity: %w", err)
-	}
-	return id, nil
+	return "", s.toConnect(ctx, err, nil)
 }
 
 // checkPrintable keeps ids that end up in logs and in other clients'
@@ -51,9 +54,9 @@ func checkPrintable(id string) error {
 func (a *authService) RegisterClient(ctx context.Context, req *connect.Request[mlsdsv1.RegisterClientRequest]) (*connect.Response[mlsdsv1.RegisterClientResponse], error) {
 	s := a.s
 	m := req.Msg
-	id, err := clientIDFromCredential(m.Credential)
+	id, err := s.clientIDFromCredential(ctx, m.Credential, m.SignatureKey)
 	if err != nil {
-		return nil, withDetail(connect.CodeInvalidArgument, err, &mlsdsv1.InvalidMessage{Reason: err.Error(), RfcSection: "5.3"})
+		return nil, err
 	}
 	if m.UserId != "" {
 		if err := ds.CheckIdentifier("user", m.UserId); err != nil {
@@ -68,8 +71,17 @@ func (a *authService) RegisterClient(ctx context.Context, req *connect.Request[m
 		return nil, connect.NewError(connect.CodeInvalidArgument, fmt.Errorf("cipher suite %d is not supported", m.CipherSuite))
 	}
 	// Proof of possession first: nothing below answers a caller that does
-	// not hold the key it registers.
-	if err := ds.VerifyRegisterProof(m.Credential, m.SignatureKey, cs, m.UserId, m.Proof); err != nil {
+	// not hold the key it registers. A KeyPackage made with the key proves
+	// it too, for MLS libraries that cannot sign chosen bytes.
+	if len(m.KeyPackage) > 0 {
+		if len(m.Proof) > 0 {
+			return nil, connect.NewError(connect.CodeInvalidArgument, errors.New("give proof or key_package, not both"))
+		}
+		err = s.ds.VerifyRegisterKeyPackage(m.Credential, m.SignatureKey, cs, m.KeyPackage)
+	} else {
+		err = ds.VerifyRegisterProof(m.Credential, m.SignatureKey, cs, m.UserId, m.Proof)
+	}
+	if err != nil {
 		s.metrics.authFailures.WithLabelValues("bad_proof").Inc()
 		return nil, s.toConnect(ctx, err, nil)
 	}
@@ -127,6 +139,12 @@ func (a *authService) GetChallenge(ctx context.Context, req *connect.Request[mls
 func (a *authService) Authenticate(ctx context.Context, req *connect.Request[mlsdsv1.AuthenticateRequest]) (*connect.Response[mlsdsv1.AuthenticateResponse], error) {
 	s := a.s
 	m := req.Msg
+	if m.IdToken != "" {
+		if len(m.Challenge) > 0 || len(m.Signature) > 0 {
+			return nil, connect.NewError(connect.CodeInvalidArgument, errors.New("give id_token or challenge and signature, not both"))
+		}
+		return a.loginIDToken(ctx, m.IdToken)
+	}
 	nonce, exp, err := s.tokens.redeem(m.ClientId, m.Challenge)
 	if err != nil {
 		s.metrics.authFailures.WithLabelValues("bad_challenge").Inc()
@@ -139,17 +157,14 @@ func (a *authService) Authenticate(ctx context.Context, req *connect.Request[mls
 	} else if err != nil {
 		return nil, s.toConnect(ctx, err, nil)
 	}
-	c, err := s.ds.Client(ctx, m.ClientId)
-	if errors.Is(err, ds.ErrNotFound) {
+	// Any of the client's registered keys may sign (ds/keys.go).
+	c, err := s.ds.VerifyClientSignature(ctx, m.ClientId, AuthLabel, m.Challenge, m.Signature)
+	if errors.Is(err, ds.ErrNotFound) || errors.Is(err, ds.ErrPermissionDenied) {
 		s.metrics.authFailures.WithLabelValues("bad_signature").Inc()
 		return nil, connect.NewError(connect.CodeUnauthenticated, errAuthFailed)
 	}
 	if err != nil {
 		return nil, s.toConnect(ctx, err, nil)
-	}
-	if err := c.CipherSuite.VerifyWithLabel(c.SignatureKey, AuthLabel, m.Challenge, m.Signature); err != nil {
-		s.metrics.authFailures.WithLabelValues("bad_signature").Inc()
-		return nil, connect.NewError(connect.CodeUnauthenticated, errAuthFailed)
 	}
 	token, exp := s.tokens.session(c.ID)
 	s.log.LogAttrs(ctx, slog.LevelDebug, "client authenticated", slog.String("client", c.ID))

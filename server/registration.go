@@ -74,6 +74,37 @@ func LoadJWTKey(path string) (crypto.PublicKey, error) {
 	return pub, nil
 }
 
+// LoadX509Roots reads the trust anchors of x509 credentials (RFC 9420
+// §5.3) from a PEM file of one or more CERTIFICATE blocks.
+func LoadX509Roots(path string) (*x509.CertPool, error) {
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return nil, err
+	}
+	pool := x509.NewCertPool()
+	n := 0
+	for {
+		var block *pem.Block
+		block, data = pem.Decode(data)
+		if block == nil {
+			break
+		}
+		if block.Type != "CERTIFICATE" {
+			return nil, fmt.Errorf("%s: PEM block is %q; the x509 roots file holds CERTIFICATE blocks only", path, block.Type)
+		}
+		cert, err := x509.ParseCertificate(block.Bytes)
+		if err != nil {
+			return nil, fmt.Errorf("%s: certificate %d: %w", path, n+1, err)
+		}
+		pool.AddCert(cert)
+		n++
+	}
+	if n == 0 {
+		return nil, fmt.Errorf("%s: no PEM certificate; give the CA certificates that x509 credentials chain to", path)
+	}
+	return pool, nil
+}
+
 // jwtMethods lists the JWT algorithms that fit a key, so that a token can
 // never pick an algorithm the operator did not mean (no "none", no HMAC
 // with the public key as secret).

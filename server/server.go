@@ -41,6 +41,14 @@ type Config struct {
 	JWTAudience     string           // "aud" an enrollment JWT must carry (required for RegistrationJWT)
 	JWTIssuer       string           // "iss" an enrollment JWT must carry (required for RegistrationJWT)
 
+	// LoginKeys, when not empty, turn on logins with a token of the app's
+	// identity provider (AuthenticateRequest.id_token, login.go), signed
+	// by one of these keys, carrying LoginIssuer and LoginAudience (both
+	// required then).
+	LoginKeys     LoginKeys
+	LoginIssuer   string
+	LoginAudience string
+
 	// AuthSecret keys the session tokens (at least 32 bytes). Servers that
 	// share it accept each other's tokens. Default: random, so tokens die
 	// with the process.
@@ -228,6 +236,9 @@ func New(svc *ds.Service, cfg Config) (*Server, error) {
 	}
 	if err := cfg.Metrics.watchPruning(svc); err != nil {
 		return nil, fmt.Errorf("server: metrics: %w", err)
+	}
+	if len(cfg.LoginKeys) > 0 && (cfg.LoginIssuer == "" || cfg.LoginAudience == "") {
+		return nil, errors.New("server: id_token logins (LoginKeys) need LoginIssuer and LoginAudience: the issuer and audience the app's identity provider puts in its tokens")
 	}
 	switch cfg.Registration {
 	case RegistrationOpen:

@@ -5,6 +5,8 @@ import (
 	"bytes"
 	"context"
 	"crypto/rand"
+	"crypto/tls"
+	"crypto/x509"
 	"database/sql"
 	"encoding/hex"
 	"encoding/json"
@@ -14,6 +16,7 @@ import (
 	"io"
 	"io/fs"
 	"log/slog"
+	"net/http"
 	"net/url"
 	"os"
 	"os/signal"
@@ -51,16 +54,23 @@ const defaultClientServer = "http://127.0.0.1:7400"
 // the ones it uses.
 type clientOpts struct {
 	state, id, server string
-	user, token       string
-	logLevel          string
-	timeout           time.Duration
-	wait              time.Duration
-	ttl               time.Duration
-	deviceLink        string
-	keyPackages       int
-	json, opaque      bool
+	// ca is the PEM file of the CA certificates an https:// server's
+	// certificate must chain to, instead of the system's.
+	ca           string
+	user, token  string
+	logLevel     string
+	timeout      time.Duration
+	wait         time.Duration
+	ttl          time.Duration
+	deviceLink   string
+	keyPackages  int
+	json, opaque bool
 	// listen starts printing events only once it said it listens.
 	listen bool
+	// offline opens the state without the server (groups, when the
+	// server cannot be reached); noStream opens it without following the
+	// server's stream.
+	offline, noStream bool
 }
 
 // clientCommand is one `mlsds client` subcommand.
@@ -75,6 +85,12 @@ type clientCommand struct {
 	run          func(ctx context.Context, s *clientSession, args []string) error
 	// init and listen manage their own client.
 	init, listen bool
+	// offlineOK says the command shows the local state when the server
+	// cannot be reached.
+	offlineOK bool
+	// noStream opens the client without following the server's stream:
+	// the command makes its own calls only.
+	noStream bool
 }
 
 var clientCommands map[string]*clientCommand
@@ -106,7 +122,9 @@ func init() {
 			flags: func(fs *flag.FlagSet, o *clientOpts) {
 				fs.DurationVar(&o.wait, "wait", 10*time.Second, "how long to wait for another member to commit the removal (0: do not wait)")
 			}, run: clientLeave},
-		"groups": {args: "", summary: "list your groups with their epoch and members", maxArgs: 0, run: clientGroups},
+		"groups": {args: "", summary: "list your groups with their epoch and members (from the local state when the server is away)", maxArgs: 0, run: clientGroups, offlineOK: true},
+		"token": {args: "", summary: "print a session token of the identity for the API ('Authorization: Bearer TOKEN', e.g. with curl); --json adds its expiry",
+			maxArgs: 0, run: clientToken, noStream: true},
 		"label":  {args: "<group> <name>", summary: "name a group for yourself (a group you were added to shows its id until you do)", minArgs: 2, maxArgs: 2, run: clientLabel},
 		"update": {args: "<group>", summary: "give yourself fresh keys in a group (a Commit to a new epoch)", minArgs: 1, maxArgs: 1, run: clientUpdate},
 		"tree":   {args: "<group>", summary: "draw the group's ratchet tree as your client holds it: blank nodes, unmerged leaves, members", minArgs: 1, maxArgs: 1, run: clientTree},
@@ -135,7 +153,7 @@ func clientUsage(w io.Writer) {
 	for n := range clientCommands {
 		names = append(names, n)
 	}
-	order := []string{"init", "publish", "device-link", "create", "add", "remove", "send", "listen", "leave", "groups", "tree", "label", "update", "link", "links", "unlink", "join"}
+	order := []string{"init", "publish", "device-link", "create", "add", "remove", "send", "listen", "leave", "groups", "tree", "label", "update", "link", "links", "unlink", "join", "token"}
 	slices.SortFunc(names, func(a, b string) int { return slices.Index(order, a) - slices.Index(order, b) })
 	for _, n := range names {
 		c := clientCommands[n]
@@ -146,7 +164,7 @@ func clientUsage(w io.Writer) {
 	fmt.Fprintln(w, "8 digits do), as 'groups' lists it.")
 	fmt.Fprintln(w)
 	fmt.Fprintln(w, "Run 'mlsds client <command> -h' for its flags. Every flag has an environment twin:")
-	fmt.Fprintln(w, "--id is also MLSDS_CLIENT_ID, --server is MLSDS_CLIENT_SERVER.")
+	fmt.Fprintln(w, "--id is also MLSDS_CLIENT_ID, --server is MLSDS_CLIENT_SERVER, --ca is MLSDS_CLIENT_CA.")
 }
 
 // newClientFlagSet returns the flags of one client command.
@@ -159,6 +177,11 @@ func newClientFlagSet(name string, cmd *clientCommand, o *clientOpts, stderr io.
 		fs.StringVar(&o.server, "server", defaultClientServer, "URL of the Delivery Service (http:// for h2c, https:// for TLS); remembered in the state")
 	} else {
 		fs.StringVar(&o.server, "server", "", "URL of the Delivery Service, instead of the one remembered by init")
+	}
+	if cmd.init {
+		fs.StringVar(&o.ca, "ca", "", "PEM file of the CA certificate(s) that an https:// server's certificate is signed by (a private CA, or the server's own self-signed certificate), trusted instead of the system's; remembered in the state")
+	} else {
+		fs.StringVar(&o.ca, "ca", "", "PEM file of the CA certificate(s) for an https:// server, instead of the one remembered by init")
 	}
 	fs.StringVar(&o.logLevel, "log-level", "warn", "diagnostics of the client on standard error: debug, info, warn or error")
 	fs.BoolVar(&o.json, "json", false, "print one JSON object per line instead of text")
@@ -231,7 +254,7 @@ func runClient(args []string, stdout, stderr io.Writer) int {
 		clientUsage(stderr)
 		return 2
 	}
-	var o clientOpts
+	o := clientOpts{noStream: cmd.noStream}
 	fs := newClientFlagSet(name, cmd, &o, stderr)
 	pos, err := parseInterspersed(fs, args[1:], cmd.literalAfter)
 	if err != nil {
@@ -279,6 +302,12 @@ func runClient(args []string, stdout, stderr io.Writer) int {
 		err = clientListen(ctx, &o, log, stdout, stderr, pos)
 	default:
 		err = withClient(ctx, &o, log, stdout, stderr, func(s *clientSession) error { return cmd.run(ctx, s, pos) })
+		if err != nil && cmd.offlineOK && unreachable(err) && ctx.Err() == nil {
+			// The local state answers without the server.
+			fmt.Fprintf(stderr, "mlsds client %s: %v\nshowing your local state instead; it may miss what happened since your last command\n", name, err)
+			o.offline = true
+			err = withClient(ctx, &o, log, stdout, stderr, func(s *clientSession) error { return cmd.run(ctx, s, pos) })
+		}
 	}
 	if err != nil {
 		switch {
@@ -287,7 +316,7 @@ func runClient(args []string, stdout, stderr io.Writer) int {
 		case errors.Is(ctx.Err(), context.DeadlineExceeded):
 			err = fmt.Errorf("gave up after --timeout %v (is the server reachable?): %w", o.timeout, err)
 		}
-		fmt.Fprintf(stderr, "mlsds client %s: %v\n", name, err)
+		fmt.Fprintf(stderr, "mlsds client %s: %s\n", name, cliText(err))
 		return 1
 	}
 	return 0
@@ -399,6 +428,7 @@ const settingsSchema = `CREATE TABLE IF NOT EXISTS mlsds_cli (key TEXT PRIMARY K
 
 type clientSettings struct {
 	server, clientID string
+	ca               string
 	keyPackages      int
 }
 
@@ -436,6 +466,8 @@ func readSettings(ctx context.Context, path string) (clientSettings, error) {
 			s.server = v
 		case "client_id":
 			s.clientID = v
+		case "ca":
+			s.ca = v
 		case "key_packages":
 			s.keyPackages, _ = strconv.Atoi(v)
 		}
@@ -704,7 +736,7 @@ func openSession(ctx context.Context, o *clientOpts, log *slog.Logger, stdout, s
 	c, err := client.Open(ctx, cfg)
 	if err != nil {
 		lock.unlock()
-		return nil, nil, explainOpen(err, cfg.Server)
+		return nil, nil, explainOpen(err, cfg.Server, o.ca)
 	}
 	byID, err := readLabels(ctx, path)
 	if err != nil {
@@ -739,7 +771,10 @@ func (s *clientSession) startPrinting() {
 }
 
 // explainOpen adds advice to the errors of client.Open.
-func explainOpen(err error, server string) error {
+func explainOpen(err error, server, ca string) error {
+	if msg := tlsProblem(err, server, ca); msg != "" {
+		return &cliError{msg: msg, err: err}
+	}
 	switch connect.CodeOf(err) {
 	case connect.CodeUnavailable:
 		return fmt.Errorf("cannot reach the Delivery Service at %s; is 'mlsds serve' running there? (--server picks another URL): %w", server, err)
@@ -752,8 +787,85 @@ func explainOpen(err error, server string) error {
 	return err
 }
 
-// withClient runs f on an SDK client opened on the identity's state, then
-// syncs every group and closes the client.
+// cliError is an error the CLI words itself, keeping the cause for
+// errors.Is and errors.As.
+type cliError struct {
+	msg string
+	err error
+}
+
+func (e *cliError) Error() string { return e.msg }
+func (e *cliError) Unwrap() error { return e.err }
+
+// tlsProblem says what is wrong when err is a failed TLS connection to
+// server, and what to do; "" if it is not one.
+func tlsProblem(err error, server, ca string) string {
+	caAdvice := "pass --ca FILE (or MLSDS_CLIENT_CA) with the PEM certificate of the CA that signed the server's certificate (for a self-signed one: that certificate, as given to 'mlsds serve --tls-cert')"
+	if ca != "" {
+		caAdvice = fmt.Sprintf("the server's certificate is not signed by a CA in --ca %s: check that it is the right file", ca)
+	}
+	var unknown x509.UnknownAuthorityError
+	var invalid x509.CertificateInvalidError
+	var host x509.HostnameError
+	var verify *tls.CertificateVerificationError
+	var rec tls.RecordHeaderError
+	switch {
+	case errors.As(err, &unknown):
+		return fmt.Sprintf("TLS failure talking to %s: the server's certificate is signed by an unknown authority (%v); %s", server, unknown, caAdvice)
+	case errors.As(err, &host):
+		return fmt.Sprintf("TLS failure talking to %s: the server's certificate is not valid for this name (%v); use the host name the certificate names in --server, or a certificate for %s", server, host, host.Host)
+	case errors.As(err, &invalid) && invalid.Reason == x509.Expired:
+		return fmt.Sprintf("TLS failure talking to %s: the server's certificate has expired or is not valid yet (%v); the server's operator must renew it (or check this machine's clock)", server, invalid)
+	case errors.As(err, &invalid):
+		return fmt.Sprintf("TLS failure talking to %s: the server's certificate is not acceptable (%v)", server, invalid)
+	case errors.As(err, &verify):
+		return fmt.Sprintf("TLS failure talking to %s: the server's certificate does not verify (%v); %s", server, verify.Err, caAdvice)
+	case errors.As(err, &rec):
+		return fmt.Sprintf("TLS failure talking to %s: the server does not speak TLS on that port; use an http:// URL, or start 'mlsds serve' with --tls-cert and --tls-key", server)
+	}
+	if strings.HasPrefix(server, "http://") && strings.Contains(err.Error(), "http2:") && connect.CodeOf(err) == connect.CodeUnavailable {
+		return fmt.Sprintf("cannot talk to %s without TLS: if the server runs with --tls-cert, use an https:// URL (%v)", server, err)
+	}
+	return ""
+}
+
+// unreachable reports whether err says the server could not be reached.
+func unreachable(err error) bool {
+	return connect.CodeOf(err) == connect.CodeUnavailable
+}
+
+// httpClientFor returns the HTTP client for server when the CLI needs its
+// own (a CA file), or nil for the SDK's default.
+func httpClientFor(server, caFile string) (*http.Client, error) {
+	if caFile == "" {
+		return nil, nil
+	}
+	if !strings.HasPrefix(server, "https://") {
+		return nil, fmt.Errorf("--ca is for https:// servers; %s is not one", server)
+	}
+	pem, err := os.ReadFile(caFile)
+	if err != nil {
+		return nil, fmt.Errorf("--ca: %w", err)
+	}
+	pool := x509.NewCertPool()
+	if !pool.AppendCertsFromPEM(pem) {
+		return nil, fmt.Errorf("--ca %s holds no PEM certificate (-----BEGIN CERTIFICATE-----)", caFile)
+	}
+	tr := &http.Transport{ForceAttemptHTTP2: true, TLSClientConfig: &tls.Config{MinVersion: tls.VersionTLS12, RootCAs: pool}}
+	return &http.Client{Transport: tr}, nil
+}
+
+// checkServerURL checks the form of a --server URL.
+func checkServerURL(server string) error {
+	u, err := url.Parse(server)
+	if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
+		return fmt.Errorf("--server %q is not a URL of the form http://HOST:PORT (h2c) or https://HOST[:PORT] (TLS)", server)
+	}
+	return nil
+}
+
+// withClient runs f on an SDK client opened on the identity's state, lets
+// the client catch up with the server, and closes it.
 func withClient(ctx context.Context, o *clientOpts, log *slog.Logger, stdout, stderr io.Writer, f func(*clientSession) error) error {
 	path, err := o.statePath()
 	if err != nil {
@@ -770,18 +882,44 @@ func withClient(ctx context.Context, o *clientOpts, log *slog.Logger, stdout, st
 	if err != nil {
 		return err
 	}
-	cfg := client.Config{Server: set.server, ClientID: o.id, KeyPackages: set.keyPackages}
+	cfg := client.Config{Server: set.server, ClientID: o.id, KeyPackages: set.keyPackages, Offline: o.offline || o.noStream}
 	if o.server != "" {
 		cfg.Server = o.server
 	}
-	if cfg.Server == "" {
+	if cfg.Server == "" && !o.offline {
 		return fmt.Errorf("%s does not remember a server (it was not made by 'mlsds client init'): pass --server", path)
+	}
+	if cfg.Server != "" {
+		if err := checkServerURL(cfg.Server); err != nil {
+			return err
+		}
 	}
 	if o.id != "" && set.clientID != "" && o.id != set.clientID {
 		return fmt.Errorf("the state %s belongs to client %q, not %q", path, set.clientID, o.id)
 	}
 	if o.keyPackages > 0 {
 		cfg.KeyPackages = o.keyPackages
+	}
+	if o.ca == "" {
+		o.ca = set.ca
+	}
+	if !o.offline {
+		if cfg.HTTPClient, err = httpClientFor(cfg.Server, o.ca); err != nil {
+			return err
+		}
+	}
+	if o.listen {
+		cfg.OnConnection = func(up bool, err error) {
+			if up {
+				fmt.Fprintln(stderr, "reconnected")
+				return
+			}
+			why := "the server ended the stream"
+			if err != nil {
+				why = cliText(err)
+			}
+			fmt.Fprintf(stderr, "reconnecting... (%s)\n", why)
+		}
 	}
 	s, lock, err := openSession(ctx, o, log, stdout, stderr, path, cfg)
 	if err != nil {
@@ -792,18 +930,87 @@ func withClient(ctx context.Context, o *clientOpts, log *slog.Logger, stdout, st
 		s.startPrinting()
 	}
 	err = f(s)
-	if err == nil {
-		err = s.c.Sync(ctx)
+	if err == nil && !cfg.Offline && !o.listen {
+		// Let the stream deliver what waited for this client, so that its
+		// events are shown now; the command itself is done, so a failure
+		// here only delays them to the next command.
+		if cerr := s.caughtUp(ctx); cerr != nil && ctx.Err() == nil {
+			fmt.Fprintf(stderr, "note: could not catch up with the server (%s); the next command shows what arrived\n", cliText(cerr))
+		}
 	}
-	if cerr := s.close(); err == nil {
+	err = s.words(err)
+	if cerr := s.close(); err == nil && !errors.Is(cerr, client.ErrClosed) {
 		err = cerr
 	}
 	return err
 }
 
+// caughtUpWait bounds how long a command waits for the server's stream to
+// deliver its backlog before it fetches instead.
+const caughtUpWait = 5 * time.Second
+
+// caughtUp waits until the stream has delivered and the client processed
+// everything the server held for it when the command began; if that takes
+// long, it fetches every group instead.
+func (s *clientSession) caughtUp(ctx context.Context) error {
+	wctx, cancel := context.WithTimeout(ctx, caughtUpWait)
+	err := s.c.WaitCaughtUp(wctx)
+	cancel()
+	if err == nil || ctx.Err() != nil {
+		return err
+	}
+	return s.c.Sync(ctx)
+}
+
+// words puts err in the CLI's words: groups by the user's names rather
+// than hex ids, without the SDK's "client: " prefixes.
+func (s *clientSession) words(err error) error {
+	if err == nil {
+		return nil
+	}
+	var ce *cliError
+	if errors.As(err, &ce) && ce == err {
+		return err
+	}
+	text := err.Error()
+	for _, g := range s.c.Groups() {
+		h := hex.EncodeToString(g.ID())
+		text = strings.ReplaceAll(text, "group "+h, s.labels.name(g.ID()))
+		text = strings.ReplaceAll(text, h, s.labels.name(g.ID()))
+	}
+	return &cliError{msg: cliText(errors.New(text)), err: err}
+}
+
+// cliText is err's text without the SDK's "client: " prefixes and with
+// the SDK's names (Config fields) in the CLI's words.
+func cliText(err error) string {
+	text := strings.ReplaceAll(err.Error(), "client: ", "")
+	return strings.NewReplacer(
+		"Config.Server", "--server",
+		"Config.ClientID", "--id",
+		"ClientID", "--id",
+		"StatePath", "--state",
+		"Group.Rejoin", "'mlsds client join GROUP'",
+	).Replace(text)
+}
+
 func clientInit(ctx context.Context, o *clientOpts, log *slog.Logger, stdout, stderr io.Writer) error {
 	if o.id == "" {
 		return errors.New("init needs --id NAME (or MLSDS_CLIENT_ID): the client id other members add you by")
+	}
+	if err := checkServerURL(o.server); err != nil {
+		return err
+	}
+	if o.ca != "" {
+		abs, err := filepath.Abs(o.ca)
+		if err != nil {
+			return fmt.Errorf("--ca: %w", err)
+		}
+		o.ca = abs
+	}
+	hc, err := httpClientFor(o.server, o.ca)
+	if err != nil {
+		return err
 	}
 	path, err := o.statePath()
 	if err != nil {
@@ -827,7 +1034,7 @@ func clientInit(ctx context.Context, o *clientOpts, log *slog.Logger, stdout, st
 	} else if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
 		return fmt.Errorf("creating the state directory: %w", err)
 	}
-	cfg := client.Config{Server: o.server, ClientID: o.id, UserID: o.user, EnrollmentToken: o.token, KeyPackages: o.keyPackages, DeviceLink: o.deviceLink}
+	cfg := client.Config{Server: o.server, HTTPClient: hc, ClientID: o.id, UserID: o.user, EnrollmentToken: o.token, KeyPackages: o.keyPackages, DeviceLink: o.deviceLink}
 	if o.deviceLink != "" && o.user == "" {
 		return errors.New("--device-link needs --user: the user id that 'mlsds client device-link' printed with the link")
 	}
@@ -841,7 +1048,7 @@ func clientInit(ctx context.Context, o *clientOpts, log *slog.Logger, stdout, st
 		return err
 	}
 	defer lock.unlock()
-	kv := map[string]string{"server": o.server, "client_id": s.c.ID()}
+	kv := map[string]string{"server": o.server, "client_id": s.c.ID(), "ca": o.ca}
 	if o.keyPackages > 0 {
 		kv["key_packages"] = strconv.Itoa(o.keyPackages)
 	}
@@ -932,17 +1139,30 @@ func (s *clientSession) findGroup(ctx context.Context, name string) (*client.Gro
 	if g == nil {
 		return nil, fmt.Errorf("you (%s) are not in a group %q: 'mlsds client groups' lists yours; create it, or ask a member to add you or for a join link", s.c.ID(), name)
 	}
-	return synced(ctx, g, s.labels.name(g.ID()))
+	return s.synced(ctx, g)
 }
 
 // synced brings g up to date, so that a command acts on the group's
-// current epoch and membership.
-func synced(ctx context.Context, g *client.Group, name string) (*client.Group, error) {
-	switch err := g.Sync(ctx); {
+// current epoch and membership: the stream delivers what the server held
+// (without a request of its own), or else the group is fetched.
+func (s *clientSession) synced(ctx context.Context, g *client.Group) (*client.Group, error) {
+	name := s.labels.name(g.ID())
+	var err error
+	if err = s.caughtUp(ctx); err == nil {
+		switch {
+		case g.Removed():
+			err = client.ErrRemoved
+		case g.Broken():
+			err = client.ErrGroupBroken
+		}
+	} else if ctx.Err() == nil {
+		err = g.Sync(ctx)
+	}
+	switch {
 	case errors.Is(err, client.ErrRemoved):
 		return nil, fmt.Errorf("you are no longer a member of %s", name)
 	case errors.Is(err, client.ErrGroupBroken):
-		return nil, fmt.Errorf("your state of %s is broken (%v)", name, err)
+		return nil, &cliError{msg: fmt.Sprintf("your client could not follow %s (a change it could not process); 'mlsds client join %s' rejoins it", name, name), err: err}
 	case err != nil:
 		return nil, err
 	}
@@ -1064,12 +1284,57 @@ func clientSend(ctx context.Context, s *clientSession, args []string) error {
 	if len(text) == 0 {
 		return errors.New("the message is empty")
 	}
-	if _, err := g.Send(ctx, text); err != nil {
+	name := s.labels.name(g.ID())
+	r, err := g.Send(ctx, text)
+	if err != nil {
 		if errors.Is(err, client.ErrRemoved) {
-			return fmt.Errorf("you are no longer a member of %s", s.labels.name(g.ID()))
+			return fmt.Errorf("you are no longer a member of %s", name)
+		}
+		if unreachable(err) {
+			// The client sent the same sealed bytes on every try, and the
+			// server keeps one copy of them: at most one arrives.
+			return fmt.Errorf("the server did not confirm the message to %s (%w); if it took it before the connection broke, the members get it once, else nobody does", name, err)
 		}
 		return err
 	}
+	s.out.mu.Lock()
+	defer s.out.mu.Unlock()
+	if s.opts.json {
+		return json.NewEncoder(s.stdout).Encode(receiptJSON{Group: name, GroupID: hex.EncodeToString(g.ID()), Event: "sent",
+			Seq: r.Seq, Epoch: r.Epoch, AcceptedAt: r.AcceptedAt.UTC().Format(time.RFC3339Nano)})
+	}
+	fmt.Fprintf(s.stdout, "[%s] sent: message %d of the group, epoch %d\n", name, r.Seq, r.Epoch)
+	return nil
+}
+
+// receiptJSON is the --json form of a send's receipt.
+type receiptJSON struct {
+	Group      string `json:"group"`
+	GroupID    string `json:"group_id"`
+	Event      string `json:"event"`
+	Seq        uint64 `json:"seq"`
+	Epoch      uint64 `json:"epoch"`
+	AcceptedAt string `json:"accepted_at"`
+}
+
+// tokenJSON is the --json form of a session token.
+type tokenJSON struct {
+	ClientID     string `json:"client_id"`
+	SessionToken string `json:"session_token"`
+	ExpiresAt    string `json:"expires_at"`
+}
+
+func clientToken(ctx context.Context, s *clientSession, _ []string) error {
+	tok, exp, err := s.c.SessionToken(ctx)
+	if err != nil {
+		return err
+	}
+	if s.opts.json {
+		return json.NewEncoder(s.stdout).Encode(tokenJSON{ClientID: s.c.ID(), SessionToken: tok, ExpiresAt: exp.UTC().Format(time.RFC3339)})
+	}
+	fmt.Fprintln(s.stdout, tok)
+	fmt.Fprintf(s.stderr, "a session token of %s, good until %s; it acts for %s: keep it secret. Use it as 'Authorization: Bearer TOKEN'\n",
+		s.c.ID(), exp.Local().Format("2006-01-02 15:04 MST"), s.c.ID())
 	return nil
 }
 
@@ -1288,12 +1553,12 @@ type groupStatus struct {
 }
 
 func clientGroups(ctx context.Context, s *clientSession, _ []string) error {
-	// Welcomes come on the stream only: let it deliver the ones waiting.
-	wctx, cancel := context.WithTimeout(ctx, 3*time.Second)
-	s.c.WaitCaughtUp(wctx)
-	cancel()
-	if err := s.c.Sync(ctx); err != nil {
-		return err
+	if !s.opts.offline {
+		// Welcomes come on the stream only: let it deliver the ones
+		// waiting, and the groups' messages.
+		if err := s.caughtUp(ctx); err != nil {
+			return err
+		}
 	}
 	var list []groupStatus
 	for _, g := range s.c.Groups() {
@@ -1341,10 +1606,8 @@ func clientListen(ctx context.Context, o *clientOpts, log *slog.Logger, stdout, 
 			s.out.setFilter(g.ID())
 		}
 		fmt.Fprintf(stderr, "listening as %s; Ctrl-C to stop\n", s.c.ID())
+		// The stream brings what waited, then what comes.
 		s.startPrinting()
-		if err := s.c.Sync(ctx); err != nil && ctx.Err() == nil {
-			log.Warn("catching up", "error", err)
-		}
 		<-ctx.Done()
 		return done
 	})
@@ -1362,6 +1625,9 @@ type eventPrinter struct {
 	self   string
 	labels *groupLabels
 	filter []byte // the one group whose events are printed, if not nil
+	// changes holds, per group, the Commit whose membership events were
+	// printed last.
+	changes map[string]uint64
 }
 
 func (p *eventPrinter) setFilter(f []byte) {
@@ -1382,57 +1648,155 @@ type eventJSON struct {
 	Text       *string  `json:"text,omitempty"`
 	Data       []byte   `json:"data,omitempty"`
 	Members    []string `json:"members,omitempty"`
+	Left       []string `json:"left,omitempty"`
 	AcceptedAt string   `json:"accepted_at,omitempty"`
 	Error      string   `json:"error,omitempty"`
 	Line       string   `json:"line"`
 }
 
 func (p *eventPrinter) print(e client.Event) {
+	p.line(e.GroupID, e.Kind.String(), p.text(e), &e)
+}
+
+// text says what event e reports, as a person would.
+func (p *eventPrinter) text(e client.Event) string {
 	who := func(id string) string {
 		if id == p.self {
 			return "you"
 		}
 		return id
 	}
-	list := func(ids []string) string { return strings.Join(ids, ", ") }
-	var text string
+	list := func(ids []string) string {
+		var named []string
+		for _, id := range ids {
+			named = append(named, who(id))
+		}
+		switch len(named) {
+		case 0:
+			return ""
+		case 1:
+			return named[0]
+		}
+		return strings.Join(named[:len(named)-1], ", ") + " and " + named[len(named)-1]
+	}
+	roster := func() string { return strings.Join(e.Members, ", ") }
+	sender := e.Sender
+	if sender == "" {
+		sender = "a member"
+	}
+	key := string(e.GroupID)
 	switch e.Kind {
 	case client.EventMessage:
-		text = e.Sender + ": " + sanitize(string(e.Data))
+		return e.Sender + ": " + sanitize(string(e.Data))
 	case client.EventJoined:
-		if e.Sender == p.self {
-			text = fmt.Sprintf("you joined by external Commit (epoch %d, members: %s)", e.Epoch, list(e.Members))
-		} else {
-			text = fmt.Sprintf("you joined (epoch %d, members: %s)", e.Epoch, list(e.Members))
-		}
+		return fmt.Sprintf("you joined (epoch %d, members: %s)", e.Epoch, roster())
 	case client.EventMembersAdded:
+		p.noteChange(key, e.Seq)
 		if len(e.Members) == 1 && e.Members[0] == e.Sender {
-			text = e.Sender + " joined"
-		} else if e.Sender != "" {
-			text = who(e.Sender) + " added " + list(e.Members)
-		} else {
-			text = list(e.Members) + " joined"
+			return e.Sender + " joined"
 		}
+		return fmt.Sprintf("%s added %s", who(sender), list(e.Members))
 	case client.EventMembersRemoved:
-		if e.Sender != "" {
-			text = who(e.Sender) + " removed " + list(e.Members)
-		} else {
-			text = list(e.Members) + " left"
+		p.noteChange(key, e.Seq)
+		var parts []string
+		if removed := without(e.Members, e.Left); len(removed) > 0 {
+			parts = append(parts, fmt.Sprintf("%s removed %s", who(sender), list(removed)))
 		}
+		if len(e.Left) > 0 {
+			parts = append(parts, list(e.Left)+" left")
+		}
+		return strings.Join(parts, "; ")
 	case client.EventEpoch:
-		text = fmt.Sprintf("epoch %d (members: %s)", e.Epoch, list(e.Members))
+		if p.changed(key, e.Seq) {
+			return fmt.Sprintf("epoch %d (members: %s)", e.Epoch, roster())
+		}
+		// A Commit that changed no membership: its committer took fresh
+		// keys (and committed any Update proposals).
+		if e.Sender == p.self {
+			return fmt.Sprintf("you updated your keys (epoch %d)", e.Epoch)
+		}
+		return fmt.Sprintf("%s updated their keys (epoch %d)", sender, e.Epoch)
 	case client.EventRemoved:
 		if e.Sender != "" {
-			text = "you are no longer a member (removed by " + who(e.Sender) + ")"
-		} else {
-			text = "you are no longer a member"
+			return who(e.Sender) + " removed you: you are no longer a member"
 		}
+		return "you were removed: you are no longer a member"
+	case client.EventLeft:
+		return "you left"
 	case client.EventUndecryptable:
-		text = fmt.Sprintf("message %d could not be processed: %v", e.Seq, e.Err)
-	default:
-		text = e.Kind.String()
+		from := ""
+		if e.Sender != "" {
+			from = " from " + who(e.Sender)
+		}
+		return fmt.Sprintf("message %d%s could not be read: %s", e.Seq, from, errText(e.Err))
+	case client.EventRefused:
+		var ce *client.CredentialError
+		if errors.As(e.Err, &ce) {
+			return fmt.Sprintf("refused a change by %s: it brings in %q, whose signature key the server's directory does not bind to that name (%s)", sender, ce.Identity, errText(ce.Err))
+		}
+		return fmt.Sprintf("refused a change by %s: %s", sender, errText(e.Err))
+	case client.EventRejoined:
+		return fmt.Sprintf("you rejoined (epoch %d, members: %s) after your client could not follow the group: %s", e.Epoch, roster(), errText(e.Err))
+	case client.EventPruned:
+		return fmt.Sprintf("the server deleted messages before message %d before you got them: %s", e.Seq, errText(e.Err))
+	case client.EventMembersUpdated:
+		p.noteChange(key, e.Seq)
+		text := list(e.Members) + " updated their keys"
+		if len(e.Members) == 1 && e.Members[0] == p.self {
+			text = "you updated your keys"
+		}
+		if e.Sender != "" && !slices.Contains(e.Members, e.Sender) {
+			text += " (committed by " + who(e.Sender) + ")"
+		}
+		return text
+	case client.EventMisattributed:
+		return fmt.Sprintf("refused a message the server says %s sent: %s signed it (%s)", sender, list(e.Members), errText(e.Err))
+	case client.EventReInit:
+		return fmt.Sprintf("%s closed the group to go on in a new one (ReInit; last members: %s)", who(sender), roster())
+	case client.EventForked:
+		return "the Welcome you got is not for the group the server serves; your client joins the served one instead: " + errText(e.Err)
+	case client.EventProposalDropped:
+		return fmt.Sprintf("dropped a proposal by %s: too many proposals are pending in this epoch (%s)", sender, errText(e.Err))
 	}
-	p.line(e.GroupID, e.Kind.String(), text, &e)
+	return e.Kind.String()
+}
+
+// errText is the text of err (possibly nil) in the CLI's words.
+func errText(err error) string {
+	if err == nil {
+		return "no reason given"
+	}
+	return cliText(err)
+}
+
+// noteChange records that a Commit (seq) of group key changed the
+// membership, so that its epoch event shows the new roster rather than a
+// key update.
+func (p *eventPrinter) noteChange(key string, seq uint64) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.changes == nil {
+		p.changes = map[string]uint64{}
+	}
+	p.changes[key] = seq
+}
+
+func (p *eventPrinter) changed(key string, seq uint64) bool {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	s, ok := p.changes[key]
+	return ok && s == seq
+}
+
+// without returns the ids of a that are not in b.
+func without(a, b []string) []string {
+	var out []string
+	for _, x := range a {
+		if !slices.Contains(b, x) {
+			out = append(out, x)
+		}
+	}
+	return out
 }
 
 // line prints one event line of group id (unless filtered out).
@@ -1450,7 +1814,7 @@ func (p *eventPrinter) line(id []byte, kind, text string, e *client.Event) {
 	j := eventJSON{Group: name, GroupID: hex.EncodeToString(id), Event: kind, Line: text}
 	j.Label, _ = p.labels.get(id)
 	if e != nil {
-		j.Seq, j.Epoch, j.Sender, j.Members = e.Seq, e.Epoch, e.Sender, e.Members
+		j.Seq, j.Epoch, j.Sender, j.Members, j.Left = e.Seq, e.Epoch, e.Sender, e.Members, e.Left
 		if !e.AcceptedAt.IsZero() {
 			j.AcceptedAt = e.AcceptedAt.UTC().Format(time.RFC3339Nano)
 		}

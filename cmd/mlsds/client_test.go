@@ -3,13 +3,23 @@ package main
 import (
 	"bytes"
 	"context"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/tls"
+	"crypto/x509"
+	"crypto/x509/pkix"
 	"encoding/json"
+	"encoding/pem"
 	"errors"
 	"flag"
+	"fmt"
 	"io"
 	"io/fs"
 	"log/slog"
+	"math/big"
 	"net"
+	"net/http"
 	"os"
 	"path/filepath"
 	"strings"
@@ -17,6 +27,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/mlsds/mlsds/client"
 	"github.com/mlsds/mlsds/ds"
 	"github.com/mlsds/mlsds/ds/store/sqlite"
 	"github.com/mlsds/mlsds/server"
@@ -254,10 +265,13 @@ func TestClientCommands(t *testing.T) {
 		t.Fatalf("second process on bob's state: exit %d, %q", code, errb)
 	}
 	out = mustCLI(t, "add", "--id", "alice", "chat", "bob", "carol")
-	if !strings.Contains(out, "[chat] you added bob, carol") || !strings.Contains(out, "[chat] epoch 1 (members: alice, bob, carol)") {
+	if !strings.Contains(out, "[chat] you added bob and carol") || !strings.Contains(out, "[chat] epoch 1 (members: alice, bob, carol)") {
 		t.Fatalf("add: %q", out)
 	}
-	mustCLI(t, "send", "--id", "alice", "chat", "Hello,", "Bob")
+	// send prints the receipt: the message's place in the group's order.
+	if out := mustCLI(t, "send", "--id", "alice", "chat", "Hello,", "Bob"); !strings.Contains(out, "[chat] sent: message 2 of the group, epoch 1\n") {
+		t.Fatalf("send: %q", out)
+	}
 	clientStdin = strings.NewReader("from stdin\n")
 	mustCLI(t, "send", "--id", "alice", "chat", "-")
 	// bob has no name for the group: it shows as its id's first digits.
@@ -276,14 +290,15 @@ func TestClientCommands(t *testing.T) {
 	waitOutput(t, bobOut, "["+short+"] carol: hi all\n")
 	mustCLI(t, "label", "--id", "carol", short, "friends")
 	mustCLI(t, "update", "--id", "carol", "friends")
-	waitOutput(t, bobOut, "["+short+"] epoch 2 (members: alice, bob, carol)\n")
+	// Another member's Update reads as what it is.
+	waitOutput(t, bobOut, "["+short+"] carol updated their keys (epoch 2)\n")
 	out = mustCLI(t, "remove", "--id", "alice", "chat", "carol")
 	if !strings.Contains(out, "[chat] carol: hi all") || !strings.Contains(out, "[chat] you removed carol") {
 		t.Fatalf("remove: %q", out)
 	}
 	waitOutput(t, bobOut, "["+short+"] alice removed carol\n["+short+"] epoch 3 (members: alice, bob)\n")
 	code, out, errb = cli(t, "send", "--id", "carol", "friends", "still here?")
-	if code != 1 || !strings.Contains(out, "[friends] you are no longer a member (removed by alice)") || !strings.Contains(errb, "no longer a member of friends") {
+	if code != 1 || !strings.Contains(out, "[friends] alice removed you: you are no longer a member") || !strings.Contains(errb, "no longer a member of friends") {
 		t.Fatalf("send after removal: exit %d, %q, %q", code, out, errb)
 	}
 	if out := mustCLI(t, "groups", "--id", "carol"); !strings.Contains(out, "friends  epoch") || !strings.Contains(out, "(removed)") {
@@ -295,7 +310,7 @@ func TestClientCommands(t *testing.T) {
 	}
 	link := joinLink(t, "chat", "--id", "alice")
 	out = mustCLI(t, "join", "--id", "carol", link)
-	if !strings.Contains(out, "[friends] you joined by external Commit (epoch 4") {
+	if !strings.Contains(out, "[friends] you joined (epoch 4") {
 		t.Fatalf("carol's join: %q", out)
 	}
 	waitOutput(t, bobOut, "["+short+"] carol joined\n["+short+"] epoch 4 (members: alice, bob, carol)\n")
@@ -305,9 +320,12 @@ func TestClientCommands(t *testing.T) {
 	}
 	// bob leaves; alice listens in JSON and commits his removal.
 	aliceOut, stopAlice := listenCLI(t, "--id", "alice", "--json", "chat")
-	mustCLI(t, "leave", "--state", bobState, short)
+	if out := mustCLI(t, "leave", "--state", bobState, short); !strings.Contains(out, "] you left\n") {
+		t.Fatalf("leave: %q", out)
+	}
 	waitOutput(t, aliceOut, `"event":"members-removed"`)
-	if !strings.Contains(aliceOut.String(), `"members":["bob"]`) {
+	// bob asked to leave: nobody removed him.
+	if !strings.Contains(aliceOut.String(), `"members":["bob"]`) || !strings.Contains(aliceOut.String(), `"line":"bob left"`) {
 		t.Fatalf("alice's JSON events: %s", aliceOut.String())
 	}
 	if code := stopAlice(); code != 0 {
@@ -450,7 +468,7 @@ func TestClientJoinNeedsLink(t *testing.T) {
 		t.Fatalf("links: %q", out)
 	}
 	out := mustCLI(t, "join", "--id", "eve", link, "alices-chat")
-	if !strings.Contains(out, "[alices-chat] you joined by external Commit (epoch 1, members: alice, eve)") {
+	if !strings.Contains(out, "[alices-chat] you joined (epoch 1, members: alice, eve)") {
 		t.Fatalf("eve's join: %q", out)
 	}
 	mustCLI(t, "send", "--id", "eve", "alices-chat", "hello from eve")
@@ -537,5 +555,343 @@ func TestClientIDWithColon(t *testing.T) {
 	mustCLI(t, "init", "--id", "alice")
 	if code, _, errb := cli(t, "groups"); code != 1 || !strings.Contains(errb, id) {
 		t.Fatalf("groups with two identities should name both: exit %d, %q", code, errb)
+	}
+}
+
+// liveServer is an in-process Delivery Service that a test can stop and
+// start again on the same address and store.
+type liveServer struct {
+	t      *testing.T
+	url    string
+	addr   string
+	dcfg   ds.Config
+	scfg   server.Config
+	st     *sqlite.Store
+	cancel context.CancelFunc
+	done   chan error
+}
+
+// startLiveServer starts a server with the default rate limits (unless
+// dcfg sets others) on a loopback port; tlsCfg, if not nil, makes it
+// serve TLS.
+func startLiveServer(t *testing.T, dcfg ds.Config, tlsCfg *tls.Config) *liveServer {
+	t.Helper()
+	st, err := sqlite.Open(context.Background(), filepath.Join(t.TempDir(), "mlsds.db"), sqlite.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	secret := bytes.Repeat([]byte{7}, 32)
+	l := &liveServer{t: t, dcfg: dcfg, st: st, scfg: server.Config{ShutdownTimeout: 2 * time.Second, AuthSecret: secret, TLS: tlsCfg,
+		Logger: slog.New(slog.NewTextHandler(io.Discard, nil))}}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	l.addr = ln.Addr().String()
+	l.url = "http://" + l.addr
+	if tlsCfg != nil {
+		l.url = "https://" + l.addr
+	}
+	l.serve(ln)
+	t.Cleanup(func() {
+		l.stop()
+		st.Close()
+	})
+	return l
+}
+
+func (l *liveServer) serve(ln net.Listener) {
+	srv, err := server.New(ds.New(l.st, l.dcfg), l.scfg)
+	if err != nil {
+		l.t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	l.cancel, l.done = cancel, make(chan error, 1)
+	go func() { l.done <- srv.Serve(ctx, ln) }()
+}
+
+func (l *liveServer) stop() {
+	if l.cancel != nil {
+		l.cancel()
+		<-l.done
+		l.cancel = nil
+	}
+}
+
+// restart starts the server again on its address.
+func (l *liveServer) restart() {
+	var ln net.Listener
+	var err error
+	for i := 0; i < 100; i++ {
+		if ln, err = net.Listen("tcp", l.addr); err == nil {
+			break
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	if err != nil {
+		l.t.Fatal(err)
+	}
+	l.serve(ln)
+}
+
+// TestClientScriptedSends runs 40 sends back to back, as a script would,
+// against a server at its default rate limit: each must exit 0, and the
+// listening member must get each message exactly once.
+func TestClientScriptedSends(t *testing.T) {
+	srv := startLiveServer(t, ds.Config{}, nil)
+	cfg := t.TempDir()
+	t.Setenv("XDG_CONFIG_HOME", cfg)
+	t.Setenv("HOME", cfg)
+	t.Setenv("MLSDS_CLIENT_SERVER", srv.url)
+	mustCLI(t, "init", "--id", "alice")
+	mustCLI(t, "init", "--id", "bob")
+	mustCLI(t, "create", "--id", "alice", "chat")
+	mustCLI(t, "add", "--id", "alice", "chat", "bob")
+	bobOut, stopBob := listenCLI(t, "--id", "bob")
+	const n = 40
+	for i := 0; i < n; i++ {
+		code, out, errb := cli(t, "send", "--id", "alice", "chat", fmt.Sprintf("message %d", i))
+		if code != 0 {
+			t.Fatalf("send %d: exit %d\nstdout: %s\nstderr: %s", i, code, out, errb)
+		}
+		if !strings.Contains(out, "[chat] sent: message ") {
+			t.Fatalf("send %d printed no receipt: %q", i, out)
+		}
+	}
+	waitOutput(t, bobOut, fmt.Sprintf("alice: message %d\n", n-1))
+	if code := stopBob(); code != 0 {
+		t.Fatalf("listen exit %d", code)
+	}
+	for i := 0; i < n; i++ {
+		if c := strings.Count(bobOut.String(), fmt.Sprintf("alice: message %d\n", i)); c != 1 {
+			t.Errorf("bob got message %d %d times", i, c)
+		}
+	}
+}
+
+// TestClientGroupsOffline: groups answers from the local state when the
+// server is away, and says so.
+func TestClientGroupsOffline(t *testing.T) {
+	srv := startLiveServer(t, ds.Config{}, nil)
+	cfg := t.TempDir()
+	t.Setenv("XDG_CONFIG_HOME", cfg)
+	t.Setenv("HOME", cfg)
+	t.Setenv("MLSDS_CLIENT_SERVER", srv.url)
+	mustCLI(t, "init", "--id", "alice")
+	mustCLI(t, "init", "--id", "bob")
+	mustCLI(t, "create", "--id", "alice", "chat")
+	mustCLI(t, "add", "--id", "alice", "chat", "bob")
+	srv.stop()
+	code, out, errb := cli(t, "groups", "--id", "alice")
+	if code != 0 || !strings.Contains(out, "chat  epoch 1  members: alice, bob") || !strings.Contains(errb, "local state") {
+		t.Fatalf("groups offline: exit %d\nstdout: %q\nstderr: %q", code, out, errb)
+	}
+	// Commands that need the server still say it is away.
+	if code, _, errb := cli(t, "send", "--id", "alice", "--timeout", "5s", "chat", "hi"); code != 1 || !strings.Contains(errb, "cannot reach") {
+		t.Fatalf("send offline: exit %d, %q", code, errb)
+	}
+}
+
+// TestClientListenReconnects: listen says when it lost the server and
+// when it is back, and goes on receiving.
+func TestClientListenReconnects(t *testing.T) {
+	srv := startLiveServer(t, ds.Config{}, nil)
+	cfg := t.TempDir()
+	t.Setenv("XDG_CONFIG_HOME", cfg)
+	t.Setenv("HOME", cfg)
+	t.Setenv("MLSDS_CLIENT_SERVER", srv.url)
+	mustCLI(t, "init", "--id", "alice")
+	mustCLI(t, "init", "--id", "bob")
+	mustCLI(t, "create", "--id", "alice", "chat")
+	mustCLI(t, "add", "--id", "alice", "chat", "bob")
+	bobOut, bobErr, stopBob := listenCLIErr(t, "--id", "bob")
+	defer stopBob()
+	srv.stop()
+	waitOutput(t, bobErr, "reconnecting...")
+	srv.restart()
+	waitOutput(t, bobErr, "reconnected\n")
+	mustCLI(t, "send", "--id", "alice", "chat", "after the restart")
+	waitOutput(t, bobOut, "alice: after the restart\n")
+}
+
+// listenCLIErr is listenCLI with the standard error too.
+func listenCLIErr(t *testing.T, args ...string) (out, errb *syncBuffer, stop func() int) {
+	t.Helper()
+	ctx, cancel := context.WithCancel(context.Background())
+	old := clientSignals
+	clientSignals = func() (context.Context, context.CancelFunc) { return ctx, cancel }
+	out, errb = &syncBuffer{}, &syncBuffer{}
+	done := make(chan int, 1)
+	go func() { done <- run(append([]string{"client", "listen"}, args...), out, errb) }()
+	waitOutput(t, errb, "listening as")
+	clientSignals = old
+	var once sync.Once
+	code := 0
+	return out, errb, func() int {
+		once.Do(func() {
+			cancel()
+			code = <-done
+		})
+		return code
+	}
+}
+
+// selfSigned writes a self-signed certificate for 127.0.0.1 (valid from
+// notBefore to notAfter) and its key, and returns their paths and the TLS
+// configuration serving it.
+func selfSigned(t *testing.T, notBefore, notAfter time.Time) (certFile, keyFile string, cfg *tls.Config) {
+	t.Helper()
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tmpl := &x509.Certificate{SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: "mlsds test"},
+		NotBefore: notBefore, NotAfter: notAfter, IPAddresses: []net.IP{net.ParseIP("127.0.0.1")},
+		KeyUsage: x509.KeyUsageDigitalSignature | x509.KeyUsageCertSign, ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
+		BasicConstraintsValid: true, IsCA: true}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	kder, err := x509.MarshalPKCS8PrivateKey(key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	dir := t.TempDir()
+	certFile, keyFile = filepath.Join(dir, "cert.pem"), filepath.Join(dir, "key.pem")
+	os.WriteFile(certFile, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}), 0o600)
+	os.WriteFile(keyFile, pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: kder}), 0o600)
+	pair, err := tls.LoadX509KeyPair(certFile, keyFile)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return certFile, keyFile, &tls.Config{MinVersion: tls.VersionTLS12, Certificates: []tls.Certificate{pair}}
+}
+
+// TestClientCA: a server with a self-signed certificate works with --ca
+// (remembered by init, or from MLSDS_CLIENT_CA); without it the error
+// says it is a TLS failure and what to do.
+func TestClientCA(t *testing.T) {
+	certFile, _, tlsCfg := selfSigned(t, time.Now().Add(-time.Hour), time.Now().Add(time.Hour))
+	srv := startLiveServer(t, ds.Config{}, tlsCfg)
+	cfg := t.TempDir()
+	t.Setenv("XDG_CONFIG_HOME", cfg)
+	t.Setenv("HOME", cfg)
+	code, _, errb := cli(t, "init", "--id", "alice", "--server", srv.url)
+	if code != 1 || !strings.Contains(errb, "TLS failure") || !strings.Contains(errb, "unknown authority") || !strings.Contains(errb, "--ca") ||
+		strings.Contains(errb, "is 'mlsds serve' running") {
+		t.Fatalf("init without --ca: exit %d, %q", code, errb)
+	}
+	mustCLI(t, "init", "--id", "alice", "--server", srv.url, "--ca", certFile)
+	// Later commands use the CA init remembered.
+	mustCLI(t, "create", "--id", "alice", "chat")
+	t.Setenv("MLSDS_CLIENT_CA", certFile)
+	mustCLI(t, "init", "--id", "bob", "--server", srv.url)
+	t.Setenv("MLSDS_CLIENT_CA", "")
+	mustCLI(t, "add", "--id", "alice", "chat", "bob")
+	if out := mustCLI(t, "groups", "--id", "bob"); !strings.Contains(out, "epoch 1  members: alice, bob") {
+		t.Fatalf("bob's groups: %q", out)
+	}
+	// An expired certificate says so.
+	expCert, _, expCfg := selfSigned(t, time.Now().Add(-48*time.Hour), time.Now().Add(-24*time.Hour))
+	expSrv := startLiveServer(t, ds.Config{}, expCfg)
+	code, _, errb = cli(t, "init", "--id", "carol", "--server", expSrv.url, "--ca", expCert)
+	if code != 1 || !strings.Contains(errb, "TLS failure") || !strings.Contains(errb, "expired") {
+		t.Fatalf("init against an expired certificate: exit %d, %q", code, errb)
+	}
+	// h2c to a TLS port, and the wrong name.
+	code, _, errb = cli(t, "init", "--id", "carol", "--server", strings.Replace(srv.url, "127.0.0.1", "localhost", 1), "--ca", certFile)
+	if code != 1 || !strings.Contains(errb, "TLS failure") || !strings.Contains(errb, "not valid for this name") {
+		t.Fatalf("init with a name the certificate does not hold: exit %d, %q", code, errb)
+	}
+}
+
+// TestClientToken: the token works for a plain HTTP call, as curl makes
+// it.
+func TestClientToken(t *testing.T) {
+	srv := startLiveServer(t, ds.Config{}, nil)
+	cfg := t.TempDir()
+	t.Setenv("XDG_CONFIG_HOME", cfg)
+	t.Setenv("HOME", cfg)
+	t.Setenv("MLSDS_CLIENT_SERVER", srv.url)
+	mustCLI(t, "init", "--id", "alice")
+	out := mustCLI(t, "token", "--id", "alice", "--json")
+	var tok tokenJSON
+	if err := json.Unmarshal([]byte(out), &tok); err != nil || tok.SessionToken == "" || tok.ClientID != "alice" {
+		t.Fatalf("token --json: %q (%v)", out, err)
+	}
+	if exp, err := time.Parse(time.RFC3339, tok.ExpiresAt); err != nil || !exp.After(time.Now()) {
+		t.Fatalf("token expiry %q: %v", tok.ExpiresAt, err)
+	}
+	plain := strings.TrimSpace(mustCLI(t, "token", "--id", "alice"))
+	for _, bearer := range []string{tok.SessionToken, plain} {
+		req, _ := http.NewRequest("POST", srv.url+"/mlsds.v1.KeyPackageService/CountKeyPackages", strings.NewReader("{}"))
+		req.Header.Set("Content-Type", "application/json")
+		req.Header.Set("Authorization", "Bearer "+bearer)
+		res, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		body, _ := io.ReadAll(res.Body)
+		res.Body.Close()
+		if res.StatusCode != 200 || !strings.Contains(string(body), "byCipherSuite") {
+			t.Fatalf("CountKeyPackages with the token: %d %s", res.StatusCode, body)
+		}
+	}
+}
+
+// TestEventWording: every kind of event reads as a sentence.
+func TestEventWording(t *testing.T) {
+	p := &eventPrinter{self: "alice", labels: &groupLabels{byID: map[string]string{}}}
+	g := []byte("g1")
+	ce := &client.CredentialError{GroupID: g, Identity: "mallory", Rule: "directory", Err: errors.New("key not registered")}
+	for _, tc := range []struct {
+		ev   client.Event
+		want string
+	}{
+		{client.Event{Kind: client.EventMessage, GroupID: g, Sender: "bob", Data: []byte("hi")}, "bob: hi"},
+		{client.Event{Kind: client.EventEpoch, GroupID: g, Seq: 3, Sender: "bob", Epoch: 2}, "bob updated their keys (epoch 2)"},
+		{client.Event{Kind: client.EventEpoch, GroupID: g, Seq: 4, Sender: "alice", Epoch: 3}, "you updated your keys (epoch 3)"},
+		{client.Event{Kind: client.EventMembersAdded, GroupID: g, Seq: 5, Sender: "alice", Members: []string{"bob", "carol"}}, "you added bob and carol"},
+		{client.Event{Kind: client.EventEpoch, GroupID: g, Seq: 5, Sender: "alice", Epoch: 4, Members: []string{"alice", "bob", "carol"}}, "epoch 4 (members: alice, bob, carol)"},
+		{client.Event{Kind: client.EventMembersAdded, GroupID: g, Seq: 6, Sender: "carol", Members: []string{"carol"}}, "carol joined"},
+		{client.Event{Kind: client.EventMembersRemoved, GroupID: g, Seq: 7, Sender: "alice", Members: []string{"bob"}, Left: []string{"bob"}}, "bob left"},
+		{client.Event{Kind: client.EventMembersRemoved, GroupID: g, Seq: 8, Sender: "bob", Members: []string{"carol", "dave"}, Left: []string{"dave"}}, "bob removed carol; dave left"},
+		{client.Event{Kind: client.EventRemoved, GroupID: g, Sender: "bob"}, "bob removed you: you are no longer a member"},
+		{client.Event{Kind: client.EventLeft, GroupID: g, Sender: "alice"}, "you left"},
+		{client.Event{Kind: client.EventJoined, GroupID: g, Epoch: 1, Members: []string{"bob", "alice"}}, "you joined (epoch 1, members: bob, alice)"},
+		{client.Event{Kind: client.EventRejoined, GroupID: g, Epoch: 9, Members: []string{"alice", "bob"}, Err: errors.New("client: a Commit could not be processed")},
+			"you rejoined (epoch 9, members: alice, bob) after your client could not follow the group: a Commit could not be processed"},
+		{client.Event{Kind: client.EventPruned, GroupID: g, Seq: 40, Err: client.ErrPruned}, "the server deleted messages before message 40 before you got them"},
+		{client.Event{Kind: client.EventRefused, GroupID: g, Sender: "bob", Err: ce}, `refused a change by bob: it brings in "mallory"`},
+		{client.Event{Kind: client.EventUndecryptable, GroupID: g, Seq: 12, Sender: "bob", Err: errors.New("client: does not open")}, "message 12 from bob could not be read: does not open"},
+		{client.Event{Kind: client.EventMembersUpdated, GroupID: g, Seq: 13, Sender: "alice", Members: []string{"bob"}}, "bob updated their keys (committed by you)"},
+		{client.Event{Kind: client.EventEpoch, GroupID: g, Seq: 13, Sender: "alice", Epoch: 10, Members: []string{"alice", "bob"}}, "epoch 10 (members: alice, bob)"},
+		{client.Event{Kind: client.EventMisattributed, GroupID: g, Sender: "bob", Members: []string{"carol"}, Err: errors.New("misattributed")}, "refused a message the server says bob sent: carol signed it"},
+		{client.Event{Kind: client.EventReInit, GroupID: g, Sender: "bob", Members: []string{"alice", "bob"}}, "bob closed the group to go on in a new one"},
+		{client.Event{Kind: client.EventForked, GroupID: g, Err: errors.New("forked")}, "the Welcome you got is not for the group the server serves"},
+		{client.Event{Kind: client.EventProposalDropped, GroupID: g, Sender: "bob", Err: errors.New("dropped")}, "dropped a proposal by bob"},
+	} {
+		got := p.text(tc.ev)
+		if got == tc.ev.Kind.String() {
+			t.Errorf("%v event has no wording", tc.ev.Kind)
+		}
+		if !strings.HasPrefix(got, tc.want) {
+			t.Errorf("%v event: %q, want %q", tc.ev.Kind, got, tc.want)
+		}
+		if strings.Contains(got, "client: ") {
+			t.Errorf("%v event shows an SDK prefix: %q", tc.ev.Kind, got)
+		}
+	}
+}
+
+// TestEveryEventKindHasWording: a kind the SDK adds must get its sentence
+// here too, not its bare name.
+func TestEveryEventKindHasWording(t *testing.T) {
+	p := &eventPrinter{self: "alice", labels: &groupLabels{byID: map[string]string{}}}
+	for k := client.EventKind(1); !strings.HasPrefix(k.String(), "EventKind("); k++ {
+		if got := p.text(client.Event{Kind: k, GroupID: []byte("g"), Sender: "bob", Members: []string{"bob"}, Err: errors.New("why")}); got == k.String() || got == "" {
+			t.Errorf("event kind %v prints as %q", k, got)
+		}
 	}
 }

@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/rand"
 	"crypto/tls"
+	"crypto/x509"
 	"encoding/hex"
 	"errors"
 	"flag"
@@ -35,6 +36,8 @@ type serveFlags struct {
 	logLevel, logFormat            string
 	registration, enrollmentToken  string
 	jwtKey, jwtAudience, jwtIssuer string
+	loginJWKS, loginIssuer         string
+	loginAudience, x509Roots       string
 	authSecretFile                 string
 	adminTokenFile                 string
 	sessionTTL                     time.Duration
@@ -75,6 +78,10 @@ func newServeFlagSet(f *serveFlags, stderr io.Writer) *flag.FlagSet {
 	fs.StringVar(&f.jwtKey, "jwt-key", "", "PEM public key (or certificate) that signs enrollment JWTs for --registration=jwt")
 	fs.StringVar(&f.jwtAudience, "jwt-audience", "", "audience (\"aud\") that enrollment JWTs must carry; required with --registration=jwt")
 	fs.StringVar(&f.jwtIssuer, "jwt-issuer", "", "issuer (\"iss\") that enrollment JWTs must carry; required with --registration=jwt")
+	fs.StringVar(&f.loginJWKS, "login-jwks", "", "JWKS file (RFC 7517) of the app identity provider's keys; turns on logins with its tokens (Authenticate id_token; RS256, ES256, EdDSA); needs --login-issuer and --login-audience")
+	fs.StringVar(&f.loginIssuer, "login-issuer", "", "issuer (\"iss\") that id_token logins must carry; required with --login-jwks")
+	fs.StringVar(&f.loginAudience, "login-audience", "", "audience (\"aud\") that id_token logins must carry; required with --login-jwks")
+	fs.StringVar(&f.x509Roots, "x509-roots", "", "PEM file of the CA certificates that x509 credentials (RFC 9420 §5.3) must chain to; without it only basic credentials are accepted")
 	fs.StringVar(&f.authSecretFile, "auth-secret-file", "", "file with the secret that keys session tokens (hex, at least 32 bytes); default DATA_DIR/auth.key, created if missing. Share it between nodes")
 	fs.StringVar(&f.adminTokenFile, "admin-token-file", "", "file with the operator's admin token (at least 16 bytes); turns on AdminService (mlsds admin --server) for callers that send it")
 	fs.DurationVar(&f.sessionTTL, "session-ttl", time.Hour, "lifetime of a session token")
@@ -239,6 +246,21 @@ func serve(ctx context.Context, f *serveFlags, log *slog.Logger) error {
 			return err
 		}
 	}
+	if f.loginJWKS != "" || f.loginIssuer != "" || f.loginAudience != "" {
+		if f.loginJWKS == "" || f.loginIssuer == "" || f.loginAudience == "" {
+			return errors.New("id_token logins need --login-jwks, --login-issuer and --login-audience together: the identity provider's JWKS file and the issuer and audience of its tokens")
+		}
+		if cfg.LoginKeys, err = server.LoadJWKS(f.loginJWKS); err != nil {
+			return err
+		}
+		cfg.LoginIssuer, cfg.LoginAudience = f.loginIssuer, f.loginAudience
+	}
+	var x509Roots *x509.CertPool
+	if f.x509Roots != "" {
+		if x509Roots, err = server.LoadX509Roots(f.x509Roots); err != nil {
+			return err
+		}
+	}
 	var certs *certReloader
 	if f.tlsCert != "" || f.tlsKey != "" {
 		if f.tlsCert == "" || f.tlsKey == "" {
@@ -285,6 +307,7 @@ func serve(ctx context.Context, f *serveFlags, log *slog.Logger) error {
 		MaxGroupsPerDay:           int(offIfZero(float64(f.quotas.maxGroupsPerDay))),
 		MaxBytesPerDay:            int64(offIfZero(float64(f.quotas.maxBytesPerDay))),
 		MaxClientsPerUser:         int(offIfZero(float64(f.quotas.maxClientsPerUser))),
+		X509Roots:                 x509Roots,
 		Retention:                 orNegative(f.retention),
 		PruneInterval:             orNegative(f.pruneInterval),
 

@@ -74,6 +74,7 @@ func (s *Store) DeleteClient(ctx context.Context, clientID string) (ds.ClientDel
 		b.Queue("DELETE FROM join_links WHERE created_by = $1", clientID)
 		b.Queue("UPDATE groups SET creator = $2 WHERE creator = $1", clientID, ds.DeletedSender)
 		b.Queue("UPDATE remote_trees SET sender = $2 WHERE sender = $1", clientID, ds.DeletedSender)
+		b.Queue("DELETE FROM client_keys WHERE client_id = $1", clientID)
 		b.Queue("DELETE FROM clients WHERE id = $1", clientID)
 		// The client's daily quota counters (quota.go).
 		b.Queue("DELETE FROM quota_usage WHERE client_id = $1", clientID)

@@ -96,6 +96,7 @@ func (s *Store) DeleteClient(ctx context.Context, clientID string) (ds.ClientDel
 			"DELETE FROM join_links WHERE created_by = ?1",
 			"UPDATE groups SET creator = ?2 WHERE creator = ?1",
 			"UPDATE remote_trees SET sender = ?2 WHERE sender = ?1",
+			"DELETE FROM client_keys WHERE client_id = ?1",
 			"DELETE FROM clients WHERE id = ?1",
 		} {
 			if _, err := tx.ExecContext(ctx, q, clientID, ds.DeletedSender); err != nil {

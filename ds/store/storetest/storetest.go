@@ -33,6 +33,7 @@ func Run(t *testing.T, open func(t *testing.T) ds.Store) {
 		f    func(t *testing.T, s ds.Store)
 	}{
 		{"Clients", testClients},
+		{"ClientKeys", testClientKeys},
 		{"RegisterClient", testRegisterClient}, {"RegisterOnce", testRegisterOnce}, {"RegisterConcurrent", testRegisterConcurrent}, {"DeviceLinks", testDeviceLinks}, {"SpendOnce", testSpendOnce},
 		{"KeyPackageUpload", testKeyPackageUpload},
 		{"KeyPackageLimit", testKeyPackageLimit},
