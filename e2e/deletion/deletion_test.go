@@ -10,6 +10,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/hex"
+	"fmt"
 	"io"
 	"log/slog"
 	"os"
@@ -160,26 +161,34 @@ var mlsColumns = map[string]map[string]bool{
 // the MLS objects of mlsColumns.
 func assertForgotten(t *testing.T, dump testkit.Dump, ids ...string) {
 	t.Helper()
-	rows := 0
+	if len(dump) == 0 {
+		t.Fatal("the dump is empty")
+	}
+	for _, f := range naming(dump, false, ids...) {
+		t.Error(f)
+	}
+}
+
+// naming lists the fields of the store that name one of ids; with all,
+// the MLS objects of mlsColumns too.
+func naming(dump testkit.Dump, all bool, ids ...string) []string {
+	var out []string
 	for table, lines := range dump {
 		for _, line := range lines {
-			rows++
 			for _, field := range strings.Split(line, " | ") {
 				col, val, _ := strings.Cut(field, "=")
-				if mlsColumns[table][col] {
+				if !all && mlsColumns[table][col] {
 					continue
 				}
 				for _, id := range ids {
 					if strings.Contains(val, id) || strings.Contains(val, hex.EncodeToString([]byte(id))) {
-						t.Errorf("table %s, column %s still names %q: %s", table, col, id, line)
+						out = append(out, fmt.Sprintf("table %s, column %s still names %q: %.300s", table, col, id, line))
 					}
 				}
 			}
 		}
 	}
-	if rows == 0 {
-		t.Fatal("the dump is empty")
-	}
+	return out
 }
 
 // stillWorks checks that alice's client removes the deleted leaves of her
@@ -205,7 +214,7 @@ func stillWorks(t *testing.T, l *life, gone ...string) {
 // TestDeleteClientSDK: bob deletes himself with the SDK; his tablet, of
 // the same user, stays.
 func TestDeleteClientSDK(t *testing.T) {
-	srv := testkit.StartServe(t)
+	srv := testkit.StartServe(t, "--prune-interval", "1s")
 	l := live(t, srv.URL)
 	ctx := ctxT(t)
 	if _, err := l.bob.Delete(ctx); err != nil {
@@ -214,6 +223,24 @@ func TestDeleteClientSDK(t *testing.T) {
 	eventually(t, "bob's leaf removed", func() bool { return !slices.Contains(l.ga.Members(), l.bobID) })
 	stillWorks(t, l, l.bobID)
 	assertForgotten(t, testkit.DumpSQLite(t, srv.DBPath()), l.bobID)
+	// Once alice has acknowledged everything and the pruner has run, the
+	// signed history that named bob (his Add, his Commits, the trees and
+	// GroupInfos that held his leaf) is gone too: no field of any row
+	// names him.
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		left := naming(testkit.DumpSQLite(t, srv.DBPath()), true, l.bobID)
+		if len(left) == 0 {
+			break
+		}
+		if time.Now().After(deadline) {
+			for _, f := range left {
+				t.Error(f)
+			}
+			t.Fatal("30 s after bob's deletion and removal, the store still names him")
+		}
+		time.Sleep(500 * time.Millisecond)
+	}
 	// The tablet is still a client of the user.
 	if err := l.bob2.Sync(ctx); err != nil {
 		t.Errorf("bob's tablet after bob's deletion: %v", err)

@@ -46,8 +46,11 @@ func (s *Store) DailyUsage(ctx context.Context, clientID string, day int64) (ds.
 	return u, engineErr("read daily usage", err)
 }
 
+// addUsageSQL adds to a registered client's counters only: a count
+// flushed after the client was deleted must not bring back a row that
+// names it.
 const addUsageSQL = `INSERT INTO quota_usage (client_id, day, groups_created, bytes_accepted)
-	VALUES ($1, $2, GREATEST($3::bigint, 0), GREATEST($4::bigint, 0))
+	SELECT $1, $2, GREATEST($3::bigint, 0), GREATEST($4::bigint, 0) WHERE EXISTS (SELECT 1 FROM clients WHERE id = $1)
 	ON CONFLICT (client_id, day) DO UPDATE SET
 		groups_created = GREATEST(quota_usage.groups_created + $3::bigint, 0),
 		bytes_accepted = GREATEST(quota_usage.bytes_accepted + $4::bigint, 0)`

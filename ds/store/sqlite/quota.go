@@ -30,8 +30,10 @@ func (s *Store) DailyUsage(ctx context.Context, clientID string, day int64) (ds.
 
 // addUsage adds u to its counters in tx.
 func addUsage(ctx context.Context, tx *sql.Tx, u ds.DailyUsage) error {
+	// Only for a registered client: a count flushed after the client was
+	// deleted must not bring back a row that names it.
 	_, err := tx.ExecContext(ctx, `INSERT INTO quota_usage (client_id, day, groups_created, bytes_accepted)
-		VALUES (?1, ?2, max(?3, 0), max(?4, 0))
+		SELECT ?1, ?2, max(?3, 0), max(?4, 0) WHERE EXISTS (SELECT 1 FROM clients WHERE id = ?1)
 		ON CONFLICT (client_id, day) DO UPDATE SET
 			groups_created = max(groups_created + ?3, 0),
 			bytes_accepted = max(bytes_accepted + ?4, 0)`,
