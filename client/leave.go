@@ -26,14 +26,8 @@ import (
 
 // leave records the intent to leave and leaves.
 func (g *Group) leave(ctx context.Context) error {
-	g.mu.Lock()
-	switch {
-	case g.closed:
-		g.mu.Unlock()
-		return ErrClosed
-	case g.removed:
-		g.mu.Unlock()
-		return ErrRemoved
+	if err := g.lockOpen(); err != nil {
+		return err
 	}
 	if !g.leaving {
 		g.leaving = true

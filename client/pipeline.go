@@ -192,6 +192,21 @@ func (g *Group) isRemoved() bool {
 
 // lockActive locks the group, failing if the client is closed or no
 // longer a member.
+// lockOpen locks g unless it is closed or this client was removed from
+// it (ErrClosed, ErrRemoved).
+func (g *Group) lockOpen() error {
+	g.mu.Lock()
+	switch {
+	case g.closed:
+		g.mu.Unlock()
+		return ErrClosed
+	case g.removed:
+		g.mu.Unlock()
+		return ErrRemoved
+	}
+	return nil
+}
+
 func (g *Group) lockActive() error {
 	g.mu.Lock()
 	if g.closed {
@@ -366,14 +381,8 @@ func (g *Group) skipOwnLocked() {
 // sync fetches and processes everything outstanding, then commits pending
 // proposals if it is this client's turn.
 func (g *Group) sync(ctx context.Context) error {
-	g.mu.Lock()
-	switch {
-	case g.closed:
-		g.mu.Unlock()
-		return ErrClosed
-	case g.removed:
-		g.mu.Unlock()
-		return ErrRemoved
+	if err := g.lockOpen(); err != nil {
+		return err
 	}
 	err := g.catchUpLocked(ctx, math.MaxUint64)
 	g.mu.Unlock()

@@ -302,25 +302,21 @@ func (s *Service) isMember(ctx context.Context, groupID []byte, client string) (
 // checkMember returns the group's head if client is a member of it now,
 // and notMember otherwise, also for a group that does not exist.
 func (s *Service) checkMember(ctx context.Context, client string, groupID []byte) (GroupRecord, error) {
-	head, err := s.store.Group(ctx, groupID)
-	if isNotFound(err) {
-		return GroupRecord{}, notMember(client, groupID)
-	} else if err != nil {
-		return GroupRecord{}, err
-	}
-	ok, err := s.isMember(ctx, groupID, client)
-	if err != nil {
-		return GroupRecord{}, err
-	}
-	if !ok {
-		return GroupRecord{}, notMember(client, groupID)
-	}
-	return head, nil
+	return s.checkAccess(ctx, client, groupID, nil)
 }
 
 // checkJoiner is checkMember for what joining needs: it also lets in the
 // clients that mayJoin admits to a transparent group.
 func (s *Service) checkJoiner(ctx context.Context, client string, groupID []byte, joinToken string) (GroupRecord, error) {
+	return s.checkAccess(ctx, client, groupID, func(head GroupRecord) (bool, error) {
+		return s.mayJoin(ctx, head, client, joinToken)
+	})
+}
+
+// checkAccess returns the group's head if client is a member of it now or
+// admit (if not nil) lets it in, and notMember otherwise, also for a group
+// that does not exist: an outsider learns nothing from the answer.
+func (s *Service) checkAccess(ctx context.Context, client string, groupID []byte, admit func(GroupRecord) (bool, error)) (GroupRecord, error) {
 	head, err := s.store.Group(ctx, groupID)
 	if isNotFound(err) {
 		return GroupRecord{}, notMember(client, groupID)
@@ -328,8 +324,8 @@ func (s *Service) checkJoiner(ctx context.Context, client string, groupID []byte
 		return GroupRecord{}, err
 	}
 	ok, err := s.isMember(ctx, groupID, client)
-	if err == nil && !ok {
-		ok, err = s.mayJoin(ctx, head, client, joinToken)
+	if err == nil && !ok && admit != nil {
+		ok, err = admit(head)
 	}
 	if err != nil {
 		return GroupRecord{}, err

@@ -507,12 +507,12 @@ func (s *PublicGroupState) handleProposal(ac *AuthenticatedContent, membershipTa
 			return nil, invalidf("12.1.8.1", "external sender index %d is outside the external_senders extension (%d entries)", fc.Sender.SenderIndex, len(s.externalSenders))
 		}
 		if !externalProposalAllowed(p.ProposalType) {
-			return nil, invalidf("12.1.8", "an external sender may not send a proposal of type %s", proposalTypeName(p.ProposalType))
+			return nil, invalidf("12.1.8", "an external sender may not send a proposal of type %s", p.ProposalType)
 		}
 		sigKey = s.externalSenders[fc.Sender.SenderIndex].SignatureKey
 	case SenderTypeNewMemberProposal:
 		if p.ProposalType != ProposalTypeAdd || p.Add == nil {
-			return nil, invalidf("6.1", "a new_member_proposal sender may only send an Add, not %s", proposalTypeName(p.ProposalType))
+			return nil, invalidf("6.1", "a new_member_proposal sender may only send an Add, not %s", p.ProposalType)
 		}
 		sigKey = p.Add.KeyPackage.LeafNode.SignatureKey
 	default:
@@ -584,26 +584,6 @@ func externalProposalAllowed(t ProposalType) bool {
 		return true
 	}
 	return false
-}
-
-func proposalTypeName(t ProposalType) string {
-	switch t {
-	case ProposalTypeAdd:
-		return "add"
-	case ProposalTypeUpdate:
-		return "update"
-	case ProposalTypeRemove:
-		return "remove"
-	case ProposalTypePSK:
-		return "psk"
-	case ProposalTypeReInit:
-		return "reinit"
-	case ProposalTypeExternalInit:
-		return "external_init"
-	case ProposalTypeGroupContextExtensions:
-		return "group_context_extensions"
-	}
-	return fmt.Sprintf("0x%04x", uint16(t))
 }
 
 // HandleCommit checks a Commit sent as a PublicMessage in the current

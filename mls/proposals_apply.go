@@ -251,7 +251,7 @@ func checkExternalProposalList(props []listedProposal) error {
 			}
 			psks[string(id)] = true
 		default:
-			return invalidf("12.2", "an external Commit may contain only ExternalInit, Remove and PreSharedKey proposals, not %s", proposalTypeName(lp.p.ProposalType))
+			return invalidf("12.2", "an external Commit may contain only ExternalInit, Remove and PreSharedKey proposals, not %s", lp.p.ProposalType)
 		}
 	}
 	if inits == 0 {

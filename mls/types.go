@@ -1,5 +1,10 @@
 package mls
 
+import (
+	"fmt"
+	"strconv"
+)
+
 // Identifiers and enumerations shared by the whole package (RFC 9420 §17).
 
 // LeafIndex numbers the leaves of the ratchet tree from the left, from 0.
@@ -23,6 +28,20 @@ const (
 	ContentTypeCommit      ContentType = 3
 )
 
+// String returns the name of ct in §6 ("application", "proposal",
+// "commit").
+func (ct ContentType) String() string {
+	switch ct {
+	case ContentTypeApplication:
+		return "application"
+	case ContentTypeProposal:
+		return "proposal"
+	case ContentTypeCommit:
+		return "commit"
+	}
+	return "ContentType(" + strconv.Itoa(int(ct)) + ")"
+}
+
 // SenderType says who sent a message (§6).
 type SenderType uint8
 
@@ -44,6 +63,23 @@ const (
 	WireFormatKeyPackage     WireFormat = 5
 )
 
+// String returns the name of the struct wf carries ("PublicMessage", ...).
+func (wf WireFormat) String() string {
+	switch wf {
+	case WireFormatPublicMessage:
+		return "PublicMessage"
+	case WireFormatPrivateMessage:
+		return "PrivateMessage"
+	case WireFormatWelcome:
+		return "Welcome"
+	case WireFormatGroupInfo:
+		return "GroupInfo"
+	case WireFormatKeyPackage:
+		return "KeyPackage"
+	}
+	return "WireFormat(" + strconv.Itoa(int(wf)) + ")"
+}
+
 // ProposalType identifies a Proposal (§12.1, §17.4).
 type ProposalType uint16
 
@@ -57,6 +93,28 @@ const (
 	ProposalTypeGroupContextExtensions ProposalType = 7
 )
 
+// String returns the name of t in the IANA registry (§17.4), or its
+// value in hex for a type RFC 9420 does not define.
+func (t ProposalType) String() string {
+	switch t {
+	case ProposalTypeAdd:
+		return "add"
+	case ProposalTypeUpdate:
+		return "update"
+	case ProposalTypeRemove:
+		return "remove"
+	case ProposalTypePSK:
+		return "psk"
+	case ProposalTypeReInit:
+		return "reinit"
+	case ProposalTypeExternalInit:
+		return "external_init"
+	case ProposalTypeGroupContextExtensions:
+		return "group_context_extensions"
+	}
+	return fmt.Sprintf("0x%04x", uint16(t))
+}
+
 // ExtensionType identifies an Extension (§13, §17.3).
 type ExtensionType uint16
 
@@ -67,6 +125,24 @@ const (
 	ExtensionTypeExternalPub          ExtensionType = 4
 	ExtensionTypeExternalSenders      ExtensionType = 5
 )
+
+// String returns the name of t in the IANA registry (§17.3), or
+// ExtensionType(n) for one RFC 9420 does not define.
+func (t ExtensionType) String() string {
+	switch t {
+	case ExtensionTypeApplicationID:
+		return "application_id"
+	case ExtensionTypeRatchetTree:
+		return "ratchet_tree"
+	case ExtensionTypeRequiredCapabilities:
+		return "required_capabilities"
+	case ExtensionTypeExternalPub:
+		return "external_pub"
+	case ExtensionTypeExternalSenders:
+		return "external_senders"
+	}
+	return "ExtensionType(" + strconv.Itoa(int(t)) + ")"
+}
 
 // CredentialType identifies a Credential (§5.3, §17.5).
 type CredentialType uint16

@@ -488,62 +488,6 @@ func suiteName(cs mls.CipherSuite) string {
 	return fmt.Sprintf("%d (%s)", uint16(cs), cs)
 }
 
-var wireFormatName = map[mls.WireFormat]string{
-	mls.WireFormatPublicMessage:  "PublicMessage",
-	mls.WireFormatPrivateMessage: "PrivateMessage",
-	mls.WireFormatWelcome:        "Welcome",
-	mls.WireFormatGroupInfo:      "GroupInfo",
-	mls.WireFormatKeyPackage:     "KeyPackage",
-}
-
-func contentTypeName(ct mls.ContentType) string {
-	switch ct {
-	case mls.ContentTypeApplication:
-		return "application"
-	case mls.ContentTypeProposal:
-		return "proposal"
-	case mls.ContentTypeCommit:
-		return "commit"
-	}
-	return "ContentType(" + strconv.Itoa(int(ct)) + ")"
-}
-
-func proposalTypeName(t mls.ProposalType) string {
-	switch t {
-	case mls.ProposalTypeAdd:
-		return "add"
-	case mls.ProposalTypeUpdate:
-		return "update"
-	case mls.ProposalTypeRemove:
-		return "remove"
-	case mls.ProposalTypePSK:
-		return "psk"
-	case mls.ProposalTypeReInit:
-		return "reinit"
-	case mls.ProposalTypeExternalInit:
-		return "external_init"
-	case mls.ProposalTypeGroupContextExtensions:
-		return "group_context_extensions"
-	}
-	return "ProposalType(" + strconv.Itoa(int(t)) + ")"
-}
-
-func extensionTypeName(t mls.ExtensionType) string {
-	switch t {
-	case mls.ExtensionTypeApplicationID:
-		return "application_id"
-	case mls.ExtensionTypeRatchetTree:
-		return "ratchet_tree"
-	case mls.ExtensionTypeRequiredCapabilities:
-		return "required_capabilities"
-	case mls.ExtensionTypeExternalPub:
-		return "external_pub"
-	case mls.ExtensionTypeExternalSenders:
-		return "external_senders"
-	}
-	return "ExtensionType(" + strconv.Itoa(int(t)) + ")"
-}
-
 func senderString(s mls.Sender) string {
 	switch s.SenderType {
 	case mls.SenderTypeMember:
@@ -611,13 +555,13 @@ func identityString(id []byte) string {
 func extensionsObj(es mls.Extensions) []*obj {
 	out := []*obj{}
 	for _, e := range es {
-		out = append(out, new(obj).add("type", extensionTypeName(e.ExtensionType)).add("data", blob(e.ExtensionData)))
+		out = append(out, new(obj).add("type", e.ExtensionType.String()).add("data", blob(e.ExtensionData)))
 	}
 	return out
 }
 
 func (r *report) message(m *mls.MLSMessage, in inspectInput) *obj {
-	o := new(obj).add("version", "mls10").add("wire_format", wireFormatName[m.WireFormat])
+	o := new(obj).add("version", "mls10").add("wire_format", m.WireFormat.String())
 	switch m.WireFormat {
 	case mls.WireFormatPublicMessage:
 		o.add("public_message", r.publicMessage(m.PublicMessage, in))
@@ -626,7 +570,7 @@ func (r *report) message(m *mls.MLSMessage, in inspectInput) *obj {
 		o.add("private_message", new(obj).
 			add("group_id", blob(p.GroupID)).
 			add("epoch", p.Epoch).
-			add("content_type", contentTypeName(p.ContentType)).
+			add("content_type", p.ContentType.String()).
 			add("authenticated_data", blob(p.AuthenticatedData)).
 			add("encrypted_sender_data", blob(p.EncryptedSenderData)).
 			add("ciphertext", blob(p.Ciphertext)))
@@ -669,11 +613,11 @@ func (r *report) leafNode(ln *mls.LeafNode) *obj {
 	}
 	exts := []string{}
 	for _, e := range ln.Capabilities.Extensions {
-		exts = append(exts, extensionTypeName(e))
+		exts = append(exts, e.String())
 	}
 	props := []string{}
 	for _, p := range ln.Capabilities.Proposals {
-		props = append(props, proposalTypeName(p))
+		props = append(props, p.String())
 	}
 	o.add("capabilities", new(obj).add("cipher_suites", suites).add("extensions", exts).add("proposals", props))
 	if len(ln.Extensions) > 0 {
@@ -814,7 +758,7 @@ func (r *report) publicMessage(m *mls.PublicMessage, in inspectInput) *obj {
 		add("epoch", fc.Epoch).
 		add("sender", senderString(fc.Sender)).
 		add("authenticated_data", blob(fc.AuthenticatedData)).
-		add("content_type", contentTypeName(fc.ContentType))
+		add("content_type", fc.ContentType.String())
 	cs := mls.CipherSuite(0)
 	if in.treeContext != nil {
 		cs = in.treeContext.CipherSuite
@@ -870,7 +814,7 @@ func (r *report) pathLeafCheck(ln *mls.LeafNode, fc *mls.FramedContent, cs mls.C
 }
 
 func (r *report) proposal(p *mls.Proposal, what string, fc *mls.FramedContent, cs mls.CipherSuite) *obj {
-	o := new(obj).add("type", proposalTypeName(p.ProposalType))
+	o := new(obj).add("type", p.ProposalType.String())
 	switch p.ProposalType {
 	case mls.ProposalTypeAdd:
 		o.add("key_package", r.keyPackage(&p.Add.KeyPackage, what))

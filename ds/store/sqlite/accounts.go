@@ -21,20 +21,7 @@ func (s *Store) Clients(ctx context.Context, ids []string) ([]ds.Client, error) 
 	for i, id := range ids {
 		args[i] = id
 	}
-	rows, err := s.r.QueryContext(ctx, "SELECT "+clientColumns+" FROM clients WHERE id IN ("+placeholders(len(ids))+")", args...)
-	if err != nil {
-		return nil, err
-	}
-	defer rows.Close()
-	var out []ds.Client
-	for rows.Next() {
-		c, err := scanClient(rows)
-		if err != nil {
-			return nil, err
-		}
-		out = append(out, c)
-	}
-	return out, rows.Err()
+	return s.queryClients(ctx, "SELECT "+clientColumns+" FROM clients WHERE id IN ("+placeholders(len(ids))+")", args...)
 }
 
 // RegisterClient implements ds.Store. The single writer connection

@@ -21,7 +21,7 @@ func (s *Store) DeleteClient(ctx context.Context, clientID string) (ds.ClientDel
 		} else if err != nil {
 			return err
 		}
-		if d.Groups, err = blobsOf(ctx, tx,
+		if d.Groups, err = blobColumn(ctx, tx,
 			"SELECT group_id FROM memberships WHERE client_id = ? AND until_seq IS NULL ORDER BY group_id", clientID); err != nil {
 			return err
 		}
@@ -29,7 +29,7 @@ func (s *Store) DeleteClient(ctx context.Context, clientID string) (ds.ClientDel
 		// its first window on (Leave keeps it), and it can have sent to
 		// no other group. This bounds the rewrite of messages.sender,
 		// which has no index of its own.
-		touched, err := blobsOf(ctx, tx, `SELECT group_id FROM cursors WHERE client_id = ?
+		touched, err := blobColumn(ctx, tx, `SELECT group_id FROM cursors WHERE client_id = ?
 			UNION SELECT group_id FROM memberships WHERE client_id = ? ORDER BY 1`, clientID, clientID)
 		if err != nil {
 			return err
@@ -117,22 +117,4 @@ func (s *Store) DeleteClient(ctx context.Context, clientID string) (ds.ClientDel
 		return ds.ClientDeletion{}, err
 	}
 	return d, nil
-}
-
-// blobsOf runs a query whose rows are one BLOB each.
-func blobsOf(ctx context.Context, tx *sql.Tx, q string, args ...any) ([][]byte, error) {
-	rows, err := tx.QueryContext(ctx, q, args...)
-	if err != nil {
-		return nil, err
-	}
-	defer rows.Close()
-	var out [][]byte
-	for rows.Next() {
-		var b []byte
-		if err := rows.Scan(&b); err != nil {
-			return nil, err
-		}
-		out = append(out, b)
-	}
-	return out, rows.Err()
 }

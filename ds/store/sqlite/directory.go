@@ -54,7 +54,12 @@ func (s *Store) Client(ctx context.Context, id string) (ds.Client, error) {
 
 // ClientsOfUser implements ds.Store.
 func (s *Store) ClientsOfUser(ctx context.Context, userID string) ([]ds.Client, error) {
-	rows, err := s.r.QueryContext(ctx, "SELECT "+clientColumns+" FROM clients WHERE user_id = ? ORDER BY id", userID)
+	return s.queryClients(ctx, "SELECT "+clientColumns+" FROM clients WHERE user_id = ? ORDER BY id", userID)
+}
+
+// queryClients runs a query of clientColumns and scans its rows.
+func (s *Store) queryClients(ctx context.Context, query string, args ...any) ([]ds.Client, error) {
+	rows, err := s.r.QueryContext(ctx, query, args...)
 	if err != nil {
 		return nil, err
 	}
