@@ -111,8 +111,14 @@ func TestRefuseCommitWithUnboundLeaf(t *testing.T) {
 	if err := bg.Rejoin(ctx); err != nil {
 		t.Fatalf("Rejoin once dave is gone: %v", err)
 	}
+	// Bob's resync may be followed by a Commit of whoever's turn it is
+	// (pending proposals, a stale leaf): wait until all three agree.
 	waitEpoch(t, alice, gid, 4)
 	waitEpoch(t, carol, gid, 4)
+	waitEpoch(t, bob, gid, 4)
+	for _, c := range []*tclient{alice, bob, carol} {
+		waitEpoch(t, c, gid, max(alice.Group(gid).Epoch(), bob.Group(gid).Epoch(), carol.Group(gid).Epoch()))
+	}
 	sameEpoch(t, gid, alice, bob, carol)
 	exchange(t, gid, 1, "without-dave", alice, bob, carol)
 }
