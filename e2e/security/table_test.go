@@ -136,6 +136,36 @@ func TestHostileTable(t *testing.T) {
 			code: connect.CodePermissionDenied, detail: notMember,
 		},
 		{
+			name: "stranger makes a join link for a group",
+			do: func(w *world) error {
+				_, err := w.eve.Groups.CreateJoinLink(bg, connect.NewRequest(&mlsdsv1.CreateJoinLinkRequest{GroupId: w.gid}))
+				_, err2 := w.eve.Groups.CreateJoinLink(bg, connect.NewRequest(&mlsdsv1.CreateJoinLinkRequest{GroupId: ghost}))
+				sameAnswer(w.t, "CreateJoinLink of a real vs a missing group", err, err2, w.gid, ghost)
+				return err
+			},
+			code: connect.CodePermissionDenied, detail: notMember,
+		},
+		{
+			name: "stranger lists a group's join links",
+			do: func(w *world) error {
+				_, err := w.eve.Groups.ListJoinLinks(bg, connect.NewRequest(&mlsdsv1.ListJoinLinksRequest{GroupId: w.gid}))
+				_, err2 := w.eve.Groups.ListJoinLinks(bg, connect.NewRequest(&mlsdsv1.ListJoinLinksRequest{GroupId: ghost}))
+				sameAnswer(w.t, "ListJoinLinks of a real vs a missing group", err, err2, w.gid, ghost)
+				return err
+			},
+			code: connect.CodePermissionDenied, detail: notMember,
+		},
+		{
+			name: "stranger leaves a group it is not in",
+			do: func(w *world) error {
+				_, err := w.eve.Groups.LeaveGroup(bg, connect.NewRequest(&mlsdsv1.LeaveGroupRequest{GroupId: w.gid}))
+				_, err2 := w.eve.Groups.LeaveGroup(bg, connect.NewRequest(&mlsdsv1.LeaveGroupRequest{GroupId: ghost}))
+				sameAnswer(w.t, "LeaveGroup of a real vs a missing group", err, err2, w.gid, ghost)
+				return err
+			},
+			code: connect.CodePermissionDenied, detail: notMember,
+		},
+		{
 			name: "member adds a KeyPackage naming bob but signed with her own key",
 			do: func(w *world) error {
 				kp, _ := forgedKeyPackage(w.t, "bob", nil) // a fresh key of mallory's
