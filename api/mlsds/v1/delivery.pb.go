@@ -22,6 +22,174 @@ const (
 	_ = protoimpl.EnforceVersion(protoimpl.MaxVersion - 20)
 )
 
+type SubscribeGroupRequest struct {
+	state   protoimpl.MessageState `protogen:"open.v1"`
+	GroupId []byte                 `protobuf:"bytes,1,opt,name=group_id,json=groupId,proto3" json:"group_id,omitempty"`
+	// First sequence number to send (inclusive); 0 means from the oldest
+	// the caller may read.
+	FromSeq       uint64 `protobuf:"varint,2,opt,name=from_seq,json=fromSeq,proto3" json:"from_seq,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *SubscribeGroupRequest) Reset() {
+	*x = SubscribeGroupRequest{}
+	mi := &file_mlsds_v1_delivery_proto_msgTypes[0]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *SubscribeGroupRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*SubscribeGroupRequest) ProtoMessage() {}
+
+func (x *SubscribeGroupRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_mlsds_v1_delivery_proto_msgTypes[0]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use SubscribeGroupRequest.ProtoReflect.Descriptor instead.
+func (*SubscribeGroupRequest) Descriptor() ([]byte, []int) {
+	return file_mlsds_v1_delivery_proto_rawDescGZIP(), []int{0}
+}
+
+func (x *SubscribeGroupRequest) GetGroupId() []byte {
+	if x != nil {
+		return x.GroupId
+	}
+	return nil
+}
+
+func (x *SubscribeGroupRequest) GetFromSeq() uint64 {
+	if x != nil {
+		return x.FromSeq
+	}
+	return 0
+}
+
+type SubscribeGroupResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Types that are valid to be assigned to Event:
+	//
+	//	*SubscribeGroupResponse_Message
+	//	*SubscribeGroupResponse_CaughtUp
+	//	*SubscribeGroupResponse_KeepAlive
+	//	*SubscribeGroupResponse_Pruned
+	Event         isSubscribeGroupResponse_Event `protobuf_oneof:"event"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *SubscribeGroupResponse) Reset() {
+	*x = SubscribeGroupResponse{}
+	mi := &file_mlsds_v1_delivery_proto_msgTypes[1]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *SubscribeGroupResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*SubscribeGroupResponse) ProtoMessage() {}
+
+func (x *SubscribeGroupResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_mlsds_v1_delivery_proto_msgTypes[1]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use SubscribeGroupResponse.ProtoReflect.Descriptor instead.
+func (*SubscribeGroupResponse) Descriptor() ([]byte, []int) {
+	return file_mlsds_v1_delivery_proto_rawDescGZIP(), []int{1}
+}
+
+func (x *SubscribeGroupResponse) GetEvent() isSubscribeGroupResponse_Event {
+	if x != nil {
+		return x.Event
+	}
+	return nil
+}
+
+func (x *SubscribeGroupResponse) GetMessage() *Envelope {
+	if x != nil {
+		if x, ok := x.Event.(*SubscribeGroupResponse_Message); ok {
+			return x.Message
+		}
+	}
+	return nil
+}
+
+func (x *SubscribeGroupResponse) GetCaughtUp() *CaughtUpEvent {
+	if x != nil {
+		if x, ok := x.Event.(*SubscribeGroupResponse_CaughtUp); ok {
+			return x.CaughtUp
+		}
+	}
+	return nil
+}
+
+func (x *SubscribeGroupResponse) GetKeepAlive() *KeepAliveEvent {
+	if x != nil {
+		if x, ok := x.Event.(*SubscribeGroupResponse_KeepAlive); ok {
+			return x.KeepAlive
+		}
+	}
+	return nil
+}
+
+func (x *SubscribeGroupResponse) GetPruned() *PrunedEvent {
+	if x != nil {
+		if x, ok := x.Event.(*SubscribeGroupResponse_Pruned); ok {
+			return x.Pruned
+		}
+	}
+	return nil
+}
+
+type isSubscribeGroupResponse_Event interface {
+	isSubscribeGroupResponse_Event()
+}
+
+type SubscribeGroupResponse_Message struct {
+	Message *Envelope `protobuf:"bytes,1,opt,name=message,proto3,oneof"`
+}
+
+type SubscribeGroupResponse_CaughtUp struct {
+	CaughtUp *CaughtUpEvent `protobuf:"bytes,2,opt,name=caught_up,json=caughtUp,proto3,oneof"`
+}
+
+type SubscribeGroupResponse_KeepAlive struct {
+	KeepAlive *KeepAliveEvent `protobuf:"bytes,3,opt,name=keep_alive,json=keepAlive,proto3,oneof"`
+}
+
+type SubscribeGroupResponse_Pruned struct {
+	Pruned *PrunedEvent `protobuf:"bytes,4,opt,name=pruned,proto3,oneof"`
+}
+
+func (*SubscribeGroupResponse_Message) isSubscribeGroupResponse_Event() {}
+
+func (*SubscribeGroupResponse_CaughtUp) isSubscribeGroupResponse_Event() {}
+
+func (*SubscribeGroupResponse_KeepAlive) isSubscribeGroupResponse_Event() {}
+
+func (*SubscribeGroupResponse_Pruned) isSubscribeGroupResponse_Event() {}
+
 type SubscribeRequest struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	unknownFields protoimpl.UnknownFields
@@ -30,7 +198,7 @@ type SubscribeRequest struct {
 
 func (x *SubscribeRequest) Reset() {
 	*x = SubscribeRequest{}
-	mi := &file_mlsds_v1_delivery_proto_msgTypes[0]
+	mi := &file_mlsds_v1_delivery_proto_msgTypes[2]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -42,7 +210,7 @@ func (x *SubscribeRequest) String() string {
 func (*SubscribeRequest) ProtoMessage() {}
 
 func (x *SubscribeRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_mlsds_v1_delivery_proto_msgTypes[0]
+	mi := &file_mlsds_v1_delivery_proto_msgTypes[2]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -55,7 +223,7 @@ func (x *SubscribeRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SubscribeRequest.ProtoReflect.Descriptor instead.
 func (*SubscribeRequest) Descriptor() ([]byte, []int) {
-	return file_mlsds_v1_delivery_proto_rawDescGZIP(), []int{0}
+	return file_mlsds_v1_delivery_proto_rawDescGZIP(), []int{2}
 }
 
 type SubscribeResponse struct {
@@ -75,7 +243,7 @@ type SubscribeResponse struct {
 
 func (x *SubscribeResponse) Reset() {
 	*x = SubscribeResponse{}
-	mi := &file_mlsds_v1_delivery_proto_msgTypes[1]
+	mi := &file_mlsds_v1_delivery_proto_msgTypes[3]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -87,7 +255,7 @@ func (x *SubscribeResponse) String() string {
 func (*SubscribeResponse) ProtoMessage() {}
 
 func (x *SubscribeResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_mlsds_v1_delivery_proto_msgTypes[1]
+	mi := &file_mlsds_v1_delivery_proto_msgTypes[3]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -100,7 +268,7 @@ func (x *SubscribeResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SubscribeResponse.ProtoReflect.Descriptor instead.
 func (*SubscribeResponse) Descriptor() ([]byte, []int) {
-	return file_mlsds_v1_delivery_proto_rawDescGZIP(), []int{1}
+	return file_mlsds_v1_delivery_proto_rawDescGZIP(), []int{3}
 }
 
 func (x *SubscribeResponse) GetEvent() isSubscribeResponse_Event {
@@ -225,7 +393,7 @@ type PrunedEvent struct {
 
 func (x *PrunedEvent) Reset() {
 	*x = PrunedEvent{}
-	mi := &file_mlsds_v1_delivery_proto_msgTypes[2]
+	mi := &file_mlsds_v1_delivery_proto_msgTypes[4]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -237,7 +405,7 @@ func (x *PrunedEvent) String() string {
 func (*PrunedEvent) ProtoMessage() {}
 
 func (x *PrunedEvent) ProtoReflect() protoreflect.Message {
-	mi := &file_mlsds_v1_delivery_proto_msgTypes[2]
+	mi := &file_mlsds_v1_delivery_proto_msgTypes[4]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -250,7 +418,7 @@ func (x *PrunedEvent) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PrunedEvent.ProtoReflect.Descriptor instead.
 func (*PrunedEvent) Descriptor() ([]byte, []int) {
-	return file_mlsds_v1_delivery_proto_rawDescGZIP(), []int{2}
+	return file_mlsds_v1_delivery_proto_rawDescGZIP(), []int{4}
 }
 
 func (x *PrunedEvent) GetGroupId() []byte {
@@ -291,7 +459,7 @@ type WelcomeEvent struct {
 
 func (x *WelcomeEvent) Reset() {
 	*x = WelcomeEvent{}
-	mi := &file_mlsds_v1_delivery_proto_msgTypes[3]
+	mi := &file_mlsds_v1_delivery_proto_msgTypes[5]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -303,7 +471,7 @@ func (x *WelcomeEvent) String() string {
 func (*WelcomeEvent) ProtoMessage() {}
 
 func (x *WelcomeEvent) ProtoReflect() protoreflect.Message {
-	mi := &file_mlsds_v1_delivery_proto_msgTypes[3]
+	mi := &file_mlsds_v1_delivery_proto_msgTypes[5]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -316,7 +484,7 @@ func (x *WelcomeEvent) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WelcomeEvent.ProtoReflect.Descriptor instead.
 func (*WelcomeEvent) Descriptor() ([]byte, []int) {
-	return file_mlsds_v1_delivery_proto_rawDescGZIP(), []int{3}
+	return file_mlsds_v1_delivery_proto_rawDescGZIP(), []int{5}
 }
 
 func (x *WelcomeEvent) GetGroupId() []byte {
@@ -373,7 +541,7 @@ type KeyPackageLowEvent struct {
 
 func (x *KeyPackageLowEvent) Reset() {
 	*x = KeyPackageLowEvent{}
-	mi := &file_mlsds_v1_delivery_proto_msgTypes[4]
+	mi := &file_mlsds_v1_delivery_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -385,7 +553,7 @@ func (x *KeyPackageLowEvent) String() string {
 func (*KeyPackageLowEvent) ProtoMessage() {}
 
 func (x *KeyPackageLowEvent) ProtoReflect() protoreflect.Message {
-	mi := &file_mlsds_v1_delivery_proto_msgTypes[4]
+	mi := &file_mlsds_v1_delivery_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -398,7 +566,7 @@ func (x *KeyPackageLowEvent) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use KeyPackageLowEvent.ProtoReflect.Descriptor instead.
 func (*KeyPackageLowEvent) Descriptor() ([]byte, []int) {
-	return file_mlsds_v1_delivery_proto_rawDescGZIP(), []int{4}
+	return file_mlsds_v1_delivery_proto_rawDescGZIP(), []int{6}
 }
 
 func (x *KeyPackageLowEvent) GetCipherSuite() uint32 {
@@ -430,7 +598,7 @@ type CaughtUpEvent struct {
 
 func (x *CaughtUpEvent) Reset() {
 	*x = CaughtUpEvent{}
-	mi := &file_mlsds_v1_delivery_proto_msgTypes[5]
+	mi := &file_mlsds_v1_delivery_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -442,7 +610,7 @@ func (x *CaughtUpEvent) String() string {
 func (*CaughtUpEvent) ProtoMessage() {}
 
 func (x *CaughtUpEvent) ProtoReflect() protoreflect.Message {
-	mi := &file_mlsds_v1_delivery_proto_msgTypes[5]
+	mi := &file_mlsds_v1_delivery_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -455,7 +623,7 @@ func (x *CaughtUpEvent) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CaughtUpEvent.ProtoReflect.Descriptor instead.
 func (*CaughtUpEvent) Descriptor() ([]byte, []int) {
-	return file_mlsds_v1_delivery_proto_rawDescGZIP(), []int{5}
+	return file_mlsds_v1_delivery_proto_rawDescGZIP(), []int{7}
 }
 
 type KeepAliveEvent struct {
@@ -467,7 +635,7 @@ type KeepAliveEvent struct {
 
 func (x *KeepAliveEvent) Reset() {
 	*x = KeepAliveEvent{}
-	mi := &file_mlsds_v1_delivery_proto_msgTypes[6]
+	mi := &file_mlsds_v1_delivery_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -479,7 +647,7 @@ func (x *KeepAliveEvent) String() string {
 func (*KeepAliveEvent) ProtoMessage() {}
 
 func (x *KeepAliveEvent) ProtoReflect() protoreflect.Message {
-	mi := &file_mlsds_v1_delivery_proto_msgTypes[6]
+	mi := &file_mlsds_v1_delivery_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -492,7 +660,7 @@ func (x *KeepAliveEvent) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use KeepAliveEvent.ProtoReflect.Descriptor instead.
 func (*KeepAliveEvent) Descriptor() ([]byte, []int) {
-	return file_mlsds_v1_delivery_proto_rawDescGZIP(), []int{6}
+	return file_mlsds_v1_delivery_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *KeepAliveEvent) GetServerTime() *timestamppb.Timestamp {
@@ -506,7 +674,17 @@ var File_mlsds_v1_delivery_proto protoreflect.FileDescriptor
 
 const file_mlsds_v1_delivery_proto_rawDesc = "" +
 	"\n" +
-	"\x17mlsds/v1/delivery.proto\x12\bmlsds.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x15mlsds/v1/common.proto\"\x12\n" +
+	"\x17mlsds/v1/delivery.proto\x12\bmlsds.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x15mlsds/v1/common.proto\"M\n" +
+	"\x15SubscribeGroupRequest\x12\x19\n" +
+	"\bgroup_id\x18\x01 \x01(\fR\agroupId\x12\x19\n" +
+	"\bfrom_seq\x18\x02 \x01(\x04R\afromSeq\"\xf5\x01\n" +
+	"\x16SubscribeGroupResponse\x12.\n" +
+	"\amessage\x18\x01 \x01(\v2\x12.mlsds.v1.EnvelopeH\x00R\amessage\x126\n" +
+	"\tcaught_up\x18\x02 \x01(\v2\x17.mlsds.v1.CaughtUpEventH\x00R\bcaughtUp\x129\n" +
+	"\n" +
+	"keep_alive\x18\x03 \x01(\v2\x18.mlsds.v1.KeepAliveEventH\x00R\tkeepAlive\x12/\n" +
+	"\x06pruned\x18\x04 \x01(\v2\x15.mlsds.v1.PrunedEventH\x00R\x06prunedB\a\n" +
+	"\x05event\"\x12\n" +
 	"\x10SubscribeRequest\"\xec\x02\n" +
 	"\x11SubscribeResponse\x12.\n" +
 	"\amessage\x18\x01 \x01(\v2\x12.mlsds.v1.EnvelopeH\x00R\amessage\x122\n" +
@@ -537,9 +715,10 @@ const file_mlsds_v1_delivery_proto_rawDesc = "" +
 	"\rCaughtUpEvent\"M\n" +
 	"\x0eKeepAliveEvent\x12;\n" +
 	"\vserver_time\x18\x01 \x01(\v2\x1a.google.protobuf.TimestampR\n" +
-	"serverTime2Y\n" +
+	"serverTime2\xb0\x01\n" +
 	"\x0fDeliveryService\x12F\n" +
-	"\tSubscribe\x12\x1a.mlsds.v1.SubscribeRequest\x1a\x1b.mlsds.v1.SubscribeResponse0\x01B-Z+github.com/mlsds/mlsds/api/mlsds/v1;mlsdsv1b\x06proto3"
+	"\tSubscribe\x12\x1a.mlsds.v1.SubscribeRequest\x1a\x1b.mlsds.v1.SubscribeResponse0\x01\x12U\n" +
+	"\x0eSubscribeGroup\x12\x1f.mlsds.v1.SubscribeGroupRequest\x1a .mlsds.v1.SubscribeGroupResponse0\x01B-Z+github.com/mlsds/mlsds/api/mlsds/v1;mlsdsv1b\x06proto3"
 
 var (
 	file_mlsds_v1_delivery_proto_rawDescOnce sync.Once
@@ -553,34 +732,42 @@ func file_mlsds_v1_delivery_proto_rawDescGZIP() []byte {
 	return file_mlsds_v1_delivery_proto_rawDescData
 }
 
-var file_mlsds_v1_delivery_proto_msgTypes = make([]protoimpl.MessageInfo, 7)
+var file_mlsds_v1_delivery_proto_msgTypes = make([]protoimpl.MessageInfo, 9)
 var file_mlsds_v1_delivery_proto_goTypes = []any{
-	(*SubscribeRequest)(nil),      // 0: mlsds.v1.SubscribeRequest
-	(*SubscribeResponse)(nil),     // 1: mlsds.v1.SubscribeResponse
-	(*PrunedEvent)(nil),           // 2: mlsds.v1.PrunedEvent
-	(*WelcomeEvent)(nil),          // 3: mlsds.v1.WelcomeEvent
-	(*KeyPackageLowEvent)(nil),    // 4: mlsds.v1.KeyPackageLowEvent
-	(*CaughtUpEvent)(nil),         // 5: mlsds.v1.CaughtUpEvent
-	(*KeepAliveEvent)(nil),        // 6: mlsds.v1.KeepAliveEvent
-	(*Envelope)(nil),              // 7: mlsds.v1.Envelope
-	(*timestamppb.Timestamp)(nil), // 8: google.protobuf.Timestamp
+	(*SubscribeGroupRequest)(nil),  // 0: mlsds.v1.SubscribeGroupRequest
+	(*SubscribeGroupResponse)(nil), // 1: mlsds.v1.SubscribeGroupResponse
+	(*SubscribeRequest)(nil),       // 2: mlsds.v1.SubscribeRequest
+	(*SubscribeResponse)(nil),      // 3: mlsds.v1.SubscribeResponse
+	(*PrunedEvent)(nil),            // 4: mlsds.v1.PrunedEvent
+	(*WelcomeEvent)(nil),           // 5: mlsds.v1.WelcomeEvent
+	(*KeyPackageLowEvent)(nil),     // 6: mlsds.v1.KeyPackageLowEvent
+	(*CaughtUpEvent)(nil),          // 7: mlsds.v1.CaughtUpEvent
+	(*KeepAliveEvent)(nil),         // 8: mlsds.v1.KeepAliveEvent
+	(*Envelope)(nil),               // 9: mlsds.v1.Envelope
+	(*timestamppb.Timestamp)(nil),  // 10: google.protobuf.Timestamp
 }
 var file_mlsds_v1_delivery_proto_depIdxs = []int32{
-	7, // 0: mlsds.v1.SubscribeResponse.message:type_name -> mlsds.v1.Envelope
-	3, // 1: mlsds.v1.SubscribeResponse.welcome:type_name -> mlsds.v1.WelcomeEvent
-	4, // 2: mlsds.v1.SubscribeResponse.key_package_low:type_name -> mlsds.v1.KeyPackageLowEvent
-	5, // 3: mlsds.v1.SubscribeResponse.caught_up:type_name -> mlsds.v1.CaughtUpEvent
-	6, // 4: mlsds.v1.SubscribeResponse.keep_alive:type_name -> mlsds.v1.KeepAliveEvent
-	2, // 5: mlsds.v1.SubscribeResponse.pruned:type_name -> mlsds.v1.PrunedEvent
-	8, // 6: mlsds.v1.WelcomeEvent.accepted_at:type_name -> google.protobuf.Timestamp
-	8, // 7: mlsds.v1.KeepAliveEvent.server_time:type_name -> google.protobuf.Timestamp
-	0, // 8: mlsds.v1.DeliveryService.Subscribe:input_type -> mlsds.v1.SubscribeRequest
-	1, // 9: mlsds.v1.DeliveryService.Subscribe:output_type -> mlsds.v1.SubscribeResponse
-	9, // [9:10] is the sub-list for method output_type
-	8, // [8:9] is the sub-list for method input_type
-	8, // [8:8] is the sub-list for extension type_name
-	8, // [8:8] is the sub-list for extension extendee
-	0, // [0:8] is the sub-list for field type_name
+	9,  // 0: mlsds.v1.SubscribeGroupResponse.message:type_name -> mlsds.v1.Envelope
+	7,  // 1: mlsds.v1.SubscribeGroupResponse.caught_up:type_name -> mlsds.v1.CaughtUpEvent
+	8,  // 2: mlsds.v1.SubscribeGroupResponse.keep_alive:type_name -> mlsds.v1.KeepAliveEvent
+	4,  // 3: mlsds.v1.SubscribeGroupResponse.pruned:type_name -> mlsds.v1.PrunedEvent
+	9,  // 4: mlsds.v1.SubscribeResponse.message:type_name -> mlsds.v1.Envelope
+	5,  // 5: mlsds.v1.SubscribeResponse.welcome:type_name -> mlsds.v1.WelcomeEvent
+	6,  // 6: mlsds.v1.SubscribeResponse.key_package_low:type_name -> mlsds.v1.KeyPackageLowEvent
+	7,  // 7: mlsds.v1.SubscribeResponse.caught_up:type_name -> mlsds.v1.CaughtUpEvent
+	8,  // 8: mlsds.v1.SubscribeResponse.keep_alive:type_name -> mlsds.v1.KeepAliveEvent
+	4,  // 9: mlsds.v1.SubscribeResponse.pruned:type_name -> mlsds.v1.PrunedEvent
+	10, // 10: mlsds.v1.WelcomeEvent.accepted_at:type_name -> google.protobuf.Timestamp
+	10, // 11: mlsds.v1.KeepAliveEvent.server_time:type_name -> google.protobuf.Timestamp
+	2,  // 12: mlsds.v1.DeliveryService.Subscribe:input_type -> mlsds.v1.SubscribeRequest
+	0,  // 13: mlsds.v1.DeliveryService.SubscribeGroup:input_type -> mlsds.v1.SubscribeGroupRequest
+	3,  // 14: mlsds.v1.DeliveryService.Subscribe:output_type -> mlsds.v1.SubscribeResponse
+	1,  // 15: mlsds.v1.DeliveryService.SubscribeGroup:output_type -> mlsds.v1.SubscribeGroupResponse
+	14, // [14:16] is the sub-list for method output_type
+	12, // [12:14] is the sub-list for method input_type
+	12, // [12:12] is the sub-list for extension type_name
+	12, // [12:12] is the sub-list for extension extendee
+	0,  // [0:12] is the sub-list for field type_name
 }
 
 func init() { file_mlsds_v1_delivery_proto_init() }
@@ -590,6 +777,12 @@ func file_mlsds_v1_delivery_proto_init() {
 	}
 	file_mlsds_v1_common_proto_init()
 	file_mlsds_v1_delivery_proto_msgTypes[1].OneofWrappers = []any{
+		(*SubscribeGroupResponse_Message)(nil),
+		(*SubscribeGroupResponse_CaughtUp)(nil),
+		(*SubscribeGroupResponse_KeepAlive)(nil),
+		(*SubscribeGroupResponse_Pruned)(nil),
+	}
+	file_mlsds_v1_delivery_proto_msgTypes[3].OneofWrappers = []any{
 		(*SubscribeResponse_Message)(nil),
 		(*SubscribeResponse_Welcome)(nil),
 		(*SubscribeResponse_KeyPackageLow)(nil),
@@ -603,7 +796,7 @@ func file_mlsds_v1_delivery_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_mlsds_v1_delivery_proto_rawDesc), len(file_mlsds_v1_delivery_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   7,
+			NumMessages:   9,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

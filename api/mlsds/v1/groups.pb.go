@@ -34,6 +34,12 @@ const (
 	// Every message may be a PrivateMessage; the server orders by the clear
 	// header only and the committer declares roster changes.
 	GroupMode_GROUP_MODE_OPAQUE GroupMode = 2
+	// Opaque underneath, and the server keeps no link between clients and
+	// the group: group calls carry no client session but a MAC under the
+	// epoch's membership key (see MembershipAuth), the server keeps no roster
+	// and no per-client cursor, and Welcomes are stored under their
+	// KeyPackageRef only.
+	GroupMode_GROUP_MODE_DENIABLE GroupMode = 3
 )
 
 // Enum value maps for GroupMode.
@@ -42,11 +48,13 @@ var (
 		0: "GROUP_MODE_UNSPECIFIED",
 		1: "GROUP_MODE_TRANSPARENT",
 		2: "GROUP_MODE_OPAQUE",
+		3: "GROUP_MODE_DENIABLE",
 	}
 	GroupMode_value = map[string]int32{
 		"GROUP_MODE_UNSPECIFIED": 0,
 		"GROUP_MODE_TRANSPARENT": 1,
 		"GROUP_MODE_OPAQUE":      2,
+		"GROUP_MODE_DENIABLE":    3,
 	}
 )
 
@@ -77,6 +85,71 @@ func (GroupMode) EnumDescriptor() ([]byte, []int) {
 	return file_mlsds_v1_groups_proto_rawDescGZIP(), []int{0}
 }
 
+// MembershipAuth documents how a call on a deniable group proves that the
+// caller is a member of the epoch it names. It is never sent as a message:
+// the proof travels in the request header
+//
+//	Mlsds-Membership: v1 <epoch> <unix-milliseconds> <base64url MAC, no padding>
+//
+// and the call carries no Authorization header. The key of epoch e is
+//
+//	K_e = MLS-Exporter("mlsds membership", group_id || uint64(e), 32)
+//
+// (RFC 9420 §8.5; group_id as raw bytes, e big-endian), and
+//
+//	MAC = HMAC-SHA256(K_e, transcript)
+//
+// where transcript is the TLS encoding (RFC 9420 §2.1.2) of
+//
+//	struct {
+//	  opaque label<V> = "mlsds membership v1";
+//	  opaque procedure<V>;  // e.g. "/mlsds.v1.GroupService/Send"
+//	  opaque group_id<V>;
+//	  uint64 epoch;
+//	  uint64 timestamp;     // the header's unix milliseconds
+//	  opaque body_hash<V>;  // SHA-256 of the request message's protobuf
+//	                        // encoding, fields in field-number order
+//	} MembershipTranscript;
+//
+// The server could compute every such MAC itself, so a MAC proves nothing
+// to a third party. It refuses stale timestamps and replays, and never
+// stores a MAC.
+type MembershipAuth struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *MembershipAuth) Reset() {
+	*x = MembershipAuth{}
+	mi := &file_mlsds_v1_groups_proto_msgTypes[0]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *MembershipAuth) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*MembershipAuth) ProtoMessage() {}
+
+func (x *MembershipAuth) ProtoReflect() protoreflect.Message {
+	mi := &file_mlsds_v1_groups_proto_msgTypes[0]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use MembershipAuth.ProtoReflect.Descriptor instead.
+func (*MembershipAuth) Descriptor() ([]byte, []int) {
+	return file_mlsds_v1_groups_proto_rawDescGZIP(), []int{0}
+}
+
 type CreateGroupRequest struct {
 	state   protoimpl.MessageState `protogen:"open.v1"`
 	GroupId []byte                 `protobuf:"bytes,1,opt,name=group_id,json=groupId,proto3" json:"group_id,omitempty"`
@@ -99,14 +172,27 @@ type CreateGroupRequest struct {
 	// members. Each must have been published to this server by that client
 	// and not used before (unless last-resort); the server marks it used.
 	// This is how a client shows it consented to be in the group.
-	KeyPackages   [][]byte `protobuf:"bytes,7,rep,name=key_packages,json=keyPackages,proto3" json:"key_packages,omitempty"`
+	KeyPackages [][]byte `protobuf:"bytes,7,rep,name=key_packages,json=keyPackages,proto3" json:"key_packages,omitempty"`
+	// The group this one succeeds: the group a committed ReInit closed
+	// (RFC 9420 §11.2), whose ReInit names this group's id. The caller must
+	// have been a member of it. Members of the old group then find this one
+	// in GetGroupInfoResponse.successor_group_id.
+	PredecessorGroupId []byte `protobuf:"bytes,8,opt,name=predecessor_group_id,json=predecessorGroupId,proto3" json:"predecessor_group_id,omitempty"`
+	// A Welcome (MLSMessage) for the members the creator added before
+	// creating the group here, for a creator whose library exports only the
+	// GroupInfo after its first Commit. It is routed by KeyPackageRef to the
+	// clients whose KeyPackages are in key_packages.
+	Welcome []byte `protobuf:"bytes,9,opt,name=welcome,proto3" json:"welcome,omitempty"`
+	// Deniable mode: the membership key K_e of the group's epoch (see
+	// MembershipAuth), 32 bytes.
+	MembershipKey []byte `protobuf:"bytes,10,opt,name=membership_key,json=membershipKey,proto3" json:"membership_key,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *CreateGroupRequest) Reset() {
 	*x = CreateGroupRequest{}
-	mi := &file_mlsds_v1_groups_proto_msgTypes[0]
+	mi := &file_mlsds_v1_groups_proto_msgTypes[1]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -118,7 +204,7 @@ func (x *CreateGroupRequest) String() string {
 func (*CreateGroupRequest) ProtoMessage() {}
 
 func (x *CreateGroupRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_mlsds_v1_groups_proto_msgTypes[0]
+	mi := &file_mlsds_v1_groups_proto_msgTypes[1]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -131,7 +217,7 @@ func (x *CreateGroupRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CreateGroupRequest.ProtoReflect.Descriptor instead.
 func (*CreateGroupRequest) Descriptor() ([]byte, []int) {
-	return file_mlsds_v1_groups_proto_rawDescGZIP(), []int{0}
+	return file_mlsds_v1_groups_proto_rawDescGZIP(), []int{1}
 }
 
 func (x *CreateGroupRequest) GetGroupId() []byte {
@@ -183,6 +269,27 @@ func (x *CreateGroupRequest) GetKeyPackages() [][]byte {
 	return nil
 }
 
+func (x *CreateGroupRequest) GetPredecessorGroupId() []byte {
+	if x != nil {
+		return x.PredecessorGroupId
+	}
+	return nil
+}
+
+func (x *CreateGroupRequest) GetWelcome() []byte {
+	if x != nil {
+		return x.Welcome
+	}
+	return nil
+}
+
+func (x *CreateGroupRequest) GetMembershipKey() []byte {
+	if x != nil {
+		return x.MembershipKey
+	}
+	return nil
+}
+
 type CreateGroupResponse struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	GroupId       []byte                 `protobuf:"bytes,1,opt,name=group_id,json=groupId,proto3" json:"group_id,omitempty"`
@@ -192,7 +299,7 @@ type CreateGroupResponse struct {
 
 func (x *CreateGroupResponse) Reset() {
 	*x = CreateGroupResponse{}
-	mi := &file_mlsds_v1_groups_proto_msgTypes[1]
+	mi := &file_mlsds_v1_groups_proto_msgTypes[2]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -204,7 +311,7 @@ func (x *CreateGroupResponse) String() string {
 func (*CreateGroupResponse) ProtoMessage() {}
 
 func (x *CreateGroupResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_mlsds_v1_groups_proto_msgTypes[1]
+	mi := &file_mlsds_v1_groups_proto_msgTypes[2]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -217,7 +324,7 @@ func (x *CreateGroupResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CreateGroupResponse.ProtoReflect.Descriptor instead.
 func (*CreateGroupResponse) Descriptor() ([]byte, []int) {
-	return file_mlsds_v1_groups_proto_rawDescGZIP(), []int{1}
+	return file_mlsds_v1_groups_proto_rawDescGZIP(), []int{2}
 }
 
 func (x *CreateGroupResponse) GetGroupId() []byte {
@@ -240,7 +347,7 @@ type SendRequest struct {
 
 func (x *SendRequest) Reset() {
 	*x = SendRequest{}
-	mi := &file_mlsds_v1_groups_proto_msgTypes[2]
+	mi := &file_mlsds_v1_groups_proto_msgTypes[3]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -252,7 +359,7 @@ func (x *SendRequest) String() string {
 func (*SendRequest) ProtoMessage() {}
 
 func (x *SendRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_mlsds_v1_groups_proto_msgTypes[2]
+	mi := &file_mlsds_v1_groups_proto_msgTypes[3]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -265,7 +372,7 @@ func (x *SendRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SendRequest.ProtoReflect.Descriptor instead.
 func (*SendRequest) Descriptor() ([]byte, []int) {
-	return file_mlsds_v1_groups_proto_rawDescGZIP(), []int{2}
+	return file_mlsds_v1_groups_proto_rawDescGZIP(), []int{3}
 }
 
 func (x *SendRequest) GetMessage() []byte {
@@ -291,7 +398,7 @@ type SendResponse struct {
 
 func (x *SendResponse) Reset() {
 	*x = SendResponse{}
-	mi := &file_mlsds_v1_groups_proto_msgTypes[3]
+	mi := &file_mlsds_v1_groups_proto_msgTypes[4]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -303,7 +410,7 @@ func (x *SendResponse) String() string {
 func (*SendResponse) ProtoMessage() {}
 
 func (x *SendResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_mlsds_v1_groups_proto_msgTypes[3]
+	mi := &file_mlsds_v1_groups_proto_msgTypes[4]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -316,7 +423,7 @@ func (x *SendResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SendResponse.ProtoReflect.Descriptor instead.
 func (*SendResponse) Descriptor() ([]byte, []int) {
-	return file_mlsds_v1_groups_proto_rawDescGZIP(), []int{3}
+	return file_mlsds_v1_groups_proto_rawDescGZIP(), []int{4}
 }
 
 func (x *SendResponse) GetReceipt() *Receipt {
@@ -343,14 +450,18 @@ type SendCommitBundleRequest struct {
 	RemoteTree *RemoteTree `protobuf:"bytes,6,opt,name=remote_tree,json=remoteTree,proto3" json:"remote_tree,omitempty"`
 	// A join link token, for an external Commit by a client that is neither
 	// a member nor a device of a member's user.
-	JoinToken     string `protobuf:"bytes,7,opt,name=join_token,json=joinToken,proto3" json:"join_token,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	JoinToken string `protobuf:"bytes,7,opt,name=join_token,json=joinToken,proto3" json:"join_token,omitempty"`
+	// Deniable mode: the membership key of the epoch the Commit starts
+	// (K_{e+1}, see MembershipAuth), stored in the same transaction that
+	// accepts the Commit.
+	NextMembershipKey []byte `protobuf:"bytes,8,opt,name=next_membership_key,json=nextMembershipKey,proto3" json:"next_membership_key,omitempty"`
+	unknownFields     protoimpl.UnknownFields
+	sizeCache         protoimpl.SizeCache
 }
 
 func (x *SendCommitBundleRequest) Reset() {
 	*x = SendCommitBundleRequest{}
-	mi := &file_mlsds_v1_groups_proto_msgTypes[4]
+	mi := &file_mlsds_v1_groups_proto_msgTypes[5]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -362,7 +473,7 @@ func (x *SendCommitBundleRequest) String() string {
 func (*SendCommitBundleRequest) ProtoMessage() {}
 
 func (x *SendCommitBundleRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_mlsds_v1_groups_proto_msgTypes[4]
+	mi := &file_mlsds_v1_groups_proto_msgTypes[5]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -375,7 +486,7 @@ func (x *SendCommitBundleRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SendCommitBundleRequest.ProtoReflect.Descriptor instead.
 func (*SendCommitBundleRequest) Descriptor() ([]byte, []int) {
-	return file_mlsds_v1_groups_proto_rawDescGZIP(), []int{4}
+	return file_mlsds_v1_groups_proto_rawDescGZIP(), []int{5}
 }
 
 func (x *SendCommitBundleRequest) GetCommit() []byte {
@@ -427,6 +538,13 @@ func (x *SendCommitBundleRequest) GetJoinToken() string {
 	return ""
 }
 
+func (x *SendCommitBundleRequest) GetNextMembershipKey() []byte {
+	if x != nil {
+		return x.NextMembershipKey
+	}
+	return nil
+}
+
 type SendCommitBundleResponse struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Receipt       *Receipt               `protobuf:"bytes,1,opt,name=receipt,proto3" json:"receipt,omitempty"`
@@ -436,7 +554,7 @@ type SendCommitBundleResponse struct {
 
 func (x *SendCommitBundleResponse) Reset() {
 	*x = SendCommitBundleResponse{}
-	mi := &file_mlsds_v1_groups_proto_msgTypes[5]
+	mi := &file_mlsds_v1_groups_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -448,7 +566,7 @@ func (x *SendCommitBundleResponse) String() string {
 func (*SendCommitBundleResponse) ProtoMessage() {}
 
 func (x *SendCommitBundleResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_mlsds_v1_groups_proto_msgTypes[5]
+	mi := &file_mlsds_v1_groups_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -461,7 +579,7 @@ func (x *SendCommitBundleResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SendCommitBundleResponse.ProtoReflect.Descriptor instead.
 func (*SendCommitBundleResponse) Descriptor() ([]byte, []int) {
-	return file_mlsds_v1_groups_proto_rawDescGZIP(), []int{5}
+	return file_mlsds_v1_groups_proto_rawDescGZIP(), []int{6}
 }
 
 func (x *SendCommitBundleResponse) GetReceipt() *Receipt {
@@ -484,7 +602,7 @@ type FetchRequest struct {
 
 func (x *FetchRequest) Reset() {
 	*x = FetchRequest{}
-	mi := &file_mlsds_v1_groups_proto_msgTypes[6]
+	mi := &file_mlsds_v1_groups_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -496,7 +614,7 @@ func (x *FetchRequest) String() string {
 func (*FetchRequest) ProtoMessage() {}
 
 func (x *FetchRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_mlsds_v1_groups_proto_msgTypes[6]
+	mi := &file_mlsds_v1_groups_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -509,7 +627,7 @@ func (x *FetchRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use FetchRequest.ProtoReflect.Descriptor instead.
 func (*FetchRequest) Descriptor() ([]byte, []int) {
-	return file_mlsds_v1_groups_proto_rawDescGZIP(), []int{6}
+	return file_mlsds_v1_groups_proto_rawDescGZIP(), []int{7}
 }
 
 func (x *FetchRequest) GetGroupId() []byte {
@@ -545,7 +663,7 @@ type FetchResponse struct {
 
 func (x *FetchResponse) Reset() {
 	*x = FetchResponse{}
-	mi := &file_mlsds_v1_groups_proto_msgTypes[7]
+	mi := &file_mlsds_v1_groups_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -557,7 +675,7 @@ func (x *FetchResponse) String() string {
 func (*FetchResponse) ProtoMessage() {}
 
 func (x *FetchResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_mlsds_v1_groups_proto_msgTypes[7]
+	mi := &file_mlsds_v1_groups_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -570,7 +688,7 @@ func (x *FetchResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use FetchResponse.ProtoReflect.Descriptor instead.
 func (*FetchResponse) Descriptor() ([]byte, []int) {
-	return file_mlsds_v1_groups_proto_rawDescGZIP(), []int{7}
+	return file_mlsds_v1_groups_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *FetchResponse) GetMessages() []*Envelope {
@@ -598,7 +716,7 @@ type Cursor struct {
 
 func (x *Cursor) Reset() {
 	*x = Cursor{}
-	mi := &file_mlsds_v1_groups_proto_msgTypes[8]
+	mi := &file_mlsds_v1_groups_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -610,7 +728,7 @@ func (x *Cursor) String() string {
 func (*Cursor) ProtoMessage() {}
 
 func (x *Cursor) ProtoReflect() protoreflect.Message {
-	mi := &file_mlsds_v1_groups_proto_msgTypes[8]
+	mi := &file_mlsds_v1_groups_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -623,7 +741,7 @@ func (x *Cursor) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Cursor.ProtoReflect.Descriptor instead.
 func (*Cursor) Descriptor() ([]byte, []int) {
-	return file_mlsds_v1_groups_proto_rawDescGZIP(), []int{8}
+	return file_mlsds_v1_groups_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *Cursor) GetGroupId() []byte {
@@ -641,15 +759,18 @@ func (x *Cursor) GetSeq() uint64 {
 }
 
 type AckRequest struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Cursors       []*Cursor              `protobuf:"bytes,1,rep,name=cursors,proto3" json:"cursors,omitempty"`
+	state   protoimpl.MessageState `protogen:"open.v1"`
+	Cursors []*Cursor              `protobuf:"bytes,1,rep,name=cursors,proto3" json:"cursors,omitempty"`
+	// KeyPackageRefs of Welcomes of deniable groups the caller has taken in:
+	// the server deletes them.
+	WelcomeRefs   [][]byte `protobuf:"bytes,2,rep,name=welcome_refs,json=welcomeRefs,proto3" json:"welcome_refs,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *AckRequest) Reset() {
 	*x = AckRequest{}
-	mi := &file_mlsds_v1_groups_proto_msgTypes[9]
+	mi := &file_mlsds_v1_groups_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -661,7 +782,7 @@ func (x *AckRequest) String() string {
 func (*AckRequest) ProtoMessage() {}
 
 func (x *AckRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_mlsds_v1_groups_proto_msgTypes[9]
+	mi := &file_mlsds_v1_groups_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -674,12 +795,19 @@ func (x *AckRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AckRequest.ProtoReflect.Descriptor instead.
 func (*AckRequest) Descriptor() ([]byte, []int) {
-	return file_mlsds_v1_groups_proto_rawDescGZIP(), []int{9}
+	return file_mlsds_v1_groups_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *AckRequest) GetCursors() []*Cursor {
 	if x != nil {
 		return x.Cursors
+	}
+	return nil
+}
+
+func (x *AckRequest) GetWelcomeRefs() [][]byte {
+	if x != nil {
+		return x.WelcomeRefs
 	}
 	return nil
 }
@@ -692,7 +820,7 @@ type AckResponse struct {
 
 func (x *AckResponse) Reset() {
 	*x = AckResponse{}
-	mi := &file_mlsds_v1_groups_proto_msgTypes[10]
+	mi := &file_mlsds_v1_groups_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -704,7 +832,7 @@ func (x *AckResponse) String() string {
 func (*AckResponse) ProtoMessage() {}
 
 func (x *AckResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_mlsds_v1_groups_proto_msgTypes[10]
+	mi := &file_mlsds_v1_groups_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -717,7 +845,7 @@ func (x *AckResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AckResponse.ProtoReflect.Descriptor instead.
 func (*AckResponse) Descriptor() ([]byte, []int) {
-	return file_mlsds_v1_groups_proto_rawDescGZIP(), []int{10}
+	return file_mlsds_v1_groups_proto_rawDescGZIP(), []int{11}
 }
 
 type GetGroupInfoRequest struct {
@@ -732,7 +860,7 @@ type GetGroupInfoRequest struct {
 
 func (x *GetGroupInfoRequest) Reset() {
 	*x = GetGroupInfoRequest{}
-	mi := &file_mlsds_v1_groups_proto_msgTypes[11]
+	mi := &file_mlsds_v1_groups_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -744,7 +872,7 @@ func (x *GetGroupInfoRequest) String() string {
 func (*GetGroupInfoRequest) ProtoMessage() {}
 
 func (x *GetGroupInfoRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_mlsds_v1_groups_proto_msgTypes[11]
+	mi := &file_mlsds_v1_groups_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -757,7 +885,7 @@ func (x *GetGroupInfoRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetGroupInfoRequest.ProtoReflect.Descriptor instead.
 func (*GetGroupInfoRequest) Descriptor() ([]byte, []int) {
-	return file_mlsds_v1_groups_proto_rawDescGZIP(), []int{11}
+	return file_mlsds_v1_groups_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *GetGroupInfoRequest) GetGroupId() []byte {
@@ -790,14 +918,17 @@ type GetGroupInfoResponse struct {
 	// Transparent mode: the Proposals (MLSMessages) sent in the current epoch
 	// so far, in group order, which an external joiner's Commit may need to
 	// include by reference (RFC 9420 §12.4.3.2).
-	Proposals     [][]byte `protobuf:"bytes,7,rep,name=proposals,proto3" json:"proposals,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	Proposals [][]byte `protobuf:"bytes,7,rep,name=proposals,proto3" json:"proposals,omitempty"`
+	// The group that succeeds this one after a committed ReInit, once its
+	// creator made it here (CreateGroupRequest.predecessor_group_id).
+	SuccessorGroupId []byte `protobuf:"bytes,8,opt,name=successor_group_id,json=successorGroupId,proto3" json:"successor_group_id,omitempty"`
+	unknownFields    protoimpl.UnknownFields
+	sizeCache        protoimpl.SizeCache
 }
 
 func (x *GetGroupInfoResponse) Reset() {
 	*x = GetGroupInfoResponse{}
-	mi := &file_mlsds_v1_groups_proto_msgTypes[12]
+	mi := &file_mlsds_v1_groups_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -809,7 +940,7 @@ func (x *GetGroupInfoResponse) String() string {
 func (*GetGroupInfoResponse) ProtoMessage() {}
 
 func (x *GetGroupInfoResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_mlsds_v1_groups_proto_msgTypes[12]
+	mi := &file_mlsds_v1_groups_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -822,7 +953,7 @@ func (x *GetGroupInfoResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetGroupInfoResponse.ProtoReflect.Descriptor instead.
 func (*GetGroupInfoResponse) Descriptor() ([]byte, []int) {
-	return file_mlsds_v1_groups_proto_rawDescGZIP(), []int{12}
+	return file_mlsds_v1_groups_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *GetGroupInfoResponse) GetGroupId() []byte {
@@ -874,6 +1005,13 @@ func (x *GetGroupInfoResponse) GetProposals() [][]byte {
 	return nil
 }
 
+func (x *GetGroupInfoResponse) GetSuccessorGroupId() []byte {
+	if x != nil {
+		return x.SuccessorGroupId
+	}
+	return nil
+}
+
 type GetRosterRequest struct {
 	state   protoimpl.MessageState `protogen:"open.v1"`
 	GroupId []byte                 `protobuf:"bytes,1,opt,name=group_id,json=groupId,proto3" json:"group_id,omitempty"`
@@ -890,7 +1028,7 @@ type GetRosterRequest struct {
 
 func (x *GetRosterRequest) Reset() {
 	*x = GetRosterRequest{}
-	mi := &file_mlsds_v1_groups_proto_msgTypes[13]
+	mi := &file_mlsds_v1_groups_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -902,7 +1040,7 @@ func (x *GetRosterRequest) String() string {
 func (*GetRosterRequest) ProtoMessage() {}
 
 func (x *GetRosterRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_mlsds_v1_groups_proto_msgTypes[13]
+	mi := &file_mlsds_v1_groups_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -915,7 +1053,7 @@ func (x *GetRosterRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetRosterRequest.ProtoReflect.Descriptor instead.
 func (*GetRosterRequest) Descriptor() ([]byte, []int) {
-	return file_mlsds_v1_groups_proto_rawDescGZIP(), []int{13}
+	return file_mlsds_v1_groups_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *GetRosterRequest) GetGroupId() []byte {
@@ -951,7 +1089,7 @@ type RosterLeaf struct {
 
 func (x *RosterLeaf) Reset() {
 	*x = RosterLeaf{}
-	mi := &file_mlsds_v1_groups_proto_msgTypes[14]
+	mi := &file_mlsds_v1_groups_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -963,7 +1101,7 @@ func (x *RosterLeaf) String() string {
 func (*RosterLeaf) ProtoMessage() {}
 
 func (x *RosterLeaf) ProtoReflect() protoreflect.Message {
-	mi := &file_mlsds_v1_groups_proto_msgTypes[14]
+	mi := &file_mlsds_v1_groups_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -976,7 +1114,7 @@ func (x *RosterLeaf) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RosterLeaf.ProtoReflect.Descriptor instead.
 func (*RosterLeaf) Descriptor() ([]byte, []int) {
-	return file_mlsds_v1_groups_proto_rawDescGZIP(), []int{14}
+	return file_mlsds_v1_groups_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *RosterLeaf) GetLeafIndex() uint32 {
@@ -1015,7 +1153,7 @@ type GetRosterResponse struct {
 
 func (x *GetRosterResponse) Reset() {
 	*x = GetRosterResponse{}
-	mi := &file_mlsds_v1_groups_proto_msgTypes[15]
+	mi := &file_mlsds_v1_groups_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1027,7 +1165,7 @@ func (x *GetRosterResponse) String() string {
 func (*GetRosterResponse) ProtoMessage() {}
 
 func (x *GetRosterResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_mlsds_v1_groups_proto_msgTypes[15]
+	mi := &file_mlsds_v1_groups_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1040,7 +1178,7 @@ func (x *GetRosterResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetRosterResponse.ProtoReflect.Descriptor instead.
 func (*GetRosterResponse) Descriptor() ([]byte, []int) {
-	return file_mlsds_v1_groups_proto_rawDescGZIP(), []int{15}
+	return file_mlsds_v1_groups_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *GetRosterResponse) GetClientIds() []string {
@@ -1094,7 +1232,7 @@ type GetRatchetTreeRequest struct {
 
 func (x *GetRatchetTreeRequest) Reset() {
 	*x = GetRatchetTreeRequest{}
-	mi := &file_mlsds_v1_groups_proto_msgTypes[16]
+	mi := &file_mlsds_v1_groups_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1106,7 +1244,7 @@ func (x *GetRatchetTreeRequest) String() string {
 func (*GetRatchetTreeRequest) ProtoMessage() {}
 
 func (x *GetRatchetTreeRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_mlsds_v1_groups_proto_msgTypes[16]
+	mi := &file_mlsds_v1_groups_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1119,7 +1257,7 @@ func (x *GetRatchetTreeRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetRatchetTreeRequest.ProtoReflect.Descriptor instead.
 func (*GetRatchetTreeRequest) Descriptor() ([]byte, []int) {
-	return file_mlsds_v1_groups_proto_rawDescGZIP(), []int{16}
+	return file_mlsds_v1_groups_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *GetRatchetTreeRequest) GetGroupId() []byte {
@@ -1143,7 +1281,7 @@ type GetRatchetTreeResponse struct {
 
 func (x *GetRatchetTreeResponse) Reset() {
 	*x = GetRatchetTreeResponse{}
-	mi := &file_mlsds_v1_groups_proto_msgTypes[17]
+	mi := &file_mlsds_v1_groups_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1155,7 +1293,7 @@ func (x *GetRatchetTreeResponse) String() string {
 func (*GetRatchetTreeResponse) ProtoMessage() {}
 
 func (x *GetRatchetTreeResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_mlsds_v1_groups_proto_msgTypes[17]
+	mi := &file_mlsds_v1_groups_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1168,7 +1306,7 @@ func (x *GetRatchetTreeResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetRatchetTreeResponse.ProtoReflect.Descriptor instead.
 func (*GetRatchetTreeResponse) Descriptor() ([]byte, []int) {
-	return file_mlsds_v1_groups_proto_rawDescGZIP(), []int{17}
+	return file_mlsds_v1_groups_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *GetRatchetTreeResponse) GetGroupId() []byte {
@@ -1209,7 +1347,7 @@ type GetPathRequest struct {
 
 func (x *GetPathRequest) Reset() {
 	*x = GetPathRequest{}
-	mi := &file_mlsds_v1_groups_proto_msgTypes[18]
+	mi := &file_mlsds_v1_groups_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1221,7 +1359,7 @@ func (x *GetPathRequest) String() string {
 func (*GetPathRequest) ProtoMessage() {}
 
 func (x *GetPathRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_mlsds_v1_groups_proto_msgTypes[18]
+	mi := &file_mlsds_v1_groups_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1234,7 +1372,7 @@ func (x *GetPathRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetPathRequest.ProtoReflect.Descriptor instead.
 func (*GetPathRequest) Descriptor() ([]byte, []int) {
-	return file_mlsds_v1_groups_proto_rawDescGZIP(), []int{18}
+	return file_mlsds_v1_groups_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *GetPathRequest) GetGroupId() []byte {
@@ -1270,7 +1408,7 @@ type GetPathResponse struct {
 
 func (x *GetPathResponse) Reset() {
 	*x = GetPathResponse{}
-	mi := &file_mlsds_v1_groups_proto_msgTypes[19]
+	mi := &file_mlsds_v1_groups_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1282,7 +1420,7 @@ func (x *GetPathResponse) String() string {
 func (*GetPathResponse) ProtoMessage() {}
 
 func (x *GetPathResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_mlsds_v1_groups_proto_msgTypes[19]
+	mi := &file_mlsds_v1_groups_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1295,7 +1433,7 @@ func (x *GetPathResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetPathResponse.ProtoReflect.Descriptor instead.
 func (*GetPathResponse) Descriptor() ([]byte, []int) {
-	return file_mlsds_v1_groups_proto_rawDescGZIP(), []int{19}
+	return file_mlsds_v1_groups_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *GetPathResponse) GetGroupId() []byte {
@@ -1356,7 +1494,7 @@ type RemoteTree struct {
 
 func (x *RemoteTree) Reset() {
 	*x = RemoteTree{}
-	mi := &file_mlsds_v1_groups_proto_msgTypes[20]
+	mi := &file_mlsds_v1_groups_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1368,7 +1506,7 @@ func (x *RemoteTree) String() string {
 func (*RemoteTree) ProtoMessage() {}
 
 func (x *RemoteTree) ProtoReflect() protoreflect.Message {
-	mi := &file_mlsds_v1_groups_proto_msgTypes[20]
+	mi := &file_mlsds_v1_groups_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1381,7 +1519,7 @@ func (x *RemoteTree) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RemoteTree.ProtoReflect.Descriptor instead.
 func (*RemoteTree) Descriptor() ([]byte, []int) {
-	return file_mlsds_v1_groups_proto_rawDescGZIP(), []int{20}
+	return file_mlsds_v1_groups_proto_rawDescGZIP(), []int{21}
 }
 
 func (x *RemoteTree) GetEpoch() uint64 {
@@ -1408,7 +1546,7 @@ type PutRemoteTreeRequest struct {
 
 func (x *PutRemoteTreeRequest) Reset() {
 	*x = PutRemoteTreeRequest{}
-	mi := &file_mlsds_v1_groups_proto_msgTypes[21]
+	mi := &file_mlsds_v1_groups_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1420,7 +1558,7 @@ func (x *PutRemoteTreeRequest) String() string {
 func (*PutRemoteTreeRequest) ProtoMessage() {}
 
 func (x *PutRemoteTreeRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_mlsds_v1_groups_proto_msgTypes[21]
+	mi := &file_mlsds_v1_groups_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1433,7 +1571,7 @@ func (x *PutRemoteTreeRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PutRemoteTreeRequest.ProtoReflect.Descriptor instead.
 func (*PutRemoteTreeRequest) Descriptor() ([]byte, []int) {
-	return file_mlsds_v1_groups_proto_rawDescGZIP(), []int{21}
+	return file_mlsds_v1_groups_proto_rawDescGZIP(), []int{22}
 }
 
 func (x *PutRemoteTreeRequest) GetGroupId() []byte {
@@ -1458,7 +1596,7 @@ type PutRemoteTreeResponse struct {
 
 func (x *PutRemoteTreeResponse) Reset() {
 	*x = PutRemoteTreeResponse{}
-	mi := &file_mlsds_v1_groups_proto_msgTypes[22]
+	mi := &file_mlsds_v1_groups_proto_msgTypes[23]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1470,7 +1608,7 @@ func (x *PutRemoteTreeResponse) String() string {
 func (*PutRemoteTreeResponse) ProtoMessage() {}
 
 func (x *PutRemoteTreeResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_mlsds_v1_groups_proto_msgTypes[22]
+	mi := &file_mlsds_v1_groups_proto_msgTypes[23]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1483,7 +1621,7 @@ func (x *PutRemoteTreeResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PutRemoteTreeResponse.ProtoReflect.Descriptor instead.
 func (*PutRemoteTreeResponse) Descriptor() ([]byte, []int) {
-	return file_mlsds_v1_groups_proto_rawDescGZIP(), []int{22}
+	return file_mlsds_v1_groups_proto_rawDescGZIP(), []int{23}
 }
 
 type GetRemoteTreeRequest struct {
@@ -1495,7 +1633,7 @@ type GetRemoteTreeRequest struct {
 
 func (x *GetRemoteTreeRequest) Reset() {
 	*x = GetRemoteTreeRequest{}
-	mi := &file_mlsds_v1_groups_proto_msgTypes[23]
+	mi := &file_mlsds_v1_groups_proto_msgTypes[24]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1507,7 +1645,7 @@ func (x *GetRemoteTreeRequest) String() string {
 func (*GetRemoteTreeRequest) ProtoMessage() {}
 
 func (x *GetRemoteTreeRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_mlsds_v1_groups_proto_msgTypes[23]
+	mi := &file_mlsds_v1_groups_proto_msgTypes[24]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1520,7 +1658,7 @@ func (x *GetRemoteTreeRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetRemoteTreeRequest.ProtoReflect.Descriptor instead.
 func (*GetRemoteTreeRequest) Descriptor() ([]byte, []int) {
-	return file_mlsds_v1_groups_proto_rawDescGZIP(), []int{23}
+	return file_mlsds_v1_groups_proto_rawDescGZIP(), []int{24}
 }
 
 func (x *GetRemoteTreeRequest) GetGroupId() []byte {
@@ -1544,7 +1682,7 @@ type GetRemoteTreeResponse struct {
 
 func (x *GetRemoteTreeResponse) Reset() {
 	*x = GetRemoteTreeResponse{}
-	mi := &file_mlsds_v1_groups_proto_msgTypes[24]
+	mi := &file_mlsds_v1_groups_proto_msgTypes[25]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1556,7 +1694,7 @@ func (x *GetRemoteTreeResponse) String() string {
 func (*GetRemoteTreeResponse) ProtoMessage() {}
 
 func (x *GetRemoteTreeResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_mlsds_v1_groups_proto_msgTypes[24]
+	mi := &file_mlsds_v1_groups_proto_msgTypes[25]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1569,7 +1707,7 @@ func (x *GetRemoteTreeResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetRemoteTreeResponse.ProtoReflect.Descriptor instead.
 func (*GetRemoteTreeResponse) Descriptor() ([]byte, []int) {
-	return file_mlsds_v1_groups_proto_rawDescGZIP(), []int{24}
+	return file_mlsds_v1_groups_proto_rawDescGZIP(), []int{25}
 }
 
 func (x *GetRemoteTreeResponse) GetGroupId() []byte {
@@ -1604,7 +1742,7 @@ type CreateJoinLinkRequest struct {
 
 func (x *CreateJoinLinkRequest) Reset() {
 	*x = CreateJoinLinkRequest{}
-	mi := &file_mlsds_v1_groups_proto_msgTypes[25]
+	mi := &file_mlsds_v1_groups_proto_msgTypes[26]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1616,7 +1754,7 @@ func (x *CreateJoinLinkRequest) String() string {
 func (*CreateJoinLinkRequest) ProtoMessage() {}
 
 func (x *CreateJoinLinkRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_mlsds_v1_groups_proto_msgTypes[25]
+	mi := &file_mlsds_v1_groups_proto_msgTypes[26]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1629,7 +1767,7 @@ func (x *CreateJoinLinkRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CreateJoinLinkRequest.ProtoReflect.Descriptor instead.
 func (*CreateJoinLinkRequest) Descriptor() ([]byte, []int) {
-	return file_mlsds_v1_groups_proto_rawDescGZIP(), []int{25}
+	return file_mlsds_v1_groups_proto_rawDescGZIP(), []int{26}
 }
 
 func (x *CreateJoinLinkRequest) GetGroupId() []byte {
@@ -1660,7 +1798,7 @@ type CreateJoinLinkResponse struct {
 
 func (x *CreateJoinLinkResponse) Reset() {
 	*x = CreateJoinLinkResponse{}
-	mi := &file_mlsds_v1_groups_proto_msgTypes[26]
+	mi := &file_mlsds_v1_groups_proto_msgTypes[27]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1672,7 +1810,7 @@ func (x *CreateJoinLinkResponse) String() string {
 func (*CreateJoinLinkResponse) ProtoMessage() {}
 
 func (x *CreateJoinLinkResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_mlsds_v1_groups_proto_msgTypes[26]
+	mi := &file_mlsds_v1_groups_proto_msgTypes[27]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1685,7 +1823,7 @@ func (x *CreateJoinLinkResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CreateJoinLinkResponse.ProtoReflect.Descriptor instead.
 func (*CreateJoinLinkResponse) Descriptor() ([]byte, []int) {
-	return file_mlsds_v1_groups_proto_rawDescGZIP(), []int{26}
+	return file_mlsds_v1_groups_proto_rawDescGZIP(), []int{27}
 }
 
 func (x *CreateJoinLinkResponse) GetLinkId() string {
@@ -1719,7 +1857,7 @@ type RevokeJoinLinkRequest struct {
 
 func (x *RevokeJoinLinkRequest) Reset() {
 	*x = RevokeJoinLinkRequest{}
-	mi := &file_mlsds_v1_groups_proto_msgTypes[27]
+	mi := &file_mlsds_v1_groups_proto_msgTypes[28]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1731,7 +1869,7 @@ func (x *RevokeJoinLinkRequest) String() string {
 func (*RevokeJoinLinkRequest) ProtoMessage() {}
 
 func (x *RevokeJoinLinkRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_mlsds_v1_groups_proto_msgTypes[27]
+	mi := &file_mlsds_v1_groups_proto_msgTypes[28]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1744,7 +1882,7 @@ func (x *RevokeJoinLinkRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RevokeJoinLinkRequest.ProtoReflect.Descriptor instead.
 func (*RevokeJoinLinkRequest) Descriptor() ([]byte, []int) {
-	return file_mlsds_v1_groups_proto_rawDescGZIP(), []int{27}
+	return file_mlsds_v1_groups_proto_rawDescGZIP(), []int{28}
 }
 
 func (x *RevokeJoinLinkRequest) GetGroupId() []byte {
@@ -1769,7 +1907,7 @@ type RevokeJoinLinkResponse struct {
 
 func (x *RevokeJoinLinkResponse) Reset() {
 	*x = RevokeJoinLinkResponse{}
-	mi := &file_mlsds_v1_groups_proto_msgTypes[28]
+	mi := &file_mlsds_v1_groups_proto_msgTypes[29]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1781,7 +1919,7 @@ func (x *RevokeJoinLinkResponse) String() string {
 func (*RevokeJoinLinkResponse) ProtoMessage() {}
 
 func (x *RevokeJoinLinkResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_mlsds_v1_groups_proto_msgTypes[28]
+	mi := &file_mlsds_v1_groups_proto_msgTypes[29]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1794,7 +1932,7 @@ func (x *RevokeJoinLinkResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RevokeJoinLinkResponse.ProtoReflect.Descriptor instead.
 func (*RevokeJoinLinkResponse) Descriptor() ([]byte, []int) {
-	return file_mlsds_v1_groups_proto_rawDescGZIP(), []int{28}
+	return file_mlsds_v1_groups_proto_rawDescGZIP(), []int{29}
 }
 
 type ListJoinLinksRequest struct {
@@ -1806,7 +1944,7 @@ type ListJoinLinksRequest struct {
 
 func (x *ListJoinLinksRequest) Reset() {
 	*x = ListJoinLinksRequest{}
-	mi := &file_mlsds_v1_groups_proto_msgTypes[29]
+	mi := &file_mlsds_v1_groups_proto_msgTypes[30]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1818,7 +1956,7 @@ func (x *ListJoinLinksRequest) String() string {
 func (*ListJoinLinksRequest) ProtoMessage() {}
 
 func (x *ListJoinLinksRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_mlsds_v1_groups_proto_msgTypes[29]
+	mi := &file_mlsds_v1_groups_proto_msgTypes[30]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1831,7 +1969,7 @@ func (x *ListJoinLinksRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListJoinLinksRequest.ProtoReflect.Descriptor instead.
 func (*ListJoinLinksRequest) Descriptor() ([]byte, []int) {
-	return file_mlsds_v1_groups_proto_rawDescGZIP(), []int{29}
+	return file_mlsds_v1_groups_proto_rawDescGZIP(), []int{30}
 }
 
 func (x *ListJoinLinksRequest) GetGroupId() []byte {
@@ -1854,7 +1992,7 @@ type JoinLink struct {
 
 func (x *JoinLink) Reset() {
 	*x = JoinLink{}
-	mi := &file_mlsds_v1_groups_proto_msgTypes[30]
+	mi := &file_mlsds_v1_groups_proto_msgTypes[31]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1866,7 +2004,7 @@ func (x *JoinLink) String() string {
 func (*JoinLink) ProtoMessage() {}
 
 func (x *JoinLink) ProtoReflect() protoreflect.Message {
-	mi := &file_mlsds_v1_groups_proto_msgTypes[30]
+	mi := &file_mlsds_v1_groups_proto_msgTypes[31]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1879,7 +2017,7 @@ func (x *JoinLink) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use JoinLink.ProtoReflect.Descriptor instead.
 func (*JoinLink) Descriptor() ([]byte, []int) {
-	return file_mlsds_v1_groups_proto_rawDescGZIP(), []int{30}
+	return file_mlsds_v1_groups_proto_rawDescGZIP(), []int{31}
 }
 
 func (x *JoinLink) GetLinkId() string {
@@ -1919,7 +2057,7 @@ type ListJoinLinksResponse struct {
 
 func (x *ListJoinLinksResponse) Reset() {
 	*x = ListJoinLinksResponse{}
-	mi := &file_mlsds_v1_groups_proto_msgTypes[31]
+	mi := &file_mlsds_v1_groups_proto_msgTypes[32]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1931,7 +2069,7 @@ func (x *ListJoinLinksResponse) String() string {
 func (*ListJoinLinksResponse) ProtoMessage() {}
 
 func (x *ListJoinLinksResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_mlsds_v1_groups_proto_msgTypes[31]
+	mi := &file_mlsds_v1_groups_proto_msgTypes[32]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1944,7 +2082,7 @@ func (x *ListJoinLinksResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListJoinLinksResponse.ProtoReflect.Descriptor instead.
 func (*ListJoinLinksResponse) Descriptor() ([]byte, []int) {
-	return file_mlsds_v1_groups_proto_rawDescGZIP(), []int{31}
+	return file_mlsds_v1_groups_proto_rawDescGZIP(), []int{32}
 }
 
 func (x *ListJoinLinksResponse) GetLinks() []*JoinLink {
@@ -1966,7 +2104,7 @@ type LeaveGroupRequest struct {
 
 func (x *LeaveGroupRequest) Reset() {
 	*x = LeaveGroupRequest{}
-	mi := &file_mlsds_v1_groups_proto_msgTypes[32]
+	mi := &file_mlsds_v1_groups_proto_msgTypes[33]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1978,7 +2116,7 @@ func (x *LeaveGroupRequest) String() string {
 func (*LeaveGroupRequest) ProtoMessage() {}
 
 func (x *LeaveGroupRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_mlsds_v1_groups_proto_msgTypes[32]
+	mi := &file_mlsds_v1_groups_proto_msgTypes[33]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1991,7 +2129,7 @@ func (x *LeaveGroupRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use LeaveGroupRequest.ProtoReflect.Descriptor instead.
 func (*LeaveGroupRequest) Descriptor() ([]byte, []int) {
-	return file_mlsds_v1_groups_proto_rawDescGZIP(), []int{32}
+	return file_mlsds_v1_groups_proto_rawDescGZIP(), []int{33}
 }
 
 func (x *LeaveGroupRequest) GetGroupId() []byte {
@@ -2018,7 +2156,7 @@ type LeaveGroupResponse struct {
 
 func (x *LeaveGroupResponse) Reset() {
 	*x = LeaveGroupResponse{}
-	mi := &file_mlsds_v1_groups_proto_msgTypes[33]
+	mi := &file_mlsds_v1_groups_proto_msgTypes[34]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2030,7 +2168,7 @@ func (x *LeaveGroupResponse) String() string {
 func (*LeaveGroupResponse) ProtoMessage() {}
 
 func (x *LeaveGroupResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_mlsds_v1_groups_proto_msgTypes[33]
+	mi := &file_mlsds_v1_groups_proto_msgTypes[34]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2043,7 +2181,7 @@ func (x *LeaveGroupResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use LeaveGroupResponse.ProtoReflect.Descriptor instead.
 func (*LeaveGroupResponse) Descriptor() ([]byte, []int) {
-	return file_mlsds_v1_groups_proto_rawDescGZIP(), []int{33}
+	return file_mlsds_v1_groups_proto_rawDescGZIP(), []int{34}
 }
 
 func (x *LeaveGroupResponse) GetLastSeq() uint64 {
@@ -2057,7 +2195,8 @@ var File_mlsds_v1_groups_proto protoreflect.FileDescriptor
 
 const file_mlsds_v1_groups_proto_rawDesc = "" +
 	"\n" +
-	"\x15mlsds/v1/groups.proto\x12\bmlsds.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x15mlsds/v1/common.proto\"\xed\x01\n" +
+	"\x15mlsds/v1/groups.proto\x12\bmlsds.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x15mlsds/v1/common.proto\"\x10\n" +
+	"\x0eMembershipAuth\"\xe0\x02\n" +
 	"\x12CreateGroupRequest\x12\x19\n" +
 	"\bgroup_id\x18\x01 \x01(\fR\agroupId\x12'\n" +
 	"\x04mode\x18\x02 \x01(\x0e2\x13.mlsds.v1.GroupModeR\x04mode\x12\x1d\n" +
@@ -2066,7 +2205,11 @@ const file_mlsds_v1_groups_proto_rawDesc = "" +
 	"\fratchet_tree\x18\x04 \x01(\fR\vratchetTree\x12\x18\n" +
 	"\amembers\x18\x05 \x03(\tR\amembers\x12\x14\n" +
 	"\x05epoch\x18\x06 \x01(\x04R\x05epoch\x12!\n" +
-	"\fkey_packages\x18\a \x03(\fR\vkeyPackages\"0\n" +
+	"\fkey_packages\x18\a \x03(\fR\vkeyPackages\x120\n" +
+	"\x14predecessor_group_id\x18\b \x01(\fR\x12predecessorGroupId\x12\x18\n" +
+	"\awelcome\x18\t \x01(\fR\awelcome\x12%\n" +
+	"\x0emembership_key\x18\n" +
+	" \x01(\fR\rmembershipKey\"0\n" +
 	"\x13CreateGroupResponse\x12\x19\n" +
 	"\bgroup_id\x18\x01 \x01(\fR\agroupId\"F\n" +
 	"\vSendRequest\x12\x18\n" +
@@ -2074,7 +2217,7 @@ const file_mlsds_v1_groups_proto_rawDesc = "" +
 	"\n" +
 	"join_token\x18\x02 \x01(\tR\tjoinToken\";\n" +
 	"\fSendResponse\x12+\n" +
-	"\areceipt\x18\x01 \x01(\v2\x11.mlsds.v1.ReceiptR\areceipt\"\xf0\x01\n" +
+	"\areceipt\x18\x01 \x01(\v2\x11.mlsds.v1.ReceiptR\areceipt\"\xa0\x02\n" +
 	"\x17SendCommitBundleRequest\x12\x16\n" +
 	"\x06commit\x18\x01 \x01(\fR\x06commit\x12\x18\n" +
 	"\awelcome\x18\x02 \x01(\fR\awelcome\x12\x1d\n" +
@@ -2085,7 +2228,8 @@ const file_mlsds_v1_groups_proto_rawDesc = "" +
 	"\vremote_tree\x18\x06 \x01(\v2\x14.mlsds.v1.RemoteTreeR\n" +
 	"remoteTree\x12\x1d\n" +
 	"\n" +
-	"join_token\x18\a \x01(\tR\tjoinToken\"G\n" +
+	"join_token\x18\a \x01(\tR\tjoinToken\x12.\n" +
+	"\x13next_membership_key\x18\b \x01(\fR\x11nextMembershipKey\"G\n" +
 	"\x18SendCommitBundleResponse\x12+\n" +
 	"\areceipt\x18\x01 \x01(\v2\x11.mlsds.v1.ReceiptR\areceipt\"Z\n" +
 	"\fFetchRequest\x12\x19\n" +
@@ -2097,15 +2241,16 @@ const file_mlsds_v1_groups_proto_rawDesc = "" +
 	"\bnext_seq\x18\x02 \x01(\x04R\anextSeq\"5\n" +
 	"\x06Cursor\x12\x19\n" +
 	"\bgroup_id\x18\x01 \x01(\fR\agroupId\x12\x10\n" +
-	"\x03seq\x18\x02 \x01(\x04R\x03seq\"8\n" +
+	"\x03seq\x18\x02 \x01(\x04R\x03seq\"[\n" +
 	"\n" +
 	"AckRequest\x12*\n" +
-	"\acursors\x18\x01 \x03(\v2\x10.mlsds.v1.CursorR\acursors\"\r\n" +
+	"\acursors\x18\x01 \x03(\v2\x10.mlsds.v1.CursorR\acursors\x12!\n" +
+	"\fwelcome_refs\x18\x02 \x03(\fR\vwelcomeRefs\"\r\n" +
 	"\vAckResponse\"O\n" +
 	"\x13GetGroupInfoRequest\x12\x19\n" +
 	"\bgroup_id\x18\x01 \x01(\fR\agroupId\x12\x1d\n" +
 	"\n" +
-	"join_token\x18\x02 \x01(\tR\tjoinToken\"\xed\x01\n" +
+	"join_token\x18\x02 \x01(\tR\tjoinToken\"\x9b\x02\n" +
 	"\x14GetGroupInfoResponse\x12\x19\n" +
 	"\bgroup_id\x18\x01 \x01(\fR\agroupId\x12'\n" +
 	"\x04mode\x18\x02 \x01(\x0e2\x13.mlsds.v1.GroupModeR\x04mode\x12\x14\n" +
@@ -2114,7 +2259,8 @@ const file_mlsds_v1_groups_proto_rawDesc = "" +
 	"group_info\x18\x04 \x01(\fR\tgroupInfo\x12!\n" +
 	"\fratchet_tree\x18\x05 \x01(\fR\vratchetTree\x12\x1b\n" +
 	"\ttree_hash\x18\x06 \x01(\fR\btreeHash\x12\x1c\n" +
-	"\tproposals\x18\a \x03(\fR\tproposals\"w\n" +
+	"\tproposals\x18\a \x03(\fR\tproposals\x12,\n" +
+	"\x12successor_group_id\x18\b \x01(\fR\x10successorGroupId\"w\n" +
 	"\x10GetRosterRequest\x12\x19\n" +
 	"\bgroup_id\x18\x01 \x01(\fR\agroupId\x12%\n" +
 	"\x0einclude_leaves\x18\x02 \x01(\bR\rincludeLeaves\x12!\n" +
@@ -2198,11 +2344,12 @@ const file_mlsds_v1_groups_proto_rawDesc = "" +
 	"\bgroup_id\x18\x01 \x01(\fR\agroupId\x12'\n" +
 	"\x0fremove_proposal\x18\x02 \x01(\fR\x0eremoveProposal\"/\n" +
 	"\x12LeaveGroupResponse\x12\x19\n" +
-	"\blast_seq\x18\x01 \x01(\x04R\alastSeq*Z\n" +
+	"\blast_seq\x18\x01 \x01(\x04R\alastSeq*s\n" +
 	"\tGroupMode\x12\x1a\n" +
 	"\x16GROUP_MODE_UNSPECIFIED\x10\x00\x12\x1a\n" +
 	"\x16GROUP_MODE_TRANSPARENT\x10\x01\x12\x15\n" +
-	"\x11GROUP_MODE_OPAQUE\x10\x022\x90\t\n" +
+	"\x11GROUP_MODE_OPAQUE\x10\x02\x12\x17\n" +
+	"\x13GROUP_MODE_DENIABLE\x10\x032\x90\t\n" +
 	"\fGroupService\x12J\n" +
 	"\vCreateGroup\x12\x1c.mlsds.v1.CreateGroupRequest\x1a\x1d.mlsds.v1.CreateGroupResponse\x125\n" +
 	"\x04Send\x12\x15.mlsds.v1.SendRequest\x1a\x16.mlsds.v1.SendResponse\x12Y\n" +
@@ -2234,92 +2381,93 @@ func file_mlsds_v1_groups_proto_rawDescGZIP() []byte {
 }
 
 var file_mlsds_v1_groups_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
-var file_mlsds_v1_groups_proto_msgTypes = make([]protoimpl.MessageInfo, 34)
+var file_mlsds_v1_groups_proto_msgTypes = make([]protoimpl.MessageInfo, 35)
 var file_mlsds_v1_groups_proto_goTypes = []any{
 	(GroupMode)(0),                   // 0: mlsds.v1.GroupMode
-	(*CreateGroupRequest)(nil),       // 1: mlsds.v1.CreateGroupRequest
-	(*CreateGroupResponse)(nil),      // 2: mlsds.v1.CreateGroupResponse
-	(*SendRequest)(nil),              // 3: mlsds.v1.SendRequest
-	(*SendResponse)(nil),             // 4: mlsds.v1.SendResponse
-	(*SendCommitBundleRequest)(nil),  // 5: mlsds.v1.SendCommitBundleRequest
-	(*SendCommitBundleResponse)(nil), // 6: mlsds.v1.SendCommitBundleResponse
-	(*FetchRequest)(nil),             // 7: mlsds.v1.FetchRequest
-	(*FetchResponse)(nil),            // 8: mlsds.v1.FetchResponse
-	(*Cursor)(nil),                   // 9: mlsds.v1.Cursor
-	(*AckRequest)(nil),               // 10: mlsds.v1.AckRequest
-	(*AckResponse)(nil),              // 11: mlsds.v1.AckResponse
-	(*GetGroupInfoRequest)(nil),      // 12: mlsds.v1.GetGroupInfoRequest
-	(*GetGroupInfoResponse)(nil),     // 13: mlsds.v1.GetGroupInfoResponse
-	(*GetRosterRequest)(nil),         // 14: mlsds.v1.GetRosterRequest
-	(*RosterLeaf)(nil),               // 15: mlsds.v1.RosterLeaf
-	(*GetRosterResponse)(nil),        // 16: mlsds.v1.GetRosterResponse
-	(*GetRatchetTreeRequest)(nil),    // 17: mlsds.v1.GetRatchetTreeRequest
-	(*GetRatchetTreeResponse)(nil),   // 18: mlsds.v1.GetRatchetTreeResponse
-	(*GetPathRequest)(nil),           // 19: mlsds.v1.GetPathRequest
-	(*GetPathResponse)(nil),          // 20: mlsds.v1.GetPathResponse
-	(*RemoteTree)(nil),               // 21: mlsds.v1.RemoteTree
-	(*PutRemoteTreeRequest)(nil),     // 22: mlsds.v1.PutRemoteTreeRequest
-	(*PutRemoteTreeResponse)(nil),    // 23: mlsds.v1.PutRemoteTreeResponse
-	(*GetRemoteTreeRequest)(nil),     // 24: mlsds.v1.GetRemoteTreeRequest
-	(*GetRemoteTreeResponse)(nil),    // 25: mlsds.v1.GetRemoteTreeResponse
-	(*CreateJoinLinkRequest)(nil),    // 26: mlsds.v1.CreateJoinLinkRequest
-	(*CreateJoinLinkResponse)(nil),   // 27: mlsds.v1.CreateJoinLinkResponse
-	(*RevokeJoinLinkRequest)(nil),    // 28: mlsds.v1.RevokeJoinLinkRequest
-	(*RevokeJoinLinkResponse)(nil),   // 29: mlsds.v1.RevokeJoinLinkResponse
-	(*ListJoinLinksRequest)(nil),     // 30: mlsds.v1.ListJoinLinksRequest
-	(*JoinLink)(nil),                 // 31: mlsds.v1.JoinLink
-	(*ListJoinLinksResponse)(nil),    // 32: mlsds.v1.ListJoinLinksResponse
-	(*LeaveGroupRequest)(nil),        // 33: mlsds.v1.LeaveGroupRequest
-	(*LeaveGroupResponse)(nil),       // 34: mlsds.v1.LeaveGroupResponse
-	(*Receipt)(nil),                  // 35: mlsds.v1.Receipt
-	(*Envelope)(nil),                 // 36: mlsds.v1.Envelope
-	(*timestamppb.Timestamp)(nil),    // 37: google.protobuf.Timestamp
+	(*MembershipAuth)(nil),           // 1: mlsds.v1.MembershipAuth
+	(*CreateGroupRequest)(nil),       // 2: mlsds.v1.CreateGroupRequest
+	(*CreateGroupResponse)(nil),      // 3: mlsds.v1.CreateGroupResponse
+	(*SendRequest)(nil),              // 4: mlsds.v1.SendRequest
+	(*SendResponse)(nil),             // 5: mlsds.v1.SendResponse
+	(*SendCommitBundleRequest)(nil),  // 6: mlsds.v1.SendCommitBundleRequest
+	(*SendCommitBundleResponse)(nil), // 7: mlsds.v1.SendCommitBundleResponse
+	(*FetchRequest)(nil),             // 8: mlsds.v1.FetchRequest
+	(*FetchResponse)(nil),            // 9: mlsds.v1.FetchResponse
+	(*Cursor)(nil),                   // 10: mlsds.v1.Cursor
+	(*AckRequest)(nil),               // 11: mlsds.v1.AckRequest
+	(*AckResponse)(nil),              // 12: mlsds.v1.AckResponse
+	(*GetGroupInfoRequest)(nil),      // 13: mlsds.v1.GetGroupInfoRequest
+	(*GetGroupInfoResponse)(nil),     // 14: mlsds.v1.GetGroupInfoResponse
+	(*GetRosterRequest)(nil),         // 15: mlsds.v1.GetRosterRequest
+	(*RosterLeaf)(nil),               // 16: mlsds.v1.RosterLeaf
+	(*GetRosterResponse)(nil),        // 17: mlsds.v1.GetRosterResponse
+	(*GetRatchetTreeRequest)(nil),    // 18: mlsds.v1.GetRatchetTreeRequest
+	(*GetRatchetTreeResponse)(nil),   // 19: mlsds.v1.GetRatchetTreeResponse
+	(*GetPathRequest)(nil),           // 20: mlsds.v1.GetPathRequest
+	(*GetPathResponse)(nil),          // 21: mlsds.v1.GetPathResponse
+	(*RemoteTree)(nil),               // 22: mlsds.v1.RemoteTree
+	(*PutRemoteTreeRequest)(nil),     // 23: mlsds.v1.PutRemoteTreeRequest
+	(*PutRemoteTreeResponse)(nil),    // 24: mlsds.v1.PutRemoteTreeResponse
+	(*GetRemoteTreeRequest)(nil),     // 25: mlsds.v1.GetRemoteTreeRequest
+	(*GetRemoteTreeResponse)(nil),    // 26: mlsds.v1.GetRemoteTreeResponse
+	(*CreateJoinLinkRequest)(nil),    // 27: mlsds.v1.CreateJoinLinkRequest
+	(*CreateJoinLinkResponse)(nil),   // 28: mlsds.v1.CreateJoinLinkResponse
+	(*RevokeJoinLinkRequest)(nil),    // 29: mlsds.v1.RevokeJoinLinkRequest
+	(*RevokeJoinLinkResponse)(nil),   // 30: mlsds.v1.RevokeJoinLinkResponse
+	(*ListJoinLinksRequest)(nil),     // 31: mlsds.v1.ListJoinLinksRequest
+	(*JoinLink)(nil),                 // 32: mlsds.v1.JoinLink
+	(*ListJoinLinksResponse)(nil),    // 33: mlsds.v1.ListJoinLinksResponse
+	(*LeaveGroupRequest)(nil),        // 34: mlsds.v1.LeaveGroupRequest
+	(*LeaveGroupResponse)(nil),       // 35: mlsds.v1.LeaveGroupResponse
+	(*Receipt)(nil),                  // 36: mlsds.v1.Receipt
+	(*Envelope)(nil),                 // 37: mlsds.v1.Envelope
+	(*timestamppb.Timestamp)(nil),    // 38: google.protobuf.Timestamp
 }
 var file_mlsds_v1_groups_proto_depIdxs = []int32{
 	0,  // 0: mlsds.v1.CreateGroupRequest.mode:type_name -> mlsds.v1.GroupMode
-	35, // 1: mlsds.v1.SendResponse.receipt:type_name -> mlsds.v1.Receipt
-	21, // 2: mlsds.v1.SendCommitBundleRequest.remote_tree:type_name -> mlsds.v1.RemoteTree
-	35, // 3: mlsds.v1.SendCommitBundleResponse.receipt:type_name -> mlsds.v1.Receipt
-	36, // 4: mlsds.v1.FetchResponse.messages:type_name -> mlsds.v1.Envelope
-	9,  // 5: mlsds.v1.AckRequest.cursors:type_name -> mlsds.v1.Cursor
+	36, // 1: mlsds.v1.SendResponse.receipt:type_name -> mlsds.v1.Receipt
+	22, // 2: mlsds.v1.SendCommitBundleRequest.remote_tree:type_name -> mlsds.v1.RemoteTree
+	36, // 3: mlsds.v1.SendCommitBundleResponse.receipt:type_name -> mlsds.v1.Receipt
+	37, // 4: mlsds.v1.FetchResponse.messages:type_name -> mlsds.v1.Envelope
+	10, // 5: mlsds.v1.AckRequest.cursors:type_name -> mlsds.v1.Cursor
 	0,  // 6: mlsds.v1.GetGroupInfoResponse.mode:type_name -> mlsds.v1.GroupMode
-	15, // 7: mlsds.v1.GetRosterResponse.leaves:type_name -> mlsds.v1.RosterLeaf
-	21, // 8: mlsds.v1.PutRemoteTreeRequest.remote_tree:type_name -> mlsds.v1.RemoteTree
-	21, // 9: mlsds.v1.GetRemoteTreeResponse.remote_trees:type_name -> mlsds.v1.RemoteTree
-	37, // 10: mlsds.v1.CreateJoinLinkResponse.expires_at:type_name -> google.protobuf.Timestamp
-	37, // 11: mlsds.v1.JoinLink.created_at:type_name -> google.protobuf.Timestamp
-	37, // 12: mlsds.v1.JoinLink.expires_at:type_name -> google.protobuf.Timestamp
-	31, // 13: mlsds.v1.ListJoinLinksResponse.links:type_name -> mlsds.v1.JoinLink
-	1,  // 14: mlsds.v1.GroupService.CreateGroup:input_type -> mlsds.v1.CreateGroupRequest
-	3,  // 15: mlsds.v1.GroupService.Send:input_type -> mlsds.v1.SendRequest
-	5,  // 16: mlsds.v1.GroupService.SendCommitBundle:input_type -> mlsds.v1.SendCommitBundleRequest
-	7,  // 17: mlsds.v1.GroupService.Fetch:input_type -> mlsds.v1.FetchRequest
-	10, // 18: mlsds.v1.GroupService.Ack:input_type -> mlsds.v1.AckRequest
-	12, // 19: mlsds.v1.GroupService.GetGroupInfo:input_type -> mlsds.v1.GetGroupInfoRequest
-	14, // 20: mlsds.v1.GroupService.GetRoster:input_type -> mlsds.v1.GetRosterRequest
-	17, // 21: mlsds.v1.GroupService.GetRatchetTree:input_type -> mlsds.v1.GetRatchetTreeRequest
-	19, // 22: mlsds.v1.GroupService.GetPath:input_type -> mlsds.v1.GetPathRequest
-	22, // 23: mlsds.v1.GroupService.PutRemoteTree:input_type -> mlsds.v1.PutRemoteTreeRequest
-	24, // 24: mlsds.v1.GroupService.GetRemoteTree:input_type -> mlsds.v1.GetRemoteTreeRequest
-	26, // 25: mlsds.v1.GroupService.CreateJoinLink:input_type -> mlsds.v1.CreateJoinLinkRequest
-	28, // 26: mlsds.v1.GroupService.RevokeJoinLink:input_type -> mlsds.v1.RevokeJoinLinkRequest
-	30, // 27: mlsds.v1.GroupService.ListJoinLinks:input_type -> mlsds.v1.ListJoinLinksRequest
-	33, // 28: mlsds.v1.GroupService.LeaveGroup:input_type -> mlsds.v1.LeaveGroupRequest
-	2,  // 29: mlsds.v1.GroupService.CreateGroup:output_type -> mlsds.v1.CreateGroupResponse
-	4,  // 30: mlsds.v1.GroupService.Send:output_type -> mlsds.v1.SendResponse
-	6,  // 31: mlsds.v1.GroupService.SendCommitBundle:output_type -> mlsds.v1.SendCommitBundleResponse
-	8,  // 32: mlsds.v1.GroupService.Fetch:output_type -> mlsds.v1.FetchResponse
-	11, // 33: mlsds.v1.GroupService.Ack:output_type -> mlsds.v1.AckResponse
-	13, // 34: mlsds.v1.GroupService.GetGroupInfo:output_type -> mlsds.v1.GetGroupInfoResponse
-	16, // 35: mlsds.v1.GroupService.GetRoster:output_type -> mlsds.v1.GetRosterResponse
-	18, // 36: mlsds.v1.GroupService.GetRatchetTree:output_type -> mlsds.v1.GetRatchetTreeResponse
-	20, // 37: mlsds.v1.GroupService.GetPath:output_type -> mlsds.v1.GetPathResponse
-	23, // 38: mlsds.v1.GroupService.PutRemoteTree:output_type -> mlsds.v1.PutRemoteTreeResponse
-	25, // 39: mlsds.v1.GroupService.GetRemoteTree:output_type -> mlsds.v1.GetRemoteTreeResponse
-	27, // 40: mlsds.v1.GroupService.CreateJoinLink:output_type -> mlsds.v1.CreateJoinLinkResponse
-	29, // 41: mlsds.v1.GroupService.RevokeJoinLink:output_type -> mlsds.v1.RevokeJoinLinkResponse
-	32, // 42: mlsds.v1.GroupService.ListJoinLinks:output_type -> mlsds.v1.ListJoinLinksResponse
-	34, // 43: mlsds.v1.GroupService.LeaveGroup:output_type -> mlsds.v1.LeaveGroupResponse
+	16, // 7: mlsds.v1.GetRosterResponse.leaves:type_name -> mlsds.v1.RosterLeaf
+	22, // 8: mlsds.v1.PutRemoteTreeRequest.remote_tree:type_name -> mlsds.v1.RemoteTree
+	22, // 9: mlsds.v1.GetRemoteTreeResponse.remote_trees:type_name -> mlsds.v1.RemoteTree
+	38, // 10: mlsds.v1.CreateJoinLinkResponse.expires_at:type_name -> google.protobuf.Timestamp
+	38, // 11: mlsds.v1.JoinLink.created_at:type_name -> google.protobuf.Timestamp
+	38, // 12: mlsds.v1.JoinLink.expires_at:type_name -> google.protobuf.Timestamp
+	32, // 13: mlsds.v1.ListJoinLinksResponse.links:type_name -> mlsds.v1.JoinLink
+	2,  // 14: mlsds.v1.GroupService.CreateGroup:input_type -> mlsds.v1.CreateGroupRequest
+	4,  // 15: mlsds.v1.GroupService.Send:input_type -> mlsds.v1.SendRequest
+	6,  // 16: mlsds.v1.GroupService.SendCommitBundle:input_type -> mlsds.v1.SendCommitBundleRequest
+	8,  // 17: mlsds.v1.GroupService.Fetch:input_type -> mlsds.v1.FetchRequest
+	11, // 18: mlsds.v1.GroupService.Ack:input_type -> mlsds.v1.AckRequest
+	13, // 19: mlsds.v1.GroupService.GetGroupInfo:input_type -> mlsds.v1.GetGroupInfoRequest
+	15, // 20: mlsds.v1.GroupService.GetRoster:input_type -> mlsds.v1.GetRosterRequest
+	18, // 21: mlsds.v1.GroupService.GetRatchetTree:input_type -> mlsds.v1.GetRatchetTreeRequest
+	20, // 22: mlsds.v1.GroupService.GetPath:input_type -> mlsds.v1.GetPathRequest
+	23, // 23: mlsds.v1.GroupService.PutRemoteTree:input_type -> mlsds.v1.PutRemoteTreeRequest
+	25, // 24: mlsds.v1.GroupService.GetRemoteTree:input_type -> mlsds.v1.GetRemoteTreeRequest
+	27, // 25: mlsds.v1.GroupService.CreateJoinLink:input_type -> mlsds.v1.CreateJoinLinkRequest
+	29, // 26: mlsds.v1.GroupService.RevokeJoinLink:input_type -> mlsds.v1.RevokeJoinLinkRequest
+	31, // 27: mlsds.v1.GroupService.ListJoinLinks:input_type -> mlsds.v1.ListJoinLinksRequest
+	34, // 28: mlsds.v1.GroupService.LeaveGroup:input_type -> mlsds.v1.LeaveGroupRequest
+	3,  // 29: mlsds.v1.GroupService.CreateGroup:output_type -> mlsds.v1.CreateGroupResponse
+	5,  // 30: mlsds.v1.GroupService.Send:output_type -> mlsds.v1.SendResponse
+	7,  // 31: mlsds.v1.GroupService.SendCommitBundle:output_type -> mlsds.v1.SendCommitBundleResponse
+	9,  // 32: mlsds.v1.GroupService.Fetch:output_type -> mlsds.v1.FetchResponse
+	12, // 33: mlsds.v1.GroupService.Ack:output_type -> mlsds.v1.AckResponse
+	14, // 34: mlsds.v1.GroupService.GetGroupInfo:output_type -> mlsds.v1.GetGroupInfoResponse
+	17, // 35: mlsds.v1.GroupService.GetRoster:output_type -> mlsds.v1.GetRosterResponse
+	19, // 36: mlsds.v1.GroupService.GetRatchetTree:output_type -> mlsds.v1.GetRatchetTreeResponse
+	21, // 37: mlsds.v1.GroupService.GetPath:output_type -> mlsds.v1.GetPathResponse
+	24, // 38: mlsds.v1.GroupService.PutRemoteTree:output_type -> mlsds.v1.PutRemoteTreeResponse
+	26, // 39: mlsds.v1.GroupService.GetRemoteTree:output_type -> mlsds.v1.GetRemoteTreeResponse
+	28, // 40: mlsds.v1.GroupService.CreateJoinLink:output_type -> mlsds.v1.CreateJoinLinkResponse
+	30, // 41: mlsds.v1.GroupService.RevokeJoinLink:output_type -> mlsds.v1.RevokeJoinLinkResponse
+	33, // 42: mlsds.v1.GroupService.ListJoinLinks:output_type -> mlsds.v1.ListJoinLinksResponse
+	35, // 43: mlsds.v1.GroupService.LeaveGroup:output_type -> mlsds.v1.LeaveGroupResponse
 	29, // [29:44] is the sub-list for method output_type
 	14, // [14:29] is the sub-list for method input_type
 	14, // [14:14] is the sub-list for extension type_name
@@ -2339,7 +2487,7 @@ func file_mlsds_v1_groups_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_mlsds_v1_groups_proto_rawDesc), len(file_mlsds_v1_groups_proto_rawDesc)),
 			NumEnums:      1,
-			NumMessages:   34,
+			NumMessages:   35,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -36,6 +36,9 @@ const (
 	// DeliveryServiceSubscribeProcedure is the fully-qualified name of the DeliveryService's Subscribe
 	// RPC.
 	DeliveryServiceSubscribeProcedure = "/mlsds.v1.DeliveryService/Subscribe"
+	// DeliveryServiceSubscribeGroupProcedure is the fully-qualified name of the DeliveryService's
+	// SubscribeGroup RPC.
+	DeliveryServiceSubscribeGroupProcedure = "/mlsds.v1.DeliveryService/SubscribeGroup"
 )
 
 // DeliveryServiceClient is a client for the mlsds.v1.DeliveryService service.
@@ -46,6 +49,13 @@ type DeliveryServiceClient interface {
 	// when nothing else does. A reconnecting client gets again whatever it
 	// had not acknowledged, so it should deduplicate by (group_id, group_seq).
 	Subscribe(context.Context, *connect.Request[v1.SubscribeRequest]) (*connect.ServerStreamForClient[v1.SubscribeResponse], error)
+	// SubscribeGroup streams one group's messages from a sequence number:
+	// the stored ones, then caught_up, then live ones, with keep-alives. It
+	// is how members of a deniable group receive (the call carries a
+	// membership MAC instead of a session; the server keeps no cursor, the
+	// client keeps its own position). Members of other groups may use it
+	// too, with their session.
+	SubscribeGroup(context.Context, *connect.Request[v1.SubscribeGroupRequest]) (*connect.ServerStreamForClient[v1.SubscribeGroupResponse], error)
 }
 
 // NewDeliveryServiceClient constructs a client for the mlsds.v1.DeliveryService service. By
@@ -65,17 +75,29 @@ func NewDeliveryServiceClient(httpClient connect.HTTPClient, baseURL string, opt
 			connect.WithSchema(deliveryServiceMethods.ByName("Subscribe")),
 			connect.WithClientOptions(opts...),
 		),
+		subscribeGroup: connect.NewClient[v1.SubscribeGroupRequest, v1.SubscribeGroupResponse](
+			httpClient,
+			baseURL+DeliveryServiceSubscribeGroupProcedure,
+			connect.WithSchema(deliveryServiceMethods.ByName("SubscribeGroup")),
+			connect.WithClientOptions(opts...),
+		),
 	}
 }
 
 // deliveryServiceClient implements DeliveryServiceClient.
 type deliveryServiceClient struct {
-	subscribe *connect.Client[v1.SubscribeRequest, v1.SubscribeResponse]
+	subscribe      *connect.Client[v1.SubscribeRequest, v1.SubscribeResponse]
+	subscribeGroup *connect.Client[v1.SubscribeGroupRequest, v1.SubscribeGroupResponse]
 }
 
 // Subscribe calls mlsds.v1.DeliveryService.Subscribe.
 func (c *deliveryServiceClient) Subscribe(ctx context.Context, req *connect.Request[v1.SubscribeRequest]) (*connect.ServerStreamForClient[v1.SubscribeResponse], error) {
 	return c.subscribe.CallServerStream(ctx, req)
+}
+
+// SubscribeGroup calls mlsds.v1.DeliveryService.SubscribeGroup.
+func (c *deliveryServiceClient) SubscribeGroup(ctx context.Context, req *connect.Request[v1.SubscribeGroupRequest]) (*connect.ServerStreamForClient[v1.SubscribeGroupResponse], error) {
+	return c.subscribeGroup.CallServerStream(ctx, req)
 }
 
 // DeliveryServiceHandler is an implementation of the mlsds.v1.DeliveryService service.
@@ -86,6 +108,13 @@ type DeliveryServiceHandler interface {
 	// when nothing else does. A reconnecting client gets again whatever it
 	// had not acknowledged, so it should deduplicate by (group_id, group_seq).
 	Subscribe(context.Context, *connect.Request[v1.SubscribeRequest], *connect.ServerStream[v1.SubscribeResponse]) error
+	// SubscribeGroup streams one group's messages from a sequence number:
+	// the stored ones, then caught_up, then live ones, with keep-alives. It
+	// is how members of a deniable group receive (the call carries a
+	// membership MAC instead of a session; the server keeps no cursor, the
+	// client keeps its own position). Members of other groups may use it
+	// too, with their session.
+	SubscribeGroup(context.Context, *connect.Request[v1.SubscribeGroupRequest], *connect.ServerStream[v1.SubscribeGroupResponse]) error
 }
 
 // NewDeliveryServiceHandler builds an HTTP handler from the service implementation. It returns the
@@ -101,10 +130,18 @@ func NewDeliveryServiceHandler(svc DeliveryServiceHandler, opts ...connect.Handl
 		connect.WithSchema(deliveryServiceMethods.ByName("Subscribe")),
 		connect.WithHandlerOptions(opts...),
 	)
+	deliveryServiceSubscribeGroupHandler := connect.NewServerStreamHandler(
+		DeliveryServiceSubscribeGroupProcedure,
+		svc.SubscribeGroup,
+		connect.WithSchema(deliveryServiceMethods.ByName("SubscribeGroup")),
+		connect.WithHandlerOptions(opts...),
+	)
 	return "/mlsds.v1.DeliveryService/", http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		switch r.URL.Path {
 		case DeliveryServiceSubscribeProcedure:
 			deliveryServiceSubscribeHandler.ServeHTTP(w, r)
+		case DeliveryServiceSubscribeGroupProcedure:
+			deliveryServiceSubscribeGroupHandler.ServeHTTP(w, r)
 		default:
 			http.NotFound(w, r)
 		}
@@ -116,4 +153,8 @@ type UnimplementedDeliveryServiceHandler struct{}
 
 func (UnimplementedDeliveryServiceHandler) Subscribe(context.Context, *connect.Request[v1.SubscribeRequest], *connect.ServerStream[v1.SubscribeResponse]) error {
 	return connect.NewError(connect.CodeUnimplemented, errors.New("mlsds.v1.DeliveryService.Subscribe is not implemented"))
+}
+
+func (UnimplementedDeliveryServiceHandler) SubscribeGroup(context.Context, *connect.Request[v1.SubscribeGroupRequest], *connect.ServerStream[v1.SubscribeGroupResponse]) error {
+	return connect.NewError(connect.CodeUnimplemented, errors.New("mlsds.v1.DeliveryService.SubscribeGroup is not implemented"))
 }
