@@ -6,6 +6,7 @@ import (
 	"crypto/ed25519"
 	"crypto/elliptic"
 	"crypto/rand"
+	"crypto/rsa"
 	"crypto/x509"
 	"crypto/x509/pkix"
 	"encoding/base64"
@@ -292,10 +293,12 @@ func TestRegisterByKeyPackage(t *testing.T) {
 	}
 }
 
-// jwk returns the JWK of an ES256 or EdDSA public key.
+// jwk returns the JWK of an RS256, ES256 or EdDSA public key.
 func jwk(t *testing.T, kid string, pub any) map[string]string {
 	b64 := base64.RawURLEncoding.EncodeToString
 	switch k := pub.(type) {
+	case *rsa.PublicKey:
+		return map[string]string{"kty": "RSA", "kid": kid, "use": "sig", "n": b64(k.N.Bytes()), "e": b64(big.NewInt(int64(k.E)).Bytes())}
 	case *ecdsa.PublicKey:
 		raw, err := k.Bytes()
 		if err != nil {
@@ -321,7 +324,11 @@ func TestIDTokenLogin(t *testing.T) {
 		t.Fatal(err)
 	}
 	_, strangerPriv, _ := ed25519.GenerateKey(rand.Reader)
-	set, err := json.Marshal(map[string]any{"keys": []any{jwk(t, "ec1", &ecKey.PublicKey), jwk(t, "ed1", edPub)}})
+	rsaKey, err := rsa.GenerateKey(rand.Reader, 2048)
+	if err != nil {
+		t.Fatal(err)
+	}
+	set, err := json.Marshal(map[string]any{"keys": []any{jwk(t, "ec1", &ecKey.PublicKey), jwk(t, "ed1", edPub), jwk(t, "rsa1", &rsaKey.PublicKey)}})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -373,6 +380,9 @@ func TestIDTokenLogin(t *testing.T) {
 	if _, err := login(sign(jwt.SigningMethodEdDSA, "ed1", edPriv, c)); err != nil {
 		t.Fatalf("EdDSA id_token with mlsds_client_id: %v", err)
 	}
+	if _, err := login(sign(jwt.SigningMethodRS256, "rsa1", rsaKey, good())); err != nil {
+		t.Fatalf("RS256 id_token: %v", err)
+	}
 
 	bad := map[string]string{}
 	c = good()
@@ -390,6 +400,20 @@ func TestIDTokenLogin(t *testing.T) {
 	bad["unknown kid"] = sign(jwt.SigningMethodEdDSA, "ed2", strangerPriv, good())
 	bad["known kid, another key"] = sign(jwt.SigningMethodEdDSA, "ed1", strangerPriv, good())
 	bad["algorithm of another key"] = sign(jwt.SigningMethodEdDSA, "ec1", edPriv, good())
+	// The classic confusion: HS256 keyed with the RSA public key's bytes.
+	rsaPubDER, err := x509.MarshalPKIXPublicKey(&rsaKey.PublicKey)
+	if err != nil {
+		t.Fatal(err)
+	}
+	bad["HS256 keyed with the RSA public key"] = sign(jwt.SigningMethodHS256, "rsa1", rsaPubDER, good())
+	bad["RS256 by another RSA key"] = sign(jwt.SigningMethodRS256, "rsa1", mustRSA(t), good())
+	bad["alg none"] = func() string {
+		s, err := jwt.NewWithClaims(jwt.SigningMethodNone, good()).SignedString(jwt.UnsafeAllowNoneSignatureType)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return s
+	}()
 	c = good()
 	c["sub"] = "nobody"
 	bad["unregistered client"] = sign(jwt.SigningMethodES256, "ec1", ecKey, c)
@@ -413,6 +437,14 @@ func TestIDTokenLogin(t *testing.T) {
 	if !strings.Contains(ce.Message(), "--login-jwks") {
 		t.Errorf("refusal %q does not say how to turn id_token logins on", ce.Message())
 	}
+}
+
+func mustRSA(t *testing.T) *rsa.PrivateKey {
+	k, err := rsa.GenerateKey(rand.Reader, 2048)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return k
 }
 
 // testCA is a certificate authority made in the test.
