@@ -154,8 +154,11 @@ type CreateGroupRequest struct {
 	state   protoimpl.MessageState `protogen:"open.v1"`
 	GroupId []byte                 `protobuf:"bytes,1,opt,name=group_id,json=groupId,proto3" json:"group_id,omitempty"`
 	Mode    GroupMode              `protobuf:"varint,2,opt,name=mode,proto3,enum=mlsds.v1.GroupMode" json:"mode,omitempty"`
-	// Transparent mode: the group's GroupInfo for epoch 0 (an MLSMessage or a
-	// bare GroupInfo). Opaque mode: optional, stored as given.
+	// Transparent mode: the group's GroupInfo of the epoch the creator holds
+	// (an MLSMessage or a bare GroupInfo): epoch 0, or a later one for a
+	// library that exports a GroupInfo only after its first Commit (then
+	// with welcome for the members it added). Opaque mode: optional, stored
+	// as given.
 	GroupInfo []byte `protobuf:"bytes,3,opt,name=group_info,json=groupInfo,proto3" json:"group_info,omitempty"`
 	// Transparent mode: the TLS-encoded ratchet tree (RFC 9420 §12.4.3.3),
 	// unless the GroupInfo carries a ratchet_tree extension.
