@@ -43,9 +43,11 @@
 // A state file is used by one Client at a time: Open locks it (see
 // ErrStateInUse) until Close or the end of the process.
 //
-// The client sends handshake messages as PublicMessages in both group
-// modes, and processes those other members send as PrivateMessages too;
-// in opaque mode it also tells the server whom a Commit adds and removes.
+// The client sends handshake messages as PublicMessages in transparent
+// and opaque groups (PrivateMessages in deniable ones), and processes
+// those other members send as PrivateMessages too; in opaque mode it also
+// declares, in the Commit's authenticated_data, whom a Commit adds and
+// removes (ds.RosterChange), which the other members check.
 // The server gets an opaque group's GroupInfo and ratchet tree only
 // encrypted for the members of each epoch (see RemoteTreeKey): CreateGroup
 // uploads epoch 0's, every Commit carries the next epoch's, and Welcomes
@@ -53,11 +55,14 @@
 // its Welcome gives.
 //
 // A client that could not process a Commit (ErrGroupBroken) rejoins the
-// group with a resync external Commit that replaces its old leaf: on its
-// own in a transparent group, from the GroupInfo the server serves
-// (EventRejoined; Group.Rejoin does the same on demand), with
-// Client.JoinExternalWith and a GroupInfo from another member in an
-// opaque one. Every Commit the client sends carries the new epoch's
+// group on its own with a resync external Commit that replaces its old
+// leaf (EventRejoined; Group.Rejoin does the same on demand): in a
+// transparent group from the GroupInfo the server serves, in an opaque one
+// from the encrypted remote tree that the Commit carried, sealed also
+// under the key of the epoch it was made in (see client/remotetree.go).
+// A client that lost more than one epoch of an opaque group (pruned
+// messages) rejoins with Client.JoinExternalWith and a GroupInfo from
+// another member. Every Commit the client sends carries the new epoch's
 // GroupInfo (transparent groups) or its encrypted remote tree (opaque).
 package client
 
@@ -235,6 +240,10 @@ type Client struct {
 	// testWelcomeWithoutTree makes the Welcomes of transparent groups
 	// leave out the ratchet tree too, in tests.
 	testWelcomeWithoutTree bool
+
+	// den holds the session-less clients and the group streams of
+	// deniable groups (deniable.go).
+	den *deniableClient
 }
 
 // Open loads the client's state from cfg.StatePath (or starts a new one),
@@ -294,6 +303,17 @@ type GroupOptions struct {
 	// not inspect; the client tells it the roster changes. Default:
 	// transparent mode, where the server validates every handshake.
 	Opaque bool
+	// Deniable creates a deniable-mode group: opaque, and its calls carry
+	// no client session but a MAC under the epoch's membership key, so
+	// that the server keeps no link between this client and the group
+	// and holds nothing that proves membership to anyone else (see
+	// client/deniable.go). Welcomes of deniable groups come without a
+	// group id; their members receive on a stream per group. Handshakes
+	// go as PrivateMessages; Leave sends the Remove proposal and drops
+	// the group at once. Join links, rosters, server-side ratchet trees
+	// and external joins (Rejoin, JoinExternalWith) are not available
+	// (ErrDeniable). Deniable implies Opaque.
+	Deniable bool
 }
 
 // CreateGroup creates a group with this client as its only member.

@@ -33,11 +33,10 @@ const (
 	// Err says why. The group goes on with the next message. If it was a
 	// Commit, this client's state of the group stays behind the others'
 	// and their later messages will not decrypt either (the Group's
-	// methods return ErrGroupBroken): in a transparent group the client
-	// rejoins on its own (EventRejoined follows); in an opaque one it can
-	// rejoin with Client.JoinExternalWith and a GroupInfo from another
-	// member, or another member removes this client and adds it again
-	// (its Welcome then replaces the state).
+	// methods return ErrGroupBroken) until it rejoins on its own
+	// (EventRejoined follows; see EventRejoined). Sender is the committer.
+	// In an opaque group a Commit whose declared roster change is not what
+	// it does is refused so too (Err wraps ErrRosterMismatch).
 	EventUndecryptable
 	// EventRefused reports that this client refused a Welcome or a Commit
 	// because a leaf it brings in failed the credential check (RFC 9420
@@ -51,9 +50,12 @@ const (
 	EventRefused
 	// EventRejoined reports that this client could not process a Commit
 	// that the Delivery Service had accepted (an EventUndecryptable before
-	// it says which) and rejoined the transparent group on its own, with a
-	// resync external Commit from the GroupInfo the server serves: Err is
-	// the reason, Epoch the epoch joined, Members the roster. Messages
+	// it says which), or found a fork (EventForked), and rejoined the group
+	// on its own with a resync external Commit: in a transparent group
+	// from the GroupInfo the server serves, in an opaque one from the
+	// encrypted remote tree of the current epoch or, if none opens, from
+	// its own state (see client/opaque_recovery.go). Err is the reason,
+	// Epoch the epoch joined, Members the roster. Messages
 	// sent between that Commit and the rejoin stay unread; everything
 	// after it arrives as usual.
 	EventRejoined
@@ -98,7 +100,10 @@ const (
 	// EventForked reports that the group this client joined from a
 	// Welcome is not the one the Delivery Service serves (the Welcome came
 	// from another Commit than the one accepted, so the joiner would see a
-	// group of its own): Err wraps ErrForked. The client refuses that
+	// group of its own): Err wraps ErrForked. After another member's
+	// Commit, the same check against the Delivery Service's GroupInfo of
+	// the epoch (an opaque group's: its remote tree) reports a mismatch
+	// so too, and the client rejoins (EventRejoined; see client/fork.go). The client refuses that
 	// state and joins the served group by external Commit instead
 	// (EventJoined follows) if the server lets it; otherwise it holds no
 	// group.
@@ -110,6 +115,15 @@ const (
 	// carries the proposal cannot be processed; the client then rejoins a
 	// transparent group (EventRejoined).
 	EventProposalDropped
+	// EventDropped reports that the Delivery Service no longer delivers
+	// an opaque group to this client although its state says it is a
+	// member: a member's Commit declared it removed without removing it
+	// (the other members refuse that Commit), or the server is faulty.
+	// Err wraps ErrDropped. The group's methods return ErrDropped
+	// meanwhile; the other members' clients restore this client to the
+	// server's roster when they recover from that Commit, and the client
+	// then rejoins on its own (EventRejoined). See opaque_recovery.go.
+	EventDropped
 )
 
 var eventKindNames = [...]string{
@@ -129,6 +143,7 @@ var eventKindNames = [...]string{
 	EventReInit:          "reinit",
 	EventForked:          "forked",
 	EventProposalDropped: "proposal-dropped",
+	EventDropped:         "dropped",
 }
 
 // String returns a short lower-case name of k.
@@ -169,6 +184,10 @@ type Event struct {
 	Left []string
 	// ReInit names the successor group of an EventReInit.
 	ReInit *ReInitInfo
+	// Predecessor, for EventJoined, names the group this one continues:
+	// the group a ReInit closed (this is its successor) or the group it
+	// branched from (client/reinit.go); nil for other groups.
+	Predecessor []byte
 	// AcceptedAt is when the Delivery Service accepted the message.
 	AcceptedAt time.Time
 	// Err is set for EventUndecryptable, EventRefused (a *CredentialError),

@@ -67,6 +67,13 @@ type Group struct {
 	// stepped over rather than fetched (in memory only; after a restart
 	// a Fetch does the same).
 	own map[uint64]bool
+	// rec is the state of the recovery of an opaque group from Commits
+	// this client cannot follow, and of the fork checks
+	// (opaque_recovery.go, fork.go).
+	rec recoveryState
+	// den is the deniable-mode state (membership keys), nil in other
+	// modes (deniable.go).
+	den *deniableState
 }
 
 // ErrGroupBroken is returned by the methods of a Group whose Commit this
@@ -120,7 +127,12 @@ func (g *Group) Update(ctx context.Context) error {
 // member's client commits it on its own (the one with the lowest leaf
 // index that neither proposed an Update nor is being removed), like the
 // proposals Leave makes. To update at once, call Update, which commits.
-func (g *Group) ProposeUpdate(ctx context.Context) (Receipt, error) { return g.proposeUpdate(ctx) }
+func (g *Group) ProposeUpdate(ctx context.Context) (Receipt, error) {
+	if g.den != nil {
+		return g.proposeUpdateDeniable(ctx) // deniable.go
+	}
+	return g.proposeUpdate(ctx)
+}
 
 // Leave leaves the group: it hands the server this client's Remove
 // proposal (transparent groups; in opaque ones it sends it to the group
@@ -134,7 +146,12 @@ func (g *Group) ProposeUpdate(ctx context.Context) (Receipt, error) { return g.p
 // is broken leaves without a proposal. Leave returns ErrRemoved if the
 // client was already out when called, and nil if it finds itself removed
 // while it leaves.
-func (g *Group) Leave(ctx context.Context) error { return g.leave(ctx) }
+func (g *Group) Leave(ctx context.Context) error {
+	if g.den != nil {
+		return g.leaveDeniable(ctx) // deniable.go
+	}
+	return g.leave(ctx)
+}
 
 // WaitRemoved waits until this client is no longer a member of the group:
 // its removal was committed and processed (EventRemoved is queued), or it

@@ -244,7 +244,7 @@ func (c *Client) waitCaughtUp(ctx context.Context) error {
 	c.cuMu.Unlock()
 	select {
 	case <-ch:
-		return nil
+		return c.waitDeniableCaughtUp(ctx)
 	case <-ctx.Done():
 		return ctx.Err()
 	case <-c.ctx.Done():
@@ -353,6 +353,10 @@ func (c *Client) publishKeyPackages(ctx context.Context) (int, error) {
 // handleWelcome joins a group from a Welcome to one of this client's
 // KeyPackages.
 func (c *Client) handleWelcome(ctx context.Context, w *mlsdsv1.WelcomeEvent) error {
+	if len(w.GroupId) == 0 {
+		// A deniable group's: the server does not know the group.
+		return c.handleDeniableWelcome(ctx, w)
+	}
 	if g := c.group(w.GroupId); g != nil && !g.wasRemovedBefore(w.CommitSeq) {
 		// Seen already (the server repeats a Welcome until it is
 		// acknowledged).
@@ -433,7 +437,8 @@ func (c *Client) handleWelcome(ctx context.Context, w *mlsdsv1.WelcomeEvent) err
 	c.mu.Lock()
 	c.groups[string(g.id)] = g
 	c.mu.Unlock()
-	c.emit(Event{Kind: EventJoined, GroupID: g.id, Seq: w.CommitSeq, Epoch: st.Epoch(), Members: g.members(), AcceptedAt: w.AcceptedAt.AsTime()})
+	c.emit(Event{Kind: EventJoined, GroupID: g.id, Seq: w.CommitSeq, Epoch: st.Epoch(), Members: g.members(), AcceptedAt: w.AcceptedAt.AsTime(),
+		Predecessor: welcomePredecessor(msg.Welcome, keys)})
 	c.acks.set(g.id, w.CommitSeq)
 	c.acks.now()
 	c.topUpLater()
@@ -491,7 +496,7 @@ func (c *Client) joinFromWelcome(ctx context.Context, ev *mlsdsv1.WelcomeEvent, 
 		info = res.Msg
 		opaque = info.Mode == mlsdsv1.GroupMode_GROUP_MODE_OPAQUE
 	}
-	st, err := mls.JoinGroup(w, keys.kp, keys.priv, nil, nil)
+	st, err := c.joinWelcome(ctx, w, keys, nil) // reinit.go
 	if err == nil {
 		c.joinTree.Store(ptr(treeFromWelcome))
 		return st, opaque, nil
@@ -549,7 +554,7 @@ func (c *Client) joinFromWelcome(ctx context.Context, ev *mlsdsv1.WelcomeEvent, 
 		from = treeFromRatchetTree
 	}
 	// JoinGroup checks the tree against the GroupContext's tree_hash.
-	st, err = mls.JoinGroup(w, keys.kp, keys.priv, tree, nil)
+	st, err = c.joinWelcome(ctx, w, keys, tree)
 	if err != nil {
 		return nil, opaque, err
 	}

@@ -22,9 +22,15 @@ import (
 // it with mallory's state, her client closed.
 func withMallory(t *testing.T, e *testEnv, cfg ...func(*Config)) (alice, bob, mallory *tclient, gid []byte, mst *mls.Group) {
 	t.Helper()
+	return withMalloryIn(t, e, GroupOptions{}, cfg...)
+}
+
+// withMalloryIn is withMallory for a group made with opts.
+func withMalloryIn(t *testing.T, e *testEnv, opts GroupOptions, cfg ...func(*Config)) (alice, bob, mallory *tclient, gid []byte, mst *mls.Group) {
+	t.Helper()
 	alice, bob, mallory = e.open("alice", t.TempDir(), cfg...), e.open("bob", t.TempDir(), cfg...), e.client("mallory")
 	ctx := ctxT(t)
-	g, err := alice.CreateGroup(ctx, GroupOptions{})
+	g, err := alice.CreateGroup(ctx, opts)
 	if err != nil {
 		t.Fatal(err)
 	}

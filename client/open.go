@@ -109,6 +109,7 @@ func start(ctx context.Context, cfg Config, db *store) (*Client, error) {
 		queue:    newEventQueue(),
 	}
 	c.acks = newAcker(c)
+	c.setUpDeniable()
 	ok := false
 	defer func() {
 		if !ok {
@@ -149,6 +150,7 @@ func start(ctx context.Context, cfg Config, db *store) (*Client, error) {
 	c.wg.Add(2)
 	go c.streamLoop()
 	go c.acks.loop()
+	c.followDeniableGroups()
 	// Leaves not committed before the client stopped are proposed again
 	// (unless the proposal of the current epoch is in the log already).
 	for _, g := range c.allGroups() {
@@ -169,11 +171,16 @@ func (c *Client) loadGroups(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("client: reading the group states: %w", err)
 	}
+	den, err := c.db.deniableStates(ctx)
+	if err != nil {
+		return fmt.Errorf("client: reading the deniable group states: %w", err)
+	}
 	for _, r := range rows {
 		g, err := loadGroup(c, r)
 		if err != nil {
 			return fmt.Errorf("client: group %x: %w", r.id, err)
 		}
+		g.den = den[string(r.id)]
 		c.groups[string(r.id)] = g
 	}
 	return nil

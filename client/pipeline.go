@@ -15,6 +15,7 @@ import (
 	"connectrpc.com/connect"
 
 	mlsdsv1 "github.com/mlsds/mlsds/api/mlsds/v1"
+	"github.com/mlsds/mlsds/ds"
 	"github.com/mlsds/mlsds/mls"
 )
 
@@ -93,6 +94,7 @@ func (g *Group) persist(deleteRef []byte) error {
 // CPU: only the KeyPackage is deleted there.
 func (g *Group) save(deleteRef []byte) error {
 	ctx := context.Background()
+	den := g.deniableRowLocked()
 	if g.c.db.inMemory() {
 		if deleteRef != nil {
 			return g.c.db.consumeKeyPackage(ctx, deleteRef)
@@ -104,6 +106,7 @@ func (g *Group) save(deleteRef []byte) error {
 		return err
 	}
 	r := &groupRow{id: g.id, state: state, processed: g.processed, opaque: g.opaque, removed: g.removed, broken: g.broken, refused: g.refused, leaving: g.leaving, proposals: encodeList(g.proposals)}
+	r.deniable = den
 	if p := g.pending; p != nil {
 		r.pendingCommit, r.pendingState = p.wire, p.nextState
 	}
@@ -219,6 +222,9 @@ func (g *Group) lockActive() error {
 	}
 	if g.broken {
 		g.mu.Unlock()
+		if g.rec.dropped {
+			return ErrDropped
+		}
 		return ErrGroupBroken
 	}
 	if g.frozenLocked() {
@@ -256,6 +262,9 @@ func (c *Client) createGroup(ctx context.Context, opts GroupOptions) (*Group, er
 	}
 	if c.group(id) != nil {
 		return nil, fmt.Errorf("client: this client already has group %x", id)
+	}
+	if opts.Deniable {
+		return c.createDeniableGroup(ctx, id) // deniable_stream.go
 	}
 	kp, priv, err := mls.NewKeyPackageWith(c.cs, []byte(c.id), c.sig, 0, math.MaxUint64, greaseKeyPackages)
 	if err != nil {
@@ -387,9 +396,12 @@ func (g *Group) sync(ctx context.Context) error {
 	err := g.catchUpLocked(ctx, math.MaxUint64)
 	g.mu.Unlock()
 	if err != nil {
-		return err
+		return g.noteDropped(err) // opaque_recovery.go
 	}
 	g.maybeRecover(ctx)
+	if err := g.droppedErr(); err != nil {
+		return err
+	}
 	return g.maybeAutoCommit(ctx)
 }
 
@@ -448,7 +460,7 @@ func (g *Group) processLocked(env *mlsdsv1.Envelope) error {
 	if g.skipPrunedLocked(env.GroupSeq) {
 		return nil
 	}
-	if g.removed {
+	if g.removed || g.skipDeniableLocked(env) {
 		return nil
 	}
 	base := Event{GroupID: g.id, Seq: env.GroupSeq, Epoch: env.Epoch, Sender: env.SenderClientId, AcceptedAt: env.AcceptedAt.AsTime()}
@@ -461,7 +473,8 @@ func (g *Group) processLocked(env *mlsdsv1.Envelope) error {
 	}
 	var evs []Event
 	var retry error
-	own := env.SenderClientId == g.c.id
+	// Deniable groups' envelopes name no sender (deniable.go).
+	own := env.SenderClientId == g.c.id || g.ownDeniableLocked(env)
 	msg, err := mls.ParseMLSMessage(env.Message)
 	switch {
 	case err != nil:
@@ -560,6 +573,7 @@ func (g *Group) processLocked(env *mlsdsv1.Envelope) error {
 // It fails, changing nothing, only when that check could not decide.
 func (g *Group) applyCommit(base Event, env *mlsdsv1.Envelope, msg *mls.MLSMessage, own bool, undecryptable func(error) []Event) ([]Event, error) {
 	oldMembers := g.st.Members()
+	prev := g.st
 	var before []string
 	for _, m := range oldMembers {
 		before = append(before, string(m.Identity))
@@ -592,9 +606,11 @@ func (g *Group) applyCommit(base Event, env *mlsdsv1.Envelope, msg *mls.MLSMessa
 		}
 		if err != nil {
 			g.pending = nil
+			g.noteRefusedLocked(msg) // opaque_recovery.go
 			return g.breakLocked(errBroken(err), undecryptable), nil
 		}
 		effect = p.Commit
+		base = g.deniableSender(base, oldMembers, effect, false)
 		for _, r := range effect.Removed {
 			if r.Leaf == g.st.Self() {
 				g.st = next
@@ -611,6 +627,16 @@ func (g *Group) applyCommit(base Event, env *mlsdsv1.Envelope, msg *mls.MLSMessa
 				return []Event{e}, nil
 			}
 		}
+		if g.opaque {
+			// The declared roster change must be what the Commit does
+			// (opaque_recovery.go).
+			if err := checkDeclaration(p.AuthenticatedData, effect, next); err != nil {
+				g.pending = nil
+				g.noteRefusedLocked(msg)
+				return g.breakLocked(errBroken(err), undecryptable), nil
+			}
+		}
+		g.rec.forkDue = true // fork.go
 		if err := g.checkCommitLeaves(next, effect); err != nil {
 			var ce *CredentialError
 			if !errors.As(err, &ce) {
@@ -627,6 +653,8 @@ func (g *Group) applyCommit(base Event, env *mlsdsv1.Envelope, msg *mls.MLSMessa
 		g.st = next
 		g.pending = nil
 	}
+	g.rememberEpochLocked(prev) // opaque_recovery.go
+	base = g.deniableSender(base, oldMembers, effect, own)
 	g.noteEpochEndLocked(oldMembers)
 	g.proposals = nil
 	g.proposalsSince = time.Time{}
@@ -782,8 +810,7 @@ func (g *Group) takePrivateProposal(base Event, msg *mls.MLSMessage, env *mlsdsv
 
 // errBroken explains a Commit this client could not process.
 func errBroken(err error) error {
-	return fmt.Errorf("client: a Commit could not be processed, so this client can no longer follow the group "+
-		"(it rejoins a transparent group on its own; in an opaque one, rejoin with a member's GroupInfo or have a member remove it and add it again): %w", err)
+	return fmt.Errorf("client: a Commit could not be processed, so this client can no longer follow the group until it rejoins (it does so on its own): %w", err)
 }
 
 // minus returns the ids in a that are not in b.
@@ -832,7 +859,7 @@ func (g *Group) sendRetrying(ctx context.Context, what string, once func(wire *[
 			}
 		case transient(err):
 		default:
-			return Receipt{}, g.checkRemoved(ctx, err)
+			return Receipt{}, g.noteDropped(g.checkRemoved(ctx, err))
 		}
 	}
 	return Receipt{}, fmt.Errorf("client: %s group %x failed %d times; try again later: %w", what, g.id, maxAttempts, lastErr)
@@ -852,6 +879,9 @@ func (g *Group) sendOnce(ctx context.Context, data []byte, wire *[]byte) (Receip
 		b, err := mlsMessage(&mls.MLSMessage{WireFormat: mls.WireFormatPrivateMessage, PrivateMessage: pm})
 		if err != nil {
 			return Receipt{}, err
+		}
+		if g.den != nil {
+			g.den.noteSent(b) // the group's stream brings it back
 		}
 		// The ratchet moved: save it before the message leaves, so that
 		// a restart never reuses a key and nonce.
@@ -887,7 +917,8 @@ func (g *Group) sendOnce(ctx context.Context, data []byte, wire *[]byte) (Receip
 type intent struct {
 	adds, removes []string
 	update        bool
-	auto          bool // commit the pending proposals, if it is this client's turn
+	auto          bool        // commit the pending proposals, if it is this client's turn
+	reinit        *mls.ReInit // a ReInit proposal, alone (Group.ReInit, reinit.go)
 }
 
 // commit makes, sends and merges a Commit for in, rebasing it on the new
@@ -923,7 +954,7 @@ func (g *Group) commit(ctx context.Context, in intent) error {
 			}
 		case transient(err):
 		default:
-			return g.checkRemoved(ctx, err)
+			return g.noteDropped(g.checkRemoved(ctx, err))
 		}
 	}
 	return fmt.Errorf("client: committing to group %x failed %d times; try again later: %w", g.id, maxAttempts, lastErr)
@@ -1061,7 +1092,7 @@ func (g *Group) makeCommit(ctx context.Context, in intent, claimed map[string]*m
 	}
 	// The pending proposals this Commit may carry (guard.go).
 	include := g.includeLocked(ctx, in.removes)
-	if len(adds) == 0 && len(removes) == 0 && !in.update && !(in.auto && g.committableLocked(include)) {
+	if len(adds) == 0 && len(removes) == 0 && !in.update && in.reinit == nil && !(in.auto && g.committableLocked(include)) {
 		return nil, nil
 	}
 	next, err := cloneState(g.st)
@@ -1070,7 +1101,26 @@ func (g *Group) makeCommit(ctx context.Context, in intent, claimed map[string]*m
 	}
 	// A PublicMessage, unless the state says to send handshakes encrypted
 	// (mls.Group.SetHandshakeWireFormat).
-	msg, welcome, err := next.CommitMessage(mls.CommitOptions{Adds: adds, Removes: removes, Include: include})
+	opts := mls.CommitOptions{Adds: adds, Removes: removes, Include: include, ReInit: in.reinit}
+	var decl ds.RosterChange
+	if g.opaque {
+		// The Commit declares its roster change in its authenticated_data
+		// (opaque_recovery.go), learnt from a trial Commit first.
+		trial, err := cloneState(g.st)
+		if err != nil {
+			return nil, err
+		}
+		if _, _, err := trial.CommitMessage(opts); err != nil {
+			return nil, fmt.Errorf("client: making a Commit: %w", err)
+		}
+		effect := trial.PendingCommitEffect()
+		if err := trial.MergePendingCommit(); err != nil {
+			return nil, err
+		}
+		decl = g.declarationLocked(effect, memberIDs(trial))
+		opts.AuthenticatedData = marshalDeclaration(decl)
+	}
+	msg, welcome, err := next.CommitMessage(opts)
 	if err != nil {
 		return nil, fmt.Errorf("client: making a Commit: %w", err)
 	}
@@ -1119,6 +1169,12 @@ func (g *Group) makeCommit(ctx context.Context, in intent, claimed map[string]*m
 	}
 	after := memberIDs(next)
 	p.added, p.removed = minus(after, current), minus(current, after)
+	if g.opaque {
+		if got := g.declarationLocked(p.effect, after); !slices.Equal(got.Added, decl.Added) || !slices.Equal(got.Removed, decl.Removed) {
+			return nil, fmt.Errorf("client: the Commit's roster change (added %v, removed %v) is not the one declared (added %v, removed %v); try again", got.Added, got.Removed, decl.Added, decl.Removed)
+		}
+		p.added, p.removed = decl.Added, decl.Removed
+	}
 	return p, nil
 }
 

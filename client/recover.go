@@ -26,10 +26,12 @@ const maxAutoRejoins = 3
 // afterProcessing runs what is due once the group's processed messages are
 // written.
 func (g *Group) afterProcessing(ctx context.Context) {
+	g.maybeCheckFork(ctx) // fork.go
 	g.maybeRecover(ctx)
 	g.maybeAutoCommit(ctx)
 	g.removeStale(ctx)
 	g.maybeLeave(ctx)
+	g.maybeCreateSuccessor(ctx) // reinit.go
 	// Should the designated committer not commit the pending proposals,
 	// this client's turn comes (guard.go).
 	g.mu.Lock()
@@ -37,17 +39,21 @@ func (g *Group) afterProcessing(ctx context.Context) {
 	g.mu.Unlock()
 }
 
-// maybeRecover rejoins a transparent group this client could not follow
-// (a Commit that the server accepted did not process: a bad confirmation
-// tag, a bad path, anything mls refuses) with a resync external Commit
-// from the server's GroupInfo, and reports it with EventRejoined. When
-// several members do so at once they race for the epoch: a loser makes its
-// Commit again from the newer GroupInfo (Group.rejoin). A group broken by a
-// refused Commit (the credential check) is not rejoined: its tree holds
-// the leaf this client refused.
+// maybeRecover rejoins a group this client could not follow (a Commit
+// that the server accepted did not process: a bad confirmation tag, a bad
+// path, anything mls refuses, or, in an opaque group, a roster declaration
+// that lies) with a resync external Commit, and reports it with
+// EventRejoined: a transparent group from the server's GroupInfo, an
+// opaque one from a remote tree or its own state (opaque_recovery.go).
+// When several members do so at once they race for the epoch: a loser
+// makes its Commit again from the newer GroupInfo (Group.rejoin). A group
+// broken by a refused Commit (the credential check) is not rejoined: its
+// tree holds the leaf this client refused. A client the server dropped
+// from an opaque group tries again until it is restored.
 func (g *Group) maybeRecover(ctx context.Context) {
 	g.mu.Lock()
-	due := g.broken && !g.refused && !g.opaque && !g.removed && !g.closed && !g.leaving && g.rejoinFailures < maxAutoRejoins
+	due := g.broken && !g.refused && !g.removed && !g.closed && !g.leaving && (g.rejoinFailures < maxAutoRejoins || g.rec.dropped)
+	opaque := g.opaque
 	reason := g.brokenErr
 	g.mu.Unlock()
 	if !due {
@@ -56,8 +62,13 @@ func (g *Group) maybeRecover(ctx context.Context) {
 	if reason == nil {
 		reason = errors.New("client: this client could not follow the group")
 	}
-	err := g.rejoinWith(ctx, reason)
-	if err == nil {
+	var err error
+	if opaque {
+		err = g.recoverOpaque(ctx, reason)
+	} else {
+		err = g.rejoinWith(ctx, reason)
+	}
+	if err == nil || errors.Is(err, ErrDropped) {
 		return
 	}
 	g.mu.Lock()

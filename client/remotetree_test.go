@@ -211,7 +211,7 @@ func TestRemoteTreeForgedContent(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		return append(append([]byte{remoteTreeVersion}, nonce...), ct...)
+		return append(append([]byte{remoteTreeVersion1}, nonce...), ct...)
 	}
 	// The hand-built blob of the genuine content opens.
 	if _, _, err := OpenRemoteTree(rtSuite, key, gid, 0, seal(gi, g.Tree())); err != nil {
@@ -535,7 +535,9 @@ func TestRemoteTreeThroughServer(t *testing.T) {
 
 	// Alice adds Bob: the Welcome carries no tree; the bundle carries the
 	// encrypted tree of epoch 1.
-	commit, w, err := g.Commit([]*mls.KeyPackage{kpB}, nil)
+	// The Commit declares the roster change (ds/roster_ad.go).
+	commit, w, err := g.CommitWith(mls.CommitOptions{Adds: []*mls.KeyPackage{kpB},
+		AuthenticatedData: ds.RosterChange{Added: []string{"bob"}}.MarshalDeclaration()})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -109,6 +109,10 @@ func openStore(ctx context.Context, path string) (_ *store, err error) {
 		db.Close()
 		return nil, fmt.Errorf("client: updating the state file %s: %w", path, err)
 	}
+	if err := migrateDeniable(ctx, db); err != nil {
+		db.Close()
+		return nil, fmt.Errorf("client: updating the state file %s: %w", path, err)
+	}
 	return &store{db: db, lock: lock}, nil
 }
 
@@ -305,6 +309,9 @@ type groupRow struct {
 	// (an MLSMessage) and the group state once it is merged.
 	pendingCommit, pendingState []byte
 	proposals                   []byte // encodeList of the proposals of the current epoch
+	// deniable is a deniable group's state besides the MLS one, nil in
+	// other modes (deniable_store.go).
+	deniable *deniableState
 }
 
 func (s *store) groups(ctx context.Context) ([]groupRow, error) {
@@ -342,6 +349,9 @@ func (s *store) putGroup(ctx context.Context, r *groupRow, deleteRef []byte) err
 		ON CONFLICT (id) DO UPDATE SET state = excluded.state, processed = excluded.processed, opaque = excluded.opaque, removed = excluded.removed, broken = excluded.broken,
 			pending_commit = excluded.pending_commit, pending_state = excluded.pending_state, proposals = excluded.proposals, leaving = excluded.leaving, refused = excluded.refused`,
 		r.id, r.state, int64(r.processed), r.opaque, r.removed, r.broken, r.pendingCommit, r.pendingState, r.proposals, r.leaving, r.refused); err != nil {
+		return err
+	}
+	if err := putDeniableTx(ctx, tx, r); err != nil {
 		return err
 	}
 	if deleteRef != nil {

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"sync"
+	"time"
 )
 
 // AckParams is one acknowledgement: ClientID has processed the messages of
@@ -55,10 +56,11 @@ type BatchAcker interface {
 const maxAckBatch = 1024
 
 // ackers holds the Ack coalescer of each Service that has Acks in flight.
-// An entry exists only while its Service has Acks queued or committing: it
-// is removed, under ackers.mu, by the committer that finds the queue empty.
-// So an idle Service holds no entry and no goroutine and needs no Close,
-// and the map does not keep a Service alive after its last Ack.
+// An entry exists only while its Service has Acks queued or committing, and
+// for committerLinger after: it is removed, under ackers.mu, by the
+// committer that ends. So an idle Service holds no entry and no goroutine
+// and needs no Close, and the map does not keep a Service alive after its
+// last Ack.
 var ackers = struct {
 	mu sync.Mutex
 	m  map[*Service]*acker
@@ -66,17 +68,19 @@ var ackers = struct {
 
 // acker queues the Acks of concurrent callers of one Service and applies
 // them in batches through a BatchAcker, like batcher does for messages:
-// at most one committer at a time, and only while there is work; a caller
-// that finds none becomes it until its own Ack is done, then hands what is
-// queued to a goroutine that ends when the queue is empty. No timer: a
-// batch is whatever queued up while the previous one committed. Its fields
-// are guarded by ackers.mu.
+// one committer goroutine while there is work, which lingers for
+// committerLinger once the queue is empty and then ends (and the acker
+// leaves the registry). A batch is whatever queued up while the previous
+// one committed; nothing waits for more. Its fields are guarded by
+// ackers.mu.
 type acker struct {
 	svc   *Service
 	batch BatchAcker
 
 	queue   []*ackReq
 	running bool
+	idle    bool          // the committer waits for work (on wake)
+	wake    chan struct{} // tells an idle committer that work came
 }
 
 // ackReq is one queued Ack and, once done is closed, its outcome.
@@ -115,19 +119,22 @@ func (s *Service) ackDurably(ctx context.Context, client string, groupID []byte,
 	ackers.mu.Lock()
 	a := ackers.m[s]
 	if a == nil {
-		a = &acker{svc: s, batch: ba}
+		a = &acker{svc: s, batch: ba, wake: make(chan struct{}, 1)}
 		ackers.m[s] = a
 	}
 	a.queue = append(a.queue, r)
-	lead := !a.running
-	a.running = true
-	ackers.mu.Unlock()
-	if lead {
-		// No committer runs: this caller is it until its own Ack is
-		// done, so that a lone Ack pays for no hand-over.
-		a.lead(r)
-		return r.err
+	switch {
+	case !a.running:
+		a.running = true
+		go a.run()
+	case a.idle:
+		a.idle = false
+		select {
+		case a.wake <- struct{}{}:
+		default:
+		}
 	}
+	ackers.mu.Unlock()
 	select {
 	case <-r.done:
 		return r.err
@@ -147,60 +154,47 @@ func (s *Service) ackDurably(ctx context.Context, client string, groupID []byte,
 	return r.err
 }
 
-// lead commits batches on the caller's goroutine until own is done, then
-// leaves what is still queued to a committer goroutine.
-func (a *acker) lead(own *ackReq) {
+// run is the committer goroutine: it commits what is queued, batch after
+// batch; with an empty queue it lingers, then ends and leaves the
+// registry.
+//
+// It does not hold Acks back to gather larger batches: a client may
+// acknowledge inline, between the messages it reads (the soak's receivers
+// do), and would read no faster than the pace.
+func (a *acker) run() {
+	var linger *time.Timer
 	for {
-		ps, reqs := a.next()
-		if reqs == nil {
-			return
-		}
-		a.commit(ps, reqs)
-		select {
-		case <-own.done:
+		ackers.mu.Lock()
+		ps, reqs := a.take()
+		if len(reqs) == 0 {
+			a.idle = true
+			ackers.mu.Unlock()
+			if linger == nil {
+				linger = time.NewTimer(committerLinger)
+			} else {
+				linger.Reset(committerLinger)
+			}
+			select {
+			case <-a.wake:
+				linger.Stop()
+				continue
+			case <-linger.C:
+			}
 			ackers.mu.Lock()
 			if len(a.queue) == 0 {
-				a.stop()
-			} else {
-				go a.run()
+				a.running, a.idle = false, false
+				if ackers.m[a.svc] == a {
+					delete(ackers.m, a.svc)
+				}
+				ackers.mu.Unlock()
+				return
 			}
+			a.idle = false
 			ackers.mu.Unlock()
-			return
-		default:
+			continue
 		}
-	}
-}
-
-// run is the committer goroutine: it commits what is queued, batch after
-// batch, until the queue is empty.
-func (a *acker) run() {
-	for {
-		ps, reqs := a.next()
-		if reqs == nil {
-			return
-		}
+		ackers.mu.Unlock()
 		a.commit(ps, reqs)
-	}
-}
-
-// next takes the next batch; if there is none, the committer stops (and
-// the acker leaves the registry) and next returns nil.
-func (a *acker) next() ([]AckParams, []*ackReq) {
-	ackers.mu.Lock()
-	defer ackers.mu.Unlock()
-	ps, reqs := a.take()
-	if len(reqs) == 0 {
-		a.stop()
-		return nil, nil
-	}
-	return ps, reqs
-}
-
-// stop ends the committer's turn; ackers.mu is held.
-func (a *acker) stop() {
-	a.running = false
-	if len(a.queue) == 0 && ackers.m[a.svc] == a {
-		delete(ackers.m, a.svc)
 	}
 }
 

@@ -96,11 +96,19 @@ func waitQueued(t *testing.T, s *Service, n int) {
 	}
 }
 
+// ackIdle reports whether s has no entry in the coalescer, once its
+// committer's linger (committerLinger) has passed, waiting up to 10s.
 func ackIdle(s *Service) bool {
-	ackers.mu.Lock()
-	defer ackers.mu.Unlock()
-	_, busy := ackers.m[s]
-	return !busy
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		ackers.mu.Lock()
+		_, busy := ackers.m[s]
+		ackers.mu.Unlock()
+		if !busy || time.Now().After(deadline) {
+			return !busy
+		}
+		time.Sleep(time.Millisecond)
+	}
 }
 
 func ackAsync(s *Service, ctx context.Context, client, group string, seq uint64) <-chan error {
@@ -113,7 +121,7 @@ func TestAckCoalescer(t *testing.T) {
 	st := newGatedAcker()
 	s := &Service{store: st}
 
-	// The first Ack commits alone on its caller's goroutine and holds the
+	// The first Ack commits alone (nothing else was queued) and holds the
 	// engine; the others queue behind it.
 	first := ackAsync(s, bg(), "c1", "h", 1)
 	<-st.entered

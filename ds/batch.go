@@ -41,26 +41,39 @@ const (
 const batchTimeout = 30 * time.Second
 
 // batcher queues the AcceptMessage calls of concurrent submissions and
-// runs them as batches through a BatchAccepter. There is at most one
-// committer at a time, and only while there is work: a submission that
-// finds none becomes it, commits batches (its own message among the first)
-// until its message is done, and then hands what is queued to a committer
-// goroutine, which ends when the queue is empty. So a lone Send commits on
-// its own goroutine, and an idle Service holds no goroutine and needs no
-// Close.
+// runs them as batches through a BatchAccepter. One committer goroutine
+// runs while there is work: it takes whatever is queued, commits it as one
+// batch, and repeats; once the queue is empty it lingers for
+// committerLinger and then ends. So an idle Service holds no goroutine and
+// needs no Close, and a busy one commits on one goroutine whose stack has
+// grown to the engine's needs, instead of growing a request's stack for
+// every batch (SQLite's pure-Go engine runs deep).
 type batcher struct {
 	batch  BatchAccepter
 	notify func(topics ...string)
 
 	mu      sync.Mutex
 	queue   []*acceptReq
-	running bool
+	running bool          // a committer goroutine runs
+	idle    bool          // it waits for work (on wake)
+	wake    chan struct{} // tells an idle committer that work came
+
+	// Wake-ups waiting to be sent (notifyLater).
+	nmu       sync.Mutex
+	pending   []string
+	pendingAt map[string]bool
+	notifying bool // a goroutine sends them
 }
+
+// committerLinger is how long a committer goroutine with nothing to do
+// waits for more before it ends.
+const committerLinger = 100 * time.Millisecond
 
 // acceptReq is one queued message and, once done is closed, its outcome.
 type acceptReq struct {
 	p      AcceptParams
 	topics []string
+	fan    *fanout // of the Service that queued it; nil in tests
 	res    AcceptResult
 	err    error
 	done   chan struct{}
@@ -77,7 +90,7 @@ func newBatcher(store Store, notify func(topics ...string)) *batcher {
 	if !ok {
 		return nil
 	}
-	return &batcher{batch: ba, notify: notify}
+	return &batcher{batch: ba, notify: notify, wake: make(chan struct{}, 1)}
 }
 
 // acceptMessage stores p, through the batcher when the engine supports
@@ -87,29 +100,25 @@ func (s *Service) acceptMessage(ctx context.Context, p AcceptParams, topics []st
 	if s.batcher == nil {
 		res, err := s.store.AcceptMessage(ctx, p)
 		if err == nil && !res.Duplicate {
+			if wakesGroup(topics, p.GroupID) {
+				s.fan.publish([]Envelope{acceptedEnvelope(&p, &res)})
+			}
 			s.notify(topics...)
 		}
 		return res, err
 	}
-	return s.batcher.accept(ctx, p, topics)
+	return s.batcher.accept(ctx, p, topics, s.fan)
 }
 
-func (b *batcher) accept(ctx context.Context, p AcceptParams, topics []string) (AcceptResult, error) {
+func (b *batcher) accept(ctx context.Context, p AcceptParams, topics []string, fan *fanout) (AcceptResult, error) {
 	if err := ctx.Err(); err != nil {
 		return AcceptResult{}, err
 	}
-	r := &acceptReq{p: p, topics: topics, done: make(chan struct{})}
+	r := &acceptReq{p: p, topics: topics, fan: fan, done: make(chan struct{})}
 	b.mu.Lock()
 	b.queue = append(b.queue, r)
-	lead := !b.running
-	b.running = true
+	b.startLocked()
 	b.mu.Unlock()
-	if lead {
-		// No committer runs: this caller is it until its own message
-		// is done, so that a lone Send pays for no hand-over.
-		b.lead(r)
-		return r.res, r.err
-	}
 	select {
 	case <-r.done:
 		return r.res, r.err
@@ -130,53 +139,56 @@ func (b *batcher) accept(ctx context.Context, p AcceptParams, topics []string) (
 	return r.res, r.err
 }
 
-// lead commits batches on the caller's goroutine until own is done, then
-// leaves what is still queued to a committer goroutine.
-func (b *batcher) lead(own *acceptReq) {
-	for {
-		reqs := b.next()
-		if reqs == nil {
-			return
-		}
-		b.commit(reqs)
+// startLocked makes sure a committer looks at the queue: it starts one,
+// or wakes the one that lingers. b.mu is held.
+func (b *batcher) startLocked() {
+	switch {
+	case !b.running:
+		b.running = true
+		go b.run()
+	case b.idle:
+		b.idle = false
 		select {
-		case <-own.done:
-			b.mu.Lock()
-			if len(b.queue) == 0 {
-				b.running = false
-			} else {
-				go b.run()
-			}
-			b.mu.Unlock()
-			return
+		case b.wake <- struct{}{}:
 		default:
 		}
 	}
 }
 
 // run is the committer goroutine: it takes what is queued, commits it as
-// one batch, and repeats until the queue is empty.
+// one batch, and repeats; with an empty queue it lingers, then ends.
 func (b *batcher) run() {
+	var linger *time.Timer
 	for {
-		reqs := b.next()
-		if reqs == nil {
-			return
+		b.mu.Lock()
+		reqs := b.take()
+		if len(reqs) == 0 {
+			b.idle = true
+			b.mu.Unlock()
+			if linger == nil {
+				linger = time.NewTimer(committerLinger)
+			} else {
+				linger.Reset(committerLinger)
+			}
+			select {
+			case <-b.wake:
+				linger.Stop()
+				continue
+			case <-linger.C:
+			}
+			b.mu.Lock()
+			if len(b.queue) == 0 {
+				b.running, b.idle = false, false
+				b.mu.Unlock()
+				return
+			}
+			b.idle = false
+			b.mu.Unlock()
+			continue
 		}
+		b.mu.Unlock()
 		b.commit(reqs)
 	}
-}
-
-// next takes the next batch from the queue; if there is none, the
-// committer stops (running turns false) and next returns nil.
-func (b *batcher) next() []*acceptReq {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	reqs := b.take()
-	if len(reqs) == 0 {
-		b.running = false
-		return nil
-	}
-	return reqs
 }
 
 // take removes the next batch from the queue, dropping withdrawn
@@ -225,6 +237,8 @@ func (b *batcher) commit(reqs []*acceptReq) {
 		r.res, r.err = res[i], errs[i]
 	}
 	var topics []string
+	var envs []Envelope
+	var fan *fanout // the batcher belongs to one Service
 	seen := make(map[string]bool)
 	for _, r := range reqs {
 		if r.err != nil || r.res.Duplicate {
@@ -236,14 +250,98 @@ func (b *batcher) commit(reqs []*acceptReq) {
 				topics = append(topics, t)
 			}
 		}
+		if r.fan != nil && wakesGroup(r.topics, r.p.GroupID) {
+			if envs == nil {
+				envs = make([]Envelope, 0, len(reqs))
+			}
+			envs = append(envs, acceptedEnvelope(&r.p, &r.res))
+			fan = r.fan
+		}
 	}
 	for _, r := range reqs {
 		close(r.done)
 	}
-	// One wake-up per batch and topic, after the answers: a receipt does
-	// not wait for it (with PostgreSQL it is a round trip of its own), and
-	// the next batch, which is taken after it, grows meanwhile.
-	b.notify(topics...)
+	// This node's subscriptions take the messages from memory; the
+	// wake-ups after them are the tails' expected echoes, and tell other
+	// nodes to read the store.
+	if fan != nil {
+		fan.publish(envs)
+	}
+	// One wake-up per topic, after the answers, and off the committer's
+	// path: a receipt does not wait for it, nor does the next batch (with
+	// PostgreSQL it is a round trip of its own).
+	b.notifyLater(topics)
+}
+
+// notifyLater sends the wake-ups of topics on a goroutine of their own,
+// merged with those of the batches that commit meanwhile.
+func (b *batcher) notifyLater(topics []string) {
+	if len(topics) == 0 {
+		return
+	}
+	b.nmu.Lock()
+	defer b.nmu.Unlock()
+	if b.pendingAt == nil {
+		b.pendingAt = make(map[string]bool)
+	}
+	for _, t := range topics {
+		if !b.pendingAt[t] {
+			b.pendingAt[t] = true
+			b.pending = append(b.pending, t)
+		}
+	}
+	if !b.notifying {
+		b.notifying = true
+		go b.sendNotifications()
+	}
+}
+
+func (b *batcher) sendNotifications() {
+	for {
+		b.nmu.Lock()
+		topics := b.pending
+		if len(topics) == 0 {
+			b.notifying = false
+			b.nmu.Unlock()
+			return
+		}
+		b.pending = nil
+		clear(b.pendingAt)
+		b.nmu.Unlock()
+		b.notify(topics...)
+	}
+}
+
+// acceptedEnvelope is the Envelope of an accepted message, as the store
+// returns it to its readers.
+func acceptedEnvelope(p *AcceptParams, res *AcceptResult) Envelope {
+	return Envelope{
+		GroupID: p.GroupID, GroupSeq: res.GroupSeq, Epoch: p.Epoch, Sender: p.Sender,
+		ContentType: p.ContentType, WireFormat: p.WireFormat, Data: p.Data, AcceptedAt: res.AcceptedAt,
+	}
+}
+
+// wakesGroup reports whether topics holds GroupTopic(groupID), without
+// building it: only a message whose group topic is notified may be
+// published (the tail expects the wake-up's echo).
+func wakesGroup(topics []string, groupID []byte) bool {
+	const digits = "0123456789abcdef"
+	for _, t := range topics {
+		if len(t) != 2+2*len(groupID) || t[:2] != "g:" {
+			continue
+		}
+		ok := true
+		for i, c := range groupID {
+			if t[2+2*i] != digits[c>>4] || t[3+2*i] != digits[c&15] {
+				ok = false
+				break
+			}
+		}
+		if ok {
+			return true
+		}
+	}
+	return false
 }
 
 // safeAccept runs AcceptMessages and turns a panic of the engine into an

@@ -99,7 +99,7 @@ func queued(t *testing.T, b *batcher, n int) {
 func acceptAsync(b *batcher, ctx context.Context, data string) <-chan outcome {
 	ch := make(chan outcome, 1)
 	go func() {
-		res, err := b.accept(ctx, params(data), []string{"topic-" + data})
+		res, err := b.accept(ctx, params(data), []string{"topic-" + data}, nil)
 		ch <- outcome{res, err}
 	}()
 	return ch
@@ -140,7 +140,8 @@ func TestBatcherGroupsWaitingMessages(t *testing.T) {
 	}
 }
 
-// idle waits until the batcher's committer goroutine has ended.
+// idle waits until the batcher's committer goroutine has ended and its
+// wake-ups are sent.
 func idle(t *testing.T, b *batcher) {
 	t.Helper()
 	deadline := time.Now().Add(10 * time.Second)
@@ -148,7 +149,10 @@ func idle(t *testing.T, b *batcher) {
 		b.mu.Lock()
 		running := b.running
 		b.mu.Unlock()
-		if !running {
+		b.nmu.Lock()
+		notifying := b.notifying
+		b.nmu.Unlock()
+		if !running && !notifying {
 			return
 		}
 		if time.Now().After(deadline) {
@@ -240,10 +244,10 @@ func TestBatcherErrors(t *testing.T) {
 	st.mu.Lock()
 	st.panicOn = "boom"
 	st.mu.Unlock()
-	if _, err := b.accept(bg(), params("boom"), nil); err == nil {
+	if _, err := b.accept(bg(), params("boom"), nil, nil); err == nil {
 		t.Error("a batch whose engine panicked succeeded")
 	}
-	if r, err := b.accept(bg(), params("after"), nil); err != nil || r.GroupSeq == 0 {
+	if r, err := b.accept(bg(), params("after"), nil, nil); err != nil || r.GroupSeq == 0 {
 		t.Errorf("after a panic: %+v, %v", r, err)
 	}
 }

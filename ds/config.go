@@ -19,6 +19,11 @@ const (
 	// clear header (group_id, epoch, content_type) and takes roster
 	// changes from the committing client.
 	ModeOpaque
+	// ModeDeniable groups are opaque groups whose members prove their
+	// membership by a MAC under a per-epoch key instead of a session, and
+	// of which the Service keeps no roster nor anything else that names a
+	// client next to the group (deniable.go).
+	ModeDeniable
 )
 
 func (m Mode) String() string {
@@ -27,6 +32,8 @@ func (m Mode) String() string {
 		return "transparent"
 	case ModeOpaque:
 		return "opaque"
+	case ModeDeniable:
+		return "deniable"
 	}
 	return "Mode(" + strconv.Itoa(int(m)) + ")"
 }
@@ -147,6 +154,13 @@ type Config struct {
 	// the pruner leaves room to the traffic; default 50ms.
 	PrunePause time.Duration
 
+	// MembershipClockSkew is how far the timestamp of a deniable group's
+	// membership proof may be from the Service's clock, either way;
+	// default 2 minutes. MembershipReplayCacheBytes bounds the memory of
+	// the replay check of those proofs (per node); default 16 MiB.
+	MembershipClockSkew        time.Duration
+	MembershipReplayCacheBytes int64
+
 	// Notifier carries wake-ups from the writers to the subscriptions. Nil
 	// means the Store's own (if it implements NotifierProvider) or else an
 	// in-process one.
@@ -229,6 +243,10 @@ func (c Config) withDefaults() Config {
 	defd(&c.PruneInterval, time.Minute)
 	def(&c.PruneBatch, 1_000)
 	defd(&c.PrunePause, 50*time.Millisecond)
+	defd(&c.MembershipClockSkew, defaultMembershipClockSkew)
+	if c.MembershipReplayCacheBytes <= 0 {
+		c.MembershipReplayCacheBytes = defaultMembershipReplaySize
+	}
 	if c.Now == nil {
 		c.Now = time.Now
 	}

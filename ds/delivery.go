@@ -110,14 +110,17 @@ func (s *Service) Ack(ctx context.Context, client string, groupID []byte, seq ui
 	// exists or not.
 	// Membership (past or present) first, so that an outsider learns
 	// nothing of the group's length either.
-	ws, err := s.store.Memberships(ctx, groupID, client)
-	if err != nil {
-		return err
+	if !s.fan.members.known(s.cfg.Now(), client, groupID) || s.fan.leaving.has(client, groupID) {
+		ws, err := s.store.Memberships(ctx, groupID, client)
+		if err != nil {
+			return err
+		}
+		if len(ws) == 0 {
+			return notMember(client, groupID)
+		}
+		s.fan.members.note(s.cfg.Now(), client, groupID)
 	}
-	if len(ws) == 0 {
-		return notMember(client, groupID)
-	}
-	err = s.ackDurably(ctx, client, groupID, seq)
+	err := s.ackDurably(ctx, client, groupID, seq)
 	if isNotFound(err) || errors.Is(err, ErrNotMember) {
 		return notMember(client, groupID)
 	}
@@ -668,6 +671,14 @@ func (sub *subscription) refreshClient(ctx context.Context) error {
 			sub.sentWelcome = make(map[welcomeKey]bool)
 		}
 		sub.sentWelcome[k] = true
+	}
+	// Welcomes of deniable groups, stored under the client's KeyPackages.
+	if stalled, err := sub.sendDeniableWelcomes(ctx); err != nil || stalled {
+		if stalled {
+			sub.clientDirty.Store(true)
+			sub.stalled, sub.freed = true, false
+		}
+		return err
 	}
 	return sub.checkLowWater(ctx)
 }

@@ -83,7 +83,7 @@ func TestMembershipWindows(t *testing.T) {
 }
 
 // TestOpaqueRoster: in an opaque group the committer declares the roster
-// changes; the Welcome's joiners are added too.
+// changes (roster_ad.go); the Welcome's joiners must be among them.
 func TestOpaqueRoster(t *testing.T) {
 	e := newEnv(t, ds.Config{})
 	for _, id := range []string{"a", "b"} {
@@ -98,7 +98,7 @@ func TestOpaqueRoster(t *testing.T) {
 
 	_, err := sendBundle(e.svc, "a", ds.CommitBundle{Commit: private(t, gid, 0, mls.ContentTypeCommit), Removed: []string{"c"}})
 	wantIs(t, err, ds.ErrInvalidArgument)
-	_, err = sendBundle(e.svc, "a", ds.CommitBundle{Commit: private(t, gid, 0, mls.ContentTypeCommit), Added: []string{"b"}})
+	_, err = sendBundle(e.svc, "a", ds.CommitBundle{Commit: private(t, gid, 0, mls.ContentTypeCommit), Added: []string{"b"}, Removed: []string{"b"}})
 	wantIs(t, err, ds.ErrInvalidArgument)
 	_, err = sendBundle(e.svc, "a", ds.CommitBundle{Commit: private(t, gid, 0, mls.ContentTypeCommit), Welcome: welcome(t, []byte("unknown ref"))})
 	wantErr[*ds.InvalidMessageError](t, err)
@@ -107,7 +107,7 @@ func TestOpaqueRoster(t *testing.T) {
 	wantIs(t, err, ds.ErrInvalidArgument)
 
 	r := must(sendBundle(e.svc, "a", ds.CommitBundle{
-		Commit: private(t, gid, 0, mls.ContentTypeCommit), Added: []string{"c"}, Removed: []string{"b"},
+		Commit: private(t, gid, 0, mls.ContentTypeCommit), Added: []string{"c", "j"}, Removed: []string{"b"},
 		Welcome: welcome(t, ref(t, kpC), ref(t, kpJ)), GroupInfo: []byte("encrypted group info 1"),
 	}))
 	if got := must(e.svc.Roster(bg, "a", gid)); fmt.Sprint(got) != "[a c j]" {

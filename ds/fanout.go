@@ -52,6 +52,45 @@ type fanout struct {
 
 	// buf holds the byte budgets of the subscriptions' buffers.
 	buf *buffered
+
+	// members remembers who acknowledged as a member lately (Ack).
+	members memberCache
+}
+
+// memberCache remembers for a short while the clients that Ack found to be
+// or have been members of a group, so that a client acknowledging as it
+// reads does not cost a read of its memberships each time. Windows are
+// only ever added or closed, never removed, but for two cases: a client
+// deleted (it cannot call any more), and a client that leaves before the
+// first message of its only window (Store.Leave). In the latter, for up to
+// memberCacheTTL, an Ack of the group still moves the cursor the client
+// keeps, instead of being refused; nothing is learnt from it.
+type memberCache struct {
+	mu sync.Mutex
+	m  map[memberKey]time.Time // until when the entry holds
+}
+
+type memberKey struct{ client, group string }
+
+const (
+	memberCacheTTL = 5 * time.Second
+	memberCacheMax = 100_000
+)
+
+func (c *memberCache) known(now time.Time, client string, groupID []byte) bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	until, ok := c.m[memberKey{client, string(groupID)}]
+	return ok && now.Before(until)
+}
+
+func (c *memberCache) note(now time.Time, client string, groupID []byte) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.m == nil || len(c.m) >= memberCacheMax {
+		c.m = make(map[memberKey]time.Time) // start over rather than sweep
+	}
+	c.m[memberKey{client, string(groupID)}] = now.Add(memberCacheTTL)
 }
 
 // newFanout returns the fan-out of a Service (Service.New makes one).
@@ -78,6 +117,18 @@ type groupTail struct {
 
 	gen    atomic.Uint64
 	fillMu sync.Mutex // one store read at a time
+	// echo is set while a wake-up of the group's topic is still to come
+	// for messages that publish already put into the tail: it needs no
+	// fill. The wake-up that takes it may be another's (a node's that
+	// notified in between): the echo then counts as that one, a moment
+	// later, so none is lost. A flag, not a count: the wake-ups of several
+	// batches may go out as one (batcher.notifyLater), and a count would
+	// wait for echoes that never come, swallowing real wake-ups; an echo
+	// that finds the flag clear costs one read of the store. (A Notifier
+	// that never called back the node's own listeners would leave it set,
+	// delaying the next wake-up until the subscriptions poll; both of
+	// mlsds's call them from Notify.)
+	echo atomic.Bool
 
 	mu    sync.Mutex
 	subs  []*groupSub // copied on write
@@ -129,10 +180,78 @@ func (f *fanout) detach(t *groupTail, g *groupSub) {
 
 // notified is the group topic's listener: something was appended.
 func (t *groupTail) notified() {
+	if t.echo.CompareAndSwap(true, false) {
+		return // publish put what this wake-up is for into the tail already
+	}
 	t.gen.Add(1)
 	t.mu.Lock()
 	subs := t.subs
 	t.mu.Unlock()
+	for _, g := range subs {
+		g.dirty.Store(true)
+		g.sub.kick()
+	}
+}
+
+// publish hands to the tails of this node the messages it has just
+// accepted, once they are durably stored, so that its subscriptions
+// serve them from memory instead of reading them back from the store.
+// envs is in acceptance order (so in GroupSeq order within a group), and
+// the caller wakes the topic of each of their groups after publish
+// returns (an echo the tail expects, see groupTail.echo). The store stays the
+// source of truth: a tail takes only messages that continue it without a
+// gap, and one that cannot (it has not loaded yet, or another node or
+// path accepted messages in between) reads the store on the wake-up, as
+// before. Other nodes learn of the messages from the Notifier and read
+// them from the store.
+//
+// The envelopes are shared from then on: they must not be modified.
+func (f *fanout) publish(envs []Envelope) {
+	for i := 0; i < len(envs); {
+		j := i + 1
+		for j < len(envs) && string(envs[j].GroupID) == string(envs[i].GroupID) {
+			j++
+		}
+		f.mu.Lock()
+		t := f.groups[string(envs[i].GroupID)]
+		f.mu.Unlock()
+		if t != nil {
+			t.publish(envs[i:j])
+		}
+		i = j
+	}
+}
+
+// publish appends what of envs continues the tail and, if the tail then
+// holds every message up to the last of envs, expects the echo of the
+// group's wake-up.
+func (t *groupTail) publish(envs []Envelope) {
+	t.mu.Lock()
+	covered := t.next > 0
+	added := 0
+	for i := range envs {
+		e := &envs[i]
+		if !covered || e.GroupSeq < t.next {
+			continue
+		}
+		if e.GroupSeq > t.next {
+			covered = false // a gap: the wake-up fills it from the store
+			continue
+		}
+		t.pushLocked(e)
+		added++
+	}
+	if added > 0 {
+		t.trimLocked()
+	}
+	subs := t.subs
+	if covered {
+		t.echo.Store(true)
+	}
+	t.mu.Unlock()
+	if added == 0 {
+		return
+	}
 	for _, g := range subs {
 		g.dirty.Store(true)
 		g.sub.kick()
@@ -283,21 +402,29 @@ func pageFull(got []Envelope, q MessageQuery) bool {
 }
 
 // appendLocked appends the envelopes of got that continue the tail without
-// a gap and returns how many.
+// a gap and returns how many of got it took, counting those the tail held
+// already (publish may have put them in while the store was read).
 func (t *groupTail) appendLocked(got []Envelope) int {
 	k := 0
+	for k < len(got) && got[k].GroupSeq < t.next && t.next > 0 {
+		k++
+	}
 	for k < len(got) && got[k].GroupSeq == t.next {
-		e := &got[k]
-		t.envs = append(t.envs, e)
-		t.bytes += len(e.Data) + envelopeOverhead
-		if e.ContentType == mls.ContentTypeCommit {
-			t.lastCommit = e.GroupSeq
-		}
-		t.next++
+		t.pushLocked(&got[k])
 		k++
 	}
 	t.trimLocked()
 	return k
+}
+
+// pushLocked appends e, the message at t.next.
+func (t *groupTail) pushLocked(e *Envelope) {
+	t.envs = append(t.envs, e)
+	t.bytes += len(e.Data) + envelopeOverhead
+	if e.ContentType == mls.ContentTypeCommit {
+		t.lastCommit = e.GroupSeq
+	}
+	t.next++
 }
 
 // trimLocked drops the messages that every subscription of the tail has

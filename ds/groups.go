@@ -31,6 +31,10 @@ import (
 // it published, unused unless last-resort, which the group's creation
 // marks used.
 //
+// g.Welcome, if any, is a Welcome for the members the creator added
+// before creating the group here; it must name exactly the KeyPackages in
+// g.KeyPackages and goes to their clients (creategroup_welcome.go).
+//
 // A creation counts against the creator's quotas of groups per day
 // (Config.MaxGroupsPerDay) and bytes per day (its GroupInfo and tree);
 // over either it fails with a *QuotaExceededError, and a creation that
@@ -43,7 +47,7 @@ func (s *Service) CreateGroup(ctx context.Context, creator string, g CreateGroup
 	if err != nil {
 		return err
 	}
-	for _, part := range [][]byte{g.GroupInfo, g.RatchetTree} {
+	for _, part := range [][]byte{g.GroupInfo, g.RatchetTree, g.Welcome} {
 		if len(part) > s.cfg.MaxMessageSize {
 			return &TooLargeError{Limit: s.cfg.MaxMessageSize, What: "message bytes"}
 		}
@@ -107,14 +111,29 @@ func (s *Service) CreateGroup(ctx context.Context, creator string, g CreateGroup
 		if rec.ConsumeKeyPackages, err = s.rosterConsent(ctx, members[1:], g.KeyPackages); err != nil {
 			return err
 		}
+	case ModeDeniable:
+		// No roster: nothing names the creator next to the group.
+		if err := s.deniableCreate(g, &rec); err != nil {
+			return err
+		}
 	default:
 		return fmt.Errorf("%w: unknown group mode %d", ErrInvalidArgument, g.Mode)
+	}
+	if rec.WelcomeTo, err = s.creationWelcome(g, creator, rec.CipherSuite, st); err != nil {
+		return err
+	}
+	if rec.WelcomeTo != nil {
+		rec.Welcome = bytes.Clone(g.Welcome)
 	}
 	if len(rec.ID) == 0 || len(rec.ID) > s.cfg.MaxGroupIDSize {
 		return fmt.Errorf("%w: group id must have 1 to %d bytes", ErrInvalidArgument, s.cfg.MaxGroupIDSize)
 	}
+	if err := s.checkPredecessor(ctx, creator, g.Predecessor, rec, st, members); err != nil {
+		return err
+	}
+	rec.Predecessor = bytes.Clone(g.Predecessor)
 	// The daily quotas of the creator: one group, and the bytes it sent.
-	keep, undo, err := s.chargeGroup(ctx, creator, len(g.GroupInfo)+len(g.RatchetTree))
+	keep, undo, err := s.chargeGroup(ctx, creator, len(g.GroupInfo)+len(g.RatchetTree)+len(g.Welcome))
 	if err != nil {
 		return err
 	}
@@ -357,12 +376,16 @@ func (s *Service) JoinGroupInfo(ctx context.Context, client string, groupID []by
 	if err != nil {
 		return GroupInfoResult{}, err
 	}
+	succ, err := s.store.Successor(ctx, groupID) // successor.go
+	if err != nil {
+		return GroupInfoResult{}, err
+	}
 	if head.Mode != ModeTransparent {
 		rec, err := s.store.GroupState(ctx, groupID)
 		if err != nil {
 			return GroupInfoResult{}, err
 		}
-		return GroupInfoResult{GroupID: rec.ID, Mode: rec.Mode, Epoch: rec.Epoch, GroupInfo: rec.GroupInfo}, nil
+		return GroupInfoResult{GroupID: rec.ID, Mode: rec.Mode, Epoch: rec.Epoch, GroupInfo: rec.GroupInfo, SuccessorGroupID: succ}, nil
 	}
 	var out GroupInfoResult
 	err = s.withState(ctx, groupID, func(_ GroupRecord, e *groupState) error {
@@ -381,6 +404,7 @@ func (s *Service) JoinGroupInfo(ctx context.Context, client string, groupID []by
 			return err
 		}
 		out.Proposals = append([][]byte(nil), e.proposals...)
+		out.SuccessorGroupID = succ
 		return nil
 	})
 	return out, err

@@ -377,16 +377,43 @@ func sendBundle(svc *ds.Service, sender string, b ds.CommitBundle) (ds.Receipt, 
 	if gi, ok := commitGroupInfos.Load(string(b.Commit)); ok && b.GroupInfo == nil {
 		b.GroupInfo = gi.([]byte)
 	}
-	return svc.SendCommitBundle(bg, sender, b)
+	return svc.SendCommitBundle(bg, sender, opaqueBundle(b))
 }
 
 // sendMsg sends data as sender: a Commit built by group.commit with the
-// GroupInfo of its new epoch (SendCommitBundle), anything else with Send.
+// GroupInfo of its new epoch, an opaque group's Commit (a PrivateMessage
+// here) as opaqueBundle makes it (SendCommitBundle), anything else with
+// Send.
 func sendMsg(svc *ds.Service, sender string, data []byte) (ds.Receipt, error) {
 	if gi, ok := commitGroupInfos.Load(string(data)); ok {
 		return svc.SendCommitBundle(bg, sender, ds.CommitBundle{Commit: data, GroupInfo: gi.([]byte)})
 	}
+	if m, err := mls.ParseMLSMessage(data); err == nil && m.PrivateMessage != nil && m.PrivateMessage.ContentType == mls.ContentTypeCommit {
+		return svc.SendCommitBundle(bg, sender, opaqueBundle(ds.CommitBundle{Commit: data}))
+	}
 	return svc.Send(bg, sender, data)
+}
+
+// opaqueBundle completes the bundle of an opaque group's Commit (a
+// PrivateMessage) as the Service requires: with a remote tree of the
+// next epoch if it has none, and, if the Commit declares nothing, the
+// roster declaration of b.Added and b.Removed in its authenticated_data
+// (roster_ad.go). The same bundle gives the same bytes.
+func opaqueBundle(b ds.CommitBundle) ds.CommitBundle {
+	m, err := mls.ParseMLSMessage(b.Commit)
+	if err != nil || m.PrivateMessage == nil || m.PrivateMessage.ContentType != mls.ContentTypeCommit {
+		return b
+	}
+	if b.RemoteTree == nil {
+		b.RemoteTree = &ds.RemoteTree{Epoch: m.PrivateMessage.Epoch + 1, Blob: []byte("the remote tree")}
+	}
+	if len(m.PrivateMessage.AuthenticatedData) == 0 && (len(b.Added) > 0 || len(b.Removed) > 0) {
+		m.PrivateMessage.AuthenticatedData = ds.RosterChange{Added: b.Added, Removed: b.Removed}.MarshalDeclaration()
+		if data, err := m.MarshalBinary(); err == nil {
+			b.Commit = data
+		}
+	}
+	return b
 }
 
 // proposal builds a Proposal message by sender at leaf.

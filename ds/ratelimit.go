@@ -69,6 +69,9 @@ func (k *keyedLimiter) reserve(now time.Time, keys ...string) error {
 	}
 	k.mu.Lock()
 	defer k.mu.Unlock()
+	if len(keys) == 1 && k.get(keys[0]).AllowN(now, 1) {
+		return nil // the usual case, without a Reservation to allocate
+	}
 	var taken []*rate.Reservation
 	var wait time.Duration
 	for _, key := range keys {

@@ -66,3 +66,14 @@ func TestLocalNotifier(t *testing.T) {
 		t.Errorf("a woken %d times, b %d; want 1 and 3", a, b)
 	}
 }
+
+// TestKeyedLimiterDoesNotAllocate: charging a request to a client with
+// tokens left allocates nothing.
+func TestKeyedLimiterDoesNotAllocate(t *testing.T) {
+	now := time.Unix(1_700_000_000, 0)
+	l := newKeyedLimiter("test", 1e9, 1<<30, 10)
+	l.reserve(now, "a")
+	if n := testing.AllocsPerRun(100, func() { l.reserve(now, "a") }); n != 0 {
+		t.Errorf("reserve allocates %v times", n)
+	}
+}

@@ -93,7 +93,7 @@ func TestRemoteTreeWithCommit(t *testing.T) {
 	bad := []ds.RemoteTree{{Epoch: 0, Blob: sealedBlob(0)}, {Epoch: 2, Blob: sealedBlob(2)}, {Epoch: 1, Blob: random(4097)}, {Epoch: 1}}
 	for _, rt := range bad {
 		_, err := sendBundle(e.svc, "a", ds.CommitBundle{
-			Commit: private(t, gid, 0, mls.ContentTypeCommit), Welcome: welcome(t, ref(t, kps[0])), RemoteTree: &rt,
+			Commit: private(t, gid, 0, mls.ContentTypeCommit), Welcome: welcome(t, ref(t, kps[0])), Added: []string{"j"}, RemoteTree: &rt,
 		})
 		if err == nil {
 			t.Fatalf("bundle with remote tree of epoch %d (%d bytes) accepted", rt.Epoch, len(rt.Blob))
@@ -108,7 +108,7 @@ func TestRemoteTreeWithCommit(t *testing.T) {
 
 	blob1 := sealedBlob(1)
 	must(sendBundle(e.svc, "a", ds.CommitBundle{
-		Commit: private(t, gid, 0, mls.ContentTypeCommit), Welcome: welcome(t, ref(t, kps[0])),
+		Commit: private(t, gid, 0, mls.ContentTypeCommit), Welcome: welcome(t, ref(t, kps[0])), Added: []string{"j"},
 		RemoteTree: &ds.RemoteTree{Epoch: 1, Blob: blob1},
 	}))
 	cur, epochs, blobs := remoteTrees(t, e, "j", gid)
@@ -125,11 +125,18 @@ func TestRemoteTreeWithCommit(t *testing.T) {
 	if cur != 2 || fmt.Sprint(epochs) != "[2 1]" || !bytes.Equal(blobs[0], blob2) || !bytes.Equal(blobs[1], blob1) {
 		t.Fatalf("after the second Commit: epoch %d, trees %v; want 2, [2 1]", cur, epochs)
 	}
-	// A Commit without a tree (through Send) drops epoch 1; epoch 3's
-	// comes later.
-	must(sendMsg(e.svc, "a", private(t, gid, 2, mls.ContentTypeCommit)))
-	if cur, epochs, _ := remoteTrees(t, e, "a", gid); cur != 3 || fmt.Sprint(epochs) != "[2]" {
-		t.Fatalf("after a Commit without a tree: epoch %d, trees %v; want 3, [2]", cur, epochs)
+	// A Commit without a tree is refused, through Send or in a bundle:
+	// members that cannot process it rejoin from its tree.
+	_, err := e.svc.Send(bg, "a", private(t, gid, 2, mls.ContentTypeCommit))
+	wantIs(t, err, ds.ErrInvalidArgument)
+	_, err = e.svc.SendCommitBundle(bg, "a", ds.CommitBundle{Commit: private(t, gid, 2, mls.ContentTypeCommit)})
+	wantIs(t, err, ds.ErrInvalidArgument)
+	// The next Commit drops epoch 1; a member may upload epoch 3's again.
+	must(sendBundle(e.svc, "a", ds.CommitBundle{
+		Commit: private(t, gid, 2, mls.ContentTypeCommit), RemoteTree: &ds.RemoteTree{Epoch: 3, Blob: sealedBlob(2)},
+	}))
+	if cur, epochs, _ := remoteTrees(t, e, "a", gid); cur != 3 || fmt.Sprint(epochs) != "[3 2]" {
+		t.Fatalf("after the third Commit: epoch %d, trees %v; want 3, [3 2]", cur, epochs)
 	}
 	must(0, e.svc.PutRemoteTree(bg, "j", gid, ds.RemoteTree{Epoch: 3, Blob: sealedBlob(3)}))
 	if cur, epochs, _ := remoteTrees(t, e, "b", gid); cur != 3 || fmt.Sprint(epochs) != "[3 2]" {
@@ -148,7 +155,7 @@ func TestRemoteTreePendingWelcome(t *testing.T) {
 	gid := []byte("opaque")
 	must(0, e.svc.CreateGroup(bg, "a", ds.CreateGroup{GroupID: gid, Mode: ds.ModeOpaque}))
 	r := must(sendBundle(e.svc, "a", ds.CommitBundle{
-		Commit: private(t, gid, 0, mls.ContentTypeCommit), Welcome: welcome(t, ref(t, kp)),
+		Commit: private(t, gid, 0, mls.ContentTypeCommit), Welcome: welcome(t, ref(t, kp)), Added: []string{"j"},
 		RemoteTree: &ds.RemoteTree{Epoch: 1, Blob: sealedBlob(1)},
 	}))
 	must(sendBundle(e.svc, "a", ds.CommitBundle{

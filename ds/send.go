@@ -39,10 +39,9 @@ const maxStateRetries = 16
 // before anything else about the group, whether it exists or not.
 //
 // Submitting the same bytes again returns the first receipt and changes
-// nothing. A Commit sent with Send changes no roster in an opaque group;
-// use SendCommitBundle for that and to deliver a Welcome. A transparent
-// group's Commits must come with SendCommitBundle and the GroupInfo of the
-// new epoch.
+// nothing. Commits must come with SendCommitBundle: a transparent group's
+// with the GroupInfo of the new epoch, an opaque group's with the remote
+// tree of the new epoch.
 func (s *Service) Send(ctx context.Context, sender string, msg []byte) (Receipt, error) {
 	return s.submit(ctx, sender, msg, nil, "")
 }
@@ -64,9 +63,13 @@ func (s *Service) SendWithJoinToken(ctx context.Context, sender string, msg []by
 // must be signed by a member, carry the GroupContext of the new epoch and
 // the Commit's confirmation_tag, and have an external_pub, so that the
 // GroupInfo the Service serves always lets members resync. In an opaque
-// group the roster changes are b.Added and b.Removed, and every added
-// client must be a joiner of the Welcome. b.JoinToken admits an external
-// Commit of a client that holds a join link's token.
+// group the roster change is the one the Commit declares in its
+// authenticated_data (RosterChange, roster_ad.go; b.Added and b.Removed,
+// if given, must be the same lists), every joiner of the Welcome must be
+// declared added, every other client declared added must be a former
+// member (restored), and b.RemoteTree, the new epoch's encrypted GroupInfo
+// and tree, is required. b.JoinToken admits an external Commit of a client
+// that holds a join link's token.
 func (s *Service) SendCommitBundle(ctx context.Context, sender string, b CommitBundle) (Receipt, error) {
 	return s.submit(ctx, sender, b.Commit, &b, b.JoinToken)
 }
@@ -539,8 +542,29 @@ func checkGroupInfo(gi *mls.GroupInfo, pm *mls.PublicMessage, next *mls.PublicGr
 func (s *Service) prepareOpaque(ctx context.Context, head GroupRecord, sub *submission, p *AcceptParams) error {
 	p.RequireMember = true
 	b := sub.bundle
-	if sub.ct != mls.ContentTypeCommit || b == nil {
+	if sub.ct != mls.ContentTypeCommit {
 		return nil
+	}
+	// Every Commit comes with the new epoch's encrypted GroupInfo and
+	// tree, from which members who cannot process the Commit rejoin.
+	if b == nil || b.RemoteTree == nil {
+		return fmt.Errorf("%w: send an opaque group's Commit with SendCommitBundle and remote_tree: the GroupInfo and ratchet tree of the epoch it starts (%d), encrypted for its members, from which a member that cannot process the Commit rejoins",
+			ErrInvalidArgument, sub.epoch+1)
+	}
+	// The roster change is the one the Commit declares (roster_ad.go).
+	decl, declared, err := ParseRosterDeclaration(CommitAuthenticatedData(sub.msg))
+	if err != nil {
+		return fmt.Errorf("%w: %w", ErrInvalidArgument, err)
+	}
+	if len(b.Added) > 0 || len(b.Removed) > 0 {
+		if !declared {
+			return fmt.Errorf("%w: declare the roster change (added %v, removed %v) in the Commit's authenticated_data (%q), where the members can check it",
+				ErrInvalidArgument, b.Added, b.Removed, RosterLabel)
+		}
+		if !sameSet(b.Added, decl.Added) || !sameSet(b.Removed, decl.Removed) {
+			return fmt.Errorf("%w: the bundle's added %v / removed %v disagree with the Commit's roster declaration (added %v, removed %v); send the same lists, or none",
+				ErrInvalidArgument, b.Added, b.Removed, decl.Added, decl.Removed)
+		}
 	}
 	members, err := s.store.Members(ctx, head.ID)
 	if err != nil {
@@ -549,7 +573,7 @@ func (s *Service) prepareOpaque(ctx context.Context, head GroupRecord, sub *subm
 	if !contains(members, sub.sender) {
 		return fmt.Errorf("%w: %q in group %x", ErrNotMember, sub.sender, head.ID)
 	}
-	removed, err := s.removedMembers(ctx, head.ID, members, b.Removed) // leave.go
+	removed, err := s.removedMembers(ctx, head.ID, members, decl.Removed) // leave.go
 	if err != nil {
 		return err
 	}
@@ -559,15 +583,16 @@ func (s *Service) prepareOpaque(ctx context.Context, head GroupRecord, sub *subm
 		}
 	}
 	// Every added client joins through the Welcome, by a KeyPackage it
-	// published: nobody enters the roster without consent.
+	// published: nobody enters the roster without consent. The only
+	// others a declaration may add are former members the tree still
+	// holds (restored after a Commit declared them removed): members
+	// refuse a declaration that does not match their tree.
 	var added []string
 	for _, w := range p.WelcomeTo {
-		added = append(added, w.ClientID)
-	}
-	for _, a := range b.Added {
-		if !contains(added, a) {
-			return fmt.Errorf("%w: cannot add %q: it is no joiner of the bundle's Welcome; add a client with a Welcome to a KeyPackage it published", ErrInvalidArgument, a)
+		if !contains(decl.Added, w.ClientID) {
+			return fmt.Errorf("%w: the Welcome adds %q, which the Commit's roster declaration does not list as added", ErrInvalidArgument, w.ClientID)
 		}
+		added = append(added, w.ClientID)
 	}
 	added = dedupeSorted(added)
 	for _, a := range added {
@@ -581,6 +606,23 @@ func (s *Service) prepareOpaque(ctx context.Context, head GroupRecord, sub *subm
 			return fmt.Errorf("cannot add %q: %w", a, err)
 		}
 	}
+	for _, a := range decl.Added {
+		if contains(added, a) || contains(members, a) {
+			continue
+		}
+		ws, err := s.store.Memberships(ctx, head.ID, a)
+		if err != nil {
+			return err
+		}
+		if len(ws) == 0 {
+			return fmt.Errorf("%w: cannot add %q: it is no joiner of the bundle's Welcome; add a client with a Welcome to a KeyPackage it published", ErrInvalidArgument, a)
+		}
+		if _, err := s.store.Client(ctx, a); err != nil {
+			return fmt.Errorf("cannot restore %q: %w", a, err)
+		}
+		added = append(added, a) // restored
+	}
+	added = dedupeSorted(added)
 	if len(members)-len(removed)+len(added) > s.cfg.MaxGroupSize {
 		return &TooLargeError{Limit: s.cfg.MaxGroupSize, What: "group members"}
 	}
@@ -588,10 +630,8 @@ func (s *Service) prepareOpaque(ctx context.Context, head GroupRecord, sub *subm
 	if b.GroupInfo != nil {
 		p.GroupInfo = bytes.Clone(b.GroupInfo)
 	}
-	if b.RemoteTree != nil {
-		if p.RemoteTree, err = s.bundleRemoteTree(sub, b.RemoteTree); err != nil {
-			return err
-		}
+	if p.RemoteTree, err = s.bundleRemoteTree(sub, b.RemoteTree); err != nil {
+		return err
 	}
 	return nil
 }

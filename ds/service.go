@@ -47,6 +47,10 @@ type Service struct {
 
 	// prune is the background pruner (prune.go).
 	prune *pruner
+
+	// den holds the replay check and limits of deniable groups
+	// (deniable.go).
+	den *deniableState
 }
 
 // New returns a Service over store. The zero Config is a reasonable one.
@@ -74,6 +78,7 @@ func New(store Store, cfg Config) *Service {
 	s.batcher = newBatcher(store, s.notify)
 	s.fan = newFanout(store, n, cfg)
 	s.meter = newDailyMeter(store, cfg)
+	s.den = newDeniableState(cfg)
 	s.startPruner()
 	return s
 }

@@ -122,12 +122,16 @@ type Store interface {
 	// CreateGroup stores a new group with its first roster; every member
 	// starts with the first message (GroupSeq 1). In the same transaction
 	// it marks g.ConsumeKeyPackages used, failing with ErrKeyPackageUsed
-	// (wrapped) if one of them is used already or gone. ErrAlreadyExists if
-	// the group id is taken.
+	// (wrapped) if one of them is used already or gone, and stores
+	// g.Welcome (if not nil) with its routes g.WelcomeTo at CommitSeq 0.
+	// ErrAlreadyExists if the group id is taken.
 	CreateGroup(ctx context.Context, g GroupRecord, members []string) error
 	// Group returns the head of a group (everything but its state), or
 	// ErrNotFound.
 	Group(ctx context.Context, groupID []byte) (GroupRecord, error)
+	// Successor returns the id of the group that succeeds groupID (see
+	// GroupRecord.Predecessor), or nil if it has none.
+	Successor(ctx context.Context, groupID []byte) ([]byte, error)
 	// GroupState returns the head of the group together with its
 	// GroupInfo and its latest state snapshot (State, at SnapshotVersion).
 	GroupState(ctx context.Context, groupID []byte) (GroupRecord, error)
@@ -260,6 +264,25 @@ type Store interface {
 	// group has none with that id.
 	RevokeJoinLink(ctx context.Context, groupID []byte, id string) error
 
+	// Deniable groups (deniable.go). MembershipKey returns the group's
+	// membership key of epoch, or ErrNotFound. GroupMessages is Messages
+	// without membership windows: every message of the group from
+	// q.FromSeq on (q.ClientID and q.ExcludeOwn are ignored).
+	// PutDeniableRemoteTree is PutRemoteTree without the member check and
+	// with no uploader recorded. DeniableWelcomes returns the deniable
+	// Welcomes stored under the refs of KeyPackages the client published
+	// (claimed or not), as WelcomeEvents with no GroupID and CommitSeq 0;
+	// DeleteDeniableWelcomes deletes those among refs and says how many.
+	// PruneKeyPackages also deletes the deniable Welcomes that expired,
+	// and PruneMessages never deletes a deniable group for want of
+	// members, deletes its messages only by age, and deletes its
+	// superseded membership keys once superseded before p.ExpireBefore.
+	MembershipKey(ctx context.Context, groupID []byte, epoch uint64) (MembershipKey, error)
+	GroupMessages(ctx context.Context, q MessageQuery) ([]Envelope, error)
+	PutDeniableRemoteTree(ctx context.Context, p RemoteTreePut) error
+	DeniableWelcomes(ctx context.Context, clientID string) ([]WelcomeEvent, error)
+	DeleteDeniableWelcomes(ctx context.Context, clientID string, refs [][]byte) (int, error)
+
 	// Close releases the engine's resources.
 	Close() error
 }
@@ -348,6 +371,19 @@ type GroupRecord struct {
 	// Only read by CreateGroup: the KeyPackages (not last-resort) through
 	// which the first members consented, to mark used with the group.
 	ConsumeKeyPackages [][]byte
+	// Only read by CreateGroup: a Welcome for the first members, stored
+	// with CommitSeq 0 (their messages start at 1) and Epoch, and routed
+	// to every recipient in WelcomeTo, as AcceptParams.Welcome is.
+	Welcome   []byte
+	WelcomeTo []WelcomeRoute
+	// Only read by CreateGroup (deniable mode): the membership key of
+	// Epoch, stored with StartSeq 1.
+	MembershipKey []byte
+	// Only read by CreateGroup: the group this one succeeds (a ReInit
+	// closed it, ds/successor.go). The link is stored in the same
+	// transaction; ErrAlreadyExists (wrapped) if that group has a
+	// successor already.
+	Predecessor []byte
 }
 
 // MembershipWindow is a range of group sequence numbers in which a client
@@ -427,6 +463,14 @@ type AcceptParams struct {
 	// epoch (else ErrInvalidArgument). Every accepted Commit drops the
 	// remote trees older than the previous epoch.
 	RemoteTree *RemoteTree
+
+	// Deniable groups (Commits only). NextMembershipKey, when not nil, is
+	// stored as the membership key of the epoch the Commit starts, with
+	// the Commit's GroupSeq as StartSeq, and the key of the Commit's epoch
+	// is marked superseded at AcceptedAt. DeniableWelcome, when not nil,
+	// is stored once under each of its Refs.
+	NextMembershipKey []byte
+	DeniableWelcome   *DeniableWelcome
 }
 
 // StateLogEntry is a message that changed a group's state.

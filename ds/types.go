@@ -111,6 +111,18 @@ type CreateGroup struct {
 	KeyPackages [][]byte
 	// Epoch (opaque mode): the group's current epoch; usually 0.
 	Epoch uint64
+	// Welcome: optional MLSMessage holding a Welcome for the members the
+	// creator added before creating the group here (for a library that
+	// exports only the GroupInfo after its first Commit). It must name
+	// exactly the KeyPackages in KeyPackages, and is routed to their
+	// clients with CommitSeq 0 (creategroup_welcome.go).
+	Welcome []byte
+	// MembershipKey (deniable mode): the membership key of Epoch,
+	// MembershipKeySize bytes (membership.go).
+	MembershipKey []byte
+	// Predecessor: optional id of the group a committed ReInit closed and
+	// this one succeeds (RFC 9420 §11.2; successor.go).
+	Predecessor []byte
 }
 
 // CommitBundle is a Commit with what goes with it, accepted or refused as
@@ -128,6 +140,9 @@ type CommitBundle struct {
 	// JoinToken, for an external Commit of a client that is neither a
 	// member nor a device of a member's user: a live join link's token.
 	JoinToken string
+	// NextMembershipKey, deniable mode only: the membership key of the
+	// epoch the Commit starts, stored with it.
+	NextMembershipKey []byte
 }
 
 // GroupInfoResult is what a member can learn of a group's public state.
@@ -141,4 +156,7 @@ type GroupInfoResult struct {
 	// Transparent mode: the Proposals (MLSMessages) accepted in the
 	// current epoch so far, in group order.
 	Proposals [][]byte
+	// SuccessorGroupID: the group created as this one's successor, if
+	// any (successor.go).
+	SuccessorGroupID []byte
 }

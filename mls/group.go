@@ -35,10 +35,11 @@ import (
 // joiner's old leaf (JoinExternalWith); saving and restoring the whole
 // state (MarshalBinary, UnmarshalGroup).
 //
-// Not covered yet: creating the successor group of a ReInit or a subgroup
-// branch (§11.2, §11.3: a Welcome with a resumption PSK of usage reinit
-// or branch, and the joiner's checks of those), resumption PSKs by value
-// in CommitOptions, PSK proposals in external Commits, padding of the
+// The successor group of a ReInit and subgroup branches (§11.2, §11.3)
+// are in reinit.go.
+//
+// Not covered yet: resumption PSKs of usage application by value in
+// CommitOptions, PSK proposals in external Commits, padding of the
 // PrivateMessages a member sends (§15.1: always none), and sending
 // proposals as an external sender (PublicGroupState validates those).
 
@@ -259,19 +260,26 @@ func (g *Group) pskSecret(ids []PreSharedKeyID) ([]byte, error) {
 // tree if that is not nil. psks holds the PSKs the Welcome may name, by
 // psk_id for external PSKs and by ResumptionPSKKey for resumption PSKs; it
 // may be nil. The external ones stay available for later Commits.
+//
+// A Welcome that names a resumption PSK of usage reinit or branch must be
+// for epoch 1 of the new group (§11.2, §11.3); JoinSuccessor and
+// JoinBranch check the rest of the link to the old group.
 func JoinGroup(w *Welcome, kp *KeyPackage, priv *KeyPackagePrivate, tree *RatchetTree, psks map[string][]byte) (*Group, error) {
+	return joinGroup(w, kp, priv, tree, psks, nil)
+}
+
+// joinGroup is JoinGroup with the checks of link, the old group of a
+// successor or branch, if not nil (reinit.go).
+func joinGroup(w *Welcome, kp *KeyPackage, priv *KeyPackagePrivate, tree *RatchetTree, psks map[string][]byte, link *groupLink) (*Group, error) {
 	ref, err := kp.Ref()
 	if err != nil {
 		return nil, err
 	}
-	var gs *GroupSecrets
-	var gi *GroupInfo
-	if tree != nil {
-		gs, gi, err = DecryptWelcomeWithTree(w, ref, priv.InitPriv, psks, tree)
-	} else {
-		gs, gi, err = DecryptWelcome(w, ref, priv.InitPriv, psks)
-	}
+	gs, gi, err := decryptWelcome(w, ref, priv.InitPriv, psks, tree, link.checkSecrets)
 	if err != nil {
+		return nil, err
+	}
+	if err := link.checkGroupInfo(gs, gi); err != nil {
 		return nil, err
 	}
 	list := make([]PSK, len(gs.PSKs))
@@ -301,6 +309,9 @@ func JoinGroup(w *Welcome, kp *KeyPackage, priv *KeyPackagePrivate, tree *Ratche
 	if err := checkOwnSupport(&kp.LeafNode, gi.GroupContext.Extensions); err != nil {
 		return nil, err
 	}
+	if err := link.checkMembers(t); err != nil {
+		return nil, err
+	}
 	keys, err := NewTreePrivateKey(gi.GroupContext.CipherSuite, self, priv.EncryptionPriv)
 	if err != nil {
 		return nil, err
@@ -322,7 +333,7 @@ func JoinGroup(w *Welcome, kp *KeyPackage, priv *KeyPackagePrivate, tree *Ratche
 	if err := es.VerifyConfirmationTag(gc.ConfirmedTranscriptHash, gi.ConfirmationTag); err != nil {
 		return nil, err
 	}
-	return newGroup(pub, keys, es, priv.SignaturePriv, psks)
+	return newGroup(pub, keys, es, priv.SignaturePriv, link.keepPSKs(psks, gs))
 }
 
 // GroupID returns the group's ID.
@@ -413,10 +424,17 @@ type CommitOptions struct {
 	// HandshakeWireFormat. Commit and CommitWith send PublicMessages only:
 	// use CommitMessage for a PrivateMessage.
 	WireFormat WireFormat
+	// AuthenticatedData is the Commit's authenticated_data (§6): signed
+	// with it, and in the clear in a PrivateMessage too.
+	AuthenticatedData []byte
+
+	// link is the resumption PSK of usage reinit or branch that the
+	// initial Commit of a successor or branch carries (reinit.go).
+	link *PreSharedKeyID
 }
 
 func (o *CommitOptions) byValue() bool {
-	return len(o.Adds) > 0 || len(o.Removes) > 0 || len(o.ExternalPSKs) > 0 || o.Extensions != nil || o.ReInit != nil
+	return len(o.Adds) > 0 || len(o.Removes) > 0 || len(o.ExternalPSKs) > 0 || o.Extensions != nil || o.ReInit != nil || o.link != nil
 }
 
 // CommitWith is Commit with PSK, GroupContextExtensions and ReInit
@@ -500,6 +518,9 @@ func (g *Group) CommitMessage(opts CommitOptions) (*MLSMessage, *Welcome, error)
 	if opts.Extensions != nil {
 		byValue = append(byValue, &Proposal{ProposalType: ProposalTypeGroupContextExtensions, GroupContextExtensions: &GroupContextExtensions{Extensions: *opts.Extensions}})
 	}
+	if opts.link != nil {
+		byValue = append(byValue, &Proposal{ProposalType: ProposalTypePSK, PreSharedKey: &PreSharedKey{PSK: *opts.link}})
+	}
 	if opts.ReInit != nil {
 		byValue = append(byValue, &Proposal{ProposalType: ProposalTypeReInit, ReInit: opts.ReInit})
 	}
@@ -582,7 +603,7 @@ func (g *Group) CommitMessage(opts CommitOptions) (*MLSMessage, *Welcome, error)
 		WireFormat: wf,
 		Content: FramedContent{GroupID: oldGC.GroupID, Epoch: oldGC.Epoch,
 			Sender:      Sender{SenderType: SenderTypeMember, LeafIndex: self},
-			ContentType: ContentTypeCommit, Commit: commit},
+			ContentType: ContentTypeCommit, Commit: commit, AuthenticatedData: bytes.Clone(opts.AuthenticatedData)},
 	}
 	if err := ac.Sign(cs, g.sigPriv, &oldGC); err != nil {
 		return nil, nil, err
@@ -1525,6 +1546,8 @@ type JoinExternalOptions struct {
 	// unless GroupPolicy.AllowResyncWithNewIdentity), and may keep its
 	// signature key.
 	RemoveLeaf *LeafIndex
+	// AuthenticatedData is the Commit's authenticated_data (§6).
+	AuthenticatedData []byte
 }
 
 // JoinExternalWith is JoinExternal with options.
@@ -1583,7 +1606,7 @@ func JoinExternalWith(gi *GroupInfo, tree *RatchetTree, kp *KeyPackage, priv *Ke
 		WireFormat: WireFormatPublicMessage,
 		Content: FramedContent{GroupID: oldGC.GroupID, Epoch: oldGC.Epoch,
 			Sender:      Sender{SenderType: SenderTypeNewMemberCommit},
-			ContentType: ContentTypeCommit, Commit: commit},
+			ContentType: ContentTypeCommit, Commit: commit, AuthenticatedData: bytes.Clone(opts.AuthenticatedData)},
 	}
 	if err := ac.Sign(cs, priv.SignaturePriv, &oldGC); err != nil {
 		return nil, nil, err

@@ -334,10 +334,13 @@ func (ns *PublicGroupState) applyProposals(old *PublicGroupState, props []listed
 	for _, lp := range props {
 		switch lp.p.ProposalType {
 		case ProposalTypePSK:
-			if err := checkPSKProposal(old.gc.CipherSuite, lp.p.PreSharedKey); err != nil {
+			if err := checkPSKProposal(old.gc.CipherSuite, lp.p.PreSharedKey, old.gc.Epoch == 0); err != nil {
 				return nil, err
 			}
 			effect.PSKs = append(effect.PSKs, lp.p.PreSharedKey.PSK)
+			if err := checkOneLink(effect.PSKs); err != nil {
+				return nil, err
+			}
 		case ProposalTypeReInit:
 			if lp.p.ReInit.Version < old.gc.Version {
 				return nil, invalidf("12.1.5", "ReInit to protocol version %d, below the group's %d", lp.p.ReInit.Version, old.gc.Version)
@@ -451,7 +454,10 @@ func (ns *PublicGroupState) validateAddedKeyPackage(a addedLeaf, members memberS
 }
 
 // checkPSKProposal applies the rules of §12.1.4 that need no PSK value.
-func checkPSKProposal(cs CipherSuite, p *PreSharedKey) error {
+// initial says the proposal is in the Commit that leaves epoch 0, the one
+// that sets up a successor or a branch, where usages reinit and branch
+// are allowed (§11.2, §11.3, reinit.go).
+func checkPSKProposal(cs CipherSuite, p *PreSharedKey, initial bool) error {
 	id := &p.PSK
 	if len(id.PSKNonce) != cs.HashSize() {
 		return invalidf("12.1.4", "psk_nonce has %d bytes; it must have Nh = %d", len(id.PSKNonce), cs.HashSize())
@@ -460,9 +466,13 @@ func checkPSKProposal(cs CipherSuite, p *PreSharedKey) error {
 		switch id.Usage {
 		case ResumptionPSKUsageApplication:
 		case ResumptionPSKUsageReInit:
-			return invalid("12.1.4", "a PreSharedKey proposal of usage reinit is only valid while reinitializing a group")
+			if !initial {
+				return invalid("12.1.4", "a PreSharedKey proposal of usage reinit is only valid while reinitializing a group")
+			}
 		case ResumptionPSKUsageBranch:
-			return invalid("12.1.4", "a PreSharedKey proposal of usage branch is only valid while branching a group")
+			if !initial {
+				return invalid("12.1.4", "a PreSharedKey proposal of usage branch is only valid while branching a group")
+			}
 		default:
 			return invalidf("12.1.4", "resumption PSK has unknown usage %d", id.Usage)
 		}
@@ -621,7 +631,7 @@ func (s *PublicGroupState) validateStandaloneProposal(p *Proposal, sender Sender
 			return &ValidationError{Rule: ruleRemoveBlank, Section: "12.1.3", Err: fmt.Errorf("leaf %d is blank", p.Remove.Removed)}
 		}
 	case ProposalTypePSK:
-		return checkPSKProposal(s.gc.CipherSuite, p.PreSharedKey)
+		return checkPSKProposal(s.gc.CipherSuite, p.PreSharedKey, false)
 	case ProposalTypeReInit:
 		if p.ReInit.Version < s.gc.Version {
 			return invalidf("12.1.5", "ReInit to protocol version %d, below the group's %d", p.ReInit.Version, s.gc.Version)

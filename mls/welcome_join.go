@@ -37,7 +37,13 @@ func DecryptWelcome(w *Welcome, kpRef KeyPackageRef, initPriv []byte, psks map[s
 // with the signer's leaf in tree. A nil tree means the GroupInfo's
 // ratchet_tree extension, as in DecryptWelcome.
 func DecryptWelcomeWithTree(w *Welcome, kpRef KeyPackageRef, initPriv []byte, psks map[string][]byte, tree *RatchetTree) (*GroupSecrets, *GroupInfo, error) {
-	gs, gi, err := openWelcome(w, kpRef, initPriv, psks)
+	return decryptWelcome(w, kpRef, initPriv, psks, tree, nil)
+}
+
+// decryptWelcome is DecryptWelcomeWithTree with checkSecrets, if not nil,
+// run on the GroupSecrets before their PSKs are looked up (reinit.go).
+func decryptWelcome(w *Welcome, kpRef KeyPackageRef, initPriv []byte, psks map[string][]byte, tree *RatchetTree, checkSecrets func(*GroupSecrets) error) (*GroupSecrets, *GroupInfo, error) {
+	gs, gi, err := openWelcomeChecked(w, kpRef, initPriv, psks, checkSecrets)
 	if err != nil {
 		return nil, nil, err
 	}
@@ -92,6 +98,12 @@ func pskLookupKey(id *PreSharedKeyID) string {
 // openWelcome decrypts the group secrets for kpRef and the GroupInfo, and
 // checks everything but the GroupInfo signature.
 func openWelcome(w *Welcome, kpRef KeyPackageRef, initPriv []byte, psks map[string][]byte) (*GroupSecrets, *GroupInfo, error) {
+	return openWelcomeChecked(w, kpRef, initPriv, psks, nil)
+}
+
+// openWelcomeChecked is openWelcome with checkSecrets, if not nil, run on
+// the decrypted GroupSecrets before anything else.
+func openWelcomeChecked(w *Welcome, kpRef KeyPackageRef, initPriv []byte, psks map[string][]byte, checkSecrets func(*GroupSecrets) error) (*GroupSecrets, *GroupInfo, error) {
 	cs := w.CipherSuite
 	if err := cs.check(); err != nil {
 		return nil, nil, err
@@ -120,6 +132,11 @@ func openWelcome(w *Welcome, kpRef KeyPackageRef, initPriv []byte, psks map[stri
 	}
 	if gs.PathSecret != nil && len(gs.PathSecret) != cs.HashSize() {
 		return nil, nil, invalidf("12.4.3.1", "path_secret has %d bytes; %s needs %d", len(gs.PathSecret), cs, cs.HashSize())
+	}
+	if checkSecrets != nil {
+		if err := checkSecrets(gs); err != nil {
+			return nil, nil, err
+		}
 	}
 
 	// §12.4.3.1: every PSK must be available, and at most one resumption

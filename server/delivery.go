@@ -214,8 +214,4 @@ func (d *deliveryService) Subscribe(ctx context.Context, req *connect.Request[ml
 	}
 }
 
-// SubscribeGroup is not served yet: deniable groups and group-scoped
-// streams are being built (see GroupMode DENIABLE).
-func (d *deliveryService) SubscribeGroup(ctx context.Context, req *connect.Request[mlsdsv1.SubscribeGroupRequest], stream *connect.ServerStream[mlsdsv1.SubscribeGroupResponse]) error {
-	return connect.NewError(connect.CodeUnimplemented, errors.New("SubscribeGroup is not available on this server yet"))
-}
+// SubscribeGroup: groupstream.go.

@@ -285,9 +285,9 @@ func TestMembershipWindows(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	res, err := alice.groups.SendCommitBundle(ctx, connect.NewRequest(&mlsdsv1.SendCommitBundleRequest{
+	res, err := alice.groups.SendCommitBundle(ctx, connect.NewRequest(opaqueBundle(t, &mlsdsv1.SendCommitBundleRequest{
 		Commit: privateMessage(t, gid, 0, mls.ContentTypeCommit, 60), Welcome: welcomeTo(t, carolRef),
-		Added: []string{"carol"}, Removed: []string{"bob"}}))
+		Added: []string{"carol"}, Removed: []string{"bob"}})))
 	if err != nil {
 		t.Fatal(err)
 	}

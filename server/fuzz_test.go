@@ -63,6 +63,8 @@ func fuzzEnv(f *testing.F) *testEnv {
 		c.RequestsPerSecond = -1
 		c.ClaimsPerMinute = -1
 		c.ClaimsPerTargetPerMinute = -1
+		// The fuzzers create far more groups than a client may per day.
+		c.MaxGroupsPerDay, c.MaxBytesPerDay = -1, -1
 	})
 }
 

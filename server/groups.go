@@ -39,6 +39,8 @@ func modeOf(m mlsdsv1.GroupMode) (ds.Mode, error) {
 		return ds.ModeTransparent, nil
 	case mlsdsv1.GroupMode_GROUP_MODE_OPAQUE:
 		return ds.ModeOpaque, nil
+	case mlsdsv1.GroupMode_GROUP_MODE_DENIABLE:
+		return ds.ModeDeniable, nil
 	}
 	return 0, connect.NewError(connect.CodeInvalidArgument, fmt.Errorf("unknown group mode %d", m))
 }
@@ -46,6 +48,9 @@ func modeOf(m mlsdsv1.GroupMode) (ds.Mode, error) {
 func protoMode(m ds.Mode) mlsdsv1.GroupMode {
 	if m == ds.ModeOpaque {
 		return mlsdsv1.GroupMode_GROUP_MODE_OPAQUE
+	}
+	if m == ds.ModeDeniable {
+		return mlsdsv1.GroupMode_GROUP_MODE_DENIABLE
 	}
 	return mlsdsv1.GroupMode_GROUP_MODE_TRANSPARENT
 }
@@ -80,6 +85,10 @@ func (g *groupService) CreateGroup(ctx context.Context, req *connect.Request[mls
 		Members:     m.Members,
 		Epoch:       m.Epoch,
 		KeyPackages: m.KeyPackages,
+		Welcome:     m.Welcome,
+		Predecessor: m.PredecessorGroupId,
+
+		MembershipKey: m.MembershipKey,
 	})
 	if err != nil {
 		return nil, s.toConnect(ctx, err, m.GroupId)
@@ -101,6 +110,9 @@ func (s *Server) accepted(kind string, err error) {
 }
 
 func (g *groupService) Send(ctx context.Context, req *connect.Request[mlsdsv1.SendRequest]) (*connect.Response[mlsdsv1.SendResponse], error) {
+	if _, ok := ClientID(ctx); !ok {
+		return g.sendDeniable(ctx, req) // deniable.go
+	}
 	s, client := g.s, mustClient(ctx)
 	r, err := s.ds.SendWithJoinToken(ctx, client, req.Msg.Message, req.Msg.JoinToken)
 	s.accepted("send", err)
@@ -111,6 +123,9 @@ func (g *groupService) Send(ctx context.Context, req *connect.Request[mlsdsv1.Se
 }
 
 func (g *groupService) SendCommitBundle(ctx context.Context, req *connect.Request[mlsdsv1.SendCommitBundleRequest]) (*connect.Response[mlsdsv1.SendCommitBundleResponse], error) {
+	if _, ok := ClientID(ctx); !ok {
+		return g.sendCommitBundleDeniable(ctx, req) // deniable.go
+	}
 	s, client := g.s, mustClient(ctx)
 	m := req.Msg
 	r, err := s.ds.SendCommitBundle(ctx, client, ds.CommitBundle{
@@ -130,6 +145,9 @@ func (g *groupService) SendCommitBundle(ctx context.Context, req *connect.Reques
 }
 
 func (g *groupService) Fetch(ctx context.Context, req *connect.Request[mlsdsv1.FetchRequest]) (*connect.Response[mlsdsv1.FetchResponse], error) {
+	if _, ok := ClientID(ctx); !ok {
+		return g.fetchDeniable(ctx, req) // deniable.go
+	}
 	s, client := g.s, mustClient(ctx)
 	m := req.Msg
 	if err := needGroupID(m.GroupId); err != nil {
@@ -172,10 +190,16 @@ func (g *groupService) Ack(ctx context.Context, req *connect.Request[mlsdsv1.Ack
 			return nil, s.toConnect(ctx, err, c.GroupId)
 		}
 	}
+	if err := s.ds.AckWelcomes(ctx, client, req.Msg.WelcomeRefs); err != nil { // deniable groups
+		return nil, s.toConnect(ctx, err, nil)
+	}
 	return connect.NewResponse(&mlsdsv1.AckResponse{}), nil
 }
 
 func (g *groupService) GetGroupInfo(ctx context.Context, req *connect.Request[mlsdsv1.GetGroupInfoRequest]) (*connect.Response[mlsdsv1.GetGroupInfoResponse], error) {
+	if _, ok := ClientID(ctx); !ok {
+		return g.getGroupInfoDeniable(ctx, req) // deniable.go
+	}
 	s, client := g.s, mustClient(ctx)
 	if err := needGroupID(req.Msg.GroupId); err != nil {
 		return nil, err
@@ -192,6 +216,8 @@ func (g *groupService) GetGroupInfo(ctx context.Context, req *connect.Request[ml
 		RatchetTree: gi.RatchetTree,
 		TreeHash:    gi.TreeHash,
 		Proposals:   gi.Proposals,
+
+		SuccessorGroupId: gi.SuccessorGroupID,
 	}), nil
 }
 

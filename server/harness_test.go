@@ -386,11 +386,39 @@ func (m *member) claim(id string) []byte {
 }
 
 func (m *member) send(msg []byte) (*mlsdsv1.Receipt, error) {
+	if pm, err := mls.ParseMLSMessage(msg); err == nil && pm.PrivateMessage != nil && pm.PrivateMessage.ContentType == mls.ContentTypeCommit {
+		// An opaque group's Commit goes in a bundle (opaqueBundle).
+		res, err := m.groups.SendCommitBundle(context.Background(), connect.NewRequest(opaqueBundle(m.t, &mlsdsv1.SendCommitBundleRequest{Commit: msg})))
+		if err != nil {
+			return nil, err
+		}
+		return res.Msg.Receipt, nil
+	}
 	res, err := m.groups.Send(context.Background(), connect.NewRequest(&mlsdsv1.SendRequest{Message: msg}))
 	if err != nil {
 		return nil, err
 	}
 	return res.Msg.Receipt, nil
+}
+
+// opaqueBundle completes the bundle of an opaque group's Commit (a
+// PrivateMessage) as the server requires: with a remote tree of the next
+// epoch if it has none, and, if the Commit declares nothing, the roster
+// declaration of req.Added and req.Removed in its authenticated_data
+// (ds/roster_ad.go). The same request gives the same bytes.
+func opaqueBundle(t testing.TB, req *mlsdsv1.SendCommitBundleRequest) *mlsdsv1.SendCommitBundleRequest {
+	m, err := mls.ParseMLSMessage(req.Commit)
+	if err != nil || m.PrivateMessage == nil || m.PrivateMessage.ContentType != mls.ContentTypeCommit {
+		return req
+	}
+	if req.RemoteTree == nil {
+		req.RemoteTree = &mlsdsv1.RemoteTree{Epoch: m.PrivateMessage.Epoch + 1, Blob: []byte("the remote tree")}
+	}
+	if len(m.PrivateMessage.AuthenticatedData) == 0 && (len(req.Added) > 0 || len(req.Removed) > 0) {
+		m.PrivateMessage.AuthenticatedData = ds.RosterChange{Added: req.Added, Removed: req.Removed}.MarshalDeclaration()
+		req.Commit = mlsMessage(t, m)
+	}
+	return req
 }
 
 func (m *member) mustSend(msg []byte) *mlsdsv1.Receipt {

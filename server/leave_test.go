@@ -345,8 +345,8 @@ func TestLeaveGroupOpaque(t *testing.T) {
 	// Removing bob, who left, is accepted; removing a client that never
 	// was a member is not.
 	bundle := func(removed ...string) error {
-		_, err := alice.groups.SendCommitBundle(ctx, connect.NewRequest(&mlsdsv1.SendCommitBundleRequest{
-			Commit: privateMessage(t, gid, 0, mls.ContentTypeCommit, 10), Removed: removed}))
+		_, err := alice.groups.SendCommitBundle(ctx, connect.NewRequest(opaqueBundle(t, &mlsdsv1.SendCommitBundleRequest{
+			Commit: privateMessage(t, gid, 0, mls.ContentTypeCommit, 10), Removed: removed})))
 		return err
 	}
 	connectErr(t, bundle("stranger"), connect.CodeInvalidArgument)

@@ -37,8 +37,30 @@ func newIPLimiter(perSecond float64, burst, max int) *ipLimiter {
 // reserve charges one call to the address of peer ("host:port") and
 // returns how long the caller must wait if it is over the limit.
 func (l *ipLimiter) reserve(now time.Time, peer string) time.Duration {
+	if l == nil {
+		return 0
+	}
+	if l.entry(now, peerAddr(peer)).AllowN(now, 1) {
+		return 0 // the usual case, without a Reservation to allocate
+	}
 	d, _ := l.take(now, peer)
 	return d
+}
+
+// entry returns the limiter of addr, creating it if needed.
+func (l *ipLimiter) entry(now time.Time, addr netip.Addr) *rate.Limiter {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	e := l.entries[addr]
+	if e == nil {
+		if len(l.entries) >= l.max {
+			l.evict(now)
+		}
+		e = &ipEntry{lim: rate.NewLimiter(l.limit, l.burst)}
+		l.entries[addr] = e
+	}
+	e.seen = now
+	return e.lim
 }
 
 // evict forgets the addresses that were idle long enough for their bucket
@@ -99,19 +121,7 @@ func (l *ipLimiter) take(now time.Time, peer string) (d time.Duration, refund fu
 	if l == nil {
 		return 0, func() {}
 	}
-	addr := peerAddr(peer)
-	l.mu.Lock()
-	e := l.entries[addr]
-	if e == nil {
-		if len(l.entries) >= l.max {
-			l.evict(now)
-		}
-		e = &ipEntry{lim: rate.NewLimiter(l.limit, l.burst)}
-		l.entries[addr] = e
-	}
-	e.seen = now
-	l.mu.Unlock()
-	r := e.lim.ReserveN(now, 1)
+	r := l.entry(now, peerAddr(peer)).ReserveN(now, 1)
 	if !r.OK() {
 		return time.Minute, nil
 	}

@@ -14,6 +14,9 @@ import (
 // ratchet tree for its current epoch (members only); see
 // ds.Service.PutRemoteTree.
 func (g *groupService) PutRemoteTree(ctx context.Context, req *connect.Request[mlsdsv1.PutRemoteTreeRequest]) (*connect.Response[mlsdsv1.PutRemoteTreeResponse], error) {
+	if _, ok := ClientID(ctx); !ok {
+		return g.putRemoteTreeDeniable(ctx, req) // deniable.go
+	}
 	s, client := g.s, mustClient(ctx)
 	m := req.Msg
 	if err := needGroupID(m.GroupId); err != nil {
@@ -33,6 +36,9 @@ func (g *groupService) PutRemoteTree(ctx context.Context, req *connect.Request[m
 // ratchet tree of the current and the previous epoch, newest first, to
 // members and to clients with a pending Welcome of the group.
 func (g *groupService) GetRemoteTree(ctx context.Context, req *connect.Request[mlsdsv1.GetRemoteTreeRequest]) (*connect.Response[mlsdsv1.GetRemoteTreeResponse], error) {
+	if _, ok := ClientID(ctx); !ok {
+		return g.getRemoteTreeDeniable(ctx, req) // deniable.go
+	}
 	s, client := g.s, mustClient(ctx)
 	if err := needGroupID(req.Msg.GroupId); err != nil {
 		return nil, err

@@ -111,8 +111,10 @@ func TestRemoteTreeRPCs(t *testing.T) {
 	bundle := &mlsdsv1.SendCommitBundleRequest{
 		Commit:     privateMessage(t, gid, 0, mls.ContentTypeCommit, 60),
 		Welcome:    welcomeTo(t, refs[0]),
+		Added:      []string{"joiner"},
 		RemoteTree: &mlsdsv1.RemoteTree{Epoch: 0, Blob: blobs[1]},
 	}
+	bundle = opaqueBundle(t, bundle)
 	_, err = alice.groups.SendCommitBundle(ctx, connect.NewRequest(bundle))
 	connectErr(t, err, connect.CodeInvalidArgument)
 	wantRemoteTrees(t, alice, gid, 0, blobs, 0)

@@ -154,6 +154,8 @@ func TestMetrics(t *testing.T) {
 	alice.createOpaqueGroup(gid, bob)
 	sub := bob.subscribe()
 	sub.waitCaughtUp(t)
+	alice.mustSend(privateMessage(t, gid, 0, mls.ContentTypeApplication, 10))
+	// An opaque group's Commits go in bundles (harness: send).
 	alice.mustSend(privateMessage(t, gid, 0, mls.ContentTypeCommit, 10))
 	alice.send(privateMessage(t, gid, 0, mls.ContentTypeCommit, 10)) // wrong_epoch
 	alice.send([]byte("junk"))                                       // invalid_message
@@ -169,10 +171,12 @@ func TestMetrics(t *testing.T) {
 	}
 	for _, want := range []string{
 		`mlsds_requests_total{code="ok",procedure="GroupService/Send"} 1`,
-		`mlsds_requests_total{code="aborted",procedure="GroupService/Send"} 1`,
+		`mlsds_requests_total{code="ok",procedure="GroupService/SendCommitBundle"} 1`,
+		`mlsds_requests_total{code="aborted",procedure="GroupService/SendCommitBundle"} 1`,
 		`mlsds_requests_total{code="invalid_argument",procedure="GroupService/Send"} 1`,
 		`mlsds_requests_total{code="unauthenticated",procedure="KeyPackageService/CountKeyPackages"} 1`,
 		`mlsds_messages_accepted_total{kind="send"} 1`,
+		`mlsds_messages_accepted_total{kind="commit_bundle"} 1`,
 		`mlsds_messages_rejected_total{reason="wrong_epoch"} 1`,
 		`mlsds_messages_rejected_total{reason="invalid_message"} 1`,
 		`mlsds_commit_conflicts_total 1`,

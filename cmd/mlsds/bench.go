@@ -40,6 +40,7 @@ type benchFlags struct {
 	serverCPUProfile       string
 	cpuProfile             string
 	servePprof             string // internal: this process is the server child
+	mode                   string // --mode (bench_deniable.go)
 }
 
 func newBenchFlagSet(f *benchFlags, stderr io.Writer) *flag.FlagSet {
@@ -71,6 +72,7 @@ func newBenchFlagSet(f *benchFlags, stderr io.Writer) *flag.FlagSet {
 	fs.StringVar(&f.serverCPUProfile, "server-cpuprofile", "", "write a CPU profile of the started server over the load to this file (go tool pprof FILE)")
 	fs.StringVar(&f.cpuProfile, "cpuprofile", "", "write a CPU profile of the bench itself (its clients) over the whole run to this file")
 	fs.StringVar(&f.servePprof, "serve-pprof", "", "internal: run `mlsds serve` (the arguments after --) in this process with net/http/pprof on this address")
+	fs.StringVar(&f.mode, "mode", "", "deniable: build --groups opaque groups, then as many deniable ones, of --members SDK clients, send in each for --duration and report accepted messages/s side by side, and the membership MAC check's cost per request (uses --target, --store, --temp-dir, --groups, --members, --senders, --size, --rate, --duration, --drain, --workers, --server-flags, --json)")
 	addEnvToUsage(fs, benchEnvPrefix)
 	return fs
 }
@@ -104,6 +106,11 @@ func runBench(args []string, stdout, stderr io.Writer) int {
 	if fs.NArg() > 0 {
 		fmt.Fprintf(stderr, "mlsds bench: unexpected arguments %q\n", fs.Args())
 		return 2
+	}
+	if f.mode != "" {
+		ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+		defer stop()
+		return runBenchMode(ctx, &f, stdout, stderr) // bench_deniable.go
 	}
 	if f.scenario != loadgen.ScenarioCommit {
 		if err := loadgen.CheckMix(f.commits, f.proposals); err != nil {

@@ -65,6 +65,8 @@ type clientOpts struct {
 	deviceLink   string
 	keyPackages  int
 	json, opaque bool
+	// deniable creates a deniable-mode group (create --deniable).
+	deniable bool
 	// listen starts printing events only once it said it listens.
 	listen bool
 	// offline opens the state without the server (groups, when the
@@ -111,6 +113,7 @@ func init() {
 		"create": {args: "<name>", summary: "create a group with you as its only member; the name is your label for it (the group id is random)",
 			minArgs: 1, maxArgs: 1, flags: func(fs *flag.FlagSet, o *clientOpts) {
 				fs.BoolVar(&o.opaque, "opaque", false, "create an opaque-mode group (the server orders its messages without inspecting them)")
+				fs.BoolVar(&o.deniable, "deniable", false, "create a deniable-mode group: opaque, and the server keeps no link between its members and the group (members prove membership with a per-epoch key, not their session)")
 			}, run: clientCreate},
 		"add":    {args: "<group> <client-id>...", summary: "add clients to a group (each needs a published KeyPackage)", minArgs: 2, maxArgs: -1, run: clientAdd},
 		"remove": {args: "<group> <client-id>...", summary: "remove clients from a group", minArgs: 2, maxArgs: -1, run: clientRemove},
@@ -1198,7 +1201,7 @@ func clientCreate(ctx context.Context, s *clientSession, args []string) error {
 	if err := s.nameGroup(ctx, id, name); err != nil {
 		return err
 	}
-	g, err := s.c.CreateGroup(ctx, client.GroupOptions{ID: id, Opaque: s.opts.opaque})
+	g, err := s.c.CreateGroup(ctx, client.GroupOptions{ID: id, Opaque: s.opts.opaque, Deniable: s.opts.deniable})
 	if err != nil {
 		s.labels.forget(id)
 		deleteLabel(context.WithoutCancel(ctx), s.path, id)
@@ -1757,6 +1760,9 @@ func (p *eventPrinter) text(e client.Event) string {
 		return "the Welcome you got is not for the group the server serves; your client joins the served one instead: " + errText(e.Err)
 	case client.EventProposalDropped:
 		return fmt.Sprintf("dropped a proposal by %s: too many proposals are pending in this epoch (%s)", sender, errText(e.Err))
+	case client.EventDropped:
+		return "the server no longer delivers this group to you although you are a member (a member's Commit declared you removed); " +
+			"the other members restore you, and your client rejoins then: " + errText(e.Err)
 	}
 	return e.Kind.String()
 }

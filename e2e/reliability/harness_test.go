@@ -363,6 +363,16 @@ func (c *client) createOpaqueGroup(tb testing.TB, groupID []byte, others []*clie
 }
 
 func (c *client) send(ctx context.Context, msg []byte) (*mlsdsv1.Receipt, error) {
+	if m, err := mls.ParseMLSMessage(msg); err == nil && m.PrivateMessage != nil && m.PrivateMessage.ContentType == mls.ContentTypeCommit {
+		// An opaque group's Commit goes in a bundle with the next epoch's
+		// (here: dummy) remote tree, as the server requires.
+		res, err := c.groups().SendCommitBundle(ctx, connect.NewRequest(&mlsdsv1.SendCommitBundleRequest{Commit: msg,
+			RemoteTree: &mlsdsv1.RemoteTree{Epoch: m.PrivateMessage.Epoch + 1, Blob: []byte("the remote tree")}}))
+		if err != nil {
+			return nil, err
+		}
+		return res.Msg.Receipt, nil
+	}
 	res, err := c.groups().Send(ctx, connect.NewRequest(&mlsdsv1.SendRequest{Message: msg}))
 	if err != nil {
 		return nil, err

@@ -57,6 +57,8 @@ var ghost = []byte("no-such-group-0123456789")
 
 func TestHostileTable(t *testing.T) {
 	w := newWorld(t)
+	den := newDeniableGroup(w) // deniable_table_test.go
+	rw := newReinitWorld(w)    // reinit_table_test.go
 	cases := []attack{
 		{
 			name: "stranger fetches a transparent group's GroupInfo",
@@ -313,6 +315,8 @@ func TestHostileTable(t *testing.T) {
 			code: connect.CodeInvalidArgument, msg: "9223372036854775807",
 		},
 	}
+	cases = append(cases, den.attacks()...)
+	cases = append(cases, rw.attacks()...)
 	for _, id := range []string{"zero\u200bwidth", "\u0430lice", "evil\u202egnp.exe", " bob", "bob ", "Bob"} {
 		cases = append(cases, attack{
 			name: fmt.Sprintf("register id %q", id),

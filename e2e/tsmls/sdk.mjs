@@ -58,7 +58,10 @@ async function summary(c) {
     leaves: Object.fromEntries(
       c.state.ratchetTree
         .filter((n) => n?.nodeType === "leaf")
-        .map((n) => [dec.decode(n.leaf.credential.identity), { hpkeKey: b64(n.leaf.hpkePublicKey), source: n.leaf.leafNodeSource }]),
+        .map((n) => [
+          dec.decode(n.leaf.credential.identity),
+          { hpkeKey: b64(n.leaf.hpkePublicKey), signatureKey: b64(n.leaf.signaturePublicKey), source: n.leaf.leafNodeSource },
+        ]),
     ),
     removed: c.removed,
   }
@@ -137,12 +140,87 @@ const ops = {
       tree = decodeRatchetTree(unb64(gi.ratchetTree), 0)?.[0]
       if (!tree) throw new Error(`${id}: cannot decode the DS's ratchet tree`)
     }
-    c.state = await joinGroup(wm.welcome, c.kp.publicPackage, c.kp.privatePackage, emptyPskIndex, impl, tree)
+    const kp = await c.keyPackageFor(w.keyPackageRef)
+    c.state = await joinGroup(wm.welcome, kp.publicPackage, kp.privatePackage, emptyPskIndex, impl, tree)
     c.groupId = unb64(w.groupId)
     c.next = Number(w.commitSeq) + 1
     c.removed = false
     await c.checkDSTree(`after ${id} joined`)
     return { groupId: w.groupId, commitSeq: Number(w.commitSeq), ...(await summary(c)) }
+  },
+
+  // createWithWelcome has `by` create the group as a library that cannot
+  // export the GroupInfo of epoch 0 does: it makes the group alone,
+  // claims a KeyPackage of each of ids and adds them in its first Commit,
+  // which it does not send; then it calls CreateGroup with the GroupInfo
+  // and ratchet tree of epoch 1, the claimed KeyPackages and the Commit's
+  // Welcome, which the DS routes to the joiners. The Welcome carries the
+  // ratchet_tree extension if ratchetTree.
+  async createWithWelcome({ by, ids, ratchetTree }) {
+    const c = client(by)
+    c.groupId = enc.encode(`tsmls-welcome-${Date.now()}-${Math.random().toString(16).slice(2)}`)
+    const state0 = await createGroup(c.groupId, c.kp.publicPackage, c.kp.privatePackage, [], impl)
+    const claimed = []
+    for (const id of ids) claimed.push(await c.claimRaw(id))
+    const res = await createCommit(
+      { state: state0, cipherSuite: impl },
+      {
+        wireAsPublicMessage: true,
+        ratchetTreeExtension: !!ratchetTree,
+        extraProposals: claimed.map((k) => ({ proposalType: "add", add: { keyPackage: k.keyPackage } })),
+      },
+    )
+    if (!res.welcome) throw new Error("ts-mls made no Welcome for the Adds")
+    c.state = res.newState
+    await c.call("mlsds.v1.GroupService/CreateGroup", {
+      groupId: b64(c.groupId),
+      mode: "GROUP_MODE_TRANSPARENT",
+      groupInfo: b64(await c.groupInfo()),
+      ratchetTree: b64(encodeRatchetTree(c.state.ratchetTree)),
+      keyPackages: claimed.map((k) => k.raw),
+      welcome: b64(encodeMlsMessage({ version: "mls10", wireformat: "mls_welcome", welcome: res.welcome })),
+    })
+    c.next = 1
+    await c.checkDSTree("after CreateGroup at epoch 1 with a Welcome")
+    return { groupId: b64(c.groupId), ...(await summary(c)) }
+  },
+
+  // registerKeyPerKeyPackage registers ts-mls clients as libraries that
+  // make a new signature key for each KeyPackage need: each registers
+  // with a KeyPackage as its proof of possession (not published), then
+  // makes n KeyPackages, each with a key of its own. The first upload of
+  // one is tried before its key is added, and must be refused; then each
+  // key is added (AccountService.AddSignatureKey, proven by the
+  // KeyPackage itself) and the KeyPackage published. It returns each
+  // client's registered key, its added keys and the first refusal.
+  async registerKeyPerKeyPackage({ ids, n }) {
+    const out = {}
+    for (const id of ids) {
+      const c = new Client(id)
+      await c.registerWithKeyPackage()
+      clients.set(id, c)
+      const kps = []
+      for (let i = 0; i < n; i++) kps.push(await c.newKeyPackage())
+      let refusal
+      try {
+        await c.uploadKeyPackage(kps[0])
+      } catch (e) {
+        if (!(e instanceof RpcError)) throw e
+        refusal = { code: e.code, message: e.message }
+      }
+      if (!refusal) throw new Error(`${id}: a KeyPackage with an unregistered key was accepted`)
+      c.published = []
+      for (const kp of kps) {
+        await c.addKeyOf(kp)
+        await c.uploadKeyPackage(kp)
+      }
+      out[id] = {
+        registeredKey: b64(c.kp.publicPackage.leafNode.signaturePublicKey),
+        addedKeys: kps.map((kp) => b64(kp.publicPackage.leafNode.signaturePublicKey)),
+        refusal,
+      }
+    }
+    return out
   },
 
   // send has `by` send an application message (a PrivateMessage).

@@ -73,8 +73,9 @@ type tsState struct {
 	TreeHash           []byte   `json:"treeHash"`
 	Members            []string `json:"members"`
 	Leaves             map[string]struct {
-		HPKEKey []byte `json:"hpkeKey"`
-		Source  string `json:"source"` // leaf_node_source: key_package, commit or update
+		HPKEKey      []byte `json:"hpkeKey"`
+		SignatureKey []byte `json:"signatureKey"`
+		Source       string `json:"source"` // leaf_node_source: key_package, commit or update
 	} `json:"leaves"`
 	Removed bool `json:"removed"`
 }

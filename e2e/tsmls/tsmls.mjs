@@ -23,6 +23,7 @@ import { encodeCredential } from "ts-mls/credential.js"
 import { signWithLabel } from "ts-mls/crypto/signature.js"
 import { encodeRatchetTree } from "ts-mls/ratchetTree.js"
 import { createGroupInfo } from "ts-mls/createCommit.js"
+import { makeKeyPackageRef } from "ts-mls/keyPackage.js"
 
 export const SUITE = 1 // MLS_128_DHKEMX25519_AES128GCM_SHA256_Ed25519
 export const impl = await getCiphersuiteImpl(getCiphersuiteFromName("MLS_128_DHKEMX25519_AES128GCM_SHA256_Ed25519"))
@@ -120,6 +121,11 @@ export function leafOf(state, id) {
   throw new Error(`${id} is not a member`)
 }
 
+// kpMessage encodes a ts-mls KeyPackage as an MLSMessage.
+export function kpMessage(kp) {
+  return encodeMlsMessage({ version: "mls10", wireformat: "mls_key_package", keyPackage: kp })
+}
+
 // opaqueV is v with the variable-size length prefix of RFC 9420 §2.1.2.
 function opaqueV(v) {
   const n = v.length
@@ -175,6 +181,67 @@ export class Client {
     this.token = a.sessionToken
   }
 
+  // registerWithKeyPackage registers as a library that cannot sign
+  // caller-chosen bytes does (auth.proto, RegisterClientRequest.key_package):
+  // the proof of possession of the key is a KeyPackage made with it, which
+  // is not published. Then it logs in with that key.
+  async registerWithKeyPackage() {
+    this.kp = await this.newKeyPackage()
+    this.sigPriv = this.kp.privatePackage.signaturePrivateKey
+    const r = await rpc("mlsds.v1.AuthService/RegisterClient", {
+      credential: b64(encodeCredential(this.credential)),
+      signatureKey: b64(this.kp.publicPackage.leafNode.signaturePublicKey),
+      cipherSuite: SUITE,
+      keyPackage: b64(kpMessage(this.kp.publicPackage)),
+    })
+    if (r.clientId !== this.id) throw new Error(`RegisterClient: client id ${r.clientId}, want ${this.id}`)
+    await this.login()
+  }
+
+  async login() {
+    const ch = await rpc("mlsds.v1.AuthService/GetChallenge", { clientId: this.id })
+    const sig = await signWithLabel(this.sigPriv, ch.label, unb64(ch.challenge), impl.signature)
+    const a = await rpc("mlsds.v1.AuthService/Authenticate", { clientId: this.id, challenge: ch.challenge, signature: b64(sig) })
+    if (!a.sessionToken) throw new Error("Authenticate: no session token")
+    this.token = a.sessionToken
+  }
+
+  // newKeyPackage makes a KeyPackage with fresh keys, its signature key
+  // too, as ts-mls's generateKeyPackage does, valid for a week.
+  async newKeyPackage() {
+    const now = BigInt(Math.floor(Date.now() / 1000))
+    const lifetime = { notBefore: now - 3600n, notAfter: now + 7n * 24n * 3600n }
+    return generateKeyPackage(this.credential, defaultCapabilities(), lifetime, [], impl)
+  }
+
+  // addKeyOf registers the signature key of kp (from newKeyPackage) as
+  // another key of this client (AccountService.AddSignatureKey), with kp
+  // itself as the proof of possession.
+  async addKeyOf(kp) {
+    await this.call("mlsds.v1.AccountService/AddSignatureKey", {
+      signatureKey: b64(kp.publicPackage.leafNode.signaturePublicKey),
+      keyPackage: b64(kpMessage(kp.publicPackage)),
+    })
+  }
+
+  // uploadKeyPackage publishes kp (from newKeyPackage) and keeps it for
+  // joining (keyPackageFor).
+  async uploadKeyPackage(kp) {
+    const r = await this.call("mlsds.v1.KeyPackageService/UploadKeyPackages", { keyPackages: [{ keyPackage: b64(kpMessage(kp.publicPackage)) }] })
+    if ((r.keyPackages ?? []).length !== 1) throw new Error(`UploadKeyPackages: ${JSON.stringify(r)}`)
+    ;(this.published ??= []).push(kp)
+  }
+
+  // keyPackageFor returns this client's KeyPackage (public and private)
+  // whose KeyPackageRef is ref (base64), or this.kp without published ones.
+  async keyPackageFor(ref) {
+    if (!this.published) return this.kp
+    for (const kp of this.published) {
+      if (b64(await makeKeyPackageRef(kp.publicPackage, impl.hash)) === ref) return kp
+    }
+    throw new Error(`${this.id}: a Welcome for KeyPackage ${ref}, which this client did not publish`)
+  }
+
   async uploadKeyPackages() {
     const kpMsg = (kp) => b64(encodeMlsMessage({ version: "mls10", wireformat: "mls_key_package", keyPackage: kp }))
     const r = await rpc("mlsds.v1.KeyPackageService/UploadKeyPackages", { keyPackages: [{ keyPackage: kpMsg(this.kp.publicPackage) }] }, this.token)
@@ -188,12 +255,18 @@ export class Client {
   // claim claims one KeyPackage of client id and returns it (a ts-mls
   // KeyPackage).
   async claim(id) {
+    return (await this.claimRaw(id)).keyPackage
+  }
+
+  // claimRaw is claim returning the KeyPackage also as the DS handed it
+  // out (base64 of the MLSMessage).
+  async claimRaw(id) {
     const r = await this.call("mlsds.v1.KeyPackageService/ClaimKeyPackages", { clientId: id, cipherSuite: SUITE })
     const kps = r.keyPackages ?? []
     if (kps.length !== 1 || kps[0].clientId !== id) throw new Error(`ClaimKeyPackages(${id}): ${JSON.stringify(r)}`)
     const m = decodeMlsMessage(unb64(kps[0].keyPackage), 0)?.[0]
     if (m?.wireformat !== "mls_key_package") throw new Error("claimed KeyPackage is not an MLSMessage(KeyPackage)")
-    return m.keyPackage
+    return { keyPackage: m.keyPackage, raw: kps[0].keyPackage }
   }
 
   async fetchNew() {

@@ -89,7 +89,9 @@ func (GroupMode) EnumDescriptor() ([]byte, []int) {
 // caller is a member of the epoch it names. It is never sent as a message:
 // the proof travels in the request header
 //
-//	Mlsds-Membership: v1 <epoch> <unix-milliseconds> <base64url MAC, no padding>
+//	Mlsds-Membership: v1 <epoch> <unix-milliseconds> <nonce> <MAC>
+//
+// (the nonce 16 random bytes, nonce and MAC in base64url without padding)
 //
 // and the call carries no Authorization header. The key of epoch e is
 //
@@ -107,13 +109,14 @@ func (GroupMode) EnumDescriptor() ([]byte, []int) {
 //	  opaque group_id<V>;
 //	  uint64 epoch;
 //	  uint64 timestamp;     // the header's unix milliseconds
+//	  opaque nonce<V>;      // the header's nonce
 //	  opaque body_hash<V>;  // SHA-256 of the request message's protobuf
 //	                        // encoding, fields in field-number order
 //	} MembershipTranscript;
 //
 // The server could compute every such MAC itself, so a MAC proves nothing
-// to a third party. It refuses stale timestamps and replays, and never
-// stores a MAC.
+// to a third party. It refuses stale timestamps and replays (a proof used
+// before), and never stores a MAC.
 type MembershipAuth struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	unknownFields protoimpl.UnknownFields
@@ -445,11 +448,20 @@ type SendCommitBundleRequest struct {
 	Welcome []byte `protobuf:"bytes,2,opt,name=welcome,proto3" json:"welcome,omitempty"`
 	// Optional GroupInfo (MLSMessage) for the new epoch.
 	GroupInfo []byte `protobuf:"bytes,3,opt,name=group_info,json=groupInfo,proto3" json:"group_info,omitempty"`
-	// Opaque mode: client ids the Commit adds and removes.
+	// Opaque mode: client ids the Commit adds and removes. The roster change
+	// is declared in the Commit's authenticated_data (RosterDeclaration, see
+	// ds/roster_ad.go: label "mlsds roster v1", added and removed client
+	// ids), which the members check against the Commit; the server applies
+	// that declaration. These fields are optional and, if given, must equal
+	// it.
 	Added   []string `protobuf:"bytes,4,rep,name=added,proto3" json:"added,omitempty"`
 	Removed []string `protobuf:"bytes,5,rep,name=removed,proto3" json:"removed,omitempty"`
-	// Opaque mode: the encrypted GroupInfo and ratchet tree of the epoch the
-	// Commit starts; stored with the Commit, in the same transaction.
+	// Opaque mode (required): the encrypted GroupInfo and ratchet tree of
+	// the epoch the Commit starts, sealed under the new epoch's key and under
+	// the key of the epoch the Commit was made in, so that a member that
+	// cannot process the Commit can rejoin from it (see client/remotetree.go).
+	// Stored with the Commit, in the same transaction. Deniable mode:
+	// optional, as in opaque mode.
 	RemoteTree *RemoteTree `protobuf:"bytes,6,opt,name=remote_tree,json=remoteTree,proto3" json:"remote_tree,omitempty"`
 	// A join link token, for an external Commit by a client that is neither
 	// a member nor a device of a member's user.

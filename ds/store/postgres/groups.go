@@ -27,6 +27,11 @@ func (s *Store) CreateGroup(ctx context.Context, g ds.GroupRecord, members []str
 	if err := checkText("member id", members...); err != nil {
 		return err
 	}
+	for _, w := range g.WelcomeTo {
+		if err := checkText("Welcome recipient id", w.ClientID); err != nil {
+			return err
+		}
+	}
 	members = dedupe(members)
 	return s.tx(ctx, "create group", func(tx pgx.Tx) error {
 		tag, err := tx.Exec(ctx, `INSERT INTO groups
@@ -40,6 +45,9 @@ func (s *Store) CreateGroup(ctx context.Context, g ds.GroupRecord, members []str
 		if tag.RowsAffected() == 0 {
 			return fmt.Errorf("%w: group %x", ds.ErrAlreadyExists, g.ID)
 		}
+		if err := linkSuccessor(ctx, tx, g); err != nil {
+			return err
+		}
 		b := &pgx.Batch{}
 		if g.State != nil {
 			queuePutSnapshot(b, nonNil(g.ID), 0, g.State)
@@ -47,6 +55,10 @@ func (s *Store) CreateGroup(ctx context.Context, g ds.GroupRecord, members []str
 		if len(members) > 0 {
 			queueAddMembers(b, g.ID, members, 1)
 		}
+		if g.Welcome != nil {
+			queueCreationWelcome(b, g, epoch)
+		}
+		queueFirstMembershipKey(b, g, epoch) // deniable.go
 		consume := dedupeRefs(g.ConsumeKeyPackages)
 		if len(consume) > 0 {
 			queueConsume(b, consume, g.CreatedAt)
@@ -69,6 +81,27 @@ func (s *Store) CreateGroup(ctx context.Context, g ds.GroupRecord, members []str
 		}
 		return br.Close()
 	})
+}
+
+// queueCreationWelcome queues the storing of the Welcome of a group's
+// creation, with commit_seq 0, and its routes.
+func queueCreationWelcome(b *pgx.Batch, g ds.GroupRecord, epoch int64) {
+	b.Queue("INSERT INTO welcomes (group_id, commit_seq, epoch, data, accepted_at) VALUES ($1, 0, $2, $3, $4)",
+		nonNil(g.ID), epoch, g.Welcome, ts(g.CreatedAt))
+	clients := make([]string, 0, len(g.WelcomeTo))
+	refs := make([][]byte, 0, len(g.WelcomeTo))
+	for _, w := range g.WelcomeTo {
+		clients = append(clients, w.ClientID)
+		refs = append(refs, nonNil(w.KeyPackageRef))
+	}
+	if len(clients) > 0 {
+		b.Queue(`INSERT INTO welcome_routes (client_id, group_id, commit_seq, key_package_ref)
+			SELECT r.client_id, $1, 0, r.ref
+			FROM unnest($2::text[], $3::bytea[]) WITH ORDINALITY AS r (client_id, ref, ord)
+			ORDER BY r.ord
+			ON CONFLICT (client_id, group_id, commit_seq) DO NOTHING`,
+			nonNil(g.ID), clients, refs)
+	}
 }
 
 // queueAddMembers opens membership windows starting at from for clients
@@ -466,6 +499,9 @@ func (s *Store) acceptTx(ctx context.Context, tx pgx.Tx, p ds.AcceptParams) (ds.
 			return err
 		}
 		if err := acceptRemoteTree(ctx, tx, p, newEpoch); err != nil {
+			return err
+		}
+		if err := acceptDeniable(ctx, tx, p, seq, newEpoch, at); err != nil { // deniable.go
 			return err
 		}
 		res.Receipt = ds.Receipt{GroupID: bytes.Clone(p.GroupID), GroupSeq: uint64(seq), Epoch: p.Epoch, AcceptedAt: at}

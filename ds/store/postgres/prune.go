@@ -92,6 +92,9 @@ func pruneGroup(ctx context.Context, tx pgx.Tx, id []byte, p ds.PruneParams, bud
 	if err != nil {
 		return false, err
 	}
+	if ds.Mode(mode) == ds.ModeDeniable {
+		return pruneDeniableGroup(ctx, tx, id, pruned, p, budget, res) // deniable.go
+	}
 	if !members {
 		n, done, err := deleteGroupTx(ctx, tx, id, *budget)
 		if errors.Is(err, ds.ErrGroupNotEmpty) || errors.Is(err, ds.ErrNotFound) {
@@ -256,7 +259,13 @@ func (s *Store) PruneKeyPackages(ctx context.Context, p ds.PruneParams) (ds.Prun
 				return err
 			}
 			res.KeyPackages = int(tag.RowsAffected())
+			left -= res.KeyPackages
 		}
+		n, err := pruneDeniableWelcomes(ctx, tx, p, left) // deniable.go
+		if err != nil {
+			return err
+		}
+		res.Welcomes += n
 		res.More = routes+res.Rows() >= p.Limit
 		return nil
 	})
@@ -333,10 +342,14 @@ func deleteGroupTx(ctx context.Context, tx pgx.Tx, id []byte, limit int) (n int,
 			return d, false, nil
 		}
 	}
-	for _, t := range []string{"join_links", "remote_trees", "group_snapshots", "cursors", "memberships"} {
+	for _, t := range []string{"join_links", "remote_trees", "group_snapshots", "cursors", "memberships", "membership_keys", "group_successors"} {
 		if _, err := tx.Exec(ctx, "DELETE FROM "+t+" WHERE group_id = $1", id); err != nil {
 			return 0, false, fmt.Errorf("%s: %w", t, err)
 		}
+	}
+	// A link to this group as a successor goes with it.
+	if _, err := tx.Exec(ctx, "DELETE FROM group_successors WHERE successor_id = $1", id); err != nil {
+		return 0, false, fmt.Errorf("group_successors: %w", err)
 	}
 	if _, err := tx.Exec(ctx, "DELETE FROM groups WHERE id = $1", id); err != nil {
 		return 0, false, err

@@ -27,7 +27,14 @@ var _ ds.BatchAccepter = (*Store)(nil)
 // AcceptMessage does, inside a SAVEPOINT that is rolled back if it fails;
 // the fast path's pending writes are flushed before it and its cache
 // forgotten after it.
+//
+// The batch's statements do not watch ctx: the driver would start a
+// goroutine per statement to interrupt it, which costs more than the
+// statement. Nothing of a local SQLite write waits on the network; its
+// lock waits are bounded by the busy timeout, and an interrupt could not
+// end a stalled disk write anyway.
 func (s *Store) AcceptMessages(ctx context.Context, ps []ds.AcceptParams) ([]ds.AcceptResult, []error) {
+	ctx = context.WithoutCancel(ctx)
 	res := make([]ds.AcceptResult, len(ps))
 	errs := make([]error, len(ps))
 	if len(ps) == 1 && !fastPath(&ps[0]) {
@@ -118,10 +125,16 @@ const (
 	qBatchMembers = `SELECT client_id FROM memberships
 		WHERE group_id = ? AND until_seq IS NULL AND client_id IN (SELECT value FROM json_each(?))`
 	qBatchByHash = "SELECT seq, epoch, accepted_at FROM messages WHERE group_id = ? AND hash = ?"
+	// qBatchHeadMember is qBatchHead and qBatchMember in one query, for a
+	// group with one sender in the batch (the usual case).
+	qBatchHeadMember = `SELECT epoch, epoch_start_seq, last_seq,
+		EXISTS (SELECT 1 FROM memberships WHERE group_id = groups.id AND client_id = ? AND until_seq IS NULL)
+		FROM groups WHERE id = ?`
+	qBatchSetLast = "UPDATE groups SET last_seq = ? WHERE id = ?"
 )
 
 // writerStmts are compiled on the writer connection at Open.
-var writerStmts = []string{qBatchInsert, qBatchHead, qBatchMember, qBatchMembers, qBatchByHash}
+var writerStmts = []string{qBatchInsert, qBatchHead, qBatchMember, qBatchMembers, qBatchByHash, qBatchHeadMember, qBatchSetLast}
 
 // appendBatch appends application messages within one write transaction.
 // What it caches was read under the transaction, which holds SQLite's
@@ -130,7 +143,8 @@ type appendBatch struct {
 	store                        *Store
 	tx                           *sql.Tx
 	insert, byHash, head, member *sql.Stmt
-	members1                     *sql.Stmt
+	members1, headMember         *sql.Stmt
+	setLast                      *sql.Stmt
 	groups                       map[string]*batchGroup
 	members                      map[[2]string]bool
 }
@@ -153,7 +167,7 @@ func (a *appendBatch) stmt(ctx context.Context, st **sql.Stmt, query string) (*s
 }
 
 func (a *appendBatch) close() {
-	for _, st := range []*sql.Stmt{a.insert, a.byHash, a.head, a.member, a.members1} {
+	for _, st := range []*sql.Stmt{a.insert, a.byHash, a.head, a.member, a.members1, a.headMember, a.setLast} {
 		if st != nil {
 			st.Close()
 		}
@@ -268,10 +282,12 @@ func (a *appendBatch) isMember(ctx context.Context, group []byte, client string)
 
 // prefetchMembers learns, with one query per group, which senders of the
 // application messages at the start of ps (up to the first other message)
-// are members, so that accept need not look them up one by one.
+// are members, so that accept need not look them up one by one. For a
+// group with one sender whose head is not known yet, the same query reads
+// the head too.
 func (a *appendBatch) prefetchMembers(ctx context.Context, ps []ds.AcceptParams) error {
 	senders := make(map[string][]string)
-	seen := make(map[[2]string]bool)
+	seen := make(map[[2]string]bool, len(ps))
 	for i := range ps {
 		p := &ps[i]
 		if !fastPath(p) {
@@ -289,14 +305,20 @@ func (a *appendBatch) prefetchMembers(ctx context.Context, ps []ds.AcceptParams)
 	if len(senders) == 0 {
 		return nil
 	}
-	st, err := a.stmt(ctx, &a.members1, qBatchMembers)
-	if err != nil {
-		return err
-	}
 	if a.members == nil {
 		a.members = make(map[[2]string]bool)
 	}
 	for g, ids := range senders {
+		if len(ids) == 1 && a.groups[g] == nil {
+			if err := a.headAndMember(ctx, g, ids[0]); err != nil {
+				return err
+			}
+			continue
+		}
+		st, err := a.stmt(ctx, &a.members1, qBatchMembers)
+		if err != nil {
+			return err
+		}
 		list, err := json.Marshal(ids)
 		if err != nil {
 			return err
@@ -323,6 +345,29 @@ func (a *appendBatch) prefetchMembers(ctx context.Context, ps []ds.AcceptParams)
 	return nil
 }
 
+// headAndMember reads the head of group g and whether client is a member
+// of it, in one query. An unknown group is left for group to report.
+func (a *appendBatch) headAndMember(ctx context.Context, g, client string) error {
+	st, err := a.stmt(ctx, &a.headMember, qBatchHeadMember)
+	if err != nil {
+		return err
+	}
+	h := &batchGroup{}
+	var member bool
+	err = st.QueryRowContext(ctx, client, []byte(g)).Scan(&h.epoch, &h.start, &h.last, &member)
+	if errors.Is(err, sql.ErrNoRows) {
+		return nil
+	} else if err != nil {
+		return err
+	}
+	if a.groups == nil {
+		a.groups = make(map[string]*batchGroup)
+	}
+	a.groups[g] = h
+	a.members[[2]string{g, client}] = member
+	return nil
+}
+
 func (a *appendBatch) receipt(ctx context.Context, p *ds.AcceptParams) (ds.Receipt, error) {
 	st, err := a.stmt(ctx, &a.byHash, qBatchByHash)
 	if err != nil {
@@ -346,7 +391,11 @@ func (a *appendBatch) flush(ctx context.Context) error {
 		if !g.dirty {
 			continue
 		}
-		if _, err := a.tx.ExecContext(ctx, "UPDATE groups SET last_seq = ? WHERE id = ?", g.last, []byte(id)); err != nil {
+		st, err := a.stmt(ctx, &a.setLast, qBatchSetLast)
+		if err != nil {
+			return err
+		}
+		if _, err := st.ExecContext(ctx, g.last, []byte(id)); err != nil {
 			return err
 		}
 	}

@@ -33,6 +33,9 @@ func (s *Store) CreateGroup(ctx context.Context, g ds.GroupRecord, members []str
 			g.ID, int64(g.Mode), int64(g.CipherSuite), g.Creator, micros(g.CreatedAt), epoch, g.GroupInfo); err != nil {
 			return err
 		}
+		if err := linkSuccessor(ctx, tx, g); err != nil {
+			return err
+		}
 		if g.State != nil {
 			if err := putSnapshot(ctx, tx, g.ID, 0, g.State); err != nil {
 				return err
@@ -51,8 +54,33 @@ func (s *Store) CreateGroup(ctx context.Context, g ds.GroupRecord, members []str
 				return err
 			}
 		}
-		return nil
+		if err := putFirstMembershipKey(ctx, tx, g, epoch); err != nil { // deniable.go
+			return err
+		}
+		return putCreationWelcome(ctx, tx, g, epoch)
 	})
+}
+
+// putCreationWelcome stores the Welcome of a group's creation, if any,
+// with commit_seq 0, and its routes.
+func putCreationWelcome(ctx context.Context, tx *sql.Tx, g ds.GroupRecord, epoch int64) error {
+	if g.Welcome == nil {
+		return nil
+	}
+	if _, err := tx.ExecContext(ctx,
+		"INSERT INTO welcomes (group_id, commit_seq, epoch, data, accepted_at) VALUES (?, 0, ?, ?, ?)",
+		g.ID, epoch, g.Welcome, micros(g.CreatedAt)); err != nil {
+		return err
+	}
+	for _, w := range g.WelcomeTo {
+		if _, err := tx.ExecContext(ctx, `INSERT INTO welcome_routes
+			(client_id, group_id, commit_seq, key_package_ref) VALUES (?, ?, 0, ?)
+			ON CONFLICT (client_id, group_id, commit_seq) DO NOTHING`,
+			w.ClientID, g.ID, nonNil(w.KeyPackageRef)); err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 // addMember opens a membership window starting at from and moves the
@@ -368,6 +396,9 @@ func (s *Store) acceptTx(ctx context.Context, tx *sql.Tx, p ds.AcceptParams) (ds
 			return err
 		}
 		if err := acceptRemoteTree(ctx, tx, p, newEpoch); err != nil {
+			return err
+		}
+		if err := acceptDeniable(ctx, tx, p, seq, newEpoch, at); err != nil { // deniable.go
 			return err
 		}
 		res.Receipt = ds.Receipt{GroupID: bytes.Clone(p.GroupID), GroupSeq: uint64(seq), Epoch: p.Epoch, AcceptedAt: fromMicros(sql.NullInt64{Int64: at, Valid: true})}

@@ -75,6 +75,9 @@ func pruneGroup(ctx context.Context, tx *sql.Tx, id []byte, p ds.PruneParams, bu
 	if err != nil {
 		return false, err
 	}
+	if ds.Mode(mode) == ds.ModeDeniable {
+		return pruneDeniableGroup(ctx, tx, id, pruned, p, budget, res) // deniable.go
+	}
 	var members bool
 	if err := tx.QueryRowContext(ctx, "SELECT EXISTS (SELECT 1 FROM memberships WHERE group_id = ? AND until_seq IS NULL)", id).Scan(&members); err != nil {
 		return false, err
@@ -238,7 +241,13 @@ func (s *Store) PruneKeyPackages(ctx context.Context, p ds.PruneParams) (ds.Prun
 			}
 			n, _ := r.RowsAffected()
 			res.KeyPackages = int(n)
+			left -= int(n)
 		}
+		n, err := pruneDeniableWelcomes(ctx, tx, p, left) // deniable.go
+		if err != nil {
+			return err
+		}
+		res.Welcomes += n
 		res.More = int(routes)+res.Rows() >= p.Limit
 		return nil
 	})
@@ -318,10 +327,14 @@ func deleteGroupTx(ctx context.Context, tx *sql.Tx, id []byte, limit int) (n int
 			return int(d), false, nil
 		}
 	}
-	for _, t := range []string{"join_links", "remote_trees", "group_snapshots", "cursors", "memberships"} {
+	for _, t := range []string{"join_links", "remote_trees", "group_snapshots", "cursors", "memberships", "membership_keys", "group_successors"} {
 		if _, err := tx.ExecContext(ctx, "DELETE FROM "+t+" WHERE group_id = ?", id); err != nil {
 			return 0, false, fmt.Errorf("%s: %w", t, err)
 		}
+	}
+	// A link to this group as a successor goes with it.
+	if _, err := tx.ExecContext(ctx, "DELETE FROM group_successors WHERE successor_id = ?", id); err != nil {
+		return 0, false, fmt.Errorf("group_successors: %w", err)
 	}
 	if _, err := tx.ExecContext(ctx, "DELETE FROM groups WHERE id = ?", id); err != nil {
 		return 0, false, err

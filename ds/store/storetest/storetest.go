@@ -71,6 +71,9 @@ func Run(t *testing.T, open func(t *testing.T) ds.Store) {
 		{"Leave", testLeave}, {"LeaveEmptyWindow", testLeaveEmptyWindow}, {"NumbersOutOfRange", testNumbersOutOfRange},
 		{"DeleteClient", testDeleteClient}, {"DeleteClientFormerMember", testDeleteClientFormerMember},
 		{"Quotas", testQuotas},
+		{"CreateGroupWelcome", testCreateGroupWelcome},
+		{"Deniable", testDeniable},
+		{"Successor", testSuccessor},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
