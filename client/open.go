@@ -365,12 +365,16 @@ func newAcker(c *Client) *acker {
 	return &acker{c: c, pending: map[string]uint64{}, sent: map[string]uint64{}, wake: make(chan struct{}, 1)}
 }
 
-// set records that the group's messages up to seq are processed.
+// set records that the group's messages up to seq are processed. Seq 0
+// counts too: it acknowledges the Welcome of a group created with one
+// (CreateGroupRequest.welcome), which no message precedes.
 func (a *acker) set(groupID []byte, seq uint64) {
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	k := string(groupID)
-	if seq > a.pending[k] && seq > a.sent[k] {
+	p, pending := a.pending[k]
+	s, sent := a.sent[k]
+	if (!pending || seq > p) && (!sent || seq > s) {
 		a.pending[k] = seq
 	}
 }

@@ -16,6 +16,7 @@ import (
 	"connectrpc.com/connect"
 
 	mlsdsv1 "github.com/mlsds/mlsds/api/mlsds/v1"
+	"github.com/mlsds/mlsds/api/mlsds/v1/mlsdsv1connect"
 	"github.com/mlsds/mlsds/client"
 	"github.com/mlsds/mlsds/mls"
 )
@@ -114,6 +115,41 @@ func TestCreateGroupWithWelcome(t *testing.T) {
 	}
 	if got, want := grp.EpochAuthenticator(), g.EpochAuthenticator(); !bytes.Equal(got, want) {
 		t.Fatalf("bob's epoch_authenticator %x, alice's %x: not the same group", got, want)
+	}
+
+	// bob's SDK acknowledges the group at seq 0, which marks the Welcome
+	// delivered: a new subscription of bob's no longer carries it.
+	token, _, err := bob.SessionToken(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	delivery := mlsdsv1connect.NewDeliveryServiceClient(e.http, e.url, e.opts...)
+	welcomeAgain := func() bool {
+		sctx, stop := context.WithTimeout(ctx, 10*time.Second)
+		defer stop()
+		req := connect.NewRequest(&mlsdsv1.SubscribeRequest{})
+		req.Header().Set("Authorization", "Bearer "+token)
+		stream, err := delivery.Subscribe(sctx, req)
+		if err != nil {
+			t.Fatalf("bob's Subscribe: %v", err)
+		}
+		defer stream.Close()
+		for stream.Receive() {
+			ev := stream.Msg()
+			if w := ev.GetWelcome(); w != nil && bytes.Equal(w.GroupId, gid) {
+				return true
+			}
+			if ev.GetCaughtUp() != nil {
+				return false
+			}
+		}
+		t.Fatalf("bob's stream ended before caught_up: %v", stream.Err())
+		return false
+	}
+	for deadline := time.Now().Add(20 * time.Second); welcomeAgain(); time.Sleep(100 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatal("the creation Welcome is still pending for bob after his SDK joined: it never acknowledged seq 0")
+		}
 	}
 
 	// alice -> bob: the group's first message, seq 1.
