@@ -46,6 +46,14 @@ func (g *Group) maybeCheckFork(ctx context.Context) {
 	served, ok, err := g.servedContext(ctx, epoch, opaque, key)
 	if err != nil {
 		g.c.log.Debug("checking the group against the server's GroupInfo", slog.String("group", fmt.Sprintf("%x", g.id)), slog.String("error", err.Error()))
+		if transient(err) {
+			// Check this epoch again after the next message processed.
+			g.mu.Lock()
+			if g.st.Epoch() == epoch {
+				g.rec.forkDue = true
+			}
+			g.mu.Unlock()
+		}
 		return
 	}
 	if !ok {
