@@ -221,12 +221,9 @@ type Client struct {
 	joining     map[string]int
 	leftUnknown map[string]bool
 
-	// caughtUp is closed once the current stream has delivered its
-	// backlog (the server's caught_up) and everything before it is
-	// processed; a new open one replaces it when that stream ends.
-	cuMu     sync.Mutex
-	caughtUp chan struct{}
-	cuClosed bool
+	// caughtUp is whether the current stream has delivered its backlog
+	// (the server's caught_up) and everything before it is processed.
+	caughtUp caughtUpSignal
 
 	connDown       atomic.Bool            // the stream is down (see noteConnection)
 	streams        atomic.Int64           // Subscribe streams opened

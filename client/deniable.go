@@ -6,7 +6,6 @@ import (
 	"crypto/sha256"
 	"errors"
 	"fmt"
-	"math"
 	"net/http"
 	"strings"
 	"sync"
@@ -63,6 +62,9 @@ import (
 //     joiners of one Welcome fetching the remote tree) rarely carry the
 //     same MAC, which the server would refuse as a replay; a refused read
 //     is asked again.
+//   - A Commit that gave the server a wrong K_{e+1} is noticed, reported
+//     (EventKeyMismatch) and left behind in a branch without its
+//     committer: deniable_recover.go.
 
 // keptMembershipKeys bounds the membership keys kept per group: the
 // current epoch's and those of the epochs before it.
@@ -95,6 +97,11 @@ type deniableState struct {
 	// from, so that the Welcome, should it come again before the server
 	// deletes it, is known for one taken in already.
 	welcomeRef []byte
+	// committers name the committers of the Commits that started the
+	// last epochs, and rcv is the key check's state
+	// (deniable_recover.go).
+	committers []committerRecord
+	rcv        keyRecovery
 }
 
 type membershipKey struct {
@@ -192,8 +199,9 @@ func (d *deniableState) wasSent(wire []byte) bool {
 	return false
 }
 
-// deniableStateFormat versions the encoding of deniableState.
-const deniableStateFormat = 1
+// deniableStateFormat versions the encoding of deniableState (format 1
+// lacks the committers).
+const deniableStateFormat = 2
 
 // marshal encodes the state:
 //
@@ -201,6 +209,7 @@ const deniableStateFormat = 1
 //	struct { uint64 epoch; opaque key<0..255>; } keys<0..2^16-1>;
 //	opaque sent<0..255><0..2^16-1>;
 //	opaque welcome_ref<0..255>;
+//	struct { uint64 epoch; uint32 leaf; opaque id<0..255>; uint64 accepted_unix_ms; } committers<0..2^16-1>;
 func (d *deniableState) marshal() []byte {
 	d.mu.Lock()
 	defer d.mu.Unlock()
@@ -218,6 +227,14 @@ func (d *deniableState) marshal() []byte {
 		}
 	})
 	b.AddUint8LengthPrefixed(func(b *cryptobyte.Builder) { b.AddBytes(d.welcomeRef) })
+	b.AddUint16LengthPrefixed(func(b *cryptobyte.Builder) {
+		for _, c := range d.committers {
+			b.AddUint64(c.epoch)
+			b.AddUint32(uint32(c.leaf))
+			b.AddUint8LengthPrefixed(func(b *cryptobyte.Builder) { b.AddBytes([]byte(c.id)) })
+			b.AddUint64(uint64(c.at.UnixMilli()))
+		}
+	})
 	return b.BytesOrPanic()
 }
 
@@ -226,7 +243,7 @@ func unmarshalDeniableState(data []byte) (*deniableState, error) {
 	var format uint8
 	var keys, sent cryptobyte.String
 	d := &deniableState{}
-	if !s.ReadUint8(&format) || format != deniableStateFormat {
+	if !s.ReadUint8(&format) || format < 1 || format > deniableStateFormat {
 		return nil, fmt.Errorf("client: stored deniable-group state of unknown format %d (a newer client wrote it)", format)
 	}
 	if !s.ReadUint16LengthPrefixed(&keys) || !s.ReadUint16LengthPrefixed(&sent) {
@@ -248,9 +265,20 @@ func unmarshalDeniableState(data []byte) (*deniableState, error) {
 		}
 		d.sent = append(d.sent, bytes.Clone(h))
 	}
-	var ref cryptobyte.String
-	if !s.ReadUint8LengthPrefixed(&ref) || !s.Empty() {
+	var ref, committers cryptobyte.String
+	if !s.ReadUint8LengthPrefixed(&ref) || format >= 2 && !s.ReadUint16LengthPrefixed(&committers) || !s.Empty() {
 		return nil, errors.New("client: stored deniable-group state is malformed")
+	}
+	for !committers.Empty() {
+		var c committerRecord
+		var leaf uint32
+		var id cryptobyte.String
+		var at uint64
+		if !committers.ReadUint64(&c.epoch) || !committers.ReadUint32(&leaf) || !committers.ReadUint8LengthPrefixed(&id) || !committers.ReadUint64(&at) {
+			return nil, errors.New("client: stored committers are malformed")
+		}
+		c.leaf, c.id, c.at = mls.LeafIndex(leaf), string(id), time.UnixMilli(int64(at))
+		d.committers = append(d.committers, c)
 	}
 	if len(ref) > 0 {
 		d.welcomeRef = bytes.Clone(ref)
@@ -358,6 +386,7 @@ func (m membershipInterceptor) WrapUnary(next connect.UnaryFunc) connect.UnaryFu
 				return nil, err
 			}
 			res, err := next(ctx, req)
+			m.d.c.keyRefused(ctx, a, err) // deniable_recover.go
 			// Two members may make the very same read with the same
 			// timestamp (the joiners of a Welcome fetch the remote tree
 			// at once): the MACs are then equal, and the server refuses
@@ -439,6 +468,16 @@ func (g *Group) newestAuth() (*membershipAuth, error) {
 		return nil, fmt.Errorf("client: no membership key of deniable group %x is known", g.id)
 	}
 	return &membershipAuth{groupID: g.id, epoch: k.epoch, key: k.key}, nil
+}
+
+// withNewestKey makes call, a call on the session-less clients, proving
+// membership of g with the newest key it knows.
+func withNewestKey[Req, Res any](ctx context.Context, g *Group, req *connect.Request[Req], call func(context.Context, *connect.Request[Req]) (*connect.Response[Res], error)) (*connect.Response[Res], error) {
+	a, err := g.newestAuth()
+	if err != nil {
+		return nil, err
+	}
+	return call(withMembership(ctx, a), req)
 }
 
 // epochAuth is the membershipAuth of g's epoch.
@@ -561,44 +600,28 @@ func (r *routedGroups) SendCommitBundle(ctx context.Context, req *connect.Reques
 
 func (r *routedGroups) Fetch(ctx context.Context, req *connect.Request[mlsdsv1.FetchRequest]) (*connect.Response[mlsdsv1.FetchResponse], error) {
 	if g := r.c.deniableGroup(req.Msg.GroupId); g != nil {
-		a, err := g.newestAuth()
-		if err != nil {
-			return nil, err
-		}
-		return r.c.den.groups.Fetch(withMembership(ctx, a), req)
+		return withNewestKey(ctx, g, req, r.c.den.groups.Fetch)
 	}
 	return r.GroupServiceClient.Fetch(ctx, req)
 }
 
 func (r *routedGroups) GetGroupInfo(ctx context.Context, req *connect.Request[mlsdsv1.GetGroupInfoRequest]) (*connect.Response[mlsdsv1.GetGroupInfoResponse], error) {
 	if g := r.c.deniableGroup(req.Msg.GroupId); g != nil {
-		a, err := g.newestAuth()
-		if err != nil {
-			return nil, err
-		}
-		return r.c.den.groups.GetGroupInfo(withMembership(ctx, a), req)
+		return withNewestKey(ctx, g, req, r.c.den.groups.GetGroupInfo)
 	}
 	return r.GroupServiceClient.GetGroupInfo(ctx, req)
 }
 
 func (r *routedGroups) PutRemoteTree(ctx context.Context, req *connect.Request[mlsdsv1.PutRemoteTreeRequest]) (*connect.Response[mlsdsv1.PutRemoteTreeResponse], error) {
 	if g := r.c.deniableGroup(req.Msg.GroupId); g != nil {
-		a, err := g.newestAuth()
-		if err != nil {
-			return nil, err
-		}
-		return r.c.den.groups.PutRemoteTree(withMembership(ctx, a), req)
+		return withNewestKey(ctx, g, req, r.c.den.groups.PutRemoteTree)
 	}
 	return r.GroupServiceClient.PutRemoteTree(ctx, req)
 }
 
 func (r *routedGroups) GetRemoteTree(ctx context.Context, req *connect.Request[mlsdsv1.GetRemoteTreeRequest]) (*connect.Response[mlsdsv1.GetRemoteTreeResponse], error) {
 	if g := r.c.deniableGroup(req.Msg.GroupId); g != nil {
-		a, err := g.newestAuth()
-		if err != nil {
-			return nil, err
-		}
-		return r.c.den.groups.GetRemoteTree(withMembership(ctx, a), req)
+		return withNewestKey(ctx, g, req, r.c.den.groups.GetRemoteTree)
 	}
 	return r.GroupServiceClient.GetRemoteTree(ctx, req)
 }
@@ -740,27 +763,14 @@ func (g *Group) leaveDeniableOnce(ctx context.Context, wire *[]byte) (Receipt, e
 		return Receipt{}, err
 	}
 	defer g.mu.Unlock()
-	if *wire == nil {
-		if err := g.catchUpLocked(ctx, math.MaxUint64); err != nil {
-			return Receipt{}, err
-		}
-		if g.removed {
-			return Receipt{}, ErrRemoved
-		}
-		// Made on the real state, so that the handshake ratchet moves and
-		// is saved before the message leaves.
+	// Made on the real state, so that the handshake ratchet moves and is
+	// saved before the message leaves.
+	err := g.proposeLocked(ctx, wire, func() (*mls.MLSMessage, error) {
 		msg, _, err := g.st.ProposeMessage(&mls.Proposal{ProposalType: mls.ProposalTypeRemove, Remove: &mls.Remove{Removed: g.st.Self()}})
-		if err != nil {
-			return Receipt{}, err
-		}
-		b, err := mlsMessage(msg)
-		if err != nil {
-			return Receipt{}, err
-		}
-		if err := g.persist(nil); err != nil {
-			return Receipt{}, err
-		}
-		*wire = b
+		return msg, err
+	})
+	if err != nil {
+		return Receipt{}, err
 	}
 	res, err := g.c.rpc.groups.Send(ctx, connect.NewRequest(&mlsdsv1.SendRequest{Message: *wire}))
 	if err != nil {
@@ -792,26 +802,12 @@ func (g *Group) proposeUpdateDeniable(ctx context.Context) (Receipt, error) {
 			return Receipt{}, err
 		}
 		defer g.mu.Unlock()
-		if *wire == nil {
-			if err := g.catchUpLocked(ctx, math.MaxUint64); err != nil {
-				return Receipt{}, err
-			}
-			if g.removed {
-				return Receipt{}, ErrRemoved
-			}
-			// On the real state: it keeps the new leaf's private key.
-			msg, err := g.st.ProposeUpdateMessage()
-			if err != nil {
-				return Receipt{}, err
-			}
-			b, err := mlsMessage(msg)
-			if err != nil {
-				return Receipt{}, err
-			}
-			if err := g.persist(nil); err != nil {
-				return Receipt{}, err
-			}
-			*wire = b
+		// On the real state: it keeps the new leaf's private key. (Not
+		// the method value g.st.ProposeUpdateMessage: catching up may
+		// replace g.st.)
+		err := g.proposeLocked(ctx, wire, func() (*mls.MLSMessage, error) { return g.st.ProposeUpdateMessage() })
+		if err != nil {
+			return Receipt{}, err
 		}
 		res, err := g.c.rpc.groups.Send(ctx, connect.NewRequest(&mlsdsv1.SendRequest{Message: *wire}))
 		if err != nil {
@@ -830,6 +826,7 @@ func (g *Group) proposeUpdateDeniable(ctx context.Context) (Receipt, error) {
 // from its leaf in the epoch the Commit ended (oldMembers), or this client
 // for its own Commit.
 func (g *Group) deniableSender(base Event, oldMembers []mls.Member, effect *mls.CommitEffect, own bool) Event {
+	g.noteDeniableCommitter(base, oldMembers, effect, own) // deniable_recover.go
 	if g.den == nil || base.Sender != "" {
 		return base
 	}

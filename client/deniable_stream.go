@@ -8,7 +8,6 @@ import (
 	"fmt"
 	"log/slog"
 	"math"
-	"sync"
 	"time"
 
 	"connectrpc.com/connect"
@@ -35,11 +34,7 @@ func (c *Client) createDeniableGroup(ctx context.Context, id []byte) (*Group, er
 	if err := st.SetHandshakeWireFormat(mls.WireFormatPrivateMessage); err != nil {
 		return nil, err
 	}
-	gi, err := st.GroupInfo(false)
-	if err != nil {
-		return nil, err
-	}
-	blob, err := SealRemoteTree(st, gi, st.Tree())
+	remote, err := currentRemoteTree(st)
 	if err != nil {
 		return nil, err
 	}
@@ -53,15 +48,8 @@ func (c *Client) createDeniableGroup(ctx context.Context, id []byte) (*Group, er
 	}
 	g := &Group{c: c, id: id, st: st, opaque: true, den: &deniableState{}}
 	g.den.add(st.Epoch(), key)
-	if err := g.persist(nil); err != nil {
+	if err := c.holdNewGroup(ctx, g, remote); err != nil {
 		return nil, err
-	}
-	c.mu.Lock()
-	c.groups[string(id)] = g
-	c.mu.Unlock()
-	// As in opaque mode, a failure here does not undo the group.
-	if err := c.putRemoteTree(ctx, id, &mlsdsv1.RemoteTree{Epoch: st.Epoch(), Blob: blob}); err != nil {
-		c.log.Warn("uploading the remote tree of a new group failed", slog.String("group", fmt.Sprintf("%x", id)), slog.String("error", err.Error()))
 	}
 	c.followDeniable(g)
 	return g, nil
@@ -100,42 +88,53 @@ func (c *Client) handleDeniableWelcome(ctx context.Context, w *mlsdsv1.WelcomeEv
 	if err != nil || msg.Welcome == nil {
 		return fail(fmt.Errorf("the Welcome does not decode: %v", err))
 	}
-	we, err := mls.OpenWelcomeEpoch(msg.Welcome, ref, keys.priv.InitPriv, nil)
+	// A branch (deniable_recover.go) is joined with the state of the
+	// group it branches from, whose resumption PSK it names.
+	st, key, err := c.joinDeniableBranch(ctx, msg.Welcome, keys)
 	if err != nil {
 		return fail(err)
 	}
-	id, epoch := we.GroupID(), we.Epoch()
+	var we *mls.WelcomeEpoch
+	if st == nil {
+		if we, err = mls.OpenWelcomeEpoch(msg.Welcome, ref, keys.priv.InitPriv, nil); err != nil {
+			return fail(err)
+		}
+	}
+	id, epoch := welcomeGroupEpoch(st, we)
 	if old := c.group(id); old != nil && !old.isRemoved() && !old.Broken() {
 		// A member already: nothing to take in.
 		c.log.Warn("ignoring a Welcome to a group this client is a member of", slog.String("group", fmt.Sprintf("%x", id)))
 		c.ackWelcome(ref)
 		return nil
 	}
-	key, err := we.Export(ds.MembershipLabel, ds.MembershipKeyContext(id, epoch), ds.MembershipKeySize)
-	if err != nil {
-		return fail(err)
+	if st == nil {
+		if key, err = we.Export(ds.MembershipLabel, ds.MembershipKeyContext(id, epoch), ds.MembershipKeySize); err != nil {
+			return fail(err)
+		}
 	}
 	den := &deniableState{welcomeRef: bytes.Clone(ref)}
 	den.add(epoch, key)
-	st, err := mls.JoinGroup(msg.Welcome, keys.kp, keys.priv, nil, nil)
-	if errors.Is(err, mls.ErrNoRatchetTree) {
-		// The tree is the remote tree of the Welcome's epoch, which the
-		// server hands to members of that epoch.
-		var tree *mls.RatchetTree
-		if tree, err = c.deniableRemoteTree(ctx, we, key); err != nil {
-			if transient(err) {
-				return err // the Welcome comes again on the next stream
+	if st == nil {
+		st, err = mls.JoinGroup(msg.Welcome, keys.kp, keys.priv, nil, nil)
+		if errors.Is(err, mls.ErrNoRatchetTree) {
+			// The tree is the remote tree of the Welcome's epoch, which the
+			// server hands to members of that epoch.
+			var tree *mls.RatchetTree
+			if tree, err = c.deniableRemoteTree(ctx, we, key); err != nil {
+				if transient(err) {
+					return err // the Welcome comes again on the next stream
+				}
+				return fail(err)
 			}
+			if st, err = mls.JoinGroup(msg.Welcome, keys.kp, keys.priv, tree, nil); err == nil {
+				c.joinTree.Store(ptr(treeFromRemoteTree))
+			}
+		} else if err == nil {
+			c.joinTree.Store(ptr(treeFromWelcome))
+		}
+		if err != nil {
 			return fail(err)
 		}
-		if st, err = mls.JoinGroup(msg.Welcome, keys.kp, keys.priv, tree, nil); err == nil {
-			c.joinTree.Store(ptr(treeFromRemoteTree))
-		}
-	} else if err == nil {
-		c.joinTree.Store(ptr(treeFromWelcome))
-	}
-	if err != nil {
-		return fail(err)
 	}
 	if err := st.SetHandshakeWireFormat(mls.WireFormatPrivateMessage); err != nil {
 		return fail(err)
@@ -163,8 +162,10 @@ func (c *Client) handleDeniableWelcome(ctx context.Context, w *mlsdsv1.WelcomeEv
 	c.mu.Lock()
 	c.groups[string(g.id)] = g
 	c.mu.Unlock()
-	c.emit(Event{Kind: EventJoined, GroupID: g.id, Epoch: st.Epoch(), Members: g.members(), AcceptedAt: w.AcceptedAt.AsTime()})
+	pred := welcomePredecessor(msg.Welcome, keys)
+	c.emit(Event{Kind: EventJoined, GroupID: g.id, Epoch: st.Epoch(), Members: g.members(), AcceptedAt: w.AcceptedAt.AsTime(), Predecessor: pred})
 	c.ackWelcome(ref)
+	c.branchJoined(g.id, msg.Welcome, keys) // deniable_recover.go
 	c.topUpLater()
 	c.followDeniable(g)
 	// Catch up with what was sent in the epoch joined.
@@ -225,23 +226,8 @@ func (c *Client) ackWelcome(ref []byte) {
 
 // groupStream is the state of one deniable group's stream.
 type groupStream struct {
-	mu       sync.Mutex
-	caughtUp chan struct{} // closed once the current stream caught up
-	cuClosed bool
+	caughtUp caughtUpSignal
 	done     chan struct{} // closed when the group is no longer followed
-}
-
-func (s *groupStream) setCaughtUp(up bool) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	switch {
-	case up && !s.cuClosed:
-		close(s.caughtUp)
-		s.cuClosed = true
-	case !up && s.cuClosed:
-		s.caughtUp = make(chan struct{})
-		s.cuClosed = false
-	}
 }
 
 // followDeniableGroups starts the streams of the client's deniable groups
@@ -273,7 +259,7 @@ func (c *Client) followDeniable(g *Group) {
 		d.mu.Unlock()
 		return
 	}
-	s := &groupStream{caughtUp: make(chan struct{}), done: make(chan struct{})}
+	s := &groupStream{caughtUp: caughtUpSignal{ch: make(chan struct{})}, done: make(chan struct{})}
 	d.streams[g] = s
 	d.mu.Unlock()
 	c.wg.Add(1)
@@ -288,7 +274,7 @@ func (c *Client) followDeniable(g *Group) {
 		attempt := 0
 		for c.ctx.Err() == nil && c.follows(g) {
 			err := c.groupStreamOnce(g, s, &attempt)
-			s.setCaughtUp(false)
+			s.caughtUp.set(false)
 			if c.ctx.Err() != nil || !c.follows(g) {
 				return
 			}
@@ -321,49 +307,21 @@ func (c *Client) groupStreamOnce(g *Group, s *groupStream, attempt *int) error {
 	if err != nil {
 		return err
 	}
-	events := make(chan *mlsdsv1.SubscribeGroupResponse, streamBatch)
-	done := make(chan struct{})
-	go func() {
-		defer close(done)
-		defer close(events)
-		for stream.Receive() {
-			select {
-			case events <- stream.Msg():
-			case <-ctx.Done():
-				return
-			}
-		}
-	}()
+	events, done := readAhead(ctx, stream, nil)
 	defer func() {
 		cancel()
 		<-done
 		stream.Close()
 	}()
 	for {
-		var ev *mlsdsv1.SubscribeGroupResponse
-		var ok bool
-		select {
-		case ev, ok = <-events:
-		case <-ctx.Done():
-			return ctx.Err()
+		batch, err := nextBatch(ctx, events)
+		if err != nil {
+			return err
 		}
-		if !ok {
+		if batch == nil {
 			break
 		}
 		*attempt = 0
-		batch := []*mlsdsv1.SubscribeGroupResponse{ev}
-	drain:
-		for len(batch) < streamBatch {
-			select {
-			case ev, ok := <-events:
-				if !ok {
-					break drain
-				}
-				batch = append(batch, ev)
-			default:
-				break drain
-			}
-		}
 		if err := c.handleGroupBatch(ctx, g, s, batch); err != nil {
 			return err
 		}
@@ -406,7 +364,7 @@ func (c *Client) handleGroupBatch(ctx context.Context, g *Group, s *groupStream,
 			if err := flush(); err != nil {
 				return err
 			}
-			s.setCaughtUp(true)
+			s.caughtUp.set(true)
 		case ev.GetPruned() != nil:
 			if err := flush(); err != nil {
 				return err
@@ -452,11 +410,8 @@ func (c *Client) waitDeniableCaughtUp(ctx context.Context) error {
 	}
 	c.den.mu.Unlock()
 	for _, s := range waits {
-		s.mu.Lock()
-		ch := s.caughtUp
-		s.mu.Unlock()
 		select {
-		case <-ch:
+		case <-s.caughtUp.wait():
 		case <-s.done:
 		case <-ctx.Done():
 			return ctx.Err()

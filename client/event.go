@@ -124,6 +124,16 @@ const (
 	// server's roster when they recover from that Commit, and the client
 	// then rejoins on its own (EventRejoined). See opaque_recovery.go.
 	EventDropped
+	// EventKeyMismatch reports that the server holds, for the newest
+	// epoch of a deniable group, a membership key the members do not
+	// derive, so that nobody can prove membership of that epoch: the
+	// Commit that started it gave the server a wrong key. Epoch is that
+	// epoch, Sender (and Members) the committer, Err wraps
+	// ErrKeyMismatch. It comes once per group and epoch. The members
+	// then continue in a branch without the committer: EventJoined (its
+	// Predecessor naming this group) and EventLeft for this group follow.
+	// See client/deniable_recover.go.
+	EventKeyMismatch
 )
 
 var eventKindNames = [...]string{
@@ -144,6 +154,7 @@ var eventKindNames = [...]string{
 	EventForked:          "forked",
 	EventProposalDropped: "proposal-dropped",
 	EventDropped:         "dropped",
+	EventKeyMismatch:     "key-mismatch",
 }
 
 // String returns a short lower-case name of k.

@@ -320,13 +320,9 @@ func (g *Group) scheduleTakeoverLocked() {
 	c := g.c
 	epoch := g.st.Epoch()
 	g.takeover = time.AfterFunc(max(at.Sub(now), time.Millisecond), func() {
-		c.mu.Lock()
-		if c.closed {
-			c.mu.Unlock()
+		if !c.startTask() {
 			return
 		}
-		c.wg.Add(1)
-		c.mu.Unlock()
 		defer c.wg.Done()
 		g.mu.Lock()
 		g.takeover = nil
@@ -400,14 +396,10 @@ func (c *Client) forkedWelcome(w *mlsdsv1.WelcomeEvent, st *mls.Group, err error
 	// Marked as joining at once, so that the group's messages meanwhile
 	// do not make the client leave it (leaveUnknown).
 	done := c.beginJoin(w.GroupId)
-	c.mu.Lock()
-	if c.closed {
-		c.mu.Unlock()
+	if !c.startTask() {
 		done()
 		return
 	}
-	c.wg.Add(1)
-	c.mu.Unlock()
 	go func() {
 		defer c.wg.Done()
 		defer done()

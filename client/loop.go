@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"log/slog"
 	"slices"
+	"sync"
 	"time"
 
 	"connectrpc.com/connect"
@@ -23,7 +24,7 @@ func (c *Client) streamLoop() {
 	attempt := 0
 	for c.ctx.Err() == nil {
 		err := c.streamOnce(&attempt)
-		c.setCaughtUp(false)
+		c.caughtUp.set(false)
 		if c.ctx.Err() != nil {
 			return
 		}
@@ -42,23 +43,10 @@ func (c *Client) streamOnce(attempt *int) error {
 	if err != nil {
 		return err
 	}
-	// A reader takes the events in, so that those that arrive while a
-	// batch is processed make the next batch.
-	events := make(chan *mlsdsv1.SubscribeResponse, streamBatch)
-	done := make(chan struct{})
-	go func() {
-		defer close(done)
-		defer close(events)
-		for stream.Receive() {
-			c.streamReceived.Add(1)
-			c.noteConnection(true, nil)
-			select {
-			case events <- stream.Msg():
-			case <-ctx.Done():
-				return
-			}
-		}
-	}()
+	events, done := readAhead(ctx, stream, func() {
+		c.streamReceived.Add(1)
+		c.noteConnection(true, nil)
+	})
 	defer func() {
 		cancel()
 		<-done
@@ -105,34 +93,66 @@ const streamBatch = 128
 // state written once per batch.
 func (c *Client) processStream(ctx context.Context, events <-chan *mlsdsv1.SubscribeResponse, attempt *int) error {
 	for {
-		var ev *mlsdsv1.SubscribeResponse
-		var ok bool
-		select {
-		case ev, ok = <-events:
-			if !ok {
-				return nil
-			}
-		case <-ctx.Done():
-			return ctx.Err()
+		batch, err := nextBatch(ctx, events)
+		if err != nil || batch == nil {
+			return err
 		}
 		*attempt = 0
-		batch := []*mlsdsv1.SubscribeResponse{ev}
-	drain:
-		for len(batch) < streamBatch {
-			select {
-			case ev, ok := <-events:
-				if !ok {
-					break drain
-				}
-				batch = append(batch, ev)
-			default:
-				break drain
-			}
-		}
 		if err := c.handleStreamBatch(ctx, batch); err != nil {
 			return err
 		}
 	}
+}
+
+// readAhead reads stream in the background, so that the events that
+// arrive while a batch is processed make the next batch: it sends them to
+// events, calling received (if not nil) for each, until the stream or ctx
+// ends, then closes events, and done once the reader has stopped.
+func readAhead[M any](ctx context.Context, stream *connect.ServerStreamForClient[M], received func()) (events <-chan *M, done <-chan struct{}) {
+	ch := make(chan *M, streamBatch)
+	stopped := make(chan struct{})
+	go func() {
+		defer close(stopped)
+		defer close(ch)
+		for stream.Receive() {
+			if received != nil {
+				received()
+			}
+			select {
+			case ch <- stream.Msg():
+			case <-ctx.Done():
+				return
+			}
+		}
+	}()
+	return ch, stopped
+}
+
+// nextBatch waits for the next event of events and returns it with those
+// queued behind it, streamBatch at the most; nil once events is closed.
+func nextBatch[T any](ctx context.Context, events <-chan T) ([]T, error) {
+	var batch []T
+	select {
+	case ev, ok := <-events:
+		if !ok {
+			return nil, nil
+		}
+		batch = append(batch, ev)
+	case <-ctx.Done():
+		return nil, ctx.Err()
+	}
+	for len(batch) < streamBatch {
+		select {
+		case ev, ok := <-events:
+			if !ok {
+				return batch, nil
+			}
+			batch = append(batch, ev)
+		default:
+			return batch, nil
+		}
+	}
+	return batch, nil
 }
 
 // handleStreamBatch processes a batch of stream events. The messages are
@@ -214,36 +234,48 @@ func (c *Client) handleStreamEvent(ctx context.Context, ev *mlsdsv1.SubscribeRes
 		c.topUpLater()
 	case ev.GetCaughtUp() != nil:
 		// What came before is processed and its events queued.
-		c.setCaughtUp(true)
+		c.caughtUp.set(true)
 	}
 	return nil
 }
 
-// setCaughtUp records whether the current stream has caught up: true
-// releases the WaitCaughtUp callers; false (the stream ended) makes the
-// next ones wait for the next stream.
-func (c *Client) setCaughtUp(up bool) {
-	c.cuMu.Lock()
-	defer c.cuMu.Unlock()
+// caughtUpSignal tells whether a stream has caught up: ch is closed once
+// it has, and replaced by an open one when the stream ends.
+type caughtUpSignal struct {
+	mu     sync.Mutex
+	ch     chan struct{}
+	closed bool
+}
+
+// set records whether the stream has caught up: true releases those
+// waiting on wait; false (the stream ended) makes the next ones wait for
+// the next stream.
+func (s *caughtUpSignal) set(up bool) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
 	switch {
-	case up && !c.cuClosed:
-		close(c.caughtUp)
-		c.cuClosed = true
-	case !up && c.cuClosed:
-		c.caughtUp = make(chan struct{})
-		c.cuClosed = false
+	case up && !s.closed:
+		close(s.ch)
+		s.closed = true
+	case !up && s.closed:
+		s.ch = make(chan struct{})
+		s.closed = false
 	}
+}
+
+// wait returns a channel closed once the stream has caught up.
+func (s *caughtUpSignal) wait() <-chan struct{} {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.ch
 }
 
 func (c *Client) waitCaughtUp(ctx context.Context) error {
 	if err := c.checkOpen(); err != nil {
 		return err
 	}
-	c.cuMu.Lock()
-	ch := c.caughtUp
-	c.cuMu.Unlock()
 	select {
-	case <-ch:
+	case <-c.caughtUp.wait():
 		return c.waitDeniableCaughtUp(ctx)
 	case <-ctx.Done():
 		return ctx.Err()
@@ -254,13 +286,9 @@ func (c *Client) waitCaughtUp(ctx context.Context) error {
 
 // topUpLater publishes KeyPackages in the background.
 func (c *Client) topUpLater() {
-	c.mu.Lock()
-	if c.closed {
-		c.mu.Unlock()
+	if !c.startTask() {
 		return
 	}
-	c.wg.Add(1)
-	c.mu.Unlock()
 	go func() {
 		defer c.wg.Done()
 		if _, err := c.publishKeyPackages(c.ctx); err != nil && c.ctx.Err() == nil {

@@ -448,6 +448,11 @@ func (g *Group) resyncLocked(ctx context.Context, src resyncSource, reason error
 // client rejoins; the first time, EventDropped is reported. A retry is
 // scheduled. It returns an error wrapping ErrDropped.
 func (g *Group) droppedLocked(cause error) error {
+	if g.den != nil {
+		// A deniable group has no roster to be dropped from: a refusal
+		// there is a wrong or expired membership key (deniable_recover.go).
+		return cause
+	}
 	err := fmt.Errorf("%w: %w", ErrDropped, cause)
 	if g.removed || g.leaving || g.closed {
 		return err
@@ -504,13 +509,9 @@ func (g *Group) scheduleDropRetryLocked() {
 	g.rec.dropTries++
 	c := g.c
 	g.rec.dropTimer = time.AfterFunc(d, func() {
-		c.mu.Lock()
-		if c.closed {
-			c.mu.Unlock()
+		if !c.startTask() {
 			return
 		}
-		c.wg.Add(1)
-		c.mu.Unlock()
 		defer c.wg.Done()
 		g.mu.Lock()
 		g.rec.dropTimer = nil

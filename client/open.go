@@ -104,7 +104,7 @@ func start(ctx context.Context, cfg Config, db *store) (*Client, error) {
 		ctx:      cctx,
 		cancel:   cancel,
 		groups:   map[string]*Group{},
-		caughtUp: make(chan struct{}),
+		caughtUp: caughtUpSignal{ch: make(chan struct{})},
 		events:   make(chan Event, eventBuffer),
 		queue:    newEventQueue(),
 	}
@@ -235,6 +235,19 @@ func (c *Client) close() error {
 	c.acks.flush(context.Background())
 	c.queue.close()
 	return c.db.Close()
+}
+
+// startTask counts a background task in c.wg, so that Close waits for it
+// to end, unless the client is closed, which it reports with false. A
+// task it counted calls c.wg.Done when it ends.
+func (c *Client) startTask() bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.closed {
+		return false
+	}
+	c.wg.Add(1)
+	return true
 }
 
 // checkOpen returns ErrClosed once Close was called.

@@ -301,21 +301,45 @@ func (c *Client) createGroup(ctx context.Context, opts GroupOptions) (*Group, er
 		return nil, fmt.Errorf("client: creating group %x: %w", id, err)
 	}
 	g := &Group{c: c, id: id, st: st, opaque: opts.Opaque}
-	if err := g.persist(nil); err != nil {
+	if err := c.holdNewGroup(ctx, g, remote); err != nil {
 		return nil, err
 	}
+	return g, nil
+}
+
+// holdNewGroup saves g, a group this client has just created on the
+// server, holds it, and uploads remote, the remote tree of its first
+// epoch, if there is one. The group exists by then, so a failed upload
+// does not undo it (it is logged): the tree is only needed by a member
+// that loses track before the first Commit, whose bundle carries the next
+// one.
+func (c *Client) holdNewGroup(ctx context.Context, g *Group, remote *mlsdsv1.RemoteTree) error {
+	if err := g.persist(nil); err != nil {
+		return err
+	}
 	c.mu.Lock()
-	c.groups[string(id)] = g
+	c.groups[string(g.id)] = g
 	c.mu.Unlock()
 	if remote != nil {
-		// The group exists now, so a failure here does not undo it: the
-		// tree of epoch 0 is only needed by a member that loses track
-		// before the first Commit, whose bundle carries the next one.
-		if err := c.putRemoteTree(ctx, id, remote); err != nil {
-			c.log.Warn("uploading the remote tree of a new group failed", slog.String("group", fmt.Sprintf("%x", id)), slog.String("error", err.Error()))
+		if err := c.putRemoteTree(ctx, g.id, remote); err != nil {
+			c.log.Warn("uploading the remote tree of a new group failed", slog.String("group", fmt.Sprintf("%x", g.id)), slog.String("error", err.Error()))
 		}
 	}
-	return g, nil
+	return nil
+}
+
+// currentRemoteTree is the remote tree of st's current epoch: its
+// GroupInfo and ratchet tree, sealed for that epoch.
+func currentRemoteTree(st *mls.Group) (*mlsdsv1.RemoteTree, error) {
+	gi, err := st.GroupInfo(false)
+	if err != nil {
+		return nil, err
+	}
+	blob, err := SealRemoteTree(st, gi, st.Tree())
+	if err != nil {
+		return nil, err
+	}
+	return &mlsdsv1.RemoteTree{Epoch: st.Epoch(), Blob: blob}, nil
 }
 
 // putRemoteTree uploads an opaque group's remote tree, retrying while the

@@ -24,31 +24,18 @@ func (g *Group) proposeUpdateOnce(ctx context.Context, wire *[]byte) (Receipt, e
 		return Receipt{}, err
 	}
 	defer g.mu.Unlock()
-	if *wire == nil {
-		// Catch up first: a proposal is only good in the group's
-		// current epoch.
-		if err := g.catchUpLocked(ctx, math.MaxUint64); err != nil {
-			return Receipt{}, err
-		}
-		if g.removed {
-			return Receipt{}, ErrRemoved
-		}
-		// Made on the real state: it keeps the new leaf's private key,
-		// which this client needs once another member commits the
-		// proposal (§12.1.2), and takes the proposal into its cache.
+	// Made on the real state: it keeps the new leaf's private key, which
+	// this client needs once another member commits the proposal
+	// (§12.1.2), and takes the proposal into its cache.
+	err := g.proposeLocked(ctx, wire, func() (*mls.MLSMessage, error) {
 		pm, err := g.st.ProposeUpdate()
 		if err != nil {
-			return Receipt{}, err
+			return nil, err
 		}
-		b, err := mlsMessage(&mls.MLSMessage{WireFormat: mls.WireFormatPublicMessage, PublicMessage: pm})
-		if err != nil {
-			return Receipt{}, err
-		}
-		// Saved before it leaves, so that a restart still holds the key.
-		if err := g.persist(nil); err != nil {
-			return Receipt{}, err
-		}
-		*wire = b
+		return &mls.MLSMessage{WireFormat: mls.WireFormatPublicMessage, PublicMessage: pm}, nil
+	})
+	if err != nil {
+		return Receipt{}, err
 	}
 	res, err := g.c.rpc.groups.Send(ctx, connect.NewRequest(&mlsdsv1.SendRequest{Message: *wire}))
 	if err != nil {
@@ -72,6 +59,36 @@ func (g *Group) proposeUpdateOnce(ctx context.Context, wire *[]byte) (Receipt, e
 		return Receipt{}, err
 	}
 	return Receipt{Seq: rc.GroupSeq, Epoch: rc.Epoch, AcceptedAt: rc.AcceptedAt.AsTime()}, nil
+}
+
+// proposeLocked makes *wire, unless it is made already: a proposal of
+// this client's, by propose, on the group's real state once caught up with
+// the group (a proposal is only good in the group's current epoch). The
+// state is saved before the proposal leaves, so that a restart still holds
+// what propose changed (a new leaf's private key, the handshake ratchet).
+func (g *Group) proposeLocked(ctx context.Context, wire *[]byte, propose func() (*mls.MLSMessage, error)) error {
+	if *wire != nil {
+		return nil
+	}
+	if err := g.catchUpLocked(ctx, math.MaxUint64); err != nil {
+		return err
+	}
+	if g.removed {
+		return ErrRemoved
+	}
+	msg, err := propose()
+	if err != nil {
+		return err
+	}
+	b, err := mlsMessage(msg)
+	if err != nil {
+		return err
+	}
+	if err := g.persist(nil); err != nil {
+		return err
+	}
+	*wire = b
+	return nil
 }
 
 func (g *Group) hasProposalLocked(b []byte) bool {

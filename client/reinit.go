@@ -166,13 +166,9 @@ func (g *Group) successorDue(ctx context.Context) error {
 		g.mu.Lock()
 		if g.takeover == nil && !g.closed {
 			g.takeover = time.AfterFunc(time.Duration(pos)*c.committerTimeout(), func() {
-				c.mu.Lock()
-				if c.closed {
-					c.mu.Unlock()
+				if !c.startTask() {
 					return
 				}
-				c.wg.Add(1)
-				c.mu.Unlock()
 				defer c.wg.Done()
 				g.mu.Lock()
 				g.takeover = nil
@@ -243,19 +239,25 @@ func (g *Group) createSuccessor(ctx context.Context, turn int) (*Group, error) {
 // new group with id newGroupID (nil: 16 random bytes) whose Welcome
 // carries this group's resumption PSK. It claims a fresh KeyPackage of
 // each member, as Add does. The members' clients join it on their own
-// (EventJoined, Predecessor naming this group); this group goes on.
+// (EventJoined, Predecessor naming this group); this group goes on. The
+// branch of a deniable group is a deniable group that the server does not
+// link to this one.
 func (g *Group) Branch(ctx context.Context, newGroupID []byte, members ...string) (*Group, error) {
+	return g.branch(ctx, newGroupID, g.lockActive, members...)
+}
+
+// branch is Branch with lock, which locks g unless it cannot be branched
+// (Branch: lockActive; the recovery of a deniable group, whose broken
+// epoch may have made it look dropped: lockOpen).
+func (g *Group) branch(ctx context.Context, newGroupID []byte, lock func() error, members ...string) (*Group, error) {
 	c := g.c
-	if err := g.lockActive(); err != nil {
+	if err := lock(); err != nil {
 		return nil, err
 	}
 	cs := g.st.GroupContext().CipherSuite
 	current := memberIDs(g.st)
 	opaque, deniable := g.opaque, g.den != nil
 	g.mu.Unlock()
-	if deniable {
-		return nil, fmt.Errorf("client: a deniable group cannot be branched: %w", ErrDeniable)
-	}
 	id := bytes.Clone(newGroupID)
 	if id == nil {
 		id = make([]byte, 16)
@@ -284,13 +286,18 @@ func (g *Group) Branch(ctx context.Context, newGroupID []byte, members ...string
 	if err != nil {
 		return nil, err
 	}
-	if err := g.lockActive(); err != nil {
+	if err := lock(); err != nil {
 		return nil, err
 	}
 	st, welcome, err := g.st.Branch(id, kp, priv, others)
 	g.mu.Unlock()
 	if err != nil {
 		return nil, fmt.Errorf("client: branching group %x: %w", g.id, err)
+	}
+	if deniable {
+		// A new deniable group, which the server does not link to this
+		// one (deniable_recover.go).
+		return c.createDeniableBranch(ctx, st, welcome, g.id)
 	}
 	return c.createLinked(ctx, st, welcome, g.id, nil, opaque, ids, kpData)
 }
@@ -316,15 +323,10 @@ func (c *Client) createLinked(ctx context.Context, st *mls.Group, welcome *mls.W
 	var remote *mlsdsv1.RemoteTree
 	if opaque {
 		req.Mode, req.Members, req.Epoch = mlsdsv1.GroupMode_GROUP_MODE_OPAQUE, ids, st.Epoch()
-		gi, err := st.GroupInfo(false)
-		if err != nil {
+		var err error
+		if remote, err = currentRemoteTree(st); err != nil {
 			return nil, err
 		}
-		blob, err := SealRemoteTree(st, gi, st.Tree())
-		if err != nil {
-			return nil, err
-		}
-		remote = &mlsdsv1.RemoteTree{Epoch: st.Epoch(), Blob: blob}
 	} else {
 		gi, err := st.GroupInfo(true)
 		if err != nil {
@@ -352,18 +354,8 @@ func (c *Client) createLinked(ctx context.Context, st *mls.Group, welcome *mls.W
 		return nil, fmt.Errorf("client: creating group %x: %w", id, err)
 	}
 	g := &Group{c: c, id: id, st: st, opaque: opaque}
-	if err := g.persist(nil); err != nil {
+	if err := c.holdNewGroup(ctx, g, remote); err != nil {
 		return nil, err
-	}
-	c.mu.Lock()
-	c.groups[string(id)] = g
-	c.mu.Unlock()
-	if remote != nil {
-		// As for a new group: the tree matters to a member that loses
-		// track before the first Commit, whose bundle carries the next.
-		if err := c.putRemoteTree(ctx, id, remote); err != nil {
-			c.log.Warn("uploading the remote tree of a new group failed", slog.String("group", fmt.Sprintf("%x", id)), slog.String("error", err.Error()))
-		}
 	}
 	c.emit(Event{Kind: EventJoined, GroupID: bytes.Clone(id), Epoch: st.Epoch(), Members: memberIDs(st), Predecessor: bytes.Clone(from)})
 	return g, nil
@@ -450,6 +442,15 @@ func (c *Client) joinLinked(ctx context.Context, w *mls.Welcome, keys keyPackage
 			if err := old.Sync(ctx); err != nil && !errors.Is(err, ErrGroupReInit) {
 				return nil, fmt.Errorf("catching up with group %x, which the Welcome continues: %w", link.PSKGroupID, err)
 			}
+		}
+	} else if old.Epoch() < link.PSKEpoch {
+		// A branch of an epoch this client has not reached yet (it was
+		// offline): catch up first. What fails after that epoch (a
+		// deniable group's broken next epoch, deniable_recover.go) does
+		// not matter here.
+		err := old.Sync(ctx)
+		if old.Epoch() < link.PSKEpoch {
+			return nil, fmt.Errorf("catching up with group %x, which the Welcome branches from at epoch %d: %v", link.PSKGroupID, link.PSKEpoch, err)
 		}
 	}
 	old.mu.Lock()

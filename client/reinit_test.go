@@ -12,19 +12,22 @@ import (
 // carol, in opaque mode if asked, and waits until everyone is in.
 func threeMemberGroup(t *testing.T, e *testEnv, opaque bool) (alice, bob, carol *tclient, g *Group) {
 	t.Helper()
-	ctx := ctxT(t)
 	alice, bob, carol = e.client("alice"), e.client("bob"), e.client("carol")
-	g, err := alice.CreateGroup(ctx, GroupOptions{Opaque: opaque})
-	if err != nil {
+	return alice, bob, carol, group3(t, e, GroupOptions{Opaque: opaque}, alice, bob, carol)
+}
+
+// creatorGone makes a group of alice (its creator, her state in aliceDir),
+// bob and carol (their clients opened with cfg), waits until everyone is
+// in, and closes alice's client. It returns the group's id.
+func creatorGone(t *testing.T, e *testEnv, aliceDir string, cfg func(*Config)) (bob, carol *tclient, gid []byte) {
+	t.Helper()
+	alice := e.open("alice", aliceDir)
+	bob, carol = e.open("bob", t.TempDir(), cfg), e.open("carol", t.TempDir(), cfg)
+	g := group3(t, e, GroupOptions{}, alice, bob, carol)
+	if err := alice.Close(); err != nil {
 		t.Fatal(err)
 	}
-	if err := g.Add(ctx, "bob", "carol"); err != nil {
-		t.Fatal(err)
-	}
-	for _, c := range []*tclient{bob, carol} {
-		c.waitFor("joined", 0, kind(EventJoined, g.ID()))
-	}
-	return alice, bob, carol, g
+	return bob, carol, g.ID()
 }
 
 // talk has each client send one message in gid and waits until every
@@ -151,25 +154,9 @@ func TestBranch(t *testing.T) {
 // the server instead of making another, and joins it from her Welcome.
 func TestReInitCreatorOffline(t *testing.T) {
 	e := startEnv(t)
-	fast := func(c *Config) { c.CommitterTimeout = 200 * time.Millisecond }
 	aliceDir := t.TempDir()
-	alice := e.open("alice", aliceDir)
-	bob, carol := e.open("bob", t.TempDir(), fast), e.open("carol", t.TempDir(), fast)
+	bob, carol, old := creatorGone(t, e, aliceDir, func(c *Config) { c.CommitterTimeout = 200 * time.Millisecond })
 	ctx := ctxT(t)
-	g, err := alice.CreateGroup(ctx, GroupOptions{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	old := g.ID()
-	if err := g.Add(ctx, "bob", "carol"); err != nil {
-		t.Fatal(err)
-	}
-	for _, c := range []*tclient{bob, carol} {
-		c.waitFor("joined", 0, kind(EventJoined, old))
-	}
-	if err := alice.Close(); err != nil {
-		t.Fatal(err)
-	}
 	next := []byte("successor made by bob")
 	if _, err := bob.Group(old).ReInit(ctx, ReInitOptions{GroupID: next}); err != nil {
 		t.Fatal(err)
@@ -180,7 +167,7 @@ func TestReInitCreatorOffline(t *testing.T) {
 			t.Fatalf("%s: EventJoined of the successor: predecessor %x members %v", c.ID(), ev.Predecessor, ev.Members)
 		}
 	}
-	alice = e.open("alice", aliceDir)
+	alice := e.open("alice", aliceDir)
 	alice.waitFor("reinit", 0, kind(EventReInit, old))
 	i := alice.waitFor("joined successor", 0, kind(EventJoined, next))
 	if ev := alice.snapshot()[i]; !bytes.Equal(ev.Predecessor, old) {
@@ -231,24 +218,8 @@ func TestReInitSuccessorIDTaken(t *testing.T) {
 // one did nothing.
 func TestReInitSuccessorIDSquatted(t *testing.T) {
 	e := startEnv(t)
-	slow := func(c *Config) { c.CommitterTimeout = time.Hour }
-	alice := e.open("alice", t.TempDir())
-	bob, carol := e.open("bob", t.TempDir(), slow), e.open("carol", t.TempDir(), slow)
+	bob, carol, old := creatorGone(t, e, t.TempDir(), func(c *Config) { c.CommitterTimeout = time.Hour })
 	ctx := ctxT(t)
-	g, err := alice.CreateGroup(ctx, GroupOptions{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	old := g.ID()
-	if err := g.Add(ctx, "bob", "carol"); err != nil {
-		t.Fatal(err)
-	}
-	for _, c := range []*tclient{bob, carol} {
-		c.waitFor("joined", 0, kind(EventJoined, old))
-	}
-	if err := alice.Close(); err != nil {
-		t.Fatal(err)
-	}
 	next := []byte("successor id, squatted")
 	if _, err := bob.Group(old).ReInit(ctx, ReInitOptions{GroupID: next}); err != nil {
 		t.Fatal(err)

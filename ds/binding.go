@@ -146,13 +146,9 @@ func (s *Service) checkConsent(ctx context.Context, cs []consent) ([][]byte, err
 	for i, c := range cs {
 		refs[i] = c.ref
 	}
-	recs, err := s.store.KeyPackagesByRef(ctx, refs)
+	byRef, err := s.keyPackagesByRef(ctx, refs)
 	if err != nil {
 		return nil, err
-	}
-	byRef := make(map[string]KeyPackageRecord, len(recs))
-	for _, r := range recs {
-		byRef[string(r.Ref)] = r
 	}
 	var consume [][]byte
 	seen := make(map[string]bool)

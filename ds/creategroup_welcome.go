@@ -65,17 +65,9 @@ func (s *Service) creationWelcome(g CreateGroup, creator string, cs mls.CipherSu
 	var order [][]byte
 	for i, data := range g.KeyPackages {
 		where := fmt.Sprintf("key_packages[%d]", i)
-		kp, err := parseKeyPackage(data)
+		kp, ref, id, err := offeredKeyPackage(where, data)
 		if err != nil {
-			return nil, invalidMessage(where, err)
-		}
-		ref, err := kp.Ref()
-		if err != nil {
-			return nil, invalidMessage(where, err)
-		}
-		id, err := credentialClientID(&kp.LeafNode.Credential)
-		if err != nil {
-			return nil, invalidMessage(where, err)
+			return nil, err
 		}
 		if leaves != nil {
 			ln, err := kp.LeafNode.MarshalBinary()

@@ -316,14 +316,8 @@ func (s *Service) SendCommitBundleDeniable(ctx context.Context, pr MembershipPro
 }
 
 func (s *Service) submitDeniable(ctx context.Context, pr *MembershipProof, data []byte, b *CommitBundle) (Receipt, error) {
-	sizes := []int{len(data)}
-	if b != nil {
-		sizes = append(sizes, len(b.Welcome), len(b.GroupInfo))
-	}
-	for _, n := range sizes {
-		if n > s.cfg.MaxMessageSize {
-			return Receipt{}, &TooLargeError{Limit: s.cfg.MaxMessageSize, What: "message bytes"}
-		}
+	if err := s.checkSizes(data, b); err != nil {
+		return Receipt{}, err
 	}
 	sub, err := parseSubmission("", data, b)
 	if err != nil {
@@ -435,13 +429,9 @@ func (s *Service) prepareDeniableCommit(ctx context.Context, sub *submission, b 
 	for i, r := range joiners {
 		refs[i] = r
 	}
-	recs, err := s.store.KeyPackagesByRef(ctx, refs)
+	byRef, err := s.keyPackagesByRef(ctx, refs)
 	if err != nil {
 		return nil, err
-	}
-	byRef := make(map[string]KeyPackageRecord, len(recs))
-	for _, r := range recs {
-		byRef[string(r.Ref)] = r
 	}
 	seen := make(map[string]bool, len(refs))
 	var clients []string

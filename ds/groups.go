@@ -166,17 +166,9 @@ func (s *Service) rosterConsent(ctx context.Context, others []string, kps [][]by
 	byClient := make(map[string][]consent, len(others))
 	for i, data := range kps {
 		where := fmt.Sprintf("key_packages[%d]", i)
-		kp, err := parseKeyPackage(data)
+		_, ref, id, err := offeredKeyPackage(where, data)
 		if err != nil {
-			return nil, invalidMessage(where, err)
-		}
-		ref, err := kp.Ref()
-		if err != nil {
-			return nil, invalidMessage(where, err)
-		}
-		id, err := credentialClientID(&kp.LeafNode.Credential)
-		if err != nil {
-			return nil, invalidMessage(where, err)
+			return nil, err
 		}
 		if !contains(others, id) {
 			return nil, fmt.Errorf("%w: %s is a KeyPackage of %q, which is not among the initial members; pass only theirs",

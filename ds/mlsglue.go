@@ -29,6 +29,24 @@ func parseKeyPackage(data []byte) (*mls.KeyPackage, error) {
 	return kp, nil
 }
 
+// offeredKeyPackage parses data, the KeyPackage at where in a request,
+// and returns it with its ref and the client its credential names.
+func offeredKeyPackage(where string, data []byte) (kp *mls.KeyPackage, ref mls.KeyPackageRef, client string, err error) {
+	kp, err = parseKeyPackage(data)
+	if err != nil {
+		return nil, nil, "", invalidMessage(where, err)
+	}
+	ref, err = kp.Ref()
+	if err != nil {
+		return nil, nil, "", invalidMessage(where, err)
+	}
+	client, err = credentialClientID(&kp.LeafNode.Credential)
+	if err != nil {
+		return nil, nil, "", invalidMessage(where, err)
+	}
+	return kp, ref, client, nil
+}
+
 // parseGroupInfo decodes an MLSMessage holding a GroupInfo, or a bare
 // GroupInfo.
 func parseGroupInfo(data []byte) (*mls.GroupInfo, error) {

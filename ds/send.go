@@ -94,18 +94,40 @@ type submission struct {
 	state *groupState
 }
 
-func (s *Service) submit(ctx context.Context, sender string, data []byte, b *CommitBundle, joinToken string) (Receipt, error) {
-	if err := s.allow(sender); err != nil {
-		return Receipt{}, err
+// keyPackagesByRef returns the stored KeyPackages of refs, by ref.
+func (s *Service) keyPackagesByRef(ctx context.Context, refs [][]byte) (map[string]KeyPackageRecord, error) {
+	recs, err := s.store.KeyPackagesByRef(ctx, refs)
+	if err != nil {
+		return nil, err
 	}
+	byRef := make(map[string]KeyPackageRecord, len(recs))
+	for _, r := range recs {
+		byRef[string(r.Ref)] = r
+	}
+	return byRef, nil
+}
+
+// checkSizes refuses a message, or a Commit's Welcome or GroupInfo, of
+// more than Config.MaxMessageSize bytes.
+func (s *Service) checkSizes(data []byte, b *CommitBundle) error {
 	sizes := []int{len(data)}
 	if b != nil {
 		sizes = append(sizes, len(b.Welcome), len(b.GroupInfo))
 	}
 	for _, n := range sizes {
 		if n > s.cfg.MaxMessageSize {
-			return Receipt{}, &TooLargeError{Limit: s.cfg.MaxMessageSize, What: "message bytes"}
+			return &TooLargeError{Limit: s.cfg.MaxMessageSize, What: "message bytes"}
 		}
+	}
+	return nil
+}
+
+func (s *Service) submit(ctx context.Context, sender string, data []byte, b *CommitBundle, joinToken string) (Receipt, error) {
+	if err := s.allow(sender); err != nil {
+		return Receipt{}, err
+	}
+	if err := s.checkSizes(data, b); err != nil {
+		return Receipt{}, err
 	}
 	sub, err := parseSubmission(sender, data, b)
 	if err != nil {
@@ -656,13 +678,9 @@ func (s *Service) routeWelcome(ctx context.Context, head GroupRecord, data []byt
 	for i, r := range joiners {
 		refs[i] = r
 	}
-	recs, err := s.store.KeyPackagesByRef(ctx, refs)
+	byRef, err := s.keyPackagesByRef(ctx, refs)
 	if err != nil {
 		return err
-	}
-	byRef := make(map[string]KeyPackageRecord, len(recs))
-	for _, r := range recs {
-		byRef[string(r.Ref)] = r
 	}
 	seen := make(map[string]bool)
 	for _, ref := range refs {

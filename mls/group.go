@@ -180,16 +180,23 @@ func NewKeyPackageWith(cs CipherSuite, identity, sigPriv []byte, notBefore, notA
 // kp (§11): epoch 0, a fresh random init secret, the leaf of kp at index
 // 0. priv holds kp's private keys.
 func NewGroup(groupID []byte, kp *KeyPackage, priv *KeyPackagePrivate) (*Group, error) {
-	cs := kp.CipherSuite
-	if err := cs.check(); err != nil {
+	if err := kp.CipherSuite.check(); err != nil {
 		return nil, err
 	}
+	return newFirstEpoch(groupID, nil, kp, priv, nil)
+}
+
+// newFirstEpoch makes epoch 0 of a group with groupID whose only member is
+// the owner of kp, with GroupContext extensions exts and the PSK store
+// psks.
+func newFirstEpoch(groupID []byte, exts Extensions, kp *KeyPackage, priv *KeyPackagePrivate, psks map[string][]byte) (*Group, error) {
+	cs := kp.CipherSuite
 	leaf := kp.LeafNode
 	tree, err := NewRatchetTree(cs, []*Node{{Leaf: &leaf}})
 	if err != nil {
 		return nil, err
 	}
-	gc := GroupContext{Version: ProtocolVersionMLS10, CipherSuite: cs, GroupID: bytes.Clone(groupID), Epoch: 0, TreeHash: tree.TreeHash()}
+	gc := GroupContext{Version: ProtocolVersionMLS10, CipherSuite: cs, GroupID: bytes.Clone(groupID), Epoch: 0, TreeHash: tree.TreeHash(), Extensions: exts}
 	initSecret := make([]byte, cs.HashSize())
 	rand.Read(initSecret)
 	es, err := DeriveEpochSecrets(initSecret, nil, nil, &gc)
@@ -210,7 +217,7 @@ func NewGroup(groupID []byte, kp *KeyPackage, priv *KeyPackagePrivate) (*Group, 
 	if err != nil {
 		return nil, err
 	}
-	return newGroup(pub, keys, es, priv.SignaturePriv, nil)
+	return newGroup(pub, keys, es, priv.SignaturePriv, psks)
 }
 
 // newGroup assembles the state of an epoch. psks is the PSK store of the

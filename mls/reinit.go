@@ -141,38 +141,13 @@ func (g *Group) newLinked(groupID []byte, exts Extensions, usage ResumptionPSKUs
 // newInitialGroup is NewGroup with GroupContext extensions exts and the
 // PSK store psks.
 func newInitialGroup(groupID []byte, exts Extensions, kp *KeyPackage, priv *KeyPackagePrivate, psks map[string][]byte) (*Group, error) {
-	cs := kp.CipherSuite
 	if len(groupID) == 0 {
 		return nil, errors.New("mls: the new group needs a group_id")
 	}
 	if err := checkOwnSupport(&kp.LeafNode, exts); err != nil {
 		return nil, err
 	}
-	leaf := kp.LeafNode
-	tree, err := NewRatchetTree(cs, []*Node{{Leaf: &leaf}})
-	if err != nil {
-		return nil, err
-	}
-	gc := GroupContext{Version: ProtocolVersionMLS10, CipherSuite: cs, GroupID: bytes.Clone(groupID), Epoch: 0, TreeHash: tree.TreeHash(), Extensions: exts}
-	initSecret := make([]byte, cs.HashSize())
-	rand.Read(initSecret)
-	es, err := DeriveEpochSecrets(initSecret, nil, nil, &gc)
-	if err != nil {
-		return nil, err
-	}
-	gi := &GroupInfo{GroupContext: gc, ConfirmationTag: es.ConfirmationTag(nil), Signer: 0}
-	if err := gi.Sign(priv.SignaturePriv); err != nil {
-		return nil, err
-	}
-	pub, err := NewPublicGroupState(gi, tree)
-	if err != nil {
-		return nil, err
-	}
-	keys, err := NewTreePrivateKey(cs, 0, priv.EncryptionPriv)
-	if err != nil {
-		return nil, err
-	}
-	return newGroup(pub, keys, es, priv.SignaturePriv, psks)
+	return newFirstEpoch(groupID, exts, kp, priv, psks)
 }
 
 // groupLink is what a joiner knows of the old group a new group claims to

@@ -105,17 +105,9 @@ func (g *groupService) sendCommitBundleDeniable(ctx context.Context, req *connec
 	if err != nil {
 		return nil, err
 	}
-	m := req.Msg
-	r, err := s.ds.SendCommitBundleDeniable(ctx, pr, ds.CommitBundle{
-		Commit:            m.Commit,
-		Welcome:           m.Welcome,
-		GroupInfo:         m.GroupInfo,
-		Added:             m.Added,
-		Removed:           m.Removed,
-		RemoteTree:        bundleRemoteTree(m.RemoteTree),
-		JoinToken:         m.JoinToken,
-		NextMembershipKey: m.NextMembershipKey,
-	})
+	b := commitBundle(req.Msg)
+	b.NextMembershipKey = req.Msg.NextMembershipKey
+	r, err := s.ds.SendCommitBundleDeniable(ctx, pr, b)
 	s.accepted("commit_bundle", err)
 	if err != nil {
 		return nil, s.toConnect(ctx, err, nil)
@@ -139,15 +131,7 @@ func (g *groupService) fetchDeniable(ctx context.Context, req *connect.Request[m
 		holdAnswerBytes(ctx, -reserved)
 		return nil, s.toConnect(ctx, err, m.GroupId)
 	}
-	res := &mlsdsv1.FetchResponse{Messages: make([]*mlsdsv1.Envelope, len(envs)), NextSeq: from}
-	var size int64
-	for i := range envs {
-		res.Messages[i] = envelope(&envs[i])
-		res.NextSeq = envs[i].GroupSeq + 1
-		size += int64(len(envs[i].Data))
-	}
-	holdAnswerBytes(ctx, size-reserved)
-	return connect.NewResponse(res), nil
+	return connect.NewResponse(fetchPage(ctx, envs, from, reserved)), nil
 }
 
 func (g *groupService) getGroupInfoDeniable(ctx context.Context, req *connect.Request[mlsdsv1.GetGroupInfoRequest]) (*connect.Response[mlsdsv1.GetGroupInfoResponse], error) {
@@ -198,9 +182,5 @@ func (g *groupService) getRemoteTreeDeniable(ctx context.Context, req *connect.R
 	if err != nil {
 		return nil, s.toConnect(ctx, err, req.Msg.GroupId)
 	}
-	res := &mlsdsv1.GetRemoteTreeResponse{GroupId: r.GroupID, Epoch: r.Epoch}
-	for _, t := range r.Trees {
-		res.RemoteTrees = append(res.RemoteTrees, remoteTree(t))
-	}
-	return connect.NewResponse(res), nil
+	return connect.NewResponse(remoteTrees(r)), nil
 }

@@ -8,7 +8,6 @@ import (
 	"errors"
 	"fmt"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -26,36 +25,18 @@ import (
 // derive the membership keys with the MLS exporter, and every group call
 // carries the Mlsds-Membership header and no session.
 
-// fakeClock is the Delivery Service's clock, moved by the test.
-type fakeClock struct {
-	mu sync.Mutex
-	t  time.Time
-}
-
-func (c *fakeClock) now() time.Time {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return c.t
-}
-
-func (c *fakeClock) advance(d time.Duration) {
-	c.mu.Lock()
-	c.t = c.t.Add(d)
-	c.mu.Unlock()
-}
-
 // denWorld is a server with a fake clock, a retention of one hour and no
 // background pruner, and clients without sessions for the deniable calls.
 type denWorld struct {
 	t        *testing.T
 	e        *testEnv
-	clock    *fakeClock
+	clock    *testClock
 	groups   mlsdsv1connect.GroupServiceClient    // no session
 	delivery mlsdsv1connect.DeliveryServiceClient // no session
 }
 
 func newDenWorld(t *testing.T) *denWorld {
-	clock := &fakeClock{t: time.Now().UTC().Truncate(time.Millisecond)}
+	clock := &testClock{t: time.Now().UTC().Truncate(time.Millisecond)}
 	e := startEnv(t, func(c *ds.Config, _ *server.Config) {
 		c.Now = clock.now
 		c.Retention = time.Hour
@@ -89,7 +70,7 @@ func sign[T any](w *denWorld, req *connect.Request[T], procedure string, gid []b
 	h := sha256.Sum256(body)
 	// A client's clock moves between two calls: identical calls within a
 	// millisecond are replays.
-	w.clock.advance(time.Millisecond)
+	w.clock.add(time.Millisecond)
 	ts := uint64(w.clock.now().Add(skew).UnixMilli())
 	nonce := ds.NewMembershipNonce()
 	mac := ds.MembershipMAC(key, ds.MembershipTranscript(procedure, gid, epoch, ts, nonce, h[:]))
@@ -430,7 +411,7 @@ func TestDeniableLife(t *testing.T) {
 
 	// Once K_1 and K_2 are superseded longer than the retention, they
 	// read nothing; the current key still does.
-	w.clock.advance(time.Hour + time.Minute)
+	w.clock.add(time.Hour + time.Minute)
 	for old.next(t) != nil {
 	}
 	connectErr(t, <-old.done, connect.CodePermissionDenied)
@@ -519,17 +500,7 @@ func (w *denWorld) subscribeGroup(gid []byte, from, epoch uint64, key []byte) *g
 		w.t.Fatalf("SubscribeGroup: %v", err)
 	}
 	s := &groupStream{events: make(chan *mlsdsv1.SubscribeGroupResponse, 1024), cancel: cancel, done: make(chan error, 1)}
-	go func() {
-		defer close(s.events)
-		for stream.Receive() {
-			select {
-			case s.events <- stream.Msg():
-			case <-ctx.Done():
-			}
-		}
-		s.done <- stream.Err()
-		stream.Close()
-	}()
+	readInBackground(ctx, stream, s.events, s.done)
 	w.t.Cleanup(s.close)
 	return s
 }
@@ -544,22 +515,8 @@ func (s *groupStream) close() {
 // stream ended (its error in s.done).
 func (s *groupStream) next(t testing.TB) *mlsdsv1.SubscribeGroupResponse {
 	t.Helper()
-	timer := time.NewTimer(30 * time.Second)
-	defer timer.Stop()
-	for {
-		select {
-		case ev, ok := <-s.events:
-			if !ok {
-				return nil
-			}
-			if ev.GetKeepAlive() != nil {
-				continue
-			}
-			return ev
-		case <-timer.C:
-			t.Fatal("no event from the group stream within 30s")
-		}
-	}
+	ev, _ := nextEvent(t, s.events)
+	return ev
 }
 
 func (s *groupStream) untilCaughtUp(t testing.TB) []*mlsdsv1.Envelope {
@@ -878,7 +835,7 @@ func TestGroupStreamSession(t *testing.T) {
 // address (they have no client), before the group is looked at; and the
 // daily bytes are counted per group.
 func TestDeniableLimits(t *testing.T) {
-	clock := &fakeClock{t: time.Now().UTC().Truncate(time.Millisecond)}
+	clock := &testClock{t: time.Now().UTC().Truncate(time.Millisecond)}
 	e := startEnv(t, func(c *ds.Config, _ *server.Config) {
 		c.Now = clock.now
 		c.PruneInterval = -1
@@ -908,7 +865,7 @@ func TestDeniableLimits(t *testing.T) {
 	_, err = w.fetch(groupID("other"), 0, 0, bytes.Repeat([]byte{1}, 32))
 	detail[mlsdsv1.RateLimited](t, connectErr(t, err, connect.CodeResourceExhausted))
 	// Both refill with time.
-	clock.advance(10 * time.Second)
+	clock.add(10 * time.Second)
 	if _, err := w.fetch(gid, 0, 0, a.key()); err != nil {
 		t.Fatalf("after the refill: %v", err)
 	}

@@ -127,16 +127,7 @@ func (g *groupService) SendCommitBundle(ctx context.Context, req *connect.Reques
 		return g.sendCommitBundleDeniable(ctx, req) // deniable.go
 	}
 	s, client := g.s, mustClient(ctx)
-	m := req.Msg
-	r, err := s.ds.SendCommitBundle(ctx, client, ds.CommitBundle{
-		Commit:     m.Commit,
-		Welcome:    m.Welcome,
-		GroupInfo:  m.GroupInfo,
-		Added:      m.Added,
-		Removed:    m.Removed,
-		RemoteTree: bundleRemoteTree(m.RemoteTree),
-		JoinToken:  m.JoinToken,
-	})
+	r, err := s.ds.SendCommitBundle(ctx, client, commitBundle(req.Msg))
 	s.accepted("commit_bundle", err)
 	if err != nil {
 		return nil, s.toConnect(ctx, err, nil)
@@ -163,10 +154,29 @@ func (g *groupService) Fetch(ctx context.Context, req *connect.Request[mlsdsv1.F
 		holdAnswerBytes(ctx, -reserved)
 		return nil, s.toConnect(ctx, err, m.GroupId)
 	}
-	// The page is within the Fetch budget (ds.Config.FetchMaxBytes); its
-	// write has a deadline (flush.go), and until it is out it counts in
-	// mlsds_fetch_buffered_bytes.
-	res := &mlsdsv1.FetchResponse{Messages: make([]*mlsdsv1.Envelope, len(envs)), NextSeq: max(m.FromSeq, 1)}
+	return connect.NewResponse(fetchPage(ctx, envs, max(m.FromSeq, 1), reserved)), nil
+}
+
+// commitBundle is the ds.CommitBundle of m, but for its next membership
+// key (deniable groups only).
+func commitBundle(m *mlsdsv1.SendCommitBundleRequest) ds.CommitBundle {
+	return ds.CommitBundle{
+		Commit:     m.Commit,
+		Welcome:    m.Welcome,
+		GroupInfo:  m.GroupInfo,
+		Added:      m.Added,
+		Removed:    m.Removed,
+		RemoteTree: bundleRemoteTree(m.RemoteTree),
+		JoinToken:  m.JoinToken,
+	}
+}
+
+// fetchPage is the Fetch answer holding envs, with next_seq from when envs
+// is empty. The page is within the Fetch budget (ds.Config.FetchMaxBytes),
+// reserved bytes of which were set aside; its write has a deadline
+// (flush.go), and until it is out it counts in mlsds_fetch_buffered_bytes.
+func fetchPage(ctx context.Context, envs []ds.Envelope, from uint64, reserved int64) *mlsdsv1.FetchResponse {
+	res := &mlsdsv1.FetchResponse{Messages: make([]*mlsdsv1.Envelope, len(envs)), NextSeq: from}
 	var size int64
 	for i := range envs {
 		res.Messages[i] = envelope(&envs[i])
@@ -174,7 +184,7 @@ func (g *groupService) Fetch(ctx context.Context, req *connect.Request[mlsdsv1.F
 		size += int64(len(envs[i].Data))
 	}
 	holdAnswerBytes(ctx, size-reserved)
-	return connect.NewResponse(res), nil
+	return res
 }
 
 func (g *groupService) Ack(ctx context.Context, req *connect.Request[mlsdsv1.AckRequest]) (*connect.Response[mlsdsv1.AckResponse], error) {

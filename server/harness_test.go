@@ -463,19 +463,26 @@ func (m *member) subscribe() *subscription {
 		m.t.Fatalf("Subscribe(%s): %v", m.id, err)
 	}
 	s := &subscription{events: make(chan *mlsdsv1.SubscribeResponse, 1024), cancel: cancel, done: make(chan error, 1)}
+	readInBackground(ctx, stream, s.events, s.done)
+	m.t.Cleanup(s.close)
+	return s
+}
+
+// readInBackground sends stream's messages to events until the stream
+// ends (or ctx does, after which they are dropped), then sends the
+// stream's error to done and closes events.
+func readInBackground[M any](ctx context.Context, stream *connect.ServerStreamForClient[M], events chan<- *M, done chan<- error) {
 	go func() {
-		defer close(s.events)
+		defer close(events)
 		for stream.Receive() {
 			select {
-			case s.events <- stream.Msg():
+			case events <- stream.Msg():
 			case <-ctx.Done():
 			}
 		}
-		s.done <- stream.Err()
+		done <- stream.Err()
 		stream.Close()
 	}()
-	m.t.Cleanup(s.close)
-	return s
 }
 
 func (s *subscription) close() {
@@ -488,18 +495,35 @@ func (s *subscription) close() {
 // after a generous timeout (a hang, not a speed check).
 func (s *subscription) next(t testing.TB) *mlsdsv1.SubscribeResponse {
 	t.Helper()
+	ev, ok := nextEvent(t, s.events)
+	if !ok {
+		t.Fatalf("stream ended: %v", <-s.done)
+	}
+	return ev
+}
+
+// streamEvent is an event of Subscribe or SubscribeGroup.
+type streamEvent interface {
+	GetKeepAlive() *mlsdsv1.KeepAliveEvent
+}
+
+// nextEvent returns the next event of events that is not a keep-alive, or
+// false once events is closed, failing the test after a generous timeout
+// (a hang, not a speed check).
+func nextEvent[T streamEvent](t testing.TB, events <-chan T) (T, bool) {
+	t.Helper()
 	timer := time.NewTimer(30 * time.Second)
 	defer timer.Stop()
 	for {
 		select {
-		case ev, ok := <-s.events:
+		case ev, ok := <-events:
 			if !ok {
-				t.Fatalf("stream ended: %v", <-s.done)
+				return ev, false
 			}
 			if ev.GetKeepAlive() != nil {
 				continue
 			}
-			return ev
+			return ev, true
 		case <-timer.C:
 			t.Fatal("no event from the stream within 30s")
 		}

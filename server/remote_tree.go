@@ -47,11 +47,16 @@ func (g *groupService) GetRemoteTree(ctx context.Context, req *connect.Request[m
 	if err != nil {
 		return nil, s.toConnect(ctx, err, req.Msg.GroupId)
 	}
+	return connect.NewResponse(remoteTrees(r)), nil
+}
+
+// remoteTrees is the GetRemoteTree answer holding r.
+func remoteTrees(r ds.RemoteTreesResult) *mlsdsv1.GetRemoteTreeResponse {
 	res := &mlsdsv1.GetRemoteTreeResponse{GroupId: r.GroupID, Epoch: r.Epoch}
 	for _, t := range r.Trees {
 		res.RemoteTrees = append(res.RemoteTrees, remoteTree(t))
 	}
-	return connect.NewResponse(res), nil
+	return res
 }
 
 func remoteTree(t ds.RemoteTree) *mlsdsv1.RemoteTree {

@@ -117,43 +117,13 @@ func (s *Store) GroupMessages(ctx context.Context, q ds.MessageQuery) ([]ds.Enve
 	if err != nil {
 		return nil, engineErr("read group messages", err)
 	}
-	out, err := pgx.CollectRows(rows, func(r pgx.CollectableRow) (ds.Envelope, error) {
-		var e ds.Envelope
-		var seq, epoch int64
-		var ct, wf int32
-		if err := r.Scan(&seq, &epoch, &e.Sender, &ct, &wf, &e.Data, &e.AcceptedAt); err != nil {
-			return ds.Envelope{}, err
-		}
-		e.GroupID = bytes.Clone(q.GroupID)
-		e.GroupSeq, e.Epoch = uint64(seq), uint64(epoch)
-		e.ContentType, e.WireFormat = mls.ContentType(ct), mls.WireFormat(wf)
-		e.AcceptedAt = e.AcceptedAt.UTC()
-		return e, nil
-	})
+	out, err := collectEnvelopes(rows, q.GroupID)
 	return out, engineErr("read group messages", err)
 }
 
 // PutDeniableRemoteTree implements ds.Store.
 func (s *Store) PutDeniableRemoteTree(ctx context.Context, p ds.RemoteTreePut) error {
-	want, err := u64(p.Tree.Epoch)
-	if err != nil {
-		return err
-	}
-	groupID := nonNil(p.GroupID)
-	at := time.UnixMicro(p.At.UnixMicro()).UTC()
-	return s.tx(ctx, "put deniable remote tree", func(tx pgx.Tx) error {
-		var epoch, start int64
-		err := tx.QueryRow(ctx, "SELECT epoch, epoch_start_seq FROM groups WHERE id = $1 FOR UPDATE", groupID).Scan(&epoch, &start)
-		if errors.Is(err, pgx.ErrNoRows) {
-			return fmt.Errorf("%w: group %x", ds.ErrNotFound, p.GroupID)
-		} else if err != nil {
-			return err
-		}
-		if want != epoch {
-			return &ds.WrongEpochError{Expected: uint64(epoch), FetchFromSeq: uint64(start), Got: p.Tree.Epoch}
-		}
-		return storeRemoteTree(ctx, tx, groupID, epoch, p.Tree.Blob, "", at)
-	})
+	return s.putRemoteTree(ctx, p, false)
 }
 
 // DeniableWelcomes implements ds.Store.

@@ -575,20 +575,27 @@ func (s *Store) Messages(ctx context.Context, q ds.MessageQuery) ([]ds.Envelope,
 	if err != nil {
 		return nil, engineErr("read messages", err)
 	}
-	out, err := pgx.CollectRows(rows, func(r pgx.CollectableRow) (ds.Envelope, error) {
+	out, err := collectEnvelopes(rows, q.GroupID)
+	return out, engineErr("read messages", err)
+}
+
+// collectEnvelopes reads the messages of group groupID from rows (seq,
+// epoch, sender, content_type, wire_format, data, accepted_at), and
+// closes rows.
+func collectEnvelopes(rows pgx.Rows, groupID []byte) ([]ds.Envelope, error) {
+	return pgx.CollectRows(rows, func(r pgx.CollectableRow) (ds.Envelope, error) {
 		var e ds.Envelope
 		var seq, epoch int64
 		var ct, wf int32
 		if err := r.Scan(&seq, &epoch, &e.Sender, &ct, &wf, &e.Data, &e.AcceptedAt); err != nil {
 			return ds.Envelope{}, err
 		}
-		e.GroupID = bytes.Clone(q.GroupID)
+		e.GroupID = bytes.Clone(groupID)
 		e.GroupSeq, e.Epoch = uint64(seq), uint64(epoch)
 		e.ContentType, e.WireFormat = mls.ContentType(ct), mls.WireFormat(wf)
 		e.AcceptedAt = e.AcceptedAt.UTC()
 		return e, nil
 	})
-	return out, engineErr("read messages", err)
 }
 
 // Cursors implements ds.Store.

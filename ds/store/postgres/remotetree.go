@@ -16,16 +16,28 @@ import (
 // AcceptMessage does, so that a Commit and an upload for the epoch it ends
 // are ordered: the upload after the Commit fails with a WrongEpochError.
 func (s *Store) PutRemoteTree(ctx context.Context, p ds.RemoteTreePut) error {
+	return s.putRemoteTree(ctx, p, true)
+}
+
+// putRemoteTree stores p.Tree if it is of the group's current epoch. With
+// fromMember, p.Sender must be a current member of the group and is
+// recorded as the tree's sender; without (a deniable group, which has no
+// members on the server), the tree has no sender.
+func (s *Store) putRemoteTree(ctx context.Context, p ds.RemoteTreePut, fromMember bool) error {
 	want, err := u64(p.Tree.Epoch)
 	if err != nil {
 		return err
 	}
-	if !textOK(p.Sender) {
+	if fromMember && !textOK(p.Sender) {
 		return fmt.Errorf("%w: %q is not a member of group %x", ds.ErrNotMember, p.Sender, p.GroupID)
+	}
+	op, sender := "put deniable remote tree", ""
+	if fromMember {
+		op, sender = "put remote tree", p.Sender
 	}
 	groupID := nonNil(p.GroupID)
 	at := time.UnixMicro(p.At.UnixMicro()).UTC()
-	return s.tx(ctx, "put remote tree", func(tx pgx.Tx) error {
+	return s.tx(ctx, op, func(tx pgx.Tx) error {
 		var epoch, start int64
 		err := tx.QueryRow(ctx, "SELECT epoch, epoch_start_seq FROM groups WHERE id = $1 FOR UPDATE", groupID).Scan(&epoch, &start)
 		if errors.Is(err, pgx.ErrNoRows) {
@@ -33,18 +45,20 @@ func (s *Store) PutRemoteTree(ctx context.Context, p ds.RemoteTreePut) error {
 		} else if err != nil {
 			return err
 		}
-		var member bool
-		if err := tx.QueryRow(ctx, `SELECT EXISTS (SELECT 1 FROM memberships
-			WHERE group_id = $1 AND client_id = $2 AND until_seq IS NULL)`, groupID, p.Sender).Scan(&member); err != nil {
-			return err
-		}
-		if !member {
-			return fmt.Errorf("%w: %q is not a member of group %x", ds.ErrNotMember, p.Sender, p.GroupID)
+		if fromMember {
+			var member bool
+			if err := tx.QueryRow(ctx, `SELECT EXISTS (SELECT 1 FROM memberships
+				WHERE group_id = $1 AND client_id = $2 AND until_seq IS NULL)`, groupID, p.Sender).Scan(&member); err != nil {
+				return err
+			}
+			if !member {
+				return fmt.Errorf("%w: %q is not a member of group %x", ds.ErrNotMember, p.Sender, p.GroupID)
+			}
 		}
 		if want != epoch {
 			return &ds.WrongEpochError{Expected: uint64(epoch), FetchFromSeq: uint64(start), Got: p.Tree.Epoch}
 		}
-		return storeRemoteTree(ctx, tx, groupID, epoch, p.Tree.Blob, p.Sender, at)
+		return storeRemoteTree(ctx, tx, groupID, epoch, p.Tree.Blob, sender, at)
 	})
 }
 

@@ -95,47 +95,12 @@ func (s *Store) GroupMessages(ctx context.Context, q ds.MessageQuery) ([]ds.Enve
 	if err != nil {
 		return nil, err
 	}
-	defer rows.Close()
-	var out []ds.Envelope
-	total := 0
-	for rows.Next() {
-		var e ds.Envelope
-		var seq, epoch, ct, wf int64
-		var at sql.NullInt64
-		if err := rows.Scan(&seq, &epoch, &e.Sender, &ct, &wf, &e.Data, &at); err != nil {
-			return nil, err
-		}
-		e.GroupID = bytes.Clone(q.GroupID)
-		e.GroupSeq, e.Epoch = uint64(seq), uint64(epoch)
-		e.ContentType, e.WireFormat = mls.ContentType(ct), mls.WireFormat(wf)
-		e.AcceptedAt = fromMicros(at)
-		out = append(out, e)
-		if total += len(e.Data); q.MaxBytes > 0 && total >= q.MaxBytes {
-			break
-		}
-	}
-	return out, rows.Err()
+	return scanEnvelopes(rows, q)
 }
 
 // PutDeniableRemoteTree implements ds.Store.
 func (s *Store) PutDeniableRemoteTree(ctx context.Context, p ds.RemoteTreePut) error {
-	want, err := u64(p.Tree.Epoch)
-	if err != nil {
-		return err
-	}
-	return s.write(ctx, func(tx *sql.Tx) error {
-		var epoch, start int64
-		err := tx.QueryRowContext(ctx, "SELECT epoch, epoch_start_seq FROM groups WHERE id = ?", p.GroupID).Scan(&epoch, &start)
-		if errors.Is(err, sql.ErrNoRows) {
-			return fmt.Errorf("%w: group %x", ds.ErrNotFound, p.GroupID)
-		} else if err != nil {
-			return err
-		}
-		if want != epoch {
-			return &ds.WrongEpochError{Expected: uint64(epoch), FetchFromSeq: uint64(start), Got: p.Tree.Epoch}
-		}
-		return storeRemoteTree(ctx, tx, p.GroupID, epoch, p.Tree.Blob, "", p.At.UnixMicro())
-	})
+	return s.putRemoteTree(ctx, p, false)
 }
 
 // DeniableWelcomes implements ds.Store.

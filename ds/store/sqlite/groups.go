@@ -480,6 +480,13 @@ func (s *Store) Messages(ctx context.Context, q ds.MessageQuery) ([]ds.Envelope,
 	if err != nil {
 		return nil, err
 	}
+	return scanEnvelopes(rows, q)
+}
+
+// scanEnvelopes reads the messages of q's group from rows (seq, epoch,
+// sender, content_type, wire_format, data, accepted_at), stopping once
+// they hold q.MaxBytes, and closes rows.
+func scanEnvelopes(rows *sql.Rows, q ds.MessageQuery) ([]ds.Envelope, error) {
 	defer rows.Close()
 	var out []ds.Envelope
 	total := 0

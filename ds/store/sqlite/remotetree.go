@@ -12,6 +12,14 @@ import (
 
 // PutRemoteTree implements ds.Store.
 func (s *Store) PutRemoteTree(ctx context.Context, p ds.RemoteTreePut) error {
+	return s.putRemoteTree(ctx, p, true)
+}
+
+// putRemoteTree stores p.Tree if it is of the group's current epoch. With
+// fromMember, p.Sender must be a current member of the group and is
+// recorded as the tree's sender; without (a deniable group, which has no
+// members on the server), the tree has no sender.
+func (s *Store) putRemoteTree(ctx context.Context, p ds.RemoteTreePut, fromMember bool) error {
 	want, err := u64(p.Tree.Epoch)
 	if err != nil {
 		return err
@@ -24,18 +32,22 @@ func (s *Store) PutRemoteTree(ctx context.Context, p ds.RemoteTreePut) error {
 		} else if err != nil {
 			return err
 		}
-		var one int
-		err = tx.QueryRowContext(ctx,
-			"SELECT 1 FROM memberships WHERE group_id = ? AND client_id = ? AND until_seq IS NULL", p.GroupID, p.Sender).Scan(&one)
-		if errors.Is(err, sql.ErrNoRows) {
-			return fmt.Errorf("%w: %q is not a member of group %x", ds.ErrNotMember, p.Sender, p.GroupID)
-		} else if err != nil {
-			return err
+		sender := ""
+		if fromMember {
+			var one int
+			err = tx.QueryRowContext(ctx,
+				"SELECT 1 FROM memberships WHERE group_id = ? AND client_id = ? AND until_seq IS NULL", p.GroupID, p.Sender).Scan(&one)
+			if errors.Is(err, sql.ErrNoRows) {
+				return fmt.Errorf("%w: %q is not a member of group %x", ds.ErrNotMember, p.Sender, p.GroupID)
+			} else if err != nil {
+				return err
+			}
+			sender = p.Sender
 		}
 		if want != epoch {
 			return &ds.WrongEpochError{Expected: uint64(epoch), FetchFromSeq: uint64(start), Got: p.Tree.Epoch}
 		}
-		return storeRemoteTree(ctx, tx, p.GroupID, epoch, p.Tree.Blob, p.Sender, p.At.UnixMicro())
+		return storeRemoteTree(ctx, tx, p.GroupID, epoch, p.Tree.Blob, sender, p.At.UnixMicro())
 	})
 }
 
