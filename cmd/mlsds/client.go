@@ -1757,12 +1757,15 @@ func (p *eventPrinter) text(e client.Event) string {
 	case client.EventReInit:
 		return fmt.Sprintf("%s closed the group to go on in a new one (ReInit; last members: %s)", who(sender), roster())
 	case client.EventForked:
-		return "the Welcome you got is not for the group the server serves; your client joins the served one instead: " + errText(e.Err)
+		return "your client's view of the group is not the one the server serves; it rejoins the served one: " + errText(e.Err)
 	case client.EventProposalDropped:
 		return fmt.Sprintf("dropped a proposal by %s: too many proposals are pending in this epoch (%s)", sender, errText(e.Err))
 	case client.EventDropped:
 		return "the server no longer delivers this group to you although you are a member (a member's Commit declared you removed); " +
 			"the other members restore you, and your client rejoins then: " + errText(e.Err)
+	case client.EventKeyMismatch:
+		return fmt.Sprintf("%s gave the server a wrong membership key for epoch %d, so nobody can use the group any more; "+
+			"the other members move to a new group without %s: %s", who(sender), e.Epoch, who(sender), errText(e.Err))
 	}
 	return e.Kind.String()
 }

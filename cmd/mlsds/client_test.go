@@ -869,7 +869,8 @@ func TestEventWording(t *testing.T) {
 		{client.Event{Kind: client.EventEpoch, GroupID: g, Seq: 13, Sender: "alice", Epoch: 10, Members: []string{"alice", "bob"}}, "epoch 10 (members: alice, bob)"},
 		{client.Event{Kind: client.EventMisattributed, GroupID: g, Sender: "bob", Members: []string{"carol"}, Err: errors.New("misattributed")}, "refused a message the server says bob sent: carol signed it"},
 		{client.Event{Kind: client.EventReInit, GroupID: g, Sender: "bob", Members: []string{"alice", "bob"}}, "bob closed the group to go on in a new one"},
-		{client.Event{Kind: client.EventForked, GroupID: g, Err: errors.New("forked")}, "the Welcome you got is not for the group the server serves"},
+		{client.Event{Kind: client.EventForked, GroupID: g, Err: errors.New("forked")}, "your client's view of the group is not the one the server serves; it rejoins"},
+		{client.Event{Kind: client.EventKeyMismatch, GroupID: g, Sender: "mallory", Epoch: 4, Err: errors.New("wrong key")}, "mallory gave the server a wrong membership key for epoch 4"},
 		{client.Event{Kind: client.EventProposalDropped, GroupID: g, Sender: "bob", Err: errors.New("dropped")}, "dropped a proposal by bob"},
 	} {
 		got := p.text(tc.ev)
