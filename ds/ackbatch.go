@@ -52,6 +52,21 @@ type BatchAcker interface {
 	AckMany(ctx context.Context, ps []AckParams) []error
 }
 
+// AckingAccepter is implemented by a Store that can apply Acks in the
+// transaction of a batch of messages, so that a node that both accepts
+// messages and takes their Acks commits once for both instead of
+// alternating between a message transaction and an Ack transaction.
+//
+// AcceptMessagesAndAcks is AcceptMessages(ps) followed by AckMany(acks),
+// each with exactly its rules and results, in a single transaction: an
+// Ack's CheckHead sees the messages of ps that were accepted. Either slice
+// may be empty. If the transaction cannot commit, every message and every
+// Ack fails with that error and nothing is applied. The results have
+// len(ps), len(ps) and len(acks) entries.
+type AckingAccepter interface {
+	AcceptMessagesAndAcks(ctx context.Context, ps []AcceptParams, acks []AckParams) (results []AcceptResult, errs []error, ackErrs []error)
+}
+
 // maxAckBatch bounds the Acks taken into one batch (before collapsing).
 const maxAckBatch = 1024
 
@@ -96,11 +111,16 @@ type ackReq struct {
 }
 
 // ackDurably checks an Ack against the group's head and applies it,
+// through the message batcher when the engine is an AckingAccepter, else
 // through the coalescer when the engine supports batches, and returns once
 // it is durable (or failed). The engine then checks the head under the
 // batch's transaction (CheckHead): a read of the group per Ack would cost
 // more than the Ack's share of the batch.
 func (s *Service) ackDurably(ctx context.Context, client string, groupID []byte, seq uint64) error {
+	if s.batcher != nil && s.batcher.both != nil {
+		// The Ack rides in the transaction of the next message batch.
+		return s.batcher.ack(ctx, AckParams{ClientID: client, GroupID: groupID, Seq: seq, CheckHead: true})
+	}
 	ba, ok := s.store.(BatchAcker)
 	if !ok {
 		head, err := s.store.Group(ctx, groupID)
@@ -198,23 +218,31 @@ func (a *acker) run() {
 	}
 }
 
-// take removes the next batch from the queue, dropping withdrawn requests
+// take removes the next batch from the queue: see takeAcks. ackers.mu is
+// held.
+func (a *acker) take() ([]AckParams, []*ackReq) { return takeAcks(&a.queue) }
+
+// takeAcks removes the next batch from queue, dropping withdrawn requests
 // and collapsing the Acks of one (client, group) into one at the highest
 // Seq. Its outcome is each of theirs (a cursor moved to the highest is past
 // the others, the Welcomes up to the highest include theirs, a group that
 // does not exist or a client that is not a member is so for any Seq),
-// except when the highest is beyond the group's head: see commit.
-// ackers.mu is held.
-func (a *acker) take() ([]AckParams, []*ackReq) {
+// except when the highest is beyond the group's head: see ackOutcomes. The
+// lock that guards queue is held.
+func takeAcks(queue *[]*ackReq) ([]AckParams, []*ackReq) {
 	type key struct{ client, group string }
 	var ps []AckParams
 	var reqs []*ackReq
-	index := make(map[key]int)
+	var index map[key]int
+	q := *queue
 	n := 0
-	for ; n < len(a.queue) && len(reqs) < maxAckBatch; n++ {
-		r := a.queue[n]
+	for ; n < len(q) && len(reqs) < maxAckBatch; n++ {
+		r := q[n]
 		if r.withdrawn {
 			continue
+		}
+		if index == nil {
+			index = make(map[key]int)
 		}
 		k := key{r.p.ClientID, string(r.p.GroupID)}
 		i, ok := index[k]
@@ -228,18 +256,17 @@ func (a *acker) take() ([]AckParams, []*ackReq) {
 		r.item, r.taken = i, true
 		reqs = append(reqs, r)
 	}
-	clear(a.queue[:n])
-	a.queue = a.queue[n:]
-	if len(a.queue) == 0 {
-		a.queue = nil
+	clear(q[:n])
+	q = q[n:]
+	if len(q) == 0 {
+		q = nil
 	}
+	*queue = q
 	return ps, reqs
 }
 
-// commit runs one batch and hands every request its outcome. When the
-// collapsed Ack of a (client, group) went beyond the group's head, those of
-// its requests within the head go back to the front of the queue, for the
-// next batch: the head only grows, so they stay within it.
+// commit runs one batch and hands every request its outcome; see
+// ackOutcomes for those that go back to the queue.
 func (a *acker) commit(ps []AckParams, reqs []*ackReq) {
 	// The batch belongs to all its callers: one caller's cancellation must
 	// not abort the others' transaction. A bound keeps a hung database
@@ -247,7 +274,19 @@ func (a *acker) commit(ps []AckParams, reqs []*ackReq) {
 	ctx, cancel := context.WithTimeout(context.Background(), batchTimeout)
 	defer cancel()
 	errs := a.safeAckMany(ctx, ps)
-	var again []*ackReq
+	if again := ackOutcomes(ps, reqs, errs); len(again) > 0 {
+		ackers.mu.Lock()
+		requeueAcks(&a.queue, again)
+		ackers.mu.Unlock()
+	}
+}
+
+// ackOutcomes hands every request of a batch its outcome, given errs, the
+// outcome of each collapsed Ack in ps. When the collapsed Ack of a (client,
+// group) went beyond the group's head, those of its requests within the
+// head are returned instead, for the next batch: the head only grows, so
+// they stay within it.
+func ackOutcomes(ps []AckParams, reqs []*ackReq, errs []error) (again []*ackReq) {
 	for _, r := range reqs {
 		err := errs[r.item]
 		var beyond *AckBeyondHeadError
@@ -261,14 +300,16 @@ func (a *acker) commit(ps []AckParams, reqs []*ackReq) {
 		r.err = err
 		close(r.done)
 	}
-	if len(again) > 0 {
-		ackers.mu.Lock()
-		for _, r := range again {
-			r.taken = false
-		}
-		a.queue = append(again, a.queue...)
-		ackers.mu.Unlock()
+	return again
+}
+
+// requeueAcks puts again back at the front of queue; the lock that guards
+// queue is held.
+func requeueAcks(queue *[]*ackReq, again []*ackReq) {
+	for _, r := range again {
+		r.taken = false
 	}
+	*queue = append(again, *queue...)
 }
 
 // safeAckMany runs AckMany and turns a panic of the engine or a malformed

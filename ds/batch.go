@@ -52,8 +52,14 @@ type batcher struct {
 	batch  BatchAccepter
 	notify func(topics ...string)
 
+	// both is the engine as an AckingAccepter, or nil: then the Acks of
+	// the Service are queued here too (acks), and go into the message
+	// batches' transactions.
+	both AckingAccepter
+
 	mu      sync.Mutex
 	queue   []*acceptReq
+	acks    []*ackReq
 	running bool          // a committer goroutine runs
 	idle    bool          // it waits for work (on wake)
 	wake    chan struct{} // tells an idle committer that work came
@@ -90,7 +96,8 @@ func newBatcher(store Store, notify func(topics ...string)) *batcher {
 	if !ok {
 		return nil
 	}
-	return &batcher{batch: ba, notify: notify, wake: make(chan struct{}, 1)}
+	both, _ := store.(AckingAccepter)
+	return &batcher{batch: ba, both: both, notify: notify, wake: make(chan struct{}, 1)}
 }
 
 // acceptMessage stores p, through the batcher when the engine supports
@@ -139,6 +146,35 @@ func (b *batcher) accept(ctx context.Context, p AcceptParams, topics []string, f
 	return r.res, r.err
 }
 
+// ack queues an Ack for the next batch's transaction (b.both is set) and
+// returns once it is durable (or failed). An Ack still queued when ctx ends
+// is withdrawn and reported as not applied; one already in a batch is
+// waited for.
+func (b *batcher) ack(ctx context.Context, p AckParams) error {
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	r := &ackReq{p: p, done: make(chan struct{})}
+	b.mu.Lock()
+	b.acks = append(b.acks, r)
+	b.startLocked()
+	b.mu.Unlock()
+	select {
+	case <-r.done:
+		return r.err
+	case <-ctx.Done():
+	}
+	b.mu.Lock()
+	taken := r.taken
+	r.withdrawn = !taken
+	b.mu.Unlock()
+	if !taken {
+		return ctx.Err()
+	}
+	<-r.done
+	return r.err
+}
+
 // startLocked makes sure a committer looks at the queue: it starts one,
 // or wakes the one that lingers. b.mu is held.
 func (b *batcher) startLocked() {
@@ -162,7 +198,8 @@ func (b *batcher) run() {
 	for {
 		b.mu.Lock()
 		reqs := b.take()
-		if len(reqs) == 0 {
+		acks, ackReqs := takeAcks(&b.acks)
+		if len(reqs) == 0 && len(ackReqs) == 0 {
 			b.idle = true
 			b.mu.Unlock()
 			if linger == nil {
@@ -177,7 +214,7 @@ func (b *batcher) run() {
 			case <-linger.C:
 			}
 			b.mu.Lock()
-			if len(b.queue) == 0 {
+			if len(b.queue) == 0 && len(b.acks) == 0 {
 				b.running, b.idle = false, false
 				b.mu.Unlock()
 				return
@@ -187,7 +224,7 @@ func (b *batcher) run() {
 			continue
 		}
 		b.mu.Unlock()
-		b.commit(reqs)
+		b.commit(reqs, acks, ackReqs)
 	}
 }
 
@@ -221,8 +258,9 @@ func (p *AcceptParams) size() int {
 	return len(p.Data) + len(p.NewState) + len(p.GroupInfo) + len(p.Welcome) + 256
 }
 
-// commit runs one batch and hands every request its outcome.
-func (b *batcher) commit(reqs []*acceptReq) {
+// commit runs one batch, with the collapsed Acks acks of ackReqs in its
+// transaction, and hands every request its outcome.
+func (b *batcher) commit(reqs []*acceptReq, acks []AckParams, ackReqs []*ackReq) {
 	// The batch belongs to all its callers: one caller's cancellation
 	// must not abort the others' transaction. A bound keeps a hung
 	// database from holding them forever.
@@ -232,7 +270,13 @@ func (b *batcher) commit(reqs []*acceptReq) {
 	for i, r := range reqs {
 		ps[i] = r.p
 	}
-	res, errs := b.safeAccept(ctx, ps)
+	var res []AcceptResult
+	var errs, ackErrs []error
+	if len(acks) > 0 {
+		res, errs, ackErrs = b.safeAcceptAndAck(ctx, ps, acks)
+	} else {
+		res, errs = b.safeAccept(ctx, ps)
+	}
 	for i, r := range reqs {
 		r.res, r.err = res[i], errs[i]
 	}
@@ -260,6 +304,11 @@ func (b *batcher) commit(reqs []*acceptReq) {
 	}
 	for _, r := range reqs {
 		close(r.done)
+	}
+	if again := ackOutcomes(acks, ackReqs, ackErrs); len(again) > 0 {
+		b.mu.Lock()
+		requeueAcks(&b.acks, again)
+		b.mu.Unlock()
 	}
 	// This node's subscriptions take the messages from memory; the
 	// wake-ups after them are the tails' expected echoes, and tell other
@@ -364,6 +413,30 @@ func (b *batcher) safeAccept(ctx context.Context, ps []AcceptParams) (res []Acce
 		}
 	}
 	return res, errs
+}
+
+// safeAcceptAndAck runs AcceptMessagesAndAcks, with safeAccept's care.
+func (b *batcher) safeAcceptAndAck(ctx context.Context, ps []AcceptParams, acks []AckParams) (res []AcceptResult, errs, ackErrs []error) {
+	fail := func(err error) {
+		res, errs, ackErrs = make([]AcceptResult, len(ps)), make([]error, len(ps)), make([]error, len(acks))
+		for i := range errs {
+			errs[i] = err
+		}
+		for i := range ackErrs {
+			ackErrs[i] = err
+		}
+	}
+	defer func() {
+		if v := recover(); v != nil {
+			fail(fmt.Errorf("ds: accepting a batch of messages and acknowledgements panicked: %v", v))
+		}
+	}()
+	res, errs, ackErrs = b.both.AcceptMessagesAndAcks(ctx, ps, acks)
+	if len(res) != len(ps) || len(errs) != len(ps) || len(ackErrs) != len(acks) {
+		fail(fmt.Errorf("ds: the store answered a batch of %d messages and %d acknowledgements with %d results, %d errors and %d acknowledgement errors",
+			len(ps), len(acks), len(res), len(errs), len(ackErrs)))
+	}
+	return res, errs, ackErrs
 }
 
 // prepareApplication prepares an application message in a PrivateMessage

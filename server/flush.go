@@ -70,8 +70,8 @@ func flushHeld(ctx context.Context) {
 // subscription. deadlineWriter gives every write a deadline
 // (Config.WriteTimeout): a unary answer must be written within it from its
 // first byte, and each event of a Subscribe stream within it from its
-// start (the handler arms it around each write, so an idle stream has no
-// deadline). A write that misses it fails, and the call ends: HTTP/1.1
+// start, or at most twice that (the handler keeps the deadline while
+// events flow and removes it when the stream is idle: see Subscribe). A write that misses it fails, and the call ends: HTTP/1.1
 // closes the connection, HTTP/2 resets the stream.
 type deadlineWriter struct {
 	http.ResponseWriter
@@ -128,9 +128,12 @@ func (w *deadlineWriter) armUnary() {
 }
 
 // arm sets the deadline WriteTimeout from now.
-func (w *deadlineWriter) arm() {
-	w.armed, w.deadline = true, time.Now().Add(w.s.cfg.WriteTimeout)
-	w.rc.SetWriteDeadline(w.deadline)
+func (w *deadlineWriter) arm() { w.armUntil(time.Now().Add(w.s.cfg.WriteTimeout)) }
+
+// armUntil sets the deadline d.
+func (w *deadlineWriter) armUntil(d time.Time) {
+	w.armed, w.deadline = true, d
+	w.rc.SetWriteDeadline(d)
 }
 
 // disarm removes the deadline (between the events of a stream: an idle

@@ -78,8 +78,10 @@ type Config struct {
 
 	KeepAlive time.Duration // keep-alive interval on Subscribe streams; default 30s
 	// WriteTimeout bounds every write to a client: a unary answer from its
-	// first byte, each event of a Subscribe stream from its start. A
-	// client that reads nothing for this long is cut. Default: the
+	// first byte, each event of a Subscribe stream at least this long
+	// from its start and at most twice that (the deadline is kept while
+	// events flow). A client that reads nothing for this long is cut
+	// (within twice it on a busy stream). Default: the
 	// Service's SlowConsumerTimeout.
 	WriteTimeout time.Duration
 	// FetchBufferedMaxBytes bounds the bytes of messages in all the Fetch

@@ -185,11 +185,32 @@ func (t *timedStore) AckMany(ctx context.Context, ps []ds.AckParams) []error {
 	return errs
 }
 
+// AcceptMessagesAndAcks keeps the engine's Acks in message batches
+// (ds.AckingAccepter) visible through the wrapper; over an engine without
+// it, the messages and then the Acks are applied as above, in two
+// transactions.
+func (t *timedStore) AcceptMessagesAndAcks(ctx context.Context, ps []ds.AcceptParams, acks []ds.AckParams) ([]ds.AcceptResult, []error, []error) {
+	b, ok := t.Store.(ds.AckingAccepter)
+	if !ok {
+		res, errs, ackErrs := []ds.AcceptResult{}, []error{}, []error{}
+		if len(ps) > 0 {
+			res, errs = t.AcceptMessages(ctx, ps)
+		}
+		if len(acks) > 0 {
+			ackErrs = t.AckMany(ctx, acks)
+		}
+		return res, errs, ackErrs
+	}
+	defer t.obs("accept_messages_and_acks", time.Now())
+	return b.AcceptMessagesAndAcks(ctx, ps, acks)
+}
+
 // The wrapper must not hide the engines' batch interfaces: without them
 // every message and every Ack would pay for its own fsync.
 var (
-	_ ds.BatchAccepter = (*timedStore)(nil)
-	_ ds.BatchAcker    = (*timedStore)(nil)
+	_ ds.BatchAccepter  = (*timedStore)(nil)
+	_ ds.BatchAcker     = (*timedStore)(nil)
+	_ ds.AckingAccepter = (*timedStore)(nil)
 )
 
 func (t *timedStore) AddKeyPackagesWithin(ctx context.Context, kps []ds.KeyPackageRecord, lim ds.KeyPackageLimits) error {

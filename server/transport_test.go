@@ -182,9 +182,10 @@ func TestMetrics(t *testing.T) {
 		`mlsds_commit_conflicts_total 1`,
 		`mlsds_streaming_clients 1`,
 		// The metrics wrapper keeps the engine's group commit of messages
-		// and Acks (ds.BatchAccepter, ds.BatchAcker) in use.
+		// and of Acks with them (ds.BatchAccepter, ds.AckingAccepter) in
+		// use.
 		`mlsds_store_latency_seconds_count{operation="accept_messages"}`,
-		`mlsds_store_latency_seconds_count{operation="ack_many"}`,
+		`mlsds_store_latency_seconds_count{operation="accept_messages_and_acks"}`,
 		`mlsds_request_duration_seconds_bucket{procedure="GroupService/Send"`,
 		`mlsds_go_goroutines`,
 		`mlsds_key_package_stock{cipher_suite="1"} 3`,

@@ -53,49 +53,99 @@ const ackMany = `WITH v AS (
 // routes it marks delivered. A serialization failure or deadlock retries
 // the batch.
 func (s *Store) AckMany(ctx context.Context, ps []ds.AckParams) []error {
-	errs := make([]error, len(ps))
 	if len(ps) == 1 && !ps[0].CheckHead {
 		// Alone and unchecked, an Ack takes Ack's path.
-		errs[0] = s.Ack(ctx, ps[0].ClientID, ps[0].GroupID, ps[0].Seq)
-		return errs
+		return []error{s.Ack(ctx, ps[0].ClientID, ps[0].GroupID, ps[0].Seq)}
 	}
-	clients := make([]*string, len(ps))
-	groups := make([][]byte, len(ps))
-	seqs := make([]*int64, len(ps))
-	checks := make([]bool, len(ps))
-	for i, p := range ps {
-		if textOK(p.ClientID) {
-			clients[i] = &p.ClientID
-		}
-		groups[i], checks[i] = nonNil(p.GroupID), p.CheckHead
-		if v, err := u64(p.Seq); err == nil {
-			seqs[i] = &v
-		} else if !p.CheckHead {
-			errs[i] = err
-		}
+	b := newAckBatch(ps)
+	err := s.tx(ctx, "ack", func(tx pgx.Tx) error { return b.run(ctx, tx) })
+	return b.finish(err)
+}
+
+var _ ds.AckingAccepter = (*Store)(nil)
+
+// AcceptMessagesAndAcks implements ds.AckingAccepter: AcceptMessages' work
+// and then AckMany's statement in one transaction, one commit for both.
+// The groups' rows are locked before the cursors', as Ack and the
+// acceptance of a Commit lock them. A serialization failure or deadlock
+// retries the whole.
+func (s *Store) AcceptMessagesAndAcks(ctx context.Context, ps []ds.AcceptParams, acks []ds.AckParams) ([]ds.AcceptResult, []error, []error) {
+	if len(acks) == 0 {
+		res, errs := s.AcceptMessages(ctx, ps)
+		return res, errs, []error{}
 	}
-	type outcome struct {
-		last  *int64
-		found bool
+	if len(ps) == 0 {
+		return []ds.AcceptResult{}, []error{}, s.AckMany(ctx, acks)
 	}
-	out := make([]outcome, 0, len(ps))
-	err := s.tx(ctx, "ack", func(tx pgx.Tx) error {
-		out = out[:0]
-		rows, err := tx.Query(ctx, ackMany, clients, groups, seqs, checks)
-		if err != nil {
+	mb, ab := newMessageBatch(ps), newAckBatch(acks)
+	err := s.tx(ctx, "accept messages and acks", func(tx pgx.Tx) error {
+		if err := s.acceptBatchTx(ctx, tx, mb); err != nil {
 			return err
 		}
-		var o outcome
-		_, err = pgx.ForEachRow(rows, []any{&o.last, &o.found}, func() error {
-			out = append(out, o)
-			return nil
-		})
-		return err
+		return ab.run(ctx, tx)
 	})
-	if err == nil && len(out) != len(ps) {
-		err = fmt.Errorf("postgres: ack: %d rows for %d acks", len(out), len(ps))
-	}
+	mb.finish(ctx, s, err)
+	return mb.res, mb.errs, ab.finish(err)
+}
+
+// ackBatch is a batch of Acks as ackMany's arguments, and its outcome.
+type ackBatch struct {
+	ps      []ds.AckParams
+	errs    []error // refusals known before the statement
+	clients []*string
+	groups  [][]byte
+	seqs    []*int64
+	checks  []bool
+	out     []ackOutcome
+}
+
+type ackOutcome struct {
+	last  *int64
+	found bool
+}
+
+func newAckBatch(ps []ds.AckParams) *ackBatch {
+	b := &ackBatch{ps: ps, errs: make([]error, len(ps)),
+		clients: make([]*string, len(ps)), groups: make([][]byte, len(ps)),
+		seqs: make([]*int64, len(ps)), checks: make([]bool, len(ps)),
+		out: make([]ackOutcome, 0, len(ps))}
 	for i, p := range ps {
+		if textOK(p.ClientID) {
+			b.clients[i] = &ps[i].ClientID
+		}
+		b.groups[i], b.checks[i] = nonNil(p.GroupID), p.CheckHead
+		if v, err := u64(p.Seq); err == nil {
+			b.seqs[i] = &v
+		} else if !p.CheckHead {
+			b.errs[i] = err
+		}
+	}
+	return b
+}
+
+// run runs ackMany under tx; it may run more than once.
+func (b *ackBatch) run(ctx context.Context, tx pgx.Tx) error {
+	b.out = b.out[:0]
+	rows, err := tx.Query(ctx, ackMany, b.clients, b.groups, b.seqs, b.checks)
+	if err != nil {
+		return err
+	}
+	var o ackOutcome
+	_, err = pgx.ForEachRow(rows, []any{&o.last, &o.found}, func() error {
+		b.out = append(b.out, o)
+		return nil
+	})
+	return err
+}
+
+// finish returns the outcome of each Ack, with err the transaction's
+// failure.
+func (b *ackBatch) finish(err error) []error {
+	if err == nil && len(b.out) != len(b.ps) {
+		err = fmt.Errorf("postgres: ack: %d rows for %d acks", len(b.out), len(b.ps))
+	}
+	errs, out := b.errs, b.out
+	for i, p := range b.ps {
 		switch {
 		case err != nil:
 			errs[i] = err

@@ -31,92 +31,118 @@ var _ ds.BatchAccepter = (*Store)(nil)
 // same groups wait for each other instead of deadlocking. A serialization failure or
 // deadlock retries the whole batch, as it retries one message.
 func (s *Store) AcceptMessages(ctx context.Context, ps []ds.AcceptParams) ([]ds.AcceptResult, []error) {
-	res := make([]ds.AcceptResult, len(ps))
-	errs := make([]error, len(ps))
 	if len(ps) == 1 {
 		// Alone, a message takes AcceptMessage's path: no batch
 		// machinery to pay for.
+		res, errs := make([]ds.AcceptResult, 1), make([]error, 1)
 		res[0], errs[0] = s.AcceptMessage(ctx, ps[0])
 		return res, errs
 	}
-	var ids [][]byte
+	b := newMessageBatch(ps)
+	err := s.tx(ctx, "accept messages", func(tx pgx.Tx) error { return s.acceptBatchTx(ctx, tx, b) })
+	b.finish(ctx, s, err)
+	return b.res, b.errs
+}
+
+// messageBatch is a batch of messages for acceptBatchTx and its outcome.
+type messageBatch struct {
+	ps      []ds.AcceptParams
+	ids     [][]byte // the groups' ids, in lock order
+	allFast bool
+	res     []ds.AcceptResult
+	errs    []error
+	races   []bool
+}
+
+func newMessageBatch(ps []ds.AcceptParams) *messageBatch {
+	b := &messageBatch{ps: ps, allFast: true,
+		res: make([]ds.AcceptResult, len(ps)), errs: make([]error, len(ps)), races: make([]bool, len(ps))}
 	seen := make(map[string]bool)
-	allFast := true
 	for i := range ps {
 		p := &ps[i]
-		allFast = allFast && fastPath(p)
+		b.allFast = b.allFast && fastPath(p)
 		if !seen[string(p.GroupID)] {
 			seen[string(p.GroupID)] = true
-			ids = append(ids, nonNil(p.GroupID))
+			b.ids = append(b.ids, nonNil(p.GroupID))
 		}
 	}
-	sort.Slice(ids, func(i, j int) bool { return bytes.Compare(ids[i], ids[j]) < 0 })
-	races := make([]bool, len(ps))
-	err := s.tx(ctx, "accept messages", func(tx pgx.Tx) error {
-		clear(res)
-		clear(errs)
-		clear(races)
-		if !allFast {
-			// A batch of application messages only is one segment,
-			// whose first statement takes these locks anyway.
-			if _, err := tx.Exec(ctx, "SELECT 1 FROM groups WHERE id = ANY($1) ORDER BY id FOR UPDATE", ids); err != nil {
-				return err
-			}
-		}
-		for i := 0; i < len(ps); i++ {
-			if fastPath(&ps[i]) {
-				j := i + 1
-				for j < len(ps) && fastPath(&ps[j]) {
-					j++
-				}
-				if err := s.appendSegment(ctx, tx, ps[i:j], res[i:j], errs[i:j]); err != nil {
-					return err
-				}
-				i = j - 1
-				continue
-			}
-			p := ps[i]
-			sp, err := tx.Begin(ctx) // SAVEPOINT
-			if err != nil {
-				return err
-			}
-			r, err := s.acceptTx(ctx, sp, p)
-			if err != nil {
-				if rerr := sp.Rollback(ctx); rerr != nil {
-					return rerr
-				}
-				switch {
-				case retryable(err):
-					return err
-				case errors.Is(err, errHashRace):
-					races[i] = true
-				default:
-					errs[i] = engineErr("accept message", err)
-				}
-				continue
-			}
-			if err := sp.Commit(ctx); err != nil { // RELEASE SAVEPOINT
-				return err
-			}
-			res[i] = r
-		}
+	sort.Slice(b.ids, func(i, j int) bool { return bytes.Compare(b.ids[i], b.ids[j]) < 0 })
+	return b
+}
+
+// acceptBatchTx is AcceptMessages' work under tx; it may run more than
+// once (s.tx retries), and starts afresh each time.
+func (s *Store) acceptBatchTx(ctx context.Context, tx pgx.Tx, b *messageBatch) error {
+	ps, res, errs, races := b.ps, b.res, b.errs, b.races
+	clear(res)
+	clear(errs)
+	clear(races)
+	if len(ps) == 0 {
 		return nil
-	})
+	}
+	if !b.allFast {
+		// A batch of application messages only is one segment,
+		// whose first statement takes these locks anyway.
+		if _, err := tx.Exec(ctx, "SELECT 1 FROM groups WHERE id = ANY($1) ORDER BY id FOR UPDATE", b.ids); err != nil {
+			return err
+		}
+	}
+	for i := 0; i < len(ps); i++ {
+		if fastPath(&ps[i]) {
+			j := i + 1
+			for j < len(ps) && fastPath(&ps[j]) {
+				j++
+			}
+			if err := s.appendSegment(ctx, tx, ps[i:j], res[i:j], errs[i:j]); err != nil {
+				return err
+			}
+			i = j - 1
+			continue
+		}
+		p := ps[i]
+		sp, err := tx.Begin(ctx) // SAVEPOINT
+		if err != nil {
+			return err
+		}
+		r, err := s.acceptTx(ctx, sp, p)
+		if err != nil {
+			if rerr := sp.Rollback(ctx); rerr != nil {
+				return rerr
+			}
+			switch {
+			case retryable(err):
+				return err
+			case errors.Is(err, errHashRace):
+				races[i] = true
+			default:
+				errs[i] = engineErr("accept message", err)
+			}
+			continue
+		}
+		if err := sp.Commit(ctx); err != nil { // RELEASE SAVEPOINT
+			return err
+		}
+		res[i] = r
+	}
+	return nil
+}
+
+// finish sets the outcome once the transaction is over, with err its
+// failure: every message fails with it, or a duplicate that hit the unique
+// index (see errHashRace) is answered with the stored receipt.
+func (b *messageBatch) finish(ctx context.Context, s *Store, err error) {
 	if err != nil {
-		for i := range ps {
-			res[i], errs[i] = ds.AcceptResult{}, err
+		for i := range b.ps {
+			b.res[i], b.errs[i] = ds.AcceptResult{}, err
 		}
-		return res, errs
+		return
 	}
-	// A duplicate that hit the unique index (see errHashRace) is answered
-	// with the stored receipt, now that the transaction is over.
-	for i, race := range races {
+	for i, race := range b.races {
 		if race {
-			r, err := s.MessageByHash(ctx, ps[i].GroupID, ps[i].Hash)
-			res[i], errs[i] = ds.AcceptResult{Receipt: r, Duplicate: true}, err
+			r, err := s.MessageByHash(ctx, b.ps[i].GroupID, b.ps[i].Hash)
+			b.res[i], b.errs[i] = ds.AcceptResult{Receipt: r, Duplicate: true}, err
 		}
 	}
-	return res, errs
 }
 
 // fastPath reports whether p is a message that appendSegment handles: an

@@ -23,67 +23,7 @@ func (s *Store) AckMany(ctx context.Context, ps []ds.AckParams) []error {
 	errs := make([]error, len(ps))
 	err := s.write(ctx, func(tx *sql.Tx) error {
 		clear(errs)
-		var head *sql.Stmt
-		heads := make(map[string]int64) // last_seq by group; -1: no such group
-		cursor, err := tx.PrepareContext(ctx,
-			"UPDATE cursors SET acked = MAX(acked, ?) WHERE client_id = ? AND group_id = ?")
-		if err != nil {
-			return err
-		}
-		defer cursor.Close()
-		welcomes, err := tx.PrepareContext(ctx,
-			"UPDATE welcome_routes SET delivered = 1 WHERE client_id = ? AND group_id = ? AND commit_seq <= ? AND delivered = 0")
-		if err != nil {
-			return err
-		}
-		defer welcomes.Close()
-		for i, p := range ps {
-			if p.CheckHead {
-				last, ok := heads[string(p.GroupID)]
-				if !ok {
-					if head == nil {
-						if head, err = tx.PrepareContext(ctx, "SELECT last_seq FROM groups WHERE id = ?"); err != nil {
-							return err
-						}
-						defer head.Close()
-					}
-					err := head.QueryRowContext(ctx, p.GroupID).Scan(&last)
-					if errors.Is(err, sql.ErrNoRows) {
-						last = -1
-					} else if err != nil {
-						return err
-					}
-					heads[string(p.GroupID)] = last
-				}
-				if last < 0 {
-					errs[i] = fmt.Errorf("%w: group %x", ds.ErrNotFound, p.GroupID)
-					continue
-				}
-				if p.Seq > uint64(last) {
-					errs[i] = &ds.AckBeyondHeadError{Seq: p.Seq, LastSeq: uint64(last)}
-					continue
-				}
-			}
-			v, err := u64(p.Seq)
-			if err != nil {
-				errs[i] = err
-				continue
-			}
-			res, err := cursor.ExecContext(ctx, v, p.ClientID, p.GroupID)
-			if err != nil {
-				return err
-			}
-			if n, err := res.RowsAffected(); err != nil {
-				return err
-			} else if n == 0 {
-				errs[i] = fmt.Errorf("%w: %q was never a member of group %x", ds.ErrNotMember, p.ClientID, p.GroupID)
-				continue
-			}
-			if _, err := welcomes.ExecContext(ctx, p.ClientID, p.GroupID, v); err != nil {
-				return err
-			}
-		}
-		return nil
+		return s.ackManyTx(ctx, tx, ps, errs)
 	})
 	if err != nil {
 		for i := range errs {
@@ -91,4 +31,105 @@ func (s *Store) AckMany(ctx context.Context, ps []ds.AckParams) []error {
 		}
 	}
 	return errs
+}
+
+var _ ds.AckingAccepter = (*Store)(nil)
+
+// AcceptMessagesAndAcks implements ds.AckingAccepter: AcceptMessages' work
+// and then AckMany's in one write transaction, one fsync for both.
+func (s *Store) AcceptMessagesAndAcks(ctx context.Context, ps []ds.AcceptParams, acks []ds.AckParams) ([]ds.AcceptResult, []error, []error) {
+	ctx = context.WithoutCancel(ctx) // as AcceptMessages
+	res := make([]ds.AcceptResult, len(ps))
+	errs := make([]error, len(ps))
+	ackErrs := make([]error, len(acks))
+	err := s.write(ctx, func(tx *sql.Tx) error {
+		if err := s.acceptBatchTx(ctx, tx, ps, res, errs); err != nil {
+			return err
+		}
+		return s.ackManyTx(ctx, tx, acks, ackErrs)
+	})
+	if err != nil {
+		for i := range ps {
+			res[i], errs[i] = ds.AcceptResult{}, err
+		}
+		for i := range ackErrs {
+			ackErrs[i] = err
+		}
+	}
+	return res, errs, ackErrs
+}
+
+// The statements of ackManyTx, compiled once on the writer connection
+// (writerStmts).
+const (
+	qAckCursor   = "UPDATE cursors SET acked = MAX(acked, ?) WHERE client_id = ? AND group_id = ?"
+	qAckWelcomes = "UPDATE welcome_routes SET delivered = 1 WHERE client_id = ? AND group_id = ? AND commit_seq <= ? AND delivered = 0"
+	qAckHead     = "SELECT last_seq FROM groups WHERE id = ?"
+)
+
+// ackManyTx is AckMany's work under tx: errs receives the refusal of each
+// Ack; an error return fails the whole batch.
+func (s *Store) ackManyTx(ctx context.Context, tx *sql.Tx, ps []ds.AckParams, errs []error) error {
+	if len(ps) == 0 {
+		return nil
+	}
+	var head *sql.Stmt
+	heads := make(map[string]int64) // last_seq by group; -1: no such group
+	cursor, err := s.txStmt(ctx, tx, qAckCursor)
+	if err != nil {
+		return err
+	}
+	defer cursor.Close()
+	welcomes, err := s.txStmt(ctx, tx, qAckWelcomes)
+	if err != nil {
+		return err
+	}
+	defer welcomes.Close()
+	for i, p := range ps {
+		if p.CheckHead {
+			last, ok := heads[string(p.GroupID)]
+			if !ok {
+				if head == nil {
+					if head, err = s.txStmt(ctx, tx, qAckHead); err != nil {
+						return err
+					}
+					defer head.Close()
+				}
+				err := head.QueryRowContext(ctx, p.GroupID).Scan(&last)
+				if errors.Is(err, sql.ErrNoRows) {
+					last = -1
+				} else if err != nil {
+					return err
+				}
+				heads[string(p.GroupID)] = last
+			}
+			if last < 0 {
+				errs[i] = fmt.Errorf("%w: group %x", ds.ErrNotFound, p.GroupID)
+				continue
+			}
+			if p.Seq > uint64(last) {
+				errs[i] = &ds.AckBeyondHeadError{Seq: p.Seq, LastSeq: uint64(last)}
+				continue
+			}
+		}
+		v, err := u64(p.Seq)
+		if err != nil {
+			errs[i] = err
+			continue
+		}
+		res, err := cursor.ExecContext(ctx, v, p.ClientID, p.GroupID)
+		if err != nil {
+			return err
+		}
+		if n, err := res.RowsAffected(); err != nil {
+			return err
+		} else if n == 0 {
+			errs[i] = fmt.Errorf("%w: %q was never a member of group %x", ds.ErrNotMember, p.ClientID, p.GroupID)
+			continue
+		}
+		if _, err := welcomes.ExecContext(ctx, p.ClientID, p.GroupID, v); err != nil {
+			return err
+		}
+	}
+	return nil
 }

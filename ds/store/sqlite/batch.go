@@ -44,52 +44,56 @@ func (s *Store) AcceptMessages(ctx context.Context, ps []ds.AcceptParams) ([]ds.
 		res[0], errs[0] = s.AcceptMessage(ctx, ps[0])
 		return res, errs
 	}
-	err := s.write(ctx, func(tx *sql.Tx) error {
-		a := &appendBatch{store: s, tx: tx}
-		defer a.close()
-		for i := range ps {
-			p := &ps[i]
-			if fastPath(p) {
-				if i == 0 || !fastPath(&ps[i-1]) {
-					if err := a.prefetchMembers(ctx, ps[i:]); err != nil {
-						return err
-					}
-				}
-				res[i], errs[i] = a.accept(ctx, p)
-				if errs[i] != nil && !isRefusal(errs[i]) {
-					// An engine failure: the transaction may be
-					// unusable; fail the batch rather than guess.
-					return errs[i]
-				}
-				continue
-			}
-			if err := a.flush(ctx); err != nil {
-				return err
-			}
-			if _, err := tx.ExecContext(ctx, "SAVEPOINT accept_message"); err != nil {
-				return fmt.Errorf("sqlite: savepoint: %w", err)
-			}
-			r, err := s.acceptTx(ctx, tx, *p)
-			if err != nil {
-				errs[i] = err
-				if _, err := tx.ExecContext(ctx, "ROLLBACK TO accept_message"); err != nil {
-					return fmt.Errorf("sqlite: rollback to savepoint: %w", err)
-				}
-			} else {
-				res[i] = r
-			}
-			if _, err := tx.ExecContext(ctx, "RELEASE accept_message"); err != nil {
-				return fmt.Errorf("sqlite: release savepoint: %w", err)
-			}
-		}
-		return a.flush(ctx)
-	})
+	err := s.write(ctx, func(tx *sql.Tx) error { return s.acceptBatchTx(ctx, tx, ps, res, errs) })
 	if err != nil {
 		for i := range ps {
 			res[i], errs[i] = ds.AcceptResult{}, err
 		}
 	}
 	return res, errs
+}
+
+// acceptBatchTx is AcceptMessages' work under tx: res and errs receive
+// the outcome of each message; an error return fails the whole batch.
+func (s *Store) acceptBatchTx(ctx context.Context, tx *sql.Tx, ps []ds.AcceptParams, res []ds.AcceptResult, errs []error) error {
+	a := &appendBatch{store: s, tx: tx}
+	defer a.close()
+	for i := range ps {
+		p := &ps[i]
+		if fastPath(p) {
+			if i == 0 || !fastPath(&ps[i-1]) {
+				if err := a.prefetchMembers(ctx, ps[i:]); err != nil {
+					return err
+				}
+			}
+			res[i], errs[i] = a.accept(ctx, p)
+			if errs[i] != nil && !isRefusal(errs[i]) {
+				// An engine failure: the transaction may be
+				// unusable; fail the batch rather than guess.
+				return errs[i]
+			}
+			continue
+		}
+		if err := a.flush(ctx); err != nil {
+			return err
+		}
+		if _, err := tx.ExecContext(ctx, "SAVEPOINT accept_message"); err != nil {
+			return fmt.Errorf("sqlite: savepoint: %w", err)
+		}
+		r, err := s.acceptTx(ctx, tx, *p)
+		if err != nil {
+			errs[i] = err
+			if _, err := tx.ExecContext(ctx, "ROLLBACK TO accept_message"); err != nil {
+				return fmt.Errorf("sqlite: rollback to savepoint: %w", err)
+			}
+		} else {
+			res[i] = r
+		}
+		if _, err := tx.ExecContext(ctx, "RELEASE accept_message"); err != nil {
+			return fmt.Errorf("sqlite: release savepoint: %w", err)
+		}
+	}
+	return a.flush(ctx)
 }
 
 // fastPath reports whether p is a message that appendBatch handles: an
@@ -134,7 +138,8 @@ const (
 )
 
 // writerStmts are compiled on the writer connection at Open.
-var writerStmts = []string{qBatchInsert, qBatchHead, qBatchMember, qBatchMembers, qBatchByHash, qBatchHeadMember, qBatchSetLast}
+var writerStmts = []string{qBatchInsert, qBatchHead, qBatchMember, qBatchMembers, qBatchByHash, qBatchHeadMember, qBatchSetLast,
+	qAckCursor, qAckWelcomes, qAckHead}
 
 // appendBatch appends application messages within one write transaction.
 // What it caches was read under the transaction, which holds SQLite's

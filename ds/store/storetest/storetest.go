@@ -66,6 +66,7 @@ func Run(t *testing.T, open func(t *testing.T) ds.Store) {
 		{"AckBatch", testAckBatch},
 		{"AckBatchWelcomes", testAckBatchWelcomes},
 		{"AckBatchCheckHead", testAckBatchCheckHead},
+		{"AckInBatch", testAckInBatch},
 		{"JoinLinks", testJoinLinks}, {"ConsumeKeyPackages", testConsumeKeyPackages}, {"AcceptMemberBeforeEpoch", testAcceptMemberBeforeEpoch},
 		{"PruneAcked", testPruneAcked}, {"PruneRetention", testPruneRetention}, {"PruneStateLog", testPruneStateLog}, {"PruneKeyPackages", testPruneKeyPackages}, {"PruneEmptyGroups", testPruneEmptyGroups}, {"PrunerLock", testPrunerLock},
 		{"Leave", testLeave}, {"LeaveEmptyWindow", testLeaveEmptyWindow}, {"NumbersOutOfRange", testNumbersOutOfRange},
