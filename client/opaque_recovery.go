@@ -157,6 +157,11 @@ func (g *Group) declarationLocked(effect *mls.CommitEffect, after []string) ds.R
 	var r ds.RosterChange
 	if effect != nil {
 		r.Added, r.Removed = actualChange(effect)
+		if effect.ReInit != nil {
+			// §11.2: the successor's id, which the server then binds
+			// (ds/successor.go).
+			r.ReInitGroupID = bytes.Clone(effect.ReInit.GroupID)
+		}
 	}
 	for _, id := range g.rec.restore {
 		if slices.Contains(after, id) && !slices.Contains(r.Added, id) {
@@ -189,6 +194,15 @@ func checkDeclaration(ad []byte, effect *mls.CommitEffect, next *mls.Group) erro
 	decl, _, err := ds.ParseRosterDeclaration(ad)
 	if err != nil {
 		return fmt.Errorf("%w: %w", ErrRosterMismatch, err)
+	}
+	// A ReInit's group_id is declared as it is, and none without a
+	// ReInit: else the server would link another group as the successor.
+	var reinit []byte
+	if effect.ReInit != nil {
+		reinit = effect.ReInit.GroupID
+	}
+	if !bytes.Equal(decl.ReInitGroupID, reinit) {
+		return fmt.Errorf("%w: it declares the ReInit group_id %x, but commits %x", ErrRosterMismatch, decl.ReInitGroupID, reinit)
 	}
 	added, removed := actualChange(effect)
 	after := memberIDs(next)

@@ -21,6 +21,7 @@ import (
 //	    opaque label<V>;       /* "mlsds roster v1" */
 //	    ClientID added<V>;     /* client ids that are members after the Commit */
 //	    ClientID removed<V>;   /* client ids that are no members after it */
+//	    opaque reinit_group_id<V>; /* the group_id of the ReInit it commits, or empty */
 //	} RosterDeclaration;
 //	opaque ClientID<V>;
 //
@@ -34,6 +35,13 @@ import (
 // (added) and clients on the roster that the tree does not hold
 // (removed): that is how members contest the roster a lying Commit left
 // (see RosterChange). An empty authenticated_data declares no change.
+//
+// A Commit that carries a ReInit proposal (RFC 9420 §11.2) also states the
+// proposal's group_id, which the members check like the roster (they
+// refuse the Commit when it differs or is missing) and the Service reads
+// from the Commit that started the group's last epoch when a group names
+// the closed one as its predecessor (successor.go): the one successor
+// link goes to the group the ReInit names, not to one a member chose.
 
 // RosterLabel starts every roster declaration.
 const RosterLabel = "mlsds roster v1"
@@ -53,10 +61,15 @@ var ErrRosterDeclaration = errors.New("ds: malformed roster declaration")
 type RosterChange struct {
 	Added   []string
 	Removed []string
+	// ReInitGroupID is the group_id of the ReInit proposal the Commit
+	// carries (§11.2), nil if it carries none.
+	ReInitGroupID []byte
 }
 
 // Empty reports whether r declares nothing.
-func (r RosterChange) Empty() bool { return len(r.Added) == 0 && len(r.Removed) == 0 }
+func (r RosterChange) Empty() bool {
+	return len(r.Added) == 0 && len(r.Removed) == 0 && len(r.ReInitGroupID) == 0
+}
 
 // MarshalDeclaration returns r as a Commit's authenticated_data, its lists
 // sorted and without duplicates.
@@ -70,6 +83,7 @@ func (r RosterChange) MarshalDeclaration() []byte {
 		}
 		addVarOpaque(b, inner.BytesOrPanic())
 	}
+	addVarOpaque(b, r.ReInitGroupID)
 	return b.BytesOrPanic()
 }
 
@@ -84,11 +98,11 @@ func ParseRosterDeclaration(ad []byte) (r RosterChange, ok bool, err error) {
 		return RosterChange{}, false, fmt.Errorf("%w: %s; an opaque group's Commit carries in its authenticated_data nothing, or the %q declaration of its roster change", ErrRosterDeclaration, what, RosterLabel)
 	}
 	s := cryptobyte.String(ad)
-	var label, added, removed []byte
+	var label, added, removed, reinit []byte
 	if !readVarOpaque(&s, &label) || string(label) != RosterLabel {
 		return bad("it does not start with the label")
 	}
-	if !readVarOpaque(&s, &added) || !readVarOpaque(&s, &removed) || !s.Empty() {
+	if !readVarOpaque(&s, &added) || !readVarOpaque(&s, &removed) || !readVarOpaque(&s, &reinit) || !s.Empty() {
 		return bad("it does not decode")
 	}
 	for _, l := range []struct {
@@ -113,6 +127,9 @@ func ParseRosterDeclaration(ad []byte) (r RosterChange, ok bool, err error) {
 		}
 	}
 	r.Added, r.Removed = dedupeSorted(r.Added), dedupeSorted(r.Removed)
+	if len(reinit) > 0 {
+		r.ReInitGroupID = slices.Clone(reinit)
+	}
 	return r, true, nil
 }
 

@@ -24,8 +24,11 @@ import (
 // takes the one successor link with a group of its own choosing; the new
 // group must be in epoch 1 and, if it has members besides its creator,
 // come with the Welcome that brings them in. An opaque
-// predecessor's Commits are encrypted, so for it membership is all that
-// is checked. Either way a group gets one successor: a second one fails
+// predecessor's Commits are encrypted, but the one that carries a ReInit
+// states its group_id in its authenticated_data, which the members check
+// (roster_ad.go): the Commit that started the predecessor's last epoch
+// must declare the new group's id, so that no member takes the one link
+// with a group of its own choosing. Either way a group gets one successor: a second one fails
 // with ErrAlreadyExists, also when two creations race (the store links
 // in the creation's transaction).
 //
@@ -52,7 +55,7 @@ func (s *Service) checkPredecessor(ctx context.Context, creator string, pred []b
 		return fmt.Errorf("%w: group %x already has a successor, group %x", ErrAlreadyExists, pred, succ)
 	}
 	if head.Mode != ModeTransparent {
-		return nil
+		return s.checkOpaqueReInit(ctx, head, rec.ID)
 	}
 	return s.withState(ctx, pred, func(_ GroupRecord, e *groupState) error {
 		ri, frozen := e.st.Frozen()
@@ -86,4 +89,37 @@ func (s *Service) checkPredecessor(ctx context.Context, creator string, pred []b
 		}
 		return nil
 	})
+}
+
+// checkOpaqueReInit checks that the Commit that started the last epoch of
+// the opaque group head declares a ReInit of group id (roster_ad.go).
+// Members refuse a Commit whose declaration differs from the ReInit it
+// commits, and a committed ReInit ends the group: its last Commit is the
+// one that closed it.
+func (s *Service) checkOpaqueReInit(ctx context.Context, head GroupRecord, id []byte) error {
+	notClosed := func(why string) error {
+		return invalidf("11.2", "group %x was not closed by a committed ReInit naming group %x (%s); commit one, declaring its group_id in the Commit's authenticated_data, before creating its successor", head.ID, id, why)
+	}
+	if head.Epoch == 0 || head.EpochStartSeq == 0 {
+		return notClosed("it has no Commit")
+	}
+	envs, err := s.store.GroupMessages(ctx, MessageQuery{GroupID: head.ID, FromSeq: head.EpochStartSeq, Limit: 1})
+	if err != nil {
+		return err
+	}
+	if len(envs) == 0 || envs[0].GroupSeq != head.EpochStartSeq || envs[0].ContentType != mls.ContentTypeCommit {
+		return notClosed("the Commit that started its epoch is no longer stored")
+	}
+	m, err := mls.ParseMLSMessage(envs[0].Data)
+	if err != nil {
+		return fmt.Errorf("ds: stored Commit %d of group %x: %w", head.EpochStartSeq, head.ID, err)
+	}
+	decl, _, err := ParseRosterDeclaration(CommitAuthenticatedData(m))
+	if err != nil || len(decl.ReInitGroupID) == 0 {
+		return notClosed("its last Commit declares no ReInit")
+	}
+	if !bytes.Equal(decl.ReInitGroupID, id) {
+		return invalidf("11.2", "the ReInit that closed group %x names group %x, not %x", head.ID, decl.ReInitGroupID, id)
+	}
+	return nil
 }

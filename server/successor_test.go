@@ -11,6 +11,7 @@ import (
 	"connectrpc.com/connect"
 
 	mlsdsv1 "github.com/mlsds/mlsds/api/mlsds/v1"
+	"github.com/mlsds/mlsds/ds"
 	"github.com/mlsds/mlsds/mls"
 )
 
@@ -176,8 +177,12 @@ func TestSuccessorTransparent(t *testing.T) {
 }
 
 // TestSuccessorOpaque: for an opaque predecessor the DS checks membership
-// only; the link is stored once, and a second successor is refused
-// without creating it.
+// and the ReInit group_id that the Commit which closed the group declares
+// in its authenticated_data (ds/roster_ad.go): no successor before such a
+// Commit, none with another id than the declared one, and none after a
+// later Commit that declares no ReInit. The link is stored once, and a
+// second successor is refused without creating it; a refused successor
+// changes nothing.
 func TestSuccessorOpaque(t *testing.T) {
 	e := startEnv(t)
 	ctx := context.Background()
@@ -193,9 +198,42 @@ func TestSuccessorOpaque(t *testing.T) {
 		}))
 		return err
 	}
-	connectErr(t, create(mallory, groupID("mallory"), old, bob), connect.CodePermissionDenied)
-
+	// commit sends an opaque Commit of epoch that declares decl.
+	commit := func(m *member, epoch uint64, decl ds.RosterChange) {
+		t.Helper()
+		msg, err := mls.ParseMLSMessage(privateMessage(t, old, epoch, mls.ContentTypeCommit, 48))
+		if err != nil {
+			t.Fatal(err)
+		}
+		msg.PrivateMessage.AuthenticatedData = decl.MarshalDeclaration()
+		m.mustSend(mlsMessage(t, msg))
+	}
+	refused := func(what string, err error, code connect.Code, gid []byte) {
+		t.Helper()
+		connectErr(t, err, code)
+		if code == connect.CodeInvalidArgument && !strings.Contains(err.Error(), "11.2") {
+			t.Errorf("%s: %v, want a §11.2 refusal", what, err)
+		}
+		if got := bob.successorOf(old); got != nil {
+			t.Fatalf("%s: bob reads successor %x", what, got)
+		}
+		_, err = alice.groups.GetGroupInfo(ctx, connect.NewRequest(&mlsdsv1.GetGroupInfoRequest{GroupId: gid}))
+		connectErr(t, err, connect.CodePermissionDenied) // not created
+	}
 	next := groupID("opaque-new")
+	refused("stranger", create(mallory, groupID("mallory"), old, bob), connect.CodePermissionDenied, groupID("mallory"))
+	refused("no ReInit yet", create(alice, next, old, bob), connect.CodeInvalidArgument, next)
+
+	// A Commit that declares a ReInit of next, then one that declares
+	// none (members refuse it: the group is closed): only the group's
+	// last Commit counts.
+	commit(alice, 0, ds.RosterChange{ReInitGroupID: next})
+	commit(bob, 1, ds.RosterChange{})
+	refused("after a Commit without ReInit", create(alice, next, old, bob), connect.CodeInvalidArgument, next)
+
+	commit(alice, 2, ds.RosterChange{ReInitGroupID: next})
+	other := groupID("opaque-other")
+	refused("bob links another id", create(bob, other, old, alice), connect.CodeInvalidArgument, other)
 	if err := create(alice, next, old, bob); err != nil {
 		t.Fatalf("successor: %v", err)
 	}

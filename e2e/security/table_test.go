@@ -59,6 +59,7 @@ func TestHostileTable(t *testing.T) {
 	w := newWorld(t)
 	den := newDeniableGroup(w) // deniable_table_test.go
 	rw := newReinitWorld(w)    // reinit_table_test.go
+	ow := newOpaqueWorld(w)    // opaque_table_test.go
 	cases := []attack{
 		{
 			name: "stranger fetches a transparent group's GroupInfo",
@@ -317,6 +318,7 @@ func TestHostileTable(t *testing.T) {
 	}
 	cases = append(cases, den.attacks()...)
 	cases = append(cases, rw.attacks()...)
+	cases = append(cases, ow.attacks()...)
 	for _, id := range []string{"zero\u200bwidth", "\u0430lice", "evil\u202egnp.exe", " bob", "bob ", "Bob"} {
 		cases = append(cases, attack{
 			name: fmt.Sprintf("register id %q", id),
