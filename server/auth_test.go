@@ -145,7 +145,11 @@ func TestUnauthenticatedCalls(t *testing.T) {
 func TestSessionExpiry(t *testing.T) {
 	now := time.Now()
 	clock := func() time.Time { return now }
-	e := startEnv(t, func(_ *ds.Config, c *server.Config) { c.Now = clock; c.SessionTTL = time.Hour })
+	// One clock for the Service and the server: a registration stamped by
+	// the real clock after a slow start would look newer than the session
+	// (issued at the fixed time), as if the client had been registered
+	// again (checkLive).
+	e := startEnv(t, func(d *ds.Config, c *server.Config) { d.Now, c.Now = clock, clock; c.SessionTTL = time.Hour })
 	alice := e.client("alice")
 	ctx := context.Background()
 	if _, err := alice.kps.CountKeyPackages(ctx, connect.NewRequest(&mlsdsv1.CountKeyPackagesRequest{})); err != nil {
