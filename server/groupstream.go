@@ -3,6 +3,7 @@ package server
 import (
 	"context"
 	"errors"
+	"sync"
 	"time"
 
 	"connectrpc.com/connect"
@@ -28,13 +29,21 @@ func (d *deliveryService) SubscribeGroup(ctx context.Context, req *connect.Reque
 	}
 	client, _ := ClientID(ctx)
 	var pr *ds.MembershipProof
+	owner := "client " + client
 	if client == "" {
 		p, err := proofOf(req)
 		if err != nil {
 			return err
 		}
 		pr = &p
+		owner = "address " + p.Conn
 	}
+	// Bounded before anything else: the bound is the caller's, whatever
+	// the group, so it tells an outsider nothing about one.
+	if !s.groupStreams.take(owner, s.cfg.MaxGroupStreams) {
+		return s.toConnect(ctx, &ds.QuotaExceededError{What: WhatGroupStreams, Limit: int64(s.cfg.MaxGroupStreams)}, nil)
+	}
+	defer s.groupStreams.give(owner)
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	events, err := s.ds.SubscribeGroup(ctx, client, pr, req.Msg.GroupId, req.Msg.FromSeq)
@@ -99,6 +108,39 @@ func (d *deliveryService) SubscribeGroup(ctx context.Context, req *connect.Reque
 			s.metrics.streamEvents.WithLabelValues(kind).Inc()
 			keepAlive.Reset(s.cfg.KeepAlive)
 		}
+	}
+}
+
+// WhatGroupStreams is the QuotaExceeded.what of a refused SubscribeGroup:
+// the caller has Config.MaxGroupStreams streams open.
+const WhatGroupStreams = "open group streams"
+
+// streamCounts counts open streams by owner.
+type streamCounts struct {
+	mu sync.Mutex
+	n  map[string]int
+}
+
+// take counts one more stream of owner, unless it has max open.
+func (c *streamCounts) take(owner string, max int) bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.n == nil {
+		c.n = make(map[string]int)
+	}
+	if c.n[owner] >= max {
+		return false
+	}
+	c.n[owner]++
+	return true
+}
+
+// give counts one stream of owner less.
+func (c *streamCounts) give(owner string) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.n[owner]--; c.n[owner] <= 0 {
+		delete(c.n, owner)
 	}
 }
 

@@ -29,6 +29,8 @@ func quotaLabel(what string) string {
 		return "key_package_size"
 	case WhatRegistrations:
 		return "registrations_per_address"
+	case WhatGroupStreams:
+		return "group_streams"
 	}
 	return strings.ReplaceAll(strings.ToLower(what), " ", "_")
 }

@@ -91,9 +91,14 @@ type Config struct {
 	// MaxStreamsPerClient bounds the open Subscribe streams of one client;
 	// opening one more ends the oldest. Default 4.
 	MaxStreamsPerClient int
-	ReadHeaderTimeout   time.Duration // default 10s
-	IdleTimeout         time.Duration // default 2m
-	ShutdownTimeout     time.Duration // how long Serve waits for calls in flight; default 20s
+	// MaxGroupStreams bounds the open SubscribeGroup streams of one client
+	// (by session) or of one remote address (by membership proof, for
+	// deniable groups): one more is refused with QuotaExceeded until one
+	// ends. Default 1024.
+	MaxGroupStreams   int
+	ReadHeaderTimeout time.Duration // default 10s
+	IdleTimeout       time.Duration // default 2m
+	ShutdownTimeout   time.Duration // how long Serve waits for calls in flight; default 20s
 	// DrainDelay is how long Serve keeps accepting calls after health
 	// turned NOT_SERVING, so that load balancers stop sending new ones
 	// first; default 0.
@@ -151,6 +156,9 @@ func (c Config) withDefaults() Config {
 	if c.MaxStreamsPerClient <= 0 {
 		c.MaxStreamsPerClient = 4
 	}
+	if c.MaxGroupStreams <= 0 {
+		c.MaxGroupStreams = 1024
+	}
 	if c.KeepAlive == 0 {
 		c.KeepAlive = 30 * time.Second
 	}
@@ -192,13 +200,14 @@ type Server struct {
 	// fetchHeld is the bytes of the Fetch answers being written (flush.go).
 	fetchHeld atomic.Int64
 
-	jwtMethods []string
-	authLimit  *ipLimiter
-	regLimit   *ipLimiter // new registrations per address (ratelimit.go)
-	streams    *streams
-	health     *grpchealth.StaticChecker
-	mux        *http.ServeMux
-	handler    http.Handler
+	jwtMethods   []string
+	authLimit    *ipLimiter
+	regLimit     *ipLimiter // new registrations per address (ratelimit.go)
+	streams      *streams
+	groupStreams streamCounts // SubscribeGroup streams by client or address
+	health       *grpchealth.StaticChecker
+	mux          *http.ServeMux
+	handler      http.Handler
 
 	// draining is closed when shutdown begins: streams end so that clients
 	// reconnect elsewhere, and in-flight unary calls finish.

@@ -54,6 +54,7 @@ type serveFlags struct {
 	lowWater        int
 	keepAlive       time.Duration
 	maxStreams      int
+	maxGroupStreams int
 	shutdownTimeout time.Duration
 	drainDelay      time.Duration
 	corsOrigins     string
@@ -102,6 +103,7 @@ func newServeFlagSet(f *serveFlags, stderr io.Writer) *flag.FlagSet {
 	fs.IntVar(&f.lowWater, "key-package-low-water", 10, "a client is told when its KeyPackages for a suite fall below this")
 	fs.DurationVar(&f.keepAlive, "keepalive", 30*time.Second, "keep-alive interval on delivery streams")
 	fs.IntVar(&f.maxStreams, "max-streams-per-client", 4, "open delivery streams per client; one more ends the oldest")
+	fs.IntVar(&f.maxGroupStreams, "max-group-streams", 1024, "open SubscribeGroup streams per client, or per address for deniable groups; one more is refused")
 	fs.DurationVar(&f.shutdownTimeout, "shutdown-timeout", 20*time.Second, "on SIGTERM, how long to wait for calls in flight")
 	fs.DurationVar(&f.drainDelay, "drain-delay", 0, "on SIGTERM, how long to keep serving with health NOT_SERVING before closing the listener")
 	addEnvToUsage(fs, serveEnvPrefix)
@@ -226,6 +228,7 @@ func serve(ctx context.Context, f *serveFlags, log *slog.Logger) error {
 		MaxMessageSize:      int(f.maxMessageSize),
 		KeepAlive:           f.keepAlive,
 		MaxStreamsPerClient: f.maxStreams,
+		MaxGroupStreams:     f.maxGroupStreams,
 		ShutdownTimeout:     f.shutdownTimeout,
 		DrainDelay:          f.drainDelay,
 		CORSOrigins:         splitList(f.corsOrigins),
