@@ -161,10 +161,11 @@ func (s *Service) chargeGroupBytes(groupID []byte, n int) error {
 	return nil
 }
 
-// verifyMembership checks a proof for a call on groupID: the rate limits
-// of the group and the connection, the timestamp window, the MAC under the
-// key of pr.Epoch (in constant time), and that the same MAC was not used
-// for the same procedure and group before. It returns the key. A group
+// verifyMembership checks a proof for a call on groupID: the rate limit
+// of the connection, the timestamp window, the MAC under the key of
+// pr.Epoch (in constant time), that the same MAC was not used for the same
+// procedure and group before, and then the rate limit of the group. It
+// returns the key. A group
 // that does not exist or is not deniable (only deniable groups have
 // membership keys), no live key for the epoch, a MAC that does not verify
 // or was used before, all get notDeniableMember; a timestamp out of the
@@ -173,12 +174,13 @@ func (s *Service) chargeGroupBytes(groupID []byte, n int) error {
 func (s *Service) verifyMembership(ctx context.Context, groupID []byte, pr *MembershipProof) (MembershipKey, error) {
 	d := s.deniable()
 	now := s.cfg.Now()
-	keys := []string{"g" + hex.EncodeToString(groupID)}
+	// The connection's budget is spent by every call, the group's only by
+	// calls that prove membership: an outsider who knows a group id must
+	// not be able to use up its members' budget.
 	if pr.Conn != "" {
-		keys = append(keys, "a"+pr.Conn)
-	}
-	if err := d.requests.reserve(now, keys...); err != nil {
-		return MembershipKey{}, err
+		if err := d.requests.reserve(now, "a"+pr.Conn); err != nil {
+			return MembershipKey{}, err
+		}
 	}
 	if len(groupID) == 0 || len(groupID) > s.cfg.MaxGroupIDSize {
 		return MembershipKey{}, fmt.Errorf("%w: group id must have 1 to %d bytes", ErrInvalidArgument, s.cfg.MaxGroupIDSize)
@@ -208,6 +210,9 @@ func (s *Service) verifyMembership(ctx context.Context, groupID []byte, pr *Memb
 	}
 	if !d.replays.admit(replayDigest(pr.Procedure, groupID, pr.MAC), pr.UnixMilli, uint64(nowMs)) {
 		return MembershipKey{}, notDeniableMember(groupID)
+	}
+	if err := d.requests.reserve(now, "g"+hex.EncodeToString(groupID)); err != nil {
+		return MembershipKey{}, err
 	}
 	return key, nil
 }

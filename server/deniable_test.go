@@ -7,6 +7,8 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"net"
+	"net/http"
 	"strings"
 	"testing"
 	"time"
@@ -856,12 +858,13 @@ func TestDeniableLimits(t *testing.T) {
 	_, err := w.send(gid, privateMessage(t, gid, 0, mls.ContentTypeApplication, 600), 0, a.key())
 	detail[mlsdsv1.QuotaExceeded](t, connectErr(t, err, connect.CodeResourceExhausted))
 
-	// The third call spends the burst of 3 of the group and of the address.
+	// The third call, a made-up proof, spends the address's burst of 3 (not
+	// the group's: see TestDeniableOutsiderCannotSpendGroupLimit).
 	_, err = w.fetch(gid, 0, 0, bytes.Repeat([]byte{1}, 32))
 	connectErr(t, err, connect.CodePermissionDenied)
 	_, err = w.fetch(gid, 0, 0, a.key())
 	detail[mlsdsv1.RateLimited](t, connectErr(t, err, connect.CodeResourceExhausted))
-	// Another group, whose own bucket is full, from the same address.
+	// Another group, from the same address.
 	_, err = w.fetch(groupID("other"), 0, 0, bytes.Repeat([]byte{1}, 32))
 	detail[mlsdsv1.RateLimited](t, connectErr(t, err, connect.CodeResourceExhausted))
 	// Both refill with time.
@@ -902,4 +905,43 @@ func TestDeniableSameCallSameMillisecond(t *testing.T) {
 		t.Fatalf("second member, same call, same millisecond: %v", err)
 	}
 	connectErr(t, call(first), connect.CodePermissionDenied)
+}
+
+// TestDeniableOutsiderCannotSpendGroupLimit: a group's request budget is
+// spent only by calls that prove membership. An outsider who knows the id
+// of a deniable group and floods it with made-up proofs from another
+// address uses up its own address's budget, not the members'.
+func TestDeniableOutsiderCannotSpendGroupLimit(t *testing.T) {
+	clock := &testClock{t: time.Now().UTC().Truncate(time.Millisecond)}
+	e := startEnv(t, func(c *ds.Config, _ *server.Config) {
+		c.Now = clock.now
+		c.PruneInterval = -1
+		c.RequestsPerSecond, c.RequestBurst = 0.001, 3
+	})
+	w := &denWorld{t: t, e: e, clock: clock,
+		groups:   mlsdsv1connect.NewGroupServiceClient(e.http, e.url),
+		delivery: mlsdsv1connect.NewDeliveryServiceClient(e.http, e.url)}
+	gid := groupID("den-budget")
+	a := w.create(e.client("alice"), gid)
+
+	// The outsider calls from 127.0.0.2, another address on loopback.
+	tr := &http.Transport{ForceAttemptHTTP2: true, DialContext: (&net.Dialer{LocalAddr: &net.TCPAddr{IP: net.IPv4(127, 0, 0, 2)}}).DialContext}
+	tr.Protocols = new(http.Protocols)
+	tr.Protocols.SetUnencryptedHTTP2(true)
+	outsider := &denWorld{t: t, e: e, clock: clock, groups: mlsdsv1connect.NewGroupServiceClient(&http.Client{Transport: tr}, e.url)}
+	wrong := bytes.Repeat([]byte{7}, ds.MembershipKeySize)
+	for i := range 10 {
+		_, err := outsider.fetch(gid, 0, 0, wrong)
+		if i < 3 {
+			connectErr(t, err, connect.CodePermissionDenied)
+		} else {
+			detail[mlsdsv1.RateLimited](t, connectErr(t, err, connect.CodeResourceExhausted))
+		}
+	}
+	// The members' budget of 3 is whole.
+	for i := range 3 {
+		if _, err := w.fetch(gid, 0, 0, a.key()); err != nil {
+			t.Fatalf("alice's call %d after the outsider's flood: %v", i+1, err)
+		}
+	}
 }
