@@ -140,23 +140,28 @@ func newDeniableState(cfg Config) *deniableState {
 // deniable returns the Service's deniable state.
 func (s *Service) deniable() *deniableState { return s.den }
 
-// chargeGroupBytes takes n bytes of the group's daily budget, or refuses
-// with a *QuotaExceededError.
-func (s *Service) chargeGroupBytes(groupID []byte, n int) error {
+// chargeGroupBytes takes n bytes of the daily budget of the group and of
+// the caller's connection (address), or refuses with a
+// *QuotaExceededError and takes nothing. Both are charged: a client may
+// create many deniable groups, whose messages name no client, so the
+// group's budget alone would multiply what one address may store.
+func (s *Service) chargeGroupBytes(groupID []byte, conn string, n int) error {
 	k := s.deniable().bytes
 	if k == nil || n <= 0 {
 		return nil
 	}
-	now := s.cfg.Now()
+	keys := []string{"g" + hex.EncodeToString(groupID)}
+	if conn != "" {
+		keys = append(keys, "a"+conn)
+	}
 	k.mu.Lock()
 	defer k.mu.Unlock()
-	r := k.get("g"+hex.EncodeToString(groupID)).ReserveN(now, n)
-	if !r.OK() {
+	wait, ok := k.takeNLocked(s.cfg.Now(), n, keys)
+	switch {
+	case !ok:
 		return &QuotaExceededError{What: QuotaBytesPerDay, Limit: s.cfg.MaxBytesPerDay}
-	}
-	if d := r.DelayFrom(now); d > 0 {
-		r.CancelAt(now)
-		return &QuotaExceededError{What: QuotaBytesPerDay, Limit: s.cfg.MaxBytesPerDay, RetryAfter: d}
+	case wait > 0:
+		return &QuotaExceededError{What: QuotaBytesPerDay, Limit: s.cfg.MaxBytesPerDay, RetryAfter: wait}
 	}
 	return nil
 }
@@ -381,7 +386,7 @@ func (s *Service) submitDeniable(ctx context.Context, pr *MembershipProof, data 
 			notify = append(notify, ClientTopic(c))
 		}
 	}
-	if err := s.chargeGroupBytes(sub.groupID, int(submittedBytes(data, b))); err != nil {
+	if err := s.chargeGroupBytes(sub.groupID, pr.Conn, int(submittedBytes(data, b))); err != nil {
 		return Receipt{}, err
 	}
 	res, err := s.acceptMessage(ctx, p, notify)
@@ -549,7 +554,7 @@ func (s *Service) PutRemoteTreeDeniable(ctx context.Context, pr MembershipProof,
 			ErrInvalidArgument, t.Epoch, MembershipHeader, pr.Epoch)
 	}
 	// The store refuses a tree that is not for the current epoch.
-	if err := s.chargeGroupBytes(groupID, len(t.Blob)); err != nil {
+	if err := s.chargeGroupBytes(groupID, pr.Conn, len(t.Blob)); err != nil {
 		return err
 	}
 	err := s.store.PutDeniableRemoteTree(ctx, RemoteTreePut{

@@ -72,30 +72,40 @@ func (k *keyedLimiter) reserve(now time.Time, keys ...string) error {
 	if len(keys) == 1 && k.get(keys[0]).AllowN(now, 1) {
 		return nil // the usual case, without a Reservation to allocate
 	}
-	var taken []*rate.Reservation
-	var wait time.Duration
-	for _, key := range keys {
-		r := k.get(key).ReserveN(now, 1)
-		if !r.OK() {
+	if wait, ok := k.takeNLocked(now, 1, keys); wait > 0 || !ok {
+		if !ok {
 			wait = time.Hour // burst < 1 cannot happen; be safe
-			continue
-		}
-		if d := r.DelayFrom(now); d > 0 {
-			if d > wait {
-				wait = d
-			}
-			r.CancelAt(now)
-			continue
-		}
-		taken = append(taken, r)
-	}
-	if wait > 0 {
-		for _, r := range taken {
-			r.CancelAt(now)
 		}
 		return &RateLimitedError{RetryAfter: wait, What: k.what}
 	}
 	return nil
+}
+
+// takeNLocked takes n tokens for each key at now, or none of them. ok is
+// false if some key can never give n at once (n above its burst); else
+// wait is how long the key that is furthest from n tokens needs, zero if
+// the tokens were taken.
+func (k *keyedLimiter) takeNLocked(now time.Time, n int, keys []string) (wait time.Duration, ok bool) {
+	ok = true
+	var taken []*rate.Reservation
+	for _, key := range keys {
+		r := k.get(key).ReserveN(now, n)
+		switch d := r.DelayFrom(now); {
+		case !r.OK():
+			ok = false
+		case d > 0:
+			wait = max(wait, d)
+			r.CancelAt(now)
+		default:
+			taken = append(taken, r)
+		}
+	}
+	if wait > 0 || !ok {
+		for _, r := range taken {
+			r.CancelAt(now)
+		}
+	}
+	return wait, ok
 }
 
 // len returns how many keys are tracked (for tests).

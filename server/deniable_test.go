@@ -945,3 +945,34 @@ func TestDeniableOutsiderCannotSpendGroupLimit(t *testing.T) {
 		}
 	}
 }
+
+// TestDeniableBytesPerAddress: a client may create many deniable groups,
+// and their messages name no client, so the daily byte budget is charged
+// to the caller's address as well as to the group: one address cannot
+// store a budget's worth in each of its groups.
+func TestDeniableBytesPerAddress(t *testing.T) {
+	clock := &testClock{t: time.Now().UTC().Truncate(time.Millisecond)}
+	e := startEnv(t, func(c *ds.Config, _ *server.Config) {
+		c.Now = clock.now
+		c.PruneInterval = -1
+		c.MaxBytesPerDay = 1000
+	})
+	w := &denWorld{t: t, e: e, clock: clock,
+		groups:   mlsdsv1connect.NewGroupServiceClient(e.http, e.url),
+		delivery: mlsdsv1connect.NewDeliveryServiceClient(e.http, e.url)}
+	alice := e.client("alice")
+	g1, g2 := groupID("den-bytes-1"), groupID("den-bytes-2")
+	a1, a2 := w.create(alice, g1), w.create(alice, g2)
+	if _, err := w.send(g1, privateMessage(t, g1, 0, mls.ContentTypeApplication, 600), 0, a1.key()); err != nil {
+		t.Fatalf("first group's message: %v", err)
+	}
+	_, err := w.send(g2, privateMessage(t, g2, 0, mls.ContentTypeApplication, 600), 0, a2.key())
+	d := detail[mlsdsv1.QuotaExceeded](t, connectErr(t, err, connect.CodeResourceExhausted))
+	if d.What != ds.QuotaBytesPerDay || d.Limit != 1000 {
+		t.Fatalf("QuotaExceeded{%q, %d}", d.What, d.Limit)
+	}
+	// The refusal took nothing: a small message still fits.
+	if _, err := w.send(g2, privateMessage(t, g2, 0, mls.ContentTypeApplication, 100), 0, a2.key()); err != nil {
+		t.Fatalf("a message within what is left: %v", err)
+	}
+}
