@@ -3,7 +3,6 @@ package client
 import (
 	"bytes"
 	"context"
-	"database/sql"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -77,26 +76,22 @@ func (c *Client) handleDeniableWelcome(ctx context.Context, w *mlsdsv1.WelcomeEv
 		c.ackWelcome(ref)
 		return nil
 	}
-	keys, err := c.db.keyPackage(ctx, ref, c.sig)
-	if errors.Is(err, sql.ErrNoRows) {
-		return fail(errors.New("the Welcome is for a KeyPackage whose private keys this client does not have (another state file?)"))
-	}
+	keys, welcome, unusable, err := c.welcomeOf(ctx, w)
 	if err != nil {
 		return err
 	}
-	msg, err := mls.ParseMLSMessage(w.Welcome)
-	if err != nil || msg.Welcome == nil {
-		return fail(fmt.Errorf("the Welcome does not decode: %v", err))
+	if unusable != nil {
+		return fail(unusable)
 	}
 	// A branch (deniable_recover.go) is joined with the state of the
 	// group it branches from, whose resumption PSK it names.
-	st, key, err := c.joinDeniableBranch(ctx, msg.Welcome, keys)
+	st, key, err := c.joinDeniableBranch(ctx, welcome, keys)
 	if err != nil {
 		return fail(err)
 	}
 	var we *mls.WelcomeEpoch
 	if st == nil {
-		if we, err = mls.OpenWelcomeEpoch(msg.Welcome, ref, keys.priv.InitPriv, nil); err != nil {
+		if we, err = mls.OpenWelcomeEpoch(welcome, ref, keys.priv.InitPriv, nil); err != nil {
 			return fail(err)
 		}
 	}
@@ -115,7 +110,7 @@ func (c *Client) handleDeniableWelcome(ctx context.Context, w *mlsdsv1.WelcomeEv
 	den := &deniableState{welcomeRef: bytes.Clone(ref)}
 	den.add(epoch, key)
 	if st == nil {
-		st, err = mls.JoinGroup(msg.Welcome, keys.kp, keys.priv, nil, nil)
+		st, err = mls.JoinGroup(welcome, keys.kp, keys.priv, nil, nil)
 		if errors.Is(err, mls.ErrNoRatchetTree) {
 			// The tree is the remote tree of the Welcome's epoch, which the
 			// server hands to members of that epoch.
@@ -126,7 +121,7 @@ func (c *Client) handleDeniableWelcome(ctx context.Context, w *mlsdsv1.WelcomeEv
 				}
 				return fail(err)
 			}
-			if st, err = mls.JoinGroup(msg.Welcome, keys.kp, keys.priv, tree, nil); err == nil {
+			if st, err = mls.JoinGroup(welcome, keys.kp, keys.priv, tree, nil); err == nil {
 				c.joinTree.Store(ptr(treeFromRemoteTree))
 			}
 		} else if err == nil {
@@ -162,10 +157,10 @@ func (c *Client) handleDeniableWelcome(ctx context.Context, w *mlsdsv1.WelcomeEv
 	c.mu.Lock()
 	c.groups[string(g.id)] = g
 	c.mu.Unlock()
-	pred := welcomePredecessor(msg.Welcome, keys)
+	pred := welcomePredecessor(welcome, keys)
 	c.emit(Event{Kind: EventJoined, GroupID: g.id, Epoch: st.Epoch(), Members: g.members(), AcceptedAt: w.AcceptedAt.AsTime(), Predecessor: pred})
 	c.ackWelcome(ref)
-	c.branchJoined(g.id, msg.Welcome, keys) // deniable_recover.go
+	c.branchJoined(g.id, welcome, keys) // deniable_recover.go
 	c.topUpLater()
 	c.followDeniable(g)
 	// Catch up with what was sent in the epoch joined.

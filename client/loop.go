@@ -401,18 +401,14 @@ func (c *Client) handleWelcome(ctx context.Context, w *mlsdsv1.WelcomeEvent) err
 		c.acks.now()
 		return nil
 	}
-	keys, err := c.db.keyPackage(ctx, w.KeyPackageRef, c.sig)
-	if errors.Is(err, sql.ErrNoRows) {
-		return fail(errors.New("the Welcome is for a KeyPackage whose private keys this client does not have (another state file?)"))
-	}
+	keys, welcome, unusable, err := c.welcomeOf(ctx, w)
 	if err != nil {
 		return err
 	}
-	msg, err := mls.ParseMLSMessage(w.Welcome)
-	if err != nil || msg.Welcome == nil {
-		return fail(fmt.Errorf("the Welcome does not decode: %v", err))
+	if unusable != nil {
+		return fail(unusable)
 	}
-	st, opaque, err := c.joinFromWelcome(ctx, w, msg.Welcome, keys)
+	st, opaque, err := c.joinFromWelcome(ctx, w, welcome, keys)
 	if err != nil {
 		if transient(err) {
 			return err
@@ -466,7 +462,7 @@ func (c *Client) handleWelcome(ctx context.Context, w *mlsdsv1.WelcomeEvent) err
 	c.groups[string(g.id)] = g
 	c.mu.Unlock()
 	c.emit(Event{Kind: EventJoined, GroupID: g.id, Seq: w.CommitSeq, Epoch: st.Epoch(), Members: g.members(), AcceptedAt: w.AcceptedAt.AsTime(),
-		Predecessor: welcomePredecessor(msg.Welcome, keys)})
+		Predecessor: welcomePredecessor(welcome, keys)})
 	c.acks.set(g.id, w.CommitSeq)
 	c.acks.now()
 	c.topUpLater()
@@ -591,3 +587,22 @@ func (c *Client) joinFromWelcome(ctx context.Context, ev *mlsdsv1.WelcomeEvent, 
 }
 
 func ptr[T any](v T) *T { return &v }
+
+// welcomeOf finds the keys of the KeyPackage that a Welcome event names
+// and decodes the Welcome. unusable says why this client cannot join from
+// it (no such KeyPackage here, bytes that are no Welcome); err is a
+// failure to read the state.
+func (c *Client) welcomeOf(ctx context.Context, w *mlsdsv1.WelcomeEvent) (keys keyPackageKeys, welcome *mls.Welcome, unusable, err error) {
+	keys, err = c.db.keyPackage(ctx, w.KeyPackageRef, c.sig)
+	if errors.Is(err, sql.ErrNoRows) {
+		return keys, nil, errors.New("the Welcome is for a KeyPackage whose private keys this client does not have (another state file?)"), nil
+	}
+	if err != nil {
+		return keys, nil, nil, err
+	}
+	msg, err := mls.ParseMLSMessage(w.Welcome)
+	if err != nil || msg.Welcome == nil {
+		return keys, nil, fmt.Errorf("the Welcome does not decode: %v", err), nil
+	}
+	return keys, msg.Welcome, nil, nil
+}
