@@ -138,50 +138,14 @@ func (d *deliveryService) Subscribe(ctx context.Context, req *connect.Request[ml
 			bw.hold = h
 		}
 	}
-	// The write deadline: a client that does not read (its window full)
-	// is cut once it passes, and its subscription with it. Setting it
-	// costs a message to the HTTP/2 connection's goroutine, so it is not
-	// set and removed around every event: ready leaves it in place while
-	// it gives the coming write at least WriteTimeout, and otherwise sets
-	// it 2*WriteTimeout ahead. So every write has between WriteTimeout and
-	// twice that. An idle stream must have none (HTTP/2 resets the stream
-	// when it passes even without a write): disarm fires WriteTimeout
-	// before it, and the loop removes it then.
-	wt := s.cfg.WriteTimeout
-	var disarm *time.Timer
-	var disarmC <-chan time.Time
-	defer func() {
-		if disarm != nil {
-			disarm.Stop()
-		}
-		// No deadline outlives the call: over HTTP/1.1 it would stay on
-		// the connection for its next request.
-		if dw != nil {
-			dw.disarm()
-		}
-	}()
-	ready := func() {
-		if dw == nil {
-			return
-		}
-		now := time.Now()
-		if dw.armed && dw.deadline.Sub(now) >= wt {
-			return
-		}
-		dw.armUntil(now.Add(2 * wt))
-		if disarm == nil {
-			disarm = time.NewTimer(wt)
-			disarmC = disarm.C
-		} else {
-			disarm.Reset(wt)
-		}
-	}
+	deadline := newStreamDeadline(dw, s.cfg.WriteTimeout)
+	defer deadline.stop()
 	// send writes one event within the write deadline.
 	send := func(msg *mlsdsv1.SubscribeResponse) error {
-		ready()
+		deadline.ready()
 		err := stream.Send(msg)
 		if err != nil {
-			if dw != nil && dw.timedOut {
+			if deadline.timedOut() {
 				s.metrics.streamsCut.WithLabelValues("write_timeout").Inc()
 				s.log.LogAttrs(ctx, slog.LevelDebug, "subscription cut: the client did not read", slog.String("client", client))
 			}
@@ -198,10 +162,10 @@ func (d *deliveryService) Subscribe(ctx context.Context, req *connect.Request[ml
 			return ended()
 		case <-s.draining:
 			return connect.NewError(connect.CodeUnavailable, errDraining)
-		case <-disarmC:
+		case <-deadline.idle():
 			// Idle (no write runs): the deadline goes before it passes.
 			// Frames still held go out at the next event's write.
-			dw.disarm()
+			deadline.disarm()
 		case <-keepAlive.C:
 			ka := &mlsdsv1.SubscribeResponse{Event: &mlsdsv1.SubscribeResponse_KeepAlive{
 				KeepAlive: &mlsdsv1.KeepAliveEvent{ServerTime: timestamppb.New(s.cfg.Now())}}}
@@ -232,7 +196,7 @@ func (d *deliveryService) Subscribe(ctx context.Context, req *connect.Request[ml
 			msg, kind := eventMessage(ev)
 			if msg == nil {
 				if held > 0 && len(events) == 0 {
-					ready()
+					deadline.ready()
 					if bw != nil {
 						bw.hold = false
 						bw.Flush()

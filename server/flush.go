@@ -176,27 +176,6 @@ func deadlineWriterOf(ctx context.Context) *deadlineWriter {
 	return dw
 }
 
-// armWrite sets the deadline of the stream's next write; it does nothing
-// for a call without a deadlineWriter.
-func armWrite(ctx context.Context) {
-	if dw := deadlineWriterOf(ctx); dw != nil {
-		dw.arm()
-	}
-}
-
-// disarmWrite removes it again once the write is out.
-func disarmWrite(ctx context.Context) {
-	if dw := deadlineWriterOf(ctx); dw != nil {
-		dw.disarm()
-	}
-}
-
-// writeTimedOut reports whether a write of the call missed its deadline.
-func writeTimedOut(ctx context.Context) bool {
-	dw := deadlineWriterOf(ctx)
-	return dw != nil && dw.timedOut
-}
-
 // reserveAnswerBytes takes up to want bytes of Config.FetchBufferedMaxBytes
 // for the call's answer, held until the call ends, and returns how many
 // (0 when none are left). The caller adjusts with holdAnswerBytes once it
@@ -223,4 +202,68 @@ func holdAnswerBytes(ctx context.Context, n int64) {
 	if dw := deadlineWriterOf(ctx); dw != nil {
 		dw.hold(n)
 	}
+}
+
+// streamDeadline keeps the write deadline of a server stream: a client
+// that does not read (its window full) is cut once it passes, and its
+// stream with it. Setting it costs a message to the HTTP/2 connection's
+// goroutine, so it is not set and removed around every event: ready leaves
+// it in place while it gives the coming write at least WriteTimeout, and
+// otherwise sets it 2*WriteTimeout ahead. So every write has between
+// WriteTimeout and twice that. An idle stream must have none (HTTP/2
+// resets the stream when it passes even without a write): idle fires
+// WriteTimeout before it, and the stream's loop calls disarm then.
+type streamDeadline struct {
+	dw    *deadlineWriter // nil: no deadlines (the writer is not ours)
+	wt    time.Duration
+	timer *time.Timer
+}
+
+func newStreamDeadline(dw *deadlineWriter, writeTimeout time.Duration) *streamDeadline {
+	return &streamDeadline{dw: dw, wt: writeTimeout}
+}
+
+// ready makes sure the next write has at least WriteTimeout.
+func (d *streamDeadline) ready() {
+	if d.dw == nil {
+		return
+	}
+	now := time.Now()
+	if d.dw.armed && d.dw.deadline.Sub(now) >= d.wt {
+		return
+	}
+	d.dw.armUntil(now.Add(2 * d.wt))
+	if d.timer == nil {
+		d.timer = time.NewTimer(d.wt)
+	} else {
+		d.timer.Reset(d.wt)
+	}
+}
+
+// idle fires when the deadline is about to pass with no write running;
+// nil (never) before the first ready.
+func (d *streamDeadline) idle() <-chan time.Time {
+	if d.timer == nil {
+		return nil
+	}
+	return d.timer.C
+}
+
+// disarm removes the deadline.
+func (d *streamDeadline) disarm() {
+	if d.dw != nil {
+		d.dw.disarm()
+	}
+}
+
+// timedOut reports whether a write failed because the deadline passed.
+func (d *streamDeadline) timedOut() bool { return d.dw != nil && d.dw.timedOut }
+
+// stop ends the timer and removes the deadline: none outlives the call
+// (over HTTP/1.1 it would stay on the connection for its next request).
+func (d *streamDeadline) stop() {
+	if d.timer != nil {
+		d.timer.Stop()
+	}
+	d.disarm()
 }

@@ -53,17 +53,15 @@ func (d *deliveryService) SubscribeGroup(ctx context.Context, req *connect.Reque
 	s.metrics.streamingClients.Inc()
 	defer s.metrics.streamingClients.Dec()
 
+	deadline := newStreamDeadline(deadlineWriterOf(ctx), s.cfg.WriteTimeout)
+	defer deadline.stop()
 	send := func(msg *mlsdsv1.SubscribeGroupResponse) error {
-		armWrite(ctx)
+		deadline.ready()
 		err := stream.Send(msg)
-		if err != nil {
-			if writeTimedOut(ctx) {
-				s.metrics.streamsCut.WithLabelValues("write_timeout").Inc()
-			}
-			return err
+		if err != nil && deadline.timedOut() {
+			s.metrics.streamsCut.WithLabelValues("write_timeout").Inc()
 		}
-		disarmWrite(ctx)
-		return nil
+		return err
 	}
 	keepAlive := time.NewTicker(s.cfg.KeepAlive)
 	defer keepAlive.Stop()
@@ -73,6 +71,8 @@ func (d *deliveryService) SubscribeGroup(ctx context.Context, req *connect.Reque
 			return nil
 		case <-s.draining:
 			return connect.NewError(connect.CodeUnavailable, errDraining)
+		case <-deadline.idle():
+			deadline.disarm() // idle: the deadline goes before it passes
 		case <-keepAlive.C:
 			if err := send(&mlsdsv1.SubscribeGroupResponse{Event: &mlsdsv1.SubscribeGroupResponse_KeepAlive{
 				KeepAlive: &mlsdsv1.KeepAliveEvent{ServerTime: timestamppb.New(s.cfg.Now())}}}); err != nil {
