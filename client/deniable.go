@@ -57,11 +57,10 @@ import (
 //     PublicMessage would hold a member's signature over the group), so
 //     Leave and ProposeUpdate have deniable variants here, and external
 //     Commits are impossible.
-//   - The session-less calls use a connection of their own, and their
-//     timestamps a random offset, so that two members' equal calls (the
-//     joiners of one Welcome fetching the remote tree) rarely carry the
-//     same MAC, which the server would refuse as a replay; a refused read
-//     is asked again.
+//   - The session-less calls use a connection of their own; each proof
+//     carries a fresh nonce, so that two members' equal calls (the joiners
+//     of one Welcome fetching the remote tree) never carry the same MAC,
+//     which the server would refuse as a replay.
 //   - A Commit that gave the server a wrong K_{e+1} is noticed, reported
 //     (EventKeyMismatch) and left behind in a branch without its
 //     committer: deniable_recover.go.
@@ -381,32 +380,15 @@ func (m membershipInterceptor) WrapUnary(next connect.UnaryFunc) connect.UnaryFu
 		if a == nil {
 			return nil, errNoMembership
 		}
-		for attempt := 0; ; attempt++ {
-			if err := m.d.sign(req.Header(), req.Spec().Procedure, a, req.Any()); err != nil {
-				return nil, err
-			}
-			res, err := next(ctx, req)
-			m.d.c.keyRefused(ctx, a, err) // deniable_recover.go
-			// Two members may make the very same read with the same
-			// timestamp (the joiners of a Welcome fetch the remote tree
-			// at once): the MACs are then equal, and the server refuses
-			// all but the first as a replay, with the answer it gives
-			// outsiders. A read is asked again, with another timestamp.
-			if attempt >= 2 || !idempotentRead(req.Spec().Procedure) || !refusedAsOutsider(err) {
-				return res, err
-			}
+		// Every proof carries a fresh nonce, so two members making the very
+		// same call at once are not taken for a replay.
+		if err := m.d.sign(req.Header(), req.Spec().Procedure, a, req.Any()); err != nil {
+			return nil, err
 		}
+		res, err := next(ctx, req)
+		m.d.c.keyRefused(ctx, a, err) // deniable_recover.go
+		return res, err
 	}
-}
-
-// idempotentRead reports whether procedure only reads, so that asking
-// twice changes nothing.
-func idempotentRead(procedure string) bool {
-	switch procedure {
-	case mlsdsv1connect.GroupServiceFetchProcedure, mlsdsv1connect.GroupServiceGetRemoteTreeProcedure, mlsdsv1connect.GroupServiceGetGroupInfoProcedure:
-		return true
-	}
-	return false
 }
 
 // refusedAsOutsider reports whether err is the server's answer to a call
