@@ -85,7 +85,8 @@ func (g *Group) maybeCheckFork(ctx context.Context) {
 // is false if the server is at another epoch or holds none that opens.
 func (g *Group) servedContext(ctx context.Context, epoch uint64, opaque bool, key EpochKey) (gc mls.GroupContext, ok bool, err error) {
 	if !opaque {
-		res, err := g.c.rpc.groups.GetGroupInfo(ctx, connect.NewRequest(&mlsdsv1.GetGroupInfoRequest{GroupId: g.id}))
+		// Only the GroupInfo is compared: the tree stays on the server.
+		res, err := g.c.rpc.groups.GetGroupInfo(ctx, connect.NewRequest(&mlsdsv1.GetGroupInfoRequest{GroupId: g.id, WithoutTree: true}))
 		if err != nil {
 			return gc, false, err
 		}

@@ -368,11 +368,11 @@ func (s *Service) JoinGroupInfo(ctx context.Context, client string, groupID []by
 	if err != nil {
 		return GroupInfoResult{}, err
 	}
-	succ, err := s.store.Successor(ctx, groupID) // successor.go
-	if err != nil {
-		return GroupInfoResult{}, err
-	}
 	if head.Mode != ModeTransparent {
+		succ, err := s.store.Successor(ctx, groupID) // successor.go
+		if err != nil {
+			return GroupInfoResult{}, err
+		}
 		rec, err := s.store.GroupState(ctx, groupID)
 		if err != nil {
 			return GroupInfoResult{}, err
@@ -380,6 +380,7 @@ func (s *Service) JoinGroupInfo(ctx context.Context, client string, groupID []by
 		return GroupInfoResult{GroupID: rec.ID, Mode: rec.Mode, Epoch: rec.Epoch, GroupInfo: rec.GroupInfo, SuccessorGroupID: succ}, nil
 	}
 	var out GroupInfoResult
+	var frozen bool
 	err = s.withState(ctx, groupID, func(_ GroupRecord, e *groupState) error {
 		if !e.groupInfoKnown {
 			// Another node's Commit may have brought a GroupInfo. (This
@@ -396,9 +397,15 @@ func (s *Service) JoinGroupInfo(ctx context.Context, client string, groupID []by
 			return err
 		}
 		out.Proposals = append([][]byte(nil), e.proposals...)
-		out.SuccessorGroupID = succ
+		_, frozen = e.st.Frozen()
 		return nil
 	})
+	if err != nil || !frozen {
+		// Only a group a committed ReInit closed has a successor: the
+		// call members make after every Commit reads no more than that.
+		return out, err
+	}
+	out.SuccessorGroupID, err = s.store.Successor(ctx, groupID) // successor.go
 	return out, err
 }
 

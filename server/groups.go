@@ -218,17 +218,20 @@ func (g *groupService) GetGroupInfo(ctx context.Context, req *connect.Request[ml
 	if err != nil {
 		return nil, s.toConnect(ctx, err, req.Msg.GroupId)
 	}
-	return connect.NewResponse(&mlsdsv1.GetGroupInfoResponse{
-		GroupId:     gi.GroupID,
-		Mode:        protoMode(gi.Mode),
-		Epoch:       gi.Epoch,
-		GroupInfo:   gi.GroupInfo,
-		RatchetTree: gi.RatchetTree,
-		TreeHash:    gi.TreeHash,
-		Proposals:   gi.Proposals,
-
+	res := &mlsdsv1.GetGroupInfoResponse{
+		GroupId:          gi.GroupID,
+		Mode:             protoMode(gi.Mode),
+		Epoch:            gi.Epoch,
+		GroupInfo:        gi.GroupInfo,
+		RatchetTree:      gi.RatchetTree,
+		TreeHash:         gi.TreeHash,
+		Proposals:        gi.Proposals,
 		SuccessorGroupId: gi.SuccessorGroupID,
-	}), nil
+	}
+	if req.Msg.WithoutTree {
+		res.RatchetTree, res.Proposals = nil, nil
+	}
+	return connect.NewResponse(res), nil
 }
 
 func (g *groupService) GetRoster(ctx context.Context, req *connect.Request[mlsdsv1.GetRosterRequest]) (*connect.Response[mlsdsv1.GetRosterResponse], error) {

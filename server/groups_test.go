@@ -41,6 +41,14 @@ func TestTransparentGroup(t *testing.T) {
 	if info.Msg.Epoch != 0 || info.Msg.Mode != mlsdsv1.GroupMode_GROUP_MODE_TRANSPARENT || !bytes.Equal(info.Msg.RatchetTree, tree) {
 		t.Fatalf("GetGroupInfo: epoch %d mode %v, tree equal %v", info.Msg.Epoch, info.Msg.Mode, bytes.Equal(info.Msg.RatchetTree, tree))
 	}
+	// Without the tree: the same GroupInfo, epoch and tree hash, no tree.
+	lean, err := alice.groups.GetGroupInfo(ctx, connect.NewRequest(&mlsdsv1.GetGroupInfoRequest{GroupId: gid, WithoutTree: true}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if lean.Msg.RatchetTree != nil || lean.Msg.Epoch != info.Msg.Epoch || !bytes.Equal(lean.Msg.GroupInfo, info.Msg.GroupInfo) || !bytes.Equal(lean.Msg.TreeHash, info.Msg.TreeHash) {
+		t.Fatalf("GetGroupInfo without_tree: tree of %d bytes, epoch %d, same GroupInfo %v", len(lean.Msg.RatchetTree), lean.Msg.Epoch, bytes.Equal(lean.Msg.GroupInfo, info.Msg.GroupInfo))
+	}
 
 	// Bob publishes a KeyPackage and listens; alice claims it and adds him.
 	bob.uploadKeyPackages(1, false)

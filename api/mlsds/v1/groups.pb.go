@@ -868,7 +868,11 @@ type GetGroupInfoRequest struct {
 	GroupId []byte                 `protobuf:"bytes,1,opt,name=group_id,json=groupId,proto3" json:"group_id,omitempty"`
 	// A join link token, for a client that is neither a member nor a device
 	// of a member's user.
-	JoinToken     string `protobuf:"bytes,2,opt,name=join_token,json=joinToken,proto3" json:"join_token,omitempty"`
+	JoinToken string `protobuf:"bytes,2,opt,name=join_token,json=joinToken,proto3" json:"join_token,omitempty"`
+	// Leave ratchet_tree and proposals out of the answer: for a member that
+	// only compares the GroupInfo's GroupContext with its own (a fork check
+	// after each Commit), which need not download the tree each time.
+	WithoutTree   bool `protobuf:"varint,3,opt,name=without_tree,json=withoutTree,proto3" json:"without_tree,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -915,6 +919,13 @@ func (x *GetGroupInfoRequest) GetJoinToken() string {
 		return x.JoinToken
 	}
 	return ""
+}
+
+func (x *GetGroupInfoRequest) GetWithoutTree() bool {
+	if x != nil {
+		return x.WithoutTree
+	}
+	return false
 }
 
 type GetGroupInfoResponse struct {
@@ -2261,11 +2272,12 @@ const file_mlsds_v1_groups_proto_rawDesc = "" +
 	"AckRequest\x12*\n" +
 	"\acursors\x18\x01 \x03(\v2\x10.mlsds.v1.CursorR\acursors\x12!\n" +
 	"\fwelcome_refs\x18\x02 \x03(\fR\vwelcomeRefs\"\r\n" +
-	"\vAckResponse\"O\n" +
+	"\vAckResponse\"r\n" +
 	"\x13GetGroupInfoRequest\x12\x19\n" +
 	"\bgroup_id\x18\x01 \x01(\fR\agroupId\x12\x1d\n" +
 	"\n" +
-	"join_token\x18\x02 \x01(\tR\tjoinToken\"\x9b\x02\n" +
+	"join_token\x18\x02 \x01(\tR\tjoinToken\x12!\n" +
+	"\fwithout_tree\x18\x03 \x01(\bR\vwithoutTree\"\x9b\x02\n" +
 	"\x14GetGroupInfoResponse\x12\x19\n" +
 	"\bgroup_id\x18\x01 \x01(\fR\agroupId\x12'\n" +
 	"\x04mode\x18\x02 \x01(\x0e2\x13.mlsds.v1.GroupModeR\x04mode\x12\x14\n" +
