@@ -204,16 +204,23 @@ func TestOpaqueRecoverGarbagePath(t *testing.T) {
 // drops mallory from its roster; the honest members refuse the Commit and
 // their resync restores her, as the tree still holds her.
 func TestOpaqueRecoverRemoveCommitter(t *testing.T) {
-	_, alice, bob, mallory, gid, mst := opaqueWithMallory(t)
+	e, alice, bob, mallory, gid, mst := opaqueWithMallory(t)
 	wire, blob := forgedCommit(t, mallory, mst, ds.RosterChange{Removed: []string{"mallory"}}, func(ac *mls.AuthenticatedContent) {
 		c := ac.Content.Commit
 		c.Proposals = append(c.Proposals, mls.ProposalOrRef{Type: mls.ProposalOrRefTypeProposal,
 			Proposal: &mls.Proposal{ProposalType: mls.ProposalTypeRemove, Remove: &mls.Remove{Removed: mst.Self()}}})
 	})
+	// alice and bob are away while the server takes the Commit, so that
+	// their recovery (within milliseconds) cannot restore mallory before
+	// the check below.
+	alice.Close()
+	bob.Close()
 	sendOpaqueCommit(t, mallory, wire, mst.Epoch(), blob, nil)
 	if _, err := mallory.rpc.groups.GetRemoteTree(ctxT(t), connect.NewRequest(&mlsdsv1.GetRemoteTreeRequest{GroupId: gid})); errorDetail[*mlsdsv1.NotMember](err) == nil {
 		t.Fatalf("mallory after her Commit that removes her: %v, want not a member", err)
 	}
+	alice = e.open("alice", filepath.Dir(alice.path))
+	bob = e.open("bob", filepath.Dir(bob.path))
 	recovered(t, gid, alice, bob)
 	for _, c := range []*tclient{alice, bob} {
 		if got := c.Group(gid).Members(); !slices.Contains(got, "mallory") {
