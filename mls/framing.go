@@ -441,11 +441,19 @@ func (ac *AuthenticatedContent) TBS(ctx *GroupContext) []byte {
 // the content is sent; it may be nil for external and new_member_proposal
 // senders.
 func (ac *AuthenticatedContent) Sign(cs CipherSuite, priv []byte, ctx *GroupContext) error {
+	if err := cs.checkSeed(priv); err != nil {
+		return err
+	}
+	return ac.sign(cs, priv, ctx)
+}
+
+// sign is Sign with a key signingKey may have expanded.
+func (ac *AuthenticatedContent) sign(cs CipherSuite, priv []byte, ctx *GroupContext) error {
 	tbs, err := ac.tbs(ctx)
 	if err != nil {
 		return err
 	}
-	sig, err := cs.SignWithLabel(priv, "FramedContentTBS", tbs)
+	sig, err := cs.signWithLabel(priv, "FramedContentTBS", tbs)
 	if err != nil {
 		return err
 	}

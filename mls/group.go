@@ -72,6 +72,7 @@ type Group struct {
 	es      *EpochSecrets
 	st      *SecretTree
 	sigPriv []byte
+	sigKey  []byte // sigPriv as signing takes it fastest (sealKey)
 	removed bool
 
 	// psks holds the external PSKs the application gave and the
@@ -1113,11 +1114,16 @@ func (g *Group) Seal(data, authenticatedData []byte) (*PrivateMessage, error) {
 	if err := g.checkCanSend(); err != nil {
 		return nil, err
 	}
-	return sealApplication(g.pub.GroupContext(), g.keys.Self(), g.sigPriv, g.es.SenderDataSecret, g.st, data, authenticatedData)
+	gc := g.pub.GroupContext()
+	if g.sigKey == nil {
+		g.sigKey = gc.CipherSuite.signingKey(g.sigPriv)
+	}
+	return sealApplication(gc, g.keys.Self(), g.sigKey, g.es.SenderDataSecret, g.st, data, authenticatedData)
 }
 
 // sealApplication signs data as an application message of the member at
 // self in the epoch of gc and encrypts it with the epoch's secrets (§6.3).
+// sigPriv may be expanded (CipherSuite.signingKey).
 func sealApplication(gc GroupContext, self LeafIndex, sigPriv, senderDataSecret []byte, st *SecretTree, data, authenticatedData []byte) (*PrivateMessage, error) {
 	ac := &AuthenticatedContent{
 		WireFormat: WireFormatPrivateMessage,
@@ -1126,7 +1132,7 @@ func sealApplication(gc GroupContext, self LeafIndex, sigPriv, senderDataSecret 
 			AuthenticatedData: bytes.Clone(authenticatedData),
 			ContentType:       ContentTypeApplication, Application: bytes.Clone(data)},
 	}
-	if err := ac.Sign(gc.CipherSuite, sigPriv, &gc); err != nil {
+	if err := ac.sign(gc.CipherSuite, sigPriv, &gc); err != nil {
 		return nil, err
 	}
 	return ProtectPrivate(ac, senderDataSecret, st, 0)

@@ -88,6 +88,7 @@ type PartialGroup struct {
 	es      *EpochSecrets
 	st      *SecretTree
 	sigPriv []byte
+	sigKey  []byte // sigPriv as signing takes it fastest
 	removed bool
 	pending *partialPending
 }
@@ -441,7 +442,10 @@ func (g *PartialGroup) Seal(data, authenticatedData []byte) (*PrivateMessage, er
 	if err := g.checkActive(); err != nil {
 		return nil, err
 	}
-	return sealApplication(g.gc, g.keys.Self(), g.sigPriv, g.es.SenderDataSecret, g.st, data, authenticatedData)
+	if g.sigKey == nil {
+		g.sigKey = g.gc.CipherSuite.signingKey(g.sigPriv)
+	}
+	return sealApplication(g.gc, g.keys.Self(), g.sigKey, g.es.SenderDataSecret, g.st, data, authenticatedData)
 }
 
 // Open decrypts an application PrivateMessage of the current epoch and

@@ -384,6 +384,25 @@ func appendOpaque[T string | []byte](dst []byte, x T) []byte {
 // suite signature scheme (§5.1.2). priv is an Ed25519 or Ed448 seed, or a
 // big-endian ECDSA scalar; ECDSA signatures are DER encoded.
 func (cs CipherSuite) SignWithLabel(priv []byte, label string, content []byte) ([]byte, error) {
+	if err := cs.checkSeed(priv); err != nil {
+		return nil, err
+	}
+	return cs.signWithLabel(priv, label, content)
+}
+
+// checkSeed refuses an Ed25519 signature private key that is not a seed,
+// before signWithLabel would take it as an expanded key.
+func (cs CipherSuite) checkSeed(priv []byte) error {
+	if p := cs.params(); p != nil && p.sig == sigEd25519 && len(priv) != ed25519.SeedSize {
+		return p.privSizeError(priv, ed25519.SeedSize)
+	}
+	return nil
+}
+
+// signWithLabel is SignWithLabel, but takes an Ed25519 key expanded as well
+// (seed then public key, from signingKey), which saves deriving the public
+// key at every signature. Only keys this package expanded may be given so.
+func (cs CipherSuite) signWithLabel(priv []byte, label string, content []byte) ([]byte, error) {
 	p := cs.params()
 	if p == nil {
 		return nil, &UnknownCipherSuiteError{Suite: cs}
@@ -394,10 +413,13 @@ func (cs CipherSuite) SignWithLabel(priv []byte, label string, content []byte) (
 	}
 	switch p.sig {
 	case sigEd25519:
-		if len(priv) != ed25519.SeedSize {
-			return nil, p.privSizeError(priv, ed25519.SeedSize)
+		switch len(priv) {
+		case ed25519.PrivateKeySize:
+			return ed25519.Sign(ed25519.PrivateKey(priv), msg), nil
+		case ed25519.SeedSize:
+			return ed25519.Sign(ed25519.NewKeyFromSeed(priv), msg), nil
 		}
-		return ed25519.Sign(ed25519.NewKeyFromSeed(priv), msg), nil
+		return nil, p.privSizeError(priv, ed25519.SeedSize)
 	case sigEd448:
 		if len(priv) != ed448.SeedSize {
 			return nil, p.privSizeError(priv, ed448.SeedSize)
@@ -797,4 +819,13 @@ func (cs CipherSuite) Open(key, nonce, aad, ciphertext []byte) ([]byte, error) {
 		return nil, fmt.Errorf("mls: %s AEAD decryption failed: %w", p.name, err)
 	}
 	return pt, nil
+}
+
+// signingKey is priv in the form SignWithLabel signs with fastest: an
+// Ed25519 seed expanded, any other key as it is.
+func (cs CipherSuite) signingKey(priv []byte) []byte {
+	if p := cs.params(); p != nil && p.sig == sigEd25519 && len(priv) == ed25519.SeedSize {
+		return ed25519.NewKeyFromSeed(priv)
+	}
+	return priv
 }

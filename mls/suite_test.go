@@ -131,6 +131,18 @@ func TestCryptoBasicsVectors(t *testing.T) {
 				if err := cs.VerifyWithLabel(s.Pub, s.Label, s.Content, sig); err != nil {
 					t.Errorf("VerifyWithLabel(own signature): %v", err)
 				}
+				// The form Seal signs with (an Ed25519 seed expanded) signs
+				// the same: Ed25519 is deterministic, so byte for byte.
+				fast, err := cs.signWithLabel(cs.signingKey(s.Priv), s.Label, s.Content)
+				if err != nil {
+					t.Fatalf("SignWithLabel(signingKey): %v", err)
+				}
+				if err := cs.VerifyWithLabel(s.Pub, s.Label, s.Content, fast); err != nil {
+					t.Errorf("VerifyWithLabel(signature by signingKey): %v", err)
+				}
+				if cs.params().sig == sigEd25519 && !bytes.Equal(fast, s.Signature) {
+					t.Errorf("Ed25519 signature by the expanded key = %x; want the vector's %x", fast, s.Signature)
+				}
 			})
 			t.Run("encrypt_with_label", func(t *testing.T) {
 				e := v.EncryptWithLabel
