@@ -118,14 +118,30 @@ func (s *Service) acceptMessage(ctx context.Context, p AcceptParams, topics []st
 }
 
 func (b *batcher) accept(ctx context.Context, p AcceptParams, topics []string, fan *fanout) (AcceptResult, error) {
-	if err := ctx.Err(); err != nil {
+	r, err := b.enqueue(ctx, p, topics, fan)
+	if err != nil {
 		return AcceptResult{}, err
+	}
+	return b.wait(ctx, r)
+}
+
+// enqueue queues p for the next batch; messages queued one after the other
+// are stored in that order.
+func (b *batcher) enqueue(ctx context.Context, p AcceptParams, topics []string, fan *fanout) (*acceptReq, error) {
+	if err := ctx.Err(); err != nil {
+		return nil, err
 	}
 	r := &acceptReq{p: p, topics: topics, fan: fan, done: make(chan struct{})}
 	b.mu.Lock()
 	b.queue = append(b.queue, r)
 	b.startLocked()
 	b.mu.Unlock()
+	return r, nil
+}
+
+// wait returns the outcome of r once its batch's transaction committed (or
+// failed).
+func (b *batcher) wait(ctx context.Context, r *acceptReq) (AcceptResult, error) {
 	select {
 	case <-r.done:
 		return r.res, r.err

@@ -123,17 +123,72 @@ func (s *Service) checkSizes(data []byte, b *CommitBundle) error {
 }
 
 func (s *Service) submit(ctx context.Context, sender string, data []byte, b *CommitBundle, joinToken string) (Receipt, error) {
-	if err := s.allow(sender); err != nil {
-		return Receipt{}, err
-	}
-	if err := s.checkSizes(data, b); err != nil {
-		return Receipt{}, err
-	}
-	sub, err := parseSubmission(sender, data, b)
+	sub, err := s.admit(sender, data, b)
 	if err != nil {
 		return Receipt{}, err
 	}
 	sub.joinToken = joinToken
+	return s.submitParsed(ctx, sub)
+}
+
+// admit applies the checks every submission passes before anything is
+// read: the sender's rate, the sizes, and that data parses.
+func (s *Service) admit(sender string, data []byte, b *CommitBundle) (*submission, error) {
+	if err := s.allow(sender); err != nil {
+		return nil, err
+	}
+	if err := s.checkSizes(data, b); err != nil {
+		return nil, err
+	}
+	return parseSubmission(sender, data, b)
+}
+
+// SendQueued is Send for a stream of messages from one sender: it returns
+// as soon as the message is queued for the store, and wait then returns
+// what Send would have. Messages queued one after the other are stored in
+// that order. An application PrivateMessage is checked and queued without
+// waiting for the messages before it; any other message is handled in full
+// (it must see the group as the messages before it left it) before
+// SendQueued returns.
+func (s *Service) SendQueued(ctx context.Context, sender string, msg []byte) (wait func() (Receipt, error)) {
+	done := func(r Receipt, err error) func() (Receipt, error) {
+		return func() (Receipt, error) { return r, err }
+	}
+	sub, err := s.admit(sender, msg, nil)
+	if err != nil {
+		return done(Receipt{}, err)
+	}
+	if !sub.isPrivateApplication() || s.batcher == nil {
+		return done(s.submitParsed(ctx, sub))
+	}
+	charge, err := s.meter.reserve(ctx, sender, submittedBytes(msg, nil))
+	if err != nil {
+		return done(Receipt{}, err)
+	}
+	p, notify := s.prepareApplication(sub)
+	r, err := s.batcher.enqueue(ctx, p, notify, s.fan)
+	if err != nil {
+		charge.release()
+		return done(Receipt{}, err)
+	}
+	return func() (Receipt, error) {
+		defer charge.release()
+		res, err := s.batcher.wait(ctx, r)
+		if errors.Is(err, ErrStateConflict) {
+			// Not expected of an application message; take the whole
+			// path, which retries.
+			return s.submitParsed(ctx, sub)
+		}
+		rc, err := s.accepted(ctx, sub, res, err)
+		if err == nil && !res.Duplicate {
+			charge.keep()
+		}
+		return rc, err
+	}
+}
+
+// submitParsed is the rest of submit, once admit passed.
+func (s *Service) submitParsed(ctx context.Context, sub *submission) (Receipt, error) {
 	// An application message goes straight to the store, which answers a
 	// resubmission with the first receipt before any other check; other
 	// messages are looked up first, since prepare would refuse one whose
@@ -146,7 +201,7 @@ func (s *Service) submit(ctx context.Context, sender string, data []byte, b *Com
 		}
 	}
 	// The daily byte quota: reserved now, kept once accepted (quota.go).
-	charge, err := s.meter.reserve(ctx, sender, submittedBytes(data, b))
+	charge, err := s.meter.reserve(ctx, sub.sender, submittedBytes(sub.data, sub.bundle))
 	if err != nil {
 		return Receipt{}, err
 	}
@@ -161,21 +216,29 @@ func (s *Service) submit(ctx context.Context, sender string, data []byte, b *Com
 		if errors.Is(err, ErrStateConflict) {
 			continue
 		}
-		if errors.Is(err, ErrNotMember) || isNotFound(err) {
-			// The store found no such group, or the sender is not a
-			// member: one answer for both.
-			return Receipt{}, notMember(sender, sub.groupID)
+		r, err := s.accepted(ctx, sub, res, err)
+		if err == nil && !res.Duplicate {
+			charge.keep()
 		}
-		if err != nil {
-			return Receipt{}, err
-		}
-		if res.Duplicate {
-			return s.resubmitted(ctx, sub, res.Receipt)
-		}
-		charge.keep()
-		return res.Receipt, nil
+		return r, err
 	}
 	return Receipt{}, &RateLimitedError{RetryAfter: 100 * time.Millisecond, What: "group state changing too fast"}
+}
+
+// accepted turns the store's outcome for sub into Send's answer.
+func (s *Service) accepted(ctx context.Context, sub *submission, res AcceptResult, err error) (Receipt, error) {
+	if errors.Is(err, ErrNotMember) || isNotFound(err) {
+		// The store found no such group, or the sender is not a
+		// member: one answer for both.
+		return Receipt{}, notMember(sub.sender, sub.groupID)
+	}
+	if err != nil {
+		return Receipt{}, err
+	}
+	if res.Duplicate {
+		return s.resubmitted(ctx, sub, res.Receipt)
+	}
+	return res.Receipt, nil
 }
 
 // resubmitted answers a message the group already holds with its first

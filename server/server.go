@@ -204,6 +204,7 @@ type Server struct {
 	authLimit    *ipLimiter
 	regLimit     *ipLimiter // new registrations per address (ratelimit.go)
 	streams      *streams
+	sendStreams  *streams     // SendStreams, bounded as Subscribe streams are
 	groupStreams streamCounts // SubscribeGroup streams by client or address
 	health       *grpchealth.StaticChecker
 	mux          *http.ServeMux
@@ -299,6 +300,7 @@ func New(svc *ds.Service, cfg Config) (*Server, error) {
 	s.regLimit = newRegistrationLimiter(cfg)
 	cfg.Metrics.watchQuotas(svc, cfg)
 	s.streams = newStreams(cfg.MaxStreamsPerClient)
+	s.sendStreams = newStreams(cfg.MaxStreamsPerClient)
 
 	opts := []connect.HandlerOption{
 		connect.WithReadMaxBytes(cfg.MaxRequestBytes),
@@ -329,9 +331,15 @@ func New(svc *ds.Service, cfg Config) (*Server, error) {
 // alone refuses an oversized message but then reads (and discards) the
 // rest of the body, however long, to keep the connection reusable; n
 // leaves room for the framing of the protocols around one message.
+//
+// SendStream's body is a stream of messages, each limited by
+// WithReadMaxBytes, for as long as the stream lasts; its answers bound what
+// it holds (sendstream.go).
 func limitBody(h http.Handler, n int64) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		r.Body = http.MaxBytesReader(w, r.Body, n)
+		if r.URL.Path != mlsdsv1connect.GroupServiceSendStreamProcedure {
+			r.Body = http.MaxBytesReader(w, r.Body, n)
+		}
 		h.ServeHTTP(w, r)
 	})
 }

@@ -9,6 +9,7 @@ package mlsdsv1
 import (
 	protoreflect "google.golang.org/protobuf/reflect/protoreflect"
 	protoimpl "google.golang.org/protobuf/runtime/protoimpl"
+	anypb "google.golang.org/protobuf/types/known/anypb"
 	timestamppb "google.golang.org/protobuf/types/known/timestamppb"
 	reflect "reflect"
 	sync "sync"
@@ -439,6 +440,199 @@ func (x *SendResponse) GetReceipt() *Receipt {
 	return nil
 }
 
+type SendStreamRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// One MLSMessage (PublicMessage or PrivateMessage), as in Send.
+	Message       []byte `protobuf:"bytes,1,opt,name=message,proto3" json:"message,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *SendStreamRequest) Reset() {
+	*x = SendStreamRequest{}
+	mi := &file_mlsds_v1_groups_proto_msgTypes[5]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *SendStreamRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*SendStreamRequest) ProtoMessage() {}
+
+func (x *SendStreamRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_mlsds_v1_groups_proto_msgTypes[5]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use SendStreamRequest.ProtoReflect.Descriptor instead.
+func (*SendStreamRequest) Descriptor() ([]byte, []int) {
+	return file_mlsds_v1_groups_proto_rawDescGZIP(), []int{5}
+}
+
+func (x *SendStreamRequest) GetMessage() []byte {
+	if x != nil {
+		return x.Message
+	}
+	return nil
+}
+
+type SendStreamResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The answer to the request at the same position of the stream.
+	//
+	// Types that are valid to be assigned to Result:
+	//
+	//	*SendStreamResponse_Receipt
+	//	*SendStreamResponse_Error
+	Result        isSendStreamResponse_Result `protobuf_oneof:"result"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *SendStreamResponse) Reset() {
+	*x = SendStreamResponse{}
+	mi := &file_mlsds_v1_groups_proto_msgTypes[6]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *SendStreamResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*SendStreamResponse) ProtoMessage() {}
+
+func (x *SendStreamResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_mlsds_v1_groups_proto_msgTypes[6]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use SendStreamResponse.ProtoReflect.Descriptor instead.
+func (*SendStreamResponse) Descriptor() ([]byte, []int) {
+	return file_mlsds_v1_groups_proto_rawDescGZIP(), []int{6}
+}
+
+func (x *SendStreamResponse) GetResult() isSendStreamResponse_Result {
+	if x != nil {
+		return x.Result
+	}
+	return nil
+}
+
+func (x *SendStreamResponse) GetReceipt() *Receipt {
+	if x != nil {
+		if x, ok := x.Result.(*SendStreamResponse_Receipt); ok {
+			return x.Receipt
+		}
+	}
+	return nil
+}
+
+func (x *SendStreamResponse) GetError() *SendError {
+	if x != nil {
+		if x, ok := x.Result.(*SendStreamResponse_Error); ok {
+			return x.Error
+		}
+	}
+	return nil
+}
+
+type isSendStreamResponse_Result interface {
+	isSendStreamResponse_Result()
+}
+
+type SendStreamResponse_Receipt struct {
+	Receipt *Receipt `protobuf:"bytes,1,opt,name=receipt,proto3,oneof"`
+}
+
+type SendStreamResponse_Error struct {
+	Error *SendError `protobuf:"bytes,2,opt,name=error,proto3,oneof"`
+}
+
+func (*SendStreamResponse_Receipt) isSendStreamResponse_Result() {}
+
+func (*SendStreamResponse_Error) isSendStreamResponse_Result() {}
+
+// SendError is a message SendStream refused: the error Send would have
+// returned for it.
+type SendError struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The error code, spelled as Connect spells it ("failed_precondition").
+	Code    string `protobuf:"bytes,1,opt,name=code,proto3" json:"code,omitempty"`
+	Message string `protobuf:"bytes,2,opt,name=message,proto3" json:"message,omitempty"`
+	// The error's details, as in a Connect error (WrongEpoch, RateLimited).
+	Details       []*anypb.Any `protobuf:"bytes,3,rep,name=details,proto3" json:"details,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *SendError) Reset() {
+	*x = SendError{}
+	mi := &file_mlsds_v1_groups_proto_msgTypes[7]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *SendError) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*SendError) ProtoMessage() {}
+
+func (x *SendError) ProtoReflect() protoreflect.Message {
+	mi := &file_mlsds_v1_groups_proto_msgTypes[7]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use SendError.ProtoReflect.Descriptor instead.
+func (*SendError) Descriptor() ([]byte, []int) {
+	return file_mlsds_v1_groups_proto_rawDescGZIP(), []int{7}
+}
+
+func (x *SendError) GetCode() string {
+	if x != nil {
+		return x.Code
+	}
+	return ""
+}
+
+func (x *SendError) GetMessage() string {
+	if x != nil {
+		return x.Message
+	}
+	return ""
+}
+
+func (x *SendError) GetDetails() []*anypb.Any {
+	if x != nil {
+		return x.Details
+	}
+	return nil
+}
+
 type SendCommitBundleRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// The Commit, as an MLSMessage.
@@ -476,7 +670,7 @@ type SendCommitBundleRequest struct {
 
 func (x *SendCommitBundleRequest) Reset() {
 	*x = SendCommitBundleRequest{}
-	mi := &file_mlsds_v1_groups_proto_msgTypes[5]
+	mi := &file_mlsds_v1_groups_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -488,7 +682,7 @@ func (x *SendCommitBundleRequest) String() string {
 func (*SendCommitBundleRequest) ProtoMessage() {}
 
 func (x *SendCommitBundleRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_mlsds_v1_groups_proto_msgTypes[5]
+	mi := &file_mlsds_v1_groups_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -501,7 +695,7 @@ func (x *SendCommitBundleRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SendCommitBundleRequest.ProtoReflect.Descriptor instead.
 func (*SendCommitBundleRequest) Descriptor() ([]byte, []int) {
-	return file_mlsds_v1_groups_proto_rawDescGZIP(), []int{5}
+	return file_mlsds_v1_groups_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *SendCommitBundleRequest) GetCommit() []byte {
@@ -569,7 +763,7 @@ type SendCommitBundleResponse struct {
 
 func (x *SendCommitBundleResponse) Reset() {
 	*x = SendCommitBundleResponse{}
-	mi := &file_mlsds_v1_groups_proto_msgTypes[6]
+	mi := &file_mlsds_v1_groups_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -581,7 +775,7 @@ func (x *SendCommitBundleResponse) String() string {
 func (*SendCommitBundleResponse) ProtoMessage() {}
 
 func (x *SendCommitBundleResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_mlsds_v1_groups_proto_msgTypes[6]
+	mi := &file_mlsds_v1_groups_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -594,7 +788,7 @@ func (x *SendCommitBundleResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SendCommitBundleResponse.ProtoReflect.Descriptor instead.
 func (*SendCommitBundleResponse) Descriptor() ([]byte, []int) {
-	return file_mlsds_v1_groups_proto_rawDescGZIP(), []int{6}
+	return file_mlsds_v1_groups_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *SendCommitBundleResponse) GetReceipt() *Receipt {
@@ -617,7 +811,7 @@ type FetchRequest struct {
 
 func (x *FetchRequest) Reset() {
 	*x = FetchRequest{}
-	mi := &file_mlsds_v1_groups_proto_msgTypes[7]
+	mi := &file_mlsds_v1_groups_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -629,7 +823,7 @@ func (x *FetchRequest) String() string {
 func (*FetchRequest) ProtoMessage() {}
 
 func (x *FetchRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_mlsds_v1_groups_proto_msgTypes[7]
+	mi := &file_mlsds_v1_groups_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -642,7 +836,7 @@ func (x *FetchRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use FetchRequest.ProtoReflect.Descriptor instead.
 func (*FetchRequest) Descriptor() ([]byte, []int) {
-	return file_mlsds_v1_groups_proto_rawDescGZIP(), []int{7}
+	return file_mlsds_v1_groups_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *FetchRequest) GetGroupId() []byte {
@@ -678,7 +872,7 @@ type FetchResponse struct {
 
 func (x *FetchResponse) Reset() {
 	*x = FetchResponse{}
-	mi := &file_mlsds_v1_groups_proto_msgTypes[8]
+	mi := &file_mlsds_v1_groups_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -690,7 +884,7 @@ func (x *FetchResponse) String() string {
 func (*FetchResponse) ProtoMessage() {}
 
 func (x *FetchResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_mlsds_v1_groups_proto_msgTypes[8]
+	mi := &file_mlsds_v1_groups_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -703,7 +897,7 @@ func (x *FetchResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use FetchResponse.ProtoReflect.Descriptor instead.
 func (*FetchResponse) Descriptor() ([]byte, []int) {
-	return file_mlsds_v1_groups_proto_rawDescGZIP(), []int{8}
+	return file_mlsds_v1_groups_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *FetchResponse) GetMessages() []*Envelope {
@@ -731,7 +925,7 @@ type Cursor struct {
 
 func (x *Cursor) Reset() {
 	*x = Cursor{}
-	mi := &file_mlsds_v1_groups_proto_msgTypes[9]
+	mi := &file_mlsds_v1_groups_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -743,7 +937,7 @@ func (x *Cursor) String() string {
 func (*Cursor) ProtoMessage() {}
 
 func (x *Cursor) ProtoReflect() protoreflect.Message {
-	mi := &file_mlsds_v1_groups_proto_msgTypes[9]
+	mi := &file_mlsds_v1_groups_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -756,7 +950,7 @@ func (x *Cursor) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Cursor.ProtoReflect.Descriptor instead.
 func (*Cursor) Descriptor() ([]byte, []int) {
-	return file_mlsds_v1_groups_proto_rawDescGZIP(), []int{9}
+	return file_mlsds_v1_groups_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *Cursor) GetGroupId() []byte {
@@ -785,7 +979,7 @@ type AckRequest struct {
 
 func (x *AckRequest) Reset() {
 	*x = AckRequest{}
-	mi := &file_mlsds_v1_groups_proto_msgTypes[10]
+	mi := &file_mlsds_v1_groups_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -797,7 +991,7 @@ func (x *AckRequest) String() string {
 func (*AckRequest) ProtoMessage() {}
 
 func (x *AckRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_mlsds_v1_groups_proto_msgTypes[10]
+	mi := &file_mlsds_v1_groups_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -810,7 +1004,7 @@ func (x *AckRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AckRequest.ProtoReflect.Descriptor instead.
 func (*AckRequest) Descriptor() ([]byte, []int) {
-	return file_mlsds_v1_groups_proto_rawDescGZIP(), []int{10}
+	return file_mlsds_v1_groups_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *AckRequest) GetCursors() []*Cursor {
@@ -835,7 +1029,7 @@ type AckResponse struct {
 
 func (x *AckResponse) Reset() {
 	*x = AckResponse{}
-	mi := &file_mlsds_v1_groups_proto_msgTypes[11]
+	mi := &file_mlsds_v1_groups_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -847,7 +1041,7 @@ func (x *AckResponse) String() string {
 func (*AckResponse) ProtoMessage() {}
 
 func (x *AckResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_mlsds_v1_groups_proto_msgTypes[11]
+	mi := &file_mlsds_v1_groups_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -860,7 +1054,7 @@ func (x *AckResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AckResponse.ProtoReflect.Descriptor instead.
 func (*AckResponse) Descriptor() ([]byte, []int) {
-	return file_mlsds_v1_groups_proto_rawDescGZIP(), []int{11}
+	return file_mlsds_v1_groups_proto_rawDescGZIP(), []int{14}
 }
 
 type GetGroupInfoRequest struct {
@@ -879,7 +1073,7 @@ type GetGroupInfoRequest struct {
 
 func (x *GetGroupInfoRequest) Reset() {
 	*x = GetGroupInfoRequest{}
-	mi := &file_mlsds_v1_groups_proto_msgTypes[12]
+	mi := &file_mlsds_v1_groups_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -891,7 +1085,7 @@ func (x *GetGroupInfoRequest) String() string {
 func (*GetGroupInfoRequest) ProtoMessage() {}
 
 func (x *GetGroupInfoRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_mlsds_v1_groups_proto_msgTypes[12]
+	mi := &file_mlsds_v1_groups_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -904,7 +1098,7 @@ func (x *GetGroupInfoRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetGroupInfoRequest.ProtoReflect.Descriptor instead.
 func (*GetGroupInfoRequest) Descriptor() ([]byte, []int) {
-	return file_mlsds_v1_groups_proto_rawDescGZIP(), []int{12}
+	return file_mlsds_v1_groups_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *GetGroupInfoRequest) GetGroupId() []byte {
@@ -954,7 +1148,7 @@ type GetGroupInfoResponse struct {
 
 func (x *GetGroupInfoResponse) Reset() {
 	*x = GetGroupInfoResponse{}
-	mi := &file_mlsds_v1_groups_proto_msgTypes[13]
+	mi := &file_mlsds_v1_groups_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -966,7 +1160,7 @@ func (x *GetGroupInfoResponse) String() string {
 func (*GetGroupInfoResponse) ProtoMessage() {}
 
 func (x *GetGroupInfoResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_mlsds_v1_groups_proto_msgTypes[13]
+	mi := &file_mlsds_v1_groups_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -979,7 +1173,7 @@ func (x *GetGroupInfoResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetGroupInfoResponse.ProtoReflect.Descriptor instead.
 func (*GetGroupInfoResponse) Descriptor() ([]byte, []int) {
-	return file_mlsds_v1_groups_proto_rawDescGZIP(), []int{13}
+	return file_mlsds_v1_groups_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *GetGroupInfoResponse) GetGroupId() []byte {
@@ -1054,7 +1248,7 @@ type GetRosterRequest struct {
 
 func (x *GetRosterRequest) Reset() {
 	*x = GetRosterRequest{}
-	mi := &file_mlsds_v1_groups_proto_msgTypes[14]
+	mi := &file_mlsds_v1_groups_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1066,7 +1260,7 @@ func (x *GetRosterRequest) String() string {
 func (*GetRosterRequest) ProtoMessage() {}
 
 func (x *GetRosterRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_mlsds_v1_groups_proto_msgTypes[14]
+	mi := &file_mlsds_v1_groups_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1079,7 +1273,7 @@ func (x *GetRosterRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetRosterRequest.ProtoReflect.Descriptor instead.
 func (*GetRosterRequest) Descriptor() ([]byte, []int) {
-	return file_mlsds_v1_groups_proto_rawDescGZIP(), []int{14}
+	return file_mlsds_v1_groups_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *GetRosterRequest) GetGroupId() []byte {
@@ -1115,7 +1309,7 @@ type RosterLeaf struct {
 
 func (x *RosterLeaf) Reset() {
 	*x = RosterLeaf{}
-	mi := &file_mlsds_v1_groups_proto_msgTypes[15]
+	mi := &file_mlsds_v1_groups_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1127,7 +1321,7 @@ func (x *RosterLeaf) String() string {
 func (*RosterLeaf) ProtoMessage() {}
 
 func (x *RosterLeaf) ProtoReflect() protoreflect.Message {
-	mi := &file_mlsds_v1_groups_proto_msgTypes[15]
+	mi := &file_mlsds_v1_groups_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1140,7 +1334,7 @@ func (x *RosterLeaf) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RosterLeaf.ProtoReflect.Descriptor instead.
 func (*RosterLeaf) Descriptor() ([]byte, []int) {
-	return file_mlsds_v1_groups_proto_rawDescGZIP(), []int{15}
+	return file_mlsds_v1_groups_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *RosterLeaf) GetLeafIndex() uint32 {
@@ -1179,7 +1373,7 @@ type GetRosterResponse struct {
 
 func (x *GetRosterResponse) Reset() {
 	*x = GetRosterResponse{}
-	mi := &file_mlsds_v1_groups_proto_msgTypes[16]
+	mi := &file_mlsds_v1_groups_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1191,7 +1385,7 @@ func (x *GetRosterResponse) String() string {
 func (*GetRosterResponse) ProtoMessage() {}
 
 func (x *GetRosterResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_mlsds_v1_groups_proto_msgTypes[16]
+	mi := &file_mlsds_v1_groups_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1204,7 +1398,7 @@ func (x *GetRosterResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetRosterResponse.ProtoReflect.Descriptor instead.
 func (*GetRosterResponse) Descriptor() ([]byte, []int) {
-	return file_mlsds_v1_groups_proto_rawDescGZIP(), []int{16}
+	return file_mlsds_v1_groups_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *GetRosterResponse) GetClientIds() []string {
@@ -1258,7 +1452,7 @@ type GetRatchetTreeRequest struct {
 
 func (x *GetRatchetTreeRequest) Reset() {
 	*x = GetRatchetTreeRequest{}
-	mi := &file_mlsds_v1_groups_proto_msgTypes[17]
+	mi := &file_mlsds_v1_groups_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1270,7 +1464,7 @@ func (x *GetRatchetTreeRequest) String() string {
 func (*GetRatchetTreeRequest) ProtoMessage() {}
 
 func (x *GetRatchetTreeRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_mlsds_v1_groups_proto_msgTypes[17]
+	mi := &file_mlsds_v1_groups_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1283,7 +1477,7 @@ func (x *GetRatchetTreeRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetRatchetTreeRequest.ProtoReflect.Descriptor instead.
 func (*GetRatchetTreeRequest) Descriptor() ([]byte, []int) {
-	return file_mlsds_v1_groups_proto_rawDescGZIP(), []int{17}
+	return file_mlsds_v1_groups_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *GetRatchetTreeRequest) GetGroupId() []byte {
@@ -1307,7 +1501,7 @@ type GetRatchetTreeResponse struct {
 
 func (x *GetRatchetTreeResponse) Reset() {
 	*x = GetRatchetTreeResponse{}
-	mi := &file_mlsds_v1_groups_proto_msgTypes[18]
+	mi := &file_mlsds_v1_groups_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1319,7 +1513,7 @@ func (x *GetRatchetTreeResponse) String() string {
 func (*GetRatchetTreeResponse) ProtoMessage() {}
 
 func (x *GetRatchetTreeResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_mlsds_v1_groups_proto_msgTypes[18]
+	mi := &file_mlsds_v1_groups_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1332,7 +1526,7 @@ func (x *GetRatchetTreeResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetRatchetTreeResponse.ProtoReflect.Descriptor instead.
 func (*GetRatchetTreeResponse) Descriptor() ([]byte, []int) {
-	return file_mlsds_v1_groups_proto_rawDescGZIP(), []int{18}
+	return file_mlsds_v1_groups_proto_rawDescGZIP(), []int{21}
 }
 
 func (x *GetRatchetTreeResponse) GetGroupId() []byte {
@@ -1373,7 +1567,7 @@ type GetPathRequest struct {
 
 func (x *GetPathRequest) Reset() {
 	*x = GetPathRequest{}
-	mi := &file_mlsds_v1_groups_proto_msgTypes[19]
+	mi := &file_mlsds_v1_groups_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1385,7 +1579,7 @@ func (x *GetPathRequest) String() string {
 func (*GetPathRequest) ProtoMessage() {}
 
 func (x *GetPathRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_mlsds_v1_groups_proto_msgTypes[19]
+	mi := &file_mlsds_v1_groups_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1398,7 +1592,7 @@ func (x *GetPathRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetPathRequest.ProtoReflect.Descriptor instead.
 func (*GetPathRequest) Descriptor() ([]byte, []int) {
-	return file_mlsds_v1_groups_proto_rawDescGZIP(), []int{19}
+	return file_mlsds_v1_groups_proto_rawDescGZIP(), []int{22}
 }
 
 func (x *GetPathRequest) GetGroupId() []byte {
@@ -1434,7 +1628,7 @@ type GetPathResponse struct {
 
 func (x *GetPathResponse) Reset() {
 	*x = GetPathResponse{}
-	mi := &file_mlsds_v1_groups_proto_msgTypes[20]
+	mi := &file_mlsds_v1_groups_proto_msgTypes[23]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1446,7 +1640,7 @@ func (x *GetPathResponse) String() string {
 func (*GetPathResponse) ProtoMessage() {}
 
 func (x *GetPathResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_mlsds_v1_groups_proto_msgTypes[20]
+	mi := &file_mlsds_v1_groups_proto_msgTypes[23]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1459,7 +1653,7 @@ func (x *GetPathResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetPathResponse.ProtoReflect.Descriptor instead.
 func (*GetPathResponse) Descriptor() ([]byte, []int) {
-	return file_mlsds_v1_groups_proto_rawDescGZIP(), []int{20}
+	return file_mlsds_v1_groups_proto_rawDescGZIP(), []int{23}
 }
 
 func (x *GetPathResponse) GetGroupId() []byte {
@@ -1520,7 +1714,7 @@ type RemoteTree struct {
 
 func (x *RemoteTree) Reset() {
 	*x = RemoteTree{}
-	mi := &file_mlsds_v1_groups_proto_msgTypes[21]
+	mi := &file_mlsds_v1_groups_proto_msgTypes[24]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1532,7 +1726,7 @@ func (x *RemoteTree) String() string {
 func (*RemoteTree) ProtoMessage() {}
 
 func (x *RemoteTree) ProtoReflect() protoreflect.Message {
-	mi := &file_mlsds_v1_groups_proto_msgTypes[21]
+	mi := &file_mlsds_v1_groups_proto_msgTypes[24]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1545,7 +1739,7 @@ func (x *RemoteTree) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RemoteTree.ProtoReflect.Descriptor instead.
 func (*RemoteTree) Descriptor() ([]byte, []int) {
-	return file_mlsds_v1_groups_proto_rawDescGZIP(), []int{21}
+	return file_mlsds_v1_groups_proto_rawDescGZIP(), []int{24}
 }
 
 func (x *RemoteTree) GetEpoch() uint64 {
@@ -1572,7 +1766,7 @@ type PutRemoteTreeRequest struct {
 
 func (x *PutRemoteTreeRequest) Reset() {
 	*x = PutRemoteTreeRequest{}
-	mi := &file_mlsds_v1_groups_proto_msgTypes[22]
+	mi := &file_mlsds_v1_groups_proto_msgTypes[25]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1584,7 +1778,7 @@ func (x *PutRemoteTreeRequest) String() string {
 func (*PutRemoteTreeRequest) ProtoMessage() {}
 
 func (x *PutRemoteTreeRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_mlsds_v1_groups_proto_msgTypes[22]
+	mi := &file_mlsds_v1_groups_proto_msgTypes[25]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1597,7 +1791,7 @@ func (x *PutRemoteTreeRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PutRemoteTreeRequest.ProtoReflect.Descriptor instead.
 func (*PutRemoteTreeRequest) Descriptor() ([]byte, []int) {
-	return file_mlsds_v1_groups_proto_rawDescGZIP(), []int{22}
+	return file_mlsds_v1_groups_proto_rawDescGZIP(), []int{25}
 }
 
 func (x *PutRemoteTreeRequest) GetGroupId() []byte {
@@ -1622,7 +1816,7 @@ type PutRemoteTreeResponse struct {
 
 func (x *PutRemoteTreeResponse) Reset() {
 	*x = PutRemoteTreeResponse{}
-	mi := &file_mlsds_v1_groups_proto_msgTypes[23]
+	mi := &file_mlsds_v1_groups_proto_msgTypes[26]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1634,7 +1828,7 @@ func (x *PutRemoteTreeResponse) String() string {
 func (*PutRemoteTreeResponse) ProtoMessage() {}
 
 func (x *PutRemoteTreeResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_mlsds_v1_groups_proto_msgTypes[23]
+	mi := &file_mlsds_v1_groups_proto_msgTypes[26]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1647,7 +1841,7 @@ func (x *PutRemoteTreeResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PutRemoteTreeResponse.ProtoReflect.Descriptor instead.
 func (*PutRemoteTreeResponse) Descriptor() ([]byte, []int) {
-	return file_mlsds_v1_groups_proto_rawDescGZIP(), []int{23}
+	return file_mlsds_v1_groups_proto_rawDescGZIP(), []int{26}
 }
 
 type GetRemoteTreeRequest struct {
@@ -1659,7 +1853,7 @@ type GetRemoteTreeRequest struct {
 
 func (x *GetRemoteTreeRequest) Reset() {
 	*x = GetRemoteTreeRequest{}
-	mi := &file_mlsds_v1_groups_proto_msgTypes[24]
+	mi := &file_mlsds_v1_groups_proto_msgTypes[27]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1671,7 +1865,7 @@ func (x *GetRemoteTreeRequest) String() string {
 func (*GetRemoteTreeRequest) ProtoMessage() {}
 
 func (x *GetRemoteTreeRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_mlsds_v1_groups_proto_msgTypes[24]
+	mi := &file_mlsds_v1_groups_proto_msgTypes[27]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1684,7 +1878,7 @@ func (x *GetRemoteTreeRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetRemoteTreeRequest.ProtoReflect.Descriptor instead.
 func (*GetRemoteTreeRequest) Descriptor() ([]byte, []int) {
-	return file_mlsds_v1_groups_proto_rawDescGZIP(), []int{24}
+	return file_mlsds_v1_groups_proto_rawDescGZIP(), []int{27}
 }
 
 func (x *GetRemoteTreeRequest) GetGroupId() []byte {
@@ -1708,7 +1902,7 @@ type GetRemoteTreeResponse struct {
 
 func (x *GetRemoteTreeResponse) Reset() {
 	*x = GetRemoteTreeResponse{}
-	mi := &file_mlsds_v1_groups_proto_msgTypes[25]
+	mi := &file_mlsds_v1_groups_proto_msgTypes[28]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1720,7 +1914,7 @@ func (x *GetRemoteTreeResponse) String() string {
 func (*GetRemoteTreeResponse) ProtoMessage() {}
 
 func (x *GetRemoteTreeResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_mlsds_v1_groups_proto_msgTypes[25]
+	mi := &file_mlsds_v1_groups_proto_msgTypes[28]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1733,7 +1927,7 @@ func (x *GetRemoteTreeResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetRemoteTreeResponse.ProtoReflect.Descriptor instead.
 func (*GetRemoteTreeResponse) Descriptor() ([]byte, []int) {
-	return file_mlsds_v1_groups_proto_rawDescGZIP(), []int{25}
+	return file_mlsds_v1_groups_proto_rawDescGZIP(), []int{28}
 }
 
 func (x *GetRemoteTreeResponse) GetGroupId() []byte {
@@ -1768,7 +1962,7 @@ type CreateJoinLinkRequest struct {
 
 func (x *CreateJoinLinkRequest) Reset() {
 	*x = CreateJoinLinkRequest{}
-	mi := &file_mlsds_v1_groups_proto_msgTypes[26]
+	mi := &file_mlsds_v1_groups_proto_msgTypes[29]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1780,7 +1974,7 @@ func (x *CreateJoinLinkRequest) String() string {
 func (*CreateJoinLinkRequest) ProtoMessage() {}
 
 func (x *CreateJoinLinkRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_mlsds_v1_groups_proto_msgTypes[26]
+	mi := &file_mlsds_v1_groups_proto_msgTypes[29]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1793,7 +1987,7 @@ func (x *CreateJoinLinkRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CreateJoinLinkRequest.ProtoReflect.Descriptor instead.
 func (*CreateJoinLinkRequest) Descriptor() ([]byte, []int) {
-	return file_mlsds_v1_groups_proto_rawDescGZIP(), []int{26}
+	return file_mlsds_v1_groups_proto_rawDescGZIP(), []int{29}
 }
 
 func (x *CreateJoinLinkRequest) GetGroupId() []byte {
@@ -1824,7 +2018,7 @@ type CreateJoinLinkResponse struct {
 
 func (x *CreateJoinLinkResponse) Reset() {
 	*x = CreateJoinLinkResponse{}
-	mi := &file_mlsds_v1_groups_proto_msgTypes[27]
+	mi := &file_mlsds_v1_groups_proto_msgTypes[30]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1836,7 +2030,7 @@ func (x *CreateJoinLinkResponse) String() string {
 func (*CreateJoinLinkResponse) ProtoMessage() {}
 
 func (x *CreateJoinLinkResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_mlsds_v1_groups_proto_msgTypes[27]
+	mi := &file_mlsds_v1_groups_proto_msgTypes[30]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1849,7 +2043,7 @@ func (x *CreateJoinLinkResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CreateJoinLinkResponse.ProtoReflect.Descriptor instead.
 func (*CreateJoinLinkResponse) Descriptor() ([]byte, []int) {
-	return file_mlsds_v1_groups_proto_rawDescGZIP(), []int{27}
+	return file_mlsds_v1_groups_proto_rawDescGZIP(), []int{30}
 }
 
 func (x *CreateJoinLinkResponse) GetLinkId() string {
@@ -1883,7 +2077,7 @@ type RevokeJoinLinkRequest struct {
 
 func (x *RevokeJoinLinkRequest) Reset() {
 	*x = RevokeJoinLinkRequest{}
-	mi := &file_mlsds_v1_groups_proto_msgTypes[28]
+	mi := &file_mlsds_v1_groups_proto_msgTypes[31]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1895,7 +2089,7 @@ func (x *RevokeJoinLinkRequest) String() string {
 func (*RevokeJoinLinkRequest) ProtoMessage() {}
 
 func (x *RevokeJoinLinkRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_mlsds_v1_groups_proto_msgTypes[28]
+	mi := &file_mlsds_v1_groups_proto_msgTypes[31]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1908,7 +2102,7 @@ func (x *RevokeJoinLinkRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RevokeJoinLinkRequest.ProtoReflect.Descriptor instead.
 func (*RevokeJoinLinkRequest) Descriptor() ([]byte, []int) {
-	return file_mlsds_v1_groups_proto_rawDescGZIP(), []int{28}
+	return file_mlsds_v1_groups_proto_rawDescGZIP(), []int{31}
 }
 
 func (x *RevokeJoinLinkRequest) GetGroupId() []byte {
@@ -1933,7 +2127,7 @@ type RevokeJoinLinkResponse struct {
 
 func (x *RevokeJoinLinkResponse) Reset() {
 	*x = RevokeJoinLinkResponse{}
-	mi := &file_mlsds_v1_groups_proto_msgTypes[29]
+	mi := &file_mlsds_v1_groups_proto_msgTypes[32]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1945,7 +2139,7 @@ func (x *RevokeJoinLinkResponse) String() string {
 func (*RevokeJoinLinkResponse) ProtoMessage() {}
 
 func (x *RevokeJoinLinkResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_mlsds_v1_groups_proto_msgTypes[29]
+	mi := &file_mlsds_v1_groups_proto_msgTypes[32]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1958,7 +2152,7 @@ func (x *RevokeJoinLinkResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RevokeJoinLinkResponse.ProtoReflect.Descriptor instead.
 func (*RevokeJoinLinkResponse) Descriptor() ([]byte, []int) {
-	return file_mlsds_v1_groups_proto_rawDescGZIP(), []int{29}
+	return file_mlsds_v1_groups_proto_rawDescGZIP(), []int{32}
 }
 
 type ListJoinLinksRequest struct {
@@ -1970,7 +2164,7 @@ type ListJoinLinksRequest struct {
 
 func (x *ListJoinLinksRequest) Reset() {
 	*x = ListJoinLinksRequest{}
-	mi := &file_mlsds_v1_groups_proto_msgTypes[30]
+	mi := &file_mlsds_v1_groups_proto_msgTypes[33]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1982,7 +2176,7 @@ func (x *ListJoinLinksRequest) String() string {
 func (*ListJoinLinksRequest) ProtoMessage() {}
 
 func (x *ListJoinLinksRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_mlsds_v1_groups_proto_msgTypes[30]
+	mi := &file_mlsds_v1_groups_proto_msgTypes[33]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1995,7 +2189,7 @@ func (x *ListJoinLinksRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListJoinLinksRequest.ProtoReflect.Descriptor instead.
 func (*ListJoinLinksRequest) Descriptor() ([]byte, []int) {
-	return file_mlsds_v1_groups_proto_rawDescGZIP(), []int{30}
+	return file_mlsds_v1_groups_proto_rawDescGZIP(), []int{33}
 }
 
 func (x *ListJoinLinksRequest) GetGroupId() []byte {
@@ -2018,7 +2212,7 @@ type JoinLink struct {
 
 func (x *JoinLink) Reset() {
 	*x = JoinLink{}
-	mi := &file_mlsds_v1_groups_proto_msgTypes[31]
+	mi := &file_mlsds_v1_groups_proto_msgTypes[34]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2030,7 +2224,7 @@ func (x *JoinLink) String() string {
 func (*JoinLink) ProtoMessage() {}
 
 func (x *JoinLink) ProtoReflect() protoreflect.Message {
-	mi := &file_mlsds_v1_groups_proto_msgTypes[31]
+	mi := &file_mlsds_v1_groups_proto_msgTypes[34]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2043,7 +2237,7 @@ func (x *JoinLink) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use JoinLink.ProtoReflect.Descriptor instead.
 func (*JoinLink) Descriptor() ([]byte, []int) {
-	return file_mlsds_v1_groups_proto_rawDescGZIP(), []int{31}
+	return file_mlsds_v1_groups_proto_rawDescGZIP(), []int{34}
 }
 
 func (x *JoinLink) GetLinkId() string {
@@ -2083,7 +2277,7 @@ type ListJoinLinksResponse struct {
 
 func (x *ListJoinLinksResponse) Reset() {
 	*x = ListJoinLinksResponse{}
-	mi := &file_mlsds_v1_groups_proto_msgTypes[32]
+	mi := &file_mlsds_v1_groups_proto_msgTypes[35]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2095,7 +2289,7 @@ func (x *ListJoinLinksResponse) String() string {
 func (*ListJoinLinksResponse) ProtoMessage() {}
 
 func (x *ListJoinLinksResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_mlsds_v1_groups_proto_msgTypes[32]
+	mi := &file_mlsds_v1_groups_proto_msgTypes[35]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2108,7 +2302,7 @@ func (x *ListJoinLinksResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListJoinLinksResponse.ProtoReflect.Descriptor instead.
 func (*ListJoinLinksResponse) Descriptor() ([]byte, []int) {
-	return file_mlsds_v1_groups_proto_rawDescGZIP(), []int{32}
+	return file_mlsds_v1_groups_proto_rawDescGZIP(), []int{35}
 }
 
 func (x *ListJoinLinksResponse) GetLinks() []*JoinLink {
@@ -2130,7 +2324,7 @@ type LeaveGroupRequest struct {
 
 func (x *LeaveGroupRequest) Reset() {
 	*x = LeaveGroupRequest{}
-	mi := &file_mlsds_v1_groups_proto_msgTypes[33]
+	mi := &file_mlsds_v1_groups_proto_msgTypes[36]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2142,7 +2336,7 @@ func (x *LeaveGroupRequest) String() string {
 func (*LeaveGroupRequest) ProtoMessage() {}
 
 func (x *LeaveGroupRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_mlsds_v1_groups_proto_msgTypes[33]
+	mi := &file_mlsds_v1_groups_proto_msgTypes[36]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2155,7 +2349,7 @@ func (x *LeaveGroupRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use LeaveGroupRequest.ProtoReflect.Descriptor instead.
 func (*LeaveGroupRequest) Descriptor() ([]byte, []int) {
-	return file_mlsds_v1_groups_proto_rawDescGZIP(), []int{33}
+	return file_mlsds_v1_groups_proto_rawDescGZIP(), []int{36}
 }
 
 func (x *LeaveGroupRequest) GetGroupId() []byte {
@@ -2182,7 +2376,7 @@ type LeaveGroupResponse struct {
 
 func (x *LeaveGroupResponse) Reset() {
 	*x = LeaveGroupResponse{}
-	mi := &file_mlsds_v1_groups_proto_msgTypes[34]
+	mi := &file_mlsds_v1_groups_proto_msgTypes[37]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2194,7 +2388,7 @@ func (x *LeaveGroupResponse) String() string {
 func (*LeaveGroupResponse) ProtoMessage() {}
 
 func (x *LeaveGroupResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_mlsds_v1_groups_proto_msgTypes[34]
+	mi := &file_mlsds_v1_groups_proto_msgTypes[37]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2207,7 +2401,7 @@ func (x *LeaveGroupResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use LeaveGroupResponse.ProtoReflect.Descriptor instead.
 func (*LeaveGroupResponse) Descriptor() ([]byte, []int) {
-	return file_mlsds_v1_groups_proto_rawDescGZIP(), []int{34}
+	return file_mlsds_v1_groups_proto_rawDescGZIP(), []int{37}
 }
 
 func (x *LeaveGroupResponse) GetLastSeq() uint64 {
@@ -2221,7 +2415,7 @@ var File_mlsds_v1_groups_proto protoreflect.FileDescriptor
 
 const file_mlsds_v1_groups_proto_rawDesc = "" +
 	"\n" +
-	"\x15mlsds/v1/groups.proto\x12\bmlsds.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x15mlsds/v1/common.proto\"\x10\n" +
+	"\x15mlsds/v1/groups.proto\x12\bmlsds.v1\x1a\x19google/protobuf/any.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x15mlsds/v1/common.proto\"\x10\n" +
 	"\x0eMembershipAuth\"\xe0\x02\n" +
 	"\x12CreateGroupRequest\x12\x19\n" +
 	"\bgroup_id\x18\x01 \x01(\fR\agroupId\x12'\n" +
@@ -2243,7 +2437,17 @@ const file_mlsds_v1_groups_proto_rawDesc = "" +
 	"\n" +
 	"join_token\x18\x02 \x01(\tR\tjoinToken\";\n" +
 	"\fSendResponse\x12+\n" +
-	"\areceipt\x18\x01 \x01(\v2\x11.mlsds.v1.ReceiptR\areceipt\"\xa0\x02\n" +
+	"\areceipt\x18\x01 \x01(\v2\x11.mlsds.v1.ReceiptR\areceipt\"-\n" +
+	"\x11SendStreamRequest\x12\x18\n" +
+	"\amessage\x18\x01 \x01(\fR\amessage\"z\n" +
+	"\x12SendStreamResponse\x12-\n" +
+	"\areceipt\x18\x01 \x01(\v2\x11.mlsds.v1.ReceiptH\x00R\areceipt\x12+\n" +
+	"\x05error\x18\x02 \x01(\v2\x13.mlsds.v1.SendErrorH\x00R\x05errorB\b\n" +
+	"\x06result\"i\n" +
+	"\tSendError\x12\x12\n" +
+	"\x04code\x18\x01 \x01(\tR\x04code\x12\x18\n" +
+	"\amessage\x18\x02 \x01(\tR\amessage\x12.\n" +
+	"\adetails\x18\x03 \x03(\v2\x14.google.protobuf.AnyR\adetails\"\xa0\x02\n" +
 	"\x17SendCommitBundleRequest\x12\x16\n" +
 	"\x06commit\x18\x01 \x01(\fR\x06commit\x12\x18\n" +
 	"\awelcome\x18\x02 \x01(\fR\awelcome\x12\x1d\n" +
@@ -2376,11 +2580,13 @@ const file_mlsds_v1_groups_proto_rawDesc = "" +
 	"\x16GROUP_MODE_UNSPECIFIED\x10\x00\x12\x1a\n" +
 	"\x16GROUP_MODE_TRANSPARENT\x10\x01\x12\x15\n" +
 	"\x11GROUP_MODE_OPAQUE\x10\x02\x12\x17\n" +
-	"\x13GROUP_MODE_DENIABLE\x10\x032\x90\t\n" +
+	"\x13GROUP_MODE_DENIABLE\x10\x032\xdd\t\n" +
 	"\fGroupService\x12J\n" +
 	"\vCreateGroup\x12\x1c.mlsds.v1.CreateGroupRequest\x1a\x1d.mlsds.v1.CreateGroupResponse\x125\n" +
 	"\x04Send\x12\x15.mlsds.v1.SendRequest\x1a\x16.mlsds.v1.SendResponse\x12Y\n" +
-	"\x10SendCommitBundle\x12!.mlsds.v1.SendCommitBundleRequest\x1a\".mlsds.v1.SendCommitBundleResponse\x12=\n" +
+	"\x10SendCommitBundle\x12!.mlsds.v1.SendCommitBundleRequest\x1a\".mlsds.v1.SendCommitBundleResponse\x12K\n" +
+	"\n" +
+	"SendStream\x12\x1b.mlsds.v1.SendStreamRequest\x1a\x1c.mlsds.v1.SendStreamResponse(\x010\x01\x12=\n" +
 	"\x05Fetch\x12\x16.mlsds.v1.FetchRequest\x1a\x17.mlsds.v1.FetchResponse\"\x03\x90\x02\x01\x122\n" +
 	"\x03Ack\x12\x14.mlsds.v1.AckRequest\x1a\x15.mlsds.v1.AckResponse\x12R\n" +
 	"\fGetGroupInfo\x12\x1d.mlsds.v1.GetGroupInfoRequest\x1a\x1e.mlsds.v1.GetGroupInfoResponse\"\x03\x90\x02\x01\x12I\n" +
@@ -2408,7 +2614,7 @@ func file_mlsds_v1_groups_proto_rawDescGZIP() []byte {
 }
 
 var file_mlsds_v1_groups_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
-var file_mlsds_v1_groups_proto_msgTypes = make([]protoimpl.MessageInfo, 35)
+var file_mlsds_v1_groups_proto_msgTypes = make([]protoimpl.MessageInfo, 38)
 var file_mlsds_v1_groups_proto_goTypes = []any{
 	(GroupMode)(0),                   // 0: mlsds.v1.GroupMode
 	(*MembershipAuth)(nil),           // 1: mlsds.v1.MembershipAuth
@@ -2416,90 +2622,99 @@ var file_mlsds_v1_groups_proto_goTypes = []any{
 	(*CreateGroupResponse)(nil),      // 3: mlsds.v1.CreateGroupResponse
 	(*SendRequest)(nil),              // 4: mlsds.v1.SendRequest
 	(*SendResponse)(nil),             // 5: mlsds.v1.SendResponse
-	(*SendCommitBundleRequest)(nil),  // 6: mlsds.v1.SendCommitBundleRequest
-	(*SendCommitBundleResponse)(nil), // 7: mlsds.v1.SendCommitBundleResponse
-	(*FetchRequest)(nil),             // 8: mlsds.v1.FetchRequest
-	(*FetchResponse)(nil),            // 9: mlsds.v1.FetchResponse
-	(*Cursor)(nil),                   // 10: mlsds.v1.Cursor
-	(*AckRequest)(nil),               // 11: mlsds.v1.AckRequest
-	(*AckResponse)(nil),              // 12: mlsds.v1.AckResponse
-	(*GetGroupInfoRequest)(nil),      // 13: mlsds.v1.GetGroupInfoRequest
-	(*GetGroupInfoResponse)(nil),     // 14: mlsds.v1.GetGroupInfoResponse
-	(*GetRosterRequest)(nil),         // 15: mlsds.v1.GetRosterRequest
-	(*RosterLeaf)(nil),               // 16: mlsds.v1.RosterLeaf
-	(*GetRosterResponse)(nil),        // 17: mlsds.v1.GetRosterResponse
-	(*GetRatchetTreeRequest)(nil),    // 18: mlsds.v1.GetRatchetTreeRequest
-	(*GetRatchetTreeResponse)(nil),   // 19: mlsds.v1.GetRatchetTreeResponse
-	(*GetPathRequest)(nil),           // 20: mlsds.v1.GetPathRequest
-	(*GetPathResponse)(nil),          // 21: mlsds.v1.GetPathResponse
-	(*RemoteTree)(nil),               // 22: mlsds.v1.RemoteTree
-	(*PutRemoteTreeRequest)(nil),     // 23: mlsds.v1.PutRemoteTreeRequest
-	(*PutRemoteTreeResponse)(nil),    // 24: mlsds.v1.PutRemoteTreeResponse
-	(*GetRemoteTreeRequest)(nil),     // 25: mlsds.v1.GetRemoteTreeRequest
-	(*GetRemoteTreeResponse)(nil),    // 26: mlsds.v1.GetRemoteTreeResponse
-	(*CreateJoinLinkRequest)(nil),    // 27: mlsds.v1.CreateJoinLinkRequest
-	(*CreateJoinLinkResponse)(nil),   // 28: mlsds.v1.CreateJoinLinkResponse
-	(*RevokeJoinLinkRequest)(nil),    // 29: mlsds.v1.RevokeJoinLinkRequest
-	(*RevokeJoinLinkResponse)(nil),   // 30: mlsds.v1.RevokeJoinLinkResponse
-	(*ListJoinLinksRequest)(nil),     // 31: mlsds.v1.ListJoinLinksRequest
-	(*JoinLink)(nil),                 // 32: mlsds.v1.JoinLink
-	(*ListJoinLinksResponse)(nil),    // 33: mlsds.v1.ListJoinLinksResponse
-	(*LeaveGroupRequest)(nil),        // 34: mlsds.v1.LeaveGroupRequest
-	(*LeaveGroupResponse)(nil),       // 35: mlsds.v1.LeaveGroupResponse
-	(*Receipt)(nil),                  // 36: mlsds.v1.Receipt
-	(*Envelope)(nil),                 // 37: mlsds.v1.Envelope
-	(*timestamppb.Timestamp)(nil),    // 38: google.protobuf.Timestamp
+	(*SendStreamRequest)(nil),        // 6: mlsds.v1.SendStreamRequest
+	(*SendStreamResponse)(nil),       // 7: mlsds.v1.SendStreamResponse
+	(*SendError)(nil),                // 8: mlsds.v1.SendError
+	(*SendCommitBundleRequest)(nil),  // 9: mlsds.v1.SendCommitBundleRequest
+	(*SendCommitBundleResponse)(nil), // 10: mlsds.v1.SendCommitBundleResponse
+	(*FetchRequest)(nil),             // 11: mlsds.v1.FetchRequest
+	(*FetchResponse)(nil),            // 12: mlsds.v1.FetchResponse
+	(*Cursor)(nil),                   // 13: mlsds.v1.Cursor
+	(*AckRequest)(nil),               // 14: mlsds.v1.AckRequest
+	(*AckResponse)(nil),              // 15: mlsds.v1.AckResponse
+	(*GetGroupInfoRequest)(nil),      // 16: mlsds.v1.GetGroupInfoRequest
+	(*GetGroupInfoResponse)(nil),     // 17: mlsds.v1.GetGroupInfoResponse
+	(*GetRosterRequest)(nil),         // 18: mlsds.v1.GetRosterRequest
+	(*RosterLeaf)(nil),               // 19: mlsds.v1.RosterLeaf
+	(*GetRosterResponse)(nil),        // 20: mlsds.v1.GetRosterResponse
+	(*GetRatchetTreeRequest)(nil),    // 21: mlsds.v1.GetRatchetTreeRequest
+	(*GetRatchetTreeResponse)(nil),   // 22: mlsds.v1.GetRatchetTreeResponse
+	(*GetPathRequest)(nil),           // 23: mlsds.v1.GetPathRequest
+	(*GetPathResponse)(nil),          // 24: mlsds.v1.GetPathResponse
+	(*RemoteTree)(nil),               // 25: mlsds.v1.RemoteTree
+	(*PutRemoteTreeRequest)(nil),     // 26: mlsds.v1.PutRemoteTreeRequest
+	(*PutRemoteTreeResponse)(nil),    // 27: mlsds.v1.PutRemoteTreeResponse
+	(*GetRemoteTreeRequest)(nil),     // 28: mlsds.v1.GetRemoteTreeRequest
+	(*GetRemoteTreeResponse)(nil),    // 29: mlsds.v1.GetRemoteTreeResponse
+	(*CreateJoinLinkRequest)(nil),    // 30: mlsds.v1.CreateJoinLinkRequest
+	(*CreateJoinLinkResponse)(nil),   // 31: mlsds.v1.CreateJoinLinkResponse
+	(*RevokeJoinLinkRequest)(nil),    // 32: mlsds.v1.RevokeJoinLinkRequest
+	(*RevokeJoinLinkResponse)(nil),   // 33: mlsds.v1.RevokeJoinLinkResponse
+	(*ListJoinLinksRequest)(nil),     // 34: mlsds.v1.ListJoinLinksRequest
+	(*JoinLink)(nil),                 // 35: mlsds.v1.JoinLink
+	(*ListJoinLinksResponse)(nil),    // 36: mlsds.v1.ListJoinLinksResponse
+	(*LeaveGroupRequest)(nil),        // 37: mlsds.v1.LeaveGroupRequest
+	(*LeaveGroupResponse)(nil),       // 38: mlsds.v1.LeaveGroupResponse
+	(*Receipt)(nil),                  // 39: mlsds.v1.Receipt
+	(*anypb.Any)(nil),                // 40: google.protobuf.Any
+	(*Envelope)(nil),                 // 41: mlsds.v1.Envelope
+	(*timestamppb.Timestamp)(nil),    // 42: google.protobuf.Timestamp
 }
 var file_mlsds_v1_groups_proto_depIdxs = []int32{
 	0,  // 0: mlsds.v1.CreateGroupRequest.mode:type_name -> mlsds.v1.GroupMode
-	36, // 1: mlsds.v1.SendResponse.receipt:type_name -> mlsds.v1.Receipt
-	22, // 2: mlsds.v1.SendCommitBundleRequest.remote_tree:type_name -> mlsds.v1.RemoteTree
-	36, // 3: mlsds.v1.SendCommitBundleResponse.receipt:type_name -> mlsds.v1.Receipt
-	37, // 4: mlsds.v1.FetchResponse.messages:type_name -> mlsds.v1.Envelope
-	10, // 5: mlsds.v1.AckRequest.cursors:type_name -> mlsds.v1.Cursor
-	0,  // 6: mlsds.v1.GetGroupInfoResponse.mode:type_name -> mlsds.v1.GroupMode
-	16, // 7: mlsds.v1.GetRosterResponse.leaves:type_name -> mlsds.v1.RosterLeaf
-	22, // 8: mlsds.v1.PutRemoteTreeRequest.remote_tree:type_name -> mlsds.v1.RemoteTree
-	22, // 9: mlsds.v1.GetRemoteTreeResponse.remote_trees:type_name -> mlsds.v1.RemoteTree
-	38, // 10: mlsds.v1.CreateJoinLinkResponse.expires_at:type_name -> google.protobuf.Timestamp
-	38, // 11: mlsds.v1.JoinLink.created_at:type_name -> google.protobuf.Timestamp
-	38, // 12: mlsds.v1.JoinLink.expires_at:type_name -> google.protobuf.Timestamp
-	32, // 13: mlsds.v1.ListJoinLinksResponse.links:type_name -> mlsds.v1.JoinLink
-	2,  // 14: mlsds.v1.GroupService.CreateGroup:input_type -> mlsds.v1.CreateGroupRequest
-	4,  // 15: mlsds.v1.GroupService.Send:input_type -> mlsds.v1.SendRequest
-	6,  // 16: mlsds.v1.GroupService.SendCommitBundle:input_type -> mlsds.v1.SendCommitBundleRequest
-	8,  // 17: mlsds.v1.GroupService.Fetch:input_type -> mlsds.v1.FetchRequest
-	11, // 18: mlsds.v1.GroupService.Ack:input_type -> mlsds.v1.AckRequest
-	13, // 19: mlsds.v1.GroupService.GetGroupInfo:input_type -> mlsds.v1.GetGroupInfoRequest
-	15, // 20: mlsds.v1.GroupService.GetRoster:input_type -> mlsds.v1.GetRosterRequest
-	18, // 21: mlsds.v1.GroupService.GetRatchetTree:input_type -> mlsds.v1.GetRatchetTreeRequest
-	20, // 22: mlsds.v1.GroupService.GetPath:input_type -> mlsds.v1.GetPathRequest
-	23, // 23: mlsds.v1.GroupService.PutRemoteTree:input_type -> mlsds.v1.PutRemoteTreeRequest
-	25, // 24: mlsds.v1.GroupService.GetRemoteTree:input_type -> mlsds.v1.GetRemoteTreeRequest
-	27, // 25: mlsds.v1.GroupService.CreateJoinLink:input_type -> mlsds.v1.CreateJoinLinkRequest
-	29, // 26: mlsds.v1.GroupService.RevokeJoinLink:input_type -> mlsds.v1.RevokeJoinLinkRequest
-	31, // 27: mlsds.v1.GroupService.ListJoinLinks:input_type -> mlsds.v1.ListJoinLinksRequest
-	34, // 28: mlsds.v1.GroupService.LeaveGroup:input_type -> mlsds.v1.LeaveGroupRequest
-	3,  // 29: mlsds.v1.GroupService.CreateGroup:output_type -> mlsds.v1.CreateGroupResponse
-	5,  // 30: mlsds.v1.GroupService.Send:output_type -> mlsds.v1.SendResponse
-	7,  // 31: mlsds.v1.GroupService.SendCommitBundle:output_type -> mlsds.v1.SendCommitBundleResponse
-	9,  // 32: mlsds.v1.GroupService.Fetch:output_type -> mlsds.v1.FetchResponse
-	12, // 33: mlsds.v1.GroupService.Ack:output_type -> mlsds.v1.AckResponse
-	14, // 34: mlsds.v1.GroupService.GetGroupInfo:output_type -> mlsds.v1.GetGroupInfoResponse
-	17, // 35: mlsds.v1.GroupService.GetRoster:output_type -> mlsds.v1.GetRosterResponse
-	19, // 36: mlsds.v1.GroupService.GetRatchetTree:output_type -> mlsds.v1.GetRatchetTreeResponse
-	21, // 37: mlsds.v1.GroupService.GetPath:output_type -> mlsds.v1.GetPathResponse
-	24, // 38: mlsds.v1.GroupService.PutRemoteTree:output_type -> mlsds.v1.PutRemoteTreeResponse
-	26, // 39: mlsds.v1.GroupService.GetRemoteTree:output_type -> mlsds.v1.GetRemoteTreeResponse
-	28, // 40: mlsds.v1.GroupService.CreateJoinLink:output_type -> mlsds.v1.CreateJoinLinkResponse
-	30, // 41: mlsds.v1.GroupService.RevokeJoinLink:output_type -> mlsds.v1.RevokeJoinLinkResponse
-	33, // 42: mlsds.v1.GroupService.ListJoinLinks:output_type -> mlsds.v1.ListJoinLinksResponse
-	35, // 43: mlsds.v1.GroupService.LeaveGroup:output_type -> mlsds.v1.LeaveGroupResponse
-	29, // [29:44] is the sub-list for method output_type
-	14, // [14:29] is the sub-list for method input_type
-	14, // [14:14] is the sub-list for extension type_name
-	14, // [14:14] is the sub-list for extension extendee
-	0,  // [0:14] is the sub-list for field type_name
+	39, // 1: mlsds.v1.SendResponse.receipt:type_name -> mlsds.v1.Receipt
+	39, // 2: mlsds.v1.SendStreamResponse.receipt:type_name -> mlsds.v1.Receipt
+	8,  // 3: mlsds.v1.SendStreamResponse.error:type_name -> mlsds.v1.SendError
+	40, // 4: mlsds.v1.SendError.details:type_name -> google.protobuf.Any
+	25, // 5: mlsds.v1.SendCommitBundleRequest.remote_tree:type_name -> mlsds.v1.RemoteTree
+	39, // 6: mlsds.v1.SendCommitBundleResponse.receipt:type_name -> mlsds.v1.Receipt
+	41, // 7: mlsds.v1.FetchResponse.messages:type_name -> mlsds.v1.Envelope
+	13, // 8: mlsds.v1.AckRequest.cursors:type_name -> mlsds.v1.Cursor
+	0,  // 9: mlsds.v1.GetGroupInfoResponse.mode:type_name -> mlsds.v1.GroupMode
+	19, // 10: mlsds.v1.GetRosterResponse.leaves:type_name -> mlsds.v1.RosterLeaf
+	25, // 11: mlsds.v1.PutRemoteTreeRequest.remote_tree:type_name -> mlsds.v1.RemoteTree
+	25, // 12: mlsds.v1.GetRemoteTreeResponse.remote_trees:type_name -> mlsds.v1.RemoteTree
+	42, // 13: mlsds.v1.CreateJoinLinkResponse.expires_at:type_name -> google.protobuf.Timestamp
+	42, // 14: mlsds.v1.JoinLink.created_at:type_name -> google.protobuf.Timestamp
+	42, // 15: mlsds.v1.JoinLink.expires_at:type_name -> google.protobuf.Timestamp
+	35, // 16: mlsds.v1.ListJoinLinksResponse.links:type_name -> mlsds.v1.JoinLink
+	2,  // 17: mlsds.v1.GroupService.CreateGroup:input_type -> mlsds.v1.CreateGroupRequest
+	4,  // 18: mlsds.v1.GroupService.Send:input_type -> mlsds.v1.SendRequest
+	9,  // 19: mlsds.v1.GroupService.SendCommitBundle:input_type -> mlsds.v1.SendCommitBundleRequest
+	6,  // 20: mlsds.v1.GroupService.SendStream:input_type -> mlsds.v1.SendStreamRequest
+	11, // 21: mlsds.v1.GroupService.Fetch:input_type -> mlsds.v1.FetchRequest
+	14, // 22: mlsds.v1.GroupService.Ack:input_type -> mlsds.v1.AckRequest
+	16, // 23: mlsds.v1.GroupService.GetGroupInfo:input_type -> mlsds.v1.GetGroupInfoRequest
+	18, // 24: mlsds.v1.GroupService.GetRoster:input_type -> mlsds.v1.GetRosterRequest
+	21, // 25: mlsds.v1.GroupService.GetRatchetTree:input_type -> mlsds.v1.GetRatchetTreeRequest
+	23, // 26: mlsds.v1.GroupService.GetPath:input_type -> mlsds.v1.GetPathRequest
+	26, // 27: mlsds.v1.GroupService.PutRemoteTree:input_type -> mlsds.v1.PutRemoteTreeRequest
+	28, // 28: mlsds.v1.GroupService.GetRemoteTree:input_type -> mlsds.v1.GetRemoteTreeRequest
+	30, // 29: mlsds.v1.GroupService.CreateJoinLink:input_type -> mlsds.v1.CreateJoinLinkRequest
+	32, // 30: mlsds.v1.GroupService.RevokeJoinLink:input_type -> mlsds.v1.RevokeJoinLinkRequest
+	34, // 31: mlsds.v1.GroupService.ListJoinLinks:input_type -> mlsds.v1.ListJoinLinksRequest
+	37, // 32: mlsds.v1.GroupService.LeaveGroup:input_type -> mlsds.v1.LeaveGroupRequest
+	3,  // 33: mlsds.v1.GroupService.CreateGroup:output_type -> mlsds.v1.CreateGroupResponse
+	5,  // 34: mlsds.v1.GroupService.Send:output_type -> mlsds.v1.SendResponse
+	10, // 35: mlsds.v1.GroupService.SendCommitBundle:output_type -> mlsds.v1.SendCommitBundleResponse
+	7,  // 36: mlsds.v1.GroupService.SendStream:output_type -> mlsds.v1.SendStreamResponse
+	12, // 37: mlsds.v1.GroupService.Fetch:output_type -> mlsds.v1.FetchResponse
+	15, // 38: mlsds.v1.GroupService.Ack:output_type -> mlsds.v1.AckResponse
+	17, // 39: mlsds.v1.GroupService.GetGroupInfo:output_type -> mlsds.v1.GetGroupInfoResponse
+	20, // 40: mlsds.v1.GroupService.GetRoster:output_type -> mlsds.v1.GetRosterResponse
+	22, // 41: mlsds.v1.GroupService.GetRatchetTree:output_type -> mlsds.v1.GetRatchetTreeResponse
+	24, // 42: mlsds.v1.GroupService.GetPath:output_type -> mlsds.v1.GetPathResponse
+	27, // 43: mlsds.v1.GroupService.PutRemoteTree:output_type -> mlsds.v1.PutRemoteTreeResponse
+	29, // 44: mlsds.v1.GroupService.GetRemoteTree:output_type -> mlsds.v1.GetRemoteTreeResponse
+	31, // 45: mlsds.v1.GroupService.CreateJoinLink:output_type -> mlsds.v1.CreateJoinLinkResponse
+	33, // 46: mlsds.v1.GroupService.RevokeJoinLink:output_type -> mlsds.v1.RevokeJoinLinkResponse
+	36, // 47: mlsds.v1.GroupService.ListJoinLinks:output_type -> mlsds.v1.ListJoinLinksResponse
+	38, // 48: mlsds.v1.GroupService.LeaveGroup:output_type -> mlsds.v1.LeaveGroupResponse
+	33, // [33:49] is the sub-list for method output_type
+	17, // [17:33] is the sub-list for method input_type
+	17, // [17:17] is the sub-list for extension type_name
+	17, // [17:17] is the sub-list for extension extendee
+	0,  // [0:17] is the sub-list for field type_name
 }
 
 func init() { file_mlsds_v1_groups_proto_init() }
@@ -2508,13 +2723,17 @@ func file_mlsds_v1_groups_proto_init() {
 		return
 	}
 	file_mlsds_v1_common_proto_init()
+	file_mlsds_v1_groups_proto_msgTypes[6].OneofWrappers = []any{
+		(*SendStreamResponse_Receipt)(nil),
+		(*SendStreamResponse_Error)(nil),
+	}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_mlsds_v1_groups_proto_rawDesc), len(file_mlsds_v1_groups_proto_rawDesc)),
 			NumEnums:      1,
-			NumMessages:   35,
+			NumMessages:   38,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

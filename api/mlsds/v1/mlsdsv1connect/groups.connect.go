@@ -41,6 +41,8 @@ const (
 	// GroupServiceSendCommitBundleProcedure is the fully-qualified name of the GroupService's
 	// SendCommitBundle RPC.
 	GroupServiceSendCommitBundleProcedure = "/mlsds.v1.GroupService/SendCommitBundle"
+	// GroupServiceSendStreamProcedure is the fully-qualified name of the GroupService's SendStream RPC.
+	GroupServiceSendStreamProcedure = "/mlsds.v1.GroupService/SendStream"
 	// GroupServiceFetchProcedure is the fully-qualified name of the GroupService's Fetch RPC.
 	GroupServiceFetchProcedure = "/mlsds.v1.GroupService/Fetch"
 	// GroupServiceAckProcedure is the fully-qualified name of the GroupService's Ack RPC.
@@ -85,6 +87,19 @@ type GroupServiceClient interface {
 	// SendCommitBundle submits a Commit with its optional Welcome and
 	// GroupInfo, accepted or refused as one.
 	SendCommitBundle(context.Context, *connect.Request[v1.SendCommitBundleRequest]) (*connect.Response[v1.SendCommitBundleResponse], error)
+	// SendStream submits many MLSMessages over one stream, for clients that
+	// send at a high rate: it saves the cost of a request per message. It
+	// needs a session (deniable groups use Send). For every SendStreamRequest
+	// the server answers one SendStreamResponse, in the order of the
+	// requests, with the receipt or the error Send would have returned; a
+	// stream's messages are accepted in the order they were sent. At most
+	// 64 messages, and at most 1 MiB or one message of the largest size,
+	// wait for their answer: the server reads no further request until one
+	// is answered. The stream ends with an error when the session expires or
+	// the client is deleted; a message sent and not yet answered may have
+	// been accepted, and sending it again is safe (a resubmission gets the
+	// first receipt).
+	SendStream(context.Context) *connect.BidiStreamForClient[v1.SendStreamRequest, v1.SendStreamResponse]
 	// Fetch pages through a group's accepted messages from a sequence number,
 	// for example to catch up after WrongEpoch.
 	Fetch(context.Context, *connect.Request[v1.FetchRequest]) (*connect.Response[v1.FetchResponse], error)
@@ -159,6 +174,12 @@ func NewGroupServiceClient(httpClient connect.HTTPClient, baseURL string, opts .
 			httpClient,
 			baseURL+GroupServiceSendCommitBundleProcedure,
 			connect.WithSchema(groupServiceMethods.ByName("SendCommitBundle")),
+			connect.WithClientOptions(opts...),
+		),
+		sendStream: connect.NewClient[v1.SendStreamRequest, v1.SendStreamResponse](
+			httpClient,
+			baseURL+GroupServiceSendStreamProcedure,
+			connect.WithSchema(groupServiceMethods.ByName("SendStream")),
 			connect.WithClientOptions(opts...),
 		),
 		fetch: connect.NewClient[v1.FetchRequest, v1.FetchResponse](
@@ -248,6 +269,7 @@ type groupServiceClient struct {
 	createGroup      *connect.Client[v1.CreateGroupRequest, v1.CreateGroupResponse]
 	send             *connect.Client[v1.SendRequest, v1.SendResponse]
 	sendCommitBundle *connect.Client[v1.SendCommitBundleRequest, v1.SendCommitBundleResponse]
+	sendStream       *connect.Client[v1.SendStreamRequest, v1.SendStreamResponse]
 	fetch            *connect.Client[v1.FetchRequest, v1.FetchResponse]
 	ack              *connect.Client[v1.AckRequest, v1.AckResponse]
 	getGroupInfo     *connect.Client[v1.GetGroupInfoRequest, v1.GetGroupInfoResponse]
@@ -275,6 +297,11 @@ func (c *groupServiceClient) Send(ctx context.Context, req *connect.Request[v1.S
 // SendCommitBundle calls mlsds.v1.GroupService.SendCommitBundle.
 func (c *groupServiceClient) SendCommitBundle(ctx context.Context, req *connect.Request[v1.SendCommitBundleRequest]) (*connect.Response[v1.SendCommitBundleResponse], error) {
 	return c.sendCommitBundle.CallUnary(ctx, req)
+}
+
+// SendStream calls mlsds.v1.GroupService.SendStream.
+func (c *groupServiceClient) SendStream(ctx context.Context) *connect.BidiStreamForClient[v1.SendStreamRequest, v1.SendStreamResponse] {
+	return c.sendStream.CallBidiStream(ctx)
 }
 
 // Fetch calls mlsds.v1.GroupService.Fetch.
@@ -348,6 +375,19 @@ type GroupServiceHandler interface {
 	// SendCommitBundle submits a Commit with its optional Welcome and
 	// GroupInfo, accepted or refused as one.
 	SendCommitBundle(context.Context, *connect.Request[v1.SendCommitBundleRequest]) (*connect.Response[v1.SendCommitBundleResponse], error)
+	// SendStream submits many MLSMessages over one stream, for clients that
+	// send at a high rate: it saves the cost of a request per message. It
+	// needs a session (deniable groups use Send). For every SendStreamRequest
+	// the server answers one SendStreamResponse, in the order of the
+	// requests, with the receipt or the error Send would have returned; a
+	// stream's messages are accepted in the order they were sent. At most
+	// 64 messages, and at most 1 MiB or one message of the largest size,
+	// wait for their answer: the server reads no further request until one
+	// is answered. The stream ends with an error when the session expires or
+	// the client is deleted; a message sent and not yet answered may have
+	// been accepted, and sending it again is safe (a resubmission gets the
+	// first receipt).
+	SendStream(context.Context, *connect.BidiStream[v1.SendStreamRequest, v1.SendStreamResponse]) error
 	// Fetch pages through a group's accepted messages from a sequence number,
 	// for example to catch up after WrongEpoch.
 	Fetch(context.Context, *connect.Request[v1.FetchRequest]) (*connect.Response[v1.FetchResponse], error)
@@ -418,6 +458,12 @@ func NewGroupServiceHandler(svc GroupServiceHandler, opts ...connect.HandlerOpti
 		GroupServiceSendCommitBundleProcedure,
 		svc.SendCommitBundle,
 		connect.WithSchema(groupServiceMethods.ByName("SendCommitBundle")),
+		connect.WithHandlerOptions(opts...),
+	)
+	groupServiceSendStreamHandler := connect.NewBidiStreamHandler(
+		GroupServiceSendStreamProcedure,
+		svc.SendStream,
+		connect.WithSchema(groupServiceMethods.ByName("SendStream")),
 		connect.WithHandlerOptions(opts...),
 	)
 	groupServiceFetchHandler := connect.NewUnaryHandler(
@@ -507,6 +553,8 @@ func NewGroupServiceHandler(svc GroupServiceHandler, opts ...connect.HandlerOpti
 			groupServiceSendHandler.ServeHTTP(w, r)
 		case GroupServiceSendCommitBundleProcedure:
 			groupServiceSendCommitBundleHandler.ServeHTTP(w, r)
+		case GroupServiceSendStreamProcedure:
+			groupServiceSendStreamHandler.ServeHTTP(w, r)
 		case GroupServiceFetchProcedure:
 			groupServiceFetchHandler.ServeHTTP(w, r)
 		case GroupServiceAckProcedure:
@@ -550,6 +598,10 @@ func (UnimplementedGroupServiceHandler) Send(context.Context, *connect.Request[v
 
 func (UnimplementedGroupServiceHandler) SendCommitBundle(context.Context, *connect.Request[v1.SendCommitBundleRequest]) (*connect.Response[v1.SendCommitBundleResponse], error) {
 	return nil, connect.NewError(connect.CodeUnimplemented, errors.New("mlsds.v1.GroupService.SendCommitBundle is not implemented"))
+}
+
+func (UnimplementedGroupServiceHandler) SendStream(context.Context, *connect.BidiStream[v1.SendStreamRequest, v1.SendStreamResponse]) error {
+	return connect.NewError(connect.CodeUnimplemented, errors.New("mlsds.v1.GroupService.SendStream is not implemented"))
 }
 
 func (UnimplementedGroupServiceHandler) Fetch(context.Context, *connect.Request[v1.FetchRequest]) (*connect.Response[v1.FetchResponse], error) {
