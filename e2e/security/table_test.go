@@ -319,6 +319,7 @@ func TestHostileTable(t *testing.T) {
 	cases = append(cases, den.attacks()...)
 	cases = append(cases, rw.attacks()...)
 	cases = append(cases, ow.attacks()...)
+	cases = append(cases, sendStreamAttacks()...) // sendstream_table_test.go
 	for _, id := range []string{"zero\u200bwidth", "\u0430lice", "evil\u202egnp.exe", " bob", "bob ", "Bob"} {
 		cases = append(cases, attack{
 			name: fmt.Sprintf("register id %q", id),
