@@ -88,8 +88,9 @@ type Config struct {
 	// answers being written at once: when little is left, a Fetch answers
 	// a smaller page (one message at least). Default 32 MiB.
 	FetchBufferedMaxBytes int64
-	// MaxStreamsPerClient bounds the open Subscribe streams of one client;
-	// opening one more ends the oldest. Default 4.
+	// MaxStreamsPerClient bounds the open Subscribe streams of one client,
+	// and apart from them its SendStreams; opening one more ends the
+	// oldest. Default 4.
 	MaxStreamsPerClient int
 	// MaxGroupStreams bounds the open SubscribeGroup streams of one client
 	// (by session) or of one remote address (by membership proof, for

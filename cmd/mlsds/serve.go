@@ -102,7 +102,7 @@ func newServeFlagSet(f *serveFlags, stderr io.Writer) *flag.FlagSet {
 	fs.DurationVar(&f.pruneInterval, "prune-interval", time.Minute, "how often the server deletes delivered and expired messages, expired KeyPackages and empty groups (one node at a time); 0 turns it off")
 	fs.IntVar(&f.lowWater, "key-package-low-water", 10, "a client is told when its KeyPackages for a suite fall below this")
 	fs.DurationVar(&f.keepAlive, "keepalive", 30*time.Second, "keep-alive interval on delivery streams")
-	fs.IntVar(&f.maxStreams, "max-streams-per-client", 4, "open delivery streams per client; one more ends the oldest")
+	fs.IntVar(&f.maxStreams, "max-streams-per-client", 4, "open Subscribe streams per client, and as many SendStreams; one more ends the oldest")
 	fs.IntVar(&f.maxGroupStreams, "max-group-streams", 1024, "open SubscribeGroup streams per client, or per address for deniable groups; one more is refused")
 	fs.DurationVar(&f.shutdownTimeout, "shutdown-timeout", 20*time.Second, "on SIGTERM, how long to wait for calls in flight")
 	fs.DurationVar(&f.drainDelay, "drain-delay", 0, "on SIGTERM, how long to keep serving with health NOT_SERVING before closing the listener")
