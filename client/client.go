@@ -86,7 +86,10 @@ type Config struct {
 	Server string
 	// HTTPClient, if set, carries every call. Default: an h2c client for
 	// http:// URLs, an HTTP/2 client with the system's TLS settings for
-	// https:// URLs.
+	// https:// URLs. The messages of transparent and opaque groups go
+	// over one bidirectional stream (SendStream), which needs HTTP/2 end
+	// to end; where the server or a proxy does not carry it (Unimplemented,
+	// or an HTTP/1.1 connection), the client uses unary Send calls.
 	HTTPClient *http.Client
 	// StatePath is the local SQLite file holding the identity, the private
 	// keys of the KeyPackages and the group states. It is created (mode

@@ -547,7 +547,7 @@ func (r *routedGroups) Send(ctx context.Context, req *connect.Request[mlsdsv1.Se
 			return r.c.den.groups.Send(withMembership(ctx, a), req)
 		}
 	}
-	return r.GroupServiceClient.Send(ctx, req)
+	return r.c.rpc.sends.Send(ctx, req)
 }
 
 // SendCommitBundle of a deniable group names no added or removed clients,

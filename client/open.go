@@ -232,6 +232,7 @@ func (c *Client) close() error {
 		g.closed = true
 		g.mu.Unlock()
 	}
+	c.rpc.sends.close()
 	c.acks.flush(context.Background())
 	c.queue.close()
 	return c.db.Close()

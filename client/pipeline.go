@@ -920,11 +920,14 @@ func (g *Group) sendOnce(ctx context.Context, data []byte, wire *[]byte) (Receip
 	}
 	rc := res.Msg.Receipt
 	if rc.GroupSeq == g.processed+1 {
-		// Nothing arrived in between: skip over our own message now.
+		// Nothing arrived in between: skip over our own message now. The
+		// position goes to the state file with its next write (the next
+		// Send's, or that of the next messages processed), not in a write
+		// of its own: a client that stops before then fetches the message
+		// again and passes over it as its own (processLocked), and the
+		// server's cursor waits for that write too (persist).
 		g.processed = rc.GroupSeq
-		if err := g.persist(nil); err != nil {
-			return Receipt{}, err
-		}
+		g.dirty = true
 	} else if rc.GroupSeq > g.processed {
 		// Messages of others come first; the stream will not bring this
 		// one, so remember to step over it.

@@ -27,6 +27,9 @@ type rpc struct {
 	groups   mlsdsv1connect.GroupServiceClient
 	delivery mlsdsv1connect.DeliveryServiceClient
 	account  mlsdsv1connect.AccountServiceClient
+	// sends carries the session's Send calls over SendStream
+	// (sendstream.go); routedGroups.Send hands them to it.
+	sends *sendStreams
 
 	clientID string
 	suite    mls.CipherSuite
@@ -63,6 +66,7 @@ func newRPC(hc *http.Client, server string, clientID string, suite mls.CipherSui
 	r.groups = mlsdsv1connect.NewGroupServiceClient(hc, server, opts)
 	r.delivery = mlsdsv1connect.NewDeliveryServiceClient(hc, server, opts)
 	r.account = mlsdsv1connect.NewAccountServiceClient(hc, server, opts)
+	r.sends = newSendStreams(r, r.groups, mlsdsv1connect.NewGroupServiceClient(streamHTTPClient(hc), server, opts))
 	return r
 }
 
@@ -76,6 +80,13 @@ func (r *rpc) currentToken(ctx context.Context) (string, error) {
 		return tok, nil
 	}
 	return r.login(ctx, tok)
+}
+
+// tokenNow returns the session token held now, without renewing it.
+func (r *rpc) tokenNow() string {
+	r.tokMu.Lock()
+	defer r.tokMu.Unlock()
+	return r.token
 }
 
 // login gets a new session token unless another call already replaced

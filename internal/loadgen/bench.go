@@ -145,20 +145,17 @@ func (b *bench) deliver(m *member, seq uint64, at time.Time) {
 	m.g.track.received(seq, at, &b.latency)
 }
 
-// timedTransport records the round trips of Send and SendCommitBundle
-// calls while the load runs. Send calls made under proposing (see
-// proposalKey) count apart from those of application messages.
+// timedTransport records the round trips of SendCommitBundle calls while
+// the load runs. (The SDK sends application messages and proposals over
+// one SendStream, whose HTTP request spans the run: runMixed times those
+// around the Group.Send and Group.ProposeUpdate calls.)
 type timedTransport struct {
 	base http.RoundTripper
 	b    *bench
 }
 
-// proposalKey marks the context of a ProposeUpdate call, so that
-// timedTransport tells its Send round trip from an application message's.
-type proposalKey struct{}
-
 func (t *timedTransport) RoundTrip(req *http.Request) (*http.Response, error) {
-	if !t.b.timing.Load() {
+	if !t.b.timing.Load() || !strings.HasSuffix(req.URL.Path, "/SendCommitBundle") {
 		return t.base.RoundTrip(req)
 	}
 	start := time.Now()
@@ -166,15 +163,7 @@ func (t *timedTransport) RoundTrip(req *http.Request) (*http.Response, error) {
 	if err != nil || res.StatusCode != http.StatusOK {
 		return res, err
 	}
-	d := time.Since(start)
-	switch {
-	case strings.HasSuffix(req.URL.Path, "/SendCommitBundle"):
-		t.b.commitRTT.Observe(d)
-	case strings.HasSuffix(req.URL.Path, "/Send") && req.Context().Value(proposalKey{}) != nil:
-		t.b.proposalRTT.Observe(d)
-	case strings.HasSuffix(req.URL.Path, "/Send"):
-		t.b.sendRTT.Observe(d)
-	}
+	t.b.commitRTT.Observe(time.Since(start))
 	return res, nil
 }
 
@@ -552,7 +541,6 @@ func (b *bench) runMixed(ctx context.Context) error {
 	}
 	opCtx, opCancel := context.WithCancel(context.WithoutCancel(ctx))
 	defer opCancel()
-	proposeCtx := context.WithValue(opCtx, proposalKey{}, true)
 	var stopping atomic.Bool
 	var wg sync.WaitGroup
 
@@ -610,17 +598,20 @@ func (b *bench) runMixed(ctx context.Context) error {
 					// A handshake message: it takes a position in the
 					// group's order but is no application message, so it
 					// is not tracked for delivery.
-					if _, err := m.grp.ProposeUpdate(proposeCtx); err != nil {
+					t := time.Now()
+					if _, err := m.grp.ProposeUpdate(opCtx); err != nil {
 						if opCtx.Err() == nil {
 							b.fail(err)
 						}
 						continue
 					}
+					b.proposalRTT.Observe(time.Since(t))
 					b.proposals.Add(1)
 					continue
 				}
+				t := time.Now()
 				if interval == 0 {
-					at = time.Now()
+					at = t
 				}
 				rc, err := m.grp.Send(opCtx, payload)
 				if err != nil {
@@ -629,6 +620,7 @@ func (b *bench) runMixed(ctx context.Context) error {
 					}
 					continue
 				}
+				b.sendRTT.Observe(time.Since(t))
 				b.accepted.Add(1)
 				m.g.track.sent(rc.Seq, at, &b.latency)
 			}

@@ -64,12 +64,13 @@ type Result struct {
 	LatencyMsP95   float64 `json:"latency_ms_p95"`
 	LatencyMsP99   float64 `json:"latency_ms_p99"`
 	LatencyMsMax   float64 `json:"latency_ms_max"`
-	// Round trips of Send and SendCommitBundle RPCs as the SDK saw them
-	// (request out to response in): the server's accept latency.
+	// Group.Send calls of application messages, whole (sealing, the
+	// state save before the message leaves, the round trip on the
+	// SDK's SendStream): the server's accept latency and a little more.
 	SendRTTMsP50 float64 `json:"send_rtt_ms_p50"`
 	SendRTTMsP99 float64 `json:"send_rtt_ms_p99"`
-	// Round trips of the Send RPCs that carried Update Proposals (not
-	// in send_rtt_*, which is application messages only).
+	// Group.ProposeUpdate calls, whole, as send_rtt_* (which is
+	// application messages only).
 	ProposalSamples   int64   `json:"proposal_samples"`
 	ProposalRTTMsP50  float64 `json:"proposal_rtt_ms_p50"`
 	ProposalRTTMsP99  float64 `json:"proposal_rtt_ms_p99"`
@@ -175,9 +176,9 @@ func (r *Result) WriteReport(w io.Writer) {
 		p("epochs", "%d (Commits of the bench and of pending Proposals)", r.Epochs)
 		p("deliveries", "%.0f/s (%d of %d expected, %d missing, %d duplicate)", r.DeliveriesPerSec, r.Deliveries, r.ExpectedDeliveries, r.MissingDeliveries, r.DuplicateDeliveries)
 		p("delivery latency", "p50 %.2fms  p95 %.2fms  p99 %.2fms  max %.2fms (%d samples)", r.LatencyMsP50, r.LatencyMsP95, r.LatencyMsP99, r.LatencyMsMax, r.LatencySamples)
-		p("Send round trip", "p50 %.2fms  p99 %.2fms", r.SendRTTMsP50, r.SendRTTMsP99)
+		p("Group.Send call", "p50 %.2fms  p99 %.2fms", r.SendRTTMsP50, r.SendRTTMsP99)
 		if r.ProposalSamples > 0 {
-			p("Proposal round trip", "p50 %.2fms  p99 %.2fms (%d samples)", r.ProposalRTTMsP50, r.ProposalRTTMsP99, r.ProposalSamples)
+			p("Group.ProposeUpdate call", "p50 %.2fms  p99 %.2fms (%d samples)", r.ProposalRTTMsP50, r.ProposalRTTMsP99, r.ProposalSamples)
 		}
 	} else {
 		p("accepted Commits", "%.2f/s (%d)", r.CommitsPerSec, r.AcceptedCommits)
