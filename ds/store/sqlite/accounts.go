@@ -28,7 +28,7 @@ func (s *Store) Clients(ctx context.Context, ids []string) ([]ds.Client, error) 
 // serialises it with every other registration.
 func (s *Store) RegisterClient(ctx context.Context, r ds.ClientRegistration) error {
 	c := r.Client
-	return s.write(ctx, func(tx *sql.Tx) error {
+	return s.write(ctx, func(tx *sql.Conn) error {
 		exists := func(query string, args ...any) (bool, error) {
 			var one int
 			err := tx.QueryRowContext(ctx, query, args...).Scan(&one)
@@ -101,7 +101,7 @@ func (s *Store) RegisterClient(ctx context.Context, r ds.ClientRegistration) err
 
 // CreateDeviceLink implements ds.Store.
 func (s *Store) CreateDeviceLink(ctx context.Context, l ds.DeviceLinkRecord, limit int) error {
-	return s.write(ctx, func(tx *sql.Tx) error {
+	return s.write(ctx, func(tx *sql.Conn) error {
 		var one int
 		err := tx.QueryRowContext(ctx, "SELECT 1 FROM clients WHERE id = ?", l.Creator).Scan(&one)
 		if errors.Is(err, sql.ErrNoRows) {
@@ -139,7 +139,7 @@ func (s *Store) CreateDeviceLink(ctx context.Context, l ds.DeviceLinkRecord, lim
 
 // SpendOnce implements ds.Store.
 func (s *Store) SpendOnce(ctx context.Context, o ds.OnceRecord) error {
-	return s.write(ctx, func(tx *sql.Tx) error {
+	return s.write(ctx, func(tx *sql.Conn) error {
 		if _, err := tx.ExecContext(ctx, `DELETE FROM used_once WHERE (scope, key) IN
 			(SELECT scope, key FROM used_once WHERE expires_at <= ? LIMIT ?)`, micros(o.Now), pruneBatch); err != nil {
 			return err
@@ -150,7 +150,7 @@ func (s *Store) SpendOnce(ctx context.Context, o ds.OnceRecord) error {
 
 // spendOnce records o in tx; an expired record of the same value is
 // replaced.
-func spendOnce(ctx context.Context, tx *sql.Tx, o ds.OnceRecord) error {
+func spendOnce(ctx context.Context, tx *sql.Conn, o ds.OnceRecord) error {
 	res, err := tx.ExecContext(ctx, `INSERT INTO used_once (scope, key, expires_at) VALUES (?, ?, ?)
 		ON CONFLICT (scope, key) DO UPDATE SET expires_at = excluded.expires_at WHERE used_once.expires_at <= ?`,
 		o.Scope, nonNil(o.Key), micros(o.Expires), micros(o.Now))

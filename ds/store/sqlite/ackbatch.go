@@ -21,7 +21,7 @@ var _ ds.BatchAcker = (*Store)(nil)
 // Ack fails.
 func (s *Store) AckMany(ctx context.Context, ps []ds.AckParams) []error {
 	errs := make([]error, len(ps))
-	err := s.write(ctx, func(tx *sql.Tx) error {
+	err := s.write(ctx, func(tx *sql.Conn) error {
 		clear(errs)
 		return s.ackManyTx(ctx, tx, ps, errs)
 	})
@@ -42,7 +42,7 @@ func (s *Store) AcceptMessagesAndAcks(ctx context.Context, ps []ds.AcceptParams,
 	res := make([]ds.AcceptResult, len(ps))
 	errs := make([]error, len(ps))
 	ackErrs := make([]error, len(acks))
-	err := s.write(ctx, func(tx *sql.Tx) error {
+	err := s.write(ctx, func(tx *sql.Conn) error {
 		if err := s.acceptBatchTx(ctx, tx, ps, res, errs); err != nil {
 			return err
 		}
@@ -61,39 +61,45 @@ func (s *Store) AcceptMessagesAndAcks(ctx context.Context, ps []ds.AcceptParams,
 
 // The statements of ackManyTx, compiled once on the writer connection
 // (writerStmts).
-const (
+var (
 	qAckCursor   = "UPDATE cursors SET acked = MAX(acked, ?) WHERE client_id = ? AND group_id = ?"
 	qAckWelcomes = "UPDATE welcome_routes SET delivered = 1 WHERE client_id = ? AND group_id = ? AND commit_seq <= ? AND delivered = 0"
-	qAckHead     = "SELECT last_seq FROM groups WHERE id = ?"
+	qAckHead     = "SELECT " + lastSeq("groups") + " FROM groups WHERE id = ?"
 )
 
 // ackManyTx is AckMany's work under tx: errs receives the refusal of each
 // Ack; an error return fails the whole batch.
-func (s *Store) ackManyTx(ctx context.Context, tx *sql.Tx, ps []ds.AckParams, errs []error) error {
+func (s *Store) ackManyTx(ctx context.Context, tx *sql.Conn, ps []ds.AckParams, errs []error) error {
 	if len(ps) == 0 {
+		s.hot.keep = true
 		return nil
+	}
+	// A group's head known to the hotCache (by the batch just run, say)
+	// need not be read.
+	if err := s.hot.check(ctx, s); err != nil {
+		return err
 	}
 	var head *sql.Stmt
 	heads := make(map[string]int64) // last_seq by group; -1: no such group
-	cursor, err := s.txStmt(ctx, tx, qAckCursor)
+	cursor, err := s.wstmt(qAckCursor)
 	if err != nil {
 		return err
 	}
-	defer cursor.Close()
-	welcomes, err := s.txStmt(ctx, tx, qAckWelcomes)
+	welcomes, err := s.wstmt(qAckWelcomes)
 	if err != nil {
 		return err
 	}
-	defer welcomes.Close()
 	for i, p := range ps {
 		if p.CheckHead {
 			last, ok := heads[string(p.GroupID)]
+			if g := s.hot.groups[string(p.GroupID)]; !ok && g != nil {
+				last, ok = g.last, true
+			}
 			if !ok {
 				if head == nil {
-					if head, err = s.txStmt(ctx, tx, qAckHead); err != nil {
+					if head, err = s.wstmt(qAckHead); err != nil {
 						return err
 					}
-					defer head.Close()
 				}
 				err := head.QueryRowContext(ctx, p.GroupID).Scan(&last)
 				if errors.Is(err, sql.ErrNoRows) {
@@ -131,5 +137,6 @@ func (s *Store) ackManyTx(ctx context.Context, tx *sql.Tx, ps []ds.AckParams, er
 			return err
 		}
 	}
+	s.hot.keep = true // Acks change no head and no membership
 	return nil
 }

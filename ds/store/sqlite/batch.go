@@ -19,14 +19,13 @@ var _ ds.BatchAccepter = (*Store)(nil)
 // If the transaction cannot commit, every message fails.
 //
 // Application messages take a fast path (appendBatch): the group's head and
-// the sender's membership are read once per batch and kept up to date in
-// memory while the transaction holds the database's write lock, the message
-// is inserted with a prepared statement, and the group's last_seq is
-// written once. Such a message writes one row with one statement, so one
-// that fails changes nothing. Every other message runs acceptTx, as
+// the sender's membership are read once and kept up to date in memory
+// (hotCache, which outlives the batch), and the message is inserted with a
+// prepared statement. The group's row is not written: its last message is
+// its head (lastSeq). Such a message writes one row with one statement, so
+// one that fails changes nothing. Every other message runs acceptTx, as
 // AcceptMessage does, inside a SAVEPOINT that is rolled back if it fails;
-// the fast path's pending writes are flushed before it and its cache
-// forgotten after it.
+// the fast path's cache is forgotten before it.
 //
 // The batch's statements do not watch ctx: the driver would start a
 // goroutine per statement to interrupt it, which costs more than the
@@ -44,7 +43,7 @@ func (s *Store) AcceptMessages(ctx context.Context, ps []ds.AcceptParams) ([]ds.
 		res[0], errs[0] = s.AcceptMessage(ctx, ps[0])
 		return res, errs
 	}
-	err := s.write(ctx, func(tx *sql.Tx) error { return s.acceptBatchTx(ctx, tx, ps, res, errs) })
+	err := s.write(ctx, func(tx *sql.Conn) error { return s.acceptBatchTx(ctx, tx, ps, res, errs) })
 	if err != nil {
 		for i := range ps {
 			res[i], errs[i] = ds.AcceptResult{}, err
@@ -55,9 +54,11 @@ func (s *Store) AcceptMessages(ctx context.Context, ps []ds.AcceptParams) ([]ds.
 
 // acceptBatchTx is AcceptMessages' work under tx: res and errs receive
 // the outcome of each message; an error return fails the whole batch.
-func (s *Store) acceptBatchTx(ctx context.Context, tx *sql.Tx, ps []ds.AcceptParams, res []ds.AcceptResult, errs []error) error {
-	a := &appendBatch{store: s, tx: tx}
-	defer a.close()
+func (s *Store) acceptBatchTx(ctx context.Context, tx *sql.Conn, ps []ds.AcceptParams, res []ds.AcceptResult, errs []error) error {
+	if err := s.hot.check(ctx, s); err != nil {
+		return err
+	}
+	a := &appendBatch{store: s, groups: s.hot.groups, members: s.hot.members}
 	for i := range ps {
 		p := &ps[i]
 		if fastPath(p) {
@@ -74,9 +75,7 @@ func (s *Store) acceptBatchTx(ctx context.Context, tx *sql.Tx, ps []ds.AcceptPar
 			}
 			continue
 		}
-		if err := a.flush(ctx); err != nil {
-			return err
-		}
+		a.forgetGroup(string(p.GroupID))
 		if _, err := tx.ExecContext(ctx, "SAVEPOINT accept_message"); err != nil {
 			return fmt.Errorf("sqlite: savepoint: %w", err)
 		}
@@ -92,8 +91,70 @@ func (s *Store) acceptBatchTx(ctx context.Context, tx *sql.Tx, ps []ds.AcceptPar
 		if _, err := tx.ExecContext(ctx, "RELEASE accept_message"); err != nil {
 			return fmt.Errorf("sqlite: release savepoint: %w", err)
 		}
+		// What acceptTx changed is read again by the next application
+		// message of the group (forgetGroup above).
 	}
-	return a.flush(ctx)
+	s.hot.keep = true
+	return nil
+}
+
+// hotCache keeps what appendBatch has read and written of groups' heads
+// and senders' memberships from one write transaction to the next: in the
+// steady state, a batch of application messages reads neither. It is
+// guarded by the writer's semaphore (write) and stays valid only as long
+// as every transaction that commits leaves it right:
+//
+//   - write forgets it unless the transaction that just committed set
+//     keep, and whenever a transaction fails (nothing of it was kept,
+//     while the cache may hold its writes);
+//   - acceptBatchTx sets keep: its fast path keeps the cache up to date,
+//     and before each other message it forgets that message's group
+//     (acceptTx changes the head and the members of that group, and
+//     nothing else that is cached); ackManyTx sets keep, as Acks change no
+//     head and no membership; every other write forgets it;
+//   - check forgets it when another connection has written to the
+//     database (PRAGMA data_version), which no other mlsds should do, but
+//     a tool might.
+type hotCache struct {
+	groups      map[string]*batchGroup
+	members     map[string]map[string]bool // by group, by client
+	dataVersion int64
+	checked     bool // check ran in this transaction
+	keep        bool
+}
+
+// hotCacheMax bounds the groups of the hotCache.
+const hotCacheMax = 1 << 16
+
+func (h *hotCache) forget() {
+	clear(h.groups)
+	clear(h.members)
+}
+
+// check forgets the cache if another connection wrote to the database
+// since the last check, or if it has grown past hotCacheMax.
+func (h *hotCache) check(ctx context.Context, s *Store) error {
+	if h.groups == nil {
+		h.groups = make(map[string]*batchGroup)
+		h.members = make(map[string]map[string]bool)
+	}
+	if h.checked {
+		return nil
+	}
+	st, err := s.wstmt(qDataVersion)
+	if err != nil {
+		return err
+	}
+	var v int64
+	if err := st.QueryRowContext(ctx).Scan(&v); err != nil {
+		return err
+	}
+	if v != h.dataVersion || len(h.groups) > hotCacheMax || len(h.members) > hotCacheMax {
+		h.forget()
+		h.dataVersion = v
+	}
+	h.checked = true
+	return nil
 }
 
 // fastPath reports whether p is a message that appendBatch handles: an
@@ -119,64 +180,41 @@ var errRange = errors.New("sqlite: value out of range")
 
 // The statements of appendBatch, compiled once on the writer connection
 // when the Store opens (see writerStmts).
-const (
+var (
 	qBatchInsert = `INSERT INTO messages
 		(group_id, seq, epoch, content_type, wire_format, sender, hash, data, accepted_at)
 		VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)
 		ON CONFLICT (group_id, hash) DO NOTHING`
-	qBatchHead    = "SELECT epoch, epoch_start_seq, last_seq FROM groups WHERE id = ?"
+	qBatchHead    = "SELECT epoch, epoch_start_seq, " + lastSeq("groups") + " FROM groups WHERE id = ?"
 	qBatchMember  = "SELECT EXISTS (SELECT 1 FROM memberships WHERE group_id = ? AND client_id = ? AND until_seq IS NULL)"
 	qBatchMembers = `SELECT client_id FROM memberships
 		WHERE group_id = ? AND until_seq IS NULL AND client_id IN (SELECT value FROM json_each(?))`
 	qBatchByHash = "SELECT seq, epoch, accepted_at FROM messages WHERE group_id = ? AND hash = ?"
+	// qDataVersion tells whether another connection wrote (hotCache).
+	qDataVersion = "PRAGMA data_version"
 	// qBatchHeadMember is qBatchHead and qBatchMember in one query, for a
 	// group with one sender in the batch (the usual case).
-	qBatchHeadMember = `SELECT epoch, epoch_start_seq, last_seq,
+	qBatchHeadMember = `SELECT epoch, epoch_start_seq, ` + lastSeq("groups") + `,
 		EXISTS (SELECT 1 FROM memberships WHERE group_id = groups.id AND client_id = ? AND until_seq IS NULL)
 		FROM groups WHERE id = ?`
-	qBatchSetLast = "UPDATE groups SET last_seq = ? WHERE id = ?"
 )
 
 // writerStmts are compiled on the writer connection at Open.
-var writerStmts = []string{qBatchInsert, qBatchHead, qBatchMember, qBatchMembers, qBatchByHash, qBatchHeadMember, qBatchSetLast,
+var writerStmts = []string{qBegin, qCommit, qBatchInsert, qBatchHead, qBatchMember, qBatchMembers, qBatchByHash, qBatchHeadMember, qDataVersion,
 	qAckCursor, qAckWelcomes, qAckHead}
 
 // appendBatch appends application messages within one write transaction.
-// What it caches was read under the transaction, which holds SQLite's
-// write lock: nothing else changes it until the commit.
+// What it caches (the maps of the hotCache) was read under a write
+// transaction, which holds SQLite's write lock: nothing else changes it.
 type appendBatch struct {
-	store                        *Store
-	tx                           *sql.Tx
-	insert, byHash, head, member *sql.Stmt
-	members1, headMember         *sql.Stmt
-	setLast                      *sql.Stmt
-	groups                       map[string]*batchGroup
-	members                      map[[2]string]bool
+	store   *Store
+	groups  map[string]*batchGroup
+	members map[string]map[string]bool
 }
 
 // batchGroup is a group's head as the batch has left it.
 type batchGroup struct {
 	epoch, start, last int64
-	dirty              bool // last differs from the stored last_seq
-}
-
-func (a *appendBatch) stmt(ctx context.Context, st **sql.Stmt, query string) (*sql.Stmt, error) {
-	if *st == nil {
-		s, err := a.store.txStmt(ctx, a.tx, query)
-		if err != nil {
-			return nil, err
-		}
-		*st = s
-	}
-	return *st, nil
-}
-
-func (a *appendBatch) close() {
-	for _, st := range []*sql.Stmt{a.insert, a.byHash, a.head, a.member, a.members1, a.headMember, a.setLast} {
-		if st != nil {
-			st.Close()
-		}
-	}
 }
 
 // accept applies the rules of AcceptMessage to an application message:
@@ -216,7 +254,7 @@ func (a *appendBatch) accept(ctx context.Context, p *ds.AcceptParams) (ds.Accept
 		}
 		return ds.AcceptResult{}, refuse
 	}
-	ins, err := a.stmt(ctx, &a.insert, qBatchInsert)
+	ins, err := a.store.wstmt(qBatchInsert)
 	if err != nil {
 		return ds.AcceptResult{}, err
 	}
@@ -237,7 +275,7 @@ func (a *appendBatch) accept(ctx context.Context, p *ds.AcceptParams) (ds.Accept
 		}
 		return ds.AcceptResult{Receipt: dup, Duplicate: true}, nil
 	}
-	g.last, g.dirty = seq, true
+	g.last = seq
 	return ds.AcceptResult{Receipt: ds.Receipt{GroupID: bytes.Clone(p.GroupID), GroupSeq: uint64(seq), Epoch: p.Epoch,
 		AcceptedAt: fromMicros(sql.NullInt64{Int64: at, Valid: true})}}, nil
 }
@@ -246,7 +284,7 @@ func (a *appendBatch) group(ctx context.Context, id []byte) (*batchGroup, error)
 	if g := a.groups[string(id)]; g != nil {
 		return g, nil
 	}
-	st, err := a.stmt(ctx, &a.head, qBatchHead)
+	st, err := a.store.wstmt(qBatchHead)
 	if err != nil {
 		return nil, err
 	}
@@ -258,19 +296,15 @@ func (a *appendBatch) group(ctx context.Context, id []byte) (*batchGroup, error)
 	} else if err != nil {
 		return nil, err
 	}
-	if a.groups == nil {
-		a.groups = make(map[string]*batchGroup)
-	}
 	a.groups[string(id)] = g
 	return g, nil
 }
 
 func (a *appendBatch) isMember(ctx context.Context, group []byte, client string) (bool, error) {
-	k := [2]string{string(group), client}
-	if ok, known := a.members[k]; known {
+	if ok, known := a.members[string(group)][client]; known {
 		return ok, nil
 	}
-	st, err := a.stmt(ctx, &a.member, qBatchMember)
+	st, err := a.store.wstmt(qBatchMember)
 	if err != nil {
 		return false, err
 	}
@@ -278,11 +312,18 @@ func (a *appendBatch) isMember(ctx context.Context, group []byte, client string)
 	if err := st.QueryRowContext(ctx, group, client).Scan(&ok); err != nil {
 		return false, err
 	}
-	if a.members == nil {
-		a.members = make(map[[2]string]bool)
-	}
-	a.members[k] = ok
+	a.setMember(string(group), client, ok)
 	return ok, nil
+}
+
+// setMember records whether client is a member of group g.
+func (a *appendBatch) setMember(g, client string, ok bool) {
+	m := a.members[g]
+	if m == nil {
+		m = make(map[string]bool)
+		a.members[g] = m
+	}
+	m[client] = ok
 }
 
 // prefetchMembers learns, with one query per group, which senders of the
@@ -303,15 +344,12 @@ func (a *appendBatch) prefetchMembers(ctx context.Context, ps []ds.AcceptParams)
 			continue
 		}
 		seen[k] = true
-		if _, known := a.members[k]; !known {
+		if _, known := a.members[k[0]][p.Sender]; !known {
 			senders[k[0]] = append(senders[k[0]], p.Sender)
 		}
 	}
 	if len(senders) == 0 {
 		return nil
-	}
-	if a.members == nil {
-		a.members = make(map[[2]string]bool)
 	}
 	for g, ids := range senders {
 		if len(ids) == 1 && a.groups[g] == nil {
@@ -320,7 +358,7 @@ func (a *appendBatch) prefetchMembers(ctx context.Context, ps []ds.AcceptParams)
 			}
 			continue
 		}
-		st, err := a.stmt(ctx, &a.members1, qBatchMembers)
+		st, err := a.store.wstmt(qBatchMembers)
 		if err != nil {
 			return err
 		}
@@ -329,7 +367,7 @@ func (a *appendBatch) prefetchMembers(ctx context.Context, ps []ds.AcceptParams)
 			return err
 		}
 		for _, id := range ids {
-			a.members[[2]string{g, id}] = false
+			a.setMember(g, id, false)
 		}
 		rows, err := st.QueryContext(ctx, []byte(g), string(list))
 		if err != nil {
@@ -341,7 +379,7 @@ func (a *appendBatch) prefetchMembers(ctx context.Context, ps []ds.AcceptParams)
 				rows.Close()
 				return err
 			}
-			a.members[[2]string{g, id}] = true
+			a.setMember(g, id, true)
 		}
 		if err := rows.Close(); err != nil {
 			return err
@@ -353,7 +391,7 @@ func (a *appendBatch) prefetchMembers(ctx context.Context, ps []ds.AcceptParams)
 // headAndMember reads the head of group g and whether client is a member
 // of it, in one query. An unknown group is left for group to report.
 func (a *appendBatch) headAndMember(ctx context.Context, g, client string) error {
-	st, err := a.stmt(ctx, &a.headMember, qBatchHeadMember)
+	st, err := a.store.wstmt(qBatchHeadMember)
 	if err != nil {
 		return err
 	}
@@ -365,16 +403,13 @@ func (a *appendBatch) headAndMember(ctx context.Context, g, client string) error
 	} else if err != nil {
 		return err
 	}
-	if a.groups == nil {
-		a.groups = make(map[string]*batchGroup)
-	}
 	a.groups[g] = h
-	a.members[[2]string{g, client}] = member
+	a.setMember(g, client, member)
 	return nil
 }
 
 func (a *appendBatch) receipt(ctx context.Context, p *ds.AcceptParams) (ds.Receipt, error) {
-	st, err := a.stmt(ctx, &a.byHash, qBatchByHash)
+	st, err := a.store.wstmt(qBatchByHash)
 	if err != nil {
 		return ds.Receipt{}, err
 	}
@@ -389,22 +424,10 @@ func (a *appendBatch) receipt(ctx context.Context, p *ds.AcceptParams) (ds.Recei
 	return ds.Receipt{GroupID: bytes.Clone(p.GroupID), GroupSeq: uint64(seq), Epoch: uint64(epoch), AcceptedAt: fromMicros(at)}, nil
 }
 
-// flush writes the groups' new last_seq and forgets what was cached, as
-// the next message may change anything (a Commit).
-func (a *appendBatch) flush(ctx context.Context) error {
-	for id, g := range a.groups {
-		if !g.dirty {
-			continue
-		}
-		st, err := a.stmt(ctx, &a.setLast, qBatchSetLast)
-		if err != nil {
-			return err
-		}
-		if _, err := st.ExecContext(ctx, g.last, []byte(id)); err != nil {
-			return err
-		}
-	}
-	clear(a.groups)
-	clear(a.members)
-	return nil
+// forgetGroup forgets what was cached of group g, as the next message, of
+// that group, may change its head and its members (a Commit). It changes
+// nothing of other groups.
+func (a *appendBatch) forgetGroup(g string) {
+	delete(a.groups, g)
+	delete(a.members, g)
 }

@@ -1,6 +1,7 @@
 package sqlite
 
 import (
+	"context"
 	"testing"
 
 	"github.com/mlsds/mlsds/ds"
@@ -19,7 +20,7 @@ func TestBatchCommitFailure(t *testing.T) {
 			`CREATE TRIGGER poison AFTER INSERT ON messages WHEN NEW.sender = '` + storetest.PoisonSender + `'
 			BEGIN INSERT INTO poison_guard (group_id) VALUES (x'00'); END`,
 		} {
-			if _, err := s.w.Exec(q); err != nil {
+			if _, err := s.w.ExecContext(context.Background(), q); err != nil {
 				t.Fatal(err)
 			}
 		}

@@ -13,7 +13,7 @@ import (
 // write lock, so no message, claim or Commit comes in between.
 func (s *Store) DeleteClient(ctx context.Context, clientID string) (ds.ClientDeletion, error) {
 	var d ds.ClientDeletion
-	err := s.write(ctx, func(tx *sql.Tx) error {
+	err := s.write(ctx, func(tx *sql.Conn) error {
 		d = ds.ClientDeletion{ClientID: clientID}
 		err := tx.QueryRowContext(ctx, "SELECT user_id FROM clients WHERE id = ?", clientID).Scan(&d.UserID)
 		if errors.Is(err, sql.ErrNoRows) {

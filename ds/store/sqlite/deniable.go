@@ -16,7 +16,7 @@ import (
 
 // putFirstMembershipKey stores the membership key a deniable group is
 // created with (CreateGroup's transaction).
-func putFirstMembershipKey(ctx context.Context, tx *sql.Tx, g ds.GroupRecord, epoch int64) error {
+func putFirstMembershipKey(ctx context.Context, tx *sql.Conn, g ds.GroupRecord, epoch int64) error {
 	if g.MembershipKey == nil {
 		return nil
 	}
@@ -28,7 +28,7 @@ func putFirstMembershipKey(ctx context.Context, tx *sql.Tx, g ds.GroupRecord, ep
 // acceptDeniable is the deniable part of AcceptMessage's transaction for
 // a message stored at seq that moved the group to newEpoch: the next
 // membership key and the Welcome.
-func acceptDeniable(ctx context.Context, tx *sql.Tx, p ds.AcceptParams, seq, newEpoch, at int64) error {
+func acceptDeniable(ctx context.Context, tx *sql.Conn, p ds.AcceptParams, seq, newEpoch, at int64) error {
 	if p.ContentType != mls.ContentTypeCommit {
 		return nil
 	}
@@ -127,7 +127,7 @@ func (s *Store) DeniableWelcomes(ctx context.Context, clientID string) ([]ds.Wel
 // DeleteDeniableWelcomes implements ds.Store.
 func (s *Store) DeleteDeniableWelcomes(ctx context.Context, clientID string, refs [][]byte) (int, error) {
 	n := 0
-	err := s.write(ctx, func(tx *sql.Tx) error {
+	err := s.write(ctx, func(tx *sql.Conn) error {
 		n = 0
 		for _, ref := range refs {
 			r, err := tx.ExecContext(ctx, `DELETE FROM deniable_welcomes WHERE ref = ?1
@@ -147,7 +147,7 @@ func (s *Store) DeleteDeniableWelcomes(ctx context.Context, clientID string, ref
 // members (and is never deleted for that) and nobody acknowledges, so its
 // messages go by age only; its membership keys go once superseded before
 // p.ExpireBefore.
-func pruneDeniableGroup(ctx context.Context, tx *sql.Tx, id []byte, pruned int64, p ds.PruneParams, budget *int, res *ds.PruneResult) (more bool, err error) {
+func pruneDeniableGroup(ctx context.Context, tx *sql.Conn, id []byte, pruned int64, p ds.PruneParams, budget *int, res *ds.PruneResult) (more bool, err error) {
 	if p.ExpireBefore.IsZero() {
 		return false, nil
 	}
@@ -183,7 +183,7 @@ func pruneDeniableGroup(ctx context.Context, tx *sql.Tx, id []byte, pruned int64
 
 // pruneDeniableWelcomes deletes up to limit deniable Welcomes that expired
 // at now or whose KeyPackage is gone (nobody can fetch them any more).
-func pruneDeniableWelcomes(ctx context.Context, tx *sql.Tx, p ds.PruneParams, limit int) (int, error) {
+func pruneDeniableWelcomes(ctx context.Context, tx *sql.Conn, p ds.PruneParams, limit int) (int, error) {
 	if limit <= 0 {
 		return 0, nil
 	}

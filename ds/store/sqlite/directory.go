@@ -13,7 +13,7 @@ import (
 
 // CreateClient implements ds.Store.
 func (s *Store) CreateClient(ctx context.Context, c ds.Client) error {
-	return s.write(ctx, func(tx *sql.Tx) error {
+	return s.write(ctx, func(tx *sql.Conn) error {
 		var one int
 		err := tx.QueryRowContext(ctx, "SELECT 1 FROM clients WHERE id = ?", c.ID).Scan(&one)
 		if err == nil {
@@ -86,7 +86,7 @@ func (s *Store) addKeyPackages(ctx context.Context, kps []ds.KeyPackageRecord, l
 		return nil
 	}
 	client, limit := kps[0].ClientID, lim.Count
-	return s.write(ctx, func(tx *sql.Tx) error {
+	return s.write(ctx, func(tx *sql.Conn) error {
 		var stored int
 		var storedBytes int64
 		if err := tx.QueryRowContext(ctx,
@@ -193,7 +193,7 @@ func (s *Store) KeyPackages(ctx context.Context, clientID string) ([]ds.KeyPacka
 // DeleteKeyPackages implements ds.Store.
 func (s *Store) DeleteKeyPackages(ctx context.Context, clientID string, refs [][]byte) (int, error) {
 	n := 0
-	err := s.write(ctx, func(tx *sql.Tx) error {
+	err := s.write(ctx, func(tx *sql.Conn) error {
 		for _, ref := range refs {
 			res, err := tx.ExecContext(ctx,
 				"DELETE FROM key_packages WHERE ref = ? AND client_id = ? AND claimed_at IS NULL", ref, clientID)
@@ -255,7 +255,7 @@ func (s *Store) KeyPackageStock(ctx context.Context, now time.Time) (map[mls.Cip
 func (s *Store) ClaimKeyPackages(ctx context.Context, p ds.ClaimParams) ([]ds.Claim, error) {
 	var out []ds.Claim
 	now := p.Now.UnixMicro()
-	err := s.write(ctx, func(tx *sql.Tx) error {
+	err := s.write(ctx, func(tx *sql.Conn) error {
 		out = out[:0]
 		for _, target := range p.Targets {
 			c := ds.Claim{Target: target}

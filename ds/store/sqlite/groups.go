@@ -7,7 +7,6 @@ import (
 	"errors"
 	"fmt"
 	"sort"
-	"strings"
 
 	"github.com/mlsds/mlsds/ds"
 	"github.com/mlsds/mlsds/mls"
@@ -19,7 +18,7 @@ func (s *Store) CreateGroup(ctx context.Context, g ds.GroupRecord, members []str
 	if err != nil {
 		return err
 	}
-	return s.write(ctx, func(tx *sql.Tx) error {
+	return s.write(ctx, func(tx *sql.Conn) error {
 		var one int
 		err := tx.QueryRowContext(ctx, "SELECT 1 FROM groups WHERE id = ?", g.ID).Scan(&one)
 		if err == nil {
@@ -63,7 +62,7 @@ func (s *Store) CreateGroup(ctx context.Context, g ds.GroupRecord, members []str
 
 // putCreationWelcome stores the Welcome of a group's creation, if any,
 // with commit_seq 0, and its routes.
-func putCreationWelcome(ctx context.Context, tx *sql.Tx, g ds.GroupRecord, epoch int64) error {
+func putCreationWelcome(ctx context.Context, tx *sql.Conn, g ds.GroupRecord, epoch int64) error {
 	if g.Welcome == nil {
 		return nil
 	}
@@ -85,7 +84,7 @@ func putCreationWelcome(ctx context.Context, tx *sql.Tx, g ds.GroupRecord, epoch
 
 // addMember opens a membership window starting at from and moves the
 // client's cursor to at least from-1.
-func addMember(ctx context.Context, tx *sql.Tx, groupID []byte, client string, from int64) error {
+func addMember(ctx context.Context, tx *sql.Conn, groupID []byte, client string, from int64) error {
 	if _, err := tx.ExecContext(ctx,
 		"INSERT INTO memberships (group_id, client_id, from_seq, until_seq) VALUES (?, ?, ?, NULL)",
 		groupID, client, from); err != nil {
@@ -97,7 +96,39 @@ func addMember(ctx context.Context, tx *sql.Tx, groupID []byte, client string, f
 	return err
 }
 
-const groupColumns = "id, mode, cipher_suite, creator, created_at, epoch, epoch_start_seq, last_seq, state_version"
+// groupColumns are the columns of a groups row t that scanGroup reads.
+func groupColumns(t string) string {
+	return t + ".id, " + t + ".mode, " + t + ".cipher_suite, " + t + ".creator, " + t + ".created_at, " +
+		t + ".epoch, " + t + ".epoch_start_seq, " + lastSeq(t) + ", " + t + ".state_version"
+}
+
+// lastSeq is the SQL expression of the GroupSeq of the last message of
+// the group in the groups row t (0 if none).
+//
+// The column groups.last_seq is only a floor of it: an application
+// message accepted in a batch (appendBatch) does not write it, which would
+// cost a statement and a page of the groups table per group and batch;
+// its head is the last message stored. The column is written by every
+// message that changes the group's head (acceptTx) and settled before
+// messages are deleted (settleLastSeq), so that the head never goes back.
+func lastSeq(t string) string {
+	return "MAX(" + t + ".last_seq, " + lastStored(t) + ")"
+}
+
+// lastStored is the SQL expression of the GroupSeq of the last message
+// stored of the group in the groups row t (0 if none).
+func lastStored(t string) string {
+	return "IFNULL((SELECT m.seq FROM messages m WHERE m.group_id = " + t + ".id ORDER BY m.seq DESC LIMIT 1), 0)"
+}
+
+// settleLastSeq writes the group's head into groups.last_seq (see lastSeq),
+// as needed before its messages are deleted. It writes nothing when the
+// column is right already.
+func settleLastSeq(ctx context.Context, tx *sql.Conn, id []byte) error {
+	_, err := tx.ExecContext(ctx, "UPDATE groups SET last_seq = "+lastStored("groups")+
+		" WHERE id = ? AND last_seq < "+lastStored("groups"), id)
+	return err
+}
 
 func scanGroup(row interface{ Scan(...any) error }, extra ...any) (ds.GroupRecord, error) {
 	var g ds.GroupRecord
@@ -116,7 +147,7 @@ func scanGroup(row interface{ Scan(...any) error }, extra ...any) (ds.GroupRecor
 
 // Group implements ds.Store.
 func (s *Store) Group(ctx context.Context, groupID []byte) (ds.GroupRecord, error) {
-	g, err := scanGroup(s.r.QueryRowContext(ctx, "SELECT "+groupColumns+" FROM groups WHERE id = ?", groupID))
+	g, err := scanGroup(s.r.QueryRowContext(ctx, "SELECT "+groupColumns("groups")+" FROM groups WHERE id = ?", groupID))
 	if errors.Is(err, sql.ErrNoRows) {
 		return ds.GroupRecord{}, fmt.Errorf("%w: group %x", ds.ErrNotFound, groupID)
 	}
@@ -129,7 +160,7 @@ func (s *Store) GroupState(ctx context.Context, groupID []byte) (ds.GroupRecord,
 	var snapVersion sql.NullInt64
 	// One statement, so that the head and the snapshot are read together.
 	g, err := scanGroup(s.r.QueryRowContext(ctx,
-		"SELECT "+prefixed("g.", groupColumns)+`, s.state, s.state_version, g.group_info
+		"SELECT "+groupColumns("g")+`, s.state, s.state_version, g.group_info
 		FROM groups g LEFT JOIN group_snapshots s ON s.group_id = g.id WHERE g.id = ?`, groupID), &state, &snapVersion, &gi)
 	if errors.Is(err, sql.ErrNoRows) {
 		return ds.GroupRecord{}, fmt.Errorf("%w: group %x", ds.ErrNotFound, groupID)
@@ -185,7 +216,7 @@ func (s *Store) PutSnapshot(ctx context.Context, groupID []byte, version uint64,
 	if err != nil {
 		return err
 	}
-	return s.write(ctx, func(tx *sql.Tx) error {
+	return s.write(ctx, func(tx *sql.Conn) error {
 		var current int64
 		err := tx.QueryRowContext(ctx, "SELECT state_version FROM groups WHERE id = ?", groupID).Scan(&current)
 		if errors.Is(err, sql.ErrNoRows) {
@@ -201,7 +232,7 @@ func (s *Store) PutSnapshot(ctx context.Context, groupID []byte, version uint64,
 }
 
 // putSnapshot stores a snapshot unless a newer one is stored.
-func putSnapshot(ctx context.Context, tx *sql.Tx, groupID []byte, version int64, state []byte) error {
+func putSnapshot(ctx context.Context, tx *sql.Conn, groupID []byte, version int64, state []byte) error {
 	_, err := tx.ExecContext(ctx, `INSERT INTO group_snapshots (group_id, state_version, state) VALUES (?, ?, ?)
 		ON CONFLICT (group_id) DO UPDATE SET state_version = excluded.state_version, state = excluded.state
 		WHERE excluded.state_version > group_snapshots.state_version`, groupID, version, nonNil(state))
@@ -271,7 +302,7 @@ func receiptByHash(ctx context.Context, q interface {
 // AcceptMessage implements ds.Store.
 func (s *Store) AcceptMessage(ctx context.Context, p ds.AcceptParams) (ds.AcceptResult, error) {
 	var res ds.AcceptResult
-	err := s.write(ctx, func(tx *sql.Tx) error {
+	err := s.write(ctx, func(tx *sql.Conn) error {
 		var err error
 		res, err = s.acceptTx(ctx, tx, p)
 		return err
@@ -286,7 +317,7 @@ func (s *Store) AcceptMessage(ctx context.Context, p ds.AcceptParams) (ds.Accept
 // which the caller commits: AcceptMessage runs it alone, AcceptMessages
 // once per message of a batch. On an error tx may hold part of the
 // message's changes; the caller rolls them back.
-func (s *Store) acceptTx(ctx context.Context, tx *sql.Tx, p ds.AcceptParams) (ds.AcceptResult, error) {
+func (s *Store) acceptTx(ctx context.Context, tx *sql.Conn, p ds.AcceptParams) (ds.AcceptResult, error) {
 	msgEpoch, err := u64(p.Epoch)
 	if err != nil {
 		return ds.AcceptResult{}, err
@@ -304,7 +335,7 @@ func (s *Store) acceptTx(ctx context.Context, tx *sql.Tx, p ds.AcceptParams) (ds
 
 		var epoch, start, last, version int64
 		err = tx.QueryRowContext(ctx,
-			"SELECT epoch, epoch_start_seq, last_seq, state_version FROM groups WHERE id = ?", p.GroupID).
+			"SELECT epoch, epoch_start_seq, "+lastSeq("groups")+", state_version FROM groups WHERE id = ?", p.GroupID).
 			Scan(&epoch, &start, &last, &version)
 		if errors.Is(err, sql.ErrNoRows) {
 			return fmt.Errorf("%w: group %x", ds.ErrNotFound, p.GroupID)
@@ -416,7 +447,7 @@ func (s *Store) acceptTx(ctx context.Context, tx *sql.Tx, p ds.AcceptParams) (ds
 // hands it out afterwards. Each must be stored and, unless
 // last-resort, not used yet: otherwise another group used it first (or
 // its client deleted it), and ds.ErrKeyPackageUsed fails the transaction.
-func consumeKeyPackages(ctx context.Context, tx *sql.Tx, refs [][]byte, at any) error {
+func consumeKeyPackages(ctx context.Context, tx *sql.Conn, refs [][]byte, at any) error {
 	seen := make(map[string]bool, len(refs))
 	for _, ref := range refs {
 		if seen[string(ref)] {
@@ -543,7 +574,7 @@ func (s *Store) Ack(ctx context.Context, clientID string, groupID []byte, seq ui
 	if err != nil {
 		return err
 	}
-	return s.write(ctx, func(tx *sql.Tx) error {
+	return s.write(ctx, func(tx *sql.Conn) error {
 		res, err := tx.ExecContext(ctx,
 			"UPDATE cursors SET acked = MAX(acked, ?) WHERE client_id = ? AND group_id = ?", v, clientID, groupID)
 		if err != nil {
@@ -583,13 +614,4 @@ func (s *Store) PendingWelcomes(ctx context.Context, clientID string) ([]ds.Welc
 		out = append(out, w)
 	}
 	return out, rows.Err()
-}
-
-// prefixed qualifies every column of a comma-separated list.
-func prefixed(prefix, columns string) string {
-	cols := strings.Split(columns, ", ")
-	for i, c := range cols {
-		cols[i] = prefix + c
-	}
-	return strings.Join(cols, ", ")
 }

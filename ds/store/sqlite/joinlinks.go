@@ -25,7 +25,7 @@ func scanJoinLink(row interface{ Scan(...any) error }) (ds.JoinLink, error) {
 
 // CreateJoinLink implements ds.Store.
 func (s *Store) CreateJoinLink(ctx context.Context, l ds.JoinLink, limit int) error {
-	return s.write(ctx, func(tx *sql.Tx) error {
+	return s.write(ctx, func(tx *sql.Conn) error {
 		var one int
 		err := tx.QueryRowContext(ctx, "SELECT 1 FROM groups WHERE id = ?", l.GroupID).Scan(&one)
 		if errors.Is(err, sql.ErrNoRows) {
@@ -86,7 +86,7 @@ func (s *Store) JoinLinks(ctx context.Context, groupID []byte, now time.Time) ([
 
 // RevokeJoinLink implements ds.Store.
 func (s *Store) RevokeJoinLink(ctx context.Context, groupID []byte, id string) error {
-	return s.write(ctx, func(tx *sql.Tx) error {
+	return s.write(ctx, func(tx *sql.Conn) error {
 		res, err := tx.ExecContext(ctx, "DELETE FROM join_links WHERE group_id = ? AND link_id = ?", groupID, id)
 		if err != nil {
 			return err

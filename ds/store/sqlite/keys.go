@@ -44,7 +44,7 @@ func (s *Store) ClientKeys(ctx context.Context, ids []string) (map[string][][]by
 // AddClientKey implements ds.Store. The single writer connection
 // serialises it with RemoveClientKey and DeleteClient.
 func (s *Store) AddClientKey(ctx context.Context, clientID string, key []byte, now time.Time, limit int) error {
-	return s.write(ctx, func(tx *sql.Tx) error {
+	return s.write(ctx, func(tx *sql.Conn) error {
 		var n int
 		if err := tx.QueryRowContext(ctx, "SELECT count(*) FROM clients WHERE id = ?", clientID).Scan(&n); err != nil {
 			return err
@@ -74,7 +74,7 @@ func (s *Store) AddClientKey(ctx context.Context, clientID string, key []byte, n
 
 // RemoveClientKey implements ds.Store.
 func (s *Store) RemoveClientKey(ctx context.Context, clientID string, key []byte) error {
-	return s.write(ctx, func(tx *sql.Tx) error {
+	return s.write(ctx, func(tx *sql.Conn) error {
 		rows, err := tx.QueryContext(ctx, "SELECT signature_key FROM client_keys WHERE client_id = ? ORDER BY id", clientID)
 		if err != nil {
 			return err

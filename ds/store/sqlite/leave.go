@@ -10,12 +10,12 @@ import (
 )
 
 // Leave implements ds.Store. The write transaction holds SQLite's write
-// lock, so no message is appended between reading the group's last_seq
-// and closing the window there.
+// lock, so no message is appended between reading the group's last
+// GroupSeq and closing the window there.
 func (s *Store) Leave(ctx context.Context, groupID []byte, clientID string) (uint64, error) {
 	var last int64
-	err := s.write(ctx, func(tx *sql.Tx) error {
-		err := tx.QueryRowContext(ctx, "SELECT last_seq FROM groups WHERE id = ?", groupID).Scan(&last)
+	err := s.write(ctx, func(tx *sql.Conn) error {
+		err := tx.QueryRowContext(ctx, "SELECT "+lastSeq("groups")+" FROM groups WHERE id = ?", groupID).Scan(&last)
 		if errors.Is(err, sql.ErrNoRows) {
 			return fmt.Errorf("%w: group %x", ds.ErrNotFound, groupID)
 		} else if err != nil {

@@ -28,7 +28,7 @@ func (s *Store) PruneMessages(ctx context.Context, p ds.PruneParams) (ds.PruneRe
 		p.Limit = 1000
 	}
 	var res ds.PruneResult
-	err := s.write(ctx, func(tx *sql.Tx) error {
+	err := s.write(ctx, func(tx *sql.Conn) error {
 		res = ds.PruneResult{}
 		ids, err := blobColumn(ctx, tx, "SELECT id FROM groups WHERE id >= ? ORDER BY id LIMIT ?",
 			nonNil(p.From), min(p.Limit, pruneGroupsPerStep))
@@ -62,7 +62,10 @@ func (s *Store) PruneMessages(ctx context.Context, p ds.PruneParams) (ds.PruneRe
 
 // pruneGroup does what PruneMessages does for one group, within *budget
 // deleted rows; more reports that the group has more to delete.
-func pruneGroup(ctx context.Context, tx *sql.Tx, id []byte, p ds.PruneParams, budget *int, res *ds.PruneResult) (more bool, err error) {
+func pruneGroup(ctx context.Context, tx *sql.Conn, id []byte, p ds.PruneParams, budget *int, res *ds.PruneResult) (more bool, err error) {
+	if err := settleLastSeq(ctx, tx, id); err != nil {
+		return false, err
+	}
 	var mode int
 	var lastSeq, pruned int64
 	var snap sql.NullInt64
@@ -206,7 +209,7 @@ func (s *Store) PruneKeyPackages(ctx context.Context, p ds.PruneParams) (ds.Prun
 		p.Limit = 1000
 	}
 	var res ds.PruneResult
-	err := s.write(ctx, func(tx *sql.Tx) error {
+	err := s.write(ctx, func(tx *sql.Conn) error {
 		res = ds.PruneResult{}
 		// Routes first: delivered, through a KeyPackage that expired or is
 		// gone, or of an expired Welcome.
@@ -276,7 +279,7 @@ func (s *Store) DeleteGroupIfEmpty(ctx context.Context, groupID []byte, limit in
 		limit = 1000
 	}
 	var done bool
-	err := s.write(ctx, func(tx *sql.Tx) error {
+	err := s.write(ctx, func(tx *sql.Conn) error {
 		var one int
 		err := tx.QueryRowContext(ctx, "SELECT 1 FROM groups WHERE id = ?", nonNil(groupID)).Scan(&one)
 		if errors.Is(err, sql.ErrNoRows) {
@@ -303,7 +306,10 @@ func (s *Store) DeleteGroupIfEmpty(ctx context.Context, groupID []byte, limit in
 
 // deleteGroupTx deletes up to limit messages of a group without members
 // and, once none is left, everything else of it; done reports the latter.
-func deleteGroupTx(ctx context.Context, tx *sql.Tx, id []byte, limit int) (n int, done bool, err error) {
+func deleteGroupTx(ctx context.Context, tx *sql.Conn, id []byte, limit int) (n int, done bool, err error) {
+	if err := settleLastSeq(ctx, tx, id); err != nil {
+		return 0, false, err
+	}
 	for _, q := range []string{
 		"DELETE FROM welcome_routes WHERE group_id = ?",
 		"DELETE FROM welcomes WHERE group_id = ?",
@@ -358,7 +364,7 @@ func (s *Store) LockPruner(ctx context.Context) (func(), error) {
 }
 
 // blobColumn runs a query whose rows are one BLOB each.
-func blobColumn(ctx context.Context, tx *sql.Tx, q string, args ...any) ([][]byte, error) {
+func blobColumn(ctx context.Context, tx *sql.Conn, q string, args ...any) ([][]byte, error) {
 	rows, err := tx.QueryContext(ctx, q, args...)
 	if err != nil {
 		return nil, err

@@ -29,7 +29,7 @@ func (s *Store) DailyUsage(ctx context.Context, clientID string, day int64) (ds.
 }
 
 // addUsage adds u to its counters in tx.
-func addUsage(ctx context.Context, tx *sql.Tx, u ds.DailyUsage) error {
+func addUsage(ctx context.Context, tx *sql.Conn, u ds.DailyUsage) error {
 	// Only for a registered client: a count flushed after the client was
 	// deleted must not bring back a row that names it.
 	_, err := tx.ExecContext(ctx, `INSERT INTO quota_usage (client_id, day, groups_created, bytes_accepted)
@@ -50,7 +50,7 @@ func (s *Store) AddDailyUsage(ctx context.Context, us []ds.DailyUsage) error {
 	for _, u := range us {
 		latest = max(latest, u.Day)
 	}
-	return s.write(ctx, func(tx *sql.Tx) error {
+	return s.write(ctx, func(tx *sql.Conn) error {
 		for _, u := range us {
 			if err := addUsage(ctx, tx, u); err != nil {
 				return err
@@ -64,7 +64,7 @@ func (s *Store) AddDailyUsage(ctx context.Context, us []ds.DailyUsage) error {
 // ChargeDailyUsage implements ds.Store.
 func (s *Store) ChargeDailyUsage(ctx context.Context, u ds.DailyUsage, limit ds.DailyUsage) (ds.DailyUsage, error) {
 	out := ds.DailyUsage{ClientID: u.ClientID, Day: u.Day}
-	err := s.write(ctx, func(tx *sql.Tx) error {
+	err := s.write(ctx, func(tx *sql.Conn) error {
 		var groups, bytes int64
 		err := tx.QueryRowContext(ctx, "SELECT groups_created, bytes_accepted FROM quota_usage WHERE client_id = ? AND day = ?",
 			u.ClientID, u.Day).Scan(&groups, &bytes)

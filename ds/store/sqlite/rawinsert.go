@@ -16,8 +16,8 @@ import (
 // inserts rows of payload random bytes into a plain table of a throwaway
 // database in dir, rowsPerTx rows per transaction, one transaction after
 // the other on one connection, with the engine's durability settings (WAL,
-// synchronous=FULL, so every commit waits for an fsync). It returns the
-// rows per second and removes the database.
+// synchronous=FULL, fdatasync: every commit waits for the disk). It
+// returns the rows per second and removes the database.
 //
 // Each row has an integer key and a blob, with no other index: what it
 // measures is what the disk and SQLite's commit cost, not the engine's
@@ -31,6 +31,7 @@ func RawInsertRate(ctx context.Context, dir string, payload, rowsPerTx int, d ti
 		return 0, fmt.Errorf("sqlite: raw insert: %w", err)
 	}
 	defer os.RemoveAll(tmp)
+	useFdatasync() // as Open
 	file := filepath.Join(tmp, "raw.db")
 	db, err := sql.Open("sqlite", "file:"+file+"?_pragma=synchronous(FULL)&_pragma=journal_mode(WAL)&_txlock=immediate")
 	if err != nil {

@@ -24,7 +24,7 @@ func (s *Store) putRemoteTree(ctx context.Context, p ds.RemoteTreePut, fromMembe
 	if err != nil {
 		return err
 	}
-	return s.write(ctx, func(tx *sql.Tx) error {
+	return s.write(ctx, func(tx *sql.Conn) error {
 		var epoch, start int64
 		err := tx.QueryRowContext(ctx, "SELECT epoch, epoch_start_seq FROM groups WHERE id = ?", p.GroupID).Scan(&epoch, &start)
 		if errors.Is(err, sql.ErrNoRows) {
@@ -53,7 +53,7 @@ func (s *Store) putRemoteTree(ctx context.Context, p ds.RemoteTreePut, fromMembe
 
 // storeRemoteTree writes the remote tree of epoch, replacing one of the
 // same epoch, and deletes those of epochs before epoch-1.
-func storeRemoteTree(ctx context.Context, tx *sql.Tx, groupID []byte, epoch int64, blob []byte, sender string, at int64) error {
+func storeRemoteTree(ctx context.Context, tx *sql.Conn, groupID []byte, epoch int64, blob []byte, sender string, at int64) error {
 	if _, err := tx.ExecContext(ctx, `INSERT INTO remote_trees (group_id, epoch, blob, sender, stored_at)
 		VALUES (?, ?, ?, ?, ?)
 		ON CONFLICT (group_id, epoch) DO UPDATE SET blob = excluded.blob, sender = excluded.sender, stored_at = excluded.stored_at`,
@@ -65,7 +65,7 @@ func storeRemoteTree(ctx context.Context, tx *sql.Tx, groupID []byte, epoch int6
 
 // pruneRemoteTrees keeps the remote trees of the group's current epoch and
 // the one before.
-func pruneRemoteTrees(ctx context.Context, tx *sql.Tx, groupID []byte, current int64) error {
+func pruneRemoteTrees(ctx context.Context, tx *sql.Conn, groupID []byte, current int64) error {
 	_, err := tx.ExecContext(ctx, "DELETE FROM remote_trees WHERE group_id = ? AND epoch < ?", groupID, current-1)
 	return err
 }
@@ -73,7 +73,7 @@ func pruneRemoteTrees(ctx context.Context, tx *sql.Tx, groupID []byte, current i
 // acceptRemoteTree is the remote-tree part of AcceptMessage's transaction:
 // a Commit that moves the group to newEpoch stores p.RemoteTree, which must
 // be for newEpoch, and drops the trees older than the previous epoch.
-func acceptRemoteTree(ctx context.Context, tx *sql.Tx, p ds.AcceptParams, newEpoch int64) error {
+func acceptRemoteTree(ctx context.Context, tx *sql.Conn, p ds.AcceptParams, newEpoch int64) error {
 	if p.ContentType != mls.ContentTypeCommit {
 		return nil
 	}

@@ -4,12 +4,15 @@ import (
 	"context"
 	"io/fs"
 	"path/filepath"
+	"runtime"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/mlsds/mlsds/ds"
 	"github.com/mlsds/mlsds/ds/store/storetest"
+
+	sqlite3 "modernc.org/sqlite"
 )
 
 func openTemp(t *testing.T) *Store {
@@ -47,6 +50,18 @@ func TestSchemaAndPragmas(t *testing.T) {
 	}
 	if err := s.r.QueryRowContext(ctx, "PRAGMA synchronous").Scan(&sync); err != nil || sync != 2 {
 		t.Errorf("reader synchronous = %d, %v; want 2 (FULL)", sync, err)
+	}
+	// The write-ahead log is checkpointed at walCheckpointBytes, and cut
+	// back to that size when it starts over.
+	var pages, limit int
+	if err := s.w.QueryRowContext(ctx, "PRAGMA wal_autocheckpoint").Scan(&pages); err != nil || pages != walCheckpointBytes/4096 {
+		t.Errorf("wal_autocheckpoint = %d, %v; want %d pages", pages, err, walCheckpointBytes/4096)
+	}
+	if err := s.w.QueryRowContext(ctx, "PRAGMA journal_size_limit").Scan(&limit); err != nil || limit != walCheckpointBytes {
+		t.Errorf("journal_size_limit = %d, %v; want %d", limit, err, walCheckpointBytes)
+	}
+	if runtime.GOOS == "linux" && !sqlite3.FdatasyncEnabled() {
+		t.Error("SQLite commits with fsync, want fdatasync")
 	}
 	// Data written before a close is there after a reopen, and the
 	// migrations are not applied twice.

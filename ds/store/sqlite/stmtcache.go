@@ -3,6 +3,7 @@ package sqlite
 import (
 	"context"
 	"database/sql"
+	"fmt"
 	"sync"
 )
 
@@ -10,15 +11,13 @@ import (
 // compiled statements between calls, so without a cache the hot queries
 // (a group's head, its messages, a client's windows) spent more CPU in
 // SQLite's parser than in running them. A stmtCache keeps one *sql.Stmt
-// per query text; database/sql prepares it once per connection and reuses
-// it from then on. Our queries are constant strings, but the cache is
-// bounded anyway: past maxCachedStmts, queries run uncached.
+// per query text of the readers; database/sql prepares it once per
+// connection and reuses it from then on. Our queries are constant strings,
+// but the cache is bounded anyway: past maxCachedStmts, queries run
+// uncached. (The writer's hot statements, writerStmts, are compiled on its
+// connection at Open: see wstmt.)
 type stmtCache struct {
 	db *sql.DB
-	// lazy caches statements on first use. The writer's cache is not
-	// lazy: its single connection is held by the transaction that would
-	// ask, so it can only prepare statements up front (prepare).
-	lazy bool
 
 	mu    sync.Mutex
 	stmts map[string]*sql.Stmt
@@ -26,22 +25,8 @@ type stmtCache struct {
 
 const maxCachedStmts = 256
 
-func newStmtCache(db *sql.DB, lazy bool) *stmtCache {
-	return &stmtCache{db: db, lazy: lazy, stmts: make(map[string]*sql.Stmt)}
-}
-
-// prepare compiles queries into the cache now.
-func (c *stmtCache) prepare(ctx context.Context, queries ...string) error {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	for _, q := range queries {
-		st, err := c.db.PrepareContext(ctx, q)
-		if err != nil {
-			return err
-		}
-		c.stmts[q] = st
-	}
-	return nil
+func newStmtCache(db *sql.DB) *stmtCache {
+	return &stmtCache{db: db, stmts: make(map[string]*sql.Stmt)}
 }
 
 // stmt returns the cached statement for query, preparing it on first use;
@@ -50,7 +35,7 @@ func (c *stmtCache) prepare(ctx context.Context, queries ...string) error {
 func (c *stmtCache) stmt(ctx context.Context, query string) *sql.Stmt {
 	c.mu.Lock()
 	st, ok := c.stmts[query]
-	full := !c.lazy || len(c.stmts) >= maxCachedStmts
+	full := len(c.stmts) >= maxCachedStmts
 	c.mu.Unlock()
 	if ok {
 		return st
@@ -110,11 +95,12 @@ func (r *readDB) Close() error {
 	return r.DB.Close()
 }
 
-// txStmt returns query as a statement of tx, compiled once on the writer
-// connection and reused by every later transaction.
-func (s *Store) txStmt(ctx context.Context, tx *sql.Tx, query string) (*sql.Stmt, error) {
-	if st := s.wstmts.stmt(ctx, query); st != nil {
-		return tx.StmtContext(ctx, st), nil
+// wstmt returns query, one of writerStmts, as compiled on the writer
+// connection at Open, for a write transaction to run. The statement
+// belongs to the Store: the caller does not close it.
+func (s *Store) wstmt(query string) (*sql.Stmt, error) {
+	if st := s.wstmts[query]; st != nil {
+		return st, nil
 	}
-	return tx.PrepareContext(ctx, query)
+	return nil, fmt.Errorf("sqlite: internal error: statement not among writerStmts: %q", query)
 }

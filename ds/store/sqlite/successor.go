@@ -21,7 +21,7 @@ func (s *Store) Successor(ctx context.Context, groupID []byte) ([]byte, error) {
 
 // linkSuccessor stores, within CreateGroup's transaction, that g succeeds
 // g.Predecessor; ErrAlreadyExists if the predecessor has a successor.
-func linkSuccessor(ctx context.Context, tx *sql.Tx, g ds.GroupRecord) error {
+func linkSuccessor(ctx context.Context, tx *sql.Conn, g ds.GroupRecord) error {
 	if len(g.Predecessor) == 0 {
 		return nil
 	}
