@@ -47,28 +47,32 @@ const ackMany = `WITH v AS (
 	SELECT v.last_seq, EXISTS (SELECT 1 FROM l WHERE l.client_id = v.client_id AND l.group_id = v.group_id)
 	FROM v ORDER BY v.i`
 
-// AckMany implements ds.BatchAcker in one statement (ackMany): one round
-// trip and one commit for all the Acks. It locks what Ack locks, no more:
-// the cursor rows of the Acks that pass their checks, and the Welcome
-// routes it marks delivered. A serialization failure or deadlock retries
-// the batch.
+// AckMany implements ds.BatchAcker in one statement (ackMany), pipelined
+// between BEGIN and COMMIT: one round trip and one commit for all the
+// Acks. It locks what Ack locks, no more: the cursor rows of the Acks that
+// pass their checks, and the Welcome routes it marks delivered. A
+// serialization failure or deadlock retries the batch.
 func (s *Store) AckMany(ctx context.Context, ps []ds.AckParams) []error {
 	if len(ps) == 1 && !ps[0].CheckHead {
 		// Alone and unchecked, an Ack takes Ack's path.
 		return []error{s.Ack(ctx, ps[0].ClientID, ps[0].GroupID, ps[0].Seq)}
 	}
 	b := newAckBatch(ps)
-	err := s.tx(ctx, "ack", func(tx pgx.Tx) error { return b.run(ctx, tx) })
+	err := s.pipeTx(ctx, "ack", func(c dbtx) error {
+		pl := &pipeline{}
+		pl.queue(beginRC)
+		return commitPipeline(ctx, c, pl, b)
+	})
 	return b.finish(err)
 }
 
 var _ ds.AckingAccepter = (*Store)(nil)
 
 // AcceptMessagesAndAcks implements ds.AckingAccepter: AcceptMessages' work
-// and then AckMany's statement in one transaction, one commit for both.
-// The groups' rows are locked before the cursors', as Ack and the
-// acceptance of a Commit lock them. A serialization failure or deadlock
-// retries the whole.
+// and then AckMany's statement in one transaction, one commit for both
+// (the statement travels with the COMMIT). The groups' rows are locked
+// before the cursors', as Ack and the acceptance of a Commit lock them. A
+// serialization failure or deadlock retries the whole.
 func (s *Store) AcceptMessagesAndAcks(ctx context.Context, ps []ds.AcceptParams, acks []ds.AckParams) ([]ds.AcceptResult, []error, []error) {
 	if len(acks) == 0 {
 		res, errs := s.AcceptMessages(ctx, ps)
@@ -77,15 +81,7 @@ func (s *Store) AcceptMessagesAndAcks(ctx context.Context, ps []ds.AcceptParams,
 	if len(ps) == 0 {
 		return []ds.AcceptResult{}, []error{}, s.AckMany(ctx, acks)
 	}
-	mb, ab := newMessageBatch(ps), newAckBatch(acks)
-	err := s.tx(ctx, "accept messages and acks", func(tx pgx.Tx) error {
-		if err := s.acceptBatchTx(ctx, tx, mb); err != nil {
-			return err
-		}
-		return ab.run(ctx, tx)
-	})
-	mb.finish(ctx, s, err)
-	return mb.res, mb.errs, ab.finish(err)
+	return s.acceptBatch(ctx, "accept messages and acks", ps, acks)
 }
 
 // ackBatch is a batch of Acks as ackMany's arguments, and its outcome.
@@ -123,10 +119,14 @@ func newAckBatch(ps []ds.AckParams) *ackBatch {
 	return b
 }
 
-// run runs ackMany under tx; it may run more than once.
-func (b *ackBatch) run(ctx context.Context, tx pgx.Tx) error {
+// queue adds ackMany to bt; read reads its rows. They may run more than
+// once, one transaction attempt after the other.
+func (b *ackBatch) queue(bt *pgx.Batch) {
+	bt.Queue(ackMany, b.clients, b.groups, b.seqs, b.checks)
+}
+
+func (b *ackBatch) read(rows pgx.Rows, err error) error {
 	b.out = b.out[:0]
-	rows, err := tx.Query(ctx, ackMany, b.clients, b.groups, b.seqs, b.checks)
 	if err != nil {
 		return err
 	}

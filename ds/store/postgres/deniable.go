@@ -26,10 +26,11 @@ func queueFirstMembershipKey(b *pgx.Batch, g ds.GroupRecord, epoch int64) {
 		nonNil(g.ID), epoch, g.MembershipKey, ts(g.CreatedAt))
 }
 
-// acceptDeniable is the deniable part of AcceptMessage's transaction (under
-// the group's row lock) for a message stored at seq that moved the group
-// to newEpoch: the next membership key and the Welcome.
-func acceptDeniable(ctx context.Context, tx pgx.Tx, p ds.AcceptParams, seq, newEpoch int64, at time.Time) error {
+// queueDeniable queues on w the deniable part of AcceptMessage's
+// transaction (under the group's row lock) for a message stored at seq
+// that moved the group to newEpoch: the next membership key and the
+// Welcome.
+func queueDeniable(w *pgx.Batch, p ds.AcceptParams, seq, newEpoch int64, at time.Time) error {
 	if p.ContentType != mls.ContentTypeCommit {
 		return nil
 	}
@@ -39,29 +40,23 @@ func acceptDeniable(ctx context.Context, tx pgx.Tx, p ds.AcceptParams, seq, newE
 		if err != nil {
 			return err
 		}
-		if _, err := tx.Exec(ctx, "UPDATE membership_keys SET superseded_at = $1 WHERE group_id = $2 AND epoch = $3 AND superseded_at IS NULL",
-			at, groupID, old); err != nil {
-			return err
-		}
-		if _, err := tx.Exec(ctx, `INSERT INTO membership_keys (group_id, epoch, key, start_seq, created_at) VALUES ($1, $2, $3, $4, $5)`,
-			groupID, newEpoch, p.NextMembershipKey, seq, at); err != nil {
-			return err
-		}
+		w.Queue("UPDATE membership_keys SET superseded_at = $1 WHERE group_id = $2 AND epoch = $3 AND superseded_at IS NULL",
+			at, groupID, old)
+		w.Queue(`INSERT INTO membership_keys (group_id, epoch, key, start_seq, created_at) VALUES ($1, $2, $3, $4, $5)`,
+			groupID, newEpoch, p.NextMembershipKey, seq, at)
 	}
-	if w := p.DeniableWelcome; w != nil {
-		epoch, err := u64(w.Epoch)
+	if dw := p.DeniableWelcome; dw != nil {
+		epoch, err := u64(dw.Epoch)
 		if err != nil {
 			return err
 		}
-		refs := make([][]byte, len(w.Refs))
-		for i, r := range w.Refs {
+		refs := make([][]byte, len(dw.Refs))
+		for i, r := range dw.Refs {
 			refs[i] = nonNil(r)
 		}
-		if _, err := tx.Exec(ctx, `INSERT INTO deniable_welcomes (ref, epoch, data, expires_at)
+		w.Queue(`INSERT INTO deniable_welcomes (ref, epoch, data, expires_at)
 			SELECT r, $2, $3, $4 FROM unnest($1::bytea[]) AS r`,
-			refs, epoch, nonNil(w.Data), w.ExpiresAt.UTC()); err != nil {
-			return err
-		}
+			refs, epoch, nonNil(dw.Data), dw.ExpiresAt.UTC())
 	}
 	return nil
 }

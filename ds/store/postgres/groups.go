@@ -315,7 +315,7 @@ func (s *Store) AcceptMessage(ctx context.Context, p ds.AcceptParams) (ds.Accept
 	var res ds.AcceptResult
 	err := s.tx(ctx, "accept message", func(tx pgx.Tx) error {
 		var err error
-		res, err = s.acceptTx(ctx, tx, p)
+		res, err = s.acceptTx(ctx, tx, p, nil)
 		return err
 	})
 	if errors.Is(err, errHashRace) {
@@ -333,10 +333,13 @@ func (s *Store) AcceptMessage(ctx context.Context, p ds.AcceptParams) (ds.Accept
 
 // acceptTx does the work of AcceptMessage inside the transaction tx, which
 // the caller commits: AcceptMessage runs it alone, AcceptMessages once per
-// message of a batch. On an error tx may hold part of the message's
-// changes (or be aborted); the caller rolls them back. errHashRace is left
-// to the caller to resolve once the transaction is over.
-func (s *Store) acceptTx(ctx context.Context, tx pgx.Tx, p ds.AcceptParams) (ds.AcceptResult, error) {
+// message of a batch. It costs two round trips, the reads and then the
+// writes; what pl holds (if pl is not nil) goes in front of the reads,
+// and a failure of it comes back as a *pipelineError. On an error tx may
+// hold part of the message's changes (or be aborted); the caller rolls
+// them back. errHashRace is left to the caller to resolve once the
+// transaction is over.
+func (s *Store) acceptTx(ctx context.Context, tx dbtx, p ds.AcceptParams, pl *pipeline) (ds.AcceptResult, error) {
 	msgEpoch, err := u64(p.Epoch)
 	if err != nil {
 		return ds.AcceptResult{}, err
@@ -375,7 +378,7 @@ func (s *Store) acceptTx(ctx context.Context, tx pgx.Tx, p ds.AcceptParams) (ds.
 		// Lock the group, then read what the decision depends on: at READ
 		// COMMITTED every statement after the lock sees all that was
 		// committed before it was granted.
-		b := &pgx.Batch{}
+		b, n := pl.batch()
 		b.Queue("SELECT epoch, epoch_start_seq, last_seq, state_version FROM groups WHERE id = $1 FOR UPDATE", groupID)
 		b.Queue("SELECT seq, epoch, accepted_at FROM messages WHERE group_id = $1 AND hash = $2", groupID, hash)
 		if p.RequireMember {
@@ -383,6 +386,10 @@ func (s *Store) acceptTx(ctx context.Context, tx pgx.Tx, p ds.AcceptParams) (ds.
 				WHERE group_id = $1 AND client_id = $2 AND until_seq IS NULL)`, groupID, p.Sender)
 		}
 		br := tx.SendBatch(ctx, b)
+		if err := skip(br, n); err != nil {
+			br.Close()
+			return err
+		}
 		var epoch, start, last, version int64
 		gerr := br.QueryRow().Scan(&epoch, &start, &last, &version)
 		dup, derr := receiptByHash(ctx, br.QueryRow(), groupID)
@@ -464,10 +471,17 @@ func (s *Store) acceptTx(ctx context.Context, tx pgx.Tx, p ds.AcceptParams) (ds.
 					groupID, seq, routeClients, routeRefs)
 			}
 		}
+		consumeAt := -1 // the index of its statement in w
 		consume := dedupeRefs(p.ConsumeKeyPackages)
 		if len(consume) > 0 {
-			// Last, so that its tag is the batch's last result.
+			consumeAt = w.Len()
 			queueConsume(w, consume, at)
+		}
+		if err := queueRemoteTree(w, p, newEpoch); err != nil {
+			return err
+		}
+		if err := queueDeniable(w, p, seq, newEpoch, at); err != nil { // deniable.go
+			return err
 		}
 		wr := tx.SendBatch(ctx, w)
 		defer wr.Close()
@@ -485,7 +499,7 @@ func (s *Store) acceptTx(ctx context.Context, tx pgx.Tx, p ds.AcceptParams) (ds.
 			return fmt.Errorf("postgres: group %x changed under its row lock", p.GroupID)
 		}
 		for i := 2; i < w.Len(); i++ {
-			if i == w.Len()-1 && len(consume) > 0 {
+			if i == consumeAt {
 				if err := checkConsumed(wr.QueryRow(), consume); err != nil {
 					return err
 				}
@@ -496,12 +510,6 @@ func (s *Store) acceptTx(ctx context.Context, tx pgx.Tx, p ds.AcceptParams) (ds.
 			}
 		}
 		if err := wr.Close(); err != nil {
-			return err
-		}
-		if err := acceptRemoteTree(ctx, tx, p, newEpoch); err != nil {
-			return err
-		}
-		if err := acceptDeniable(ctx, tx, p, seq, newEpoch, at); err != nil { // deniable.go
 			return err
 		}
 		res.Receipt = ds.Receipt{GroupID: bytes.Clone(p.GroupID), GroupSeq: uint64(seq), Epoch: p.Epoch, AcceptedAt: at}

@@ -249,16 +249,24 @@ func (s *Store) tx(ctx context.Context, op string, f func(tx pgx.Tx) error) erro
 			return nil
 		}
 		if attempt < maxAttempts && retryable(err) {
-			// Jittered backoff so that the transactions that collided
-			// do not collide again.
-			d := time.Duration(attempt) * time.Duration(1+rand.IntN(5)) * time.Millisecond
-			select {
-			case <-time.After(d):
+			if backoff(ctx, attempt) {
 				continue
-			case <-ctx.Done():
 			}
 		}
 		return engineErr(op, err)
+	}
+}
+
+// backoff waits before another attempt of a transaction that collided
+// with another, for a jittered time so that they do not collide again; it
+// reports false if ctx ended first.
+func backoff(ctx context.Context, attempt int) bool {
+	d := time.Duration(attempt) * time.Duration(1+rand.IntN(5)) * time.Millisecond
+	select {
+	case <-time.After(d):
+		return true
+	case <-ctx.Done():
+		return false
 	}
 }
 

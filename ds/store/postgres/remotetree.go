@@ -66,39 +66,40 @@ func (s *Store) putRemoteTree(ctx context.Context, p ds.RemoteTreePut, fromMembe
 // same epoch, and deletes those of epochs before epoch-1. The caller holds
 // the group's row lock.
 func storeRemoteTree(ctx context.Context, tx pgx.Tx, groupID []byte, epoch int64, blob []byte, sender string, at time.Time) error {
-	if _, err := tx.Exec(ctx, `INSERT INTO remote_trees (group_id, epoch, blob, sender, stored_at)
-		VALUES ($1, $2, $3, $4, $5)
-		ON CONFLICT (group_id, epoch) DO UPDATE SET blob = excluded.blob, sender = excluded.sender, stored_at = excluded.stored_at`,
-		groupID, epoch, nonNil(blob), sender, at); err != nil {
+	if _, err := tx.Exec(ctx, upsertRemoteTree, groupID, epoch, nonNil(blob), sender, at); err != nil {
 		return err
 	}
-	return pruneRemoteTrees(ctx, tx, groupID, epoch)
-}
-
-// pruneRemoteTrees keeps the remote trees of the group's current epoch and
-// the one before.
-func pruneRemoteTrees(ctx context.Context, tx pgx.Tx, groupID []byte, current int64) error {
-	_, err := tx.Exec(ctx, "DELETE FROM remote_trees WHERE group_id = $1 AND epoch < $2", groupID, current-1)
+	_, err := tx.Exec(ctx, deleteOldRemoteTrees, groupID, epoch-1)
 	return err
 }
 
-// acceptRemoteTree is the remote-tree part of AcceptMessage's transaction
-// (under the group's row lock): a Commit that moves the group to newEpoch
-// stores p.RemoteTree, which must be for newEpoch, and drops the trees
-// older than the previous epoch.
-func acceptRemoteTree(ctx context.Context, tx pgx.Tx, p ds.AcceptParams, newEpoch int64) error {
+const (
+	upsertRemoteTree = `INSERT INTO remote_trees (group_id, epoch, blob, sender, stored_at)
+		VALUES ($1, $2, $3, $4, $5)
+		ON CONFLICT (group_id, epoch) DO UPDATE SET blob = excluded.blob, sender = excluded.sender, stored_at = excluded.stored_at`
+	// deleteOldRemoteTrees keeps the remote trees of the group's current
+	// epoch and the one before ($2).
+	deleteOldRemoteTrees = "DELETE FROM remote_trees WHERE group_id = $1 AND epoch < $2"
+)
+
+// queueRemoteTree queues on w the remote-tree part of AcceptMessage's
+// transaction (under the group's row lock): a Commit that moves the group
+// to newEpoch stores p.RemoteTree, which must be for newEpoch, and drops
+// the trees older than the previous epoch.
+func queueRemoteTree(w *pgx.Batch, p ds.AcceptParams, newEpoch int64) error {
 	if p.ContentType != mls.ContentTypeCommit {
 		return nil
 	}
 	groupID := nonNil(p.GroupID)
-	if p.RemoteTree == nil {
-		return pruneRemoteTrees(ctx, tx, groupID, newEpoch)
+	if p.RemoteTree != nil {
+		if p.RemoteTree.Epoch != uint64(newEpoch) {
+			return fmt.Errorf("%w: the remote tree is for epoch %d, but the Commit starts epoch %d", ds.ErrInvalidArgument, p.RemoteTree.Epoch, newEpoch)
+		}
+		at := time.UnixMicro(p.AcceptedAt.UnixMicro()).UTC()
+		w.Queue(upsertRemoteTree, groupID, newEpoch, nonNil(p.RemoteTree.Blob), p.Sender, at)
 	}
-	if p.RemoteTree.Epoch != uint64(newEpoch) {
-		return fmt.Errorf("%w: the remote tree is for epoch %d, but the Commit starts epoch %d", ds.ErrInvalidArgument, p.RemoteTree.Epoch, newEpoch)
-	}
-	at := time.UnixMicro(p.AcceptedAt.UnixMicro()).UTC()
-	return storeRemoteTree(ctx, tx, groupID, newEpoch, p.RemoteTree.Blob, p.Sender, at)
+	w.Queue(deleteOldRemoteTrees, groupID, newEpoch-1)
+	return nil
 }
 
 // RemoteTrees implements ds.Store. One statement, so that the epoch and
