@@ -197,15 +197,7 @@ func (rateLimitWaiter) WrapUnary(next connect.UnaryFunc) connect.UnaryFunc {
 	return func(ctx context.Context, req connect.AnyRequest) (connect.AnyResponse, error) {
 		for {
 			res, err := next(ctx, req)
-			d, ok := rateLimitedFor(err)
-			if !ok || d > maxRateLimitWait {
-				return res, err
-			}
-			d += jitter(20 * time.Millisecond)
-			if dl, has := ctx.Deadline(); has && time.Until(dl) < d {
-				return res, err
-			}
-			if serr := sleep(ctx, d); serr != nil {
+			if !waitRateLimited(ctx, err) {
 				return res, err
 			}
 		}
@@ -222,6 +214,21 @@ func (rateLimitWaiter) WrapStreamingHandler(next connect.StreamingHandlerFunc) c
 
 // rateLimitedFor returns how long the server asked to wait, if err is its
 // RateLimited refusal.
+// waitRateLimited waits out a RateLimited refusal err and reports whether
+// the call should be made again: false for any other error, a wait longer
+// than maxRateLimitWait or than ctx allows, or ctx ending.
+func waitRateLimited(ctx context.Context, err error) bool {
+	d, ok := rateLimitedFor(err)
+	if !ok || d > maxRateLimitWait {
+		return false
+	}
+	d += jitter(20 * time.Millisecond)
+	if dl, has := ctx.Deadline(); has && time.Until(dl) < d {
+		return false
+	}
+	return sleep(ctx, d) == nil
+}
+
 func rateLimitedFor(err error) (time.Duration, bool) {
 	if connect.CodeOf(err) != connect.CodeResourceExhausted {
 		return 0, false

@@ -10,7 +10,6 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
-	"time"
 
 	"connectrpc.com/connect"
 
@@ -224,15 +223,7 @@ func (s *sendStreams) Send(ctx context.Context, req *connect.Request[mlsdsv1.Sen
 		}
 		// As rateLimitWaiter does for unary calls: a RateLimited refusal
 		// leaves the message unsent; send it again once the wait is over.
-		d, ok := rateLimitedFor(err)
-		if !ok || d > maxRateLimitWait {
-			return res, err
-		}
-		d += jitter(20 * time.Millisecond)
-		if dl, has := ctx.Deadline(); has && time.Until(dl) < d {
-			return res, err
-		}
-		if serr := sleep(ctx, d); serr != nil {
+		if !waitRateLimited(ctx, err) {
 			return res, err
 		}
 	}

@@ -94,18 +94,7 @@ func commitTag(tag pgconn.CommandTag, err error) error {
 // transaction open, pipeTx rolls it back. f may run more than once: it
 // must not keep results of a failed attempt.
 func (s *Store) pipeTx(ctx context.Context, op string, f func(c dbtx) error) error {
-	for attempt := 1; ; attempt++ {
-		err := s.pipeOnce(ctx, f)
-		if err == nil {
-			return nil
-		}
-		if attempt < maxAttempts && retryable(err) {
-			if backoff(ctx, attempt) {
-				continue
-			}
-		}
-		return engineErr(op, err)
-	}
+	return retrying(ctx, op, func() error { return s.pipeOnce(ctx, f) })
 }
 
 func (s *Store) pipeOnce(ctx context.Context, f func(c dbtx) error) error {

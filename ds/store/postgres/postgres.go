@@ -243,15 +243,22 @@ const maxAttempts = 5
 // tx runs f in a READ COMMITTED transaction and commits it if f succeeds.
 // f may run more than once: it must not keep results of a failed attempt.
 func (s *Store) tx(ctx context.Context, op string, f func(tx pgx.Tx) error) error {
-	for attempt := 1; ; attempt++ {
-		err := pgx.BeginTxFunc(ctx, s.pool, pgx.TxOptions{IsoLevel: pgx.ReadCommitted}, f)
+	return retrying(ctx, op, func() error {
+		return pgx.BeginTxFunc(ctx, s.pool, pgx.TxOptions{IsoLevel: pgx.ReadCommitted}, f)
+	})
+}
+
+// retrying runs attempt until it succeeds, fails for good, or has failed
+// maxAttempts times with serialization failures or deadlocks, backing off
+// in between.
+func retrying(ctx context.Context, op string, attempt func() error) error {
+	for n := 1; ; n++ {
+		err := attempt()
 		if err == nil {
 			return nil
 		}
-		if attempt < maxAttempts && retryable(err) {
-			if backoff(ctx, attempt) {
-				continue
-			}
+		if n < maxAttempts && retryable(err) && backoff(ctx, n) {
+			continue
 		}
 		return engineErr(op, err)
 	}
