@@ -247,11 +247,16 @@ type subscription struct {
 	clientGen atomic.Uint64
 	pollDue   atomic.Bool // the poller came by
 
-	mu      sync.Mutex
-	running bool          // a worker goroutine is on it
-	again   bool          // kicked while a worker runs
-	done    bool          // ended: kicks do nothing
-	wake    chan struct{} // interrupts a worker that waits for the consumer; made on first need
+	mu sync.Mutex
+	// running: a worker goroutine, or a publisher delivering a message
+	// straight away (deliverNow), owns the state above.
+	running bool
+	again   bool // kicked while running
+	// parked: an idle worker goroutine waits on wake without owning the
+	// state; whoever starts the next run hands it over (startLocked).
+	parked bool
+	done   bool          // ended: kicks do nothing
+	wake   chan struct{} // interrupts a worker that waits for the consumer; made on first need
 
 	stopClient func()
 	stopCtx    func() bool
@@ -298,24 +303,157 @@ func (sub *subscription) kick() {
 		sub.again = true
 		wake := sub.wake
 		sub.mu.Unlock()
-		if wake != nil {
-			select {
-			case wake <- struct{}{}:
-			default:
-			}
-		}
+		signal(wake)
 		return
 	}
 	sub.running = true
+	sub.startLocked()
+}
+
+// startLocked hands the state, which the caller owns (running), to a
+// worker: the parked one if there is one, else a new goroutine. It is
+// called with sub.mu held and releases it.
+func (sub *subscription) startLocked() {
+	sub.fan.workerRuns.Add(1)
+	if sub.parked {
+		sub.parked = false
+		wake := sub.wake
+		sub.mu.Unlock()
+		signal(wake)
+		return
+	}
 	sub.mu.Unlock()
 	go sub.work()
+}
+
+// signal puts a wake-up in wake (nil: none) unless one is there.
+func signal(wake chan struct{}) {
+	if wake == nil {
+		return
+	}
+	select {
+	case wake <- struct{}{}:
+	default:
+	}
+}
+
+// deliverNow is how a publisher on this node hands g's subscription the
+// messages it just put into the group's tail (envs, in GroupSeq order):
+// when no worker owns the subscription and nothing else waits for one,
+// it sends them itself, straight into the channel of a consumer that is
+// waiting for them, and no worker goroutine need wake up. Otherwise, or
+// for what it leaves, it marks g and kicks the subscription as any
+// wake-up does.
+func (sub *subscription) deliverNow(g *groupSub, envs []*Envelope) {
+	if !sub.claim() {
+		g.dirty.Store(true)
+		sub.kick()
+		return
+	}
+	done := sub.deliverOwned(g, envs)
+	if !done {
+		g.dirty.Store(true)
+	}
+	sub.release(!done)
+}
+
+// claim takes the state for the caller if no worker owns it.
+func (sub *subscription) claim() bool {
+	sub.mu.Lock()
+	defer sub.mu.Unlock()
+	if sub.done || sub.running {
+		return false
+	}
+	sub.running = true
+	return true
+}
+
+// release gives back what claim took; a worker takes over if start is
+// set or a kick came in between.
+func (sub *subscription) release(start bool) {
+	sub.mu.Lock()
+	if start || sub.again {
+		sub.startLocked()
+		return
+	}
+	sub.running = false
+	sub.mu.Unlock()
+}
+
+// deliverOwned sends envs to the consumer as pumpGroup would, for as long
+// as nothing calls for the worker: the subscription is caught up and has
+// no other work flagged; g's windows are exact; nothing is queued or
+// waits in the channel (the consumer took everything, so the byte budgets
+// hold nothing of it); the messages continue g.pos without a gap; and the
+// consumer takes each event at once. It
+// reports whether it did all; where it stopped, the worker goes on from
+// g.pos (the tail holds envs).
+func (sub *subscription) deliverOwned(g *groupSub, envs []*Envelope) bool {
+	// (An ended ctx needs no check: its kick came before the claim, which
+	// then failed, or after, and release hands over to the worker.)
+	if !sub.caughtUp || sub.stalled || sub.pollDue.Load() || sub.clientDirty.Load() ||
+		g.tail == nil || g.dirty.Load() || !g.winOK || sub.queued() > 0 {
+		return false
+	}
+	sub.settle()
+	if len(sub.chanSizes) > 0 || sub.windowsStale(g) {
+		return false
+	}
+	defer func() { g.passed.Store(g.pos) }()
+	for _, e := range envs {
+		if e.GroupSeq <= g.pos {
+			continue
+		}
+		if e.GroupSeq != g.pos+1 || !g.active() {
+			return false
+		}
+		buffered := false
+		if g.visible(e.GroupSeq) && e.Sender != sub.client.ID {
+			ev := Event{Message: e}
+			select {
+			case sub.out <- ev:
+			default:
+				return false
+			}
+			// A consumer that waited took the event in the send itself,
+			// and the budgets never held it. One that did not leaves it
+			// in the channel: it counts against the budgets (a
+			// subscription that holds nothing may always take one event,
+			// see buffered.reserve) and the worker watches it.
+			if len(sub.out) > 0 {
+				size := eventBytes(ev)
+				sub.lastTaken = time.Now()
+				sub.fan.buf.force(sub, size)
+				sub.placed(size)
+				buffered = true
+			}
+		}
+		g.pos = e.GroupSeq
+		if e.ContentType == mls.ContentTypeCommit {
+			g.winOK = false // it may have changed the membership
+			return false
+		}
+		if buffered {
+			return false
+		}
+	}
+	return true
 }
 
 // work is the worker: it runs until the flags are clear and every event
 // is handed over and taken, or the subscription ends.
 func (sub *subscription) work() {
 	ctx := sub.ctx
+	// The linger timer calls a function that wakes the worker through its
+	// wake channel, so that an idle worker waits on that one channel (a
+	// select on a timer's channel costs a trip to the timer heap each time).
 	var linger *time.Timer
+	var lingerDue atomic.Bool
+	defer func() {
+		if linger != nil {
+			linger.Stop()
+		}
+	}()
 	for {
 		sub.mu.Lock()
 		sub.again = false
@@ -352,26 +490,47 @@ func (sub *subscription) work() {
 		// ending, so that a busy subscription keeps its goroutine (and its
 		// grown stack) instead of starting one per message. One held back
 		// by budgets that others hold is kicked when they release some.
-		if sub.idle() {
-			if linger == nil {
-				linger = time.NewTimer(workerLinger)
-			} else {
-				linger.Reset(workerLinger)
-			}
-			select {
-			case <-sub.wakeChan():
-			case <-linger.C:
-			case <-ctx.Done():
-			}
-			linger.Stop()
+		// The worker parks: it gives up the state (a publisher may then
+		// deliver a message straight away, see deliverNow) and waits on
+		// wake until a run is handed to it or it lingered long enough.
+		wake := sub.wakeChan()
+		sub.mu.Lock()
+		if sub.again {
+			sub.mu.Unlock()
+			continue
+		}
+		sub.queue, sub.qHead = nil, 0
+		sub.running, sub.parked = false, true
+		sub.mu.Unlock()
+		idleAt := time.Now()
+		lingerDue.Store(false)
+		if linger == nil {
+			linger = time.AfterFunc(workerLinger, func() {
+				lingerDue.Store(true)
+				signal(wake)
+			})
+		} else {
+			linger.Reset(workerLinger)
+		}
+		// A run handed over clears parked; a wake-up without that is the
+		// linger timer's, or one left over from an earlier kick.
+		for {
+			<-wake
 			sub.mu.Lock()
-			if !sub.again && ctx.Err() == nil {
-				sub.running = false
-				sub.queue, sub.qHead = nil, 0
+			if !sub.parked {
+				sub.mu.Unlock()
+				break
+			}
+			if lingerDue.Load() && time.Since(idleAt) >= workerLinger {
+				sub.parked = false
 				sub.mu.Unlock()
 				return
 			}
 			sub.mu.Unlock()
+			if lingerDue.Swap(false) {
+				// It fired for an earlier wait, as it was set again.
+				linger.Reset(workerLinger - time.Since(idleAt))
+			}
 		}
 	}
 }
@@ -503,13 +662,6 @@ func eventBytes(ev Event) int64 {
 // workerLinger is how long a subscription's worker waits for more work
 // before it ends.
 const workerLinger = 50 * time.Millisecond
-
-// idle reports whether no kick came since the worker last looked.
-func (sub *subscription) idle() bool {
-	sub.mu.Lock()
-	defer sub.mu.Unlock()
-	return !sub.again
-}
 
 func (sub *subscription) wakeChan() chan struct{} {
 	sub.mu.Lock()

@@ -55,6 +55,10 @@ type fanout struct {
 
 	// members remembers who acknowledged as a member lately (Ack).
 	members memberCache
+
+	// workerRuns counts the runs handed to a subscription's worker
+	// goroutine (a new one or a parked one).
+	workerRuns atomic.Uint64
 }
 
 // memberCache remembers for a short while the clients that Ack found to be
@@ -228,7 +232,7 @@ func (f *fanout) publish(envs []Envelope) {
 func (t *groupTail) publish(envs []Envelope) {
 	t.mu.Lock()
 	covered := t.next > 0
-	added := 0
+	var added []*Envelope
 	for i := range envs {
 		e := &envs[i]
 		if !covered || e.GroupSeq < t.next {
@@ -239,9 +243,9 @@ func (t *groupTail) publish(envs []Envelope) {
 			continue
 		}
 		t.pushLocked(e)
-		added++
+		added = append(added, e)
 	}
-	if added > 0 {
+	if len(added) > 0 {
 		t.trimLocked()
 	}
 	subs := t.subs
@@ -249,14 +253,30 @@ func (t *groupTail) publish(envs []Envelope) {
 		t.echo.Store(true)
 	}
 	t.mu.Unlock()
-	if added == 0 {
+	if len(added) == 0 {
 		return
 	}
-	for _, g := range subs {
-		g.dirty.Store(true)
-		g.sub.kick()
+	// Subscriptions whose consumers wait get the messages from here; the
+	// others are kicked (deliverNow). A large group's are served on a
+	// goroutine of their own, off the path of the caller (the batch
+	// committer, whose next batch waits). Two such goroutines of one
+	// group may overlap: a subscription takes a message straight away
+	// only if it continues its position, and the worker does the rest.
+	deliver := func() {
+		for _, g := range subs {
+			g.sub.deliverNow(g, added)
+		}
+	}
+	if len(subs) <= publishInline {
+		deliver()
+	} else {
+		go deliver()
 	}
 }
+
+// publishInline is how many subscriptions of a group publish serves on
+// its caller's goroutine.
+const publishInline = 8
 
 // read returns the group's messages after g.pos that the tail holds, once
 // the tail has caught up with every wake-up so far (reading the store as

@@ -4,6 +4,7 @@ import (
 	"context"
 	"net/http"
 	"strings"
+	"sync/atomic"
 	"time"
 )
 
@@ -217,6 +218,12 @@ type streamDeadline struct {
 	dw    *deadlineWriter // nil: no deadlines (the writer is not ours)
 	wt    time.Duration
 	timer *time.Timer
+	// signal, when set, is called instead of sending on idle's channel,
+	// and idleDue then says whether it was for the deadline (a loop that
+	// waits on one channel of its own for all its wake-ups: a timer's
+	// channel costs every select that waits on it a trip to the timer heap).
+	signal func()
+	fired  atomic.Bool
 }
 
 func newStreamDeadline(dw *deadlineWriter, writeTimeout time.Duration) *streamDeadline {
@@ -225,23 +232,41 @@ func newStreamDeadline(dw *deadlineWriter, writeTimeout time.Duration) *streamDe
 
 // ready makes sure the next write has at least WriteTimeout.
 func (d *streamDeadline) ready() {
+	if d.dw != nil {
+		d.readyAt(time.Now())
+	}
+}
+
+// readyAt is ready with the time now.
+func (d *streamDeadline) readyAt(now time.Time) {
 	if d.dw == nil {
 		return
 	}
-	now := time.Now()
 	if d.dw.armed && d.dw.deadline.Sub(now) >= d.wt {
 		return
 	}
 	d.dw.armUntil(now.Add(2 * d.wt))
-	if d.timer == nil {
-		d.timer = time.NewTimer(d.wt)
-	} else {
+	switch {
+	case d.timer != nil:
 		d.timer.Reset(d.wt)
+	case d.signal != nil:
+		d.timer = time.AfterFunc(d.wt, func() {
+			d.fired.Store(true)
+			d.signal()
+		})
+	default:
+		d.timer = time.NewTimer(d.wt)
 	}
 }
 
+// idleDue reports, with signal set, whether the deadline is about to pass
+// (the stream's loop calls disarm then, if no write runs). A stale report,
+// for a deadline set again since, only removes a deadline between writes:
+// ready sets it again before the next.
+func (d *streamDeadline) idleDue() bool { return d.fired.Swap(false) }
+
 // idle fires when the deadline is about to pass with no write running;
-// nil (never) before the first ready.
+// nil (never) before the first ready, and with signal set.
 func (d *streamDeadline) idle() <-chan time.Time {
 	if d.timer == nil {
 		return nil

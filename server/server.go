@@ -378,6 +378,7 @@ func (s *Server) Drain() {
 			s.health.SetStatus(name, grpchealth.StatusNotServing)
 		}
 		close(s.draining)
+		s.streams.drain()
 	})
 }
 
