@@ -76,6 +76,7 @@ type server struct {
 	tb      testing.TB
 	bin     string
 	dataDir string
+	args    []string // more flags of every start
 
 	mu       sync.Mutex
 	cmd      *exec.Cmd
@@ -86,8 +87,8 @@ type server struct {
 	restarts int
 }
 
-func newServer(tb testing.TB) *server {
-	s := &server{tb: tb, bin: buildBinary(tb), dataDir: tb.TempDir()}
+func newServer(tb testing.TB, args ...string) *server {
+	s := &server{tb: tb, bin: buildBinary(tb), dataDir: tb.TempDir(), args: args}
 	s.start()
 	tb.Cleanup(func() {
 		s.mu.Lock()
@@ -105,10 +106,10 @@ func (s *server) dbPath() string { return filepath.Join(s.dataDir, "mlsds.db") }
 // start runs `mlsds serve` on the data directory and waits for its address.
 func (s *server) start() {
 	tb := s.tb
-	cmd := exec.Command(s.bin, "serve", "--listen", "127.0.0.1:0", "--log-format", "json", "--log-level", "info",
+	cmd := exec.Command(s.bin, append([]string{"serve", "--listen", "127.0.0.1:0", "--log-format", "json", "--log-level", "info",
 		"--data-dir", s.dataDir,
 		"--rate-limit", "-1", "--claim-rate", "-1", "--claimer-rate", "-1", "--auth-rate-limit", "-1",
-		"--shutdown-timeout", "2s")
+		"--shutdown-timeout", "2s"}, s.args...)...)
 	stderr, err := cmd.StderrPipe()
 	if err != nil {
 		tb.Fatal(err)
