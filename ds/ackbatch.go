@@ -155,22 +155,9 @@ func (s *Service) ackDurably(ctx context.Context, client string, groupID []byte,
 		}
 	}
 	ackers.mu.Unlock()
-	select {
-	case <-r.done:
-		return r.err
-	case <-ctx.Done():
-	}
-	// An Ack still queued is withdrawn and reported as not applied. One
-	// already in a batch's transaction is waited for, so that the caller
-	// learns what became of it; the batch goes on regardless.
-	ackers.mu.Lock()
-	taken := r.taken
-	r.withdrawn = !taken
-	ackers.mu.Unlock()
-	if !taken {
+	if !await(ctx, &ackers.mu, r.done, &r.taken, &r.withdrawn) {
 		return ctx.Err()
 	}
-	<-r.done
 	return r.err
 }
 

@@ -142,24 +142,33 @@ func (b *batcher) enqueue(ctx context.Context, p AcceptParams, topics []string, 
 // wait returns the outcome of r once its batch's transaction committed (or
 // failed).
 func (b *batcher) wait(ctx context.Context, r *acceptReq) (AcceptResult, error) {
-	select {
-	case <-r.done:
-		return r.res, r.err
-	case <-ctx.Done():
-	}
-	// A message still queued is withdrawn: the caller learns that it was
-	// not stored. One already in a batch's transaction is waited for, so
-	// that the caller learns what became of it (the batch does not take
-	// long; abandoning it would leave the outcome unknown).
-	b.mu.Lock()
-	taken := r.taken
-	r.withdrawn = !taken
-	b.mu.Unlock()
-	if !taken {
+	if !await(ctx, &b.mu, r.done, &r.taken, &r.withdrawn) {
 		return AcceptResult{}, ctx.Err()
 	}
-	<-r.done
 	return r.res, r.err
+}
+
+// await waits for done, which a batch closes once it has a queued
+// request's outcome. If ctx ends first, a request still queued (taken is
+// false) is withdrawn and await reports false: the caller learns that it
+// was not applied. One already in a batch's transaction is waited for, so
+// that its caller learns what became of it (the batch does not take long;
+// abandoning it would leave the outcome unknown). mu guards taken and
+// withdrawn.
+func await(ctx context.Context, mu *sync.Mutex, done <-chan struct{}, taken, withdrawn *bool) bool {
+	select {
+	case <-done:
+		return true
+	case <-ctx.Done():
+	}
+	mu.Lock()
+	t := *taken
+	*withdrawn = !t
+	mu.Unlock()
+	if t {
+		<-done
+	}
+	return t
 }
 
 // ack queues an Ack for the next batch's transaction (b.both is set) and
@@ -175,19 +184,9 @@ func (b *batcher) ack(ctx context.Context, p AckParams) error {
 	b.acks = append(b.acks, r)
 	b.startLocked()
 	b.mu.Unlock()
-	select {
-	case <-r.done:
-		return r.err
-	case <-ctx.Done():
-	}
-	b.mu.Lock()
-	taken := r.taken
-	r.withdrawn = !taken
-	b.mu.Unlock()
-	if !taken {
+	if !await(ctx, &b.mu, r.done, &r.taken, &r.withdrawn) {
 		return ctx.Err()
 	}
-	<-r.done
 	return r.err
 }
 
