@@ -63,8 +63,9 @@ func (st *streams) endClient(client string, cause error) {
 var errGone = errors.New("session token is for a client that was deleted; register and authenticate again")
 
 // checkLive refuses a session token whose client no longer exists, or
-// was registered again after the token was issued.
-func (s *Server) checkLive(ctx context.Context, client, token string) error {
+// was registered again after the token was issued; exp is the token's
+// expiry (sessionExpiry; zero if it has none).
+func (s *Server) checkLive(ctx context.Context, client string, exp time.Time) error {
 	created, err := s.live.created(ctx, client, s.cfg.Now(), func(ctx context.Context) (time.Time, error) {
 		c, err := s.ds.Client(ctx, client)
 		return c.CreatedAt, err
@@ -78,7 +79,7 @@ func (s *Server) checkLive(ctx context.Context, client, token string) error {
 	// A token is issued after its client registered; one issued before
 	// (its expiry minus the session lifetime, to the second it keeps) was
 	// issued to an earlier client of the same id.
-	if exp, ok := sessionExpiry(token); ok && !created.IsZero() &&
+	if !exp.IsZero() && !created.IsZero() &&
 		exp.Add(-s.cfg.SessionTTL).Add(time.Second).Before(created) {
 		s.metrics.authFailures.WithLabelValues("client_deleted").Inc()
 		return connect.NewError(connect.CodeUnauthenticated, errGone)

@@ -106,14 +106,16 @@ func (a *authenticator) check(ctx context.Context, procedure, peer string, heade
 		a.s.metrics.authFailures.WithLabelValues("no_token").Inc()
 		return ctx, connect.NewError(connect.CodeUnauthenticated, errNoToken)
 	}
-	id, err := a.verify(strings.TrimSpace(token))
+	token = strings.TrimSpace(token)
+	id, err := a.verify(token)
 	if err != nil {
 		a.s.metrics.authFailures.WithLabelValues("bad_token").Inc()
 		return ctx, connect.NewError(connect.CodeUnauthenticated, err)
 	}
 	// The client may have been deleted since the token was issued
 	// (deletion.go).
-	if err := a.s.checkLive(ctx, id, strings.TrimSpace(token)); err != nil {
+	exp, _ := sessionExpiry(token)
+	if err := a.s.checkLive(ctx, id, exp); err != nil {
 		return ctx, err
 	}
 	noteClient(ctx, id)

@@ -39,11 +39,10 @@ func (g *groupService) SendStream(ctx context.Context, stream *connect.BidiStrea
 	if !ok {
 		return connect.NewError(connect.CodeUnauthenticated, errSendStreamDeniable)
 	}
-	// The session's end, and its token to check that the client still
-	// exists at every message (deletion.go).
+	// The session's end, read once: the session and its client are
+	// checked again at every message (sessionLive).
 	_, token, _ := strings.Cut(stream.RequestHeader().Get("Authorization"), " ")
-	token = strings.TrimSpace(token)
-	expiry, _ := sessionExpiry(token)
+	expiry, _ := sessionExpiry(strings.TrimSpace(token))
 
 	ctx, cancel := context.WithCancelCause(ctx)
 	defer cancel(nil)
@@ -93,7 +92,7 @@ func (g *groupService) SendStream(ctx context.Context, stream *connect.BidiStrea
 				readErr <- err
 				return
 			}
-			if err := s.sessionLive(ctx, client, token, expiry); err != nil {
+			if err := s.sessionLive(ctx, client, expiry); err != nil {
 				readErr <- err
 				return
 			}
@@ -154,12 +153,12 @@ func (g *groupService) SendStream(ctx context.Context, stream *connect.BidiStrea
 // sessionLive checks, at every message of a stream, what the
 // authenticator checked when it opened: the session has not expired and
 // its client has not been deleted since.
-func (s *Server) sessionLive(ctx context.Context, client, token string, expiry time.Time) error {
+func (s *Server) sessionLive(ctx context.Context, client string, expiry time.Time) error {
 	if !expiry.IsZero() && !s.cfg.Now().Before(expiry) {
 		s.metrics.authFailures.WithLabelValues("expired").Inc()
 		return connect.NewError(connect.CodeUnauthenticated, errSessionExpired)
 	}
-	return s.checkLive(ctx, client, token)
+	return s.checkLive(ctx, client, expiry)
 }
 
 // sendError is the SendError of a refusal: the Connect error Send would
