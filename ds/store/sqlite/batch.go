@@ -75,7 +75,7 @@ func (s *Store) acceptBatchTx(ctx context.Context, tx *sql.Conn, ps []ds.AcceptP
 			}
 			continue
 		}
-		a.forgetGroup(string(p.GroupID))
+		s.hot.forgetGroup(p.GroupID)
 		if _, err := tx.ExecContext(ctx, "SAVEPOINT accept_message"); err != nil {
 			return fmt.Errorf("sqlite: savepoint: %w", err)
 		}
@@ -110,8 +110,10 @@ func (s *Store) acceptBatchTx(ctx context.Context, tx *sql.Conn, ps []ds.AcceptP
 //   - acceptBatchTx sets keep: its fast path keeps the cache up to date,
 //     and before each other message it forgets that message's group
 //     (acceptTx changes the head and the members of that group, and
-//     nothing else that is cached); ackManyTx sets keep, as Acks change no
-//     head and no membership; every other write forgets it;
+//     nothing else that is cached); AcceptMessage does the same for its
+//     one message; ackManyTx and PutSnapshot set keep, as Acks and
+//     snapshots change no head and no membership; every other write
+//     forgets it;
 //   - check forgets it when another connection has written to the
 //     database (PRAGMA data_version), which no other mlsds should do, but
 //     a tool might.
@@ -121,6 +123,9 @@ type hotCache struct {
 	dataVersion int64
 	checked     bool // check ran in this transaction
 	keep        bool
+	// misses counts the heads and memberships read from the database,
+	// which tests watch.
+	misses int
 }
 
 // hotCacheMax bounds the groups of the hotCache.
@@ -129,6 +134,14 @@ const hotCacheMax = 1 << 16
 func (h *hotCache) forget() {
 	clear(h.groups)
 	clear(h.members)
+}
+
+// forgetGroup forgets what is cached of group g, as the message about to
+// be written may change its head and its members (a Commit). It changes
+// nothing of other groups.
+func (h *hotCache) forgetGroup(g []byte) {
+	delete(h.groups, string(g))
+	delete(h.members, string(g))
 }
 
 // check forgets the cache if another connection wrote to the database
@@ -289,6 +302,7 @@ func (a *appendBatch) group(ctx context.Context, id []byte) (*batchGroup, error)
 		return nil, err
 	}
 	g := &batchGroup{}
+	a.store.hot.misses++
 	err = st.QueryRowContext(ctx, id).Scan(&g.epoch, &g.start, &g.last)
 	if errors.Is(err, sql.ErrNoRows) {
 		// No group, so no message of it either.
@@ -309,6 +323,7 @@ func (a *appendBatch) isMember(ctx context.Context, group []byte, client string)
 		return false, err
 	}
 	var ok bool
+	a.store.hot.misses++
 	if err := st.QueryRowContext(ctx, group, client).Scan(&ok); err != nil {
 		return false, err
 	}
@@ -369,6 +384,7 @@ func (a *appendBatch) prefetchMembers(ctx context.Context, ps []ds.AcceptParams)
 		for _, id := range ids {
 			a.setMember(g, id, false)
 		}
+		a.store.hot.misses++
 		rows, err := st.QueryContext(ctx, []byte(g), string(list))
 		if err != nil {
 			return err
@@ -397,6 +413,7 @@ func (a *appendBatch) headAndMember(ctx context.Context, g, client string) error
 	}
 	h := &batchGroup{}
 	var member bool
+	a.store.hot.misses++
 	err = st.QueryRowContext(ctx, client, []byte(g)).Scan(&h.epoch, &h.start, &h.last, &member)
 	if errors.Is(err, sql.ErrNoRows) {
 		return nil
@@ -422,12 +439,4 @@ func (a *appendBatch) receipt(ctx context.Context, p *ds.AcceptParams) (ds.Recei
 		return ds.Receipt{}, err
 	}
 	return ds.Receipt{GroupID: bytes.Clone(p.GroupID), GroupSeq: uint64(seq), Epoch: uint64(epoch), AcceptedAt: fromMicros(at)}, nil
-}
-
-// forgetGroup forgets what was cached of group g, as the next message, of
-// that group, may change its head and its members (a Commit). It changes
-// nothing of other groups.
-func (a *appendBatch) forgetGroup(g string) {
-	delete(a.groups, g)
-	delete(a.members, g)
 }

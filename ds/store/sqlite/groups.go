@@ -227,6 +227,7 @@ func (s *Store) PutSnapshot(ctx context.Context, groupID []byte, version uint64,
 		if v > current {
 			return fmt.Errorf("%w: snapshot of state version %d, but group %x is at %d", ds.ErrInvalidArgument, v, groupID, current)
 		}
+		s.hot.keep = true // a snapshot changes no head and no membership
 		return putSnapshot(ctx, tx, groupID, v, state)
 	})
 }
@@ -303,6 +304,10 @@ func receiptByHash(ctx context.Context, q interface {
 func (s *Store) AcceptMessage(ctx context.Context, p ds.AcceptParams) (ds.AcceptResult, error) {
 	var res ds.AcceptResult
 	err := s.write(ctx, func(tx *sql.Conn) error {
+		// acceptTx changes the head and the members of p's group only:
+		// what the hotCache holds of other groups stays right.
+		s.hot.forgetGroup(p.GroupID)
+		s.hot.keep = true
 		var err error
 		res, err = s.acceptTx(ctx, tx, p)
 		return err

@@ -152,3 +152,61 @@ func TestHotCacheCommitInBatch(t *testing.T) {
 		t.Errorf("a's message at epoch 1: %+v, %v; want GroupSeq 5", res[0], errs[0])
 	}
 }
+
+// TestHotCacheOutlivesOtherGroupsWrites: a Commit accepted alone
+// (AcceptMessage) forgets only its own group, and a snapshot forgets
+// nothing: the next batch of another group reads neither its head nor
+// its sender's membership from the database, while the committed group's
+// are read again and the Commit's removal holds.
+func TestHotCacheOutlivesOtherGroupsWrites(t *testing.T) {
+	ctx := context.Background()
+	s, gid := lastSeqFixture(t, filepath.Join(t.TempDir(), "mlsds.db"), 1) // members a and b; message 1 from a
+	defer s.Close()
+	other := []byte("group-other")
+	if err := s.CreateGroup(ctx, ds.GroupRecord{ID: other, Mode: ds.ModeOpaque, CipherSuite: 1, Creator: "a", CreatedAt: time.Now()},
+		[]string{"a", "b"}); err != nil {
+		t.Fatal(err)
+	}
+	// Both groups' heads and both senders are cached.
+	if res, errs := s.AcceptMessages(ctx, []ds.AcceptParams{
+		appParams(gid, "b", "b1"), appParams(other, "a", "o1"), appParams(other, "b", "o2"),
+	}); errs[0] != nil || errs[1] != nil || errs[2] != nil || res[0].Receipt.GroupSeq != 2 {
+		t.Fatalf("warm-up batch: %+v, %v", res, errs)
+	}
+
+	c := ds.AcceptParams{GroupID: gid, Hash: []byte("remove b"), ContentType: mls.ContentTypeCommit,
+		WireFormat: mls.WireFormatPublicMessage, Sender: "a", Data: []byte("remove b"), AcceptedAt: time.Now(),
+		MaxEpochLag: 2, RequireMember: true, Removed: []string{"b"}, NewState: []byte("state 1")}
+	if r, err := s.AcceptMessage(ctx, c); err != nil || r.Receipt.GroupSeq != 3 {
+		t.Fatalf("the Commit: %+v, %v; want GroupSeq 3", r, err)
+	}
+	if err := s.PutSnapshot(ctx, gid, 1, []byte("state 1 again")); err != nil {
+		t.Fatal(err)
+	}
+
+	before := s.hot.misses
+	res, errs := s.AcceptMessages(ctx, []ds.AcceptParams{appParams(other, "a", "o3"), appParams(other, "b", "o4")})
+	if errs[0] != nil || errs[1] != nil || res[0].Receipt.GroupSeq != 3 || res[1].Receipt.GroupSeq != 4 {
+		t.Fatalf("the other group's batch: %+v, %v; want GroupSeqs 3 and 4", res, errs)
+	}
+	if n := s.hot.misses - before; n != 0 {
+		t.Errorf("the other group's batch after a Commit and a snapshot of another group read %d heads or memberships; want 0", n)
+	}
+
+	// The committed group is read again: b was removed, a goes on.
+	b := appParams(gid, "b", "b after removal")
+	b.Epoch = 1
+	a := appParams(gid, "a", "a at epoch 1")
+	a.Epoch = 1
+	before = s.hot.misses
+	res, errs = s.AcceptMessages(ctx, []ds.AcceptParams{b, a})
+	if !errors.Is(errs[0], ds.ErrNotMember) {
+		t.Errorf("b after the Commit that removed b: %+v, %v; want ErrNotMember", res[0], errs[0])
+	}
+	if errs[1] != nil || res[1].Receipt.GroupSeq != 4 {
+		t.Errorf("a at epoch 1: %+v, %v; want GroupSeq 4", res[1], errs[1])
+	}
+	if s.hot.misses == before {
+		t.Error("the committed group's head and members were not read again")
+	}
+}
