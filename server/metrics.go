@@ -30,6 +30,7 @@ type Metrics struct {
 	streamingClients prometheus.Gauge
 	streamEvents     *prometheus.CounterVec   // event
 	storeLatency     *prometheus.HistogramVec // operation
+	acceptBatch      prometheus.Histogram     // messages per accept transaction
 	kpUploaded       *prometheus.CounterVec   // cipher_suite
 	kpClaimed        *prometheus.CounterVec   // cipher_suite, last_resort
 	kpExhausted      prometheus.Counter
@@ -72,6 +73,11 @@ func NewMetrics() *Metrics {
 		Name: "mlsds_store_latency_seconds", Help: "Latency of storage operations, by operation.",
 		Buckets: prometheus.ExponentialBuckets(0.0001, 3, 11),
 	}, []string{"operation"})
+	m.acceptBatch = prometheus.NewHistogram(prometheus.HistogramOpts{
+		Name:    "mlsds_accept_batch_messages",
+		Help:    "Messages per accept transaction: the Sends that shared one commit (group commit); _sum/_count is the mean.",
+		Buckets: prometheus.ExponentialBuckets(1, 2, 9), // 1 to 256, the batcher's bound
+	})
 	m.kpUploaded = prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name: "mlsds_key_packages_uploaded_total", Help: "KeyPackages accepted into the directory, by cipher suite.",
 	}, []string{"cipher_suite"})
@@ -104,7 +110,7 @@ func NewMetrics() *Metrics {
 	}, []string{"quota"})
 	f(m.quotaRefusals)
 	for _, c := range []prometheus.Collector{m.requests, m.requestDuration, m.messagesAccepted, m.messagesRejected,
-		m.commitConflicts, m.streamingClients, m.streamEvents, m.storeLatency, m.kpUploaded,
+		m.commitConflicts, m.streamingClients, m.streamEvents, m.storeLatency, m.acceptBatch, m.kpUploaded,
 		m.kpClaimed, m.kpExhausted, m.kpDeleted, m.authFailures} {
 		f(c)
 	}

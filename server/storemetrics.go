@@ -14,7 +14,7 @@ import (
 // mlsds_store_latency_seconds. Give the wrapped store to ds.New. A store
 // that brings its own Notifier keeps it.
 func (m *Metrics) InstrumentStore(st ds.Store) ds.Store {
-	t := &timedStore{Store: st, h: m.storeLatency}
+	t := &timedStore{Store: st, h: m.storeLatency, batch: m.acceptBatch}
 	if np, ok := st.(ds.NotifierProvider); ok {
 		return &timedNotifyingStore{timedStore: t, np: np}
 	}
@@ -25,7 +25,8 @@ func (m *Metrics) InstrumentStore(st ds.Store) ds.Store {
 // added to the interface later pass through untimed.
 type timedStore struct {
 	ds.Store
-	h *prometheus.HistogramVec
+	h     *prometheus.HistogramVec
+	batch prometheus.Histogram // messages per engine batch
 }
 
 type timedNotifyingStore struct {
@@ -150,6 +151,7 @@ func (t *timedStore) PendingWelcomes(ctx context.Context, clientID string) ([]ds
 func (t *timedStore) AcceptMessages(ctx context.Context, ps []ds.AcceptParams) ([]ds.AcceptResult, []error) {
 	defer t.obs("accept_messages", time.Now())
 	if b, ok := t.Store.(ds.BatchAccepter); ok {
+		t.batch.Observe(float64(len(ps)))
 		return b.AcceptMessages(ctx, ps)
 	}
 	res, errs := make([]ds.AcceptResult, len(ps)), make([]error, len(ps))
@@ -202,6 +204,9 @@ func (t *timedStore) AcceptMessagesAndAcks(ctx context.Context, ps []ds.AcceptPa
 		return res, errs, ackErrs
 	}
 	defer t.obs("accept_messages_and_acks", time.Now())
+	if len(ps) > 0 {
+		t.batch.Observe(float64(len(ps)))
+	}
 	return b.AcceptMessagesAndAcks(ctx, ps, acks)
 }
 

@@ -87,6 +87,14 @@ func TestBench(t *testing.T) {
 			if num("deliveries_per_sec") <= 0 || num("server_cpu_seconds") <= 0 || num("server_rss_bytes") <= 0 {
 				t.Errorf("deliveries/s %v, server CPU %v s, RSS %v", num("deliveries_per_sec"), num("server_cpu_seconds"), num("server_rss_bytes"))
 			}
+			// Every accepted message went through an accept transaction
+			// of the server, which reports how many it ran.
+			if num("accept_batches_per_sec") <= 0 || num("accept_batch_mean") < 1 {
+				t.Errorf("accept batches %v/s, mean %v messages", num("accept_batches_per_sec"), num("accept_batch_mean"))
+			}
+			if !strings.Contains(out.String(), "server accept batches") {
+				t.Errorf("the report has no accept batches line:\n%s", out.String())
+			}
 			if num("accepted_commits") > 0 && num("commit_samples") <= 0 {
 				t.Errorf("%v Commits accepted but no accept latency sampled", num("accepted_commits"))
 			}

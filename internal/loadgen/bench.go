@@ -477,6 +477,10 @@ func (b *bench) setUsage(s, e usage) {
 	if s.m.OK && e.m.OK {
 		r.CommitConflicts = int64(e.m.CommitConflicts - s.m.CommitConflicts)
 	}
+	if n := e.m.Batch.Count - s.m.Batch.Count; n > 0 {
+		r.AcceptBatchesPerSec = n / window.Seconds()
+		r.AcceptBatchMean = (e.m.Batch.Sum - s.m.Batch.Sum) / n
+	}
 	for op, eo := range e.m.Store {
 		so := s.m.Store[op]
 		n, sum := eo.Count-so.Count, eo.Sum-so.Sum

@@ -89,11 +89,13 @@ func TestScrape(t *testing.T) {
 			"mlsds_process_cpu_seconds_total 12.5\nmlsds_process_resident_memory_bytes 4.2e+07\n"+
 			"mlsds_commit_conflicts_total 3\nmlsds_requests_total{procedure=\"x\",code=\"ok\"} 9\n"+
 			"mlsds_store_latency_seconds_bucket{operation=\"ack\",le=\"0.001\"} 4\n"+
-			"mlsds_store_latency_seconds_sum{operation=\"ack\"} 0.25\nmlsds_store_latency_seconds_count{operation=\"ack\"} 5\n")
+			"mlsds_store_latency_seconds_sum{operation=\"ack\"} 0.25\nmlsds_store_latency_seconds_count{operation=\"ack\"} 5\n"+
+			"mlsds_accept_batch_messages_bucket{le=\"1\"} 2\nmlsds_accept_batch_messages_sum 70\nmlsds_accept_batch_messages_count 7\n")
 	}))
 	defer srv.Close()
 	m := scrape(context.Background(), srv.Client(), srv.URL+"/")
-	if !m.OK || m.CPUSeconds != 12.5 || m.RSS != 4.2e7 || m.CommitConflicts != 3 || m.Store["ack"] != (storeOp{Count: 5, Sum: 0.25}) || len(m.Store) != 1 {
+	if !m.OK || m.CPUSeconds != 12.5 || m.RSS != 4.2e7 || m.CommitConflicts != 3 || m.Store["ack"] != (storeOp{Count: 5, Sum: 0.25}) || len(m.Store) != 1 ||
+		m.Batch != (storeOp{Count: 7, Sum: 70}) {
 		t.Fatalf("scrape = %+v", m)
 	}
 	if m := scrape(context.Background(), srv.Client(), srv.URL+"/nothing/"); m.OK {

@@ -99,6 +99,10 @@ type Result struct {
 	// first (from its /metrics): calls per second and mean latency. A
 	// store whose writes queue up shows here first.
 	ServerStore []StoreOp `json:"server_store,omitempty"`
+	// The server's accept transactions during the load (group commit):
+	// per second, and the mean number of messages in one.
+	AcceptBatchesPerSec float64 `json:"accept_batches_per_sec,omitempty"`
+	AcceptBatchMean     float64 `json:"accept_batch_mean,omitempty"`
 
 	// Baselines, measured before the load on the same machine.
 	BaselineSQLiteInsert1PerSec         float64 `json:"baseline_sqlite_insert_1_per_sec"`
@@ -202,6 +206,9 @@ func (r *Result) WriteReport(w io.Writer) {
 		p("server CPU, memory", "not available")
 	}
 	p("bench CPU", "%.1fs", r.BenchCPUSeconds)
+	if r.AcceptBatchesPerSec > 0 {
+		p("server accept batches", "%.0f/s, mean %.1f messages", r.AcceptBatchesPerSec, r.AcceptBatchMean)
+	}
 	for i, o := range r.ServerStore {
 		if i == 5 {
 			break

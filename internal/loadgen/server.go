@@ -204,6 +204,9 @@ type metrics struct {
 	// Store holds mlsds_store_latency_seconds by operation: the count of
 	// calls and the sum of their durations.
 	Store map[string]storeOp
+	// Batch is mlsds_accept_batch_messages: accept transactions (Count)
+	// and the messages in them (Sum).
+	Batch storeOp
 	OK    bool
 }
 
@@ -261,6 +264,10 @@ func scrape(ctx context.Context, hc *http.Client, base string) metrics {
 			m.RSS, m.OK = v, true
 		case "mlsds_commit_conflicts_total":
 			m.CommitConflicts, m.OK = v, true
+		case "mlsds_accept_batch_messages_sum":
+			m.Batch.Sum = v
+		case "mlsds_accept_batch_messages_count":
+			m.Batch.Count = v
 		}
 	}
 	return m
