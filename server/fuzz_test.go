@@ -28,9 +28,14 @@ import (
 // (a handler panic comes back as internal), no internal or unknown error,
 // and a refused call changes nothing.
 //
-//	go test ./server -run '^$' -fuzz FuzzSend -fuzztime 2m
-//	go test ./server -run '^$' -fuzz FuzzUploadKeyPackages -fuzztime 2m
-//	go test ./server -run '^$' -fuzz FuzzCreateGroup -fuzztime 2m
+//	go test ./server -run '^$' -fuzz FuzzSend -fuzztime 2m -fuzzminimizetime 20x
+//	go test ./server -run '^$' -fuzz FuzzUploadKeyPackages -fuzztime 2m -fuzzminimizetime 20x
+//	go test ./server -run '^$' -fuzz FuzzCreateGroup -fuzztime 2m -fuzzminimizetime 20x
+//
+// Bound the minimization: every run is a round trip to the server (a few
+// ms), and go test spends up to a minute minimizing each input that finds
+// new coverage (-fuzzminimizetime 60s), which leaves a short -fuzztime no
+// time to fuzz (a 45 s run made 53 runs of FuzzSend, all of the seeds).
 
 // refusalCodes are the codes a refusal of hostile input may carry. Any
 // other code (internal, unknown, unavailable, data_loss, ...) is a bug.
