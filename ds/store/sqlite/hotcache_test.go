@@ -105,13 +105,8 @@ func TestHotCacheForgetsFailedBatch(t *testing.T) {
 // group's messages go on at the right GroupSeqs.
 func TestHotCacheCommitInBatch(t *testing.T) {
 	ctx := context.Background()
-	s, gid := lastSeqFixture(t, filepath.Join(t.TempDir(), "mlsds.db"), 1) // members a and b; message 1 from a
+	s, gid, other := twoGroupsFixture(t)
 	defer s.Close()
-	other := []byte("group-other")
-	if err := s.CreateGroup(ctx, ds.GroupRecord{ID: other, Mode: ds.ModeOpaque, CipherSuite: 1, Creator: "a", CreatedAt: time.Now()},
-		[]string{"a", "b"}); err != nil {
-		t.Fatal(err)
-	}
 	if _, err := acceptOne(s, gid, "b", "b1"); err != nil { // 2
 		t.Fatal(err)
 	}
@@ -160,13 +155,8 @@ func TestHotCacheCommitInBatch(t *testing.T) {
 // are read again and the Commit's removal holds.
 func TestHotCacheOutlivesOtherGroupsWrites(t *testing.T) {
 	ctx := context.Background()
-	s, gid := lastSeqFixture(t, filepath.Join(t.TempDir(), "mlsds.db"), 1) // members a and b; message 1 from a
+	s, gid, other := twoGroupsFixture(t)
 	defer s.Close()
-	other := []byte("group-other")
-	if err := s.CreateGroup(ctx, ds.GroupRecord{ID: other, Mode: ds.ModeOpaque, CipherSuite: 1, Creator: "a", CreatedAt: time.Now()},
-		[]string{"a", "b"}); err != nil {
-		t.Fatal(err)
-	}
 	// Both groups' heads and both senders are cached.
 	if res, errs := s.AcceptMessages(ctx, []ds.AcceptParams{
 		appParams(gid, "b", "b1"), appParams(other, "a", "o1"), appParams(other, "b", "o2"),
@@ -209,4 +199,17 @@ func TestHotCacheOutlivesOtherGroupsWrites(t *testing.T) {
 	if s.hot.misses == before {
 		t.Error("the committed group's head and members were not read again")
 	}
+}
+
+// twoGroupsFixture is lastSeqFixture with one message, and a second group
+// of the same members a and b with none.
+func twoGroupsFixture(t *testing.T) (s *Store, gid, other []byte) {
+	t.Helper()
+	s, gid = lastSeqFixture(t, filepath.Join(t.TempDir(), "mlsds.db"), 1)
+	other = []byte("group-other")
+	if err := s.CreateGroup(context.Background(), ds.GroupRecord{ID: other, Mode: ds.ModeOpaque, CipherSuite: 1, Creator: "a", CreatedAt: time.Now()},
+		[]string{"a", "b"}); err != nil {
+		t.Fatal(err)
+	}
+	return s, gid, other
 }
