@@ -23,11 +23,21 @@ func TestAcceptBatchMetric(t *testing.T) {
 
 	sum0, count0 := acceptBatchSeries(t, e)
 	const n = 40
+	msgs := make([][]byte, n)
+	for i := range msgs {
+		msgs[i] = privateMessage(t, gid, 0, mls.ContentTypeApplication, 10)
+	}
+	errs := make([]error, n)
 	var wg sync.WaitGroup
-	for range n {
-		wg.Go(func() { alice.mustSend(privateMessage(t, gid, 0, mls.ContentTypeApplication, 10)) })
+	for i := range n {
+		wg.Go(func() { _, errs[i] = alice.send(msgs[i]) })
 	}
 	wg.Wait()
+	for i, err := range errs {
+		if err != nil {
+			t.Fatalf("message %d: %v", i, err)
+		}
+	}
 	sum, count := acceptBatchSeries(t, e)
 	if got := sum - sum0; got != n {
 		t.Errorf("mlsds_accept_batch_messages_sum grew by %v for %d messages", got, n)
