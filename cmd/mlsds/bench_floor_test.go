@@ -20,6 +20,7 @@ import (
 
 	mlsdsv1 "github.com/mlsds/mlsds/api/mlsds/v1"
 	"github.com/mlsds/mlsds/api/mlsds/v1/mlsdsv1connect"
+	"github.com/mlsds/mlsds/internal/loadgen"
 )
 
 // BenchmarkTransportFloor measures what the transport alone costs the
@@ -40,7 +41,7 @@ import (
 func BenchmarkTransportFloor(b *testing.B) {
 	for _, senders := range []int{50, 5} {
 		b.Run(fmt.Sprintf("senders=%d", senders), func(b *testing.B) {
-			b.ReportMetric(transportFloor(b, senders, 1), "server-µs/msg")
+			b.ReportMetric(transportFloor(b, senders), "server-µs/msg")
 			b.ReportMetric(0, "ns/op")
 		})
 	}
@@ -48,7 +49,7 @@ func BenchmarkTransportFloor(b *testing.B) {
 
 // transportFloor runs b.N messages (at least one per sender) through a
 // floor server and returns its CPU µs per message.
-func transportFloor(b *testing.B, senders, receivers int) float64 {
+func transportFloor(b *testing.B, senders int) float64 {
 	exe, err := os.Executable()
 	if err != nil {
 		b.Fatal(err)
@@ -99,29 +100,27 @@ func transportFloor(b *testing.B, senders, receivers int) float64 {
 	var shared *http.Client
 	for i := range senders {
 		id := strconv.Itoa(i)
-		for range receivers {
-			if len(subs)%50 == 0 {
-				shared = h2c()
-			}
-			sub, err := mlsdsv1connect.NewDeliveryServiceClient(shared, url).Subscribe(ctx,
-				withPair(connect.NewRequest(&mlsdsv1.SubscribeRequest{}), id))
-			if err != nil {
-				b.Fatal(err)
-			}
-			// The first event says the stream is open on the server.
-			if !sub.Receive() {
-				b.Fatalf("subscribe: %v", sub.Err())
-			}
-			subs = append(subs, sub)
+		if i%50 == 0 {
+			shared = h2c()
 		}
+		sub, err := mlsdsv1connect.NewDeliveryServiceClient(shared, url).Subscribe(ctx,
+			withPair(connect.NewRequest(&mlsdsv1.SubscribeRequest{}), id))
+		if err != nil {
+			b.Fatal(err)
+		}
+		// The first event says the stream is open on the server.
+		if !sub.Receive() {
+			b.Fatalf("subscribe: %v", sub.Err())
+		}
+		subs = append(subs, sub)
 		st := mlsdsv1connect.NewGroupServiceClient(h2c(), url).SendStream(ctx)
 		st.RequestHeader().Set("X-Pair", id)
 		sends = append(sends, st)
 	}
 
-	cpu0, err := childCPU(cmd.Process.Pid)
-	if err != nil {
-		b.Fatal(err)
+	cpu0, ok := loadgen.ProcessCPU(cmd.Process.Pid)
+	if !ok {
+		b.Fatal("cannot read the floor server's CPU time from /proc")
 	}
 	b.ResetTimer()
 	start := time.Now()
@@ -158,9 +157,9 @@ func transportFloor(b *testing.B, senders, receivers int) float64 {
 	for err := range errs {
 		b.Fatal(err)
 	}
-	cpu1, err := childCPU(cmd.Process.Pid)
-	if err != nil {
-		b.Fatal(err)
+	cpu1, ok := loadgen.ProcessCPU(cmd.Process.Pid)
+	if !ok {
+		b.Fatal("cannot read the floor server's CPU time from /proc")
 	}
 	n := float64(per * senders)
 	b.ReportMetric(n/elapsed.Seconds(), "msgs/s")
@@ -174,7 +173,7 @@ func TestTransportFloorChild(t *testing.T) {
 	if os.Getenv(floorChildEnv) != "1" {
 		t.Skip("runs only as the server child of BenchmarkTransportFloor")
 	}
-	f := &floorServer{pairs: map[string][]chan []byte{}}
+	f := &floorServer{pairs: map[string]chan []byte{}}
 	mux := http.NewServeMux()
 	mux.Handle(mlsdsv1connect.NewGroupServiceHandler(floorGroups{floorServer: f}))
 	mux.Handle(mlsdsv1connect.NewDeliveryServiceHandler(floorDelivery{floorServer: f}))
@@ -191,27 +190,22 @@ func TestTransportFloorChild(t *testing.T) {
 	}
 }
 
-// floorServer pairs a SendStream with the Subscribe streams of the same
-// X-Pair header: what the first receives, each of the others sends.
+// floorServer pairs a SendStream with a Subscribe stream by their X-Pair
+// header: what one receives, the other sends.
 type floorServer struct {
 	mu    sync.Mutex
-	pairs map[string][]chan []byte
+	pairs map[string]chan []byte
 }
 
-// subscribe adds a Subscribe stream to pair id.
-func (f *floorServer) subscribe(id string) chan []byte {
+func (f *floorServer) pair(id string) chan []byte {
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	c := make(chan []byte, 64)
-	f.pairs[id] = append(f.pairs[id], c)
+	c := f.pairs[id]
+	if c == nil {
+		c = make(chan []byte, 64)
+		f.pairs[id] = c
+	}
 	return c
-}
-
-// receivers returns the Subscribe streams of pair id.
-func (f *floorServer) receivers(id string) []chan []byte {
-	f.mu.Lock()
-	defer f.mu.Unlock()
-	return f.pairs[id]
 }
 
 type floorGroups struct {
@@ -225,16 +219,14 @@ type floorDelivery struct {
 }
 
 func (f floorGroups) SendStream(ctx context.Context, st *connect.BidiStream[mlsdsv1.SendStreamRequest, mlsdsv1.SendStreamResponse]) error {
-	id := st.RequestHeader().Get("X-Pair")
+	out := f.pair(st.RequestHeader().Get("X-Pair"))
 	gid := []byte("group-0123456789abcdef")
 	for seq := uint64(1); ; seq++ {
 		req, err := st.Receive()
 		if err != nil {
 			return nil
 		}
-		for _, c := range f.receivers(id) {
-			c <- req.Message
-		}
+		out <- req.Message
 		if err := st.Send(&mlsdsv1.SendStreamResponse{Result: &mlsdsv1.SendStreamResponse_Receipt{Receipt: &mlsdsv1.Receipt{
 			GroupId: gid, GroupSeq: seq, Epoch: 1, AcceptedAt: timestamppb.Now()}}}); err != nil {
 			return err
@@ -243,7 +235,7 @@ func (f floorGroups) SendStream(ctx context.Context, st *connect.BidiStream[mlsd
 }
 
 func (f floorDelivery) Subscribe(ctx context.Context, req *connect.Request[mlsdsv1.SubscribeRequest], st *connect.ServerStream[mlsdsv1.SubscribeResponse]) error {
-	in := f.subscribe(req.Header().Get("X-Pair"))
+	in := f.pair(req.Header().Get("X-Pair"))
 	if err := st.Send(&mlsdsv1.SubscribeResponse{Event: &mlsdsv1.SubscribeResponse_CaughtUp{CaughtUp: &mlsdsv1.CaughtUpEvent{}}}); err != nil {
 		return err
 	}
@@ -265,28 +257,4 @@ func (f floorDelivery) Subscribe(ctx context.Context, req *connect.Request[mlsds
 func withPair[T any](r *connect.Request[T], id string) *connect.Request[T] {
 	r.Header().Set("X-Pair", id)
 	return r
-}
-
-// childCPU is the user and system CPU time of process pid so far.
-func childCPU(pid int) (time.Duration, error) {
-	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
-	if err != nil {
-		return 0, err
-	}
-	// The fields after the command's closing parenthesis; utime and
-	// stime are the 12th and 13th of them, in clock ticks (100 a second).
-	_, rest, ok := strings.Cut(string(b), ") ")
-	if !ok {
-		return 0, errors.New("unexpected /proc stat")
-	}
-	f := strings.Fields(rest)
-	if len(f) < 13 {
-		return 0, errors.New("unexpected /proc stat")
-	}
-	u, err1 := strconv.ParseInt(f[11], 10, 64)
-	s, err2 := strconv.ParseInt(f[12], 10, 64)
-	if err1 != nil || err2 != nil {
-		return 0, errors.New("unexpected /proc stat")
-	}
-	return time.Duration(u+s) * 10 * time.Millisecond, nil
 }

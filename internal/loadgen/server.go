@@ -191,6 +191,13 @@ func readProc(pid int) procUsage {
 	return u
 }
 
+// ProcessCPU is the user and system CPU time that process pid has used so
+// far, read from /proc (Linux); false if it cannot be read.
+func ProcessCPU(pid int) (time.Duration, bool) {
+	u := readProc(pid)
+	return u.CPU, u.OK
+}
+
 func kb(v string) int64 {
 	n, _ := strconv.ParseInt(strings.TrimSuffix(strings.TrimSpace(v), " kB"), 10, 64)
 	return n << 10
